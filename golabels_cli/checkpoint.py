@@ -1,0 +1,171 @@
+"""Run directories, atomic writes and safe loading of models and checkpoints.
+
+Nothing here overwrites a user's run: new run directories are claimed with mkdir (which fails
+if the name exists), and every file is written to a temporary name in its own directory and
+renamed into place, so a crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from . import __version__
+from .errors import InputError
+
+MODEL_FORMAT = "golabels-classifier/1"
+MODEL_FILE = "model.safetensors"
+
+
+def next_run_dir(parent: str | Path = "runs/adapt", name: str = "exp") -> Path:
+    """Claim parent/exp, else exp2, exp3, ...: mkdir is atomic, so two runs never share one."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 100_000):
+        candidate = parent / (name if n == 1 else f"{name}{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise InputError(f"no free run directory name under {parent}", "pass --out DIR")
+
+
+def claim_run_dir(out: str | Path | None, exist_ok: bool) -> Path:
+    if out is None:
+        return next_run_dir()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file", "pass a folder path")
+    if out.exists() and any(out.iterdir()) and not exist_ok:
+        raise InputError(f"run directory {out} already exists", "pass another --out, or --exist-ok to write into it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+# ---- the shipped classifier -------------------------------------------------------------------
+
+
+@dataclass
+class ModelInfo:
+    backbone: str
+    classes: list[str]
+    data_config: dict
+    bottleneck_dim: int
+    method: str
+    domain_labels: str
+    version: str = __version__
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "format": MODEL_FORMAT,
+            "backbone": self.backbone,
+            "classes": json.dumps(self.classes),
+            "data_config": json.dumps(self.data_config),
+            "bottleneck_dim": str(self.bottleneck_dim),
+            "method": self.method,
+            "domain_labels": self.domain_labels,
+            "golabels_version": self.version,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> "ModelInfo":
+        if meta.get("format") != MODEL_FORMAT:
+            raise InputError(f"{path} is not a golabels model (format {meta.get('format')!r})", "pass a run directory or its model.safetensors")
+        try:
+            return cls(
+                backbone=meta["backbone"],
+                classes=json.loads(meta["classes"]),
+                data_config=json.loads(meta["data_config"]),
+                bottleneck_dim=int(meta["bottleneck_dim"]),
+                method=meta["method"],
+                domain_labels=meta["domain_labels"],
+                version=meta.get("golabels_version", "?"),
+            )
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it from its run") from exc
+
+
+def save_model(model: torch.nn.Module, info: ModelInfo, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=info.metadata())
+
+
+def model_path(run_or_model: str | Path) -> Path:
+    path = Path(run_or_model)
+    if path.is_dir():
+        path = path / MODEL_FILE
+        if not path.is_file():
+            raise InputError(f"{run_or_model} holds no {MODEL_FILE}", "pass a finished run directory or a model file")
+    elif not path.is_file():
+        raise InputError(f"{run_or_model} does not exist", "pass a run directory or a model.safetensors file")
+    return path
+
+
+def load_model(run_or_model: str | Path):
+    """(Classifier in eval mode, ModelInfo) from a run directory or a model.safetensors file."""
+    from safetensors import safe_open
+
+    from .models import Classifier, create_backbone
+
+    path = model_path(run_or_model)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise InputError(f"cannot read model {path} ({str(exc).splitlines()[0][:160]})", "the file is damaged; re-run or re-export") from exc
+    info = ModelInfo.from_metadata(meta, path)
+    model = Classifier(create_backbone(info.backbone, pretrained=False), len(info.classes), info.bottleneck_dim)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"model {path} does not match its own metadata ({str(exc).splitlines()[0][:160]})", "the file is damaged") from exc
+    return model.eval(), info
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint, loaded without unpickling arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot load checkpoint {path} ({str(exc).splitlines()[0][:160]})", "it is damaged or not a golabels checkpoint") from exc

@@ -1,0 +1,219 @@
+"""The `golabels` command: one thin function per command (parse -> call the library -> render)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from . import __version__
+from .console import AdaptProgress, print_adapt_summary, print_error, print_eval, print_json, setup_logging, stderr, stdout
+from .errors import InputError
+
+app = typer.Typer(
+    name="golabels",
+    help="Adapt an image classifier from a labeled source folder to an unlabeled target folder "
+    "(adversarial domain adaptation with Go-labels), evaluate it, and ship it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"golabels {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
+def guarded(fn: Callable) -> Callable:
+    """Run a command body: one-line errors with their exit codes, tracebacks only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = bool(kwargs.get("debug"))
+        setup_logging(quiet=bool(kwargs.get("quiet")), debug=debug)
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            sys.stderr.write("error: interrupted\n")
+            raise typer.Exit(130)
+        except Exception as exc:
+            if debug:
+                raise
+            print_error(exc)
+            raise typer.Exit(getattr(exc, "exit_code", 1))
+
+    return wrapper
+
+
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    # Compared by name: typer may carry its own copy of click's ParameterSource enum.
+    return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON document to stdout and nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr; errors still shown.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps. auto picks CUDA, then MPS, else CPU.")]
+
+ADAPT_EPILOG = """
+**Examples**
+
+    golabels adapt photos/studio photos/field --backbone resnet50
+    golabels adapt src/ tgt/ --method dann --domain-labels fixed --iters 2000 --eval-dir tgt_labeled/
+    golabels adapt src/ tgt/ --backbone tf_efficientnet_lite0 --weights lite0.safetensors
+    golabels adapt --config runs/adapt/exp/config.yaml      # replay a run
+
+Methods: cdan-e (default; CDAN with entropy weights), cdan, dann, source-only (no adaptation).
+Domain labels: go (default; Go-labels), fixed (plain), soft (no rounding), zero-out (drop fooled samples).
+"""
+
+
+@app.command(epilog=ADAPT_EPILOG)
+@guarded
+def adapt(
+    ctx: typer.Context,
+    source: Annotated[Optional[str], typer.Argument(help="Labeled source folder: SOURCE/<class>/<images>.", show_default=False)] = None,
+    target: Annotated[Optional[str], typer.Argument(help="Unlabeled target folder: any tree of images; sub-folder names are never read.", show_default=False)] = None,
+    backbone: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet50",
+    method: Annotated[str, typer.Option(help="cdan-e | cdan | dann | source-only.")] = "cdan-e",
+    domain_labels: Annotated[str, typer.Option(help="go | fixed | soft | zero-out: the discriminator's targets.")] = "go",
+    iters: Annotated[int, typer.Option(help="Training iterations.")] = 10000,
+    batch_size: Annotated[int, typer.Option(help="Images per domain per step (source and target each).")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate of the new layers; a pretrained backbone gets 0.1x.")] = 0.01,
+    image_size: Annotated[Optional[int], typer.Option(help="Square input size; default: the backbone's own.", show_default=False)] = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (downloaded).")] = True,
+    weights: Annotated[Optional[str], typer.Option(help="Local timm state dict (.safetensors or .pth) for the backbone.", show_default=False)] = None,
+    eval_dir: Annotated[Optional[str], typer.Option(help="Labeled target folder, evaluated at the end (and every --eval-every).", show_default=False)] = None,
+    eval_every: Annotated[int, typer.Option(help="Evaluate --eval-dir every N iterations; 0: at the end only.")] = 0,
+    min_crop: Annotated[float, typer.Option(help="Smallest area fraction of the random resized crop.")] = 0.08,
+    hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).")] = 0.5,
+    trade_off: Annotated[float, typer.Option(help="Weight of the adversarial loss.")] = 1.0,
+    log_every: Annotated[int, typer.Option(help="Write a metrics row every N iterations.")] = 10,
+    out: Annotated[Optional[str], typer.Option(help="Run directory; default: runs/adapt/exp, exp2, ...", show_default=False)] = None,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow writing into an existing --out directory.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights on CPU.")] = 0,
+    device: DeviceOpt = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option(help="YAML file of options (keys are option names); flags given here win.", show_default=False)] = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a classifier on SOURCE that works on TARGET. Writes a run directory with the model."""
+    from .config import RUN_OPTIONS, build_config, load_yaml
+    from .train import adapt as run_adapt
+
+    given = {k: v for k, v in ctx.params.items() if k not in ("config", "json_")}
+    values: dict[str, Any] = load_yaml(config) if config else {}
+    for name, value in given.items():
+        if name not in values or _from_command_line(ctx, name):
+            values[name] = value
+    cfg = build_config(values)
+    progress = AdaptProgress(quiet=quiet)
+    try:
+        summary = run_adapt(cfg, out=values.get("out"), exist_ok=bool(values.get("exist_ok")), progress=progress)
+    finally:
+        progress.close()
+    if json_:
+        print_json(summary)
+    else:
+        print_adapt_summary(summary)
+
+
+EVAL_EPILOG = """
+**Examples**
+
+    golabels eval runs/adapt/exp photos/field_labeled
+    golabels eval runs/adapt/exp/model.safetensors labeled/ --confusion confusion.csv --json
+"""
+
+
+@app.command("eval", epilog=EVAL_EPILOG)
+@guarded
+def eval_(
+    run_or_model: Annotated[str, typer.Argument(help="A run directory or a model.safetensors file.", show_default=False)],
+    data_dir: Annotated[str, typer.Argument(help="Labeled folder DATA_DIR/<class>/<images>; classes matched by name.", show_default=False)],
+    confusion: Annotated[Optional[str], typer.Option(help="Write the confusion matrix to this CSV file (never overwritten).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    workers: Annotated[int, typer.Option(help="Loader processes.")] = 0,
+    device: DeviceOpt = "auto",
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Top-1 and mean per-class accuracy, a per-class table and the confusion matrix on a labeled folder."""
+    from .checkpoint import write_text_atomic
+    from .evaluate import confusion_csv, evaluate
+
+    if confusion and Path(confusion).exists():
+        raise InputError(f"{confusion} already exists", "choose another --confusion file or remove it")
+    if batch_size < 1 or workers < 0:
+        raise InputError("--batch-size must be positive and --workers non-negative")
+    result = evaluate(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
+    if confusion:
+        write_text_atomic(confusion, confusion_csv(result))
+    if json_:
+        print_json(result.to_dict())
+    else:
+        print_eval(result, f"golabels eval: {run_or_model} on {data_dir}")
+
+
+DEMO_EPILOG = """
+**Example**
+
+    golabels demo                 # about a minute on a laptop CPU
+    golabels demo --out /tmp/demo --json
+"""
+
+
+@app.command(epilog=DEMO_EPILOG)
+@guarded
+def demo(
+    out: Annotated[Optional[str], typer.Option(help="Folder for the data and runs; default: runs/demo/exp, exp2, ...", show_default=False)] = None,
+    iters: Annotated[int, typer.Option(help="Iterations of each run.")] = 300,
+    device: DeviceOpt = "cpu",
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Generate a small two-domain image set, then adapt and evaluate on it: source-only vs. CDAN+E with Go-labels."""
+    from .demo import run_demo
+
+    result = run_demo(out, iters=iters, device=device, progress_factory=lambda: AdaptProgress(quiet=quiet or json_),
+                      say=(lambda s: None) if quiet or json_ else stderr.print)
+    if json_:
+        print_json(result)
+    else:
+        stdout.print(
+            f"target accuracy on the demo's shifted domain: source-only {result['source_only']['target_acc']:.3f}, "
+            f"adapted ({result['adapted']['method']} + {result['adapted']['domain_labels']}) {result['adapted']['target_acc']:.3f}"
+        )
+        stdout.print(f"runs: {result['source_only']['run_dir']} and {result['adapted']['run_dir']}")
+        stdout.print(f"try:  golabels eval {result['adapted']['run_dir']} {result['data']['target']}")
+
+
+def main() -> None:
+    app(prog_name="golabels")
+
+
+if __name__ == "__main__":
+    main()

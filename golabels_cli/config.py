@@ -1,0 +1,149 @@
+"""Every `adapt` default in one place, the YAML format of `config.yaml`, and CLI overrides.
+
+Keys in YAML are the CLI option names (`batch-size`; `batch_size` is accepted too). A run's
+`config.yaml` holds the fully resolved training config, so `golabels adapt --config` replays it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .domain_labels import MODES
+from .errors import InputError
+from .methods import METHODS
+
+
+@dataclass
+class AdaptConfig:
+    source: str | None = None
+    target: str | None = None
+    backbone: str = "resnet50"
+    method: str = "cdan-e"
+    domain_labels: str = "go"
+    iters: int = 10000
+    batch_size: int = 32  # per domain: each step sees batch_size source + batch_size target images
+    lr: float = 0.01  # new layers; the pretrained backbone gets lr * backbone_lr_mult
+    backbone_lr_mult: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    lr_gamma: float | None = None  # lr * (1 + gamma * i) ** -lr_decay; None: 20 / iters
+    lr_decay: float = 0.75
+    grl_alpha: float = 10.0
+    trade_off: float = 1.0  # weight of the adversarial loss
+    bottleneck_dim: int = 256
+    disc_hidden: int = 1024
+    image_size: int | None = None  # None: the backbone's own input size
+    min_crop: float = 0.08  # RandomResizedCrop's smallest area fraction
+    hflip: float = 0.5
+    pretrained: bool = True
+    weights: str | None = None
+    eval_dir: str | None = None
+    eval_every: int = 0  # 0: evaluate --eval-dir at the end only
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None  # None: min(8, cpus - 1)
+
+    def resolved_lr_gamma(self) -> float:
+        # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.
+        return self.lr_gamma if self.lr_gamma is not None else 20.0 / max(self.iters, 1)
+
+    def resolved_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
+# Options that shape the output of one invocation, not the training: never stored in config.yaml.
+RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug")
+PATH_FIELDS = ("source", "target", "weights", "eval_dir")
+FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
+
+
+def option_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into {field_name: value}; unknown keys are an error naming them."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {path} not found", "pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise InputError(f"config file {path} is not valid YAML ({reason})", "fix or regenerate it")
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path} must be a mapping of option names to values")
+    known = set(FIELDS) | set(RUN_OPTIONS)
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(option_name(name), [option_name(k) for k in known], 3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see `golabels adapt --help`"
+            raise InputError(f"unknown option {key!r} in {path}", hint)
+        values[name] = value
+    # Relative paths in a config file are relative to the file, not to the current directory.
+    for name in PATH_FIELDS:
+        if isinstance(values.get(name), str) and not os.path.isabs(values[name]):
+            values[name] = str((path.parent / values[name]).resolve())
+    return values
+
+
+def build_config(values: dict[str, Any]) -> AdaptConfig:
+    """An AdaptConfig from {field: value}, validated; paths made absolute so a replay finds them."""
+    cfg = AdaptConfig(**{k: v for k, v in values.items() if k in FIELDS})
+    for name in PATH_FIELDS:
+        value = getattr(cfg, name)
+        if value is not None:
+            setattr(cfg, name, str(Path(value).expanduser().absolute()))
+    validate(cfg)
+    return cfg
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, 2, 0.4)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(choices)}"
+        raise InputError(f"unknown {option_name(name)} {value!r}", hint)
+
+
+def validate(cfg: AdaptConfig) -> None:
+    if not cfg.source or not cfg.target:
+        raise InputError("adapt needs a SOURCE and a TARGET folder", "golabels adapt SOURCE TARGET, or --config FILE")
+    _choice("method", cfg.method, METHODS)
+    _choice("domain_labels", cfg.domain_labels, MODES)
+    _choice("device", cfg.device, ("auto", "cpu", "cuda", "mps"))
+    for name in ("iters", "batch_size", "bottleneck_dim", "disc_hidden", "log_every"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"--{option_name(name)} must be a positive integer, got {value!r}")
+    if cfg.batch_size < 2:
+        raise InputError("--batch-size must be at least 2", "BatchNorm needs two samples per domain")
+    for name in ("eval_every", "seed"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
+            raise InputError(f"--{option_name(name)} must be a non-negative integer")
+    if cfg.workers is not None and (not isinstance(cfg.workers, int) or cfg.workers < 0):
+        raise InputError("--workers must be a non-negative integer")
+    if cfg.image_size is not None and (not isinstance(cfg.image_size, int) or cfg.image_size < 8):
+        raise InputError(f"--image-size must be an integer of at least 8, got {cfg.image_size!r}")
+    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+        raise InputError(f"--lr must be positive, got {cfg.lr!r}")
+    if not 0 < cfg.min_crop <= 1:
+        raise InputError(f"--min-crop must be in (0, 1], got {cfg.min_crop}")
+    if not 0 <= cfg.hflip <= 1:
+        raise InputError(f"--hflip must be a probability in [0, 1], got {cfg.hflip}")
+
+
+def to_yaml(cfg: AdaptConfig) -> str:
+    data = {option_name(k): v for k, v in dataclasses.asdict(cfg).items()}
+    return yaml.safe_dump(data, sort_keys=False)

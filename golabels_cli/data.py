@@ -1,0 +1,227 @@
+"""Image folders in, batches out: scanning, decoding, transforms, samplers and loaders.
+
+Source folders are `SRC/<class>/**/<image>`; class names are the sorted sub-folder names.
+Target folders are any tree of images, and their layout must never influence training: target
+files are ordered by file name (path only breaks ties), so renaming, shuffling or flattening
+class sub-folders gives the same order, the same batches and the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms
+
+from .errors import InputError
+
+log = logging.getLogger("golabels")
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageSet:
+    root: Path
+    paths: list[Path]
+    labels: list[int] | None  # None for an unlabeled (target) folder
+    classes: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _check_dir(root: str | Path, role: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{role} folder {root} does not exist", "check the path")
+    if not root.is_dir():
+        raise InputError(f"{role} path {root} is a file, not a folder", "pass the folder that holds the images")
+    return root
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _image_files(folder: Path, root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def _readable(path: Path) -> str | None:
+    """None if PIL can identify and verify the file, else the reason it cannot."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def _keep_readable(paths: list[Path], role: str, skipped: list[tuple[Path, str]]) -> list[Path]:
+    good = []
+    for path in paths:
+        reason = _readable(path)
+        if reason is None:
+            good.append(path)
+        else:
+            skipped.append((path, reason))
+            log.warning("skipping unreadable %s image %s (%s)", role, path, reason)
+    return good
+
+
+def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
+    """A labeled folder: one sub-folder per class, images anywhere below it."""
+    root = _check_dir(root, role)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise InputError(f"{role} folder {root} has no class sub-folders", f"lay it out as {root}/<class>/<image>")
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if loose:
+        log.warning("ignoring %d images directly in %s: only images inside class folders are labeled", len(loose), root)
+    paths, labels, skipped = [], [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(_image_files(class_dir, root))
+        if not files:
+            raise InputError(f"class folder {class_dir} has no images", "add images or remove the folder")
+        files = _keep_readable(files, role, skipped)
+        if not files:
+            raise InputError(f"every image in class folder {class_dir} is unreadable", "check the files")
+        paths += files
+        labels += [label] * len(files)
+    return ImageSet(root, paths, labels, [d.name for d in class_dirs], skipped)
+
+
+def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
+    """Any tree of images; its folder names are not read, and its order is by file name."""
+    root = _check_dir(root, role)
+    files = sorted(_image_files(root, root), key=lambda p: (p.name, str(p.relative_to(root))))
+    if not files:
+        raise InputError(f"{role} folder {root} has no images", f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    skipped: list[tuple[Path, str]] = []
+    files = _keep_readable(files, role, skipped)
+    if not files:
+        raise InputError(f"every image in {role} folder {root} is unreadable", "check the files")
+    return ImageSet(root, files, None, [], skipped)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode any supported image to RGB: EXIF orientation applied, alpha composited on white."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255.
+            img = img.point(lambda v: v * (255.0 / 65535.0)).convert("L")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+# ---- transforms -------------------------------------------------------------------------------
+
+
+def train_transform(data_config: dict, min_crop: float, hflip: float) -> transforms.Compose:
+    size = data_config["input_size"][-2:]
+    interpolation = transforms.InterpolationMode(data_config.get("interpolation", "bilinear"))
+    steps = [transforms.RandomResizedCrop(size, scale=(min_crop, 1.0), interpolation=interpolation)]
+    if hflip > 0:
+        steps.append(transforms.RandomHorizontalFlip(hflip))
+    steps += [transforms.ToTensor(), transforms.Normalize(data_config["mean"], data_config["std"])]
+    return transforms.Compose(steps)
+
+
+def eval_transform(data_config: dict):
+    from timm.data import create_transform
+
+    return create_transform(**data_config, is_training=False)
+
+
+# ---- datasets and samplers --------------------------------------------------------------------
+
+
+class Draw:
+    """What a training sampler yields: which image, and the global draw number seeding its augmentation."""
+
+    __slots__ = ("index", "seed")
+
+    def __init__(self, index: int, seed: int):
+        self.index, self.seed = index, seed
+
+
+class TrainImages(Dataset):
+    """Augmented training images. Each draw's augmentation is seeded by the draw itself, so the
+    batches are the same whatever the number of loader workers (and a resumed run can replay them)."""
+
+    def __init__(self, images: ImageSet, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, draw: Draw):
+        image = load_rgb(self.images.paths[draw.index])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(draw.seed)
+            x = self.transform(image)
+        label = self.images.labels[draw.index] if self.images.labels is not None else -1
+        return x, label
+
+
+class InfiniteDraws(Sampler):
+    """Endless seeded shuffles of range(n); each draw carries a unique augmentation seed."""
+
+    def __init__(self, n: int, seed: int, stream: int):
+        self.n, self.seed, self.stream = n, seed, stream
+
+    def __iter__(self) -> Iterator[Draw]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream)
+        draw = 0
+        while True:
+            for index in torch.randperm(self.n, generator=g).tolist():
+                yield Draw(index, ((self.seed * 1_000_003 + self.stream) * 2**32 + draw) % 2**63)
+                draw += 1
+
+
+class EvalImages(Dataset):
+    def __init__(self, images: ImageSet, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        label = self.images.labels[i] if self.images.labels is not None else -1
+        return self.transform(load_rgb(self.images.paths[i])), label
+
+
+def train_loader(images: ImageSet, transform, batch_size: int, seed: int, stream: int, workers: int, pin: bool):
+    return DataLoader(
+        TrainImages(images, transform),
+        batch_size=batch_size,
+        sampler=InfiniteDraws(len(images), seed, stream),
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
+
+
+def eval_loader(images: ImageSet, transform, batch_size: int, workers: int, pin: bool = False):
+    return DataLoader(EvalImages(images, transform), batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)

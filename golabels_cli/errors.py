@@ -1,0 +1,27 @@
+"""The two kinds of failure the CLI maps to exit codes (2: bad input, 1: the run failed)."""
+
+
+class GolabelsError(Exception):
+    """A failure the user can act on; `hint` says what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+class InputError(GolabelsError):
+    """Bad usage or input: a missing folder, an unknown backbone, a corrupt weights file."""
+
+    exit_code = 2
+
+
+class RunError(GolabelsError):
+    """The run itself failed: diverged, out of memory."""
+
+    exit_code = 1

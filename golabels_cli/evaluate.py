@@ -1,0 +1,114 @@
+"""Accuracy of a classifier on a labeled folder, matching classes by folder name."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .data import ImageSet, eval_loader, eval_transform, scan_labeled
+from .errors import InputError
+
+
+@dataclass
+class ClassResult:
+    name: str
+    images: int
+    correct: int
+    accuracy: float
+
+
+@dataclass
+class EvalResult:
+    images: int
+    accuracy: float  # top-1 over all images
+    mean_class_accuracy: float  # mean of per-class accuracies over the classes present
+    per_class: list[ClassResult]
+    confusion: list[list[int]]  # rows: the folder's classes (true), columns: the model's classes (predicted)
+    true_classes: list[str]
+    predicted_classes: list[str]
+    skipped: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def labeled_for_model(data_dir: str | Path, model_classes: list[str], role: str = "evaluation") -> tuple[ImageSet, list[int]]:
+    """Scan a labeled folder and map each of its classes to the model's class index, by name."""
+    images = scan_labeled(data_dir, role)
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [c for c in images.classes if c not in index]
+    if unknown:
+        raise InputError(
+            f"class {unknown[0]!r} in {data_dir} is not one the model knows"
+            + (f" (nor {', '.join(map(repr, unknown[1:4]))})" if len(unknown) > 1 else ""),
+            f"the model's classes are: {', '.join(model_classes[:10])}{' …' if len(model_classes) > 10 else ''}",
+        )
+    return images, [index[c] for c in images.classes]
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, loader, device: torch.device) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = []
+    for x, _ in loader:
+        logits, _ = model(x.to(device, non_blocking=True))
+        out.append(logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate_images(
+    model: torch.nn.Module,
+    images: ImageSet,
+    to_model: list[int],
+    model_classes: list[str],
+    data_config: dict,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> EvalResult:
+    loader = eval_loader(images, eval_transform(data_config), batch_size, workers, pin=device.type == "cuda")
+    predicted = predict_logits(model, loader, device).argmax(1)
+    true_local = torch.tensor(images.labels)
+    true_model = torch.tensor(to_model)[true_local]
+    confusion = torch.zeros(len(images.classes), len(model_classes), dtype=torch.long)
+    confusion.index_put_((true_local, predicted), torch.ones_like(predicted), accumulate=True)
+    per_class = []
+    for c, name in enumerate(images.classes):
+        n = int(confusion[c].sum())
+        correct = int(confusion[c, to_model[c]])
+        per_class.append(ClassResult(name, n, correct, correct / n if n else 0.0))
+    correct_total = int((predicted == true_model).sum())
+    return EvalResult(
+        images=len(images),
+        accuracy=correct_total / len(images),
+        mean_class_accuracy=sum(r.accuracy for r in per_class) / len(per_class),
+        per_class=per_class,
+        confusion=confusion.tolist(),
+        true_classes=list(images.classes),
+        predicted_classes=list(model_classes),
+        skipped=len(images.skipped),
+    )
+
+
+def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> EvalResult:
+    from .checkpoint import load_model
+    from .train import pick_device
+
+    model, info = load_model(run_or_model)
+    images, to_model = labeled_for_model(data_dir, info.classes)
+    dev = pick_device(device)
+    return evaluate_images(model.to(dev), images, to_model, info.classes, info.data_config, dev, batch_size, workers)
+
+
+def confusion_csv(result: EvalResult) -> str:
+    def cell(s: str) -> str:
+        return '"' + s.replace('"', '""') + '"' if any(ch in s for ch in ',"\n') else s
+
+    lines = ["true\\predicted," + ",".join(cell(c) for c in result.predicted_classes)]
+    for name, row in zip(result.true_classes, result.confusion):
+        lines.append(cell(name) + "," + ",".join(str(v) for v in row))
+    return "\n".join(lines) + "\n"

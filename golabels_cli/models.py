@@ -1,0 +1,146 @@
+"""The adaptation model: timm backbone -> bottleneck -> head, and the domain discriminator.
+
+    backbone (timm, num_classes=0) -> bottleneck (Linear -> BatchNorm1d -> ReLU, 256) -> head (Linear, C)
+    discriminator: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear -> 1   (width 1024)
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+log = logging.getLogger("golabels")
+
+
+class Classifier(nn.Module):
+    """What gets adapted and shipped. forward() returns (logits, bottleneck features)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, bottleneck_dim: int = 256):
+        super().__init__()
+        self.backbone = backbone
+        self.bottleneck = nn.Sequential(
+            nn.Linear(backbone.num_features, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU()
+        )
+        self.head = nn.Linear(bottleneck_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.bottleneck(self.backbone(x))
+        return self.head(features), features
+
+
+def discriminator(in_dim: int, hidden: int = 1024) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, 1),
+    )
+
+
+def check_backbone_name(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), 3, 0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "list them with python -c 'import timm; print(timm.list_models())'"
+        raise InputError(f"unknown backbone {name!r}", hint)
+
+
+def create_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> nn.Module:
+    """A timm feature extractor (no classifier). Local `weights` win over downloading pretrained ones."""
+    import timm
+
+    check_backbone_name(name)
+    if weights is not None:
+        backbone = timm.create_model(name, pretrained=False, num_classes=0)
+        load_backbone_weights(backbone, weights)
+        return backbone
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not pretrained:
+            raise
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"cannot fetch pretrained weights for {name} ({reason})",
+            "pass --weights FILE with a local timm state dict, or --no-pretrained to start from random init",
+        ) from exc
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from a torch file loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"weights file {path} not found", "check the path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated or pickled arbitrary objects: all unusable alike
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read weights file {path} ({reason})", "pass a .safetensors or .pth state dict") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _preview(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a timm state dict, ignoring the backbone's own classifier; any other mismatch is an error."""
+    state = read_state_dict(path)
+    classifiers = backbone.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifiers)}
+    own = backbone.state_dict()
+    name = backbone.pretrained_cfg.get("architecture", type(backbone).__name__)
+    shared = [k for k in state if k in own]
+    if len(shared) < len(own) // 2:
+        raise InputError(
+            f"weights file {path} is for another architecture than {name} ({len(shared)} of {len(own)} keys match)",
+            "pass --backbone with the architecture the weights were trained for",
+        )
+    wrong_shape = [k for k in shared if state[k].shape != own[k].shape]
+    if wrong_shape:
+        raise InputError(
+            f"weights file {path} does not fit {name}: wrong shapes for {_preview(wrong_shape)}",
+            "pass --backbone with the architecture the weights were trained for",
+        )
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = ([f"missing keys {_preview(missing)}"] if missing else []) + (
+            [f"unexpected keys {_preview(unexpected)}"] if unexpected else []
+        )
+        raise InputError(f"weights file {path} does not match {name}: {'; '.join(parts)}", "check the file and --backbone")
+    backbone.load_state_dict(state, strict=True)
+    log.info("loaded %d backbone tensors from %s", len(state), path)
+
+
+def resolve_data_config(backbone: nn.Module, image_size: int | None) -> dict:
+    """timm's data config for the backbone (size, mean, std, interpolation, crop), size overridable."""
+    from timm.data import resolve_data_config as timm_resolve
+
+    args = {"input_size": (3, image_size, image_size)} if image_size else {}
+    cfg = timm_resolve(args, model=backbone)
+    return {
+        "input_size": [int(v) for v in cfg["input_size"]],
+        "interpolation": str(cfg["interpolation"]),
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "crop_pct": float(cfg["crop_pct"]),
+        "crop_mode": str(cfg.get("crop_mode", "center")),
+    }

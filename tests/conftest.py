@@ -1,0 +1,64 @@
+import os
+
+# Tests never reach a model hub: pretrained downloads must fail at once, not retry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GOLABELS_TEST", "1")
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from golabels_cli.cli import app
+from golabels_cli.synthetic import make_two_domains
+
+TINY = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--device", "cpu", "--workers", "0", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="session")
+def domains(tmp_path_factory):
+    """A 3-class source/target pair of 32 px images, 8 per class and domain."""
+    root = tmp_path_factory.mktemp("domains")
+    source, target = make_two_domains(root, per_class=8, size=32, seed=1)
+    return source, target
+
+
+@pytest.fixture
+def copy_domains(domains, tmp_path):
+    """A private, writable copy of the domains for tests that change files."""
+    source, target = domains
+    return Path(shutil.copytree(source, tmp_path / "source")), Path(shutil.copytree(target, tmp_path / "target"))
+
+
+def cli(*args, cwd=None):
+    """Run golabels in-process; returns click's Result (stdout and stderr kept apart)."""
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(app, [str(a) for a in args])
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+
+
+def cli_subprocess(*args, env=None, timeout=300, cwd=None):
+    """Run golabels as a real process, as a user's shell would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "golabels_cli", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)
+
+
+def adapt_tiny(source, target, out, *extra):
+    result = cli("adapt", source, target, *TINY, "--out", out, "--quiet", *extra)
+    assert result.exit_code == 0, result.stderr + result.stdout
+    return Path(out)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]

@@ -1,0 +1,179 @@
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from conftest import TINY, adapt_tiny, cli, read_jsonl
+
+ROW_KEYS = {"iter", "loss_cls", "loss_adv", "disc_acc", "relabeled_src", "relabeled_tgt", "lr", "lambda"}
+
+
+def weights(run):
+    return load_file(str(Path(run) / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] == wb[k]).all(), f"{k} differs"
+
+
+def test_run_directory_layout(domains, tmp_path):
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "30", "--eval-dir", target, "--eval-every", "10")
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json"}
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert rows[-1]["iter"] == 30 and [r["iter"] for r in rows] == [10, 20, 30]
+    for row in rows:
+        assert ROW_KEYS <= row.keys()
+        assert 0 <= row["disc_acc"] <= 1 and 0 <= row["relabeled_src"] <= 1
+        assert "target_acc" in row
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["classes"] == ["circle", "square", "triangle"] and summary["iters"] == 30
+    assert summary["method"] == "cdan-e" and summary["domain_labels"] == "go"
+    assert 0 <= summary["target_acc"] <= 1 and len(summary["evals"]) == 3
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["backbone"] == "test_resnet" and config["iters"] == 30 and config["source"] == str(source)
+    assert not [p for p in run.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@pytest.mark.parametrize("method", ["dann", "cdan", "cdan-e"])
+@pytest.mark.parametrize("mode", ["go", "fixed", "soft", "zero-out"])
+def test_every_method_and_mode_runs(domains, tmp_path, method, mode):
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "3", "--log-every", "1", "--method", method, "--domain-labels", mode)
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert len(rows) == 3 and all(r["loss_adv"] > 0 for r in rows)
+    if mode == "fixed":
+        assert all(r["relabeled_src"] == 0 and r["relabeled_tgt"] == 0 for r in rows)
+
+
+def test_source_only_runs(domains, tmp_path):
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "3", "--method", "source-only")
+    row = read_jsonl(run / "metrics.jsonl")[-1]
+    assert row["loss_adv"] == 0 and row["disc_acc"] is None and ROW_KEYS <= row.keys()
+
+
+def test_same_seed_same_weights_and_config_replay(domains, tmp_path):
+    source, target = domains
+    a = adapt_tiny(source, target, tmp_path / "a", "--iters", "8", "--seed", "3")
+    b = adapt_tiny(source, target, tmp_path / "b", "--iters", "8", "--seed", "3")
+    assert_same_weights(a, b)
+    replay = cli("adapt", "--config", a / "config.yaml", "--out", tmp_path / "replay", "--quiet")
+    assert replay.exit_code == 0, replay.stderr
+    assert_same_weights(a, tmp_path / "replay")
+    c = adapt_tiny(source, target, tmp_path / "c", "--iters", "8", "--seed", "4")
+    assert any((weights(a)[k] != weights(c)[k]).any() for k in weights(a))
+
+
+def test_config_file_values_and_flags_win(domains, tmp_path):
+    source, target = domains
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"source": str(source), "target": str(target), "backbone": "test_resnet",
+                                   "pretrained": False, "image-size": 32, "iters": 5, "batch_size": 4,
+                                   "method": "dann", "workers": 0, "device": "cpu"}))
+    result = cli("adapt", "--config", cfg, "--iters", "4", "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["iters"] == 4 and written["method"] == "dann" and written["batch-size"] == 4
+
+
+def test_target_folder_layout_never_reaches_training(domains, tmp_path):
+    source, target = domains
+    files = sorted(target.rglob("*.png"))
+    variants = {}
+    renamed = tmp_path / "renamed"
+    for f in files:
+        dest = renamed / ("class_" + f.parent.name[::-1]) / f.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest)
+    variants["renamed"] = renamed
+    shuffled = tmp_path / "shuffled"
+    rng = random.Random(0)
+    for f in files:
+        dest = shuffled / rng.choice(["a", "b", "c", "d/e"]) / f.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest)
+    variants["shuffled"] = shuffled
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in files:
+        shutil.copy(f, flat / f.name)
+    variants["flat"] = flat
+    reference = adapt_tiny(source, target, tmp_path / "ref", "--iters", "6", "--method", "cdan-e")
+    for name, folder in variants.items():
+        run = adapt_tiny(source, folder, tmp_path / f"run-{name}", "--iters", "6", "--method", "cdan-e")
+        assert_same_weights(reference, run)
+
+
+def test_default_run_names_increment(domains, tmp_path):
+    source, target = domains
+    for _ in range(2):
+        result = cli("adapt", source, target, *TINY, "--iters", "2", "--quiet", cwd=tmp_path)
+        assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "adapt").iterdir()) == ["exp", "exp2"]
+
+
+def test_existing_out_is_refused_unless_exist_ok(domains, tmp_path):
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "2")
+    before = (run / "model.safetensors").read_bytes()
+    result = cli("adapt", source, target, *TINY, "--iters", "2", "--out", run, "--seed", "9")
+    assert result.exit_code == 2 and "already exists" in result.stderr and "--exist-ok" in result.stderr
+    assert (run / "model.safetensors").read_bytes() == before
+    result = cli("adapt", source, target, *TINY, "--iters", "2", "--out", run, "--seed", "9", "--exist-ok", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert (run / "model.safetensors").read_bytes() != before
+
+
+def test_json_output_is_one_document(domains, tmp_path):
+    source, target = domains
+    result = cli("adapt", source, target, *TINY, "--iters", "3", "--out", tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["run_dir"] == str(tmp_path / "run") and summary["iters"] == 3
+
+
+def test_plain_progress_lines_without_tty(domains, tmp_path):
+    source, target = domains
+    result = cli("adapt", source, target, *TINY, "--iters", "4", "--log-every", "2", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.stderr
+    last = [line for line in result.stderr.splitlines() if line.startswith("iter 4/4")]
+    assert last and "it/s" in last[0] and "eta" in last[0] and "cls" in last[0] and "adv" in last[0]
+    assert "disc" in last[0] and "relab" in last[0]
+    assert "iter 4/4" not in result.stdout  # progress never pollutes stdout
+
+
+def test_rich_progress_bar_on_a_tty(domains, tmp_path):
+    import pty
+    import subprocess
+    import sys
+
+    source, target = domains
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "golabels_cli", "adapt", source, target, *TINY, "--iters", "4", "--log-every", "2", "--out", tmp_path / "run"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=child, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"},
+    )
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "it/s" in screen and "4/4" in screen and "relab" in screen and "disc" in screen
+    assert "━" in screen  # rich's bar
