@@ -1,0 +1,26 @@
+# `make demo` and `make test` each create .venv if it is missing, install golabels into it, and run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# On x86_64 Linux with Python 3.11 these releases install from local wheels where pip is set up for it;
+# elsewhere pip takes the newest releases the ranges in pyproject.toml allow.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install clean
+
+$(BIN)/golabels: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_PIN) || $(BIN)/python -m pip install -q torch torchvision
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(BIN)/golabels
+
+install: $(BIN)/golabels
+
+demo: install
+	$(BIN)/golabels demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,69 @@
+import csv
+import json
+import shutil
+
+from conftest import adapt_tiny, cli
+
+
+def test_eval_reports_accuracy_per_class_and_confusion(domains, tmp_path):
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "5")
+    result = cli("eval", run, target, "--json", "--device", "cpu", "--confusion", tmp_path / "conf.csv")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 24 and 0 <= report["accuracy"] <= 1
+    per_class = report["per_class"]
+    assert [r["name"] for r in per_class] == ["circle", "square", "triangle"] and all(r["images"] == 8 for r in per_class)
+    assert abs(report["mean_class_accuracy"] - sum(r["accuracy"] for r in per_class) / 3) < 1e-9
+    correct = sum(r["correct"] for r in per_class)
+    assert abs(report["accuracy"] - correct / 24) < 1e-9
+    rows = list(csv.reader((tmp_path / "conf.csv").open()))
+    assert rows[0][1:] == ["circle", "square", "triangle"]
+    assert sum(int(v) for row in rows[1:] for v in row[1:]) == 24
+    assert [int(rows[i + 1][i + 1]) for i in range(3)] == [r["correct"] for r in per_class]
+    # The same numbers as a table for people, and the same file is never overwritten.
+    table = cli("eval", run / "model.safetensors", target, "--device", "cpu")
+    assert table.exit_code == 0 and "circle" in table.stdout and "mean per-class accuracy" in table.stdout
+    again = cli("eval", run, target, "--confusion", tmp_path / "conf.csv")
+    assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+def test_eval_matches_classes_by_name(domains, tmp_path):
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "3")
+    subset = tmp_path / "subset"
+    shutil.copytree(target / "triangle", subset / "triangle")
+    result = cli("eval", run, subset, "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["true_classes"] == ["triangle"] and report["predicted_classes"] == ["circle", "square", "triangle"]
+    assert report["per_class"][0]["correct"] == report["confusion"][0][2]
+    shutil.copytree(target / "circle", subset / "hexagon")
+    bad = cli("eval", run, subset)
+    assert bad.exit_code == 2 and "'hexagon'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_eval_of_missing_or_foreign_model(domains, tmp_path):
+    _, target = domains
+    assert cli("eval", tmp_path / "nothing", target).exit_code == 2
+    (tmp_path / "x.safetensors").write_bytes(b"garbage")
+    result = cli("eval", tmp_path / "x.safetensors", target)
+    assert result.exit_code == 2 and "cannot read model" in result.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = cli("demo", "--out", tmp_path / "demo", "--iters", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("source_only", "adapted"):
+        assert 0 <= report[key]["target_acc"] <= 1
+        assert (tmp_path / "demo" / report[key]["method"] / "model.safetensors").exists()
+    assert report["adapted"]["domain_labels"] == "go"
+
+
+def test_help_and_version():
+    assert "golabels" in cli("--version").stdout
+    for command in ("adapt", "eval", "demo"):
+        result = cli(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.stdout
+    assert "--domain-labels" in cli("adapt", "--help").stdout
