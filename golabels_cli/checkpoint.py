@@ -7,7 +7,6 @@ renamed into place, so a crash leaves either the old file or the new one, never 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile

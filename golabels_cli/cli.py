@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -119,7 +117,7 @@ def adapt(
     debug: DebugOpt = False,
 ) -> None:
     """Train a classifier on SOURCE that works on TARGET. Writes a run directory with the model."""
-    from .config import RUN_OPTIONS, build_config, load_yaml
+    from .config import build_config, load_yaml
     from .train import adapt as run_adapt
 
     given = {k: v for k, v in ctx.params.items() if k not in ("config", "json_")}

@@ -47,10 +47,6 @@ def _check_dir(root: str | Path, role: str) -> Path:
     return root
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _image_files(folder: Path, root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):

@@ -27,7 +27,7 @@ from .checkpoint import ModelInfo, claim_run_dir, save_model, torch_save_atomic,
 from .config import AdaptConfig, to_yaml
 from .data import scan_labeled, scan_unlabeled, train_loader, train_transform
 from .errors import InputError, RunError
-from .evaluate import EvalResult, evaluate_images, labeled_for_model
+from .evaluate import evaluate_images, labeled_for_model
 from .methods import MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
 

@@ -3,13 +3,11 @@
 import os
 import shutil
 import time
-from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import TINY, adapt_tiny, cli, cli_subprocess
+from conftest import TINY, cli, cli_subprocess
 
 
 def assert_one_line_error(result, *fragments, code=2):
@@ -155,7 +153,7 @@ def test_weights_with_unexpected_or_missing_keys_are_named(domains, tmp_path):
     state = backbone_state("test_resnet")
     state["extra.weight"] = torch.zeros(1)
     save_file(state, str(tmp_path / "extra.safetensors"))
-    line = assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "extra.safetensors"), "unexpected keys", "extra.weight")
+    assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "extra.safetensors"), "unexpected keys", "extra.weight")
     state = backbone_state("test_resnet")
     del state["conv1.0.weight"]
     save_file(state, str(tmp_path / "missing.safetensors"))
