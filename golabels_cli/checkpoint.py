@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, reason
 
 MODEL_FORMAT = "golabels-classifier/1"
 MODEL_FILE = "model.safetensors"
@@ -152,13 +152,13 @@ def load_model(run_or_model: str | Path):
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise InputError(f"cannot read model {path} ({str(exc).splitlines()[0][:160]})", "the file is damaged; re-run or re-export") from exc
+        raise InputError(f"cannot read model {path} ({reason(exc)})", "the file is damaged; re-run or re-export") from exc
     info = ModelInfo.from_metadata(meta, path)
     model = Classifier(create_backbone(info.backbone, pretrained=False), len(info.classes), info.bottleneck_dim)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise InputError(f"model {path} does not match its own metadata ({str(exc).splitlines()[0][:160]})", "the file is damaged") from exc
+        raise InputError(f"model {path} does not match its own metadata ({reason(exc)})", "the file is damaged") from exc
     return model.eval(), info
 
 
@@ -167,4 +167,4 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"cannot load checkpoint {path} ({str(exc).splitlines()[0][:160]})", "it is damaged or not a golabels checkpoint") from exc
+        raise InputError(f"cannot load checkpoint {path} ({reason(exc)})", "it is damaged or not a golabels checkpoint") from exc

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .domain_labels import MODES
-from .errors import InputError
+from .errors import InputError, reason
 from .methods import METHODS
 
 
@@ -79,8 +79,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        reason = str(exc).splitlines()[0]
-        raise InputError(f"config file {path} is not valid YAML ({reason})", "fix or regenerate it")
+        raise InputError(f"config file {path} is not valid YAML ({reason(exc)})", "fix or regenerate it")
     if not isinstance(data, dict):
         raise InputError(f"config file {path} must be a mapping of option names to values")
     known = set(FIELDS) | set(RUN_OPTIONS)

@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import GolabelsError
+from .errors import GolabelsError, reason
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False, soft_wrap=True)
@@ -39,8 +39,7 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> None:
 def error_line(exc: BaseException) -> str:
     if isinstance(exc, GolabelsError):
         return f"error: {exc}"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"error: {type(exc).__name__}: {text} — rerun with --debug for the traceback"
+    return f"error: {type(exc).__name__}: {reason(exc)} — rerun with --debug for the traceback"
 
 
 def print_error(exc: BaseException) -> None:

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-from .errors import InputError
+from .errors import InputError, reason
 
 log = logging.getLogger("golabels")
 
@@ -65,7 +65,7 @@ def _readable(path: Path) -> str | None:
         with Image.open(path) as img:
             img.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return reason(exc)
     return None
 
 

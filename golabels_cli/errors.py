@@ -25,3 +25,9 @@ class RunError(GolabelsError):
     """The run itself failed: diverged, out of memory."""
 
     exit_code = 1
+
+
+def reason(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (or its type), short enough for a one-line error."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:limit]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, reason
 
 log = logging.getLogger("golabels")
 
@@ -65,9 +65,8 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
     except (OSError, RuntimeError, ValueError) as exc:
         if not pretrained:
             raise
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise InputError(
-            f"cannot fetch pretrained weights for {name} ({reason})",
+            f"cannot fetch pretrained weights for {name} ({reason(exc)})",
             "pass --weights FILE with a local timm state dict, or --no-pretrained to start from random init",
         ) from exc
 
@@ -85,8 +84,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated or pickled arbitrary objects: all unusable alike
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise InputError(f"cannot read weights file {path} ({reason})", "pass a .safetensors or .pth state dict") from exc
+        raise InputError(f"cannot read weights file {path} ({reason(exc)})", "pass a .safetensors or .pth state dict") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
