@@ -47,7 +47,7 @@ def _check_dir(root: str | Path, role: str) -> Path:
     return root
 
 
-def _image_files(folder: Path, root: Path) -> list[Path]:
+def _image_files(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -92,7 +92,7 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
         log.warning("ignoring %d images directly in %s: only images inside class folders are labeled", len(loose), root)
     paths, labels, skipped = [], [], []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(_image_files(class_dir, root))
+        files = sorted(_image_files(class_dir))
         if not files:
             raise InputError(f"class folder {class_dir} has no images", "add images or remove the folder")
         files = _keep_readable(files, role, skipped)
@@ -106,7 +106,7 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
 def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
     """Any tree of images; its folder names are not read, and its order is by file name."""
     root = _check_dir(root, role)
-    files = sorted(_image_files(root, root), key=lambda p: (p.name, str(p.relative_to(root))))
+    files = sorted(_image_files(root), key=lambda p: (p.name, str(p.relative_to(root))))
     if not files:
         raise InputError(f"{role} folder {root} has no images", f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")
     skipped: list[tuple[Path, str]] = []
