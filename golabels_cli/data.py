@@ -8,22 +8,22 @@ class sub-folders gives the same order, the same batches and the same weights.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from .errors import InputError, reason
+from .images import IMAGE_EXTENSIONS, image_files, load_rgb, to_array
 
 log = logging.getLogger("golabels")
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -45,16 +45,6 @@ def _check_dir(root: str | Path, role: str) -> Path:
     if not root.is_dir():
         raise InputError(f"{role} path {root} is a file, not a folder", "pass the folder that holds the images")
     return root
-
-
-def _image_files(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / name)
-    return found
 
 
 def _readable(path: Path) -> str | None:
@@ -92,7 +82,7 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
         log.warning("ignoring %d images directly in %s: only images inside class folders are labeled", len(loose), root)
     paths, labels, skipped = [], [], []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(_image_files(class_dir))
+        files = sorted(image_files(class_dir))
         if not files:
             raise InputError(f"class folder {class_dir} has no images", "add images or remove the folder")
         files = _keep_readable(files, role, skipped)
@@ -106,7 +96,7 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
 def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
     """Any tree of images; its folder names are not read, and its order is by file name."""
     root = _check_dir(root, role)
-    files = sorted(_image_files(root), key=lambda p: (p.name, str(p.relative_to(root))))
+    files = sorted(image_files(root), key=lambda p: (p.name, str(p.relative_to(root))))
     if not files:
         raise InputError(f"{role} folder {root} has no images", f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")
     skipped: list[tuple[Path, str]] = []
@@ -114,20 +104,6 @@ def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
     if not files:
         raise InputError(f"every image in {role} folder {root} is unreadable", "check the files")
     return ImageSet(root, files, None, [], skipped)
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Decode any supported image to RGB: EXIF orientation applied, alpha composited on white."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255.
-            img = img.point(lambda v: v * (255.0 / 65535.0)).convert("L")
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return img.convert("RGB")
 
 
 # ---- transforms -------------------------------------------------------------------------------
@@ -143,10 +119,13 @@ def train_transform(data_config: dict, min_crop: float, hflip: float) -> transfo
     return transforms.Compose(steps)
 
 
-def eval_transform(data_config: dict):
-    from timm.data import create_transform
+def _eval_tensor(img, data_config: dict) -> torch.Tensor:
+    return torch.from_numpy(to_array(img, data_config))
 
-    return create_transform(**data_config, is_training=False)
+
+def eval_transform(data_config: dict):
+    """timm's eval transform, computed by `images.to_array` so that ONNX predict sees the same pixels."""
+    return functools.partial(_eval_tensor, data_config=data_config)
 
 
 # ---- datasets and samplers --------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""Image files and the eval preprocessing, with PIL and numpy only.
+
+This module must not import torch: `golabels predict model.onnx` runs on onnxruntime alone, and
+it decodes and preprocesses images with exactly the code that `eval`, `export` verification and
+the PyTorch predict path use, so every path sees the same pixels.
+
+The preprocessing reproduces timm's eval transform (`timm.data.create_transform(is_training=False)`)
+on PIL images: resize by `crop_pct` (center, squash or border mode), center crop, scale to [0, 1],
+normalize with the data config's mean and std. A test compares it with timm's transform.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image below `folder` (hidden files and folders skipped), in walk order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / name for name in sorted(filenames) if is_image_name(name)]
+    return found
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode any supported image to RGB: EXIF orientation applied, alpha composited on white."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255.
+            img = img.point(lambda v: v * (255.0 / 65535.0)).convert("L")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+def _center_crop_or_pad(img: Image.Image, height: int, width: int, fill: tuple[int, ...]) -> Image.Image:
+    if width > img.width or height > img.height:
+        left = (width - img.width) // 2 if width > img.width else 0
+        top = (height - img.height) // 2 if height > img.height else 0
+        padded = Image.new(img.mode, (max(width, img.width), max(height, img.height)), fill)
+        padded.paste(img, (left, top))
+        img = padded
+    top = int(round((img.height - height) / 2.0))
+    left = int(round((img.width - width) / 2.0))
+    return img.crop((left, top, left + width, top + height))
+
+
+def resize_and_crop(img: Image.Image, data_config: dict) -> Image.Image:
+    """timm's eval geometry: scale so the crop covers `crop_pct` of the image, then center crop."""
+    _, height, width = data_config["input_size"]
+    crop_pct = data_config.get("crop_pct") or 0.875
+    mode = data_config.get("crop_mode") or "center"
+    resample = _RESAMPLE[data_config.get("interpolation", "bilinear")]
+    scale_h, scale_w = math.floor(height / crop_pct), math.floor(width / crop_pct)
+    if mode == "squash":
+        size, fill = (scale_w, scale_h), (0, 0, 0)
+    elif mode == "border":
+        ratio = max(img.height / scale_h, img.width / scale_w)
+        size = (round(img.width / ratio), round(img.height / ratio))
+        fill = tuple(round(255 * v) for v in data_config["mean"])
+    elif scale_h == scale_w:
+        short = scale_h  # the shorter side goes to `short`; the longer keeps the aspect ratio, truncated
+        size = (short, int(short * img.height / img.width)) if img.width <= img.height else (int(short * img.width / img.height), short)
+        fill = (0, 0, 0)
+    else:
+        ratio = min(img.height / scale_h, img.width / scale_w)
+        size = (round(img.width / ratio), round(img.height / ratio))
+        fill = (0, 0, 0)
+    if size != img.size:
+        img = img.resize(size, resample)
+    return _center_crop_or_pad(img, height, width, fill)
+
+
+def to_array(img: Image.Image, data_config: dict) -> np.ndarray:
+    """The model's input for one image: float32 CHW, resized, cropped and normalized."""
+    x = np.asarray(resize_and_crop(img, data_config), dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(data_config["mean"], dtype=np.float32)
+    std = np.asarray(data_config["std"], dtype=np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+
+def load_array(path: str | Path, data_config: dict) -> np.ndarray:
+    return to_array(load_rgb(path), data_config)
