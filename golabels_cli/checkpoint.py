@@ -11,16 +11,14 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from . import __version__
 from .errors import InputError, reason
+from .model_info import ModelInfo
 
-MODEL_FORMAT = "golabels-classifier/1"
 MODEL_FILE = "model.safetensors"
 
 
@@ -79,46 +77,6 @@ def torch_save_atomic(obj: Any, path: str | Path) -> None:
 
 
 # ---- the shipped classifier -------------------------------------------------------------------
-
-
-@dataclass
-class ModelInfo:
-    backbone: str
-    classes: list[str]
-    data_config: dict
-    bottleneck_dim: int
-    method: str
-    domain_labels: str
-    version: str = __version__
-
-    def metadata(self) -> dict[str, str]:
-        return {
-            "format": MODEL_FORMAT,
-            "backbone": self.backbone,
-            "classes": json.dumps(self.classes),
-            "data_config": json.dumps(self.data_config),
-            "bottleneck_dim": str(self.bottleneck_dim),
-            "method": self.method,
-            "domain_labels": self.domain_labels,
-            "golabels_version": self.version,
-        }
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str], path: Path) -> "ModelInfo":
-        if meta.get("format") != MODEL_FORMAT:
-            raise InputError(f"{path} is not a golabels model (format {meta.get('format')!r})", "pass a run directory or its model.safetensors")
-        try:
-            return cls(
-                backbone=meta["backbone"],
-                classes=json.loads(meta["classes"]),
-                data_config=json.loads(meta["data_config"]),
-                bottleneck_dim=int(meta["bottleneck_dim"]),
-                method=meta["method"],
-                domain_labels=meta["domain_labels"],
-                version=meta.get("golabels_version", "?"),
-            )
-        except (KeyError, ValueError) as exc:
-            raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it from its run") from exc
 
 
 def save_model(model: torch.nn.Module, info: ModelInfo, path: str | Path) -> None:

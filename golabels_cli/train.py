@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import ModelInfo, claim_run_dir, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
+from .checkpoint import claim_run_dir, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
 from .config import AdaptConfig, to_yaml
 from .data import scan_labeled, scan_unlabeled, train_loader, train_transform
 from .errors import InputError, RunError
 from .evaluate import evaluate_images, labeled_for_model
 from .methods import MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
+from .model_info import ModelInfo
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
 
 log = logging.getLogger("golabels")

@@ -1,0 +1,113 @@
+"""What a shipped model is, stored beside its weights: in model.safetensors and in model.onnx.
+
+Torch-free, because `golabels predict model.onnx` reads it on onnxruntime alone.
+
+ONNX metadata (`metadata_props`, every value a string) is flat so that plain Python can use it:
+
+    golabels_format   "golabels-onnx/1"
+    classes           JSON list of class names, in output order
+    input_size        JSON [3, height, width]
+    mean, std         JSON lists of 3 floats (applied after scaling pixels to [0, 1])
+    interpolation     bilinear | bicubic | nearest | ...
+    crop_pct          resize so that the crop covers this fraction, then center crop
+    crop_mode         center | squash | border (timm's eval modes)
+    backbone, method, domain_labels, golabels_version
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+
+MODEL_FORMAT = "golabels-classifier/1"
+ONNX_FORMAT = "golabels-onnx/1"
+
+
+@dataclass
+class ModelInfo:
+    backbone: str
+    classes: list[str]
+    data_config: dict
+    bottleneck_dim: int
+    method: str
+    domain_labels: str
+    version: str = __version__
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header metadata of model.safetensors."""
+        return {
+            "format": MODEL_FORMAT,
+            "backbone": self.backbone,
+            "classes": json.dumps(self.classes),
+            "data_config": json.dumps(self.data_config),
+            "bottleneck_dim": str(self.bottleneck_dim),
+            "method": self.method,
+            "domain_labels": self.domain_labels,
+            "golabels_version": self.version,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> "ModelInfo":
+        if meta.get("format") != MODEL_FORMAT:
+            raise InputError(f"{path} is not a golabels model (format {meta.get('format')!r})", "pass a run directory or its model.safetensors")
+        try:
+            return cls(
+                backbone=meta["backbone"],
+                classes=json.loads(meta["classes"]),
+                data_config=json.loads(meta["data_config"]),
+                bottleneck_dim=int(meta["bottleneck_dim"]),
+                method=meta["method"],
+                domain_labels=meta["domain_labels"],
+                version=meta.get("golabels_version", "?"),
+            )
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it from its run") from exc
+
+    def onnx_metadata(self) -> dict[str, str]:
+        """Everything needed to use model.onnx without its run directory."""
+        cfg = self.data_config
+        return {
+            "golabels_format": ONNX_FORMAT,
+            "classes": json.dumps(self.classes),
+            "input_size": json.dumps(cfg["input_size"]),
+            "mean": json.dumps(cfg["mean"]),
+            "std": json.dumps(cfg["std"]),
+            "interpolation": cfg["interpolation"],
+            "crop_pct": repr(cfg["crop_pct"]),
+            "crop_mode": cfg.get("crop_mode", "center"),
+            "backbone": self.backbone,
+            "method": self.method,
+            "domain_labels": self.domain_labels,
+            "bottleneck_dim": str(self.bottleneck_dim),
+            "golabels_version": self.version,
+        }
+
+    @classmethod
+    def from_onnx_metadata(cls, meta: dict[str, str], path: Path) -> "ModelInfo":
+        if meta.get("golabels_format") != ONNX_FORMAT:
+            found = f"format {meta['golabels_format']!r}" if "golabels_format" in meta else "no golabels metadata"
+            raise InputError(f"{path} is not a golabels ONNX model ({found})", "export one with: golabels export RUN_DIR --onnx")
+        try:
+            data_config = {
+                "input_size": [int(v) for v in json.loads(meta["input_size"])],
+                "interpolation": meta["interpolation"],
+                "mean": [float(v) for v in json.loads(meta["mean"])],
+                "std": [float(v) for v in json.loads(meta["std"])],
+                "crop_pct": float(meta["crop_pct"]),
+                "crop_mode": meta.get("crop_mode", "center"),
+            }
+            return cls(
+                backbone=meta["backbone"],
+                classes=[str(c) for c in json.loads(meta["classes"])],
+                data_config=data_config,
+                bottleneck_dim=int(meta.get("bottleneck_dim", "0")),
+                method=meta["method"],
+                domain_labels=meta["domain_labels"],
+                version=meta.get("golabels_version", "?"),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it: golabels export RUN_DIR --onnx") from exc
