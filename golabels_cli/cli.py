@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -53,6 +54,10 @@ def guarded(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             sys.stderr.write("error: interrupted\n")
             raise typer.Exit(130)
+        except BrokenPipeError:
+            # The reader of stdout went away (`... | head`): stop quietly, as a shell tool would.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141)
         except Exception as exc:
             if debug:
                 raise
@@ -193,7 +198,7 @@ def demo(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Generate a small two-domain image set, then adapt and evaluate on it: source-only vs. CDAN+E with Go-labels."""
+    """Generate a small two-domain image set; adapt (source-only vs. CDAN+E with Go-labels), evaluate, export to ONNX, predict."""
     from .demo import run_demo
 
     result = run_demo(out, iters=iters, device=device, progress_factory=lambda: AdaptProgress(quiet=quiet or json_),
@@ -206,7 +211,123 @@ def demo(
             f"adapted ({result['adapted']['method']} + {result['adapted']['domain_labels']}) {result['adapted']['target_acc']:.3f}"
         )
         stdout.print(f"runs: {result['source_only']['run_dir']} and {result['adapted']['run_dir']}")
+        stdout.print(f"exported {result['export']['onnx']} (max |probability difference| vs. PyTorch {result['export']['max_abs_diff']:.1e}); "
+                     f"its predictions on the target: {result['predict']['csv']} ({result['predict']['rows']} rows, accuracy {result['predict']['target_acc']:.3f})")
         stdout.print(f"try:  golabels eval {result['adapted']['run_dir']} {result['data']['target']}")
+        stdout.print(f"      golabels predict {result['export']['onnx']} {result['data']['target']} --top-k 2")
+
+
+EXPORT_EPILOG = """
+**Examples**
+
+    golabels export runs/adapt/exp --onnx                   # writes runs/adapt/exp/model.onnx
+    golabels export runs/adapt/exp --onnx --output ship/classifier.onnx --batch 1
+
+The graph takes a float32 NCHW batch, already resized, center-cropped and normalized, and returns
+`logits` and `probabilities`. The file's metadata holds the class names and that preprocessing
+(docs/deployment.md shows how to use it from plain Python).
+"""
+
+
+@app.command(epilog=EXPORT_EPILOG)
+@guarded
+def export(
+    run_or_model: Annotated[str, typer.Argument(help="A run directory or a model.safetensors file.", show_default=False)],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format, so the default).")] = False,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="The .onnx file; default: model.onnx beside the model.", show_default=False)] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+    batch: Annotated[Optional[int], typer.Option(help="Fix the batch size in the graph (some runtimes need it).", show_default=False)] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Any batch size (the default).")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the graph and compare onnxruntime with PyTorch (max |diff| <= 1e-4).")] = True,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Replace an existing output file.")] = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Export an adapted model to ONNX, with its classes and preprocessing in the file, verified against PyTorch."""
+    from .export import export_onnx
+
+    if batch is not None and dynamic_batch:
+        raise InputError("--batch and --dynamic-batch exclude each other", "pass one of them")
+    result = export_onnx(run_or_model, output, opset=opset, batch=batch, verify=verify, exist_ok=exist_ok)
+    if json_:
+        print_json(result.to_dict())
+        return
+    stdout.print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, opset {result.opset}, "
+                 f"{'batch ' + str(result.batch) if result.batch else 'dynamic batch'}, {result.classes} classes) in {result.seconds:.1f}s")
+    if result.max_abs_diff is None:
+        stdout.print("not verified (--no-verify)")
+    else:
+        stdout.print(f"verified: max |probability difference| onnxruntime vs. PyTorch {result.max_abs_diff:.2e} on {result.verified_on}")
+
+
+PREDICT_EPILOG = """
+**Examples**
+
+    golabels predict runs/adapt/exp/model.onnx photos/ > labels.csv
+    find photos -name '*.jpg' | golabels predict model.onnx - --format jsonl --top-k 3
+    golabels predict runs/adapt/exp img1.png img2.png --device cpu
+
+CSV columns: path, label, confidence (then top1_label, top1_probability, ... with --top-k).
+With an .onnx model only onnxruntime runs: PyTorch is not needed.
+"""
+
+
+@app.command(epilog=PREDICT_EPILOG)
+@guarded
+def predict(
+    model: Annotated[str, typer.Argument(help="A run directory, a model.safetensors or a .onnx file.", show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)] = None,
+    format_: Annotated[str, typer.Option("--format", help="csv | jsonl.")] = "csv",
+    top_k: Annotated[int, typer.Option(help="Add the K most probable labels with their probabilities.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding threads; default min(8, CPUs).", show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Predict labels for images; one row per image on stdout (CSV or JSON lines)."""
+    import logging
+    import time
+
+    # Only torch-free modules here: an .onnx model must run without PyTorch installed.
+    from .errors import RunError
+    from .predict import csv_header, csv_row, iter_inputs, jsonl_row, open_predictor, predict_batches
+
+    if not inputs:
+        raise InputError("no inputs given", "pass image files, folders, or - to read paths from stdin")
+    if format_ not in ("csv", "jsonl"):
+        raise InputError(f"unknown --format {format_!r}", "pass csv or jsonl")
+    if batch_size < 1 or (workers is not None and workers < 0) or top_k < 0:
+        raise InputError("--batch-size must be positive; --workers and --top-k not negative")
+    predictor = open_predictor(model, device)
+    if top_k > len(predictor.classes):
+        raise InputError(f"--top-k {top_k} is more than the model's {len(predictor.classes)} classes", f"pass --top-k {len(predictor.classes)} or less")
+    log = logging.getLogger("golabels")
+    skipped: list[str] = []
+
+    def on_skip(path: str, why: str) -> None:
+        skipped.append(path)
+        log.warning("cannot read %s (%s): no prediction for it", path, why)
+
+    out = sys.stdout.buffer
+    rows, started, header = 0, time.perf_counter(), False
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    paths = iter_inputs(inputs, sys.stdin.buffer)
+    for batch in predict_batches(predictor, paths, batch_size, n_workers, on_skip):
+        text = "" if header or format_ != "csv" else csv_header(top_k)
+        header = True
+        for prediction in batch:
+            text += (csv_row if format_ == "csv" else jsonl_row)(prediction, predictor.classes, top_k)
+        rows += len(batch)
+        out.write(text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names come back as they were
+        out.flush()
+    if rows == 0 and not skipped:
+        raise InputError("no images found in the inputs", "pass image files or folders that hold images")
+    seconds = time.perf_counter() - started
+    log.info("predicted %d images in %.1fs (%.1f images/s) with %s", rows, seconds, rows / max(seconds, 1e-9), predictor.backend)
+    if skipped:
+        raise RunError(f"{len(skipped)} of {rows + len(skipped)} inputs could not be read; the other {rows} rows were written", "see the warnings above")
 
 
 def main() -> None:

@@ -1,0 +1,302 @@
+"""golabels export --onnx and golabels predict (issue 3)."""
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, adapt_tiny, cli, cli_subprocess
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def exported(domains, tmp_path_factory):
+    """A tiny trained run and its default ONNX export."""
+    source, target = domains
+    root = tmp_path_factory.mktemp("exported")
+    result = cli("adapt", source, target, *TINY, "--iters", "6", "--out", root / "run", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    run = root / "run"
+    result = cli("export", run, "--onnx", "--json")
+    assert result.exit_code == 0, result.stderr
+    return run, json.loads(result.stdout)
+
+
+def _images(folder):
+    return sorted(str(p) for p in Path(folder).rglob("*.png"))
+
+
+def _predict_csv(stdout: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(stdout)))
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+
+def test_export_is_checked_self_describing_and_equal_to_pytorch(exported, domains):
+    run, report = exported
+    path = run / "model.onnx"
+    assert report["path"] == str(path) and report["batch"] is None and report["opset"] == 18
+    assert report["max_abs_diff"] <= 1e-4 and "source folder" in report["verified_on"]
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["golabels_format"] == "golabels-onnx/1"
+    assert json.loads(meta["classes"]) == ["circle", "square", "triangle"]
+    assert json.loads(meta["input_size"]) == [3, 32, 32]
+    assert len(json.loads(meta["mean"])) == 3 and len(json.loads(meta["std"])) == 3
+    assert meta["interpolation"] and float(meta["crop_pct"]) > 0 and meta["crop_mode"] == "center"
+    assert (meta["backbone"], meta["method"], meta["domain_labels"]) == ("test_resnet", "cdan-e", "go")
+    assert meta["golabels_version"]
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["logits", "probabilities"]
+
+    # onnxruntime vs. PyTorch on generated images, at batch sizes 1 and 7.
+    from golabels_cli.checkpoint import load_model
+    from golabels_cli.images import load_array
+
+    torch_model, info = load_model(run)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, target = domains
+    arrays = np.stack([load_array(p, info.data_config) for p in _images(target)[:7]])
+    for batch in (arrays[:1], arrays):
+        logits, probabilities = session.run(None, {"input": batch})
+        with torch.no_grad():
+            expected_logits, _ = torch_model(torch.from_numpy(batch))
+        assert probabilities.shape == (len(batch), 3)
+        np.testing.assert_allclose(probabilities, expected_logits.softmax(1).numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(logits, expected_logits.numpy(), atol=1e-3, rtol=0)
+        np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+
+
+def test_export_never_overwrites_and_exist_ok_replaces(exported, tmp_path):
+    run, _ = exported
+    out = tmp_path / "ship" / "classifier.onnx"
+    first = cli("export", run, "--onnx", "--output", out)
+    assert first.exit_code == 0, first.stderr
+    assert "verified" in first.stdout and "e-" in first.stdout
+    stamp = out.stat().st_mtime_ns
+    again = cli("export", run, "--onnx", "--output", out)
+    assert again.exit_code == 2 and "already exists" in again.stderr and out.stat().st_mtime_ns == stamp
+    replaced = cli("export", run, "--onnx", "--output", out, "--exist-ok", "--no-verify", "--json")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert json.loads(replaced.stdout)["max_abs_diff"] is None and out.stat().st_mtime_ns != stamp
+    assert sorted(p.name for p in out.parent.iterdir()) == ["classifier.onnx"]  # no temporary files left
+
+
+def test_export_failing_verification_leaves_nothing(exported, tmp_path, monkeypatch):
+    import golabels_cli.export as export
+
+    run, _ = exported
+    monkeypatch.setattr(export, "VERIFY_TOLERANCE", -1.0)  # any difference, even 0, now fails
+    result = cli("export", run, "--onnx", "--output", tmp_path / "m.onnx")
+    assert result.exit_code == 1
+    assert "differ from PyTorch" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_fixed_batch_and_random_inputs_without_source(domains, tmp_path):
+    source, target = domains
+    src = Path(shutil.copytree(source, tmp_path / "src"))
+    run = adapt_tiny(src, target, tmp_path / "run", "--iters", "2")
+    shutil.rmtree(src)  # the source folder is gone: verification uses random inputs
+    result = cli("export", run / "model.safetensors", "--onnx", "--batch", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["path"] == str(run / "model.onnx") and report["batch"] == 3
+    assert "random" in report["verified_on"] and report["max_abs_diff"] <= 1e-4
+    session = ort.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [3, 3, 32, 32]
+    # predict pads the last batch of a fixed-batch graph: 7 images in batches of 3.
+    images = _images(target)[:7]
+    onnx_rows = _predict_csv(cli("predict", report["path"], *images).stdout)
+    torch_rows = _predict_csv(cli("predict", run, *images, "--device", "cpu").stdout)
+    assert [r["path"] for r in onnx_rows] == images
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+
+
+def test_export_bad_arguments(exported, tmp_path):
+    run, _ = exported
+    for args, words in (
+        ((tmp_path / "missing", "--onnx"), "does not exist"),
+        ((run, "--onnx", "--batch", "2", "--dynamic-batch"), "exclude each other"),
+        ((run, "--onnx", "--output", tmp_path / "m.txt"), "does not end in .onnx"),
+        ((run, "--onnx", "--opset", "7", "--output", tmp_path / "a.onnx"), "out of range"),
+        ((run, "--onnx", "--batch", "0", "--output", tmp_path / "b.onnx"), "must be positive"),
+    ):
+        result = cli("export", *args)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert words in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+# ---- predict ---------------------------------------------------------------------------------
+
+
+def test_predict_onnx_and_run_directory_agree(exported, domains):
+    run, _ = exported
+    _, target = domains
+    onnx_result = cli("predict", run / "model.onnx", target, "--top-k", "2")
+    torch_result = cli("predict", run, target, "--top-k", "2", "--device", "cpu")
+    assert onnx_result.exit_code == torch_result.exit_code == 0, onnx_result.stderr + torch_result.stderr
+    onnx_rows, torch_rows = _predict_csv(onnx_result.stdout), _predict_csv(torch_result.stdout)
+    assert list(onnx_rows[0]) == ["path", "label", "confidence", "top1_label", "top1_probability", "top2_label", "top2_probability"]
+    assert [r["path"] for r in onnx_rows] == _images(target)  # a folder is read recursively, in sorted order
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    for a, b in zip(onnx_rows, torch_rows):
+        assert abs(float(a["confidence"]) - float(b["confidence"])) <= 1e-4
+        assert a["top1_label"] == a["label"] and float(a["top1_probability"]) >= float(a["top2_probability"])
+        assert a["top2_label"] != a["label"]
+    # The same predictions as eval's: eval's accuracy equals the rows' agreement with folder names.
+    report = json.loads(cli("eval", run, target, "--json", "--device", "cpu").stdout)
+    agree = sum(Path(r["path"]).parent.name == r["label"] for r in torch_rows) / len(torch_rows)
+    assert agree == pytest.approx(report["accuracy"])
+
+
+def test_predict_jsonl_and_batching(exported, domains):
+    run, _ = exported
+    _, target = domains
+    reference = cli("predict", run / "model.onnx", target, "--format", "jsonl", "--top-k", "3")
+    assert reference.exit_code == 0, reference.stderr
+    rows = [json.loads(line) for line in reference.stdout.splitlines()]
+    assert len(rows) == 24 and set(rows[0]) == {"path", "label", "confidence", "top_k"}
+    assert [t["label"] for t in rows[0]["top_k"]][0] == rows[0]["label"]
+    assert sum(t["probability"] for t in rows[0]["top_k"]) == pytest.approx(1.0, abs=1e-5)
+    # Batch size and decoding threads change nothing in the output.
+    for extra in (("--batch-size", "5", "--workers", "0"), ("--batch-size", "1", "--workers", "3")):
+        result = cli("predict", run / "model.onnx", target, "--format", "jsonl", "--top-k", "3", *extra)
+        assert result.stdout == reference.stdout
+
+
+def test_predict_in_a_shell_pipeline_with_unreadable_inputs(exported, domains, tmp_path):
+    run, _ = exported
+    _, target = domains
+    images = Path(shutil.copytree(target, tmp_path / "imgs"))
+    (images / "circle" / "broken.png").write_bytes(b"not a png at all")
+    (images / "circle" / "empty.png").write_bytes(b"")
+    odd = images / "name, with \"quotes\".png"
+    shutil.copy(images / "square" / os.listdir(images / "square")[0], odd)
+    command = (
+        f"find {images} -name '*.png' | {sys.executable} -m golabels_cli predict {run / 'model.onnx'} - "
+        f"| {sys.executable} -c 'import sys, csv; rows = list(csv.reader(sys.stdin)); print(len(rows) - 1, rows[0])'"
+    )
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=300)
+    # 25 readable images (24 + the oddly named one) give 25 rows; the two broken ones are named on stderr, exit 1.
+    assert result.stdout.strip() == "25 ['path', 'label', 'confidence']", result.stderr
+    assert result.returncode == 1
+    assert "broken.png" in result.stderr and "empty.png" in result.stderr
+    assert "2 of 27 inputs could not be read" in result.stderr and "Traceback" not in result.stderr
+    plain = cli("predict", run / "model.onnx", odd)
+    assert _predict_csv(plain.stdout)[0]["path"] == str(odd)  # CSV quoting keeps the comma and quotes
+
+
+def test_predict_keeps_non_utf8_file_names(exported, domains, tmp_path):
+    run, _ = exported
+    _, target = domains
+    name = os.fsencode(tmp_path) + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
+    shutil.copy(_images(target)[0], name)
+    result = subprocess.run(
+        [sys.executable, "-m", "golabels_cli", "predict", str(run / "model.onnx"), "-"],
+        input=name + b"\n", capture_output=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith(name + b",")
+
+
+def test_predict_onnx_without_torch(exported, domains):
+    """With an .onnx model, predict must work where importing torch fails."""
+    run, _ = exported
+    _, target = domains
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'timm'):\n"
+        "            raise ImportError(name + ' is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from golabels_cli.cli import main\n"
+        "sys.argv = ['golabels'] + sys.argv[1:]\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker, "predict", str(run / "model.onnx"), str(target), "--top-k", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = _predict_csv(result.stdout)
+    assert len(rows) == 24
+    with_torch = _predict_csv(cli("predict", run / "model.onnx", target, "--top-k", "2").stdout)
+    assert rows == with_torch
+
+
+def test_predict_bad_model_or_inputs_exit_2_with_one_line(exported, domains, tmp_path):
+    run, _ = exported
+    _, target = domains
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes((run / "model.onnx").read_bytes()[:5000])
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    foreign = tmp_path / "foreign.onnx"
+    plain = onnx.load(str(run / "model.onnx"))
+    del plain.metadata_props[:]
+    onnx.save(plain, str(foreign))
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ((corrupt, target), "cannot load ONNX model"),
+        ((text, target), "cannot load ONNX model"),
+        ((foreign, target), "not a golabels ONNX model"),
+        ((tmp_path / "notes.txt", target), "does not exist"),
+        ((tmp_path / "no-run", target), "does not exist"),
+        ((run / "metrics.jsonl", target), "not a model file"),
+        ((run / "model.onnx",), "no inputs given"),
+        ((run / "model.onnx", tmp_path / "empty"), "no images found"),
+        ((run / "model.onnx", target, "--top-k", "4"), "more than the model's 3 classes"),
+        ((run / "model.onnx", target, "--format", "xml"), "unknown --format"),
+    ]
+    for args, words in cases:
+        result = cli_subprocess("predict", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr and result.stdout == ""
+    empty_stdin = subprocess.run([sys.executable, "-m", "golabels_cli", "predict", str(run / "model.onnx"), "-"],
+                                 input="", capture_output=True, text=True, timeout=300)
+    assert empty_stdin.returncode == 2 and "no images found" in empty_stdin.stderr
+
+
+def test_predict_stops_quietly_when_the_reader_goes_away(exported, domains):
+    run, _ = exported
+    _, target = domains
+    command = f"{sys.executable} -m golabels_cli predict {run / 'model.onnx'} {target} {target} {target} --batch-size 1 | head -n 2"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert result.stdout.count("\n") == 2 and "Traceback" not in result.stderr and "error" not in result.stderr
+
+
+# ---- documentation ---------------------------------------------------------------------------
+
+
+def test_deployment_page_script_matches_predict(exported, domains, tmp_path):
+    run, _ = exported
+    _, target = domains
+    page = (REPO / "docs" / "deployment.md").read_text()
+    script = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    (tmp_path / "classify.py").write_text(script)
+    images = _images(target)[:5]
+    result = subprocess.run([sys.executable, str(tmp_path / "classify.py"), str(run / "model.onnx"), *images],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ours = _predict_csv(cli("predict", run / "model.onnx", *images).stdout)
+    assert result.stdout.splitlines() == [f"{r['path']},{r['label']},{r['confidence']}" for r in ours]
