@@ -59,11 +59,17 @@ def test_demo_runs_end_to_end(tmp_path):
         assert 0 <= report[key]["target_acc"] <= 1
         assert (tmp_path / "demo" / report[key]["method"] / "model.safetensors").exists()
     assert report["adapted"]["domain_labels"] == "go"
+    # The demo ships the adapted model: ONNX export, then predict with it on the target images.
+    assert report["export"]["onnx"] == str(tmp_path / "demo" / "cdan-e" / "model.onnx") and report["export"]["max_abs_diff"] <= 1e-4
+    rows = list(csv.DictReader(open(report["predict"]["csv"])))
+    assert len(rows) == report["predict"]["rows"] == 360
+    # ONNX labels agree with eval's PyTorch ones: the same accuracy, give or take a near-tie.
+    assert abs(report["predict"]["target_acc"] - report["adapted"]["target_acc"]) <= 1 / 360 + 1e-9
 
 
 def test_help_and_version():
     assert "golabels" in cli("--version").stdout
-    for command in ("adapt", "eval", "demo"):
+    for command in ("adapt", "eval", "demo", "export", "predict"):
         result = cli(command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout
     assert "--domain-labels" in cli("adapt", "--help").stdout
