@@ -1,0 +1,89 @@
+"""ONNX export of a real backbone: verification and CPU inference speed, onnxruntime vs. PyTorch.
+
+Builds a golabels classifier on the backbone (pretrained from --weights, or random init; the
+bottleneck and head are random: export and speed don't depend on them), saves it the way a run
+does, exports it with `golabels_cli.export.export_onnx` (which verifies it), then times PyTorch
+eval and onnxruntime on the same batch, alternating, on this machine's CPU.
+
+    python benchmarks/onnx_speed.py --backbone tf_efficientnet_lite0 \\
+        --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors --images /tmp/golabels-data/webcam
+    python benchmarks/onnx_speed.py --backbone resnet50 --images /tmp/golabels-data/webcam
+
+--images is a labeled folder (e.g. Office-31 webcam): its classes name the head, and verification
+and timing run on its images instead of random inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import yaml
+
+from golabels_cli.checkpoint import save_model
+from golabels_cli.export import export_onnx, verification_batch
+from golabels_cli.model_info import ModelInfo
+from golabels_cli.models import Classifier, create_backbone, resolve_data_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--weights", help="local timm state dict; default: random init")
+    parser.add_argument("--images", help="labeled folder for class names, verification and timing inputs")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    backbone = create_backbone(args.backbone, pretrained=False, weights=args.weights)
+    data_config = resolve_data_config(backbone, args.image_size)
+    classes = sorted(p.name for p in Path(args.images).iterdir() if p.is_dir()) if args.images else [f"c{i:02d}" for i in range(31)]
+    model = Classifier(backbone, len(classes)).eval()
+    info = ModelInfo(args.backbone, classes, data_config, 256, "source-only", "fixed")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp)
+        save_model(model, info, run / "model.safetensors")
+        if args.images:
+            (run / "config.yaml").write_text(yaml.safe_dump({"source": str(Path(args.images).resolve())}))
+        result = export_onnx(run)
+        x, described = verification_batch(run / "model.safetensors", info, args.batch)
+        session = ort.InferenceSession(result.path, providers=["CPUExecutionProvider"])
+
+        def run_torch() -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x))[0].softmax(1).numpy()
+
+        def run_ort() -> np.ndarray:
+            return session.run(["probabilities"], {"input": x})[0]
+
+        diff = float(np.abs(run_torch() - run_ort()).max())  # also the warm-up of both
+        times: dict[str, list[float]] = {"pytorch": [], "onnxruntime": []}
+        for _ in range(args.reps):
+            for name, fn in (("pytorch", run_torch), ("onnxruntime", run_ort)):
+                started = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - started)
+
+    pt, ox = statistics.median(times["pytorch"]), statistics.median(times["onnxruntime"])
+    print(f"backbone {args.backbone} ({'weights ' + args.weights if args.weights else 'random init'}), "
+          f"input {data_config['input_size']}, {len(classes)} classes, torch {torch.__version__}, onnxruntime {ort.__version__}, "
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads")
+    print(f"export: {result.bytes / 1e6:.1f} MB, opset {result.opset}, {result.seconds:.1f}s; "
+          f"verify max |probability diff| {result.max_abs_diff:.2e} on {result.verified_on}")
+    print(f"batch {args.batch} on {described}: max |probability diff| {diff:.2e}")
+    print(f"CPU inference, median of {args.reps}: PyTorch {pt * 1000:.0f} ms ({args.batch / pt:.1f} img/s), "
+          f"onnxruntime {ox * 1000:.0f} ms ({args.batch / ox:.1f} img/s); onnxruntime/PyTorch throughput ratio {pt / ox:.2f}")
+
+
+if __name__ == "__main__":
+    main()
