@@ -1,7 +1,8 @@
 """ONNX export of a real backbone: verification and CPU inference speed, onnxruntime vs. PyTorch.
 
 Builds a golabels classifier on the backbone (pretrained from --weights, or random init; the
-bottleneck and head are random: export and speed don't depend on them), saves it the way a run
+bottleneck and head are random, the head scaled so that probabilities are peaked as a trained
+model's are: export and speed don't depend on what the weights learned), saves it the way a run
 does, exports it with `golabels_cli.export.export_onnx` (which verifies it), then times PyTorch
 eval and onnxruntime on the same batch, alternating, on this machine's CPU.
 
@@ -41,6 +42,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--logit-std", type=float, default=5.0,
+                        help="scale the random head so the batch's logits have this spread (0: leave it); "
+                             "a random head gives near-uniform probabilities, which would hide export errors")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -52,11 +56,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp)
-        save_model(model, info, run / "model.safetensors")
         if args.images:
             (run / "config.yaml").write_text(yaml.safe_dump({"source": str(Path(args.images).resolve())}))
-        result = export_onnx(run)
         x, described = verification_batch(run / "model.safetensors", info, args.batch)
+        if args.logit_std > 0:
+            with torch.inference_mode():
+                spread = float(model(torch.from_numpy(x))[0].std())
+                model.head.weight.mul_(args.logit_std / spread)
+                model.head.bias.mul_(args.logit_std / spread)
+        save_model(model, info, run / "model.safetensors")
+        result = export_onnx(run)
         session = ort.InferenceSession(result.path, providers=["CPUExecutionProvider"])
 
         def run_torch() -> np.ndarray:
@@ -67,6 +76,10 @@ def main() -> None:
             return session.run(["probabilities"], {"input": x})[0]
 
         diff = float(np.abs(run_torch() - run_ort()).max())  # also the warm-up of both
+        with torch.inference_mode():
+            torch_logits = model(torch.from_numpy(x))[0].numpy()
+        logit_diff = float(np.abs(torch_logits - session.run(["logits"], {"input": x})[0]).max())
+        logit_scale = float(np.abs(torch_logits).max())
         times: dict[str, list[float]] = {"pytorch": [], "onnxruntime": []}
         for _ in range(args.reps):
             for name, fn in (("pytorch", run_torch), ("onnxruntime", run_ort)):
@@ -80,7 +93,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads")
     print(f"export: {result.bytes / 1e6:.1f} MB, opset {result.opset}, {result.seconds:.1f}s; "
           f"verify max |probability diff| {result.max_abs_diff:.2e} on {result.verified_on}")
-    print(f"batch {args.batch} on {described}: max |probability diff| {diff:.2e}")
+    print(f"batch {args.batch} on {described}: max |probability diff| {diff:.2e}, max |logit diff| {logit_diff:.2e} "
+          f"(largest |logit| {logit_scale:.2f}, largest probability {float(run_ort().max()):.3f})")
     print(f"CPU inference, median of {args.reps}: PyTorch {pt * 1000:.0f} ms ({args.batch / pt:.1f} img/s), "
           f"onnxruntime {ox * 1000:.0f} ms ({args.batch / ox:.1f} img/s); onnxruntime/PyTorch throughput ratio {pt / ox:.2f}")
 
