@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-from .errors import InputError, reason
-from .images import IMAGE_EXTENSIONS, image_files, load_rgb, to_array
+from .errors import InputError
+from .images import IMAGE_EXTENSIONS, check_image, image_files, load_rgb, to_array
 
 log = logging.getLogger("golabels")
-
 
 
 @dataclass
@@ -47,28 +48,25 @@ def _check_dir(root: str | Path, role: str) -> Path:
     return root
 
 
-def _readable(path: Path) -> str | None:
-    """None if PIL can identify and verify the file, else the reason it cannot."""
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return reason(exc)
-    return None
-
-
 def _keep_readable(paths: list[Path], role: str, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """The paths that decode completely; the others are warned about once and added to `skipped`."""
+    # Decoding releases the GIL, so threads check several images at once.
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        reasons = list(pool.map(check_image, paths))
     good = []
-    for path in paths:
-        reason = _readable(path)
-        if reason is None:
+    for path, why in zip(paths, reasons):
+        if why is None:
             good.append(path)
         else:
-            skipped.append((path, reason))
-            log.warning("skipping unreadable %s image %s (%s)", role, path, reason)
+            skipped.append((path, why))
+            log.warning("skipping unreadable %s image %s (%s)", role, path, why)
     return good
+
+
+def _report(problems: list[tuple[Path, str]], role: str, skipped: list[tuple[Path, str]]) -> None:
+    for path, why in problems:
+        skipped.append((path, why))
+        log.warning("skipping %s folder %s (%s)", role, path, why)
 
 
 def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
@@ -80,12 +78,19 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
     loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if loose:
         log.warning("ignoring %d images directly in %s: only images inside class folders are labeled", len(loose), root)
-    paths, labels, skipped = [], [], []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(image_files(class_dir))
+    skipped: list[tuple[Path, str]] = []
+    per_class = []
+    for class_dir in class_dirs:
+        problems: list[tuple[Path, str]] = []
+        files = sorted(image_files(class_dir, problems))
+        _report(problems, role, skipped)
         if not files:
             raise InputError(f"class folder {class_dir} has no images", "add images or remove the folder")
-        files = _keep_readable(files, role, skipped)
+        per_class.append(files)
+    readable = set(_keep_readable([f for files in per_class for f in files], role, skipped))
+    paths, labels = [], []
+    for label, (class_dir, files) in enumerate(zip(class_dirs, per_class)):
+        files = [f for f in files if f in readable]
         if not files:
             raise InputError(f"every image in class folder {class_dir} is unreadable", "check the files")
         paths += files
@@ -96,10 +101,12 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
 def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
     """Any tree of images; its folder names are not read, and its order is by file name."""
     root = _check_dir(root, role)
-    files = sorted(image_files(root), key=lambda p: (p.name, str(p.relative_to(root))))
+    skipped: list[tuple[Path, str]] = []
+    problems: list[tuple[Path, str]] = []
+    files = sorted(image_files(root, problems), key=lambda p: (p.name, str(p.relative_to(root))))
+    _report(problems, role, skipped)
     if not files:
         raise InputError(f"{role} folder {root} has no images", f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    skipped: list[tuple[Path, str]] = []
     files = _keep_readable(files, role, skipped)
     if not files:
         raise InputError(f"every image in {role} folder {root} is unreadable", "check the files")
@@ -160,18 +167,24 @@ class TrainImages(Dataset):
 
 
 class InfiniteDraws(Sampler):
-    """Endless seeded shuffles of range(n); each draw carries a unique augmentation seed."""
+    """Endless seeded shuffles of range(n); each draw carries a unique augmentation seed.
 
-    def __init__(self, n: int, seed: int, stream: int):
-        self.n, self.seed, self.stream = n, seed, stream
+    `start` skips that many draws, so a resumed run continues the exact sequence it left."""
+
+    def __init__(self, n: int, seed: int, stream: int, start: int = 0):
+        self.n, self.seed, self.stream, self.start = n, seed, stream, start
 
     def __iter__(self) -> Iterator[Draw]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream)
-        draw = 0
+        for _ in range(self.start // self.n):  # whole shuffles already drawn
+            torch.randperm(self.n, generator=g)
+        draw = self.start - self.start % self.n
+        skip = self.start % self.n
         while True:
-            for index in torch.randperm(self.n, generator=g).tolist():
-                yield Draw(index, ((self.seed * 1_000_003 + self.stream) * 2**32 + draw) % 2**63)
+            for index in torch.randperm(self.n, generator=g)[skip:].tolist():
+                yield Draw(index, ((self.seed * 1_000_003 + self.stream) * 2**32 + draw + skip) % 2**63)
                 draw += 1
+            draw, skip = draw + skip, 0
 
 
 class EvalImages(Dataset):
@@ -186,17 +199,27 @@ class EvalImages(Dataset):
         return self.transform(load_rgb(self.images.paths[i])), label
 
 
-def train_loader(images: ImageSet, transform, batch_size: int, seed: int, stream: int, workers: int, pin: bool):
+def _ignore_interrupts(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the main process saves and stops the workers, which
+    # must not die first (the step in progress would fail before the state is saved).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def train_loader(images: ImageSet, transform, batch_size: int, seed: int, stream: int, workers: int, pin: bool, start: int = 0):
+    """Batches of `batch_size` draws from InfiniteDraws, starting at draw `start`."""
     return DataLoader(
         TrainImages(images, transform),
         batch_size=batch_size,
-        sampler=InfiniteDraws(len(images), seed, stream),
+        sampler=InfiniteDraws(len(images), seed, stream, start),
         num_workers=workers,
         pin_memory=pin,
         drop_last=True,
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_interrupts if workers > 0 else None,
     )
 
 
 def eval_loader(images: ImageSet, transform, batch_size: int, workers: int, pin: bool = False):
-    return DataLoader(EvalImages(images, transform), batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+    return DataLoader(EvalImages(images, transform), batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+                      worker_init_fn=_ignore_interrupts if workers > 0 else None)

@@ -11,14 +11,28 @@ normalize with the data config's mean and std. A test compares it with timm's tr
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import reason
+
+log = logging.getLogger("golabels")
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+# A JPEG whose shorter side is at least DRAFT_ABOVE pixels is decoded at a reduced scale (libjpeg's
+# DCT scaling), keeping the shorter side >= DRAFT_SIDE: a 10000 x 10000 photo costs 19 MB, not 300.
+# Smaller images decode in full, so their pixels are exactly what timm's own pipeline sees.
+DRAFT_ABOVE, DRAFT_SIDE = 4096, 2048
+
+# Sizes are handled above; PIL still refuses real decompression bombs (DecompressionBombError).
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -34,18 +48,61 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """Every image below `folder` (hidden files and folders skipped), in walk order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+def image_files(folder: str | Path, problems: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Every image below `folder` (hidden files and folders skipped), in walk order.
+
+    Symbolic links are followed, each folder is read once (a link loop or a second link to a
+    folder already read is skipped), and a folder that can't be listed is reported in `problems`.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(err: OSError) -> None:
+        if problems is not None:
+            problems.append((Path(err.filename or folder), reason(err)))
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
+        try:
+            st = os.stat(dirpath)
+        except OSError as err:
+            unreadable(err)
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            if problems is not None:
+                problems.append((Path(dirpath), "link to a folder already read (a loop?)"))
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [Path(dirpath) / name for name in sorted(filenames) if is_image_name(name)]
     return found
 
 
+def check_image(path: str | Path) -> str | None:
+    """None if the image decodes completely, else why not. Decoding (not just parsing the header)
+    is what finds truncated files; JPEGs decode at 1/8 scale here, which still reads every byte."""
+    try:
+        if os.stat(path).st_size == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode, (1, 1))
+            img.load()
+    except FileNotFoundError:
+        return "no such file (a broken link?)"
+    except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError, DecompressionBombError...)
+        return reason(exc)
+    return None
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode any supported image to RGB: EXIF orientation applied, alpha composited on white."""
+    """Decode any supported image to RGB: EXIF orientation applied, alpha composited on white;
+    huge JPEGs at a reduced scale (DRAFT_ABOVE)."""
     with Image.open(path) as img:
+        if img.format == "JPEG" and min(img.size) >= DRAFT_ABOVE:
+            scale = DRAFT_SIDE / min(img.size)
+            img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255.
