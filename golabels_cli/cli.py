@@ -84,6 +84,7 @@ ADAPT_EPILOG = """
     golabels adapt src/ tgt/ --method dann --domain-labels fixed --iters 2000 --eval-dir tgt_labeled/
     golabels adapt src/ tgt/ --backbone tf_efficientnet_lite0 --weights lite0.safetensors
     golabels adapt --config runs/adapt/exp/config.yaml      # replay a run
+    golabels adapt --resume runs/adapt/exp                   # continue after Ctrl-C or a crash
 
 Methods: cdan-e (default; CDAN with entropy weights), cdan, dann, source-only (no adaptation).
 Domain labels: go (default; Go-labels), fixed (plain), soft (no rounding), zero-out (drop fooled samples).
@@ -111,6 +112,8 @@ def adapt(
     hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).")] = 0.5,
     trade_off: Annotated[float, typer.Option(help="Weight of the adversarial loss.")] = 1.0,
     log_every: Annotated[int, typer.Option(help="Write a metrics row every N iterations.")] = 10,
+    save_every: Annotated[int, typer.Option(help="Save the full training state every N iterations (0: at the end only).")] = 500,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run in this directory, with its own config.", show_default=False)] = None,
     out: Annotated[Optional[str], typer.Option(help="Run directory; default: runs/adapt/exp, exp2, ...", show_default=False)] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow writing into an existing --out directory.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights on CPU.")] = 0,
@@ -122,8 +125,27 @@ def adapt(
     debug: DebugOpt = False,
 ) -> None:
     """Train a classifier on SOURCE that works on TARGET. Writes a run directory with the model."""
-    from .config import build_config, load_yaml
+    from .config import RESUME_OPTIONS, build_config, load_yaml
     from .train import adapt as run_adapt
+    from .train import resume as run_resume
+
+    if resume is not None:
+        changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*RESUME_OPTIONS, "resume", "json_", "quiet", "debug")]
+        if changed:
+            name = changed[0].upper() if changed[0] in ("source", "target") else "--" + changed[0].replace("_", "-")
+            raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
+                             f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may change; start a new run to change more")
+        overrides = {k: ctx.params[k] for k in RESUME_OPTIONS if _from_command_line(ctx, k)}
+        progress = AdaptProgress(quiet=quiet)
+        try:
+            summary = run_resume(resume, overrides, progress=progress)
+        finally:
+            progress.close()
+        if json_:
+            print_json(summary)
+        else:
+            print_adapt_summary(summary)
+        return
 
     given = {k: v for k, v in ctx.params.items() if k not in ("config", "json_")}
     values: dict[str, Any] = load_yaml(config) if config else {}

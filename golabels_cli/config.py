@@ -47,6 +47,7 @@ class AdaptConfig:
     eval_dir: str | None = None
     eval_every: int = 0  # 0: evaluate --eval-dir at the end only
     log_every: int = 10
+    save_every: int = 500  # full training state to checkpoint.pt every N iterations; 0: at the end only
     seed: int = 0
     device: str = "auto"
     workers: int | None = None  # None: min(8, cpus - 1)
@@ -62,7 +63,9 @@ class AdaptConfig:
 
 
 # Options that shape the output of one invocation, not the training: never stored in config.yaml.
-RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug")
+RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug", "resume")
+# What may change when a run is resumed: nothing that changes the weights it will end with.
+RESUME_OPTIONS = ("device", "workers", "save_every")
 PATH_FIELDS = ("source", "target", "weights", "eval_dir")
 FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
 
@@ -128,7 +131,7 @@ def validate(cfg: AdaptConfig) -> None:
             raise InputError(f"--{option_name(name)} must be a positive integer, got {value!r}")
     if cfg.batch_size < 2:
         raise InputError("--batch-size must be at least 2", "BatchNorm needs two samples per domain")
-    for name in ("eval_every", "seed"):
+    for name in ("eval_every", "save_every", "seed"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
             raise InputError(f"--{option_name(name)} must be a non-negative integer")
     if cfg.workers is not None and (not isinstance(cfg.workers, int) or cfg.workers < 0):

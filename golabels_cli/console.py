@@ -71,6 +71,7 @@ class AdaptProgress:
         self.started = 0.0
         self.last_plain = 0.0
         self.last_iter = 0
+        self.first_iter = 0  # where this session started: > 0 when resumed
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if self.quiet:
@@ -79,13 +80,14 @@ class AdaptProgress:
 
     def _start(self, data: dict[str, Any]) -> None:
         self.total = data["iters"]
+        self.first_iter = self.last_iter = data.get("start", 0)
         self.started = self.last_plain = time.perf_counter()
         per_class = data["source_per_class"]
         stderr.print(
             f"adapting on {data['device']}: {data['source_images']} source images in {len(per_class)} classes "
             f"(fewest {min(per_class.values())}, most {max(per_class.values())}), {data['target_images']} target images"
         )
-        stderr.print(f"run directory: {data['run_dir']}")
+        stderr.print(f"run directory: {data['run_dir']}" + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""))
         if self.live:
             self.bar = Progress(
                 TextColumn("adapt"), BarColumn(), MofNCompleteColumn(),
@@ -94,13 +96,13 @@ class AdaptProgress:
                 console=stderr, transient=False,
             )
             self.bar.start()
-            self.task = self.bar.add_task("adapt", total=self.total, speed="", stats="")
+            self.task = self.bar.add_task("adapt", total=self.total, completed=self.first_iter, speed="", stats="")
 
     def _step(self, data: dict[str, Any]) -> None:
         self.last_iter = data["iter"]
         if self.bar is not None:
             elapsed = time.perf_counter() - self.started
-            self.bar.update(self.task, completed=data["iter"], speed=f"{data['iter'] / max(elapsed, 1e-9):.2f} it/s")
+            self.bar.update(self.task, completed=data["iter"], speed=f"{(data['iter'] - self.first_iter) / max(elapsed, 1e-9):.2f} it/s")
 
     @staticmethod
     def stats_text(row: dict[str, Any]) -> str:
@@ -122,7 +124,7 @@ class AdaptProgress:
         if now - self.last_plain >= self.PLAIN_INTERVAL_S or row["iter"] == self.total or "target_acc" in row:
             self.last_plain = now
             elapsed = now - self.started
-            speed = row["iter"] / max(elapsed, 1e-9)
+            speed = (row["iter"] - self.first_iter) / max(elapsed, 1e-9)
             eta = (self.total - row["iter"]) / max(speed, 1e-9)
             sys.stderr.write(
                 f"iter {row['iter']}/{self.total} {speed:.2f} it/s eta {eta:.0f}s lr {row['lr']:.2e} lambda {row['lambda']:.3f} "

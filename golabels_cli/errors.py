@@ -1,4 +1,4 @@
-"""The two kinds of failure the CLI maps to exit codes (2: bad input, 1: the run failed)."""
+"""The kinds of failure the CLI maps to exit codes (2: bad input, 1: the run failed, 130: interrupted, state saved)."""
 
 
 class GolabelsError(Exception):
@@ -25,6 +25,12 @@ class RunError(GolabelsError):
     """The run itself failed: diverged, out of memory."""
 
     exit_code = 1
+
+
+class Interrupted(GolabelsError):
+    """Stopped by Ctrl-C or SIGTERM after the state was saved."""
+
+    exit_code = 130
 
 
 def reason(exc: BaseException, limit: int = 160) -> str:

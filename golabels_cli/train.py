@@ -1,32 +1,43 @@
-"""adapt(): the whole training run, top to bottom.
+"""adapt() and resume(): the whole training run, top to bottom.
 
 Each step draws `batch_size` labeled source images and `batch_size` unlabeled target images,
 runs them through the classifier in one forward pass (so BatchNorm sees both domains), and
 minimizes  L = CE(source logits, source labels) + trade_off * L_adv  where L_adv is the method's
 discriminator loss (see `methods`) with the chosen domain targets (see `domain_labels`).
+
+Nothing is lost on the way: every `save_every` iterations, on Ctrl-C / SIGTERM (after the step in
+progress) and at the end, the whole training state goes to checkpoint.pt atomically — weights,
+optimizer, RNG states, sampler positions, metrics so far — and `resume()` continues from it to
+the same final weights, bit for bit on the CPU. A non-finite loss stops the run before anything
+broken is saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import claim_run_dir, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
-from .config import AdaptConfig, to_yaml
-from .data import scan_labeled, scan_unlabeled, train_loader, train_transform
-from .errors import InputError, RunError
+from .checkpoint import claim_run_dir, load_checkpoint, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
+from .config import AdaptConfig, build_config, to_yaml
+from .data import ImageSet, scan_labeled, scan_unlabeled, train_loader, train_transform
+from .errors import InputError, Interrupted, RunError, reason
 from .evaluate import evaluate_images, labeled_for_model
 from .methods import MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
@@ -36,6 +47,8 @@ log = logging.getLogger("golabels")
 
 Progress = Callable[[str, dict[str, Any]], None]
 STAT_KEYS = ("loss_cls", "loss_adv", "disc_acc", "disc_acc_src", "disc_acc_tgt", "relabeled_src", "relabeled_tgt")
+CHECKPOINT_FORMAT = "golabels-checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def pick_device(name: str) -> torch.device:
@@ -58,6 +71,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random generator a step may use, in types torch.load(weights_only=True) accepts."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+
+
 def _set_lr(optimizer: torch.optim.Optimizer, cfg: AdaptConfig, step: int) -> float:
     factor = (1.0 + cfg.resolved_lr_gamma() * step) ** (-cfg.lr_decay)
     for group in optimizer.param_groups:
@@ -69,16 +102,52 @@ def _nothing(kind: str, data: dict[str, Any]) -> None:
     pass
 
 
-def adapt(
-    cfg: AdaptConfig,
-    out: str | Path | None = None,
-    exist_ok: bool = False,
-    progress: Progress = _nothing,
-) -> dict[str, Any]:
-    """Train on cfg.source (labeled) and cfg.target (unlabeled); returns the summary.
+# ---- what a run is made of --------------------------------------------------------------------
 
-    Every input is checked before the run directory is created, so bad input leaves nothing behind.
-    """
+
+@dataclass
+class Training:
+    """Everything built from a config before anything is written: inputs checked, model made."""
+
+    cfg: AdaptConfig
+    device: torch.device
+    source: ImageSet
+    target: ImageSet
+    eval_set: tuple[ImageSet, list[int]] | None
+    data_config: dict
+    model: Classifier
+    disc: torch.nn.Module
+    multilinear: MultilinearMap | None
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def adversarial(self) -> bool:
+        return self.cfg.method != "source-only"
+
+    def fingerprint(self) -> str:
+        """Which images, in which order: a resumed run replays the same draws only on the same lists."""
+        h = hashlib.sha256()
+        for images in (self.source, self.target):
+            for path in images.paths:
+                h.update(str(path.relative_to(images.root)).encode("utf-8", "surrogateescape") + b"\0")
+            h.update(b"\1")
+        return h.hexdigest()
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: saved in every checkpoint so a resumed run writes the same metrics."""
+
+    iteration: int = 0
+    sums: dict[str, float] = field(default_factory=dict)  # of the metrics window in progress
+    window: int = 0
+    last_row: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # training time of earlier sessions of this run
+
+
+def build(cfg: AdaptConfig) -> Training:
+    """Check every input and build the model and optimizer; nothing is written."""
     device = pick_device(cfg.device)
     check_backbone_name(cfg.backbone)
     source = scan_labeled(cfg.source, "source")
@@ -91,7 +160,6 @@ def adapt(
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.weights)
     data_config = resolve_data_config(backbone, cfg.image_size)
     model = Classifier(backbone, len(source.classes), cfg.bottleneck_dim).to(device)
-    adversarial = cfg.method != "source-only"
     disc_in = discriminator_input_dim(cfg.method, cfg.bottleneck_dim, len(source.classes))
     disc = discriminator(disc_in, cfg.disc_hidden).to(device)
     multilinear = None
@@ -104,104 +172,230 @@ def adapt(
         {"params": model.backbone.parameters(), "initial_lr": cfg.lr * backbone_mult},
         {"params": list(model.bottleneck.parameters()) + list(model.head.parameters()), "initial_lr": cfg.lr},
     ]
-    if adversarial:
+    if cfg.method != "source-only":
         groups.append({"params": disc.parameters(), "initial_lr": cfg.lr})
     for g in groups:
         g["lr"] = g["initial_lr"]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    return Training(cfg, device, source, target, eval_set, data_config, model, disc, multilinear, optimizer)
 
-    workers = cfg.resolved_workers()
-    cuda = device.type == "cuda"
-    transform = train_transform(data_config, cfg.min_crop, cfg.hflip)
-    source_batches = iter(train_loader(source, transform, cfg.batch_size, cfg.seed, 0, workers, cuda))
-    target_batches = iter(train_loader(target, transform, cfg.batch_size, cfg.seed, 1, workers, cuda)) if adversarial else None
 
+# ---- the two entry points ---------------------------------------------------------------------
+
+
+def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Progress = _nothing) -> dict[str, Any]:
+    """Train on cfg.source (labeled) and cfg.target (unlabeled); returns the summary.
+
+    Every input is checked before the run directory is created, so bad input leaves nothing behind.
+    """
+    t = build(cfg)
     run_dir = claim_run_dir(out, exist_ok)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    metrics_file = open(run_dir / "metrics.jsonl", "w")
-    info = ModelInfo(cfg.backbone, source.classes, data_config, cfg.bottleneck_dim, cfg.method, cfg.domain_labels)
-    counts = Counter(source.labels)
+    _write(run_dir / "config.yaml", to_yaml(cfg), None)
+    _write(run_dir / "metrics.jsonl", "", None)
+    return _train(t, run_dir, LoopState(), progress)
+
+
+def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = _nothing) -> dict[str, Any]:
+    """Continue an interrupted run from its checkpoint.pt to its configured iteration count."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} does not exist", "pass the folder of the interrupted run")
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} holds no {CHECKPOINT_FILE}", "the run stopped before its first save; start it again")
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
+    try:
+        cfg = build_config({**ckpt["config"], **(overrides or {})})
+        done = int(ckpt["loop"]["iteration"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path} is damaged ({reason(exc)})", "start the run again") from exc
+    if done >= cfg.iters and (run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file():
+        raise InputError(f"run {run_dir} is already complete ({done} of {cfg.iters} iterations)", "evaluate or export it, or start a new run")
+    # (done == iters without the model: the final writes failed, and resuming makes them again.)
+    t = build(cfg)
+    if t.source.classes != ckpt["classes"]:
+        raise InputError(f"the source folder's classes changed since {run_dir} started", "restore the folder, or start a new run")
+    if t.fingerprint() != ckpt["fingerprint"]:
+        log.warning("the source or target images changed since the run started: resuming anyway, "
+                    "but the result will differ from an uninterrupted run")
+    try:
+        t.model.load_state_dict(ckpt["model"])
+        t.disc.load_state_dict(ckpt["discriminator"])
+        if t.multilinear is not None:
+            t.multilinear.load_state_dict(ckpt["multilinear"])
+        t.optimizer.load_state_dict(ckpt["optimizer"])
+        state = LoopState(**ckpt["loop"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path} does not fit the run's own config ({reason(exc)})", "it is damaged; start the run again") from exc
+    _truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
+    return _train(t, run_dir, state, progress, rng=ckpt["rng"])
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng: dict | None = None) -> dict[str, Any]:
+    cfg, device = t.cfg, t.device
+    cuda = device.type == "cuda"
+    workers = cfg.resolved_workers()
+    transform = train_transform(t.data_config, cfg.min_crop, cfg.hflip)
+    start = state.iteration
+    # Each step takes batch_size draws per domain: the samplers start where the run left them.
+    source_batches = iter(train_loader(t.source, transform, cfg.batch_size, cfg.seed, 0, workers, cuda, start * cfg.batch_size))
+    target_batches = iter(train_loader(t.target, transform, cfg.batch_size, cfg.seed, 1, workers, cuda, start * cfg.batch_size)) if t.adversarial else None
+    if rng is not None:
+        set_rng_state(rng, device)  # after the loaders: creating one draws from the global generator
+
+    counts = Counter(t.source.labels)
     progress("start", {
-        "run_dir": str(run_dir), "iters": cfg.iters, "device": str(device), "classes": source.classes,
-        "source_images": len(source), "target_images": len(target),
-        "source_per_class": {c: counts[i] for i, c in enumerate(source.classes)},
+        "run_dir": str(run_dir), "iters": cfg.iters, "start": start, "device": str(device), "classes": t.source.classes,
+        "source_images": len(t.source), "target_images": len(t.target),
+        "source_per_class": {c: counts[i] for i, c in enumerate(t.source.classes)},
     })
+    saved_at = start if start else None  # iteration of the newest checkpoint on disk
+
+    def save(iteration: int) -> None:
+        nonlocal saved_at
+        state.iteration = iteration
+        state.sums = {k: float(v) for k, v in sums.items()}
+        state.window = window
+        state.seconds = seconds_before + time.perf_counter() - started
+        _save(_checkpoint(t, state), run_dir / CHECKPOINT_FILE, saved_at, run_dir)
+        saved_at = iteration
+
+    def check_finite(iteration: int) -> None:
+        first = float(first_bad.min())
+        if math.isfinite(first):
+            names = [k for k, v in zip(("loss_cls", "loss_adv"), first_bad.tolist()) if v == first]
+            values = {k: float(sums[k]) / max(window, 1) for k in names}
+            kept = f"the checkpoint of iteration {saved_at} is kept in {run_dir}" if saved_at else "nothing was saved"
+            raise RunError(
+                f"training diverged at iteration {int(first)}: {', '.join(f'{k} = {v}' for k, v in values.items())}; {kept}",
+                "lower --lr or --trade-off and start a new run",
+            )
 
     domain = torch.cat([torch.ones(cfg.batch_size), torch.zeros(cfg.batch_size)]).to(device)
-    sums = {k: torch.zeros((), device=device) for k in STAT_KEYS}
-    window = 0
-    last_row: dict[str, Any] = {}
-    evals: list[dict[str, Any]] = []
-    model.train()
-    disc.train()
-    started = time.perf_counter()
+    sums = {k: torch.tensor(state.sums.get(k, 0.0), device=device) for k in STAT_KEYS}
+    window = state.window
+    # The first iteration at which each loss was not finite (inf: not yet), tracked on the device so
+    # that checking it costs a host sync only when a row is logged or a checkpoint written.
+    first_bad = torch.full((2,), math.inf, device=device)
+    t.model.train()
+    t.disc.train()
+    seconds_before, started = state.seconds, time.perf_counter()
+    metrics = _open_metrics(run_dir / "metrics.jsonl")
     try:
-        for step in range(cfg.iters):
-            lr = _set_lr(optimizer, cfg, step)
-            coeff = grl_coeff(step, cfg.iters, cfg.grl_alpha)
-            xs, ys = next(source_batches)
-            xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
-            x = torch.cat([xs, next(target_batches)[0].to(device, non_blocking=True)]) if adversarial else xs
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
-                logits, features = model(x)
-                loss_cls = F.cross_entropy(logits[: cfg.batch_size].float(), ys)
-                if adversarial:
-                    loss_adv, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, disc, multilinear, coeff)
-                else:
-                    loss_adv, stats = torch.zeros((), device=device), {}
-                loss = loss_cls + cfg.trade_off * loss_adv
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        with _stop_requests() as stop:
+            for step in range(start, cfg.iters):
+                it = step + 1
+                lr = _set_lr(t.optimizer, cfg, step)
+                coeff = grl_coeff(step, cfg.iters, cfg.grl_alpha)
+                xs, ys = next(source_batches)
+                xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
+                x = torch.cat([xs, next(target_batches)[0].to(device, non_blocking=True)]) if t.adversarial else xs
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
+                    logits, features = t.model(x)
+                    loss_cls = F.cross_entropy(logits[: cfg.batch_size].float(), ys)
+                    if t.adversarial:
+                        loss_adv, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, t.disc, t.multilinear, coeff)
+                    else:
+                        loss_adv, stats = torch.zeros((), device=device), {}
+                    loss = loss_cls + cfg.trade_off * loss_adv
+                t.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                t.optimizer.step()
 
-            sums["loss_cls"] += loss_cls.detach()
-            sums["loss_adv"] += loss_adv.detach()
-            for k, v in stats.items():
-                sums[k] += v
-            window += 1
-            it = step + 1
-            progress("step", {"iter": it})
-            do_eval = eval_set is not None and (it == cfg.iters or (cfg.eval_every and it % cfg.eval_every == 0))
-            if it % cfg.log_every == 0 or it == cfg.iters or do_eval:
-                values = {k: float(v) / window for k, v in sums.items()}  # one host sync per logged row
-                bad = [k for k in ("loss_cls", "loss_adv") if not math.isfinite(values[k])]
-                if bad:
-                    raise RunError(f"training diverged at iteration {it}: {bad[0]} = {values[bad[0]]}", "lower --lr or --trade-off")
-                row = {"iter": it, **{k: round(v, 6) for k, v in values.items()}, "lr": lr, "lambda": round(coeff, 6)}
-                if not adversarial:
-                    row.update({k: None for k in STAT_KEYS if k != "loss_cls" and k != "loss_adv"})
-                if do_eval:
-                    result = evaluate_images(model, eval_set[0], eval_set[1], source.classes, data_config, device, 2 * cfg.batch_size, workers)
-                    row["target_acc"] = round(result.accuracy, 6)
-                    row["target_mean_class_acc"] = round(result.mean_class_accuracy, 6)
-                    evals.append({"iter": it, "accuracy": result.accuracy, "mean_class_accuracy": result.mean_class_accuracy})
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                progress("log", row)
-                last_row = row
-                sums = {k: torch.zeros((), device=device) for k in STAT_KEYS}
-                window = 0
+                losses = torch.stack([loss_cls.detach(), loss_adv.detach()]).float()
+                first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(losses), math.inf, float(it)))
+                sums["loss_cls"] += loss_cls.detach()
+                sums["loss_adv"] += loss_adv.detach()
+                for k, v in stats.items():
+                    sums[k] += v
+                window += 1
+                progress("step", {"iter": it})
+
+                do_eval = t.eval_set is not None and (it == cfg.iters or (cfg.eval_every and it % cfg.eval_every == 0))
+                if it % cfg.log_every == 0 or it == cfg.iters or do_eval:
+                    check_finite(it)
+                    row = _metrics_row(t, it, lr, coeff, sums, window)
+                    if do_eval:
+                        result = evaluate_images(t.model, t.eval_set[0], t.eval_set[1], t.source.classes, t.data_config, device, 2 * cfg.batch_size, workers)
+                        row["target_acc"] = round(result.accuracy, 6)
+                        row["target_mean_class_acc"] = round(result.mean_class_accuracy, 6)
+                        state.evals.append({"iter": it, "accuracy": result.accuracy, "mean_class_accuracy": result.mean_class_accuracy})
+                    _append(metrics, row, run_dir)
+                    progress("log", row)
+                    state.last_row = row
+                    sums = {k: torch.zeros((), device=device) for k in STAT_KEYS}
+                    window = 0
+                if it < cfg.iters and ((cfg.save_every and it % cfg.save_every == 0) or stop):
+                    check_finite(it)
+                    save(it)
+                    if stop:
+                        raise Interrupted(
+                            f"{stop[0]} at iteration {it} of {cfg.iters}; the training state is saved in {run_dir / CHECKPOINT_FILE}",
+                            f"resume with: golabels adapt --resume {run_dir}",
+                        )
+            check_finite(cfg.iters)
+    except (Interrupted, RunError):
+        raise
+    except KeyboardInterrupt:
+        # A second Ctrl-C stops at once; the newest checkpoint is intact (writes are atomic).
+        raise Interrupted(
+            f"stopped at once; {'the checkpoint of iteration ' + str(saved_at) + ' is kept' if saved_at else 'nothing was saved'}",
+            f"resume with: golabels adapt --resume {run_dir}" if saved_at else "start the run again",
+        ) from None
+    except Exception:
+        if saved_at:
+            log.error("the checkpoint of iteration %d is kept: resume with golabels adapt --resume %s", saved_at, run_dir)
+        raise
     finally:
-        metrics_file.close()
-    seconds = time.perf_counter() - started
+        metrics.close()
 
-    save_model(model, info, run_dir / "model.safetensors")
-    torch_save_atomic(
-        {
-            "format": "golabels-checkpoint/1",
-            "version": __version__,
-            "iter": cfg.iters,
-            "config": dataclasses.asdict(cfg),
-            "classes": source.classes,
-            "model": model.state_dict(),
-            "discriminator": disc.state_dict(),
-            "multilinear": multilinear.state_dict() if multilinear is not None else {},
-            "optimizer": optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
-        },
-        run_dir / "checkpoint.pt",
-    )
-    summary = {
+    seconds = seconds_before + time.perf_counter() - started
+    info = ModelInfo(cfg.backbone, t.source.classes, t.data_config, cfg.bottleneck_dim, cfg.method, cfg.domain_labels)
+    save(cfg.iters)
+    try:
+        save_model(t.model, info, run_dir / "model.safetensors")
+    except OSError as exc:
+        raise RunError(f"cannot write {run_dir / 'model.safetensors'} ({reason(exc)})", _kept(saved_at, run_dir)) from exc
+    summary = _summary(t, run_dir, state, seconds)
+    _write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", saved_at)
+    progress("end", summary)
+    return summary
+
+
+def _metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, torch.Tensor], window: int) -> dict[str, Any]:
+    values = {k: float(v) / window for k, v in sums.items()}  # one host sync per logged row
+    row = {"iter": it, **{k: round(v, 6) for k, v in values.items()}, "lr": lr, "lambda": round(coeff, 6)}
+    if not t.adversarial:
+        row.update({k: None for k in STAT_KEYS if k not in ("loss_cls", "loss_adv")})
+    return row
+
+
+def _checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "config": dataclasses.asdict(t.cfg),
+        "classes": t.source.classes,
+        "fingerprint": t.fingerprint(),
+        "model": t.model.state_dict(),
+        "discriminator": t.disc.state_dict(),
+        "multilinear": t.multilinear.state_dict() if t.multilinear is not None else {},
+        "optimizer": t.optimizer.state_dict(),
+        "rng": rng_state(t.device),
+        "loop": dataclasses.asdict(state),
+    }
+
+
+def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> dict[str, Any]:
+    cfg = t.cfg
+    eval_images = t.eval_set[0] if t.eval_set else None
+    skipped = [("source", t.source), ("target", t.target)] + ([("eval", eval_images)] if eval_images else [])
+    return {
         "golabels_version": __version__,
         "run_dir": str(run_dir),
         "backbone": cfg.backbone,
@@ -209,20 +403,91 @@ def adapt(
         "domain_labels": cfg.domain_labels,
         "iters": cfg.iters,
         "seconds": round(seconds, 2),
-        "images_per_s": round(cfg.iters * cfg.batch_size * (2 if adversarial else 1) / max(seconds, 1e-9), 1),
-        "device": str(device),
-        "classes": source.classes,
-        "images": {"source": len(source), "target": len(target), "eval": len(eval_set[0]) if eval_set else 0},
+        "images_per_s": round(cfg.iters * cfg.batch_size * (2 if t.adversarial else 1) / max(seconds, 1e-9), 1),
+        "device": str(t.device),
+        "classes": t.source.classes,
+        "images": {"source": len(t.source), "target": len(t.target), "eval": len(eval_images) if eval_images else 0},
         "skipped": {
-            "source": len(source.skipped),
-            "target": len(target.skipped),
-            "eval": len(eval_set[0].skipped) if eval_set else 0,
+            "source": len(t.source.skipped),
+            "target": len(t.target.skipped),
+            "eval": len(eval_images.skipped) if eval_images else 0,
         },
-        "final": {k: last_row.get(k) for k in ("loss_cls", "loss_adv", "disc_acc", "relabeled_src", "relabeled_tgt")},
-        "target_acc": evals[-1]["accuracy"] if evals else None,
-        "target_mean_class_acc": evals[-1]["mean_class_accuracy"] if evals else None,
-        "evals": evals,
+        "skipped_files": [{"role": role, "path": str(p), "reason": why} for role, images in skipped for p, why in images.skipped],
+        "final": {k: state.last_row.get(k) for k in ("loss_cls", "loss_adv", "disc_acc", "relabeled_src", "relabeled_tgt")},
+        "target_acc": state.evals[-1]["accuracy"] if state.evals else None,
+        "target_mean_class_acc": state.evals[-1]["mean_class_accuracy"] if state.evals else None,
+        "evals": state.evals,
     }
-    write_json_atomic(run_dir / "summary.json", summary)
-    progress("end", summary)
-    return summary
+
+
+# ---- signals and files ------------------------------------------------------------------------
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[str]]:
+    """The first SIGINT or SIGTERM asks the loop to stop after the step in progress (the list gets
+    the signal's name); a second one stops at once (KeyboardInterrupt)."""
+    requested: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set in the main thread
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append("interrupted" if signum == signal.SIGINT else "terminated")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _kept(saved_at: int | None, run_dir: Path) -> str:
+    if saved_at:
+        return f"the checkpoint of iteration {saved_at} is kept; fix it, then: golabels adapt --resume {run_dir}"
+    return "fix it and start the run again"
+
+
+def _save(checkpoint: dict[str, Any], path: Path, saved_at: int | None, run_dir: Path) -> None:
+    try:
+        torch_save_atomic(checkpoint, path)
+    except OSError as exc:
+        raise RunError(f"cannot save the training state to {path} ({reason(exc)})", _kept(saved_at, run_dir)) from exc
+
+
+def _write(path: Path, text: str, saved_at: int | None) -> None:
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise RunError(f"cannot write {path} ({reason(exc)})", _kept(saved_at, path.parent)) from exc
+
+
+def _open_metrics(path: Path):
+    try:
+        return open(path, "a")
+    except OSError as exc:
+        raise RunError(f"cannot write {path} ({reason(exc)})", "check the folder's permissions and free space") from exc
+
+
+def _append(metrics, row: dict[str, Any], run_dir: Path) -> None:
+    try:
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+    except OSError as exc:
+        raise RunError(f"cannot write {run_dir / 'metrics.jsonl'} ({reason(exc)})", "check the folder's free space") from exc
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop rows logged after the checkpoint: the resumed run logs them again."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["iter"] <= iteration:
+                    rows.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a row cut short by a crash
+    _write(path, "".join(rows), iteration)
