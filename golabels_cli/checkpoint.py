@@ -22,17 +22,24 @@ from .model_info import ModelInfo
 MODEL_FILE = "model.safetensors"
 
 
+def _unwritable(path: Path, exc: OSError) -> InputError:
+    return InputError(f"cannot create the run directory {path} ({reason(exc)})", "pass --out in a folder you can write to")
+
+
 def next_run_dir(parent: str | Path = "runs/adapt", name: str = "exp") -> Path:
     """Claim parent/exp, else exp2, exp3, ...: mkdir is atomic, so two runs never share one."""
     parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 100_000):
-        candidate = parent / (name if n == 1 else f"{name}{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 100_000):
+            candidate = parent / (name if n == 1 else f"{name}{n}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise _unwritable(parent, exc) from exc
     raise InputError(f"no free run directory name under {parent}", "pass --out DIR")
 
 
@@ -44,8 +51,19 @@ def claim_run_dir(out: str | Path | None, exist_ok: bool) -> Path:
         raise InputError(f"--out {out} is a file", "pass a folder path")
     if out.exists() and any(out.iterdir()) and not exist_ok:
         raise InputError(f"run directory {out} already exists", "pass another --out, or --exist-ok to write into it")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise _unwritable(out, exc) from exc
     return out
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files that a killed process left beside the files it was writing."""
+    for path in folder.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import claim_run_dir, load_checkpoint, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
+from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
 from .config import AdaptConfig, build_config, to_yaml
 from .data import ImageSet, scan_labeled, scan_unlabeled, train_loader, train_transform
 from .errors import InputError, Interrupted, RunError, reason
@@ -229,6 +229,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
         state = LoopState(**ckpt["loop"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"{path} does not fit the run's own config ({reason(exc)})", "it is damaged; start the run again") from exc
+    remove_stale_temporaries(run_dir)
     _truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     return _train(t, run_dir, state, progress, rng=ckpt["rng"])
 
