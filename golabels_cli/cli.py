@@ -136,26 +136,17 @@ def adapt(
             raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
                              f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may change; start a new run to change more")
         overrides = {k: ctx.params[k] for k in RESUME_OPTIONS if _from_command_line(ctx, k)}
-        progress = AdaptProgress(quiet=quiet)
-        try:
-            summary = run_resume(resume, overrides, progress=progress)
-        finally:
-            progress.close()
-        if json_:
-            print_json(summary)
-        else:
-            print_adapt_summary(summary)
-        return
-
-    given = {k: v for k, v in ctx.params.items() if k not in ("config", "json_")}
-    values: dict[str, Any] = load_yaml(config) if config else {}
-    for name, value in given.items():
-        if name not in values or _from_command_line(ctx, name):
-            values[name] = value
-    cfg = build_config(values)
+        run = functools.partial(run_resume, resume, overrides)
+    else:
+        given = {k: v for k, v in ctx.params.items() if k not in ("config", "json_")}
+        values: dict[str, Any] = load_yaml(config) if config else {}
+        for name, value in given.items():
+            if name not in values or _from_command_line(ctx, name):
+                values[name] = value
+        run = functools.partial(run_adapt, build_config(values), values.get("out"), bool(values.get("exist_ok")))
     progress = AdaptProgress(quiet=quiet)
     try:
-        summary = run_adapt(cfg, out=values.get("out"), exist_ok=bool(values.get("exist_ok")), progress=progress)
+        summary = run(progress=progress)
     finally:
         progress.close()
     if json_:
