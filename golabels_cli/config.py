@@ -51,6 +51,11 @@ class AdaptConfig:
     seed: int = 0
     device: str = "auto"
     workers: int | None = None  # None: min(8, cpus - 1)
+    freeze_backbone: bool = False  # train on backbone features computed once and cached (features.py)
+    cache_dir: str | None = None  # feature cache; None: $GOLABELS_CACHE or ~/.cache/golabels
+    cache_images: bool = False  # keep decoded, resized training images in memory
+    compile: bool = False  # torch.compile the classifier
+    deterministic: bool = False  # no cudnn.benchmark; deterministic cuDNN kernels (CUDA only)
 
     def resolved_lr_gamma(self) -> float:
         # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.
@@ -65,8 +70,8 @@ class AdaptConfig:
 # Options that shape the output of one invocation, not the training: never stored in config.yaml.
 RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug", "resume")
 # What may change when a run is resumed: nothing that changes the weights it will end with.
-RESUME_OPTIONS = ("device", "workers", "save_every")
-PATH_FIELDS = ("source", "target", "weights", "eval_dir")
+RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images")
+PATH_FIELDS = ("source", "target", "weights", "eval_dir", "cache_dir")
 FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
 
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from .errors import InputError
-from .images import IMAGE_EXTENSIONS, check_image, image_files, load_rgb, to_array
+from .images import IMAGE_EXTENSIONS, check_image, image_files, load_rgb, resize_shorter, scale_size, to_array
 
 log = logging.getLogger("golabels")
 
@@ -116,7 +118,16 @@ def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
 # ---- transforms -------------------------------------------------------------------------------
 
 
+def decode_for_training(path: Path, data_config: dict) -> Image.Image:
+    """An image as training crops it: shorter side at the eval scale size (256 for 224 px, as in
+    TLlib's recipe), so crops don't depend on the photo's resolution; large JPEGs decode at a
+    reduced scale that still covers that size."""
+    side = scale_size(data_config)
+    return resize_shorter(load_rgb(path, min_side=side), side, data_config.get("interpolation", "bilinear"))
+
+
 def train_transform(data_config: dict, min_crop: float, hflip: float) -> transforms.Compose:
+    """Applied to decode_for_training's image: random resized crop, flip, normalize."""
     size = data_config["input_size"][-2:]
     interpolation = transforms.InterpolationMode(data_config.get("interpolation", "bilinear"))
     steps = [transforms.RandomResizedCrop(size, scale=(min_crop, 1.0), interpolation=interpolation)]
@@ -149,16 +160,20 @@ class Draw:
 
 class TrainImages(Dataset):
     """Augmented training images. Each draw's augmentation is seeded by the draw itself, so the
-    batches are the same whatever the number of loader workers (and a resumed run can replay them)."""
+    batches are the same whatever the number of loader workers (and a resumed run can replay them).
+    With `decoded` (--cache-images), images come from memory instead of the disk, identical."""
 
-    def __init__(self, images: ImageSet, transform):
-        self.images, self.transform = images, transform
+    def __init__(self, images: ImageSet, transform, data_config: dict, decoded: list[np.ndarray] | None = None):
+        self.images, self.transform, self.data_config, self.decoded = images, transform, data_config, decoded
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, draw: Draw):
-        image = load_rgb(self.images.paths[draw.index])
+        if self.decoded is not None:
+            image = Image.fromarray(self.decoded[draw.index])
+        else:
+            image = decode_for_training(self.images.paths[draw.index], self.data_config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(draw.seed)
             x = self.transform(image)
@@ -206,18 +221,47 @@ def _ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def train_loader(images: ImageSet, transform, batch_size: int, seed: int, stream: int, workers: int, pin: bool, start: int = 0):
+def train_loader(images: ImageSet, transform, data_config: dict, batch_size: int, seed: int, stream: int, workers: int,
+                 pin: bool, start: int = 0, decoded: list[np.ndarray] | None = None):
     """Batches of `batch_size` draws from InfiniteDraws, starting at draw `start`."""
     return DataLoader(
-        TrainImages(images, transform),
+        TrainImages(images, transform, data_config, decoded),
         batch_size=batch_size,
         sampler=InfiniteDraws(len(images), seed, stream, start),
         num_workers=workers,
         pin_memory=pin,
         drop_last=True,
         persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 and pin else None,  # a GPU step is short: keep more batches ready
         worker_init_fn=_ignore_interrupts if workers > 0 else None,
     )
+
+
+def decode_all(images: ImageSet, data_config: dict, memory_fraction: float = 0.5) -> list[np.ndarray] | None:
+    """--cache-images: every image as decode_for_training makes it, in memory (uint8), or None
+    (with a warning) when that would take more than `memory_fraction` of the free memory."""
+    side = scale_size(data_config)
+    need = 0
+    for path in images.paths:
+        with Image.open(path) as img:
+            w, h = img.size
+        need += 3 * side * max(side, int(side * max(w, h) / max(1, min(w, h))))
+    free = _free_memory()
+    if free is not None and need > memory_fraction * free:
+        log.warning("--cache-images: the %d images would take %.1f GB, more than half the %.1f GB free; reading them from disk",
+                    len(images), need / 1e9, free / 1e9)
+        return None
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        decoded = list(pool.map(lambda p: np.asarray(decode_for_training(p, data_config)), images.paths))
+    log.info("--cache-images: %d images decoded into %.2f GB of memory", len(decoded), sum(a.nbytes for a in decoded) / 1e9)
+    return decoded
+
+
+def _free_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def eval_loader(images: ImageSet, transform, batch_size: int, workers: int, pin: bool = False):

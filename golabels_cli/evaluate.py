@@ -71,7 +71,11 @@ def evaluate_images(
     workers: int = 0,
 ) -> EvalResult:
     loader = eval_loader(images, eval_transform(data_config), batch_size, workers, pin=device.type == "cuda")
-    predicted = predict_logits(model, loader, device).argmax(1)
+    return score(images, to_model, model_classes, predict_logits(model, loader, device).argmax(1))
+
+
+def score(images: ImageSet, to_model: list[int], model_classes: list[str], predicted: torch.Tensor) -> EvalResult:
+    """Accuracy, per-class accuracy and confusion of the predicted model classes of `images`."""
     true_local = torch.tensor(images.labels)
     true_model = torch.tensor(to_model)[true_local]
     confusion = torch.zeros(len(images.classes), len(model_classes), dtype=torch.long)

@@ -96,13 +96,19 @@ def check_image(path: str | Path) -> str | None:
     return None
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode any supported image to RGB: EXIF orientation applied, alpha composited on white;
-    huge JPEGs at a reduced scale (DRAFT_ABOVE)."""
+def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
+    """Decode any supported image to RGB: EXIF orientation applied, alpha composited on white.
+
+    JPEGs are decoded at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4, 1/8) when that keeps
+    the shorter side >= `min_side`, several times faster on large photos; without `min_side`,
+    only huge ones are (DRAFT_ABOVE), so eval sees the same pixels as timm's own pipeline.
+    """
     with Image.open(path) as img:
-        if img.format == "JPEG" and min(img.size) >= DRAFT_ABOVE:
-            scale = DRAFT_SIDE / min(img.size)
-            img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+        if img.format == "JPEG":
+            side = min_side if min_side is not None else (DRAFT_SIDE if min(img.size) >= DRAFT_ABOVE else None)
+            if side is not None and side < min(img.size):
+                scale = side / min(img.size)
+                img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255.
@@ -112,6 +118,18 @@ def load_rgb(path: str | Path) -> Image.Image:
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
         return img.convert("RGB")
+
+
+def resize_shorter(img: Image.Image, side: int, interpolation: str = "bilinear") -> Image.Image:
+    """The shorter side to `side`, the longer in proportion (torchvision's Resize(int) on PIL)."""
+    w, h = img.size
+    size = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
+    return img if size == img.size else img.resize(size, _RESAMPLE[interpolation])
+
+
+def scale_size(data_config: dict) -> int:
+    """The shorter side before the crop: floor(input size / crop_pct), 256 for 224 at 0.875."""
+    return math.floor(min(data_config["input_size"][1:]) / (data_config.get("crop_pct") or 0.875))
 
 
 def _center_crop_or_pad(img: Image.Image, height: int, width: int, fill: tuple[int, ...]) -> Image.Image:
@@ -140,9 +158,7 @@ def resize_and_crop(img: Image.Image, data_config: dict) -> Image.Image:
         size = (round(img.width / ratio), round(img.height / ratio))
         fill = tuple(round(255 * v) for v in data_config["mean"])
     elif scale_h == scale_w:
-        short = scale_h  # the shorter side goes to `short`; the longer keeps the aspect ratio, truncated
-        size = (short, int(short * img.height / img.width)) if img.width <= img.height else (int(short * img.width / img.height), short)
-        fill = (0, 0, 0)
+        return _center_crop_or_pad(resize_shorter(img, scale_h, data_config.get("interpolation", "bilinear")), height, width, (0, 0, 0))
     else:
         ratio = min(img.height / scale_h, img.width / scale_w)
         size = (round(img.width / ratio), round(img.height / ratio))

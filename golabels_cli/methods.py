@@ -115,12 +115,15 @@ def adversarial_loss(
     if method == "cdan-e":
         weights = weights * entropy_weights(probs)
     loss = F.binary_cross_entropy_with_logits(disc_logits, t.targets, weight=weights)
-    src = domain > 0.5
+    # Masked means, not boolean indexing: indexing by a mask makes the GPU wait for the host.
+    src = (domain > 0.5).float()
+    tgt = 1.0 - src
+    correct, changed = t.correct.float(), t.changed.float()
     stats = {
-        "disc_acc": t.correct.float().mean(),
-        "disc_acc_src": t.correct[src].float().mean(),
-        "disc_acc_tgt": t.correct[~src].float().mean(),
-        "relabeled_src": t.changed[src].float().mean(),
-        "relabeled_tgt": t.changed[~src].float().mean(),
+        "disc_acc": correct.mean(),
+        "disc_acc_src": (correct * src).sum() / src.sum(),
+        "disc_acc_tgt": (correct * tgt).sum() / tgt.sum(),
+        "relabeled_src": (changed * src).sum() / src.sum(),
+        "relabeled_tgt": (changed * tgt).sum() / tgt.sum(),
     }
     return loss, stats

@@ -30,7 +30,11 @@ class Classifier(nn.Module):
         self.head = nn.Linear(bottleneck_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.bottleneck(self.backbone(x))
+        return self.classify(self.backbone(x))
+
+    def classify(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part after the backbone: what --freeze-backbone trains on cached features."""
+        features = self.bottleneck(backbone_features)
         return self.head(features), features
 
 

@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from . import __version__
 from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
 from .config import AdaptConfig, build_config, to_yaml
-from .data import ImageSet, scan_labeled, scan_unlabeled, train_loader, train_transform
+from .data import ImageSet, InfiniteDraws, decode_all, scan_labeled, scan_unlabeled, train_loader, train_transform
 from .errors import InputError, Interrupted, RunError, reason
-from .evaluate import evaluate_images, labeled_for_model
+from .evaluate import evaluate_images, labeled_for_model, score
+from .features import Features, backbone_features, model_key
 from .methods import MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
@@ -102,6 +103,31 @@ def _nothing(kind: str, data: dict[str, Any]) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How a run uses the hardware. On CUDA everything that makes it faster; elsewhere nothing,
+    so CPU results stay bit-exact and reproducible."""
+
+    autocast_bf16: bool = False
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    pin_memory: bool = False
+    cudnn_benchmark: bool = False
+    compile: bool = False
+
+
+def speed_settings(device: torch.device, cfg: AdaptConfig) -> Speed:
+    cuda = device.type == "cuda"
+    return Speed(
+        autocast_bf16=cuda,
+        channels_last=cuda and not cfg.freeze_backbone,
+        fused_optimizer=cuda,
+        pin_memory=cuda,
+        cudnn_benchmark=cuda and not cfg.deterministic,
+        compile=cfg.compile,
+    )
+
+
 # ---- what a run is made of --------------------------------------------------------------------
 
 
@@ -119,6 +145,9 @@ class Training:
     disc: torch.nn.Module
     multilinear: MultilinearMap | None
     optimizer: torch.optim.Optimizer
+    speed: Speed
+    features: dict[str, Features] | None = None  # --freeze-backbone: "source", "target", "eval"
+    decoded: dict[str, list[np.ndarray] | None] | None = None  # --cache-images: "source", "target"
 
     @property
     def adversarial(self) -> bool:
@@ -166,18 +195,37 @@ def build(cfg: AdaptConfig) -> Training:
     if cfg.method in ("cdan", "cdan-e"):
         multilinear = MultilinearMap(cfg.bottleneck_dim, len(source.classes), torch.Generator().manual_seed(cfg.seed)).to(device)
 
+    speed = speed_settings(device, cfg)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = speed.cudnn_benchmark
+    torch.backends.cudnn.deterministic = cfg.deterministic
+
     # Pretrained features move slowly (TLlib's recipe); features learned from scratch need the full rate.
     backbone_mult = cfg.backbone_lr_mult if (cfg.pretrained or cfg.weights) else 1.0
-    groups = [
-        {"params": model.backbone.parameters(), "initial_lr": cfg.lr * backbone_mult},
-        {"params": list(model.bottleneck.parameters()) + list(model.head.parameters()), "initial_lr": cfg.lr},
-    ]
+    groups = [{"params": list(model.bottleneck.parameters()) + list(model.head.parameters()), "initial_lr": cfg.lr}]
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+        if not (cfg.pretrained or cfg.weights):
+            log.warning("--freeze-backbone with a randomly initialized backbone: its features are random; pass --weights or --pretrained")
+    else:
+        groups.insert(0, {"params": list(model.backbone.parameters()), "initial_lr": cfg.lr * backbone_mult})
     if cfg.method != "source-only":
-        groups.append({"params": disc.parameters(), "initial_lr": cfg.lr})
+        groups.append({"params": list(disc.parameters()), "initial_lr": cfg.lr})
     for g in groups:
         g["lr"] = g["initial_lr"]
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    return Training(cfg, device, source, target, eval_set, data_config, model, disc, multilinear, optimizer)
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
+                                **({"fused": True} if speed.fused_optimizer else {}))
+    t = Training(cfg, device, source, target, eval_set, data_config, model, disc, multilinear, optimizer, speed)
+    workers = cfg.resolved_workers()
+    if cfg.freeze_backbone:
+        key = model_key(cfg.backbone, model.backbone, data_config)
+        sets = {"source": source, "target": target, **({"eval": eval_set[0]} if eval_set else {})}
+        t.features = {role: backbone_features(images, model.backbone, key, data_config, device, cfg.cache_dir, 2 * cfg.batch_size, workers)
+                      for role, images in sets.items()}
+    elif cfg.cache_images:
+        t.decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if t.adversarial else None}
+    return t
 
 
 # ---- the two entry points ---------------------------------------------------------------------
@@ -238,14 +286,27 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
 
 
 def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng: dict | None = None) -> dict[str, Any]:
-    cfg, device = t.cfg, t.device
-    cuda = device.type == "cuda"
+    cfg, device, speed = t.cfg, t.device, t.speed
     workers = cfg.resolved_workers()
-    transform = train_transform(t.data_config, cfg.min_crop, cfg.hflip)
     start = state.iteration
     # Each step takes batch_size draws per domain: the samplers start where the run left them.
-    source_batches = iter(train_loader(t.source, transform, cfg.batch_size, cfg.seed, 0, workers, cuda, start * cfg.batch_size))
-    target_batches = iter(train_loader(t.target, transform, cfg.batch_size, cfg.seed, 1, workers, cuda, start * cfg.batch_size)) if t.adversarial else None
+    if t.features is not None:
+        source_labels = torch.tensor(t.source.labels)
+        source_batches = feature_batches(t.features["source"].values, source_labels, cfg.batch_size, cfg.seed, 0, start * cfg.batch_size)
+        target_batches = feature_batches(t.features["target"].values, None, cfg.batch_size, cfg.seed, 1, start * cfg.batch_size)
+        forward = t.model.classify
+    else:
+        transform = train_transform(t.data_config, cfg.min_crop, cfg.hflip)
+        decoded = t.decoded or {}
+
+        def batches(images: ImageSet, stream: int):
+            return iter(train_loader(images, transform, t.data_config, cfg.batch_size, cfg.seed, stream, workers, speed.pin_memory,
+                                     start * cfg.batch_size, decoded.get("source" if stream == 0 else "target")))
+
+        source_batches = batches(t.source, 0)
+        target_batches = batches(t.target, 1) if t.adversarial else None
+        forward = torch.compile(t.model) if speed.compile else t.model
+    memory_format = torch.channels_last if speed.channels_last else torch.preserve_format
     if rng is not None:
         set_rng_state(rng, device)  # after the loaders: creating one draws from the global generator
 
@@ -296,8 +357,8 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
                 xs, ys = next(source_batches)
                 xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
                 x = torch.cat([xs, next(target_batches)[0].to(device, non_blocking=True)]) if t.adversarial else xs
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
-                    logits, features = t.model(x)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=speed.autocast_bf16):
+                    logits, features = forward(x.contiguous(memory_format=memory_format) if x.dim() == 4 else x)
                     loss_cls = F.cross_entropy(logits[: cfg.batch_size].float(), ys)
                     if t.adversarial:
                         loss_adv, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, t.disc, t.multilinear, coeff)
@@ -322,7 +383,7 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
                     check_finite(it)
                     row = _metrics_row(t, it, lr, coeff, sums, window)
                     if do_eval:
-                        result = evaluate_images(t.model, t.eval_set[0], t.eval_set[1], t.source.classes, t.data_config, device, 2 * cfg.batch_size, workers)
+                        result = _evaluate(t, workers)
                         row["target_acc"] = round(result.accuracy, 6)
                         row["target_mean_class_acc"] = round(result.mean_class_accuracy, 6)
                         state.evals.append({"iter": it, "accuracy": result.accuracy, "mean_class_accuracy": result.mean_class_accuracy})
@@ -366,6 +427,27 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
     _write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", saved_at)
     progress("end", summary)
     return summary
+
+
+def _evaluate(t: Training, workers: int):
+    images, to_model = t.eval_set
+    if t.features is None:
+        return evaluate_images(t.model, images, to_model, t.source.classes, t.data_config, t.device, 2 * t.cfg.batch_size, workers)
+    # The frozen backbone's eval-mode features are exactly what evaluating the images would compute.
+    was_training = t.model.training
+    t.model.eval()
+    with torch.no_grad():
+        logits, _ = t.model.classify(t.features["eval"].values.to(t.device))
+    t.model.train(was_training)
+    return score(images, to_model, t.source.classes, logits.argmax(1).cpu())
+
+
+def feature_batches(values: torch.Tensor, labels: torch.Tensor | None, batch_size: int, seed: int, stream: int, start: int):
+    """Batches of cached features drawn by the same sampler as the images would be."""
+    draws = iter(InfiniteDraws(len(values), seed, stream, start))
+    while True:
+        index = torch.tensor([next(draws).index for _ in range(batch_size)])
+        yield values[index], (labels[index] if labels is not None else torch.full((batch_size,), -1))
 
 
 def _metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, torch.Tensor], window: int) -> dict[str, Any]:
@@ -418,6 +500,7 @@ def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> di
         "target_acc": state.evals[-1]["accuracy"] if state.evals else None,
         "target_mean_class_acc": state.evals[-1]["mean_class_accuracy"] if state.evals else None,
         "evals": state.evals,
+        "features": {role: {"cached": f.cached, "computed": f.computed} for role, f in t.features.items()} if t.features else None,
     }
 
 

@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 # Tests never reach a model hub: pretrained downloads must fail at once, not retry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GOLABELS_TEST", "1")
+# --freeze-backbone's feature cache: never the user's own ~/.cache during tests.
+os.environ.setdefault("GOLABELS_CACHE", tempfile.mkdtemp(prefix="golabels-test-cache-"))
 
 import json
 import shutil

@@ -1,0 +1,118 @@
+"""--freeze-backbone: backbone features computed once, kept on disk, reused by every later run.
+
+With the backbone fixed, a training step needs only its output for each image, so each image
+goes through the backbone once (eval transform, eval mode) and only the bottleneck, head and
+discriminator train, on those features: minutes instead of hours on a CPU. No augmentation
+reaches the features; that is the price.
+
+    cache:  CACHE/features/<model key>/<image key[:2]>/<image key>.npy    (float32 vector)
+    model key  = sha256(backbone name, its weights, the eval data config, FORMAT)
+    image key  = sha256(real path, size, mtime)  — a changed file gets a new key and is recomputed
+
+CACHE is --cache-dir, else $GOLABELS_CACHE, else ~/.cache/golabels. Entries are written to a
+temporary file and renamed, so parallel runs share a cache safely; stale entries are never read
+(delete the folder to reclaim the space).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ImageSet, eval_loader, eval_transform
+from .errors import InputError, reason
+
+log = logging.getLogger("golabels")
+
+FORMAT = "golabels-features/1"
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir or os.environ.get("GOLABELS_CACHE") or Path.home() / ".cache" / "golabels").expanduser()
+
+
+def model_key(backbone_name: str, backbone: nn.Module, data_config: dict) -> str:
+    h = hashlib.sha256(json.dumps([FORMAT, backbone_name, data_config], sort_keys=True).encode())
+    for name, tensor in sorted(backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def image_key(path: Path) -> str:
+    st = os.stat(path)
+    return hashlib.sha256(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass
+class Features:
+    values: torch.Tensor  # [N, D] float32, in the ImageSet's order
+    cached: int  # rows read from the cache
+    computed: int  # rows computed by this call
+
+
+@torch.no_grad()
+def backbone_features(
+    images: ImageSet,
+    backbone: nn.Module,
+    key: str,
+    data_config: dict,
+    device: torch.device,
+    cache_dir: str | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> Features:
+    """The backbone's eval-mode output for every image, from the cache where present."""
+    folder = cache_root(cache_dir) / "features" / key
+    keys = [image_key(p) for p in images.paths]
+    files = [folder / k[:2] / f"{k}.npy" for k in keys]
+    rows: list[np.ndarray | None] = [None] * len(files)
+    for i, f in enumerate(files):
+        try:
+            rows[i] = np.load(f, allow_pickle=False)
+        except (OSError, ValueError):
+            pass  # absent, or damaged by something outside golabels: computed again
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        log.info("--freeze-backbone: computing features of %d images (%d cached)", len(missing), len(files) - len(missing))
+        subset = ImageSet(images.root, [images.paths[i] for i in missing], None, [])
+        loader = eval_loader(subset, eval_transform(data_config), batch_size, workers, pin=device.type == "cuda")
+        was_training = backbone.training
+        backbone.eval()
+        # Creating a loader draws from the global generator: keep training's randomness independent
+        # of whether the features were cached.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            done = 0
+            for x, _ in loader:
+                out = backbone(x.to(device)).float().cpu().numpy()
+                for row in out:
+                    i = missing[done]
+                    rows[i] = row
+                    _save_row(files[i], row)
+                    done += 1
+        backbone.train(was_training)
+    return Features(torch.from_numpy(np.stack(rows)).float(), len(files) - len(missing), len(missing))
+
+
+def _save_row(path: Path, row: np.ndarray) -> None:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, row.astype(np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write the feature cache in {path.parent} ({reason(exc)})",
+                         "pass --cache-dir in a writable folder with free space") from exc
