@@ -1,0 +1,208 @@
+"""Where a golabels adapt step spends its time, as ratios measured side by side in one process.
+
+    (a) adapt step images/s vs. plain supervised training of the same classifier, same images per step
+    (b) step time with Go-labels / with fixed domain labels
+    (c) training loader images/s (default workers) vs. adapt-step images/s
+    (d) full iteration time / --freeze-backbone iteration time (after the feature cache is built)
+    (e) with --real-dir: loader images/s with reduced-size JPEG decoding / with full decoding,
+        on copies of the folder's photos upscaled to --upscale px (written to a temporary folder)
+
+Steps run on in-memory random inputs, so (a), (b) and (d) measure the model, not the disk. Each
+comparison alternates its two variants step by step and reports medians.
+
+    python benchmarks/throughput.py --backbone resnet10t --image-size 64
+    python benchmarks/throughput.py --backbone tf_efficientnet_lite0 --image-size 224 \\
+        --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors --real-dir /tmp/golabels-data/webcam
+    python benchmarks/throughput.py --backbone resnet50 --image-size 224 --device cuda --steps 30   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from golabels_cli.config import build_config
+from golabels_cli.data import ImageSet, InfiniteDraws, TrainImages, decode_for_training, scan_unlabeled, train_loader, train_transform
+from golabels_cli.images import image_files, load_rgb, resize_shorter, scale_size
+from golabels_cli.synthetic import make_two_domains
+from golabels_cli.train import Training, build, feature_batches, train_step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    started = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def alternate(a, b, device: torch.device, steps: int, warmup: int) -> tuple[float, float]:
+    """Median seconds of a() and of b(), run alternately after `warmup` rounds of each."""
+    for _ in range(warmup):
+        a(), b()
+    ta, tb = [], []
+    for _ in range(steps):
+        ta.append(timed(a, device))
+        tb.append(timed(b, device))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def make_training(args, folder: Path, **overrides) -> Training:
+    values = dict(source=str(folder / "source"), target=str(folder / "target"), backbone=args.backbone, image_size=args.image_size,
+                  pretrained=False, weights=args.weights, batch_size=args.batch, device=args.device, workers=0, seed=0,
+                  cache_dir=str(folder / "cache"), method="cdan-e", domain_labels="go")
+    return build(build_config({**values, **overrides}))
+
+
+def adapt_stepper(t: Training, xs, ys, xt):
+    domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]).to(t.device)
+    forward = torch.compile(t.model) if t.speed.compile else t.model
+    return lambda: train_step(t, forward, xs, ys, xt, domain, 1.0)
+
+
+def supervised_stepper(t: Training, x, y):
+    """The baseline: the same classifier and optimizer, 2B labeled images, cross-entropy only."""
+
+    def step():
+        x_, y_ = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
+        if t.speed.channels_last:
+            x_ = x_.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=t.speed.autocast_bf16):
+            logits, _ = t.model(x_)
+            loss = F.cross_entropy(logits.float(), y_)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.optimizer.step()
+
+    return step
+
+
+class FullDecode(Dataset):
+    """decode_for_training without the reduced-size JPEG decoding: the comparison's baseline."""
+
+    def __init__(self, images: ImageSet, transform, data_config: dict):
+        self.images, self.transform, self.data_config = images, transform, data_config
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, draw):
+        side = scale_size(self.data_config)
+        img = resize_shorter(load_rgb(self.images.paths[draw.index]), side, self.data_config["interpolation"])
+        return self.transform(img), -1
+
+
+def loader_rate(dataset: Dataset, batch: int, workers: int, batches: int) -> float:
+    loader = DataLoader(dataset, batch_size=batch, sampler=InfiniteDraws(len(dataset), 0, 0), num_workers=workers,
+                        drop_last=True, persistent_workers=workers > 0)
+    it = iter(loader)
+    next(it)  # start the workers
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--weights")
+    parser.add_argument("--batch", type=int, default=32, help="images per domain per step")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each variant")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 1)))
+    parser.add_argument("--real-dir", help="a folder of JPEG photos for (e)")
+    parser.add_argument("--upscale", type=int, default=1000, help="shorter side of the (e) copies, px")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of one adapt step")
+    parser.add_argument("--figures", default="abcde", help="which figures to measure, e.g. 'e' for the decoding one alone")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_two_domains(folder, per_class=6, size=args.image_size, seed=0)
+        t = make_training(args, folder, compile=args.compile)
+        device, B = t.device, args.batch
+        gen = torch.Generator().manual_seed(0)
+        xs, xt = (torch.randn(B, 3, args.image_size, args.image_size, generator=gen) for _ in range(2))
+        ys = torch.randint(0, len(t.source.classes), (B,), generator=gen)
+        name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+        print(f"{args.backbone} at {args.image_size} px, batch {B} + {B}, {name}, torch {torch.__version__}")
+
+        adapt = adapt_stepper(t, xs, ys, xt)
+        adapt_rate = None
+        if "a" in args.figures:
+            supervised = supervised_stepper(t, torch.cat([xs, xt]), torch.cat([ys, ys]))
+            t_adapt, t_sup = alternate(adapt, supervised, device, args.steps, args.warmup)
+            adapt_rate = 2 * B / t_adapt
+            print(f"(a) adapt step {adapt_rate:.1f} img/s, supervised step {2 * B / t_sup:.1f} img/s: ratio {t_sup / t_adapt:.3f} (target >= 0.90)")
+
+        if "b" in args.figures:
+            fixed = make_training(args, folder, domain_labels="fixed", compile=args.compile)
+            t_go, t_fixed = alternate(adapt, adapt_stepper(fixed, xs, ys, xt), device, args.steps, args.warmup)
+            print(f"(b) step time go {t_go * 1000:.1f} ms, fixed {t_fixed * 1000:.1f} ms: ratio {t_go / t_fixed:.3f} (target <= 1.02)")
+            del fixed
+
+        if "c" in args.figures and adapt_rate:
+            source = scan_unlabeled(folder / "source")
+            rate = loader_rate(TrainImages(source, train_transform(t.data_config, 0.08, 0.5), t.data_config), B, args.workers, 20)
+            print(f"(c) loader {rate:.0f} img/s with {args.workers} workers vs. adapt step {adapt_rate:.1f} img/s: "
+                  f"ratio {rate / adapt_rate:.2f} (>= 1: the loader keeps up)")
+
+        if "d" in args.figures:
+            frozen = make_training(args, folder, freeze_backbone=True)
+            dim = frozen.features["source"].values.shape[1]
+            fs, ft = (torch.randn(B, dim, generator=gen) for _ in range(2))
+            domain = torch.cat([torch.ones(B), torch.zeros(B)]).to(device)
+            frozen_step = lambda: train_step(frozen, frozen.model.classify, fs, ys, ft, domain, 1.0)  # noqa: E731
+            t_full, t_frozen = alternate(adapt, frozen_step, device, args.steps, args.warmup)
+            print(f"(d) full iteration {t_full * 1000:.1f} ms, --freeze-backbone {t_frozen * 1000:.2f} ms: {t_full / t_frozen:.0f}x faster (target >= 30x)")
+
+        if args.real_dir and "e" in args.figures:
+            big = folder / "large"
+            big.mkdir()
+            for i, path in enumerate(image_files(args.real_dir)[:64]):
+                img = load_rgb(path)
+                resize_shorter(img, args.upscale, "bicubic").save(big / f"{i:03d}.jpg", quality=90)
+            photos = scan_unlabeled(big)
+            transform = train_transform(t.data_config, 0.08, 0.5)
+            reduced = loader_rate(TrainImages(photos, transform, t.data_config), B, args.workers, 12)
+            full = loader_rate(FullDecode(photos, transform, t.data_config), B, args.workers, 12)
+            w, h = Image.open(photos.paths[0]).size
+            print(f"(e) loader on {len(photos)} {w}x{h} JPEGs: reduced-size decoding {reduced:.0f} img/s, full decoding {full:.0f} img/s: "
+                  f"{reduced / full:.2f}x (target >= 3x); decoded sizes {Image.open(photos.paths[0]).size} -> "
+                  f"{decode_for_training(photos.paths[0], t.data_config).size} before the crop")
+
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as prof:
+                adapt()
+                sync(device)
+            sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            print(prof.key_averages().table(sort_by=sort, row_limit=15))
+        shutil.rmtree(folder / "cache", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
