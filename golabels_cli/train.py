@@ -306,7 +306,6 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
         source_batches = batches(t.source, 0)
         target_batches = batches(t.target, 1) if t.adversarial else None
         forward = torch.compile(t.model) if speed.compile else t.model
-    memory_format = torch.channels_last if speed.channels_last else torch.preserve_format
     if rng is not None:
         set_rng_state(rng, device)  # after the loaders: creating one draws from the global generator
 
@@ -355,24 +354,13 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
                 lr = _set_lr(t.optimizer, cfg, step)
                 coeff = grl_coeff(step, cfg.iters, cfg.grl_alpha)
                 xs, ys = next(source_batches)
-                xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
-                x = torch.cat([xs, next(target_batches)[0].to(device, non_blocking=True)]) if t.adversarial else xs
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=speed.autocast_bf16):
-                    logits, features = forward(x.contiguous(memory_format=memory_format) if x.dim() == 4 else x)
-                    loss_cls = F.cross_entropy(logits[: cfg.batch_size].float(), ys)
-                    if t.adversarial:
-                        loss_adv, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, t.disc, t.multilinear, coeff)
-                    else:
-                        loss_adv, stats = torch.zeros((), device=device), {}
-                    loss = loss_cls + cfg.trade_off * loss_adv
-                t.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                t.optimizer.step()
+                xt = next(target_batches)[0] if t.adversarial else None
+                loss_cls, loss_adv, stats = train_step(t, forward, xs, ys, xt, domain, coeff)
 
-                losses = torch.stack([loss_cls.detach(), loss_adv.detach()]).float()
+                losses = torch.stack([loss_cls, loss_adv]).float()
                 first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(losses), math.inf, float(it)))
-                sums["loss_cls"] += loss_cls.detach()
-                sums["loss_adv"] += loss_adv.detach()
+                sums["loss_cls"] += loss_cls
+                sums["loss_adv"] += loss_adv
                 for k, v in stats.items():
                     sums[k] += v
                 window += 1
@@ -427,6 +415,29 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
     _write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", saved_at)
     progress("end", summary)
     return summary
+
+
+def train_step(t: Training, forward: Callable, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None,
+               domain: torch.Tensor, coeff: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on a source batch (and a target batch): CE + trade_off * adversarial loss.
+    Returns the detached losses and statistics, still on the device (no host sync)."""
+    cfg, device = t.cfg, t.device
+    xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
+    x = torch.cat([xs, xt.to(device, non_blocking=True)]) if xt is not None else xs
+    if x.dim() == 4 and t.speed.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=t.speed.autocast_bf16):
+        logits, features = forward(x)
+        loss_cls = F.cross_entropy(logits[: len(ys)].float(), ys)
+        if xt is not None:
+            loss_adv, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, t.disc, t.multilinear, coeff)
+        else:
+            loss_adv, stats = torch.zeros((), device=device), {}
+        loss = loss_cls + cfg.trade_off * loss_adv
+    t.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    t.optimizer.step()
+    return loss_cls.detach(), loss_adv.detach(), stats
 
 
 def _evaluate(t: Training, workers: int):
