@@ -130,7 +130,8 @@ def load_model(run_or_model: str | Path):
     except Exception as exc:
         raise InputError(f"cannot read model {path} ({reason(exc)})", "the file is damaged; re-run or re-export") from exc
     info = ModelInfo.from_metadata(meta, path)
-    model = Classifier(create_backbone(info.backbone, pretrained=False), len(info.classes), info.bottleneck_dim)
+    model = Classifier(create_backbone(info.backbone, pretrained=False), len(info.classes), info.bottleneck_dim,
+                       bridged=info.method == "gvb")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

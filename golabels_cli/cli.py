@@ -86,8 +86,17 @@ ADAPT_EPILOG = """
     golabels adapt --config runs/adapt/exp/config.yaml      # replay a run
     golabels adapt --resume runs/adapt/exp                   # continue after Ctrl-C or a crash
 
-Methods: cdan-e (default; CDAN with entropy weights), cdan, dann, source-only (no adaptation).
-Domain labels: go (default; Go-labels), fixed (plain), soft (no rounding), zero-out (drop fooled samples).
+**Methods** (`--method`; docs/methods.md says when to pick which)
+
+- cdan-e: CDAN with entropy-weighted samples (Long et al. 2018), the default
+- cdan: discriminator conditioned on features x predictions (Long et al. 2018)
+- dann: domain-adversarial training on the features (Ganin et al. 2016)
+- dann-e: DANN with CDAN+E's entropy weights
+- gvb: gradually vanishing bridges on classifier and discriminator (GVB-GD, Cui et al. 2020)
+- asan: CDAN+E, spectrally normalized discriminator, spectral alignment (Raab et al. 2020)
+- source-only: no adaptation, the baseline every method must beat
+
+**Domain labels** (`--domain-labels`): go (default; Go-labels), fixed (plain), soft (no rounding), zero-out (drop fooled samples).
 """
 
 
@@ -98,7 +107,7 @@ def adapt(
     source: Annotated[Optional[str], typer.Argument(help="Labeled source folder: SOURCE/<class>/<images>.", show_default=False)] = None,
     target: Annotated[Optional[str], typer.Argument(help="Unlabeled target folder: any tree of images; sub-folder names are never read.", show_default=False)] = None,
     backbone: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet50",
-    method: Annotated[str, typer.Option(help="cdan-e | cdan | dann | source-only.")] = "cdan-e",
+    method: Annotated[str, typer.Option(help="cdan-e | cdan | dann | dann-e | gvb | asan | source-only.")] = "cdan-e",
     domain_labels: Annotated[str, typer.Option(help="go | fixed | soft | zero-out: the discriminator's targets.")] = "go",
     iters: Annotated[int, typer.Option(help="Training iterations.")] = 10000,
     batch_size: Annotated[int, typer.Option(help="Images per domain per step (source and target each).")] = 32,
@@ -111,6 +120,10 @@ def adapt(
     min_crop: Annotated[float, typer.Option(help="Smallest area fraction of the random resized crop.")] = 0.08,
     hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).")] = 0.5,
     trade_off: Annotated[float, typer.Option(help="Weight of the adversarial loss.")] = 1.0,
+    bridge_g_weight: Annotated[float, typer.Option(help="gvb: weight of the classifier bridge penalty (GVB's lambda).")] = 1.0,
+    bridge_d_weight: Annotated[float, typer.Option(help="gvb: weight of the discriminator bridge penalty (GVB's mu).")] = 1.0,
+    rsl_weight: Annotated[float, typer.Option(help="asan: weight of the relevance spectral alignment loss.")] = 1e-3,
+    rsl_k: Annotated[int, typer.Option(help="asan: how many of the smallest source singular values are shrunk.")] = 11,
     log_every: Annotated[int, typer.Option(help="Write a metrics row every N iterations.")] = 10,
     save_every: Annotated[int, typer.Option(help="Save the full training state every N iterations (0: at the end only).")] = 500,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run in this directory, with its own config.", show_default=False)] = None,

@@ -37,6 +37,10 @@ class AdaptConfig:
     lr_decay: float = 0.75
     grl_alpha: float = 10.0
     trade_off: float = 1.0  # weight of the adversarial loss
+    bridge_g_weight: float = 1.0  # gvb: weight of the classifier bridge's mean |output|
+    bridge_d_weight: float = 1.0  # gvb: weight of the discriminator bridge's mean |output|
+    rsl_weight: float = 1e-3  # asan: weight of the relevance spectral alignment loss
+    rsl_k: int = 11  # asan: how many of the smallest source singular values are shrunk
     bottleneck_dim: int = 256
     disc_hidden: int = 1024
     image_size: int | None = None  # None: the backbone's own input size
@@ -145,6 +149,12 @@ def validate(cfg: AdaptConfig) -> None:
         raise InputError(f"--image-size must be an integer of at least 8, got {cfg.image_size!r}")
     if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
         raise InputError(f"--lr must be positive, got {cfg.lr!r}")
+    for name in ("trade_off", "bridge_g_weight", "bridge_d_weight", "rsl_weight"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not value >= 0:
+            raise InputError(f"--{option_name(name)} must be a non-negative number, got {value!r}")
+    if not isinstance(cfg.rsl_k, int) or cfg.rsl_k < 0:
+        raise InputError(f"--rsl-k must be a non-negative integer, got {cfg.rsl_k!r}")
     if not 0 < cfg.min_crop <= 1:
         raise InputError(f"--min-crop must be in (0, 1], got {cfg.min_crop}")
     if not 0 <= cfg.hflip <= 1:

@@ -1,23 +1,39 @@
-"""Adversarial losses: gradient reversal and its schedule, DANN, CDAN and CDAN+E.
+"""Adversarial losses: gradient reversal and its schedule, DANN, DANN+E, CDAN, CDAN+E, GVB, ASAN.
 
-With features f, classifier probabilities g = softmax(logits) (detached), a discriminator D and
-domain targets t from `domain_labels` (Go-labels by default), the adversarial loss is
+With bottleneck features f, classifier probabilities g = softmax(logits) (detached unless said),
+a discriminator D and domain targets t from `domain_labels` (Go-labels by default), every method's
+adversarial loss is
 
     L_adv = sum_i w_i * BCE(D(GRL_lambda(h_i)), t_i) / N          over the source+target batch
 
-* DANN  (Ganin et al., JMLR 2016):        h = f,                      w = 1
-* CDAN  (Long et al., NeurIPS 2018):      h = f (x) g  (outer product; a randomized
-                                          multilinear map when dim(f)*C > 4096)
-* CDAN+E:                                 as CDAN, w = 1 + exp(-H(g)), normalized to mean 1
+and the total loss is  L_cls + trade_off * L_adv + L_extra  with
+
+* DANN   (Ganin et al., JMLR 2016):      h = f,  w = 1
+* DANN+E:                                h = f,  w = 1 + exp(-H(g)), normalized to mean 1 (CDAN+E's weights)
+* CDAN   (Long et al., NeurIPS 2018):    h = f (x) g  (outer product; a randomized multilinear map
+                                         when dim(f) * C > 4096),  w = 1
+* CDAN+E:                                as CDAN, w = 1 + exp(-H(g)), normalized to mean 1
+* GVB    (Cui et al., CVPR 2020, GVB-GD): the head is fc(f) - B_g(f) and D(x) = out(x) - B_d(x), each
+                                         bridge B a parallel output layer;  h = softmax(logits) with its
+                                         gradient;  w = exp(-H(GRL(g))), normalized to mean 1 in each
+                                         domain (the gradient through w is reversed too);
+                                         L_extra = mu_g * mean|B_g(f)| + mu_d * mean|B_d|, so the bridges vanish
+* ASAN   (Raab et al., ACCV 2020):       CDAN+E with spectral normalization on D's layers, and
+                                         L_extra = beta * ||[s_1..s_{n-k}, s_{n-k+1}^2..s_n^2] - s'|| / n_s,
+                                         s and s' the singular values of the source and target feature
+                                         batches (relevance spectral alignment with spectral shrinkage of
+                                         the k smallest)
 
 times the mode's per-sample weight. GRL is the identity forward and multiplies the gradient by
 -lambda backward; lambda = 2 / (1 + exp(-alpha * progress)) - 1 warms from 0 to 1 so the noisy
-early discriminator does not wreck the features. The total loss is L_cls + trade_off * L_adv.
+early discriminator does not wreck the features. Batches hold the source rows first, then as many
+target rows.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +41,19 @@ from torch import nn
 
 from .domain_labels import domain_targets
 
-METHODS = ("cdan-e", "cdan", "dann", "source-only")
-METHOD_HELP = {
-    "cdan-e": "CDAN with entropy-weighted samples (CDAN+E, Long et al. 2018)",
-    "cdan": "discriminator conditioned on features x predictions (Long et al. 2018)",
-    "dann": "domain-adversarial training on features (Ganin et al. 2016)",
-    "source-only": "no adaptation: the baseline every other method must beat",
-}
+METHODS = ("cdan-e", "cdan", "dann", "dann-e", "gvb", "asan", "source-only")
+CONDITIONED = ("cdan", "cdan-e", "asan")  # the discriminator sees f (x) g
+ENTROPY_WEIGHTED = ("cdan-e", "dann-e", "asan")
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """The extra hyper-parameters of GVB and ASAN, with their papers' defaults."""
+
+    bridge_g_weight: float = 1.0  # GVB's lambda: weight of mean |classifier bridge|
+    bridge_d_weight: float = 1.0  # GVB's mu: weight of mean |discriminator bridge|
+    rsl_weight: float = 1e-3  # ASAN's weight of the spectral alignment loss
+    rsl_k: int = 11  # ASAN: the k smallest source singular values are squared (shrunk)
 MULTILINEAR_MAX_DIM = 4096
 RANDOMIZED_DIM = 1024
 
@@ -58,8 +80,10 @@ def grl_coeff(step: int, total: int, alpha: float = 10.0) -> float:
 
 
 def discriminator_input_dim(method: str, feature_dim: int, num_classes: int) -> int:
-    if method == "dann":
+    if method in ("dann", "dann-e"):
         return feature_dim
+    if method == "gvb":
+        return num_classes
     product = feature_dim * num_classes
     return product if product <= MULTILINEAR_MAX_DIM else RANDOMIZED_DIM
 
@@ -88,6 +112,25 @@ def entropy_weights(probs: torch.Tensor) -> torch.Tensor:
     return w / w.mean()
 
 
+def gvb_weights(probs: torch.Tensor, coeff: float) -> torch.Tensor:
+    """GVB's sample weights exp(-H(g)), normalized to mean 1 in each half of the batch (source,
+    target); the entropy's gradient into the classifier is reversed, as in the original."""
+    p = grad_reverse(probs, coeff)
+    w = torch.exp((p * torch.log(p.clamp_min(1e-12))).sum(1))
+    n = len(w) // 2
+    return torch.cat([w[:n] / w[:n].sum().detach() * n, w[n:] / w[n:].sum().detach() * (len(w) - n)])
+
+
+def spectral_alignment(source: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """ASAN's relevance spectral loss: the distance between the singular values of the source and
+    target feature batches, with the k smallest source values squared (spectral shrinkage), over n_s."""
+    s = torch.linalg.svdvals(source.float())
+    t = torch.linalg.svdvals(target.float())
+    k = max(0, min(k, len(s) - 1))
+    shrunk = torch.cat([s[: len(s) - k], s[len(s) - k:] ** 2])
+    return torch.linalg.vector_norm(shrunk - t) / source.shape[0]
+
+
 def adversarial_loss(
     method: str,
     mode: str,
@@ -97,24 +140,40 @@ def adversarial_loss(
     discriminator: nn.Module,
     multilinear: MultilinearMap | None,
     coeff: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss for the discriminator (and, reversed, for the features) plus detached statistics.
+    head: nn.Module | None = None,
+    params: MethodParams = MethodParams(),
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(L_adv, L_extra, detached statistics) for a batch of source rows then target rows.
 
     `domain` holds the raw labels (1 source, 0 target) of the rows of `features` and `logits`.
     """
     probs = F.softmax(logits.float(), dim=1).detach()
-    if method == "dann":
+    if method in ("dann", "dann-e"):
         h = features
-    elif method in ("cdan", "cdan-e"):
+    elif method in CONDITIONED:
         h = multilinear(features, probs.to(features.dtype))
+    elif method == "gvb":
+        h = F.softmax(logits.float(), dim=1)  # with its gradient: the classifier's only way to fool D
     else:
         raise ValueError(f"no adversarial loss for method {method!r}")
-    disc_logits = discriminator(grad_reverse(h, coeff)).squeeze(1).float()
+    disc_logits, disc_bridge = discriminator(grad_reverse(h, coeff))
+    disc_logits = disc_logits.float()
     t = domain_targets(mode, disc_logits, domain)
     weights = t.weights
-    if method == "cdan-e":
+    if method in ENTROPY_WEIGHTED:
         weights = weights * entropy_weights(probs)
-    loss = F.binary_cross_entropy_with_logits(disc_logits, t.targets, weight=weights)
+    elif method == "gvb":
+        weights = weights * gvb_weights(F.softmax(logits.float(), dim=1), coeff)
+    # Weighted by hand: GVB's weights carry a gradient, which the weight= argument refuses.
+    loss = (weights * F.binary_cross_entropy_with_logits(disc_logits, t.targets, reduction="none")).mean()
+
+    extra = torch.zeros((), device=features.device)
+    if method == "gvb":
+        extra = params.bridge_g_weight * head.bridge(features).float().abs().mean() + params.bridge_d_weight * disc_bridge.float().abs().mean()
+    elif method == "asan":
+        n = len(features) // 2
+        extra = params.rsl_weight * spectral_alignment(features[:n], features[n:], params.rsl_k)
+
     # Masked means, not boolean indexing: indexing by a mask makes the GPU wait for the host.
     src = (domain > 0.5).float()
     tgt = 1.0 - src
@@ -126,4 +185,4 @@ def adversarial_loss(
         "relabeled_src": (changed * src).sum() / src.sum(),
         "relabeled_tgt": (changed * tgt).sum() / tgt.sum(),
     }
-    return loss, stats
+    return loss, extra, stats

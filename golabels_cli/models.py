@@ -2,6 +2,9 @@
 
     backbone (timm, num_classes=0) -> bottleneck (Linear -> BatchNorm1d -> ReLU, 256) -> head (Linear, C)
     discriminator: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear -> 1   (width 1024)
+
+GVB gives the head and the discriminator a bridge (a parallel output layer subtracted from the
+main one); ASAN puts spectral normalization on the discriminator's linear layers.
 """
 
 from __future__ import annotations
@@ -18,16 +21,29 @@ from .errors import InputError, reason
 log = logging.getLogger("golabels")
 
 
+class BridgedHead(nn.Module):
+    """GVB's classifier head: logits = fc(z) - bridge(z). The training loss penalizes mean |bridge(z)|,
+    so the bridge, which absorbs domain-specific parts of the output, gradually vanishes."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, num_classes)
+        self.bridge = nn.Linear(in_dim, num_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z) - self.bridge(z)
+
+
 class Classifier(nn.Module):
     """What gets adapted and shipped. forward() returns (logits, bottleneck features)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, bottleneck_dim: int = 256):
+    def __init__(self, backbone: nn.Module, num_classes: int, bottleneck_dim: int = 256, bridged: bool = False):
         super().__init__()
         self.backbone = backbone
         self.bottleneck = nn.Sequential(
             nn.Linear(backbone.num_features, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU()
         )
-        self.head = nn.Linear(bottleneck_dim, num_classes)
+        self.head = BridgedHead(bottleneck_dim, num_classes) if bridged else nn.Linear(bottleneck_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.classify(self.backbone(x))
@@ -38,12 +54,34 @@ class Classifier(nn.Module):
         return self.head(features), features
 
 
-def discriminator(in_dim: int, hidden: int = 1024) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-        nn.Linear(hidden, 1),
-    )
+class Discriminator(nn.Module):
+    """Domain discriminator; forward() returns (logits [N], bridge output [N] or None).
+
+    With `bridge` (GVB), logits = out(h) - bridge(h) on the last hidden layer h, and the loss
+    penalizes mean |bridge(h)|. With `spectral` (ASAN), every linear layer is spectrally normalized.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 1024, bridge: bool = False, spectral: bool = False):
+        super().__init__()
+        norm = nn.utils.parametrizations.spectral_norm if spectral else (lambda layer: layer)
+        self.body = nn.Sequential(
+            norm(nn.Linear(in_dim, hidden)), nn.BatchNorm1d(hidden), nn.ReLU(),
+            norm(nn.Linear(hidden, hidden)), nn.BatchNorm1d(hidden), nn.ReLU(),
+        )
+        self.out = norm(nn.Linear(hidden, 1))
+        self.bridge = nn.Linear(hidden, 1) if bridge else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.body(x)
+        logits = self.out(h).squeeze(1)
+        if self.bridge is None:
+            return logits, None
+        bridge = self.bridge(h).squeeze(1)
+        return logits - bridge, bridge
+
+
+def discriminator(in_dim: int, hidden: int = 1024, method: str = "dann") -> Discriminator:
+    return Discriminator(in_dim, hidden, bridge=method == "gvb", spectral=method == "asan")
 
 
 def check_backbone_name(name: str) -> None:

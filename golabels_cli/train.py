@@ -40,14 +40,15 @@ from .data import ImageSet, InfiniteDraws, decode_all, scan_labeled, scan_unlabe
 from .errors import InputError, Interrupted, RunError, reason
 from .evaluate import evaluate_images, labeled_for_model, score
 from .features import Features, backbone_features, model_key
-from .methods import MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
+from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
 
 log = logging.getLogger("golabels")
 
 Progress = Callable[[str, dict[str, Any]], None]
-STAT_KEYS = ("loss_cls", "loss_adv", "disc_acc", "disc_acc_src", "disc_acc_tgt", "relabeled_src", "relabeled_tgt")
+LOSS_KEYS = ("loss_cls", "loss_adv", "loss_extra")  # loss_extra: GVB's bridge penalties, ASAN's spectral loss
+STAT_KEYS = (*LOSS_KEYS, "disc_acc", "disc_acc_src", "disc_acc_tgt", "relabeled_src", "relabeled_tgt")
 CHECKPOINT_FORMAT = "golabels-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -146,6 +147,7 @@ class Training:
     multilinear: MultilinearMap | None
     optimizer: torch.optim.Optimizer
     speed: Speed
+    method_params: MethodParams
     features: dict[str, Features] | None = None  # --freeze-backbone: "source", "target", "eval"
     decoded: dict[str, list[np.ndarray] | None] | None = None  # --cache-images: "source", "target"
 
@@ -188,11 +190,11 @@ def build(cfg: AdaptConfig) -> Training:
     seed_everything(cfg.seed)
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.weights)
     data_config = resolve_data_config(backbone, cfg.image_size)
-    model = Classifier(backbone, len(source.classes), cfg.bottleneck_dim).to(device)
+    model = Classifier(backbone, len(source.classes), cfg.bottleneck_dim, bridged=cfg.method == "gvb").to(device)
     disc_in = discriminator_input_dim(cfg.method, cfg.bottleneck_dim, len(source.classes))
-    disc = discriminator(disc_in, cfg.disc_hidden).to(device)
+    disc = discriminator(disc_in, cfg.disc_hidden, cfg.method).to(device)
     multilinear = None
-    if cfg.method in ("cdan", "cdan-e"):
+    if cfg.method in CONDITIONED:
         multilinear = MultilinearMap(cfg.bottleneck_dim, len(source.classes), torch.Generator().manual_seed(cfg.seed)).to(device)
 
     speed = speed_settings(device, cfg)
@@ -216,7 +218,8 @@ def build(cfg: AdaptConfig) -> Training:
         g["lr"] = g["initial_lr"]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
                                 **({"fused": True} if speed.fused_optimizer else {}))
-    t = Training(cfg, device, source, target, eval_set, data_config, model, disc, multilinear, optimizer, speed)
+    params = MethodParams(cfg.bridge_g_weight, cfg.bridge_d_weight, cfg.rsl_weight, cfg.rsl_k)
+    t = Training(cfg, device, source, target, eval_set, data_config, model, disc, multilinear, optimizer, speed, params)
     workers = cfg.resolved_workers()
     if cfg.freeze_backbone:
         key = model_key(cfg.backbone, model.backbone, data_config)
@@ -329,7 +332,7 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
     def check_finite(iteration: int) -> None:
         first = float(first_bad.min())
         if math.isfinite(first):
-            names = [k for k, v in zip(("loss_cls", "loss_adv"), first_bad.tolist()) if v == first]
+            names = [k for k, v in zip(LOSS_KEYS, first_bad.tolist()) if v == first]
             values = {k: float(sums[k]) / max(window, 1) for k in names}
             kept = f"the checkpoint of iteration {saved_at} is kept in {run_dir}" if saved_at else "nothing was saved"
             raise RunError(
@@ -342,7 +345,7 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
     window = state.window
     # The first iteration at which each loss was not finite (inf: not yet), tracked on the device so
     # that checking it costs a host sync only when a row is logged or a checkpoint written.
-    first_bad = torch.full((2,), math.inf, device=device)
+    first_bad = torch.full((len(LOSS_KEYS),), math.inf, device=device)
     t.model.train()
     t.disc.train()
     seconds_before, started = state.seconds, time.perf_counter()
@@ -355,12 +358,12 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
                 coeff = grl_coeff(step, cfg.iters, cfg.grl_alpha)
                 xs, ys = next(source_batches)
                 xt = next(target_batches)[0] if t.adversarial else None
-                loss_cls, loss_adv, stats = train_step(t, forward, xs, ys, xt, domain, coeff)
+                loss_cls, loss_adv, loss_extra, stats = train_step(t, forward, xs, ys, xt, domain, coeff)
 
-                losses = torch.stack([loss_cls, loss_adv]).float()
+                losses = torch.stack([loss_cls, loss_adv, loss_extra]).float()
                 first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(losses), math.inf, float(it)))
-                sums["loss_cls"] += loss_cls
-                sums["loss_adv"] += loss_adv
+                for k, v in zip(LOSS_KEYS, losses):
+                    sums[k] += v
                 for k, v in stats.items():
                     sums[k] += v
                 window += 1
@@ -418,8 +421,8 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
 
 
 def train_step(t: Training, forward: Callable, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None,
-               domain: torch.Tensor, coeff: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step on a source batch (and a target batch): CE + trade_off * adversarial loss.
+               domain: torch.Tensor, coeff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on a source batch (and a target batch): CE + trade_off * L_adv + L_extra.
     Returns the detached losses and statistics, still on the device (no host sync)."""
     cfg, device = t.cfg, t.device
     xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
@@ -430,14 +433,15 @@ def train_step(t: Training, forward: Callable, xs: torch.Tensor, ys: torch.Tenso
         logits, features = forward(x)
         loss_cls = F.cross_entropy(logits[: len(ys)].float(), ys)
         if xt is not None:
-            loss_adv, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, t.disc, t.multilinear, coeff)
+            loss_adv, loss_extra, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, t.disc,
+                                                           t.multilinear, coeff, t.model.head, t.method_params)
         else:
-            loss_adv, stats = torch.zeros((), device=device), {}
-        loss = loss_cls + cfg.trade_off * loss_adv
+            loss_adv, loss_extra, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
+        loss = loss_cls + cfg.trade_off * loss_adv + loss_extra
     t.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     t.optimizer.step()
-    return loss_cls.detach(), loss_adv.detach(), stats
+    return loss_cls.detach(), loss_adv.detach(), loss_extra.detach(), stats
 
 
 def _evaluate(t: Training, workers: int):
@@ -466,6 +470,8 @@ def _metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, 
     row = {"iter": it, **{k: round(v, 6) for k, v in values.items()}, "lr": lr, "lambda": round(coeff, 6)}
     if not t.adversarial:
         row.update({k: None for k in STAT_KEYS if k not in ("loss_cls", "loss_adv")})
+    elif t.cfg.method not in ("gvb", "asan"):
+        row["loss_extra"] = None
     return row
 
 

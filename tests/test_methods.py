@@ -2,8 +2,11 @@ import math
 
 import torch
 
-from golabels_cli.methods import MultilinearMap, adversarial_loss, entropy_weights, grad_reverse, grl_coeff
-from golabels_cli.models import discriminator
+import pytest
+
+from golabels_cli.methods import (MethodParams, MultilinearMap, adversarial_loss, entropy_weights, grad_reverse, grl_coeff,
+                                  gvb_weights, spectral_alignment)
+from golabels_cli.models import BridgedHead, discriminator
 
 
 def test_gradient_reversal():
@@ -40,13 +43,93 @@ def test_adversarial_loss_reverses_gradient_into_features():
     logits = torch.randn(8, 3)
     domain = torch.tensor([1.0] * 4 + [0.0] * 4)
     disc = discriminator(6, 16)
-    loss, stats = adversarial_loss("dann", "go", features, logits, domain, disc, None, coeff=1.0)
+    loss, extra, stats = adversarial_loss("dann", "go", features, logits, domain, disc, None, coeff=1.0)
+    assert extra.item() == 0
     loss.backward()
     reversed_grad = features.grad.clone()
     features.grad = None
     for p in disc.parameters():
         p.grad = None
-    loss, _ = adversarial_loss("dann", "go", features, logits, domain, disc, None, coeff=0.0)
+    loss, _, _ = adversarial_loss("dann", "go", features, logits, domain, disc, None, coeff=0.0)
     loss.backward()
     assert torch.count_nonzero(features.grad) == 0 and torch.count_nonzero(reversed_grad) > 0
     assert set(stats) >= {"disc_acc", "relabeled_src", "relabeled_tgt"}
+
+
+def test_gvb_weights_mean_one_per_domain_and_reversed_gradient():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [5.0, 0.0], [1.0, 1.0], [0.0, 3.0], [0.5, 0.0]], requires_grad=True)
+    probs = torch.softmax(logits, 1)
+    w = gvb_weights(probs, coeff=1.0)
+    raw = torch.exp(-(-(probs * probs.log()).sum(1))).detach()
+    expected = torch.cat([raw[:3] / raw[:3].mean(), raw[3:] / raw[3:].mean()])
+    assert torch.allclose(w, expected, atol=1e-6)
+    assert torch.isclose(w[:3].mean(), torch.tensor(1.0)) and torch.isclose(w[3:].mean(), torch.tensor(1.0))
+    # The gradient into the classifier through the weights is reversed (GVB's grl hook on the entropy).
+    w.sum().backward()
+    reversed_grad = logits.grad.clone()
+    logits.grad = None
+    probs = torch.softmax(logits, 1)
+    raw = torch.exp((probs * probs.log()).sum(1))
+    torch.cat([raw[:3] / raw[:3].sum().detach() * 3, raw[3:] / raw[3:].sum().detach() * 3]).sum().backward()
+    assert torch.allclose(reversed_grad, -logits.grad, atol=1e-6)
+
+
+def test_bridge_penalties_hand_computed():
+    torch.manual_seed(0)
+    head = BridgedHead(2, 2)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        head.fc.bias.zero_()
+        head.bridge.weight.copy_(torch.tensor([[0.5, 0.0], [0.0, -1.0]]))
+        head.bridge.bias.copy_(torch.tensor([0.0, 0.25]))
+    f = torch.tensor([[2.0, 4.0], [-2.0, 0.0]])
+    assert torch.allclose(head(f), torch.tensor([[1.0, 7.75], [-1.0, -0.25]]))  # fc(f) - bridge(f)
+    disc = discriminator(2, 4, method="gvb").eval()
+    logits = head(f)
+    params = MethodParams(bridge_g_weight=2.0, bridge_d_weight=3.0)
+    _, extra, _ = adversarial_loss("gvb", "fixed", f, logits, torch.tensor([1.0, 0.0]), disc, None, 1.0, head, params)
+    bridge_g = torch.tensor([[1.0, -4.0 + 0.25], [-1.0, 0.25]]).abs().mean()  # |bridge(f)| by hand: mean 1.5
+    _, bridge_d = disc(torch.softmax(logits, 1))
+    assert torch.isclose(extra, 2.0 * bridge_g + 3.0 * bridge_d.abs().mean())
+    assert torch.isclose(bridge_g, torch.tensor(1.5))
+
+
+def test_spectral_alignment_hand_computed():
+    # Diagonal feature batches: the singular values are the diagonal's absolute values.
+    source = torch.diag(torch.tensor([3.0, 2.0, 0.5]))
+    target = torch.diag(torch.tensor([2.0, 2.0, 1.0]))
+    # k = 1 squares the smallest source value: [3, 2, 0.25] vs [2, 2, 1] -> sqrt(1 + 0 + 0.5625) / 3
+    assert torch.isclose(spectral_alignment(source, target, 1), torch.tensor(math.sqrt(1.5625) / 3))
+    # k = 0: plain distance of the spectra; identical batches: 0; k larger than the spectrum is capped.
+    assert torch.isclose(spectral_alignment(source, target, 0), torch.tensor(math.sqrt(1 + 0.25) / 3))
+    assert spectral_alignment(target, target, 0).item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.isfinite(spectral_alignment(source, target, 11))
+
+
+def test_asan_discriminator_is_spectrally_normalized():
+    from torch.nn.utils import parametrize
+
+    disc = discriminator(8, 16, method="asan")
+    linears = [m for m in disc.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 and all(parametrize.is_parametrized(m, "weight") for m in linears)
+    assert all(type(m.parametrizations.weight[0]).__name__ == "_SpectralNorm" for m in linears)
+    for other in ("dann", "cdan-e", "gvb"):
+        assert not any(parametrize.is_parametrized(m) for m in discriminator(8, 16, method=other).modules())
+    # After a few training forwards the largest singular value of each weight is about 1.
+    disc.train()
+    for _ in range(20):
+        disc(torch.randn(4, 8))
+    assert all(abs(torch.linalg.matrix_norm(m.weight, ord=2).item() - 1) < 0.05 for m in linears)
+
+
+def test_dann_e_uses_entropy_weights():
+    torch.manual_seed(0)
+    features, logits = torch.randn(6, 4), torch.randn(6, 3) * 3
+    domain = torch.tensor([1.0] * 3 + [0.0] * 3)
+    disc = discriminator(4, 8).eval()
+    plain, _, _ = adversarial_loss("dann", "fixed", features, logits, domain, disc, None, 1.0)
+    weighted, _, _ = adversarial_loss("dann-e", "fixed", features, logits, domain, disc, None, 1.0)
+    d_logits, _ = disc(features)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(d_logits, domain, reduction="none")
+    assert torch.isclose(plain, bce.mean())
+    assert torch.isclose(weighted, (entropy_weights(torch.softmax(logits, 1)) * bce).mean())

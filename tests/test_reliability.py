@@ -138,8 +138,8 @@ def test_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(do
 
     def breaks_at_25(*args, **kwargs):
         calls.append(1)
-        loss, stats = real(*args, **kwargs)
-        return (loss * float("nan") if len(calls) >= 25 else loss), stats
+        loss, extra, stats = real(*args, **kwargs)
+        return (loss * float("nan") if len(calls) >= 25 else loss), extra, stats
 
     monkeypatch.setattr(train, "adversarial_loss", breaks_at_25)
     source, target = domains
