@@ -1,0 +1,156 @@
+"""A sweep of golabels adapt over tasks x methods x domain labels x seeds, resumable, as a table.
+
+Every cell is one `golabels adapt SRC TGT --eval-dir TGT` run (the target's labels reach the
+evaluation only), kept in OUT/<src>-<tgt>/<method>[-<labels>]/seed<k>. A cell whose run has a
+summary.json is done and never run again; a half-done one continues from its checkpoint. The
+table (target top-1, mean ± std over seeds, the Go-labels gain per method, wall time) is printed
+and written to OUT/results.md.
+
+    python benchmarks/uda.py --root /tmp/golabels-data --tasks amazon:webcam,webcam:amazon \\
+        --methods source-only,dann,cdan-e --domain-labels fixed,go --seeds 3 \\
+        --backbone tf_efficientnet_lite0 --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors \\
+        --freeze-backbone --iters 2000 --out benchmarks/runs/office31
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from golabels_cli.config import build_config  # noqa: E402
+from golabels_cli.console import setup_logging  # noqa: E402
+from golabels_cli.train import adapt, resume  # noqa: E402
+
+
+@dataclass
+class Cell:
+    source: str
+    target: str
+    method: str
+    labels: str | None  # None for source-only, which has no discriminator
+    seed: int
+
+    @property
+    def task(self) -> str:
+        return f"{self.source}:{self.target}"
+
+    def run_dir(self, out: Path) -> Path:
+        name = self.method if self.labels is None else f"{self.method}-{self.labels}"
+        return out / f"{self.source}-{self.target}" / name / f"seed{self.seed}"
+
+
+def cells(tasks: list[str], methods: list[str], labels: list[str], seeds: int) -> list[Cell]:
+    out = []
+    for task in tasks:
+        source, target = task.split(":")
+        for method in methods:
+            for mode in ([None] if method == "source-only" else labels):
+                out += [Cell(source, target, method, mode, seed) for seed in range(seeds)]
+    return out
+
+
+def run_cell(cell: Cell, root: Path, out: Path, options: dict) -> dict:
+    """The cell's summary: read if done, else continued from its checkpoint, else run."""
+    run_dir = cell.run_dir(out)
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    if (run_dir / "checkpoint.pt").is_file():
+        return resume(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # stopped before its first checkpoint: this sweep's own folder, nothing to keep
+    cfg = build_config({
+        **options, "source": str(root / cell.source), "target": str(root / cell.target), "eval_dir": str(root / cell.target),
+        "method": cell.method, "domain_labels": cell.labels or "fixed", "seed": cell.seed,
+    })
+    return adapt(cfg, out=run_dir)
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
+
+
+def table(results: dict[tuple, list[dict]], tasks: list[str], methods: list[str], labels: list[str]) -> str:
+    """Markdown: one row per task and method, one column per domain-label mode, the go - fixed gain."""
+    header = ["task", "method", *labels, *(["go − fixed"] if {"go", "fixed"} <= set(labels) else []), "seeds", "wall"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for task in tasks:
+        for method in methods:
+            modes = [None] if method == "source-only" else labels
+            accs = {m: [r["target_acc"] for r in results.get((task, method, m), [])] for m in modes}
+            seconds = sum(r["seconds"] for m in modes for r in results.get((task, method, m), []))
+            row = [task.replace(":", " → "), method]
+            row += [mean_std(accs[None])] * len(labels) if method == "source-only" else [mean_std(accs[m]) for m in labels]
+            if "go − fixed" in header:
+                if method == "source-only" or not accs["go"] or not accs["fixed"]:
+                    row.append("—")
+                else:
+                    row.append(f"{100 * (statistics.mean(accs['go']) - statistics.mean(accs['fixed'])):+.2f}")
+            row += [str(max(len(v) for v in accs.values())), f"{seconds:.0f} s"]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="folder holding one sub-folder per domain")
+    parser.add_argument("--tasks", required=True, help="comma-separated SOURCE:TARGET domain names")
+    parser.add_argument("--methods", default="source-only,dann,cdan-e")
+    parser.add_argument("--domain-labels", default="fixed,go")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/runs/uda")
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--weights")
+    parser.add_argument("--no-pretrained", action="store_true")
+    parser.add_argument("--freeze-backbone", action="store_true")
+    parser.add_argument("--iters", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--min-crop", type=float, default=0.08)
+    parser.add_argument("--hflip", type=float, default=0.5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    setup_logging(quiet=True)
+    root, out = Path(args.root), Path(args.out)
+    tasks, methods, labels = args.tasks.split(","), args.methods.split(","), args.domain_labels.split(",")
+    options = {
+        "backbone": args.backbone, "weights": args.weights, "pretrained": not args.no_pretrained, "freeze_backbone": args.freeze_backbone,
+        "iters": args.iters, "batch_size": args.batch_size, "image_size": args.image_size, "min_crop": args.min_crop,
+        "hflip": args.hflip, "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
+    }
+    todo = cells(tasks, methods, labels, args.seeds)
+    results: dict[tuple, list[dict]] = {}
+    started = time.perf_counter()
+    for i, cell in enumerate(todo, 1):
+        summary = run_cell(cell, root, out, options)
+        results.setdefault((cell.task, cell.method, cell.labels), []).append(summary)
+        if not args.quiet:
+            print(f"[{i}/{len(todo)}] {cell.task} {cell.method} {cell.labels or ''} seed {cell.seed}: "
+                  f"target top-1 {100 * summary['target_acc']:.2f} % ({summary['seconds']:.0f} s)", flush=True)
+    text = table(results, tasks, methods, labels)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text)
+    print(text)
+    if not args.quiet:
+        print(f"{len(todo)} cells in {time.perf_counter() - started:.0f} s; table in {out / 'results.md'}")
+    return text
+
+
+if __name__ == "__main__":
+    logging.getLogger("golabels").setLevel(logging.ERROR)
+    main()

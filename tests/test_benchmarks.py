@@ -1,0 +1,63 @@
+"""The benchmark scripts' own logic on tiny data: the sweep's cells, resume and table; the toys."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from golabels_cli.synthetic import make_two_domains
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_uda_sweep_runs_resumes_and_tabulates(tmp_path):
+    uda = load("uda")
+    make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)  # domains "source" and "target"
+    args = ["--root", str(tmp_path / "data"), "--tasks", "source:target,target:source", "--methods", "source-only,dann",
+            "--domain-labels", "fixed,go", "--seeds", "2", "--out", str(tmp_path / "sweep"), "--backbone", "test_resnet",
+            "--no-pretrained", "--image-size", "32", "--iters", "3", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet"]
+    text = uda.main(args)
+    rows = [line.split("|")[1:-1] for line in text.strip().splitlines()[2:]]
+    assert len(rows) == 4  # 2 tasks x 2 methods
+    header = [c.strip() for c in text.splitlines()[0].split("|")[1:-1]]
+    assert header == ["task", "method", "fixed", "go", "go − fixed", "seeds", "wall"]
+    for row in rows:
+        cells = dict(zip(header, (c.strip() for c in row)))
+        mean, std = (float(v) for v in cells["fixed"].split(" ± "))
+        assert 0 <= mean <= 100 and std >= 0 and cells["seeds"] == "2"
+        if cells["method"] == "dann":
+            go = float(cells["go"].split(" ± ")[0])
+            assert float(cells["go − fixed"]) == pytest.approx(go - mean, abs=0.011)
+    summaries = sorted((tmp_path / "sweep").rglob("summary.json"))
+    assert len(summaries) == 12  # 2 tasks x (source-only + dann x 2 modes) x 2 seeds
+    # Resume: a deleted result is redone and nothing else runs again.
+    stamps = {p: p.stat().st_mtime_ns for p in summaries}
+    victim = tmp_path / "sweep" / "target-source" / "dann-go" / "seed1" / "summary.json"
+    victim.unlink()
+    def without_wall(table):
+        return [line.rsplit("|", 2)[0] for line in table.splitlines()]
+
+    assert without_wall(uda.main(args)) == without_wall(text)  # the same runs, the same accuracies
+    assert victim.exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != victim)
+    assert without_wall((tmp_path / "sweep" / "results.md").read_text()) == without_wall(text)
+
+
+def test_toy_problems_and_table():
+    toy = load("toy")
+    for name, make in toy.PROBLEMS.items():
+        problem = make(0)
+        assert problem.xs.shape[1] == problem.xt.shape[1] == 2 and problem.tail.any() and not problem.tail.all()
+        assert set(problem.ys) == set(problem.yt) == {0, 1}
+    text = toy.main(["--seeds", "2", "--iters", "30"])
+    lines = text.strip().splitlines()[2:]
+    assert len(lines) == 6 and all(line.endswith("| 2 |") for line in lines)
