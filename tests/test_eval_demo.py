@@ -72,4 +72,10 @@ def test_help_and_version():
     for command in ("adapt", "eval", "demo", "export", "predict"):
         result = cli(command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout
-    assert "--domain-labels" in cli("adapt", "--help").stdout
+    text = cli("adapt", "--help").stdout
+    assert "--domain-labels" in text
+    from golabels_cli.methods import METHODS
+
+    for method in METHODS:  # every method on a line of its own, with what it is
+        assert any(line.strip().lstrip("•-* ").startswith(f"{method}: ") for line in text.splitlines()), method
+    assert "did you mean gvb" in cli("adapt", "a", "b", "--method", "gbv").stderr
