@@ -192,7 +192,6 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--png", help="write the decision boundaries of seed 0 here (needs matplotlib)")
     args = parser.parse_args(argv)
     problems = args.problems.split(",")
-    torch.set_num_threads(1)  # tiny networks: threads only add overhead
     text = table(run(problems, args.seeds, args.iters))
     print(text)
     if args.png and plot(args.png, problems, args.iters):
@@ -201,4 +200,5 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # tiny networks: threads only add overhead
     main()
