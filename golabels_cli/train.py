@@ -15,6 +15,7 @@ broken is saved.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -155,6 +156,7 @@ class Training:
     def adversarial(self) -> bool:
         return self.cfg.method != "source-only"
 
+    @functools.cached_property
     def fingerprint(self) -> str:
         """Which images, in which order: a resumed run replays the same draws only on the same lists."""
         h = hashlib.sha256()
@@ -268,7 +270,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     t = build(cfg)
     if t.source.classes != ckpt["classes"]:
         raise InputError(f"the source folder's classes changed since {run_dir} started", "restore the folder, or start a new run")
-    if t.fingerprint() != ckpt["fingerprint"]:
+    if t.fingerprint != ckpt["fingerprint"]:
         log.warning("the source or target images changed since the run started: resuming anyway, "
                     "but the result will differ from an uninterrupted run")
     try:
@@ -481,7 +483,7 @@ def _checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
         "version": __version__,
         "config": dataclasses.asdict(t.cfg),
         "classes": t.source.classes,
-        "fingerprint": t.fingerprint(),
+        "fingerprint": t.fingerprint,
         "model": t.model.state_dict(),
         "discriminator": t.disc.state_dict(),
         "multilinear": t.multilinear.state_dict() if t.multilinear is not None else {},
