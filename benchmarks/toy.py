@@ -4,7 +4,7 @@
             of each target class lies in a small tail cluster at the end of its moon.
 * clusters: per class a large cluster and, for class 1, a small tail cluster right beside class
             0's large one; the target is the source shifted and slightly stretched, so that its
-            tail lies nearer the source's class-0 cluster than the source's tail.
+            tail lies between the source's tail and the source's class-0 cluster.
 
 A two-layer MLP feature extractor, a linear head, and golabels' own discriminator, adversarial
 loss, Go-labels and gradient-reversal schedule (imported, not copied). Reported: target accuracy,
@@ -75,7 +75,7 @@ def clusters(seed: int, n: int = 400, n_tail: int = 20) -> Problem:
         return x, y
 
     xs, ys = domain(np.array([0.0, 0.0]), 1.0)
-    xt, yt = domain(np.array([-1.0, -0.5]), 1.05)  # the target tail lands closer to the source's class-0 cluster
+    xt, yt = domain(np.array([-0.5, -0.2]), 1.05)  # the target tail lands between the source tail and class 0
     tail = np.zeros(len(yt), bool)
     tail[-n_tail:] = True
     return Problem(xs, ys, xt, yt, tail)
