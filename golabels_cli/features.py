@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import atomic_path
 from .data import ImageSet, eval_loader, eval_transform
 from .errors import InputError, reason
 
@@ -104,15 +104,10 @@ def backbone_features(
 
 
 def _save_row(path: Path, row: np.ndarray) -> None:
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
             np.save(f, row.astype(np.float32), allow_pickle=False)
-        os.replace(tmp, path)
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise InputError(f"cannot write the feature cache in {path.parent} ({reason(exc)})",
                          "pass --cache-dir in a writable folder with free space") from exc
