@@ -28,7 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from golabels_cli.config import build_config  # noqa: E402
 from golabels_cli.console import setup_logging  # noqa: E402
+from golabels_cli.report import VALIDATOR_KEYS, correlations, spearman  # noqa: E402
 from golabels_cli.train import adapt, resume  # noqa: E402
+from golabels_cli.validators import oriented  # noqa: E402
 
 
 @dataclass
@@ -102,6 +104,45 @@ def table(results: dict[tuple, list[dict]], tasks: list[str], methods: list[str]
     return "\n".join(lines) + "\n"
 
 
+def pick(evals: list[dict], key: str) -> dict | None:
+    """The snapshot a validator selects (the first of equals, as --select does)."""
+    best = None
+    for e in evals:
+        if e.get(key) is not None and (best is None or oriented(key, e[key]) > oriented(key, best[key])):
+            best = e
+    return best
+
+
+def validator_table(results: dict[tuple, list[dict]], tasks: list[str]) -> str:
+    """Markdown: how well each validator ranks the snapshots of the adapted runs by target accuracy
+    (Spearman, per run then averaged, and pooled over every snapshot of every run), and the target
+    accuracy of the snapshot it would select, beside the last snapshot's and the best one's."""
+    keys = [*VALIDATOR_KEYS]
+    header = ["task", "what", *[k.replace("_", "-") for k in keys], "last", "best (oracle)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for task in tasks:
+        runs = [r["evals"] for (t, method, _), rs in results.items() if t == task and method != "source-only" for r in rs]
+        runs = [e for e in runs if len(e) >= 3 and all(x.get("target_acc") is not None for x in e)]
+        if not runs:
+            continue
+        per_run = {k: [c[k] for c in (correlations(e) for e in runs) if c[k] is not None] for k in keys}
+        pooled = {}
+        for k in keys:
+            pairs = [(oriented(k, x[k]), x["target_acc"]) for e in runs for x in e if x.get(k) is not None]
+            pooled[k] = spearman([a for a, _ in pairs], [b for _, b in pairs]) if len(pairs) >= 3 else float("nan")
+        chosen = {k: [pick(e, k)["target_acc"] for e in runs if pick(e, k)] for k in keys}
+        last = [e[-1]["target_acc"] for e in runs]
+        best = [max(x["target_acc"] for x in e) for e in runs]
+        name = task.replace(":", " → ")
+        lines.append("| " + " | ".join([name, f"Spearman, mean over {len(runs)} runs",
+                                          *[f"{statistics.mean(per_run[k]):+.2f}" if per_run[k] else "—" for k in keys], "", ""]) + " |")
+        lines.append("| " + " | ".join([name, "Spearman, all snapshots pooled", *[f"{pooled[k]:+.2f}" for k in keys], "", ""]) + " |")
+        lines.append("| " + " | ".join([name, "target top-1 of the selected snapshot, mean",
+                                          *[f"{100 * statistics.mean(chosen[k]):.2f}" if chosen[k] else "—" for k in keys],
+                                          f"{100 * statistics.mean(last):.2f}", f"{100 * statistics.mean(best):.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="folder holding one sub-folder per domain")
@@ -122,6 +163,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--cache-dir")
+    parser.add_argument("--eval-every", type=int, default=0, help="validators (and target accuracy) every N iterations")
+    parser.add_argument("--val-split", type=float, default=0.1)
+    parser.add_argument("--select", default="last")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -132,6 +176,7 @@ def main(argv: list[str] | None = None) -> str:
         "backbone": args.backbone, "weights": args.weights, "pretrained": not args.no_pretrained, "freeze_backbone": args.freeze_backbone,
         "iters": args.iters, "batch_size": args.batch_size, "image_size": args.image_size, "min_crop": args.min_crop,
         "hflip": args.hflip, "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
+        "eval_every": args.eval_every, "val_split": args.val_split, "select": args.select,
     }
     todo = cells(tasks, methods, labels, args.seeds)
     results: dict[tuple, list[dict]] = {}
@@ -143,6 +188,9 @@ def main(argv: list[str] | None = None) -> str:
             print(f"[{i}/{len(todo)}] {cell.task} {cell.method} {cell.labels or ''} seed {cell.seed}: "
                   f"target top-1 {100 * summary['target_acc']:.2f} % ({summary['seconds']:.0f} s)", flush=True)
     text = table(results, tasks, methods, labels)
+    if args.eval_every:
+        text += "\nValidators (oriented higher-is-better) against target accuracy over the evaluated snapshots:\n\n"
+        text += validator_table(results, tasks)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text)
     print(text)

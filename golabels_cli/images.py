@@ -80,20 +80,27 @@ def image_files(folder: str | Path, problems: list[tuple[Path, str]] | None = No
 
 
 def check_image(path: str | Path) -> str | None:
-    """None if the image decodes completely, else why not. Decoding (not just parsing the header)
-    is what finds truncated files; JPEGs decode at 1/8 scale here, which still reads every byte."""
+    """None if the image decodes completely, else why not."""
+    return inspect_image(path)[0]
+
+
+def inspect_image(path: str | Path) -> tuple[str | None, tuple[int, int] | None]:
+    """(None, (width, height)) if the image decodes completely, else (why not, None). Decoding
+    (not just parsing the header) is what finds truncated files; JPEGs decode at 1/8 scale here,
+    which still reads every byte. The size is the stored one, before EXIF rotation."""
     try:
         if os.stat(path).st_size == 0:
-            return "empty file"
+            return "empty file", None
         with Image.open(path) as img:
+            size = img.size
             if img.format == "JPEG":
                 img.draft(img.mode, (1, 1))
             img.load()
     except FileNotFoundError:
-        return "no such file (a broken link?)"
+        return "no such file (a broken link?)", None
     except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError, DecompressionBombError...)
-        return reason(exc)
-    return None
+        return reason(exc), None
+    return None, size
 
 
 def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:

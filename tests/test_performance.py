@@ -43,10 +43,13 @@ def test_freeze_backbone_reuses_its_cache_and_notices_changed_files(copy_domains
     args = ("--freeze-backbone", "--cache-dir", cache, "--iters", "8", "--eval-dir", source)
 
     first = json.loads(cli("adapt", source, target, *TINY, *args, "--out", tmp_path / "a", "--json").stdout)
-    assert first["features"]["source"] == first["features"]["target"] == {"cached": 0, "computed": 24}
+    # the source's training split (21) and held-out split (3), the target (24)
+    assert first["features"]["source"] == {"cached": 0, "computed": 21} and first["features"]["source_val"] == {"cached": 0, "computed": 3}
+    assert first["features"]["target"] == {"cached": 0, "computed": 24}
     assert first["features"]["eval"] == {"cached": 24, "computed": 0}  # the same images as the source: shared
     second = json.loads(cli("adapt", source, target, *TINY, *args, "--out", tmp_path / "b", "--json").stdout)
-    assert second["features"] == {r: {"cached": 24, "computed": 0} for r in ("source", "target", "eval")}
+    assert second["features"] == {"source": {"cached": 21, "computed": 0}, "source_val": {"cached": 3, "computed": 0},
+                                  **{r: {"cached": 24, "computed": 0} for r in ("target", "eval")}}
     assert same_weights(tmp_path / "a", tmp_path / "b")  # a warm cache trains exactly as a cold one
 
     # Evaluating cached features is evaluating the images through the frozen backbone.
@@ -58,7 +61,7 @@ def test_freeze_backbone_reuses_its_cache_and_notices_changed_files(copy_domains
     Image.new("RGB", (32, 32), (255, 0, 255)).save(changed)
     third = json.loads(cli("adapt", source, target, *TINY, *args, "--out", tmp_path / "c", "--json").stdout)
     assert third["features"]["target"] == {"cached": 23, "computed": 1}
-    assert third["features"]["source"] == {"cached": 24, "computed": 0}
+    assert third["features"]["source"] == {"cached": 21, "computed": 0}
 
     # The backbone did not move: it is the one every run starts from.
     a, start = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "c" / "model.safetensors"))

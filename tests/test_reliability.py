@@ -283,7 +283,7 @@ def test_hostile_folder_through_adapt_eval_and_predict(domains, tmp_path):
     result = cli("adapt", hostile, target, *TINY, "--iters", "4", "--out", run, "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["images"]["source"] == good
+    assert summary["images"]["source"] + summary["images"]["source_val"] == summary["data"]["source_images"] == good
     assert summary["skipped"] == {"source": len(bad), "target": 0, "eval": 0}
     assert {f["path"] for f in summary["skipped_files"]} == bad
     assert json.loads((run / "summary.json").read_text())["skipped"]["source"] == len(bad)

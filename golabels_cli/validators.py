@@ -1,0 +1,140 @@
+"""Which snapshot to ship when the target has no labels: unsupervised validators.
+
+Each validator scores a snapshot of the classifier from what it outputs on held-out source images
+(labels known) and on target images (labels unknown):
+
+    src-acc   accuracy on the held-out source split (--val-split)              higher is better
+    entropy   mean entropy of the target predictions, H(p) = -sum p log p      lower is better
+    im        information maximization: H(mean_x p(x)) - mean_x H(p(x));
+              diverse (all classes used) and confident target predictions     higher is better
+    snd       soft neighborhood density (Saito et al., ICCV 2021): the mean entropy of each target
+              sample's softmax over its cosine similarities to the other target samples,
+              computed on the softmax outputs with temperature 0.05            higher is better
+    dev       deep embedded validation (You et al., ICML 2019): the source validation loss
+              weighted by density ratios w(x) = p_target(x) / p_source(x) from a domain classifier
+              on the features, with the control variate  eta = -Cov(w l, w) / Var(w):
+              DEV = mean(w l) + eta * mean(w) - eta                             lower is better
+    target-acc  accuracy on --eval-dir: the oracle, which needs target labels  higher is better
+
+`better(name, a, b)` and `oriented(name, v)` turn every one of them into "higher is better".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# name in metrics.jsonl (and summary.json) -> True when a higher value is better
+DIRECTION = {"src_acc": True, "entropy": False, "im": True, "snd": True, "dev": False, "target_acc": True}
+SELECT_CHOICES = ("last", "src-acc", "entropy", "im", "snd", "dev", "target-acc")
+SND_TEMPERATURE = 0.05
+
+
+def metric_key(select: str) -> str:
+    """`--select` spelling to metrics key: src-acc -> src_acc."""
+    return select.replace("-", "_")
+
+
+def oriented(name: str, value: float) -> float:
+    """The value with "higher is better"."""
+    return value if DIRECTION[name] else -value
+
+
+def better(name: str, new: float | None, old: float | None) -> bool:
+    if new is None or not math.isfinite(new):
+        return False
+    return old is None or oriented(name, new) > oriented(name, old)
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def mean_entropy(probs: torch.Tensor) -> float:
+    return float(_entropy(probs).mean())
+
+
+def information_maximization(probs: torch.Tensor) -> float:
+    return float(_entropy(probs.mean(0)) - _entropy(probs).mean())
+
+
+def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMPERATURE) -> float:
+    """Higher when target samples form dense neighbourhoods (clusters) rather than being spread out."""
+    if len(probs) < 2:
+        return float("nan")
+    z = F.normalize(probs.double(), dim=1)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(-math.inf)  # a sample is not its own neighbour
+    return float(_entropy(sim.softmax(1)).mean())
+
+
+def domain_density_ratio(source: torch.Tensor, target: torch.Tensor, query: torch.Tensor, steps: int = 100) -> torch.Tensor:
+    """w(x) = p_target(x) / p_source(x) at each row of `query`, from an L2-regularized logistic
+    regression separating `source` from `target` features (standardized; balanced by weighting)."""
+    x = torch.cat([source, target]).double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    y = torch.cat([torch.zeros(len(source)), torch.ones(len(target))]).double()
+    weight = torch.where(y == 1, len(x) / (2.0 * len(target)), len(x) / (2.0 * len(source)))
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (F.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none") * weight).mean() + 1e-3 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        logit = ((query.double() - mean) / std) @ w + b
+    return logit.exp().float()  # balanced classes: odds = density ratio
+
+
+def deep_embedded_validation(weights: torch.Tensor, losses: torch.Tensor) -> float:
+    """DEV risk from density ratios and per-sample validation losses; lower is better."""
+    weights, losses = weights.double(), losses.double()
+    weighted = weights * losses
+    var = weights.var()
+    eta = -torch.cov(torch.stack([weighted, weights]))[0, 1] / var if var > 0 else torch.zeros((), dtype=torch.float64)
+    return float(weighted.mean() + eta * weights.mean() - eta)
+
+
+@dataclass
+class Outputs:
+    """A snapshot's outputs on the validation images."""
+
+    val_logits: torch.Tensor | None  # held-out source: [Nv, C]
+    val_labels: torch.Tensor | None
+    val_features: torch.Tensor | None  # bottleneck features
+    train_features: torch.Tensor | None  # a sample of the source training images, for DEV's domain classifier
+    target_logits: torch.Tensor  # [Nt, C]
+    target_features: torch.Tensor
+
+
+def compute_validators(out: Outputs) -> dict[str, float | None]:
+    """Every validator that the outputs allow (src-acc and dev need a held-out source split)."""
+    probs = out.target_logits.float().softmax(1)
+    values: dict[str, float | None] = {
+        "src_acc": None,
+        "entropy": mean_entropy(probs),
+        "im": information_maximization(probs),
+        "snd": soft_neighborhood_density(probs),
+        "dev": None,
+    }
+    if out.val_logits is not None and len(out.val_logits):
+        values["src_acc"] = accuracy(out.val_logits, out.val_labels)
+        if out.train_features is not None and len(out.val_logits) >= 2:
+            ratio = domain_density_ratio(out.train_features, out.target_features, out.val_features)
+            losses = F.cross_entropy(out.val_logits.float(), out.val_labels, reduction="none")
+            values["dev"] = deep_embedded_validation(ratio, losses)
+    return {k: (None if v is None or not math.isfinite(v) else round(v, 6)) for k, v in values.items()}
