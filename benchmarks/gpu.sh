@@ -26,5 +26,13 @@ $PY benchmarks/throughput.py --backbone "$BACKBONE" --image-size "$SIZE" --devic
 echo "== 3. the same with --compile"
 $PY benchmarks/throughput.py --backbone "$BACKBONE" --image-size "$SIZE" --device "$DEVICE" --steps "$STEPS" --warmup 10 --compile --figures ab || status=1
 
+echo "== 4. data-parallel path (issue 6): plain single process vs. --devices 1, $BACKBONE at $SIZE px on the demo's images"
+SRC=$($PY -c "import json; print(json.load(open('$WORK/demo.json'))['data']['source'])") TGT=$($PY -c "import json; print(json.load(open('$WORK/demo.json'))['data']['target'])")
+for how in "" "--devices 1" "" "--devices 1"; do
+  $PY -m golabels_cli adapt "$SRC" "$TGT" --backbone "$BACKBONE" --no-pretrained --image-size "$SIZE" --device "$DEVICE" --iters $((STEPS * 4)) \
+    --log-every 10 --out "$WORK/ddp-$RANDOM" --quiet --json $how > "$WORK/ddp.json" || status=1
+  $PY -c "import json; d = json.load(open('$WORK/ddp.json')); print('${how:-plain}'.ljust(12), d['images_per_s'], 'images/s', d['processes'], 'process(es)')" || status=1
+done
+
 rm -rf "$WORK"
 exit $status

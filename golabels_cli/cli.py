@@ -13,7 +13,7 @@ from typing_extensions import Annotated
 
 from . import __version__
 from .console import AdaptProgress, print_adapt_summary, print_error, print_eval, print_json, setup_logging, stderr, stdout
-from .errors import InputError
+from .errors import AlreadyReported, GolabelsError, InputError, Interrupted
 
 app = typer.Typer(
     name="golabels",
@@ -61,7 +61,8 @@ def guarded(fn: Callable) -> Callable:
         except Exception as exc:
             if debug:
                 raise
-            print_error(exc)
+            if not isinstance(exc, AlreadyReported):
+                print_error(exc)
             raise typer.Exit(getattr(exc, "exit_code", 1))
 
     return wrapper
@@ -116,7 +117,10 @@ def adapt(
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (downloaded).")] = True,
     weights: Annotated[Optional[str], typer.Option(help="Local timm state dict (.safetensors or .pth) for the backbone.", show_default=False)] = None,
     eval_dir: Annotated[Optional[str], typer.Option(help="Labeled target folder, evaluated at the end (and every --eval-every).", show_default=False)] = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate --eval-dir every N iterations; 0: at the end only.")] = 0,
+    eval_every: Annotated[int, typer.Option(help="Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only.")] = 0,
+    val_split: Annotated[float, typer.Option(help="Fraction of each source class held out for the src-acc and dev validators.")] = 0.1,
+    val_target_images: Annotated[int, typer.Option(help="Target images the validators look at (a fixed random sample); 0: all.")] = 2000,
+    select: Annotated[str, typer.Option(help="Which evaluated snapshot becomes model.safetensors: last | src-acc | entropy | im | snd | dev | target-acc (the oracle; needs --eval-dir).")] = "last",
     min_crop: Annotated[float, typer.Option(help="Smallest area fraction of the random resized crop.")] = 0.08,
     hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).")] = 0.5,
     trade_off: Annotated[float, typer.Option(help="Weight of the adversarial loss.")] = 1.0,
@@ -137,6 +141,9 @@ def adapt(
     cache_images: Annotated[bool, typer.Option("--cache-images", help="Keep decoded, resized training images in memory (when they fit).")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the classifier (faster steps after a slow first one).")] = False,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="On CUDA: deterministic cuDNN kernels, no autotuning (slower).")] = False,
+    devices: Annotated[int, typer.Option(help="Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.")] = 1,
+    lr_scaling: Annotated[str, typer.Option(help="How --lr follows the effective batch over processes: none | linear | sqrt.")] = "none",
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="With several CUDA processes: BatchNorm statistics over all of them (SyncBatchNorm).")] = False,
     config: Annotated[Optional[str], typer.Option(help="YAML file of options (keys are option names); flags given here win.", show_default=False)] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -144,8 +151,14 @@ def adapt(
 ) -> None:
     """Train a classifier on SOURCE that works on TARGET. Writes a run directory with the model."""
     from .config import RESUME_OPTIONS, build_config, load_yaml
+    from .distributed import check_devices, env_rank, launched_by_torchrun
     from .train import adapt as run_adapt
     from .train import resume as run_resume
+
+    rank = env_rank()
+    if rank > 0:
+        quiet = True  # rank 0 shows progress, warnings and the results; the others speak only of their own failures
+        setup_logging(quiet=True, debug=debug)
 
     if resume is not None:
         changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*RESUME_OPTIONS, "resume", "json_", "quiet", "debug")]
@@ -154,6 +167,17 @@ def adapt(
             raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
                              f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may change; start a new run to change more")
         overrides = {k: ctx.params[k] for k in RESUME_OPTIONS if _from_command_line(ctx, k)}
+        devices_wanted = overrides.get("devices", _run_devices(resume))
+        check_devices(devices_wanted, overrides.get("device", "auto"))
+        if devices_wanted > 1 and not launched_by_torchrun():
+            flags = []
+            for k, v in {**overrides, "devices": devices_wanted}.items():
+                if isinstance(v, bool):
+                    flags += [f"--{k.replace('_', '-')}"] if v else []
+                elif v is not None:
+                    flags += [f"--{k.replace('_', '-')}", str(v)]
+            _launch(devices_wanted, ["adapt", "--resume", resume, *flags], json_, quiet, debug)
+            return
         run = functools.partial(run_resume, resume, overrides)
     else:
         given = {k: v for k, v in ctx.params.items() if k not in ("config", "json_")}
@@ -161,16 +185,75 @@ def adapt(
         for name, value in given.items():
             if name not in values or _from_command_line(ctx, name):
                 values[name] = value
-        run = functools.partial(run_adapt, build_config(values), values.get("out"), bool(values.get("exist_ok")))
+        cfg = build_config(values)
+        check_devices(cfg.devices, cfg.device)
+        if cfg.devices > 1 and not launched_by_torchrun():
+            _launch_new_run(cfg, values, json_, quiet, debug)
+            return
+        run = functools.partial(run_adapt, cfg, values.get("out"), bool(values.get("exist_ok")))
     progress = AdaptProgress(quiet=quiet)
     try:
         summary = run(progress=progress)
+    except Exception as exc:
+        if rank > 0:
+            # Bad input, divergence (all-reduced) and interruptions are the same on every rank, and
+            # rank 0 reports them; only a rank's own crash is worth its own line.
+            raise AlreadyReported(exc.exit_code) if isinstance(exc, GolabelsError) else _on_rank(exc, rank)
+        if launched_by_torchrun() and not isinstance(exc, (InputError, Interrupted)):
+            raise _on_rank(exc, rank) from exc
+        raise
     finally:
         progress.close()
+    if rank > 0:
+        return
     if json_:
         print_json(summary)
     else:
         print_adapt_summary(summary)
+
+
+def _run_devices(run_dir: str) -> int:
+    """The --devices a run was started with, from its config.yaml (1 when it can't be read)."""
+    import yaml
+
+    try:
+        return int((yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("devices", 1))
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return 1
+
+
+def _on_rank(exc: Exception, rank: int) -> Exception:
+    from .errors import GolabelsError, RunError, reason
+
+    if isinstance(exc, GolabelsError):
+        exc.message = f"[rank {rank}] {exc.message}"
+        return exc
+    return RunError(f"[rank {rank}] {type(exc).__name__}: {reason(exc)}", "rerun with --debug for the traceback")
+
+
+def _launch(devices: int, worker_args: list[str], json_: bool, quiet: bool, debug: bool) -> None:
+    from .distributed import launch
+
+    worker_args += [*(["--json"] if json_ else []), *(["--quiet"] if quiet else []), *(["--debug"] if debug else [])]
+    launch(devices, worker_args, debug)
+
+
+def _launch_new_run(cfg, values: dict[str, Any], json_: bool, quiet: bool, debug: bool) -> None:
+    """--devices N: the workers replay the resolved config (so they agree on every value), from a
+    temporary file that outlives them only until they have all read it."""
+    import tempfile
+
+    from .config import to_yaml
+
+    with tempfile.TemporaryDirectory(prefix="golabels-launch-") as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(to_yaml(cfg))
+        args = ["adapt", "--config", str(config)]
+        if values.get("out"):
+            args += ["--out", str(Path(values["out"]).absolute())]
+        if values.get("exist_ok"):
+            args.append("--exist-ok")
+        _launch(cfg.devices, args, json_, quiet, debug)
 
 
 EVAL_EPILOG = """
@@ -359,6 +442,35 @@ def predict(
     log.info("predicted %d images in %.1fs (%.1f images/s) with %s", rows, seconds, rows / max(seconds, 1e-9), predictor.backend)
     if skipped:
         raise RunError(f"{len(skipped)} of {rows + len(skipped)} inputs could not be read; the other {rows} rows were written", "see the warnings above")
+
+
+REPORT_EPILOG = """
+**Examples**
+
+    golabels report runs/adapt/exp            # tables on stdout, PNG plots in runs/adapt/exp
+    golabels report runs/adapt/exp --json     # the same figures as one JSON document
+"""
+
+
+@app.command(epilog=REPORT_EPILOG)
+@guarded
+def report(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by golabels adapt (finished, interrupted or running).", show_default=False)],
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write report-*.png into the run directory (needs matplotlib).")] = True,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Summarize a run: data, losses, discriminator accuracy, relabeled fractions, validators; PNG plots with matplotlib."""
+    from .console import print_report
+    from .report import load_run, write_plots
+
+    record = load_run(run_dir)
+    written = write_plots(record) if plots else []
+    if json_:
+        print_json({**record.to_dict(), "plots": None if written is None else [str(p) for p in written]})
+    else:
+        print_report(record, written, plots and not quiet)
 
 
 def main() -> None:

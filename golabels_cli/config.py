@@ -18,6 +18,7 @@ import yaml
 from .domain_labels import MODES
 from .errors import InputError, reason
 from .methods import METHODS
+from .validators import SELECT_CHOICES
 
 
 @dataclass
@@ -49,7 +50,10 @@ class AdaptConfig:
     pretrained: bool = True
     weights: str | None = None
     eval_dir: str | None = None
-    eval_every: int = 0  # 0: evaluate --eval-dir at the end only
+    eval_every: int = 0  # validators (and --eval-dir) every N iterations; 0: at the end only
+    val_split: float = 0.1  # fraction of each source class held out for src-acc and dev
+    val_target_images: int = 2000  # target images the validators look at (a fixed random sample); 0: all
+    select: str = "last"  # which evaluated snapshot becomes model.safetensors (validators.py)
     log_every: int = 10
     save_every: int = 500  # full training state to checkpoint.pt every N iterations; 0: at the end only
     seed: int = 0
@@ -60,6 +64,9 @@ class AdaptConfig:
     cache_images: bool = False  # keep decoded, resized training images in memory
     compile: bool = False  # torch.compile the classifier
     deterministic: bool = False  # no cudnn.benchmark; deterministic cuDNN kernels (CUDA only)
+    devices: int = 1  # local data-parallel processes (docs/scaling.md); batch_size stays per process
+    lr_scaling: str = "none"  # none | linear | sqrt: lr multiplied by 1, world or sqrt(world)
+    sync_bn: bool = False  # SyncBatchNorm in the classifier across processes (CUDA)
 
     def resolved_lr_gamma(self) -> float:
         # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.
@@ -74,7 +81,7 @@ class AdaptConfig:
 # Options that shape the output of one invocation, not the training: never stored in config.yaml.
 RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug", "resume")
 # What may change when a run is resumed: nothing that changes the weights it will end with.
-RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images")
+RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images", "devices")
 PATH_FIELDS = ("source", "target", "weights", "eval_dir", "cache_dir")
 FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
 
@@ -134,13 +141,15 @@ def validate(cfg: AdaptConfig) -> None:
     _choice("method", cfg.method, METHODS)
     _choice("domain_labels", cfg.domain_labels, MODES)
     _choice("device", cfg.device, ("auto", "cpu", "cuda", "mps"))
-    for name in ("iters", "batch_size", "bottleneck_dim", "disc_hidden", "log_every"):
+    _choice("select", cfg.select, SELECT_CHOICES)
+    _choice("lr_scaling", cfg.lr_scaling, ("none", "linear", "sqrt"))
+    for name in ("iters", "batch_size", "bottleneck_dim", "disc_hidden", "log_every", "devices"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
             raise InputError(f"--{option_name(name)} must be a positive integer, got {value!r}")
     if cfg.batch_size < 2:
         raise InputError("--batch-size must be at least 2", "BatchNorm needs two samples per domain")
-    for name in ("eval_every", "save_every", "seed"):
+    for name in ("eval_every", "save_every", "seed", "val_target_images"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
             raise InputError(f"--{option_name(name)} must be a non-negative integer")
     if cfg.workers is not None and (not isinstance(cfg.workers, int) or cfg.workers < 0):
@@ -159,6 +168,15 @@ def validate(cfg: AdaptConfig) -> None:
         raise InputError(f"--min-crop must be in (0, 1], got {cfg.min_crop}")
     if not 0 <= cfg.hflip <= 1:
         raise InputError(f"--hflip must be a probability in [0, 1], got {cfg.hflip}")
+    if not (isinstance(cfg.val_split, (int, float)) and 0 <= cfg.val_split < 1):
+        raise InputError(f"--val-split must be a fraction in [0, 1), got {cfg.val_split!r}")
+    if cfg.select != "last" and not cfg.eval_every:
+        raise InputError(f"--select {cfg.select} chooses among the snapshots evaluated every --eval-every iterations, and there are none",
+                         "add --eval-every N (e.g. a tenth of --iters)")
+    if cfg.select == "target-acc" and not cfg.eval_dir:
+        raise InputError("--select target-acc needs target labels", "pass --eval-dir LABELED_TARGET, or select by a validator")
+    if cfg.select in ("src-acc", "dev") and not cfg.val_split:
+        raise InputError(f"--select {cfg.select} needs held-out source images", "use --val-split above 0 (default 0.1)")
 
 
 def to_yaml(cfg: AdaptConfig) -> str:

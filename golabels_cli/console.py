@@ -57,6 +57,35 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+VALIDATOR_NAMES = {"src_acc": "src-acc", "entropy": "entropy", "im": "im", "snd": "snd", "dev": "dev", "target_acc": "target-acc"}
+
+
+def _size_text(sizes: dict[str, list[int]] | None) -> str:
+    if not sizes:
+        return "-"
+    (w0, wm, w1), (h0, hm, h1) = sizes["width"], sizes["height"]
+    if (w0, h0) == (w1, h1):
+        return f"all {w0}x{h0}"
+    return f"{w0}..{w1} x {h0}..{h1} (median {wm}x{hm})"
+
+
+def data_report_lines(report: dict[str, Any], held_out: int) -> list[str]:
+    """The start-of-run data report, a few lines (warnings are logged by the library)."""
+    per_class = report["source_per_class"]
+    small = min(per_class, key=per_class.get)
+    big = max(per_class, key=per_class.get)
+    if per_class[small] == per_class[big]:
+        spread = f"{per_class[small]} each"
+    else:
+        spread = f"fewest {per_class[small]} in {small!r}, most {per_class[big]} in {big!r}: imbalance {report['imbalance_ratio']:.1f}:1"
+    return [
+        f"source: {report['source_images']} images in {len(per_class)} classes ({spread}); {held_out} held out for validation; "
+        f"sizes {_size_text(report['source_sizes'])}" + (f"; {report['skipped']['source']} unreadable skipped" if report["skipped"]["source"] else ""),
+        f"target: {report['target_images']} images; sizes {_size_text(report['target_sizes'])}"
+        + (f"; {report['skipped']['target']} unreadable skipped" if report["skipped"]["target"] else ""),
+    ]
+
+
 class AdaptProgress:
     """The progress callback for adapt(): a live bar on a TTY, plain periodic lines otherwise."""
 
@@ -82,12 +111,10 @@ class AdaptProgress:
         self.total = data["iters"]
         self.first_iter = self.last_iter = data.get("start", 0)
         self.started = self.last_plain = time.perf_counter()
-        per_class = data["source_per_class"]
-        stderr.print(
-            f"adapting on {data['device']}: {data['source_images']} source images in {len(per_class)} classes "
-            f"(fewest {min(per_class.values())}, most {max(per_class.values())}), {data['target_images']} target images"
-        )
-        stderr.print(f"run directory: {data['run_dir']}" + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""))
+        for line in data_report_lines(data["data"], data["held_out"]):
+            stderr.print(line, markup=False)
+        stderr.print(f"adapting on {data['device']}; run directory: {data['run_dir']}"
+                     + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""), markup=False)
         if self.live:
             self.bar = Progress(
                 TextColumn("adapt"), BarColumn(), MofNCompleteColumn(),
@@ -114,14 +141,25 @@ class AdaptProgress:
             text += f" tgt-acc {row['target_acc']:.3f}"
         return text
 
+    @staticmethod
+    def eval_text(row: dict[str, Any]) -> str:
+        parts = [f"{name} {_fmt(row.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key in row and key != "target_acc"]
+        if row.get("prior_shift") is not None:
+            parts.append(f"| label shift {row['prior_shift']:.3f}")
+        if "target_acc" in row:
+            parts.append(f"| target-acc {row['target_acc']:.4f} (oracle: --eval-dir labels)")
+        return f"iter {row['iter']}: " + " ".join(parts)
+
     def _log(self, row: dict[str, Any]) -> None:
         if self.bar is not None:
             self.bar.update(self.task, stats=self.stats_text(row))
-            if "target_acc" in row:
-                self.bar.console.print(f"iter {row['iter']}: target accuracy {row['target_acc']:.4f} (eval-dir)")
+            if "snd" in row:
+                self.bar.console.print(self.eval_text(row), markup=False)
             return
         now = time.perf_counter()
-        if now - self.last_plain >= self.PLAIN_INTERVAL_S or row["iter"] == self.total or "target_acc" in row:
+        if "snd" in row:
+            sys.stderr.write(self.eval_text(row) + "\n")
+        if now - self.last_plain >= self.PLAIN_INTERVAL_S or row["iter"] == self.total or "snd" in row:
             self.last_plain = now
             elapsed = now - self.started
             speed = (row["iter"] - self.first_iter) / max(elapsed, 1e-9)
@@ -147,7 +185,8 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     table.add_column("value")
     table.add_row("method", f"{summary['method']} with {summary['domain_labels']} domain labels")
     table.add_row("backbone", summary["backbone"])
-    table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {summary['device']})")
+    where = summary["device"] + (f", {summary['processes']} processes" if summary.get("processes", 1) > 1 else "")
+    table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
     images, skipped = summary["images"], summary["skipped"]
     table.add_row("images", f"source {images['source']}, target {images['target']}" + (f", eval {images['eval']}" if images["eval"] else ""))
     if any(skipped.values()):
@@ -156,8 +195,15 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     table.add_row("final losses", f"classification {_fmt(final['loss_cls'])}, adversarial {_fmt(final['loss_adv'])}")
     if final["disc_acc"] is not None:
         table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}")
+    selected = summary["selected"]
+    if selected["by"] != "last":
+        table.add_row("model", f"the snapshot of iteration {selected['iter']}, selected by {selected['by']}"
+                      + (f" ({selected['value']:.4f})" if selected["value"] is not None else " (not computable: the last)"))
+    final = next((e for e in summary["evals"] if e["iter"] == selected["iter"]), None)
+    if final:
+        table.add_row("validators", " ".join(f"{name} {_fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc"))
     if summary["target_acc"] is not None:
-        table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f})")
+        table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; --eval-dir labels)")
     stdout.print(table)
 
 
@@ -181,3 +227,85 @@ def print_eval(result, title: str) -> None:
         for name, row in zip(result.true_classes, result.confusion):
             confusion.add_row(name, *map(str, row))
         stdout.print(confusion)
+
+
+def print_report(record, plots: list | None, plots_wanted: bool) -> None:
+    """`golabels report`: the run, its data, its training trajectory and its validators."""
+    from .report import correlations
+
+    cfg, summary = record.config, record.summary
+    overview = Table(title=f"golabels report: {record.run_dir}", show_header=False)
+    overview.add_column("what", style="bold")
+    overview.add_column("value")
+    overview.add_row("method", f"{cfg.get('method')} with {cfg.get('domain_labels')} domain labels, backbone {cfg.get('backbone')}")
+    total = cfg.get("iters")
+    if summary is not None:
+        overview.add_row("status", f"finished: {summary['iters']} iterations in {summary['seconds']:.0f}s on {summary['device']}")
+    else:
+        overview.add_row("status", f"not finished: metrics up to iteration {record.iteration} of {total} "
+                         f"(resume with golabels adapt --resume {record.run_dir})")
+    if summary is not None:
+        sel = summary["selected"]
+        overview.add_row("model.safetensors", f"iteration {sel['iter']} (--select {sel['by']})")
+        if summary["target_acc"] is not None:
+            overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
+    stdout.print(overview)
+
+    data = (summary or {}).get("data")
+    if data:
+        for line in data_report_lines(data, sum(data["held_out_per_class"].values())):
+            stdout.print(line, markup=False)
+        per_class = data["source_per_class"]
+        if len(per_class) <= 40:
+            table = Table(title="source images per class")
+            table.add_column("class")
+            table.add_column("images", justify="right")
+            table.add_column("held out", justify="right")
+            for name, n in per_class.items():
+                table.add_row(name, str(n), str(data["held_out_per_class"][name]))
+            stdout.print(table)
+        for warning in data["warnings"]:
+            stdout.print(f"warning: {warning}", markup=False)
+
+    rows = record.rows
+    if rows:
+        step = max(1, len(rows) // 10)
+        shown = rows[step - 1::step]
+        if shown[-1] is not rows[-1]:
+            shown.append(rows[-1])
+        table = Table(title="training (metrics.jsonl, every row's mean over its window)")
+        for name in ("iter", "loss cls", "loss adv", "disc acc", "disc src/tgt", "relabeled src/tgt", "lr"):
+            table.add_column(name, justify="right")
+        for r in shown:
+            table.add_row(str(r["iter"]), _fmt(r.get("loss_cls")), _fmt(r.get("loss_adv")), _fmt(r.get("disc_acc"), ".2f"),
+                          f"{_fmt(r.get('disc_acc_src'), '.2f')}/{_fmt(r.get('disc_acc_tgt'), '.2f')}",
+                          f"{_fmt(r.get('relabeled_src'), '.2f')}/{_fmt(r.get('relabeled_tgt'), '.2f')}", f"{r['lr']:.2e}")
+        stdout.print(table)
+
+    evals = record.evals
+    if evals:
+        selected = (summary or {}).get("selected", {}).get("iter")
+        keys = [k for k in VALIDATOR_NAMES if any(e.get(k) is not None for e in evals)]
+        table = Table(title="validators per evaluated snapshot (* = model.safetensors)")
+        table.add_column("iter", justify="right")
+        for k in keys:
+            table.add_column(VALIDATOR_NAMES[k] + (" (oracle)" if k == "target_acc" else ""), justify="right")
+        shift = any(e.get("prior_shift") is not None for e in evals)
+        if shift:
+            table.add_column("label shift (TV)", justify="right")
+        for e in evals:
+            table.add_row(f"{'*' if e['iter'] == selected else ''}{e['iter']}", *(_fmt(e.get(k), ".4f") for k in keys),
+                          *([_fmt(e.get("prior_shift"), ".3f")] if shift else []))
+        stdout.print(table)
+        rho = {k: v for k, v in correlations(evals).items() if v is not None}
+        if rho:
+            stdout.print("Spearman correlation with target accuracy over these snapshots (validators oriented higher-is-better): "
+                         + ", ".join(f"{VALIDATOR_NAMES[k]} {v:+.2f}" for k, v in rho.items()), markup=False)
+        elif sum(e.get("target_acc") is not None for e in evals) >= 3:
+            stdout.print("Spearman correlation with target accuracy: not defined (it, or every validator, is the same at every snapshot)")
+    if not plots_wanted:
+        return
+    if plots is None:
+        stderr.print("no plots: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
+    elif plots:
+        stderr.print("plots: " + ", ".join(str(p) for p in plots), markup=False)

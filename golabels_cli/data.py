@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from .errors import InputError
-from .images import IMAGE_EXTENSIONS, check_image, image_files, load_rgb, resize_shorter, scale_size, to_array
+from .images import IMAGE_EXTENSIONS, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
 
 log = logging.getLogger("golabels")
 
@@ -36,9 +36,21 @@ class ImageSet:
     labels: list[int] | None  # None for an unlabeled (target) folder
     classes: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    sizes: list[tuple[int, int]] | None = None  # (width, height) of each image, as stored
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, indices: list[int], keep_skipped: bool = False) -> "ImageSet":
+        """The images at `indices`, in that order (the skipped files stay with one subset only)."""
+        return ImageSet(
+            self.root,
+            [self.paths[i] for i in indices],
+            [self.labels[i] for i in indices] if self.labels is not None else None,
+            self.classes,
+            self.skipped if keep_skipped else [],
+            [self.sizes[i] for i in indices] if self.sizes is not None else None,
+        )
 
 
 def _check_dir(root: str | Path, role: str) -> Path:
@@ -50,15 +62,15 @@ def _check_dir(root: str | Path, role: str) -> Path:
     return root
 
 
-def _keep_readable(paths: list[Path], role: str, skipped: list[tuple[Path, str]]) -> list[Path]:
-    """The paths that decode completely; the others are warned about once and added to `skipped`."""
+def _keep_readable(paths: list[Path], role: str, skipped: list[tuple[Path, str]]) -> dict[Path, tuple[int, int]]:
+    """{path: size} of the paths that decode completely; the others are warned about once and added to `skipped`."""
     # Decoding releases the GIL, so threads check several images at once.
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        reasons = list(pool.map(check_image, paths))
-    good = []
-    for path, why in zip(paths, reasons):
+        results = list(pool.map(inspect_image, paths))
+    good = {}
+    for path, (why, size) in zip(paths, results):
         if why is None:
-            good.append(path)
+            good[path] = size
         else:
             skipped.append((path, why))
             log.warning("skipping unreadable %s image %s (%s)", role, path, why)
@@ -89,7 +101,7 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
         if not files:
             raise InputError(f"class folder {class_dir} has no images", "add images or remove the folder")
         per_class.append(files)
-    readable = set(_keep_readable([f for files in per_class for f in files], role, skipped))
+    readable = _keep_readable([f for files in per_class for f in files], role, skipped)
     paths, labels = [], []
     for label, (class_dir, files) in enumerate(zip(class_dirs, per_class)):
         files = [f for f in files if f in readable]
@@ -97,7 +109,7 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
             raise InputError(f"every image in class folder {class_dir} is unreadable", "check the files")
         paths += files
         labels += [label] * len(files)
-    return ImageSet(root, paths, labels, [d.name for d in class_dirs], skipped)
+    return ImageSet(root, paths, labels, [d.name for d in class_dirs], skipped, [readable[p] for p in paths])
 
 
 def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
@@ -109,10 +121,81 @@ def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
     _report(problems, role, skipped)
     if not files:
         raise InputError(f"{role} folder {root} has no images", f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    files = _keep_readable(files, role, skipped)
-    if not files:
+    readable = _keep_readable(files, role, skipped)
+    if not readable:
         raise InputError(f"every image in {role} folder {root} is unreadable", "check the files")
-    return ImageSet(root, files, None, [], skipped)
+    files = [f for f in files if f in readable]
+    return ImageSet(root, files, None, [], skipped, [readable[f] for f in files])
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) indices: round(fraction * n) images of each class held out, chosen at
+    random with the seed, but never a class's last training image. Both lists stay sorted."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+    held: list[int] = []
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    for label in sorted(by_class):
+        members = by_class[label]
+        n = min(round(fraction * len(members)), len(members) - 1)
+        if n > 0:
+            held += [members[j] for j in torch.randperm(len(members), generator=g)[:n].tolist()]
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+def sample_indices(n: int, k: int, seed: int, stream: int) -> list[int]:
+    """k of range(n) at random (all when k is 0 or >= n), sorted."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + stream)
+    return sorted(torch.randperm(n, generator=g)[:k].tolist())
+
+
+# ---- the start-of-run data report ---------------------------------------------------------------
+
+FEW_IMAGES = 5  # a class with fewer source images is warned about
+IMBALANCE_WARNING = 10.0  # so is a largest / smallest class ratio above this
+
+
+def _size_spread(sizes: list[tuple[int, int]] | None) -> dict[str, list[int]] | None:
+    if not sizes:
+        return None
+    widths, heights = sorted(w for w, _ in sizes), sorted(h for _, h in sizes)
+    return {"width": [widths[0], widths[len(widths) // 2], widths[-1]], "height": [heights[0], heights[len(heights) // 2], heights[-1]]}
+
+
+def data_report(source: ImageSet, target: ImageSet, held_out: list[int]) -> dict:
+    """What the source and target folders hold, and what looks wrong with them (`warnings`).
+    Sizes are [smallest, median, largest]; the imbalance ratio is largest / smallest class."""
+    counts = [0] * len(source.classes)
+    for label in source.labels:
+        counts[label] += 1
+    held = [0] * len(source.classes)
+    for i in held_out:
+        held[source.labels[i]] += 1
+    ratio = max(counts) / max(1, min(counts))
+    warnings = []
+    few = [f"{name!r} ({n})" for name, n in zip(source.classes, counts) if n < FEW_IMAGES]
+    if few:
+        warnings.append(f"source class{'es' if len(few) > 1 else ''} with fewer than {FEW_IMAGES} images: {', '.join(few[:8])}"
+                        + (" …" if len(few) > 8 else "") + "; the classifier barely sees them")
+    if ratio > IMBALANCE_WARNING:
+        big, small = counts.index(max(counts)), counts.index(min(counts))
+        warnings.append(f"source classes are imbalanced {ratio:.1f}:1 ({source.classes[big]!r} {counts[big]} images, "
+                        f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes")
+    return {
+        "source_images": len(source),
+        "source_per_class": dict(zip(source.classes, counts)),
+        "held_out_per_class": dict(zip(source.classes, held)),
+        "imbalance_ratio": round(ratio, 3),
+        "target_images": len(target),
+        "source_sizes": _size_spread(source.sizes),
+        "target_sizes": _size_spread(target.sizes),
+        "skipped": {"source": len(source.skipped), "target": len(target.skipped)},
+        "warnings": warnings,
+    }
 
 
 # ---- transforms -------------------------------------------------------------------------------
@@ -184,22 +267,29 @@ class TrainImages(Dataset):
 class InfiniteDraws(Sampler):
     """Endless seeded shuffles of range(n); each draw carries a unique augmentation seed.
 
-    `start` skips that many draws, so a resumed run continues the exact sequence it left."""
+    With `world` processes, each shuffle is dealt out: rank r takes positions r, r + world, ...
+    (n // world of them, the rest of the shuffle is left out), so within a shuffle no two ranks
+    draw the same image, and every rank sees the same number of draws per shuffle.
+    `start` skips that many of this rank's draws, so a resumed run continues the exact sequence."""
 
-    def __init__(self, n: int, seed: int, stream: int, start: int = 0):
-        self.n, self.seed, self.stream, self.start = n, seed, stream, start
+    def __init__(self, n: int, seed: int, stream: int, start: int = 0, rank: int = 0, world: int = 1):
+        if n < world:
+            raise InputError(f"{n} images cannot be shared by {world} processes", "use fewer --devices")
+        self.n, self.seed, self.stream, self.start, self.rank, self.world = n, seed, stream, start, rank, world
 
     def __iter__(self) -> Iterator[Draw]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream)
-        for _ in range(self.start // self.n):  # whole shuffles already drawn
+        share = self.n // self.world  # this rank's draws per shuffle
+        for _ in range(self.start // share):  # whole shuffles already drawn
             torch.randperm(self.n, generator=g)
-        draw = self.start - self.start % self.n
-        skip = self.start % self.n
+        shuffle, skip = self.start // share, self.start % share
+        base = (self.seed * 1_000_003 + self.stream) * 2**32
         while True:
-            for index in torch.randperm(self.n, generator=g)[skip:].tolist():
-                yield Draw(index, ((self.seed * 1_000_003 + self.stream) * 2**32 + draw + skip) % 2**63)
-                draw += 1
-            draw, skip = draw + skip, 0
+            perm = torch.randperm(self.n, generator=g)
+            for j in range(skip, share):
+                position = self.rank + j * self.world  # unique over ranks: the draw's global number
+                yield Draw(int(perm[position]), (base + shuffle * self.n + position) % 2**63)
+            shuffle, skip = shuffle + 1, 0
 
 
 class EvalImages(Dataset):
@@ -222,12 +312,12 @@ def _ignore_interrupts(worker_id: int) -> None:
 
 
 def train_loader(images: ImageSet, transform, data_config: dict, batch_size: int, seed: int, stream: int, workers: int,
-                 pin: bool, start: int = 0, decoded: list[np.ndarray] | None = None):
-    """Batches of `batch_size` draws from InfiniteDraws, starting at draw `start`."""
+                 pin: bool, start: int = 0, decoded: list[np.ndarray] | None = None, rank: int = 0, world: int = 1):
+    """Batches of `batch_size` draws from InfiniteDraws, starting at this rank's draw `start`."""
     return DataLoader(
         TrainImages(images, transform, data_config, decoded),
         batch_size=batch_size,
-        sampler=InfiniteDraws(len(images), seed, stream, start),
+        sampler=InfiniteDraws(len(images), seed, stream, start, rank, world),
         num_workers=workers,
         pin_memory=pin,
         drop_last=True,

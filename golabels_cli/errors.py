@@ -37,3 +37,11 @@ def reason(exc: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (or its type), short enough for a one-line error."""
     text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:limit]
+
+
+class AlreadyReported(GolabelsError):
+    """A worker process failed and printed its own one-line error: leave with its exit code, silently."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"exit {exit_code}")
+        self.exit_code = exit_code

@@ -24,7 +24,6 @@ import random
 import signal
 import threading
 import time
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +36,17 @@ import torch.nn.functional as F
 from . import __version__
 from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
 from .config import AdaptConfig, build_config, to_yaml
-from .data import ImageSet, InfiniteDraws, decode_all, scan_labeled, scan_unlabeled, train_loader, train_transform
+from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, lr_factor, setup, teardown
+from .data import (ImageSet, InfiniteDraws, data_report, decode_all, eval_loader, eval_transform, sample_indices, scan_labeled,
+                   scan_unlabeled, stratified_split, train_loader, train_transform)
 from .errors import InputError, Interrupted, RunError, reason
-from .evaluate import evaluate_images, labeled_for_model, score
+from .evaluate import labeled_for_model, score
 from .features import Features, backbone_features, model_key
+from .label_shift import SHIFT_WARNING, em_prior, total_variation
 from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
+from .validators import Outputs, better, compute_validators, metric_key
 
 log = logging.getLogger("golabels")
 
@@ -94,11 +97,11 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, cfg: AdaptConfig, step: int) -> float:
+def _set_lr(optimizer: torch.optim.Optimizer, cfg: AdaptConfig, step: int, scale: float) -> float:
     factor = (1.0 + cfg.resolved_lr_gamma() * step) ** (-cfg.lr_decay)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
-    return cfg.lr * factor
+    return cfg.lr * scale * factor
 
 
 def _nothing(kind: str, data: dict[str, Any]) -> None:
@@ -139,9 +142,11 @@ class Training:
 
     cfg: AdaptConfig
     device: torch.device
-    source: ImageSet
+    source: ImageSet  # the training split of the source folder
     target: ImageSet
     eval_set: tuple[ImageSet, list[int]] | None
+    validation: "Validation"
+    report: dict[str, Any]  # data_report() of the folders
     data_config: dict
     model: Classifier
     disc: torch.nn.Module
@@ -149,12 +154,27 @@ class Training:
     optimizer: torch.optim.Optimizer
     speed: Speed
     method_params: MethodParams
-    features: dict[str, Features] | None = None  # --freeze-backbone: "source", "target", "eval"
+    dist: Dist = SINGLE
+    features: dict[str, Features] | None = None  # --freeze-backbone: "source", "target", "eval", "source_val"
     decoded: dict[str, list[np.ndarray] | None] | None = None  # --cache-images: "source", "target"
+    selected_weights: dict[str, torch.Tensor] | None = None  # --select: the best snapshot's model state so far
 
     @property
     def adversarial(self) -> bool:
         return self.cfg.method != "source-only"
+
+    @property
+    def lr_scale(self) -> float:
+        return lr_factor(self.cfg.lr_scaling, self.dist.world)
+
+    def initial_lrs(self) -> list[float]:
+        """Each parameter group's starting lr: after loading a checkpoint saved with another
+        process count, the --lr-scaling of this one applies."""
+        backbone_mult = self.cfg.backbone_lr_mult if (self.cfg.pretrained or self.cfg.weights) else 1.0
+        lrs = [self.cfg.lr * self.lr_scale] * len(self.optimizer.param_groups)
+        if not self.cfg.freeze_backbone:
+            lrs[0] *= backbone_mult
+        return lrs
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -168,6 +188,16 @@ class Training:
 
 
 @dataclass
+class Validation:
+    """What the validators look at: the held-out source split, a fixed sample of the target, and
+    a sample of the training source (DEV's domain classifier), as indices into source/target."""
+
+    source_val: ImageSet | None
+    target_sample: list[int]
+    train_sample: list[int]
+
+
+@dataclass
 class LoopState:
     """Where the loop is: saved in every checkpoint so a resumed run writes the same metrics."""
 
@@ -175,24 +205,43 @@ class LoopState:
     sums: dict[str, float] = field(default_factory=dict)  # of the metrics window in progress
     window: int = 0
     last_row: dict[str, Any] = field(default_factory=dict)
-    evals: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)  # validators (and target_acc) per evaluated snapshot
+    selected: dict[str, Any] = field(default_factory=dict)  # {"iter", "value"} of the snapshot --select keeps
     seconds: float = 0.0  # training time of earlier sessions of this run
 
 
-def build(cfg: AdaptConfig) -> Training:
+def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
     """Check every input and build the model and optimizer; nothing is written."""
     device = pick_device(cfg.device)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    if cfg.sync_bn and d.enabled and device.type != "cuda":
+        raise InputError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm synchronizes GPU tensors only", "leave --sync-bn out on the CPU")
     check_backbone_name(cfg.backbone)
-    source = scan_labeled(cfg.source, "source")
-    if len(source.classes) < 2:
-        raise InputError(f"source folder {cfg.source} has only one class ({source.classes[0]!r})", "a classifier needs at least two class folders")
+    scanned = scan_labeled(cfg.source, "source")
+    if len(scanned.classes) < 2:
+        raise InputError(f"source folder {cfg.source} has only one class ({scanned.classes[0]!r})", "a classifier needs at least two class folders")
     target = scan_unlabeled(cfg.target, "target")
-    eval_set = labeled_for_model(cfg.eval_dir, source.classes, "eval") if cfg.eval_dir else None
+    eval_set = labeled_for_model(cfg.eval_dir, scanned.classes, "eval") if cfg.eval_dir else None
+    train_idx, val_idx = stratified_split(scanned.labels, cfg.val_split, cfg.seed)
+    report = data_report(scanned, target, val_idx)
+    for warning in report["warnings"]:
+        log.warning(warning)
+    source = scanned.subset(train_idx, keep_skipped=True)
+    validation = Validation(
+        scanned.subset(val_idx) if val_idx else None,
+        sample_indices(len(target), cfg.val_target_images, cfg.seed, 2),
+        sample_indices(len(source), min(len(val_idx), cfg.val_target_images or len(val_idx)), cfg.seed, 3) if val_idx else [],
+    )
 
     seed_everything(cfg.seed)
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.weights)
     data_config = resolve_data_config(backbone, cfg.image_size)
-    model = Classifier(backbone, len(source.classes), cfg.bottleneck_dim, bridged=cfg.method == "gvb").to(device)
+    model = Classifier(backbone, len(source.classes), cfg.bottleneck_dim, bridged=cfg.method == "gvb")
+    if cfg.sync_bn and d.enabled:
+        # Same parameters and state-dict keys: checkpoints load into a plain BatchNorm model.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     disc_in = discriminator_input_dim(cfg.method, cfg.bottleneck_dim, len(source.classes))
     disc = discriminator(disc_in, cfg.disc_hidden, cfg.method).to(device)
     multilinear = None
@@ -217,15 +266,17 @@ def build(cfg: AdaptConfig) -> Training:
     if cfg.method != "source-only":
         groups.append({"params": list(disc.parameters()), "initial_lr": cfg.lr})
     for g in groups:
+        g["initial_lr"] *= lr_factor(cfg.lr_scaling, d.world)
         g["lr"] = g["initial_lr"]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
                                 **({"fused": True} if speed.fused_optimizer else {}))
     params = MethodParams(cfg.bridge_g_weight, cfg.bridge_d_weight, cfg.rsl_weight, cfg.rsl_k)
-    t = Training(cfg, device, source, target, eval_set, data_config, model, disc, multilinear, optimizer, speed, params)
+    t = Training(cfg, device, source, target, eval_set, validation, report, data_config, model, disc, multilinear, optimizer, speed, params, d)
     workers = cfg.resolved_workers()
     if cfg.freeze_backbone:
         key = model_key(cfg.backbone, model.backbone, data_config)
-        sets = {"source": source, "target": target, **({"eval": eval_set[0]} if eval_set else {})}
+        sets = {"source": source, **({"source_val": validation.source_val} if validation.source_val else {}), "target": target,
+                **({"eval": eval_set[0]} if eval_set else {})}
         t.features = {role: backbone_features(images, model.backbone, key, data_config, device, cfg.cache_dir, 2 * cfg.batch_size, workers)
                       for role, images in sets.items()}
     elif cfg.cache_images:
@@ -241,11 +292,17 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
 
     Every input is checked before the run directory is created, so bad input leaves nothing behind.
     """
-    t = build(cfg)
-    run_dir = claim_run_dir(out, exist_ok)
-    _write(run_dir / "config.yaml", to_yaml(cfg), None)
-    _write(run_dir / "metrics.jsonl", "", None)
-    return _train(t, run_dir, LoopState(), progress)
+    d = setup(pick_device(cfg.device).type)
+    try:
+        t = build(cfg, d)
+        run_dir = None
+        if d.main:  # only rank 0 writes
+            run_dir = claim_run_dir(out, exist_ok)
+            _write(run_dir / "config.yaml", to_yaml(cfg), None)
+            _write(run_dir / "metrics.jsonl", "", None)
+        return _train(t, run_dir, LoopState(), progress)
+    finally:
+        teardown()
 
 
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = _nothing) -> dict[str, Any]:
@@ -260,14 +317,22 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
     try:
-        cfg = build_config({**ckpt["config"], **(overrides or {})})
+        # Runs saved before --val-split existed trained on the whole source folder.
+        cfg = build_config({"val_split": 0.0, **ckpt["config"], **(overrides or {})})
         done = int(ckpt["loop"]["iteration"])
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path} is damaged ({reason(exc)})", "start the run again") from exc
     if done >= cfg.iters and (run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file():
         raise InputError(f"run {run_dir} is already complete ({done} of {cfg.iters} iterations)", "evaluate or export it, or start a new run")
     # (done == iters without the model: the final writes failed, and resuming makes them again.)
-    t = build(cfg)
+    d = setup(pick_device(cfg.device).type)
+    try:
+        return _resume(build(cfg, d), run_dir, ckpt, path, progress)
+    finally:
+        teardown()
+
+
+def _resume(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path, progress: Progress) -> dict[str, Any]:
     if t.source.classes != ckpt["classes"]:
         raise InputError(f"the source folder's classes changed since {run_dir} started", "restore the folder, or start a new run")
     if t.fingerprint != ckpt["fingerprint"]:
@@ -279,9 +344,14 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
         if t.multilinear is not None:
             t.multilinear.load_state_dict(ckpt["multilinear"])
         t.optimizer.load_state_dict(ckpt["optimizer"])
+        for group, lr in zip(t.optimizer.param_groups, t.initial_lrs()):
+            group["initial_lr"] = lr
+        t.selected_weights = ckpt.get("selected_model") or None
         state = LoopState(**ckpt["loop"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"{path} does not fit the run's own config ({reason(exc)})", "it is damaged; start the run again") from exc
+    if not t.dist.main:
+        return _train(t, None, state, _nothing, rng=ckpt["rng"])
     remove_stale_temporaries(run_dir)
     _truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     return _train(t, run_dir, state, progress, rng=ckpt["rng"])
@@ -290,48 +360,62 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
 # ---- the loop ---------------------------------------------------------------------------------
 
 
-def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng: dict | None = None) -> dict[str, Any]:
-    cfg, device, speed = t.cfg, t.device, t.speed
+def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progress, rng: dict | None = None) -> dict[str, Any]:
+    """The loop. With several processes every rank runs it on its own batches; only rank 0
+    (run_dir not None) evaluates and writes."""
+    cfg, device, speed, d = t.cfg, t.device, t.speed, t.dist
+    main = d.main
     workers = cfg.resolved_workers()
     start = state.iteration
     # Each step takes batch_size draws per domain: the samplers start where the run left them.
     if t.features is not None:
         source_labels = torch.tensor(t.source.labels)
-        source_batches = feature_batches(t.features["source"].values, source_labels, cfg.batch_size, cfg.seed, 0, start * cfg.batch_size)
-        target_batches = feature_batches(t.features["target"].values, None, cfg.batch_size, cfg.seed, 1, start * cfg.batch_size)
-        forward = t.model.classify
+        source_batches = feature_batches(t.features["source"].values, source_labels, cfg.batch_size, cfg.seed, 0, start * cfg.batch_size, d)
+        target_batches = feature_batches(t.features["target"].values, None, cfg.batch_size, cfg.seed, 1, start * cfg.batch_size, d)
+        trained: torch.nn.Module = _Classify(t.model)
     else:
         transform = train_transform(t.data_config, cfg.min_crop, cfg.hflip)
         decoded = t.decoded or {}
 
         def batches(images: ImageSet, stream: int):
             return iter(train_loader(images, transform, t.data_config, cfg.batch_size, cfg.seed, stream, workers, speed.pin_memory,
-                                     start * cfg.batch_size, decoded.get("source" if stream == 0 else "target")))
+                                     start * cfg.batch_size, decoded.get("source" if stream == 0 else "target"), d.rank, d.world))
 
         source_batches = batches(t.source, 0)
         target_batches = batches(t.target, 1) if t.adversarial else None
-        forward = torch.compile(t.model) if speed.compile else t.model
+        trained = t.model
+    disc = t.disc
+    if d.enabled:
+        # DDP averages the gradients over ranks in backward; the modules it wraps stay the ones saved.
+        ids = [device.index] if device.type == "cuda" else None
+        trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)
+        if t.adversarial:
+            disc = torch.nn.parallel.DistributedDataParallel(t.disc, device_ids=ids)
+    forward = torch.compile(trained) if speed.compile and t.features is None else trained
     if rng is not None:
         set_rng_state(rng, device)  # after the loaders: creating one draws from the global generator
 
-    counts = Counter(t.source.labels)
     progress("start", {
         "run_dir": str(run_dir), "iters": cfg.iters, "start": start, "device": str(device), "classes": t.source.classes,
-        "source_images": len(t.source), "target_images": len(t.target),
-        "source_per_class": {c: counts[i] for i, c in enumerate(t.source.classes)},
+        "data": t.report, "held_out": len(t.validation.source_val or []), "world": d.world,
     })
     saved_at = start if start else None  # iteration of the newest checkpoint on disk
 
     def save(iteration: int) -> None:
         nonlocal saved_at
+        if not main:
+            saved_at = iteration
+            return
         state.iteration = iteration
-        state.sums = {k: float(v) for k, v in sums.items()}
+        state.sums = {**{k: float(v) for k, v in sums.items()}, "samples": float(samples)}
         state.window = window
         state.seconds = seconds_before + time.perf_counter() - started
         _save(_checkpoint(t, state), run_dir / CHECKPOINT_FILE, saved_at, run_dir)
         saved_at = iteration
 
     def check_finite(iteration: int) -> None:
+        nonlocal first_bad
+        first_bad = all_min(d, first_bad)  # every rank stops at the same iteration
         first = float(first_bad.min())
         if math.isfinite(first):
             names = [k for k, v in zip(LOSS_KEYS, first_bad.tolist()) if v == first]
@@ -345,22 +429,24 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
     domain = torch.cat([torch.ones(cfg.batch_size), torch.zeros(cfg.batch_size)]).to(device)
     sums = {k: torch.tensor(state.sums.get(k, 0.0), device=device) for k in STAT_KEYS}
     window = state.window
+    samples = torch.tensor(float(state.sums.get("samples", 0.0)), device=device)  # images this rank trained on since the last row
     # The first iteration at which each loss was not finite (inf: not yet), tracked on the device so
     # that checking it costs a host sync only when a row is logged or a checkpoint written.
     first_bad = torch.full((len(LOSS_KEYS),), math.inf, device=device)
     t.model.train()
     t.disc.train()
     seconds_before, started = state.seconds, time.perf_counter()
-    metrics = _open_metrics(run_dir / "metrics.jsonl")
+    metrics = _open_metrics(run_dir / "metrics.jsonl") if main else None
     try:
         with _stop_requests() as stop:
             for step in range(start, cfg.iters):
                 it = step + 1
-                lr = _set_lr(t.optimizer, cfg, step)
+                lr = _set_lr(t.optimizer, cfg, step, t.lr_scale)
                 coeff = grl_coeff(step, cfg.iters, cfg.grl_alpha)
                 xs, ys = next(source_batches)
                 xt = next(target_batches)[0] if t.adversarial else None
-                loss_cls, loss_adv, loss_extra, stats = train_step(t, forward, xs, ys, xt, domain, coeff)
+                loss_cls, loss_adv, loss_extra, stats = train_step(t, forward, disc, xs, ys, xt, domain, coeff)
+                samples += len(xs) + (len(xt) if xt is not None else 0)
 
                 losses = torch.stack([loss_cls, loss_adv, loss_extra]).float()
                 first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(losses), math.inf, float(it)))
@@ -371,26 +457,36 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
                 window += 1
                 progress("step", {"iter": it})
 
-                do_eval = t.eval_set is not None and (it == cfg.iters or (cfg.eval_every and it % cfg.eval_every == 0))
+                do_eval = it == cfg.iters or bool(cfg.eval_every and it % cfg.eval_every == 0)
                 if it % cfg.log_every == 0 or it == cfg.iters or do_eval:
                     check_finite(it)
+                    if d.enabled:  # the row is the mean over ranks
+                        sums = dict(zip(STAT_KEYS, all_mean(d, torch.stack([sums[k] for k in STAT_KEYS]))))
                     row = _metrics_row(t, it, lr, coeff, sums, window)
-                    if do_eval:
-                        result = _evaluate(t, workers)
-                        row["target_acc"] = round(result.accuracy, 6)
-                        row["target_mean_class_acc"] = round(result.mean_class_accuracy, 6)
-                        state.evals.append({"iter": it, "accuracy": result.accuracy, "mean_class_accuracy": result.mean_class_accuracy})
-                    _append(metrics, row, run_dir)
+                    # every rank's images: the proof that all of them trained
+                    row["samples_per_step"] = round(float(all_mean(d, samples)) * d.world / window, 3)
+                    if do_eval and main:
+                        scores = _validate(t, workers)
+                        row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()})
+                        state.evals.append({"iter": it, **scores})
+                        _warn_on_label_shift(t, state, scores)
+                        _keep_if_selected(t, state, it, scores)
+                    if main:
+                        _append(metrics, row, run_dir)
                     progress("log", row)
                     state.last_row = row
                     sums = {k: torch.zeros((), device=device) for k in STAT_KEYS}
                     window = 0
-                if it < cfg.iters and ((cfg.save_every and it % cfg.save_every == 0) or stop):
+                    samples = torch.zeros((), device=device)
+                # With several ranks, all of them stop at the step where any was asked to.
+                stopping = any_rank(d, bool(stop)) if d.enabled else bool(stop)
+                if it < cfg.iters and ((cfg.save_every and it % cfg.save_every == 0) or stopping):
                     check_finite(it)
                     save(it)
-                    if stop:
+                    if stopping:
                         raise Interrupted(
-                            f"{stop[0]} at iteration {it} of {cfg.iters}; the training state is saved in {run_dir / CHECKPOINT_FILE}",
+                            f"{stop[0] if stop else 'interrupted'} at iteration {it} of {cfg.iters}; "
+                            f"the training state is saved in {(run_dir or Path('RUN')) / CHECKPOINT_FILE}",
                             f"resume with: golabels adapt --resume {run_dir}",
                         )
             check_finite(cfg.iters)
@@ -403,15 +499,23 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
             f"resume with: golabels adapt --resume {run_dir}" if saved_at else "start the run again",
         ) from None
     except Exception:
-        if saved_at:
+        if saved_at and main:
             log.error("the checkpoint of iteration %d is kept: resume with golabels adapt --resume %s", saved_at, run_dir)
         raise
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
 
     seconds = seconds_before + time.perf_counter() - started
+    if not main:
+        return {}
     info = ModelInfo(cfg.backbone, t.source.classes, t.data_config, cfg.bottleneck_dim, cfg.method, cfg.domain_labels)
+    if cfg.select != "last" and t.selected_weights is None:
+        log.warning("--select %s could not be computed at any evaluated snapshot: model.safetensors holds the last iteration's weights", cfg.select)
+        state.selected = {"iter": cfg.iters, "value": None}
     save(cfg.iters)
+    if t.selected_weights is not None:
+        t.model.load_state_dict(t.selected_weights)  # training is over: the model becomes the selected snapshot
     try:
         save_model(t.model, info, run_dir / "model.safetensors")
     except OSError as exc:
@@ -422,7 +526,7 @@ def _train(t: Training, run_dir: Path, state: LoopState, progress: Progress, rng
     return summary
 
 
-def train_step(t: Training, forward: Callable, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None,
+def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None,
                domain: torch.Tensor, coeff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step on a source batch (and a target batch): CE + trade_off * L_adv + L_extra.
     Returns the detached losses and statistics, still on the device (no host sync)."""
@@ -435,7 +539,7 @@ def train_step(t: Training, forward: Callable, xs: torch.Tensor, ys: torch.Tenso
         logits, features = forward(x)
         loss_cls = F.cross_entropy(logits[: len(ys)].float(), ys)
         if xt is not None:
-            loss_adv, loss_extra, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, t.disc,
+            loss_adv, loss_extra, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, disc,
                                                            t.multilinear, coeff, t.model.head, t.method_params)
         else:
             loss_adv, loss_extra, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
@@ -446,22 +550,104 @@ def train_step(t: Training, forward: Callable, xs: torch.Tensor, ys: torch.Tenso
     return loss_cls.detach(), loss_adv.detach(), loss_extra.detach(), stats
 
 
-def _evaluate(t: Training, workers: int):
-    images, to_model = t.eval_set
-    if t.features is None:
-        return evaluate_images(t.model, images, to_model, t.source.classes, t.data_config, t.device, 2 * t.cfg.batch_size, workers)
-    # The frozen backbone's eval-mode features are exactly what evaluating the images would compute.
+@torch.no_grad()
+def _outputs(model: Classifier, inputs: torch.Tensor | ImageSet, t: Training, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, bottleneck features) in eval mode, of cached backbone features or of images."""
+    if isinstance(inputs, torch.Tensor):
+        return tuple(v.float().cpu() for v in model.classify(inputs.to(t.device)))
+    loader = eval_loader(inputs, eval_transform(t.data_config), 2 * t.cfg.batch_size, workers, pin=t.speed.pin_memory)
+    logits, features = [], []
+    for x, _ in loader:
+        x = x.to(t.device, non_blocking=True)
+        if t.speed.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=t.speed.autocast_bf16):
+            out = model(x)
+        logits.append(out[0].float().cpu())
+        features.append(out[1].float().cpu())
+    return torch.cat(logits), torch.cat(features)
+
+
+def _validate(t: Training, workers: int) -> dict[str, Any]:
+    """The validators of the current snapshot, and its --eval-dir accuracy (the oracle) if given."""
+    v = t.validation
+    frozen = t.features is not None
+
+    def outputs(role: str, images: ImageSet, indices: list[int] | None = None):
+        if frozen:
+            values = t.features[role].values
+            return _outputs(t.model, values[indices] if indices is not None else values, t, workers)
+        return _outputs(t.model, images.subset(indices) if indices is not None else images, t, workers)
+
     was_training = t.model.training
     t.model.eval()
-    with torch.no_grad():
-        logits, _ = t.model.classify(t.features["eval"].values.to(t.device))
-    t.model.train(was_training)
-    return score(images, to_model, t.source.classes, logits.argmax(1).cpu())
+    try:
+        target_logits, target_features = outputs("target", t.target, v.target_sample)
+        val_logits = val_features = val_labels = train_features = None
+        if v.source_val is not None:
+            val_logits, val_features = outputs("source_val", v.source_val)
+            val_labels = torch.tensor(v.source_val.labels)
+            train_features = outputs("source", t.source, v.train_sample)[1]
+        scores: dict[str, Any] = compute_validators(Outputs(val_logits, val_labels, val_features, train_features,
+                                                            target_logits, target_features))
+        # Label shift: the target's class distribution as the predictions imply it (EM), against the source's.
+        counts = torch.bincount(torch.tensor(t.source.labels), minlength=len(t.source.classes)).float()
+        source_prior = counts / counts.sum()
+        target_prior = em_prior(target_logits.float().softmax(1), source_prior)
+        scores["prior_shift"] = round(total_variation(target_prior, source_prior), 6)
+        scores["target_prior"] = [round(float(v), 4) for v in target_prior]
+        if t.eval_set is not None:
+            images, to_model = t.eval_set
+            logits = outputs("eval", images)[0]
+            result = score(images, to_model, t.source.classes, logits.argmax(1))
+            scores["target_acc"] = result.accuracy
+            scores["target_mean_class_acc"] = result.mean_class_accuracy
+    finally:
+        t.model.train(was_training)
+    return scores
 
 
-def feature_batches(values: torch.Tensor, labels: torch.Tensor | None, batch_size: int, seed: int, stream: int, start: int):
+def _warn_on_label_shift(t: Training, state: LoopState, scores: dict[str, Any]) -> None:
+    """Once per run: the estimated target class distribution is far from the source's."""
+    if scores["prior_shift"] <= SHIFT_WARNING or any(e.get("prior_shift", 0) > SHIFT_WARNING for e in state.evals[:-1]):
+        return
+    order = sorted(range(len(t.source.classes)), key=lambda i: -scores["target_prior"][i])[:3]
+    log.warning("the target's class distribution, estimated from the model's predictions, differs from the source's "
+                "(total variation %.2f; most frequent in the target: %s): adversarial alignment can then pull target images "
+                "onto the wrong classes — compare with --method source-only (docs/label-shift.md)",
+                scores["prior_shift"], ", ".join(f"{t.source.classes[i]!r} {scores['target_prior'][i]:.0%}" for i in order))
+
+
+def _keep_if_selected(t: Training, state: LoopState, it: int, scores: dict[str, Any]) -> None:
+    """--select: remember this snapshot if its validator beats the best so far (ties keep the earlier)."""
+    if t.cfg.select == "last":
+        state.selected = {"iter": it, "value": None}
+        return
+    name = metric_key(t.cfg.select)
+    value = scores.get(name)
+    if not state.selected or better(name, value, state.selected.get("value")):
+        if value is None:
+            return  # a validator that could not be computed never selects
+        state.selected = {"iter": it, "value": value}
+        t.selected_weights = {k: v.detach().to("cpu", copy=True) for k, v in t.model.state_dict().items()}
+
+
+class _Classify(torch.nn.Module):
+    """The part of the classifier after the backbone as a module of its own, so that DDP can wrap
+    what --freeze-backbone trains."""
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, backbone_features: torch.Tensor):
+        return self.model.classify(backbone_features)
+
+
+def feature_batches(values: torch.Tensor, labels: torch.Tensor | None, batch_size: int, seed: int, stream: int, start: int,
+                    d: Dist = SINGLE):
     """Batches of cached features drawn by the same sampler as the images would be."""
-    draws = iter(InfiniteDraws(len(values), seed, stream, start))
+    draws = iter(InfiniteDraws(len(values), seed, stream, start, d.rank, d.world))
     while True:
         index = torch.tensor([next(draws).index for _ in range(batch_size)])
         yield values[index], (labels[index] if labels is not None else torch.full((batch_size,), -1))
@@ -487,6 +673,7 @@ def _checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
         "model": t.model.state_dict(),
         "discriminator": t.disc.state_dict(),
         "multilinear": t.multilinear.state_dict() if t.multilinear is not None else {},
+        "selected_model": t.selected_weights or {},
         "optimizer": t.optimizer.state_dict(),
         "rng": rng_state(t.device),
         "loop": dataclasses.asdict(state),
@@ -496,6 +683,7 @@ def _checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
 def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> dict[str, Any]:
     cfg = t.cfg
     eval_images = t.eval_set[0] if t.eval_set else None
+    selected = next((e for e in state.evals if e["iter"] == state.selected.get("iter")), {})
     skipped = [("source", t.source), ("target", t.target)] + ([("eval", eval_images)] if eval_images else [])
     return {
         "golabels_version": __version__,
@@ -505,19 +693,26 @@ def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> di
         "domain_labels": cfg.domain_labels,
         "iters": cfg.iters,
         "seconds": round(seconds, 2),
-        "images_per_s": round(cfg.iters * cfg.batch_size * (2 if t.adversarial else 1) / max(seconds, 1e-9), 1),
+        "images_per_s": round(cfg.iters * cfg.batch_size * (2 if t.adversarial else 1) * t.dist.world / max(seconds, 1e-9), 1),
         "device": str(t.device),
+        "processes": t.dist.world,
+        "effective_batch": cfg.batch_size * t.dist.world,  # per domain, over all processes
+        "lr_scale": t.lr_scale,
         "classes": t.source.classes,
-        "images": {"source": len(t.source), "target": len(t.target), "eval": len(eval_images) if eval_images else 0},
+        "images": {"source": len(t.source), "source_val": len(t.validation.source_val or []), "target": len(t.target),
+                   "target_validated": len(t.validation.target_sample), "eval": len(eval_images) if eval_images else 0},
         "skipped": {
             "source": len(t.source.skipped),
             "target": len(t.target.skipped),
             "eval": len(eval_images.skipped) if eval_images else 0,
         },
         "skipped_files": [{"role": role, "path": str(p), "reason": why} for role, images in skipped for p, why in images.skipped],
+        "data": t.report,
         "final": {k: state.last_row.get(k) for k in ("loss_cls", "loss_adv", "disc_acc", "relabeled_src", "relabeled_tgt")},
-        "target_acc": state.evals[-1]["accuracy"] if state.evals else None,
-        "target_mean_class_acc": state.evals[-1]["mean_class_accuracy"] if state.evals else None,
+        # target_acc is that of model.safetensors, the selected snapshot (the oracle: --eval-dir's labels)
+        "target_acc": selected.get("target_acc"),
+        "target_mean_class_acc": selected.get("target_mean_class_acc"),
+        "selected": {"by": cfg.select, "iter": state.selected.get("iter"), "value": state.selected.get("value")},
         "evals": state.evals,
         "features": {role: {"cached": f.cached, "computed": f.computed} for role, f in t.features.items()} if t.features else None,
     }

@@ -1,0 +1,87 @@
+"""A long-tailed copy of an ImageFolder tree, made of links (no image is copied).
+
+Class k of C (in the chosen order) keeps the fraction R^(-k/(C-1)) of its images, at least 5:
+with --order head-first the first class (sorted by name) keeps everything and the last 1/R of
+its images; tail-first reverses it. Which images are kept is seeded. Hard links are made where
+the file system allows, symbolic links elsewhere.
+
+    python benchmarks/longtail.py /tmp/golabels-data/usps /tmp/lt/usps-head --ratio 20 --order head-first --seed 0
+    python benchmarks/longtail.py /tmp/golabels-data/mnist /tmp/lt/mnist-tail --ratio 20 --order tail-first --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from golabels_cli.images import IMAGE_EXTENSIONS  # noqa: E402
+
+MIN_PER_CLASS = 5
+
+
+def kept_counts(counts: list[int], ratio: float, order: str) -> list[int]:
+    """Images kept per class (classes in sorted-name order) for imbalance `ratio`."""
+    c = len(counts)
+    out = []
+    for i, n in enumerate(counts):
+        k = i if order == "head-first" else c - 1 - i
+        fraction = ratio ** (-k / (c - 1)) if c > 1 else 1.0
+        out.append(min(n, max(MIN_PER_CLASS, math.floor(n * fraction + 0.5))))
+    return out
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        os.symlink(src.resolve(), dst)
+
+
+def write_longtail(source: str | Path, out: str | Path, ratio: float, order: str, seed: int) -> dict[str, int]:
+    source, out = Path(source), Path(out)
+    if ratio < 1:
+        raise SystemExit("error: --ratio must be at least 1")
+    if order not in ("head-first", "tail-first"):
+        raise SystemExit("error: --order must be head-first or tail-first")
+    if not source.is_dir():
+        raise SystemExit(f"error: {source} is not a folder")
+    if out.exists():
+        raise SystemExit(f"error: {out} already exists — choose a new output folder")
+    classes = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise SystemExit(f"error: {source} needs at least two class folders")
+    files = {c: sorted(p for p in (source / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) for c in classes}
+    keep = kept_counts([len(files[c]) for c in classes], ratio, order)
+    rng = random.Random(seed)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        raise SystemExit(f"error: {tmp} exists (a previous run was cut short) — remove it")
+    for c, k in zip(classes, keep):
+        (tmp / c).mkdir(parents=True)
+        for i, path in enumerate(sorted(rng.sample(files[c], k))):
+            _link(path, tmp / c / f"{i:06d}-{path.name}")
+    tmp.rename(out)  # the folder appears complete or not at all
+    return dict(zip(classes, keep))
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="an ImageFolder tree: SOURCE/<class>/<images>")
+    parser.add_argument("out", help="the new folder (must not exist)")
+    parser.add_argument("--ratio", type=float, required=True, help="largest / smallest class size")
+    parser.add_argument("--order", choices=("head-first", "tail-first"), default="head-first")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    counts = write_longtail(args.source, args.out, args.ratio, args.order, args.seed)
+    print(" ".join(f"{c}:{n}" for c, n in counts.items()), f"({sum(counts.values())} images) in {args.out}")
+    return counts
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Data-parallel adaptation on torch.distributed: DDP in the workers, torch's own launcher around them.
+
+`golabels adapt ... --devices N` starts N local worker processes through torch.distributed.run
+(the code behind `torchrun --standalone`); `torchrun --nnodes M --nproc-per-node N -m golabels_cli
+adapt ...` starts them on several machines. Either way each worker finds RANK, WORLD_SIZE and
+LOCAL_RANK in its environment and joins the process group: NCCL on CUDA, gloo on the CPU.
+
+What each rank does (docs/scaling.md says why it matches the single-process method):
+- draws its own, disjoint share of every source and target shuffle (data.InfiniteDraws);
+- runs the classifier and the discriminator, wrapped in DistributedDataParallel, on its local
+  batch of batch_size source + batch_size target images; Go-labels and the discriminator's loss
+  use that local batch, and DDP averages the gradients over ranks before each optimizer step;
+- all-reduces the logged metrics (means over ranks, sample counts summed);
+- only rank 0 evaluates, shows progress and writes the run directory; checkpoints hold the
+  unwrapped model, so a run saved on N processes resumes on M and exports unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import AlreadyReported, InputError, Interrupted, RunError
+
+log = logging.getLogger("golabels")
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=1)  # rank 0 evaluates while the others wait
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    control: object = None  # a gloo group for host-side flags (stop requests), whatever the backend
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = Dist()
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
+def setup(device_type: str) -> Dist:
+    """Join the process group when started by a launcher; a no-op otherwise (or for one process)."""
+    if not launched_by_torchrun():
+        return SINGLE
+    world = int(os.environ["WORLD_SIZE"])
+    if world == 1:
+        return SINGLE
+    if dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), _control_group())
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, _control_group())
+
+
+def _control_group():
+    return dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(d: Dist, flag: bool) -> bool:
+    """True on every rank if it is true on any: ranks must stop at the same step."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.control)
+    return bool(t.item())
+
+
+def all_mean(d: Dist, values: torch.Tensor) -> torch.Tensor:
+    if d.enabled:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= d.world
+    return values
+
+
+def all_min(d: Dist, values: torch.Tensor) -> torch.Tensor:
+    if d.enabled:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return values
+
+
+def lr_factor(rule: str, world: int) -> float:
+    """--lr-scaling: how the learning rate follows the effective batch (world x --batch-size)."""
+    return {"none": 1.0, "linear": float(world), "sqrt": world ** 0.5}[rule]
+
+
+# ---- the launcher side --------------------------------------------------------------------------
+
+
+def launch(nproc: int, worker_args: list[str], debug: bool = False) -> None:
+    """Run `python -m golabels_cli WORKER_ARGS` in `nproc` local processes through
+    torch.distributed.run (torchrun --standalone) and wait for them. A failing worker stops the
+    whole job (torch's agent terminates the others): exit 1, or the failing rank 0's own exit code
+    (2 bad input, 130 interrupted) when rank 0 failed first; each worker has printed its error."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if not debug:  # the agent's own log lines (each sets its level): the workers' one-line errors say it all
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0",
+                                         "--monitor-interval=0.2", "-m", "golabels_cli", *worker_args])
+    saved = os.environ.get("OMP_NUM_THREADS")
+    if saved is None:  # torchrun would set 1 and warn; share the cores instead
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        codes = {r: f.exitcode for r, f in exc.failures.items()}
+        if codes.get(0) in (2, 130):  # rank 0 said why (bad input, or where the state is saved)
+            raise AlreadyReported(codes[0]) from None
+        if any(c in (-signal.SIGINT, -signal.SIGTERM, 130) for c in codes.values()):
+            raise Interrupted("the job was stopped; see rank 0's message above for the checkpoint",
+                              "resume with golabels adapt --resume RUN") from None
+        failed = sorted(exc.failures.items())
+        hows = [f"rank {r} " + (f"killed by signal {-f.exitcode}" if f.exitcode < 0 else f"exit code {f.exitcode}") for r, f in failed]
+        raise RunError(f"{len(failed)} of {nproc} worker processes failed ({', '.join(hows)}; their errors are above) and the job was stopped",
+                       "fix the cause, then resume from the last checkpoint or start again") from None
+    except Exception as exc:
+        if type(exc).__name__ == "SignalException":
+            # Ctrl-C or SIGTERM reached the launcher: torch's agent passed it on to the workers and
+            # waited for them; rank 0 has said where the state is saved.
+            raise AlreadyReported(130) from None
+        raise
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def check_devices(devices: int, device: str) -> None:
+    if not isinstance(devices, int) or devices < 1:
+        raise InputError(f"--devices must be a positive integer, got {devices!r}")
+    if launched_by_torchrun() and devices not in (1, int(os.environ.get("LOCAL_WORLD_SIZE", devices))):
+        raise InputError(f"--devices {devices} under torchrun, which started {os.environ.get('LOCAL_WORLD_SIZE')} processes here",
+                         "leave --devices out when starting golabels with torchrun")
+    if devices > 1 and device in ("cuda", "auto") and torch.cuda.is_available() and devices > torch.cuda.device_count():
+        raise InputError(f"--devices {devices} but only {torch.cuda.device_count()} CUDA GPUs are visible", f"pass --devices {torch.cuda.device_count()} or less")
+    if devices > 1 and device == "mps":
+        raise InputError("--devices above 1 is not supported on Apple MPS", "use --device cpu or cuda")

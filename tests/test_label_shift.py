@@ -1,0 +1,95 @@
+"""Issue 10 (part): the long-tail writer and the estimation of a target's class distribution."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from golabels_cli.label_shift import bbse_prior, em_prior, total_variation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import longtail  # noqa: E402
+
+
+def test_long_tail_counts_follow_the_formula(tmp_path):
+    src = tmp_path / "src"
+    for c in range(5):
+        (src / f"c{c}").mkdir(parents=True)
+        for i in range(100):
+            Image.new("L", (8, 8), i).save(src / f"c{c}" / f"{i}.png")
+    head = longtail.write_longtail(src, tmp_path / "head", ratio=20, order="head-first", seed=0)
+    expected = [max(5, math.floor(100 * 20 ** (-k / 4) + 0.5)) for k in range(5)]
+    assert list(head.values()) == expected == [100, 47, 22, 11, 5]
+    tail = longtail.write_longtail(src, tmp_path / "tail", ratio=20, order="tail-first", seed=0)
+    assert list(tail.values()) == expected[::-1]
+    for c, n in head.items():
+        files = sorted((tmp_path / "head" / c).iterdir())
+        assert len(files) == n
+        assert all(f.stat().st_ino == (src / c / f.name.split("-", 1)[1]).stat().st_ino for f in files)  # links, not copies
+    # at least 5 per class, however steep; an existing output is never touched
+    assert min(longtail.kept_counts([30, 30, 30], ratio=1000, order="head-first")) == 5
+    with pytest.raises(SystemExit, match="already exists"):
+        longtail.write_longtail(src, tmp_path / "head", ratio=20, order="head-first", seed=0)
+    assert longtail.write_longtail(src, tmp_path / "again", 20, "head-first", 0) == head
+
+
+def gaussian_posteriors(prior: torch.Tensor, n: int, source_prior: torch.Tensor, seed: int):
+    """Samples of 3 classes (1-D Gaussians at -2, 0, 2) drawn with `prior`, and the exact posteriors
+    a classifier trained under `source_prior` would give them."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.tensor([-2.0, 0.0, 2.0])
+    y = torch.multinomial(prior, n, replacement=True, generator=g)
+    x = means[y] + torch.randn(n, generator=g)
+    likelihood = torch.exp(-0.5 * (x[:, None] - means[None]) ** 2)
+    post = likelihood * source_prior
+    return post / post.sum(1, keepdim=True), y
+
+
+def test_prior_estimators_recover_a_known_label_shift():
+    source_prior = torch.tensor([0.6, 0.3, 0.1])
+    target_prior = torch.tensor([0.1, 0.3, 0.6])
+    target_probs, _ = gaussian_posteriors(target_prior, 20000, source_prior, seed=0)
+    q = em_prior(target_probs, source_prior)
+    assert torch.allclose(q, target_prior, atol=0.03), q
+    # no shift: the estimate stays at the source prior
+    same, _ = gaussian_posteriors(source_prior, 20000, source_prior, seed=1)
+    assert total_variation(em_prior(same, source_prior), source_prior) < 0.03
+    # BBSE from hard predictions on held-out source images
+    val_probs, val_labels = gaussian_posteriors(source_prior, 20000, source_prior, seed=2)
+    q = bbse_prior(val_probs.argmax(1), val_labels, target_probs.argmax(1), source_prior)
+    assert torch.allclose(q, target_prior, atol=0.05), q
+    assert total_variation(target_prior, source_prior) == pytest.approx(0.5)
+
+
+def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_shift(domains, tmp_path, caplog):
+    import json
+    import logging
+    from types import SimpleNamespace
+
+    from conftest import adapt_tiny, read_jsonl
+    from golabels_cli.train import LoopState, _warn_on_label_shift
+
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "20", "--eval-every", "10")
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "prior_shift" in r]
+    assert [r["iter"] for r in rows] == [10, 20]
+    for r in rows:
+        assert len(r["target_prior"]) == 3 and abs(sum(r["target_prior"]) - 1) < 1e-3 and 0 <= r["prior_shift"] <= 1
+    assert json.loads((run / "summary.json").read_text())["evals"][-1]["prior_shift"] == rows[-1]["prior_shift"]
+
+    t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"]))
+    state = LoopState()
+    logging.getLogger("golabels").propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="golabels"):
+            for shift in (0.1, 0.4, 0.5):
+                scores = {"prior_shift": shift, "target_prior": [0.1, 0.2, 0.7]}
+                state.evals.append(scores)
+                _warn_on_label_shift(t, state, scores)
+    finally:
+        logging.getLogger("golabels").propagate = False
+    warnings = [r.getMessage() for r in caplog.records if "class distribution" in r.getMessage()]
+    assert len(warnings) == 1 and "total variation 0.40" in warnings[0] and "'c' 70%" in warnings[0]
