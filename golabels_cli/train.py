@@ -469,7 +469,7 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                         scores = _validate(t, workers)
                         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()})
                         state.evals.append({"iter": it, **scores})
-                        _warn_on_label_shift(t, state, scores)
+                        _warn_on_label_shift(t, state, it, scores)
                         _keep_if_selected(t, state, it, scores)
                     if main:
                         _append(metrics, row, run_dir)
@@ -607,9 +607,12 @@ def _validate(t: Training, workers: int) -> dict[str, Any]:
     return scores
 
 
-def _warn_on_label_shift(t: Training, state: LoopState, scores: dict[str, Any]) -> None:
-    """Once per run: the estimated target class distribution is far from the source's."""
-    if scores["prior_shift"] <= SHIFT_WARNING or any(e.get("prior_shift", 0) > SHIFT_WARNING for e in state.evals[:-1]):
+def _warn_on_label_shift(t: Training, state: LoopState, it: int, scores: dict[str, Any]) -> None:
+    """Once per run: the estimated target class distribution is far from the source's. Only from
+    the second half of the run on: a young model's predictions collapse onto a few classes, and
+    the estimate with them."""
+    late = [e for e in state.evals if e["iter"] >= t.cfg.iters / 2]
+    if it < t.cfg.iters / 2 or scores["prior_shift"] <= SHIFT_WARNING or any(e.get("prior_shift", 0) > SHIFT_WARNING for e in late[:-1]):
         return
     order = sorted(range(len(t.source.classes)), key=lambda i: -scores["target_prior"][i])[:3]
     log.warning("the target's class distribution, estimated from the model's predictions, differs from the source's "

@@ -80,15 +80,16 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
         assert len(r["target_prior"]) == 3 and abs(sum(r["target_prior"]) - 1) < 1e-3 and 0 <= r["prior_shift"] <= 1
     assert json.loads((run / "summary.json").read_text())["evals"][-1]["prior_shift"] == rows[-1]["prior_shift"]
 
-    t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"]))
+    t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"]), cfg=SimpleNamespace(iters=100))
     state = LoopState()
     logging.getLogger("golabels").propagate = True
     try:
         with caplog.at_level(logging.WARNING, logger="golabels"):
-            for shift in (0.1, 0.4, 0.5):
-                scores = {"prior_shift": shift, "target_prior": [0.1, 0.2, 0.7]}
+            # a young model's estimate (iteration 20 of 100) is not trusted, however far off
+            for it, shift in ((20, 0.9), (50, 0.1), (60, 0.4), (80, 0.5)):
+                scores = {"iter": it, "prior_shift": shift, "target_prior": [0.1, 0.2, 0.7]}
                 state.evals.append(scores)
-                _warn_on_label_shift(t, state, scores)
+                _warn_on_label_shift(t, state, it, scores)
     finally:
         logging.getLogger("golabels").propagate = False
     warnings = [r.getMessage() for r in caplog.records if "class distribution" in r.getMessage()]
