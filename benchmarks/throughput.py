@@ -37,7 +37,7 @@ from golabels_cli.config import build_config
 from golabels_cli.data import ImageSet, InfiniteDraws, TrainImages, decode_for_training, scan_unlabeled, train_loader, train_transform
 from golabels_cli.images import image_files, load_rgb, resize_shorter, scale_size
 from golabels_cli.synthetic import make_two_domains
-from golabels_cli.train import Training, build, feature_batches, train_step
+from golabels_cli.train import Training, build, train_step
 
 
 def sync(device: torch.device) -> None:
@@ -74,7 +74,7 @@ def make_training(args, folder: Path, **overrides) -> Training:
 def adapt_stepper(t: Training, xs, ys, xt):
     domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]).to(t.device)
     forward = torch.compile(t.model) if t.speed.compile else t.model
-    return lambda: train_step(t, forward, xs, ys, xt, domain, 1.0)
+    return lambda: train_step(t, forward, t.disc, xs, ys, xt, domain, 1.0)
 
 
 def supervised_stepper(t: Training, x, y):
@@ -173,7 +173,7 @@ def main() -> None:
             dim = frozen.features["source"].values.shape[1]
             fs, ft = (torch.randn(B, dim, generator=gen) for _ in range(2))
             domain = torch.cat([torch.ones(B), torch.zeros(B)]).to(device)
-            frozen_step = lambda: train_step(frozen, frozen.model.classify, fs, ys, ft, domain, 1.0)  # noqa: E731
+            frozen_step = lambda: train_step(frozen, frozen.model.classify, frozen.disc, fs, ys, ft, domain, 1.0)  # noqa: E731
             t_full, t_frozen = alternate(adapt, frozen_step, device, args.steps, args.warmup)
             print(f"(d) full iteration {t_full * 1000:.1f} ms, --freeze-backbone {t_frozen * 1000:.2f} ms: {t_full / t_frozen:.0f}x faster (target >= 30x)")
 

@@ -143,6 +143,7 @@ def adapt(
     deterministic: Annotated[bool, typer.Option("--deterministic", help="On CUDA: deterministic cuDNN kernels, no autotuning (slower).")] = False,
     devices: Annotated[int, typer.Option(help="Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.")] = 1,
     lr_scaling: Annotated[str, typer.Option(help="How --lr follows the effective batch over processes: none | linear | sqrt.")] = "none",
+    balance_source: Annotated[bool, typer.Option("--balance-source", help="Draw every source class equally often (for imbalanced source folders).")] = False,
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="With several CUDA processes: BatchNorm statistics over all of them (SyncBatchNorm).")] = False,
     config: Annotated[Optional[str], typer.Option(help="YAML file of options (keys are option names); flags given here win.", show_default=False)] = None,
     json_: JsonOpt = False,

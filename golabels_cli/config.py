@@ -67,6 +67,7 @@ class AdaptConfig:
     devices: int = 1  # local data-parallel processes (docs/scaling.md); batch_size stays per process
     lr_scaling: str = "none"  # none | linear | sqrt: lr multiplied by 1, world or sqrt(world)
     sync_bn: bool = False  # SyncBatchNorm in the classifier across processes (CUDA)
+    balance_source: bool = False  # class-balanced source sampling (docs/label-shift.md)
 
     def resolved_lr_gamma(self) -> float:
         # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.

@@ -292,6 +292,40 @@ class InfiniteDraws(Sampler):
             shuffle, skip = shuffle + 1, 0
 
 
+class BalancedDraws(Sampler):
+    """--balance-source: class-balanced draws. Each draw picks a class uniformly at random, then
+    that class's next image in its own endless seeded shuffle, so every class is drawn equally
+    often and every image of a class equally often within it (a small class's images repeat more).
+
+    The draws form one global sequence; with `world` processes rank r takes draws r, r + world, ...
+    `start` skips that many of this rank's draws (a resumed run continues the exact sequence)."""
+
+    BLOCK = 4096
+
+    def __init__(self, labels: list[int], seed: int, stream: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.labels, self.seed, self.stream, self.start, self.rank, self.world = labels, seed, stream, start, rank, world
+
+    def __iter__(self) -> Iterator[Draw]:
+        members: dict[int, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            members.setdefault(label, []).append(i)
+        classes = sorted(members)
+        base = self.seed * 1_000_003 + self.stream
+        pick = torch.Generator().manual_seed(base * 7 + 1)
+        shuffles = {c: torch.Generator().manual_seed(base * 7 + 2 + 1_000 * c) for c in classes}
+        order: dict[int, list[int]] = {c: [] for c in classes}
+        draw, first = 0, self.start * self.world + self.rank
+        while True:
+            for choice in torch.randint(len(classes), (self.BLOCK,), generator=pick).tolist():
+                c = classes[choice]
+                if not order[c]:
+                    order[c] = [members[c][j] for j in torch.randperm(len(members[c]), generator=shuffles[c]).tolist()][::-1]
+                index = order[c].pop()
+                if draw >= first and (draw - self.rank) % self.world == 0:
+                    yield Draw(index, ((base * 2**32) + draw) % 2**63)
+                draw += 1
+
+
 class EvalImages(Dataset):
     def __init__(self, images: ImageSet, transform):
         self.images, self.transform = images, transform
@@ -311,13 +345,22 @@ def _ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def train_sampler(images: ImageSet, seed: int, stream: int, start: int = 0, rank: int = 0, world: int = 1,
+                  balanced: bool = False) -> Sampler:
+    """InfiniteDraws, or BalancedDraws over the labels (--balance-source)."""
+    if balanced:
+        return BalancedDraws(images.labels, seed, stream, start, rank, world)
+    return InfiniteDraws(len(images), seed, stream, start, rank, world)
+
+
 def train_loader(images: ImageSet, transform, data_config: dict, batch_size: int, seed: int, stream: int, workers: int,
-                 pin: bool, start: int = 0, decoded: list[np.ndarray] | None = None, rank: int = 0, world: int = 1):
-    """Batches of `batch_size` draws from InfiniteDraws, starting at this rank's draw `start`."""
+                 pin: bool, start: int = 0, decoded: list[np.ndarray] | None = None, rank: int = 0, world: int = 1,
+                 balanced: bool = False):
+    """Batches of `batch_size` draws from train_sampler, starting at this rank's draw `start`."""
     return DataLoader(
         TrainImages(images, transform, data_config, decoded),
         batch_size=batch_size,
-        sampler=InfiniteDraws(len(images), seed, stream, start, rank, world),
+        sampler=train_sampler(images, seed, stream, start, rank, world, balanced),
         num_workers=workers,
         pin_memory=pin,
         drop_last=True,

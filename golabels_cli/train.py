@@ -37,8 +37,8 @@ from . import __version__
 from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
 from .config import AdaptConfig, build_config, to_yaml
 from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, lr_factor, setup, teardown
-from .data import (ImageSet, InfiniteDraws, data_report, decode_all, eval_loader, eval_transform, sample_indices, scan_labeled,
-                   scan_unlabeled, stratified_split, train_loader, train_transform)
+from .data import (ImageSet, data_report, decode_all, eval_loader, eval_transform, sample_indices, scan_labeled,
+                   scan_unlabeled, stratified_split, train_loader, train_sampler, train_transform)
 from .errors import InputError, Interrupted, RunError, reason
 from .evaluate import labeled_for_model, score
 from .features import Features, backbone_features, model_key
@@ -370,8 +370,10 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
     # Each step takes batch_size draws per domain: the samplers start where the run left them.
     if t.features is not None:
         source_labels = torch.tensor(t.source.labels)
-        source_batches = feature_batches(t.features["source"].values, source_labels, cfg.batch_size, cfg.seed, 0, start * cfg.batch_size, d)
-        target_batches = feature_batches(t.features["target"].values, None, cfg.batch_size, cfg.seed, 1, start * cfg.batch_size, d)
+        source_batches = feature_batches(t.features["source"].values, source_labels, cfg.batch_size,
+                                         train_sampler(t.source, cfg.seed, 0, start * cfg.batch_size, d.rank, d.world, cfg.balance_source))
+        target_batches = feature_batches(t.features["target"].values, None, cfg.batch_size,
+                                         train_sampler(t.target, cfg.seed, 1, start * cfg.batch_size, d.rank, d.world))
         trained: torch.nn.Module = _Classify(t.model)
     else:
         transform = train_transform(t.data_config, cfg.min_crop, cfg.hflip)
@@ -379,7 +381,8 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
 
         def batches(images: ImageSet, stream: int):
             return iter(train_loader(images, transform, t.data_config, cfg.batch_size, cfg.seed, stream, workers, speed.pin_memory,
-                                     start * cfg.batch_size, decoded.get("source" if stream == 0 else "target"), d.rank, d.world))
+                                     start * cfg.batch_size, decoded.get("source" if stream == 0 else "target"), d.rank, d.world,
+                                     balanced=cfg.balance_source and stream == 0))
 
         source_batches = batches(t.source, 0)
         target_batches = batches(t.target, 1) if t.adversarial else None
@@ -647,10 +650,9 @@ class _Classify(torch.nn.Module):
         return self.model.classify(backbone_features)
 
 
-def feature_batches(values: torch.Tensor, labels: torch.Tensor | None, batch_size: int, seed: int, stream: int, start: int,
-                    d: Dist = SINGLE):
+def feature_batches(values: torch.Tensor, labels: torch.Tensor | None, batch_size: int, sampler):
     """Batches of cached features drawn by the same sampler as the images would be."""
-    draws = iter(InfiniteDraws(len(values), seed, stream, start, d.rank, d.world))
+    draws = iter(sampler)
     while True:
         index = torch.tensor([next(draws).index for _ in range(batch_size)])
         yield values[index], (labels[index] if labels is not None else torch.full((batch_size,), -1))

@@ -61,3 +61,16 @@ def test_toy_problems_and_table():
     text = toy.main(["--seeds", "2", "--iters", "30"])
     lines = text.strip().splitlines()[2:]
     assert len(lines) == 6 and all(line.endswith("| 2 |") for line in lines)
+
+
+def test_throughput_script_runs_its_figures(tmp_path):
+    # A smoke run of benchmarks/throughput.py (what gpu.sh runs on a GPU), so that a change of the
+    # training step's signature cannot break it unnoticed.
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--backbone", "test_resnet", "--image-size", "32",
+                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "abd"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration"):
+        assert figure in result.stdout, result.stdout

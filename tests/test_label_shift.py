@@ -94,3 +94,38 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
         logging.getLogger("golabels").propagate = False
     warnings = [r.getMessage() for r in caplog.records if "class distribution" in r.getMessage()]
     assert len(warnings) == 1 and "total variation 0.40" in warnings[0] and "'c' 70%" in warnings[0]
+
+
+def test_balanced_source_draws_every_class_equally_often():
+    import itertools
+    from collections import Counter
+
+    from golabels_cli.data import BalancedDraws
+
+    labels = [0] * 200 + [1] * 20 + [2] * 4  # imbalance 50:1
+    draws = list(itertools.islice(iter(BalancedDraws(labels, seed=0, stream=0)), 30000))
+    per_class = Counter(labels[d.index] for d in draws)
+    for c in range(3):
+        assert abs(per_class[c] / len(draws) - 1 / 3) < 0.015, per_class  # uniform within 1.5 points
+    # inside a class, every image as often as the others (each class is an endless shuffle)
+    small = Counter(d.index for d in draws if labels[d.index] == 2)
+    assert set(small) == {220, 221, 222, 223} and max(small.values()) - min(small.values()) <= 1
+    assert len({d.seed for d in draws}) == len(draws)
+    # resuming and ranks: slices of one global sequence
+    resumed = list(itertools.islice(iter(BalancedDraws(labels, 0, 0, start=1000)), 50))
+    assert [d.index for d in resumed] == [d.index for d in draws[1000:1050]]
+    ranks = [list(itertools.islice(iter(BalancedDraws(labels, 0, 0, start=10, rank=r, world=2)), 20)) for r in (0, 1)]
+    assert [d.index for d in ranks[0]] == [d.index for d in draws[20:60:2]]
+    assert [d.index for d in ranks[1]] == [d.index for d in draws[21:61:2]]
+
+
+def test_adapt_with_balanced_source_sampling(domains, tmp_path):
+    import yaml
+
+    from conftest import adapt_tiny
+
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "4", "--balance-source")
+    assert yaml.safe_load((run / "config.yaml").read_text())["balance-source"] is True
+    frozen = adapt_tiny(source, target, tmp_path / "frozen", "--iters", "4", "--balance-source", "--freeze-backbone")
+    assert (frozen / "model.safetensors").is_file()
