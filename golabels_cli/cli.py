@@ -168,8 +168,9 @@ def adapt(
             raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
                              f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may change; start a new run to change more")
         overrides = {k: ctx.params[k] for k in RESUME_OPTIONS if _from_command_line(ctx, k)}
-        devices_wanted = overrides.get("devices", _run_devices(resume))
-        check_devices(devices_wanted, overrides.get("device", "auto"))
+        saved = _run_config(resume)
+        devices_wanted = overrides.get("devices", 1 if launched_by_torchrun() else saved.get("devices", 1))  # torchrun decides
+        check_devices(devices_wanted, overrides.get("device", saved.get("device", "auto")))
         if devices_wanted > 1 and not launched_by_torchrun():
             flags = []
             for k, v in {**overrides, "devices": devices_wanted}.items():
@@ -199,7 +200,8 @@ def adapt(
         if rank > 0:
             # Bad input, divergence (all-reduced) and interruptions are the same on every rank, and
             # rank 0 reports them; only a rank's own crash is worth its own line.
-            raise AlreadyReported(exc.exit_code) if isinstance(exc, GolabelsError) else _on_rank(exc, rank)
+            shared = isinstance(exc, Interrupted) or getattr(exc, "shared", False)
+            raise AlreadyReported(exc.exit_code) if shared else _on_rank(exc, rank)
         if launched_by_torchrun() and not isinstance(exc, (InputError, Interrupted)):
             raise _on_rank(exc, rank) from exc
         raise
@@ -213,14 +215,15 @@ def adapt(
         print_adapt_summary(summary)
 
 
-def _run_devices(run_dir: str) -> int:
-    """The --devices a run was started with, from its config.yaml (1 when it can't be read)."""
+def _run_config(run_dir: str) -> dict[str, Any]:
+    """A run's config.yaml as {field: value}; {} when it can't be read (resume then says why)."""
     import yaml
 
     try:
-        return int((yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("devices", 1))
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
-        return 1
+        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        return {str(k).replace("-", "_"): v for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
 
 
 def _on_rank(exc: Exception, rank: int) -> Exception:

@@ -380,6 +380,7 @@ def decode_all(images: ImageSet, data_config: dict, memory_fraction: float = 0.5
             w, h = img.size
         need += 3 * side * max(side, int(side * max(w, h) / max(1, min(w, h))))
     free = _free_memory()
+    memory_fraction /= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each local process keeps its own copy
     if free is not None and need > memory_fraction * free:
         log.warning("--cache-images: the %d images would take %.1f GB, more than half the %.1f GB free; reading them from disk",
                     len(images), need / 1e9, free / 1e9)

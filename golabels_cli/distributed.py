@@ -31,6 +31,7 @@ from .errors import AlreadyReported, InputError, Interrupted, RunError
 log = logging.getLogger("golabels")
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=1)  # rank 0 evaluates while the others wait
+SHUTDOWN_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def setup(device_type: str) -> Dist:
 
 
 def _control_group():
-    return dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if dist.get_backend() != "gloo" else dist.group.WORLD
 
 
 def teardown() -> None:
@@ -132,20 +133,27 @@ def launch(nproc: int, worker_args: list[str], debug: bool = False) -> None:
                 logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0",
                                          "--monitor-interval=0.2", "-m", "golabels_cli", *worker_args])
-    saved = os.environ.get("OMP_NUM_THREADS")
-    if saved is None:  # torchrun would set 1 and warn; share the cores instead
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT")}
+    if saved["OMP_NUM_THREADS"] is None:  # torchrun would set 1 and warn; share the cores instead
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    if saved["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] is None:
+        # After Ctrl-C the agent waits this long for the workers to save before it kills them
+        # (torch's default is 30 s; a step, an evaluation and a save can take longer on a CPU).
+        os.environ["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(SHUTDOWN_TIMEOUT_S)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         run(args)
     except ChildFailedError as exc:
         codes = {r: f.exitcode for r, f in exc.failures.items()}
-        if codes.get(0) in (2, 130):  # rank 0 said why (bad input, or where the state is saved)
-            raise AlreadyReported(codes[0]) from None
-        if any(c in (-signal.SIGINT, -signal.SIGTERM, 130) for c in codes.values()):
-            raise Interrupted("the job was stopped; see rank 0's message above for the checkpoint",
-                              "resume with golabels adapt --resume RUN") from None
-        failed = sorted(exc.failures.items())
+        # Exits by signal or 130 follow from the agent stopping the job; the others are causes.
+        causes = {r: c for r, c in codes.items() if c > 0 and c != 130}
+        if not causes:
+            if codes.get(0) == 130:  # rank 0 said where the state is saved
+                raise AlreadyReported(130) from None
+            raise Interrupted("the job was stopped before rank 0 could save", "resume from the last checkpoint, if any") from None
+        if causes.get(0) == 2 and set(causes.values()) == {2}:  # bad input, said once by rank 0
+            raise AlreadyReported(2) from None
+        failed = sorted((r, f) for r, f in exc.failures.items() if r in causes)
         hows = [f"rank {r} " + (f"killed by signal {-f.exitcode}" if f.exitcode < 0 else f"exit code {f.exitcode}") for r, f in failed]
         raise RunError(f"{len(failed)} of {nproc} worker processes failed ({', '.join(hows)}; their errors are above) and the job was stopped",
                        "fix the cause, then resume from the last checkpoint or start again") from None
@@ -156,8 +164,9 @@ def launch(nproc: int, worker_args: list[str], debug: bool = False) -> None:
             raise AlreadyReported(130) from None
         raise
     finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
         for s, h in handlers.items():
             signal.signal(s, h)
 

@@ -228,6 +228,12 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
     for warning in report["warnings"]:
         log.warning(warning)
     source = scanned.subset(train_idx, keep_skipped=True)
+    if cfg.select in ("src-acc", "dev") and len(val_idx) < 2:
+        raise InputError(f"--select {cfg.select} needs held-out source images, and --val-split {cfg.val_split} holds out {len(val_idx)}",
+                         "raise --val-split, or select by another validator")
+    for role, images in (("source", source), ("target", target)):
+        if len(images) < d.world:
+            raise InputError(f"the {role} folder's {len(images)} images cannot be shared by {d.world} processes", "use fewer --devices")
     validation = Validation(
         scanned.subset(val_idx) if val_idx else None,
         sample_indices(len(target), cfg.val_target_images, cfg.seed, 2),
@@ -294,7 +300,7 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     """
     d = setup(pick_device(cfg.device).type)
     try:
-        t = build(cfg, d)
+        t = _shared(build, cfg, d)
         run_dir = None
         if d.main:  # only rank 0 writes
             run_dir = claim_run_dir(out, exist_ok)
@@ -327,9 +333,23 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     # (done == iters without the model: the final writes failed, and resuming makes them again.)
     d = setup(pick_device(cfg.device).type)
     try:
-        return _resume(build(cfg, d), run_dir, ckpt, path, progress)
+        return _resume(_shared(build, cfg, d), run_dir, ckpt, path, progress)
     finally:
         teardown()
+
+
+def _shared_error(exc: Exception) -> Exception:
+    exc.shared = True
+    return exc
+
+
+def _shared(fn: Callable, *args):
+    """Errors every rank meets alike (the same inputs, the same checks): rank 0 reports them."""
+    try:
+        return fn(*args)
+    except InputError as exc:
+        exc.shared = True
+        raise
 
 
 def _resume(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path, progress: Progress) -> dict[str, Any]:
@@ -406,11 +426,17 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
 
     def save(iteration: int) -> None:
         nonlocal saved_at
+        window_sums, window_samples = sums, samples
+        if d.enabled and iteration < cfg.iters:
+            # The window in progress, as every rank's mean: each rank resumes from it (collective:
+            # every rank saves at the same iterations; the final save is rank 0's alone).
+            window_sums = dict(zip(STAT_KEYS, all_mean(d, torch.stack([sums[k] for k in STAT_KEYS]))))
+            window_samples = all_mean(d, samples)
         if not main:
             saved_at = iteration
             return
         state.iteration = iteration
-        state.sums = {**{k: float(v) for k, v in sums.items()}, "samples": float(samples)}
+        state.sums = {**{k: float(v) for k, v in window_sums.items()}, "samples": float(window_samples)}
         state.window = window
         state.seconds = seconds_before + time.perf_counter() - started
         _save(_checkpoint(t, state), run_dir / CHECKPOINT_FILE, saved_at, run_dir)
@@ -424,10 +450,10 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
             names = [k for k, v in zip(LOSS_KEYS, first_bad.tolist()) if v == first]
             values = {k: float(sums[k]) / max(window, 1) for k in names}
             kept = f"the checkpoint of iteration {saved_at} is kept in {run_dir}" if saved_at else "nothing was saved"
-            raise RunError(
+            raise _shared_error(RunError(
                 f"training diverged at iteration {int(first)}: {', '.join(f'{k} = {v}' for k, v in values.items())}; {kept}",
                 "lower --lr or --trade-off and start a new run",
-            )
+            ))
 
     domain = torch.cat([torch.ones(cfg.batch_size), torch.zeros(cfg.batch_size)]).to(device)
     sums = {k: torch.tensor(state.sums.get(k, 0.0), device=device) for k in STAT_KEYS}
@@ -596,7 +622,9 @@ def _validate(t: Training, workers: int) -> dict[str, Any]:
         # Label shift: the target's class distribution as the predictions imply it (EM), against the source's.
         counts = torch.bincount(torch.tensor(t.source.labels), minlength=len(t.source.classes)).float()
         source_prior = counts / counts.sum()
-        target_prior = em_prior(target_logits.float().softmax(1), source_prior)
+        # The prior the classifier learned under: uniform when --balance-source drew classes equally.
+        trained_prior = torch.full_like(source_prior, 1 / len(source_prior)) if t.cfg.balance_source else source_prior
+        target_prior = em_prior(target_logits.float().softmax(1), trained_prior)
         scores["prior_shift"] = round(total_variation(target_prior, source_prior), 6)
         scores["target_prior"] = [round(float(v), 4) for v in target_prior]
         if t.eval_set is not None:

@@ -70,16 +70,20 @@ def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMP
     if len(probs) < 2:
         return float("nan")
     z = F.normalize(probs.double(), dim=1)
-    sim = z @ z.T / temperature
-    sim.fill_diagonal_(-math.inf)  # a sample is not its own neighbour
-    return float(_entropy(sim.softmax(1)).mean())
+    total = 0.0
+    for start in range(0, len(z), 1024):  # rows in chunks: N x N at once would not fit for large N
+        sim = z[start:start + 1024] @ z.T / temperature
+        rows = torch.arange(len(sim))
+        sim[rows, rows + start] = -math.inf  # a sample is not its own neighbour
+        total += float(_entropy(sim.softmax(1)).sum())
+    return total / len(z)
 
 
 def domain_density_ratio(source: torch.Tensor, target: torch.Tensor, query: torch.Tensor, steps: int = 100) -> torch.Tensor:
     """w(x) = p_target(x) / p_source(x) at each row of `query`, from an L2-regularized logistic
     regression separating `source` from `target` features (standardized; balanced by weighting)."""
     x = torch.cat([source, target]).double()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-3)  # a feature dead on these samples must not explode elsewhere
     x = (x - mean) / std
     y = torch.cat([torch.zeros(len(source)), torch.ones(len(target))]).double()
     weight = torch.where(y == 1, len(x) / (2.0 * len(target)), len(x) / (2.0 * len(source)))
@@ -97,7 +101,7 @@ def domain_density_ratio(source: torch.Tensor, target: torch.Tensor, query: torc
         opt.step(closure)
     with torch.no_grad():
         logit = ((query.double() - mean) / std) @ w + b
-    return logit.exp().float()  # balanced classes: odds = density ratio
+    return logit.clamp(-30, 30).exp()  # balanced classes: odds = density ratio (float64)
 
 
 def deep_embedded_validation(weights: torch.Tensor, losses: torch.Tensor) -> float:
