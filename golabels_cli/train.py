@@ -167,15 +167,6 @@ class Training:
     def lr_scale(self) -> float:
         return lr_factor(self.cfg.lr_scaling, self.dist.world)
 
-    def initial_lrs(self) -> list[float]:
-        """Each parameter group's starting lr: after loading a checkpoint saved with another
-        process count, the --lr-scaling of this one applies."""
-        backbone_mult = self.cfg.backbone_lr_mult if (self.cfg.pretrained or self.cfg.weights) else 1.0
-        lrs = [self.cfg.lr * self.lr_scale] * len(self.optimizer.param_groups)
-        if not self.cfg.freeze_backbone:
-            lrs[0] *= backbone_mult
-        return lrs
-
     @functools.cached_property
     def fingerprint(self) -> str:
         """Which images, in which order: a resumed run replays the same draws only on the same lists."""
@@ -272,6 +263,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
     if cfg.method != "source-only":
         groups.append({"params": list(disc.parameters()), "initial_lr": cfg.lr})
     for g in groups:
+        g["base_lr"] = g["initial_lr"]  # before --lr-scaling: a run resumed on another process count rescales it
         g["initial_lr"] *= lr_factor(cfg.lr_scaling, d.world)
         g["lr"] = g["initial_lr"]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
@@ -364,8 +356,8 @@ def _resume(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path, progre
         if t.multilinear is not None:
             t.multilinear.load_state_dict(ckpt["multilinear"])
         t.optimizer.load_state_dict(ckpt["optimizer"])
-        for group, lr in zip(t.optimizer.param_groups, t.initial_lrs()):
-            group["initial_lr"] = lr
+        for group in t.optimizer.param_groups:
+            group["initial_lr"] = group["base_lr"] * t.lr_scale
         t.selected_weights = ckpt.get("selected_model") or None
         state = LoopState(**ckpt["loop"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
