@@ -49,15 +49,22 @@ def labeled_for_model(data_dir: str | Path, model_classes: list[str], role: str 
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, loader, device: torch.device) -> torch.Tensor:
+def predict_outputs(model: torch.nn.Module, loader, device: torch.device, channels_last: bool = False,
+                    autocast_bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, bottleneck features) of every batch of `loader`, in eval mode, as float32 on the CPU."""
     was_training = model.training
     model.eval()
-    out = []
+    logits, features = [], []
     for x, _ in loader:
-        logits, _ = model(x.to(device, non_blocking=True))
-        out.append(logits.float().cpu())
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast_bf16):
+            out = model(x)
+        logits.append(out[0].float().cpu())
+        features.append(out[1].float().cpu())
     model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(logits), torch.cat(features)
 
 
 def evaluate_images(
@@ -71,7 +78,7 @@ def evaluate_images(
     workers: int = 0,
 ) -> EvalResult:
     loader = eval_loader(images, eval_transform(data_config), batch_size, workers, pin=device.type == "cuda")
-    return score(images, to_model, model_classes, predict_logits(model, loader, device).argmax(1))
+    return score(images, to_model, model_classes, predict_outputs(model, loader, device)[0].argmax(1))
 
 
 def score(images: ImageSet, to_model: list[int], model_classes: list[str], predicted: torch.Tensor) -> EvalResult:

@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_json_atomic, write_text_atomic
+from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_text_atomic
 from .config import AdaptConfig, build_config, to_yaml
 from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, lr_factor, setup, teardown
 from .data import (ImageSet, data_report, decode_all, eval_loader, eval_transform, sample_indices, scan_labeled,
                    scan_unlabeled, stratified_split, train_loader, train_sampler, train_transform)
 from .errors import InputError, Interrupted, RunError, reason
-from .evaluate import labeled_for_model, score
+from .evaluate import labeled_for_model, predict_outputs, score
 from .features import Features, backbone_features, model_key
 from .label_shift import SHIFT_WARNING, em_prior, total_variation
 from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
@@ -419,11 +419,10 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
     def save(iteration: int) -> None:
         nonlocal saved_at
         window_sums, window_samples = sums, samples
-        if d.enabled and iteration < cfg.iters:
+        if iteration < cfg.iters:
             # The window in progress, as every rank's mean: each rank resumes from it (collective:
             # every rank saves at the same iterations; the final save is rank 0's alone).
-            window_sums = dict(zip(STAT_KEYS, all_mean(d, torch.stack([sums[k] for k in STAT_KEYS]))))
-            window_samples = all_mean(d, samples)
+            window_sums, window_samples = window_means()
         if not main:
             saved_at = iteration
             return
@@ -433,6 +432,13 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
         state.seconds = seconds_before + time.perf_counter() - started
         _save(_checkpoint(t, state), run_dir / CHECKPOINT_FILE, saved_at, run_dir)
         saved_at = iteration
+
+    def window_means() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The metrics window's sums and image count as means over ranks, in one all-reduce."""
+        if not d.enabled:
+            return sums, samples
+        reduced = all_mean(d, torch.stack([*(sums[k] for k in STAT_KEYS), samples]))
+        return dict(zip(STAT_KEYS, reduced[:-1])), reduced[-1]
 
     def check_finite(iteration: int) -> None:
         nonlocal first_bad
@@ -481,11 +487,10 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                 do_eval = it == cfg.iters or bool(cfg.eval_every and it % cfg.eval_every == 0)
                 if it % cfg.log_every == 0 or it == cfg.iters or do_eval:
                     check_finite(it)
-                    if d.enabled:  # the row is the mean over ranks
-                        sums = dict(zip(STAT_KEYS, all_mean(d, torch.stack([sums[k] for k in STAT_KEYS]))))
+                    sums, mean_samples = window_means()  # the row is the mean over ranks
                     row = _metrics_row(t, it, lr, coeff, sums, window)
                     # every rank's images: the proof that all of them trained
-                    row["samples_per_step"] = round(float(all_mean(d, samples)) * d.world / window, 3)
+                    row["samples_per_step"] = round(float(mean_samples) * d.world / window, 3)
                     if do_eval and main:
                         scores = _validate(t, workers)
                         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()})
@@ -577,16 +582,7 @@ def _outputs(model: Classifier, inputs: torch.Tensor | ImageSet, t: Training, wo
     if isinstance(inputs, torch.Tensor):
         return tuple(v.float().cpu() for v in model.classify(inputs.to(t.device)))
     loader = eval_loader(inputs, eval_transform(t.data_config), 2 * t.cfg.batch_size, workers, pin=t.speed.pin_memory)
-    logits, features = [], []
-    for x, _ in loader:
-        x = x.to(t.device, non_blocking=True)
-        if t.speed.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=t.speed.autocast_bf16):
-            out = model(x)
-        logits.append(out[0].float().cpu())
-        features.append(out[1].float().cpu())
-    return torch.cat(logits), torch.cat(features)
+    return predict_outputs(model, loader, t.device, t.speed.channels_last, t.speed.autocast_bf16)
 
 
 def _validate(t: Training, workers: int) -> dict[str, Any]:
