@@ -200,8 +200,15 @@ def adapt(
         if rank > 0:
             # Bad input, divergence (all-reduced) and interruptions are the same on every rank, and
             # rank 0 reports them; only a rank's own crash is worth its own line.
-            shared = isinstance(exc, Interrupted) or getattr(exc, "shared", False)
-            raise AlreadyReported(exc.exit_code) if shared else _on_rank(exc, rank)
+            if isinstance(exc, Interrupted):
+                raise AlreadyReported(exc.exit_code) from None
+            if getattr(exc, "shared", False):
+                # Rank 0 meets the same error, reports it and exits, and torch's agent then stops this
+                # process during the wait; still alive after it, the error was this rank's alone.
+                import time
+
+                time.sleep(SHARED_ERROR_WAIT_S)
+            raise _on_rank(exc, rank)
         if launched_by_torchrun() and not isinstance(exc, (InputError, Interrupted)):
             raise _on_rank(exc, rank) from exc
         raise
@@ -213,6 +220,9 @@ def adapt(
         print_json(summary)
     else:
         print_adapt_summary(summary)
+
+
+SHARED_ERROR_WAIT_S = 20
 
 
 def _run_config(run_dir: str) -> dict[str, Any]:
