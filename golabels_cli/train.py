@@ -355,8 +355,11 @@ def _resume(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path, progre
         t.disc.load_state_dict(ckpt["discriminator"])
         if t.multilinear is not None:
             t.multilinear.load_state_dict(ckpt["multilinear"])
+        built = [group["base_lr"] for group in t.optimizer.param_groups]
         t.optimizer.load_state_dict(ckpt["optimizer"])
-        for group in t.optimizer.param_groups:
+        for group, base_lr in zip(t.optimizer.param_groups, built):
+            # checkpoints written before golabels stored base_lr: the config gives the same value
+            group.setdefault("base_lr", base_lr)
             group["initial_lr"] = group["base_lr"] * t.lr_scale
         t.selected_weights = ckpt.get("selected_model") or None
         state = LoopState(**ckpt["loop"])

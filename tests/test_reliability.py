@@ -318,3 +318,22 @@ def test_resume_finishes_a_run_whose_final_writes_failed(domains, tmp_path):
     assert json.loads(result.stdout)["iters"] == 6
     again = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_resume_reads_a_checkpoint_from_before_base_lr(domains, tmp_path):
+    """Checkpoints written before the optimizer groups carried base_lr still resume."""
+    from golabels_cli.checkpoint import load_checkpoint, torch_save_atomic
+
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "6")
+    weights = load_file(str(run / "model.safetensors"))
+    (run / "model.safetensors").unlink()
+    (run / "summary.json").unlink()
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    for group in ckpt["optimizer"]["param_groups"]:
+        del group["base_lr"]
+    torch_save_atomic(ckpt, run / "checkpoint.pt")
+    result = cli("adapt", "--resume", run, "--json")
+    assert result.exit_code == 0, result.stderr
+    again = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
