@@ -6,6 +6,13 @@ summary.json is done and never run again; a half-done one continues from its che
 table (target top-1, mean ± std over seeds, the Go-labels gain per method, wall time) is printed
 and written to OUT/results.md.
 
+--remedies adds, for every adversarial method, one row per remedy of issue 10 (adapt's boolean
+options, several joined by +), run with the last --domain-labels mode (go by default) and kept in
+OUT/<src>-<tgt>/<method>-<labels>+<remedy>/seed<k>; the table then also gives each row's gain over
+source-only:
+
+    python benchmarks/uda.py ... --remedies balance-source,balance-source+balance-target,balance-source+label-shift-weights
+
     python benchmarks/uda.py --root /tmp/golabels-data --tasks amazon:webcam,webcam:amazon \\
         --methods source-only,dann,cdan-e --domain-labels fixed,go --seeds 3 \\
         --backbone tf_efficientnet_lite0 --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors \\
@@ -26,7 +33,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from golabels_cli.config import build_config  # noqa: E402
+from golabels_cli.config import AdaptConfig, build_config  # noqa: E402
 from golabels_cli.console import setup_logging  # noqa: E402
 from golabels_cli.report import VALIDATOR_KEYS, correlations, spearman  # noqa: E402
 from golabels_cli.train import adapt, resume  # noqa: E402
@@ -40,6 +47,7 @@ class Cell:
     method: str
     labels: str | None  # None for source-only, which has no discriminator
     seed: int
+    remedy: str = ""  # adapt options joined by "+", e.g. "balance-source+label-shift-weights"
 
     @property
     def task(self) -> str:
@@ -47,17 +55,31 @@ class Cell:
 
     def run_dir(self, out: Path) -> Path:
         name = self.method if self.labels is None else f"{self.method}-{self.labels}"
+        name += f"+{self.remedy}" if self.remedy else ""
         return out / f"{self.source}-{self.target}" / name / f"seed{self.seed}"
 
 
-def cells(tasks: list[str], methods: list[str], labels: list[str], seeds: int) -> list[Cell]:
+def cells(tasks: list[str], methods: list[str], labels: list[str], seeds: int, remedies: list[str] = ()) -> list[Cell]:
     out = []
     for task in tasks:
         source, target = task.split(":")
         for method in methods:
             for mode in ([None] if method == "source-only" else labels):
                 out += [Cell(source, target, method, mode, seed) for seed in range(seeds)]
+            if method != "source-only":
+                out += [Cell(source, target, method, labels[-1], seed, remedy) for remedy in remedies for seed in range(seeds)]
     return out
+
+
+def remedy_options(remedy: str) -> dict:
+    """{"balance_source": True, ...} of a remedy such as "balance-source+label-shift-weights"."""
+    options = {}
+    for flag in filter(None, remedy.split("+")):
+        name = flag.replace("-", "_")
+        if not isinstance(getattr(AdaptConfig, name, None), bool):
+            raise SystemExit(f"uda.py: unknown remedy {flag!r}: a remedy is one of adapt's on/off options, e.g. balance-source")
+        options[name] = True
+    return options
 
 
 def run_cell(cell: Cell, root: Path, out: Path, options: dict) -> dict:
@@ -71,7 +93,7 @@ def run_cell(cell: Cell, root: Path, out: Path, options: dict) -> dict:
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: this sweep's own folder, nothing to keep
     cfg = build_config({
         **options, "source": str(root / cell.source), "target": str(root / cell.target), "eval_dir": str(root / cell.target),
-        "method": cell.method, "domain_labels": cell.labels or "fixed", "seed": cell.seed,
+        "method": cell.method, "domain_labels": cell.labels or "fixed", "seed": cell.seed, **remedy_options(cell.remedy),
     })
     return adapt(cfg, out=run_dir)
 
@@ -83,24 +105,40 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
 
 
-def table(results: dict[tuple, list[dict]], tasks: list[str], methods: list[str], labels: list[str]) -> str:
-    """Markdown: one row per task and method, one column per domain-label mode, the go - fixed gain."""
-    header = ["task", "method", *labels, *(["go − fixed"] if {"go", "fixed"} <= set(labels) else []), "seeds", "wall"]
+def table(results: dict[tuple, list[dict]], tasks: list[str], methods: list[str], labels: list[str], remedies: list[str] = ()) -> str:
+    """Markdown: one row per task and method (and remedy), one column per domain-label mode, the
+    go - fixed gain; with remedies, also the last mode's gain over source-only."""
+    versus = bool(remedies) and "source-only" in methods
+    header = ["task", "method", *labels, *(["go − fixed"] if {"go", "fixed"} <= set(labels) else []),
+              *([f"{labels[-1]} − source-only"] if versus else []), "seeds", "wall"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
+    def accuracies(task, method, mode, remedy=""):
+        return [r["target_acc"] for r in results.get((task, method, mode, remedy), [])]
+
     for task in tasks:
+        baseline = accuracies(task, "source-only", None)
         for method in methods:
-            modes = [None] if method == "source-only" else labels
-            accs = {m: [r["target_acc"] for r in results.get((task, method, m), [])] for m in modes}
-            seconds = sum(r["seconds"] for m in modes for r in results.get((task, method, m), []))
-            row = [task.replace(":", " → "), method]
-            row += [mean_std(accs[None])] * len(labels) if method == "source-only" else [mean_std(accs[m]) for m in labels]
-            if "go − fixed" in header:
-                if method == "source-only" or not accs["go"] or not accs["fixed"]:
-                    row.append("—")
+            for remedy in [""] if method == "source-only" else ["", *remedies]:
+                modes = [None] if method == "source-only" else labels if not remedy else [labels[-1]]
+                accs = {m: accuracies(task, method, m, remedy) for m in modes}
+                seconds = sum(r["seconds"] for m in modes for r in results.get((task, method, m, remedy), []))
+                row = [task.replace(":", " → "), method + (f" + {remedy.replace('+', ' + ')}" if remedy else "")]
+                if method == "source-only":
+                    row += [mean_std(accs[None])] * len(labels)
                 else:
-                    row.append(f"{100 * (statistics.mean(accs['go']) - statistics.mean(accs['fixed'])):+.2f}")
-            row += [str(max(len(v) for v in accs.values())), f"{seconds:.0f} s"]
-            lines.append("| " + " | ".join(row) + " |")
+                    row += [mean_std(accs[m]) if m in accs else "—" for m in labels]
+                if "go − fixed" in header:
+                    if method == "source-only" or not accs.get("go") or not accs.get("fixed"):
+                        row.append("—")
+                    else:
+                        row.append(f"{100 * (statistics.mean(accs['go']) - statistics.mean(accs['fixed'])):+.2f}")
+                if versus:
+                    last = accs[None] if method == "source-only" else accs[labels[-1]]
+                    row.append(f"{100 * (statistics.mean(last) - statistics.mean(baseline)):+.2f}"
+                               if last and baseline and method != "source-only" else "—")
+                row += [str(max(len(v) for v in accs.values())), f"{seconds:.0f} s"]
+                lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +159,7 @@ def validator_table(results: dict[tuple, list[dict]], tasks: list[str]) -> str:
     header = ["task", "what", *[k.replace("_", "-") for k in keys], "last", "best (oracle)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for task in tasks:
-        runs = [r["evals"] for (t, method, _), rs in results.items() if t == task and method != "source-only" for r in rs]
+        runs = [r["evals"] for (t, method, _, _), rs in results.items() if t == task and method != "source-only" for r in rs]
         runs = [e for e in runs if len(e) >= 3 and all(x.get("target_acc") is not None for x in e)]
         if not runs:
             continue
@@ -166,28 +204,34 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--eval-every", type=int, default=0, help="validators (and target accuracy) every N iterations")
     parser.add_argument("--val-split", type=float, default=0.1)
     parser.add_argument("--select", default="last")
+    parser.add_argument("--remedies", default="", help="comma-separated remedies (adapt's on/off options joined by +), each a row with the last --domain-labels mode")
+    parser.add_argument("--refresh-every", type=int, help="adapt --refresh-every for --balance-target / --label-shift-weights")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
     setup_logging(quiet=True)
     root, out = Path(args.root), Path(args.out)
     tasks, methods, labels = args.tasks.split(","), args.methods.split(","), args.domain_labels.split(",")
+    remedies = [r for r in args.remedies.split(",") if r]
+    for remedy in remedies:
+        remedy_options(remedy)  # an unknown one stops the sweep before any cell runs
     options = {
         "backbone": args.backbone, "weights": args.weights, "pretrained": not args.no_pretrained, "freeze_backbone": args.freeze_backbone,
         "iters": args.iters, "batch_size": args.batch_size, "image_size": args.image_size, "min_crop": args.min_crop,
         "hflip": args.hflip, "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
         "eval_every": args.eval_every, "val_split": args.val_split, "select": args.select,
+        **({"refresh_every": args.refresh_every} if args.refresh_every else {}),
     }
-    todo = cells(tasks, methods, labels, args.seeds)
+    todo = cells(tasks, methods, labels, args.seeds, remedies)
     results: dict[tuple, list[dict]] = {}
     started = time.perf_counter()
     for i, cell in enumerate(todo, 1):
         summary = run_cell(cell, root, out, options)
-        results.setdefault((cell.task, cell.method, cell.labels), []).append(summary)
+        results.setdefault((cell.task, cell.method, cell.labels, cell.remedy), []).append(summary)
         if not args.quiet:
-            print(f"[{i}/{len(todo)}] {cell.task} {cell.method} {cell.labels or ''} seed {cell.seed}: "
+            print(f"[{i}/{len(todo)}] {cell.task} {cell.method} {cell.labels or ''} {cell.remedy} seed {cell.seed}: "
                   f"target top-1 {100 * summary['target_acc']:.2f} % ({summary['seconds']:.0f} s)", flush=True)
-    text = table(results, tasks, methods, labels)
+    text = table(results, tasks, methods, labels, remedies)
     if args.eval_every:
         text += "\nValidators (oriented higher-is-better) against target accuracy over the evaluated snapshots:\n\n"
         text += validator_table(results, tasks)

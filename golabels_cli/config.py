@@ -68,6 +68,9 @@ class AdaptConfig:
     lr_scaling: str = "none"  # none | linear | sqrt: lr multiplied by 1, world or sqrt(world)
     sync_bn: bool = False  # SyncBatchNorm in the classifier across processes (CUDA)
     balance_source: bool = False  # class-balanced source sampling (docs/label-shift.md)
+    balance_target: bool = False  # target sampling balanced by the current pseudo-labels
+    label_shift_weights: bool = False  # source losses re-weighted by the estimated target class prior
+    refresh_every: int = 100  # iterations between re-estimates of the target's pseudo-labels and prior
 
     def resolved_lr_gamma(self) -> float:
         # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.
@@ -144,7 +147,7 @@ def validate(cfg: AdaptConfig) -> None:
     _choice("device", cfg.device, ("auto", "cpu", "cuda", "mps"))
     _choice("select", cfg.select, SELECT_CHOICES)
     _choice("lr_scaling", cfg.lr_scaling, ("none", "linear", "sqrt"))
-    for name in ("iters", "batch_size", "bottleneck_dim", "disc_hidden", "log_every", "devices"):
+    for name in ("iters", "batch_size", "bottleneck_dim", "disc_hidden", "log_every", "devices", "refresh_every"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
             raise InputError(f"--{option_name(name)} must be a positive integer, got {value!r}")
@@ -176,6 +179,9 @@ def validate(cfg: AdaptConfig) -> None:
                          "add --eval-every N (e.g. a tenth of --iters)")
     if cfg.select == "target-acc" and not cfg.eval_dir:
         raise InputError("--select target-acc needs target labels", "pass --eval-dir LABELED_TARGET, or select by a validator")
+    if cfg.balance_target and cfg.method == "source-only":
+        raise InputError("--balance-target draws the target batches, and --method source-only trains on none",
+                         "use an adversarial --method, or leave --balance-target out")
     if cfg.select in ("src-acc", "dev") and not cfg.val_split:
         raise InputError(f"--select {cfg.select} needs held-out source images", "use --val-split above 0 (default 0.1)")
 

@@ -293,7 +293,7 @@ class InfiniteDraws(Sampler):
 
 
 class BalancedDraws(Sampler):
-    """--balance-source: class-balanced draws. Each draw picks a class uniformly at random, then
+    """--balance-source, --balance-target: class-balanced draws. Each draw picks a class uniformly at random, then
     that class's next image in its own endless seeded shuffle, so every class is drawn equally
     often and every image of a class equally often within it (a small class's images repeat more).
 
@@ -346,21 +346,22 @@ def _ignore_interrupts(worker_id: int) -> None:
 
 
 def train_sampler(images: ImageSet, seed: int, stream: int, start: int = 0, rank: int = 0, world: int = 1,
-                  balanced: bool = False) -> Sampler:
-    """InfiniteDraws, or BalancedDraws over the labels (--balance-source)."""
-    if balanced:
-        return BalancedDraws(images.labels, seed, stream, start, rank, world)
+                  balance_by: list[int] | None = None) -> Sampler:
+    """InfiniteDraws, or BalancedDraws over `balance_by`: the source labels (--balance-source) or
+    the target's pseudo-labels (--balance-target)."""
+    if balance_by is not None:
+        return BalancedDraws(balance_by, seed, stream, start, rank, world)
     return InfiniteDraws(len(images), seed, stream, start, rank, world)
 
 
 def train_loader(images: ImageSet, transform, data_config: dict, batch_size: int, seed: int, stream: int, workers: int,
                  pin: bool, start: int = 0, decoded: list[np.ndarray] | None = None, rank: int = 0, world: int = 1,
-                 balanced: bool = False):
+                 balance_by: list[int] | None = None):
     """Batches of `batch_size` draws from train_sampler, starting at this rank's draw `start`."""
     return DataLoader(
         TrainImages(images, transform, data_config, decoded),
         batch_size=batch_size,
-        sampler=train_sampler(images, seed, stream, start, rank, world, balanced),
+        sampler=train_sampler(images, seed, stream, start, rank, world, balance_by),
         num_workers=workers,
         pin_memory=pin,
         drop_last=True,

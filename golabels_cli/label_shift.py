@@ -10,6 +10,9 @@ Seeing the shift is the first step (issue 10).
                  joint distribution of (prediction, label) on held-out source images and mu the
                  distribution of predictions on the target; q(y) = w(y) p_s(y).
     total_variation(q, p) = 1/2 sum_y |q(y) - p(y)|, 0 (same) to 1 (disjoint).
+    class_weights  w(y) = q(y) / p(y) for --label-shift-weights (importance weighting of source
+                 samples as in IWDAN, Tachet des Combes et al., NeurIPS 2020), clipped to
+                 [1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT] and scaled so that sum_y p(y) w(y) = 1.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from __future__ import annotations
 import torch
 
 SHIFT_WARNING = 0.25  # total variation above which the run warns about label shift
+# A class that is rare in the source but estimated frequent in the target would otherwise let a
+# handful of its images dominate every batch they appear in; one estimated absent would stop being
+# learned at all, and a young model, whose predictions collapse onto a few classes, estimates many so.
+MAX_CLASS_WEIGHT = 10.0
 
 
 def em_prior(probs: torch.Tensor, source_prior: torch.Tensor, iters: int = 200, tol: float = 1e-7) -> torch.Tensor:
@@ -50,3 +57,11 @@ def bbse_prior(val_predictions: torch.Tensor, val_labels: torch.Tensor, target_p
 
 def total_variation(q: torch.Tensor, p: torch.Tensor) -> float:
     return float(0.5 * (q.double() - p.double()).abs().sum())
+
+
+def class_weights(target_prior: torch.Tensor, trained_prior: torch.Tensor, cap: float = MAX_CLASS_WEIGHT) -> torch.Tensor:
+    """Per-class weights that make source batches drawn with `trained_prior` count as if drawn
+    with `target_prior`: q(y) / p(y), clipped to [1 / cap, cap], with mean 1 under p."""
+    p = trained_prior.double().clamp_min(1e-12)
+    w = (target_prior.double() / p).clamp(1 / cap, cap)
+    return (w / (p * w).sum().clamp_min(1e-12)).float()

@@ -142,10 +142,12 @@ def adversarial_loss(
     coeff: float,
     head: nn.Module | None = None,
     params: MethodParams = MethodParams(),
+    row_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """(L_adv, L_extra, detached statistics) for a batch of source rows then target rows.
 
-    `domain` holds the raw labels (1 source, 0 target) of the rows of `features` and `logits`.
+    `domain` holds the raw labels (1 source, 0 target) of the rows of `features` and `logits`;
+    `row_weights` (--label-shift-weights) multiplies each row's weight w_i.
     """
     probs = F.softmax(logits.float(), dim=1).detach()
     if method in ("dann", "dann-e"):
@@ -164,6 +166,8 @@ def adversarial_loss(
         weights = weights * entropy_weights(probs)
     elif method == "gvb":
         weights = weights * gvb_weights(F.softmax(logits.float(), dim=1), coeff)
+    if row_weights is not None:
+        weights = weights * row_weights
     # Weighted by hand: GVB's weights carry a gradient, which the weight= argument refuses.
     loss = (weights * F.binary_cross_entropy_with_logits(disc_logits, t.targets, reduction="none")).mean()
 

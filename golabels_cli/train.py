@@ -42,7 +42,7 @@ from .data import (ImageSet, data_report, decode_all, eval_loader, eval_transfor
 from .errors import InputError, Interrupted, RunError, reason
 from .evaluate import labeled_for_model, predict_outputs, score
 from .features import Features, backbone_features, model_key
-from .label_shift import SHIFT_WARNING, em_prior, total_variation
+from .label_shift import SHIFT_WARNING, class_weights, em_prior, total_variation
 from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
@@ -198,6 +198,10 @@ class LoopState:
     last_row: dict[str, Any] = field(default_factory=dict)
     evals: list[dict[str, Any]] = field(default_factory=list)  # validators (and target_acc) per evaluated snapshot
     selected: dict[str, Any] = field(default_factory=dict)  # {"iter", "value"} of the snapshot --select keeps
+    # --balance-target / --label-shift-weights: the newest estimate from the target's predictions
+    pseudo_labels: torch.Tensor | None = None  # of every target training image
+    class_weights: list[float] | None = None  # of the source classes
+    target_estimate: dict[str, Any] = field(default_factory=dict)  # {"iter", "target_prior", "pseudo_label_counts"}
     seconds: float = 0.0  # training time of earlier sessions of this run
 
 
@@ -384,24 +388,29 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
     start = state.iteration
     # Each step takes batch_size draws per domain: the samplers start where the run left them.
     if t.features is not None:
-        source_labels = torch.tensor(t.source.labels)
-        source_batches = feature_batches(t.features["source"].values, source_labels, cfg.batch_size,
-                                         train_sampler(t.source, cfg.seed, 0, start * cfg.batch_size, d.rank, d.world, cfg.balance_source))
-        target_batches = feature_batches(t.features["target"].values, None, cfg.batch_size,
-                                         train_sampler(t.target, cfg.seed, 1, start * cfg.batch_size, d.rank, d.world))
+        def batches(images: ImageSet, stream: int, first_step: int, balance_by: list[int] | None):
+            role, labels = ("source", torch.tensor(images.labels)) if stream == 0 else ("target", None)
+            return feature_batches(t.features[role].values, labels, cfg.batch_size,
+                                   train_sampler(images, cfg.seed, stream, first_step * cfg.batch_size, d.rank, d.world, balance_by))
+
         trained: torch.nn.Module = _Classify(t.model)
     else:
         transform = train_transform(t.data_config, cfg.min_crop, cfg.hflip)
         decoded = t.decoded or {}
 
-        def batches(images: ImageSet, stream: int):
+        def batches(images: ImageSet, stream: int, first_step: int, balance_by: list[int] | None):
             return iter(train_loader(images, transform, t.data_config, cfg.batch_size, cfg.seed, stream, workers, speed.pin_memory,
-                                     start * cfg.batch_size, decoded.get("source" if stream == 0 else "target"), d.rank, d.world,
-                                     balanced=cfg.balance_source and stream == 0))
+                                     first_step * cfg.batch_size, decoded.get("source" if stream == 0 else "target"), d.rank, d.world,
+                                     balance_by))
 
-        source_batches = batches(t.source, 0)
-        target_batches = batches(t.target, 1) if t.adversarial else None
         trained = t.model
+
+    def target_balance() -> list[int] | None:
+        return state.pseudo_labels.tolist() if cfg.balance_target and state.pseudo_labels is not None else None
+
+    source_batches = batches(t.source, 0, start, t.source.labels if cfg.balance_source else None)
+    target_batches = batches(t.target, 1, start, target_balance()) if t.adversarial else None
+    source_class_weights = torch.tensor(state.class_weights, device=device) if state.class_weights else None
     disc = t.disc
     if d.enabled:
         # DDP averages the gradients over ranks in backward; the modules it wraps stay the ones saved.
@@ -471,11 +480,17 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
         with _stop_requests() as stop:
             for step in range(start, cfg.iters):
                 it = step + 1
+                if (cfg.balance_target or cfg.label_shift_weights) and step and step % cfg.refresh_every == 0:
+                    _estimate_target(t, state, step, workers)
+                    if cfg.balance_target:
+                        target_batches = batches(t.target, 1, step, target_balance())
+                    if cfg.label_shift_weights:
+                        source_class_weights = torch.tensor(state.class_weights, device=device)
                 lr = _set_lr(t.optimizer, cfg, step, t.lr_scale)
                 coeff = grl_coeff(step, cfg.iters, cfg.grl_alpha)
                 xs, ys = next(source_batches)
                 xt = next(target_batches)[0] if t.adversarial else None
-                loss_cls, loss_adv, loss_extra, stats = train_step(t, forward, disc, xs, ys, xt, domain, coeff)
+                loss_cls, loss_adv, loss_extra, stats = train_step(t, forward, disc, xs, ys, xt, domain, coeff, source_class_weights)
                 samples += len(xs) + (len(xt) if xt is not None else 0)
 
                 losses = torch.stack([loss_cls, loss_adv, loss_extra]).float()
@@ -556,8 +571,10 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
 
 
 def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None,
-               domain: torch.Tensor, coeff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step on a source batch (and a target batch): CE + trade_off * L_adv + L_extra.
+               domain: torch.Tensor, coeff: float, source_class_weights: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on a source batch (and a target batch): CE + trade_off * L_adv + L_extra,
+    each source image weighted by its class's weight in both losses if `source_class_weights`.
     Returns the detached losses and statistics, still on the device (no host sync)."""
     cfg, device = t.cfg, t.device
     xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
@@ -566,10 +583,17 @@ def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=t.speed.autocast_bf16):
         logits, features = forward(x)
-        loss_cls = F.cross_entropy(logits[: len(ys)].float(), ys)
+        row_weights = None
+        if source_class_weights is None:
+            loss_cls = F.cross_entropy(logits[: len(ys)].float(), ys)
+        else:
+            source_weights = source_class_weights[ys]
+            loss_cls = (source_weights * F.cross_entropy(logits[: len(ys)].float(), ys, reduction="none")).mean()
+            if xt is not None:
+                row_weights = torch.cat([source_weights, torch.ones(len(logits) - len(ys), device=device)])
         if xt is not None:
             loss_adv, loss_extra, stats = adversarial_loss(cfg.method, cfg.domain_labels, features, logits, domain, disc,
-                                                           t.multilinear, coeff, t.model.head, t.method_params)
+                                                           t.multilinear, coeff, t.model.head, t.method_params, row_weights)
         else:
             loss_adv, loss_extra, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
         loss = loss_cls + cfg.trade_off * loss_adv + loss_extra
@@ -611,12 +635,8 @@ def _validate(t: Training, workers: int) -> dict[str, Any]:
         scores: dict[str, Any] = compute_validators(Outputs(val_logits, val_labels, val_features, train_features,
                                                             target_logits, target_features))
         # Label shift: the target's class distribution as the predictions imply it (EM), against the source's.
-        counts = torch.bincount(torch.tensor(t.source.labels), minlength=len(t.source.classes)).float()
-        source_prior = counts / counts.sum()
-        # The prior the classifier learned under: uniform when --balance-source drew classes equally.
-        trained_prior = torch.full_like(source_prior, 1 / len(source_prior)) if t.cfg.balance_source else source_prior
-        target_prior = em_prior(target_logits.float().softmax(1), trained_prior)
-        scores["prior_shift"] = round(total_variation(target_prior, source_prior), 6)
+        target_prior = em_prior(target_logits.float().softmax(1), _trained_prior(t))
+        scores["prior_shift"] = round(total_variation(target_prior, _source_prior(t)), 6)
         scores["target_prior"] = [round(float(v), 4) for v in target_prior]
         if t.eval_set is not None:
             images, to_model = t.eval_set
@@ -627,6 +647,37 @@ def _validate(t: Training, workers: int) -> dict[str, Any]:
     finally:
         t.model.train(was_training)
     return scores
+
+
+def _source_prior(t: Training) -> torch.Tensor:
+    counts = torch.bincount(torch.tensor(t.source.labels), minlength=len(t.source.classes)).float()
+    return counts / counts.sum()
+
+
+def _trained_prior(t: Training) -> torch.Tensor:
+    """The class prior the source batches are drawn with: uniform under --balance-source."""
+    prior = _source_prior(t)
+    return torch.full_like(prior, 1 / len(prior)) if t.cfg.balance_source else prior
+
+
+def _estimate_target(t: Training, state: LoopState, step: int, workers: int) -> None:
+    """--balance-target, --label-shift-weights: pseudo-labels of every target training image and
+    the class prior they imply (EM), from the current model in eval mode. Every rank computes the
+    same from the same weights, so no rank waits for another's."""
+    was_training = t.model.training
+    t.model.eval()
+    try:
+        inputs = t.features["target"].values if t.features is not None else t.target
+        probs = _outputs(t.model, inputs, t, workers)[0].float().softmax(1)
+    finally:
+        t.model.train(was_training)
+    trained_prior = _trained_prior(t)
+    target_prior = em_prior(probs, trained_prior)
+    state.pseudo_labels = probs.argmax(1)
+    state.class_weights = [round(float(w), 6) for w in class_weights(target_prior, trained_prior)]
+    counts = torch.bincount(state.pseudo_labels, minlength=len(t.source.classes))
+    state.target_estimate = {"iter": step, "target_prior": [round(float(v), 4) for v in target_prior],
+                             "pseudo_label_counts": counts.tolist()}
 
 
 def _warn_on_label_shift(t: Training, state: LoopState, it: int, scores: dict[str, Any]) -> None:
@@ -738,6 +789,8 @@ def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> di
         "target_mean_class_acc": selected.get("target_mean_class_acc"),
         "selected": {"by": cfg.select, "iter": state.selected.get("iter"), "value": state.selected.get("value")},
         "evals": state.evals,
+        "target_estimate": ({**state.target_estimate, "class_weights": state.class_weights if cfg.label_shift_weights else None}
+                            if state.target_estimate else None),
         "features": {role: {"cached": f.cached, "computed": f.computed} for role, f in t.features.items()} if t.features else None,
     }
 

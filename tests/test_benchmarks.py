@@ -52,6 +52,31 @@ def test_uda_sweep_runs_resumes_and_tabulates(tmp_path):
     assert without_wall((tmp_path / "sweep" / "results.md").read_text()) == without_wall(text)
 
 
+def test_uda_sweep_with_remedies(tmp_path):
+    import yaml
+
+    uda = load("uda")
+    make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
+    args = ["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "source-only,dann", "--domain-labels", "fixed,go",
+            "--seeds", "1", "--remedies", "balance-source,balance-target+label-shift-weights", "--refresh-every", "2",
+            "--out", str(tmp_path / "sweep"), "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--iters", "4",
+            "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet"]
+    text = uda.main(args)
+    header = [c.strip() for c in text.splitlines()[0].split("|")[1:-1]]
+    assert header == ["task", "method", "fixed", "go", "go − fixed", "go − source-only", "seeds", "wall"]
+    rows = [dict(zip(header, (c.strip() for c in line.split("|")[1:-1]))) for line in text.strip().splitlines()[2:]]
+    assert [r["method"] for r in rows] == ["source-only", "dann", "dann + balance-source", "dann + balance-target + label-shift-weights"]
+    baseline = float(rows[0]["go"].split(" ± ")[0])
+    for row in rows[2:]:
+        assert row["fixed"] == "—" and row["go − fixed"] == "—"
+        assert float(row["go − source-only"]) == pytest.approx(float(row["go"].split(" ± ")[0]) - baseline, abs=0.011)
+    run = tmp_path / "sweep" / "source-target" / "dann-go+balance-target+label-shift-weights" / "seed0"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["balance-target"] and config["label-shift-weights"] and not config["balance-source"] and config["refresh-every"] == 2
+    with pytest.raises(SystemExit, match="unknown remedy 'balance-everything'"):
+        uda.main([*args[:args.index("--remedies") + 1], "balance-everything", *args[args.index("--remedies") + 2:]])
+
+
 def test_toy_problems_and_table():
     toy = load("toy")
     for name, make in toy.PROBLEMS.items():

@@ -120,6 +120,8 @@ def test_balanced_source_draws_every_class_equally_often():
 
 
 def test_adapt_with_balanced_source_sampling(domains, tmp_path):
+    import json
+
     import yaml
 
     from conftest import adapt_tiny
@@ -127,5 +129,101 @@ def test_adapt_with_balanced_source_sampling(domains, tmp_path):
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "4", "--balance-source")
     assert yaml.safe_load((run / "config.yaml").read_text())["balance-source"] is True
-    frozen = adapt_tiny(source, target, tmp_path / "frozen", "--iters", "4", "--balance-source", "--freeze-backbone")
+    frozen = adapt_tiny(source, target, tmp_path / "frozen", "--iters", "4", "--balance-source", "--freeze-backbone",
+                        "--balance-target", "--label-shift-weights", "--refresh-every", "2")
     assert (frozen / "model.safetensors").is_file()
+    summary = json.loads((frozen / "summary.json").read_text())
+    assert summary["target_estimate"]["iter"] == 2 and sum(summary["target_estimate"]["pseudo_label_counts"]) == 24
+
+
+def test_class_weights_reweight_the_trained_prior_to_the_target_prior():
+    from golabels_cli.label_shift import class_weights
+
+    p = torch.tensor([0.6, 0.3, 0.1])
+    q = torch.tensor([0.1, 0.3, 0.6])
+    w = class_weights(q, p)
+    assert torch.allclose(w, q / p, atol=1e-6)  # uncapped: exactly the importance ratio
+    assert torch.allclose((p * w).sum(), torch.tensor(1.0))
+    capped = class_weights(torch.tensor([0.01, 0.01, 0.98]), torch.tensor([0.49, 0.49, 0.02]), cap=10.0)
+    ratio = torch.tensor([0.1, 0.1, 10.0])  # 0.02x and 49x clipped to [1/10, 10]
+    assert torch.allclose(capped, ratio / (torch.tensor([0.49, 0.49, 0.02]) * ratio).sum(), atol=1e-6)
+    assert torch.allclose(class_weights(p, p), torch.ones(3))
+
+
+SHIFT_RUN = ["--iters", "12", "--refresh-every", "4", "--balance-target", "--label-shift-weights", "--save-every", "4"]
+
+
+def test_target_estimates_refresh_the_target_sampler_and_source_weights(domains, tmp_path, monkeypatch):
+    import json
+
+    from conftest import adapt_tiny
+    from golabels_cli import data, train
+
+    balanced_by = []
+    real = data.BalancedDraws.__init__
+
+    def spy(self, labels, seed, stream, start=0, rank=0, world=1):
+        balanced_by.append((stream, start, list(labels)))
+        real(self, labels, seed, stream, start, rank, world)
+
+    monkeypatch.setattr(data.BalancedDraws, "__init__", spy)
+    weights_seen = []
+    real_step = train.train_step
+
+    def step_spy(*args):
+        weights_seen.append(None if args[-1] is None else args[-1].tolist())
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", step_spy)
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", *SHIFT_RUN)
+    summary = json.loads((run / "summary.json").read_text())
+    estimate = summary["target_estimate"]
+    assert estimate["iter"] == 8 and sum(estimate["pseudo_label_counts"]) == summary["images"]["target"] == 24
+    assert len(estimate["class_weights"]) == 3 and abs(sum(estimate["target_prior"]) - 1) < 1e-3
+    # the target sampler was rebuilt at steps 4 and 8 over the pseudo-labels of that moment, at the draw it had reached
+    assert [(stream, start) for stream, start, _ in balanced_by] == [(1, 16), (1, 32)]
+    assert [balanced_by[-1][2].count(c) for c in range(3)] == estimate["pseudo_label_counts"]
+    # source weights: none before the first estimate, then that estimate's
+    assert weights_seen[:4] == [None] * 4
+    assert all(torch.allclose(torch.tensor(w), torch.tensor(estimate["class_weights"]), rtol=1e-5) for w in weights_seen[8:])
+    assert min(estimate["class_weights"]) > 0  # a class the young model never predicts is still learned
+    assert weights_seen[4] is not None and weights_seen[4] == weights_seen[7]
+
+
+def test_a_resumed_run_with_target_estimates_equals_an_uninterrupted_one(domains, tmp_path):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from conftest import adapt_tiny
+    from golabels_cli import train
+    from golabels_cli.config import build_config
+    from golabels_cli.errors import Interrupted
+
+    source, target = domains
+    whole = adapt_tiny(source, target, tmp_path / "whole", *SHIFT_RUN)
+    cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
+                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 12, "refresh_every": 4, "balance_target": True,
+                        "label_shift_weights": True, "save_every": 4})
+
+    def interrupt(kind, data):
+        if kind == "step" and data["iter"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # handled after the step: saved at iteration 6, between two estimates
+
+    with pytest.raises(Interrupted):
+        train.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
+    train.resume(tmp_path / "cut")
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (whole / "metrics.jsonl").read_text() == (tmp_path / "cut" / "metrics.jsonl").read_text()
+
+
+def test_balance_target_needs_a_target_batch(domains, tmp_path):
+    from conftest import TINY, cli
+
+    source, target = domains
+    result = cli("adapt", source, target, *TINY, "--method", "source-only", "--balance-target", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "--balance-target draws the target batches" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
