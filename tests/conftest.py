@@ -4,8 +4,13 @@ import tempfile
 # Tests never reach a model hub: pretrained downloads must fail at once, not retry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GOLABELS_TEST", "1")
-# --freeze-backbone's feature cache: never the user's own ~/.cache during tests.
-os.environ.setdefault("GOLABELS_CACHE", tempfile.mkdtemp(prefix="golabels-test-cache-"))
+# --freeze-backbone's feature cache: never the user's own ~/.cache during tests, and gone after them.
+if "GOLABELS_CACHE" not in os.environ:
+    import atexit
+    import shutil as _shutil
+
+    os.environ["GOLABELS_CACHE"] = tempfile.mkdtemp(prefix="golabels-test-cache-")
+    atexit.register(_shutil.rmtree, os.environ["GOLABELS_CACHE"], True)
 
 import json
 import shutil
