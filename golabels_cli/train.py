@@ -510,7 +510,7 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                     # every rank's images: the proof that all of them trained
                     row["samples_per_step"] = round(float(mean_samples) * d.world / window, 3)
                     if do_eval and main:
-                        scores = _validate(t, workers)
+                        scores = _validate(t, state, workers)
                         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()})
                         state.evals.append({"iter": it, **scores})
                         _warn_on_label_shift(t, state, it, scores)
@@ -612,7 +612,7 @@ def _outputs(model: Classifier, inputs: torch.Tensor | ImageSet, t: Training, wo
     return predict_outputs(model, loader, t.device, t.speed.channels_last, t.speed.autocast_bf16)
 
 
-def _validate(t: Training, workers: int) -> dict[str, Any]:
+def _validate(t: Training, state: LoopState, workers: int) -> dict[str, Any]:
     """The validators of the current snapshot, and its --eval-dir accuracy (the oracle) if given."""
     v = t.validation
     frozen = t.features is not None
@@ -635,7 +635,7 @@ def _validate(t: Training, workers: int) -> dict[str, Any]:
         scores: dict[str, Any] = compute_validators(Outputs(val_logits, val_labels, val_features, train_features,
                                                             target_logits, target_features))
         # Label shift: the target's class distribution as the predictions imply it (EM), against the source's.
-        target_prior = em_prior(target_logits.float().softmax(1), _trained_prior(t))
+        target_prior = em_prior(target_logits.float().softmax(1), _trained_prior(t, state))
         scores["prior_shift"] = round(total_variation(target_prior, _source_prior(t)), 6)
         scores["target_prior"] = [round(float(v), 4) for v in target_prior]
         if t.eval_set is not None:
@@ -654,10 +654,21 @@ def _source_prior(t: Training) -> torch.Tensor:
     return counts / counts.sum()
 
 
-def _trained_prior(t: Training) -> torch.Tensor:
+def _drawn_prior(t: Training) -> torch.Tensor:
     """The class prior the source batches are drawn with: uniform under --balance-source."""
     prior = _source_prior(t)
     return torch.full_like(prior, 1 / len(prior)) if t.cfg.balance_source else prior
+
+
+def _trained_prior(t: Training, state: LoopState) -> torch.Tensor:
+    """The class prior the classifier's posteriors are calibrated to: the drawn prior, times the
+    class weights of --label-shift-weights once there are any. (EM under the drawn prior alone
+    would read the weights' own bias toward a class as more of that class in the target, and
+    re-weight further: a loop that collapses the model onto a few classes.)"""
+    prior = _drawn_prior(t)
+    if t.cfg.label_shift_weights and state.class_weights:
+        prior = prior * torch.tensor(state.class_weights)
+    return prior / prior.sum()
 
 
 def _estimate_target(t: Training, state: LoopState, step: int, workers: int) -> None:
@@ -671,10 +682,9 @@ def _estimate_target(t: Training, state: LoopState, step: int, workers: int) -> 
         probs = _outputs(t.model, inputs, t, workers)[0].float().softmax(1)
     finally:
         t.model.train(was_training)
-    trained_prior = _trained_prior(t)
-    target_prior = em_prior(probs, trained_prior)
+    target_prior = em_prior(probs, _trained_prior(t, state))
     state.pseudo_labels = probs.argmax(1)
-    state.class_weights = [round(float(w), 6) for w in class_weights(target_prior, trained_prior)]
+    state.class_weights = [round(float(w), 6) for w in class_weights(target_prior, _drawn_prior(t))]
     counts = torch.bincount(state.pseudo_labels, minlength=len(t.source.classes))
     state.target_estimate = {"iter": step, "target_prior": [round(float(v), 4) for v in target_prior],
                              "pseudo_label_counts": counts.tolist()}

@@ -227,3 +227,36 @@ def test_balance_target_needs_a_target_batch(domains, tmp_path):
     result = cli("adapt", source, target, *TINY, "--method", "source-only", "--balance-target", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--balance-target draws the target batches" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_em_reads_the_weighted_classifier_under_the_prior_it_was_trained_to():
+    """With --label-shift-weights the posteriors are calibrated to p * w, not to the drawn prior p:
+    EM under p would read the weights' own bias as more of that class in the target (and the next
+    weights would push further, the loop that collapsed Office-31 runs onto two classes)."""
+    from types import SimpleNamespace
+
+    from golabels_cli.train import LoopState, _trained_prior
+
+    t = SimpleNamespace(cfg=SimpleNamespace(label_shift_weights=True, balance_source=False),
+                        source=SimpleNamespace(labels=[0] * 6 + [1] * 3 + [2], classes=["a", "b", "c"]))
+    state = LoopState(class_weights=[0.5, 1.0, 3.0])
+    p = torch.tensor([0.6, 0.3, 0.1])
+    assert torch.allclose(_trained_prior(t, LoopState()), p)
+    effective = p * torch.tensor([0.5, 1.0, 3.0])
+    assert torch.allclose(_trained_prior(t, state), effective / effective.sum())
+    t.cfg.balance_source = True
+    assert torch.allclose(_trained_prior(t, state), torch.tensor([0.5, 1.0, 3.0]) / 4.5)
+    t.cfg.label_shift_weights = False  # estimates made for --balance-target alone leave the prior alone
+    assert torch.allclose(_trained_prior(t, state), torch.full((3,), 1 / 3))
+
+    # posteriors computed under the trained prior p*w of a target drawn with q: EM needs p*w to recover q
+    generator = torch.Generator().manual_seed(0)
+    likelihood = torch.rand(5000, 3, generator=generator) ** 4  # p(x | y) of 5000 target images
+    q = torch.tensor([0.1, 0.3, 0.6])
+    trained = effective / effective.sum()
+    labels = torch.multinomial(q, 5000, replacement=True, generator=generator)
+    likelihood[torch.arange(5000), labels] += 0.5  # each image looks most like its own class
+    posteriors = likelihood * trained
+    posteriors /= posteriors.sum(1, keepdim=True)
+    assert total_variation(em_prior(posteriors, trained), q) < 0.05
+    assert total_variation(em_prior(posteriors, p), q) > 0.15
