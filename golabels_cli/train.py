@@ -410,7 +410,7 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
 
     source_batches = batches(t.source, 0, start, t.source.labels if cfg.balance_source else None)
     target_batches = batches(t.target, 1, start, target_balance()) if t.adversarial else None
-    source_class_weights = torch.tensor(state.class_weights, device=device) if state.class_weights else None
+    source_class_weights = torch.tensor(state.class_weights, device=device) if cfg.label_shift_weights and state.class_weights else None
     disc = t.disc
     if d.enabled:
         # DDP averages the gradients over ranks in backward; the modules it wraps stay the ones saved.

@@ -191,7 +191,8 @@ def test_target_estimates_refresh_the_target_sampler_and_source_weights(domains,
     assert weights_seen[4] is not None and weights_seen[4] == weights_seen[7]
 
 
-def test_a_resumed_run_with_target_estimates_equals_an_uninterrupted_one(domains, tmp_path):
+@pytest.mark.parametrize("remedies", [("balance_target", "label_shift_weights"), ("balance_target",)])
+def test_a_resumed_run_with_target_estimates_equals_an_uninterrupted_one(domains, tmp_path, remedies):
     import os
     import signal
 
@@ -203,10 +204,11 @@ def test_a_resumed_run_with_target_estimates_equals_an_uninterrupted_one(domains
     from golabels_cli.errors import Interrupted
 
     source, target = domains
-    whole = adapt_tiny(source, target, tmp_path / "whole", *SHIFT_RUN)
+    flags = [f"--{name.replace('_', '-')}" for name in remedies]
+    whole = adapt_tiny(source, target, tmp_path / "whole", "--iters", "12", "--refresh-every", "4", "--save-every", "4", *flags)
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
-                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 12, "refresh_every": 4, "balance_target": True,
-                        "label_shift_weights": True, "save_every": 4})
+                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 12, "refresh_every": 4, "save_every": 4,
+                        **{name: True for name in remedies}})
 
     def interrupt(kind, data):
         if kind == "step" and data["iter"] == 6:
