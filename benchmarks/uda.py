@@ -33,7 +33,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from golabels_cli.config import AdaptConfig, build_config  # noqa: E402
+from golabels_cli.config import build_config  # noqa: E402
+from golabels_cli.errors import InputError  # noqa: E402
 from golabels_cli.console import setup_logging  # noqa: E402
 from golabels_cli.report import VALIDATOR_KEYS, correlations, spearman  # noqa: E402
 from golabels_cli.train import adapt, resume  # noqa: E402
@@ -71,15 +72,24 @@ def cells(tasks: list[str], methods: list[str], labels: list[str], seeds: int, r
     return out
 
 
+REMEDIES = ("balance-source", "balance-target", "label-shift-weights")  # adapt's options of issue 10
+
+
 def remedy_options(remedy: str) -> dict:
     """{"balance_source": True, ...} of a remedy such as "balance-source+label-shift-weights"."""
     options = {}
     for flag in filter(None, remedy.split("+")):
-        name = flag.replace("-", "_")
-        if not isinstance(getattr(AdaptConfig, name, None), bool):
-            raise SystemExit(f"uda.py: unknown remedy {flag!r}: a remedy is one of adapt's on/off options, e.g. balance-source")
-        options[name] = True
+        if flag not in REMEDIES:
+            raise SystemExit(f"uda.py: unknown remedy {flag!r}: a remedy is one of {', '.join(REMEDIES)}, several joined by +")
+        options[flag.replace("-", "_")] = True
     return options
+
+
+def cell_config(cell: Cell, root: Path, options: dict):
+    return build_config({
+        **options, "source": str(root / cell.source), "target": str(root / cell.target), "eval_dir": str(root / cell.target),
+        "method": cell.method, "domain_labels": cell.labels or "fixed", "seed": cell.seed, **remedy_options(cell.remedy),
+    })
 
 
 def run_cell(cell: Cell, root: Path, out: Path, options: dict) -> dict:
@@ -91,11 +101,7 @@ def run_cell(cell: Cell, root: Path, out: Path, options: dict) -> dict:
         return resume(run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: this sweep's own folder, nothing to keep
-    cfg = build_config({
-        **options, "source": str(root / cell.source), "target": str(root / cell.target), "eval_dir": str(root / cell.target),
-        "method": cell.method, "domain_labels": cell.labels or "fixed", "seed": cell.seed, **remedy_options(cell.remedy),
-    })
-    return adapt(cfg, out=run_dir)
+    return adapt(cell_config(cell, root, options), out=run_dir)
 
 
 def mean_std(values: list[float]) -> str:
@@ -223,6 +229,11 @@ def main(argv: list[str] | None = None) -> str:
         **({"refresh_every": args.refresh_every} if args.refresh_every else {}),
     }
     todo = cells(tasks, methods, labels, args.seeds, remedies)
+    for cell in todo:  # an option no cell can run with stops the sweep before any cell runs
+        try:
+            cell_config(cell, root, options)
+        except InputError as exc:
+            raise SystemExit(f"uda.py: {exc}") from None
     results: dict[tuple, list[dict]] = {}
     started = time.perf_counter()
     for i, cell in enumerate(todo, 1):

@@ -179,6 +179,10 @@ def validate(cfg: AdaptConfig) -> None:
                          "add --eval-every N (e.g. a tenth of --iters)")
     if cfg.select == "target-acc" and not cfg.eval_dir:
         raise InputError("--select target-acc needs target labels", "pass --eval-dir LABELED_TARGET, or select by a validator")
+    if (cfg.balance_target or cfg.label_shift_weights) and cfg.refresh_every >= cfg.iters:
+        flag = "--balance-target" if cfg.balance_target else "--label-shift-weights"
+        raise InputError(f"{flag} acts from the first target estimate, at iteration --refresh-every {cfg.refresh_every}, "
+                         f"and the run has {cfg.iters} iterations", "lower --refresh-every")
     if cfg.balance_target and cfg.method == "source-only":
         raise InputError("--balance-target draws the target batches, and --method source-only trains on none",
                          "use an adversarial --method, or leave --balance-target out")

@@ -315,6 +315,18 @@ class BalancedDraws(Sampler):
         shuffles = {c: torch.Generator().manual_seed(base * 7 + 2 + 1_000 * c) for c in classes}
         order: dict[int, list[int]] = {c: [] for c in classes}
         draw, first = 0, self.start * self.world + self.rank
+        # Skip whole blocks of draws without making them: only how often each class was drawn
+        # matters (it says how far each class's shuffles have gone), so the skip costs C-level work.
+        taken = torch.zeros(len(classes), dtype=torch.long)
+        while draw + self.BLOCK <= first:
+            taken += torch.bincount(torch.randint(len(classes), (self.BLOCK,), generator=pick), minlength=len(classes))
+            draw += self.BLOCK
+        for c, k in zip(classes, taken.tolist()):
+            n = len(members[c])
+            for _ in range(k // n):
+                torch.randperm(n, generator=shuffles[c])
+            if k % n:
+                order[c] = [members[c][j] for j in torch.randperm(n, generator=shuffles[c]).tolist()[k % n:]][::-1]
         while True:
             for choice in torch.randint(len(classes), (self.BLOCK,), generator=pick).tolist():
                 c = classes[choice]

@@ -111,6 +111,14 @@ def all_min(d: Dist, values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def from_rank_0(d: Dist, values: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `values` (a CPU tensor of the same shape and dtype on every rank) on every rank."""
+    if d.enabled:
+        values = values.clone()
+        dist.broadcast(values, src=0, group=d.control)
+    return values
+
+
 def lr_factor(rule: str, world: int) -> float:
     """--lr-scaling: how the learning rate follows the effective batch (world x --batch-size)."""
     return {"none": 1.0, "linear": float(world), "sqrt": world ** 0.5}[rule]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from . import __version__
 from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_text_atomic
 from .config import AdaptConfig, build_config, to_yaml
-from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, lr_factor, setup, teardown
+from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, from_rank_0, lr_factor, setup, teardown
 from .data import (ImageSet, data_report, decode_all, eval_loader, eval_transform, sample_indices, scan_labeled,
                    scan_unlabeled, stratified_split, train_loader, train_sampler, train_transform)
 from .errors import InputError, Interrupted, RunError, reason
@@ -367,6 +367,8 @@ def _resume(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path, progre
             group["initial_lr"] = group["base_lr"] * t.lr_scale
         t.selected_weights = ckpt.get("selected_model") or None
         state = LoopState(**ckpt["loop"])
+        if state.pseudo_labels is not None and len(state.pseudo_labels) != len(t.target):
+            state.pseudo_labels = None  # of another target folder: --balance-target draws uniformly until the next estimate
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"{path} does not fit the run's own config ({reason(exc)})", "it is damaged; start the run again") from exc
     if not t.dist.main:
@@ -673,17 +675,22 @@ def _trained_prior(t: Training, state: LoopState) -> torch.Tensor:
 
 def _estimate_target(t: Training, state: LoopState, step: int, workers: int) -> None:
     """--balance-target, --label-shift-weights: pseudo-labels of every target training image and
-    the class prior they imply (EM), from the current model in eval mode. Every rank computes the
-    same from the same weights, so no rank waits for another's."""
-    was_training = t.model.training
-    t.model.eval()
-    try:
-        inputs = t.features["target"].values if t.features is not None else t.target
-        probs = _outputs(t.model, inputs, t, workers)[0].float().softmax(1)
-    finally:
-        t.model.train(was_training)
-    target_prior = em_prior(probs, _trained_prior(t, state))
-    state.pseudo_labels = probs.argmax(1)
+    the class prior they imply (EM), from the current model in eval mode. Rank 0 computes them
+    and sends them to the others: each rank's BatchNorm statistics are its own, so their
+    predictions would differ."""
+    pseudo_labels = torch.zeros(len(t.target), dtype=torch.long)
+    target_prior = torch.zeros(len(t.source.classes))
+    if t.dist.main:
+        was_training = t.model.training
+        t.model.eval()
+        try:
+            inputs = t.features["target"].values if t.features is not None else t.target
+            probs = _outputs(t.model, inputs, t, workers)[0].float().softmax(1)
+        finally:
+            t.model.train(was_training)
+        pseudo_labels, target_prior = probs.argmax(1), em_prior(probs, _trained_prior(t, state))
+    pseudo_labels, target_prior = from_rank_0(t.dist, pseudo_labels), from_rank_0(t.dist, target_prior)
+    state.pseudo_labels = pseudo_labels
     state.class_weights = [round(float(w), 6) for w in class_weights(target_prior, _drawn_prior(t))]
     counts = torch.bincount(state.pseudo_labels, minlength=len(t.source.classes))
     state.target_estimate = {"iter": step, "target_prior": [round(float(v), 4) for v in target_prior],

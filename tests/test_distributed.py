@@ -96,6 +96,31 @@ def on_rank_step(rank, step, action):
     )
 
 
+def test_every_rank_balances_the_target_by_rank_0s_estimate(domains, tmp_path):
+    """Each rank's BatchNorm statistics are its own: rank 0 estimates, the others receive it."""
+    source, target = domains
+    spy = (
+        "import os, json\n"
+        "if 'RANK' in os.environ:\n"
+        "    from golabels_cli import data\n"
+        "    real = data.BalancedDraws.__init__\n"
+        "    def spy(self, labels, seed, stream, start=0, rank=0, world=1):\n"
+        f"        with open(os.path.join({str(tmp_path)!r}, 'draws-' + os.environ['RANK']), 'a') as f:\n"
+        "            f.write(json.dumps([stream, start, rank, list(labels)]) + '\\n')\n"
+        "        real(self, labels, seed, stream, start, rank, world)\n"
+        "    data.BalancedDraws.__init__ = spy\n"
+    )
+    result = run_two([source, target, *TINY, "--iters", "8", "--refresh-every", "3", "--balance-target", "--label-shift-weights",
+                      "--out", tmp_path / "run", "--json"], cwd=tmp_path, env=python_hook(tmp_path, spy))
+    assert result.returncode == 0, result.stderr
+    draws = {r: read_jsonl(tmp_path / f"draws-{r}") for r in (0, 1)}
+    assert [(stream, start, rank) for stream, start, rank, _ in draws[0]] == [(1, 12, 0), (1, 24, 0)]
+    assert [(stream, start, rank) for stream, start, rank, _ in draws[1]] == [(1, 12, 1), (1, 24, 1)]
+    assert [labels for *_, labels in draws[0]] == [labels for *_, labels in draws[1]]
+    estimate = json.loads(result.stdout)["target_estimate"]
+    assert [draws[0][-1][3].count(c) for c in range(3)] == estimate["pseudo_label_counts"]
+
+
 def test_checkpoint_of_two_processes_resumes_in_one_and_exports(domains, tmp_path):
     source, target = domains
     run = tmp_path / "run"
