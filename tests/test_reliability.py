@@ -307,21 +307,9 @@ def test_hostile_folder_through_adapt_eval_and_predict(domains, tmp_path):
         assert stderr.count(f"/{name} ") == 1, (name, stderr)
 
 
-def test_resume_finishes_a_run_whose_final_writes_failed(domains, tmp_path):
-    source, target = domains
-    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "6")
-    weights = load_file(str(run / "model.safetensors"))
-    (run / "model.safetensors").unlink()
-    (run / "summary.json").unlink()
-    result = cli("adapt", "--resume", run, "--json")
-    assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["iters"] == 6
-    again = load_file(str(run / "model.safetensors"))
-    assert all(torch.equal(weights[k], again[k]) for k in weights)
-
-
-def test_resume_reads_a_checkpoint_from_before_base_lr(domains, tmp_path):
-    """Checkpoints written before the optimizer groups carried base_lr still resume."""
+@pytest.mark.parametrize("before_base_lr", [False, True])
+def test_resume_finishes_a_run_whose_final_writes_failed(domains, tmp_path, before_base_lr):
+    """... also from a checkpoint written before the optimizer groups carried base_lr."""
     from golabels_cli.checkpoint import load_checkpoint, torch_save_atomic
 
     source, target = domains
@@ -329,11 +317,14 @@ def test_resume_reads_a_checkpoint_from_before_base_lr(domains, tmp_path):
     weights = load_file(str(run / "model.safetensors"))
     (run / "model.safetensors").unlink()
     (run / "summary.json").unlink()
-    ckpt = load_checkpoint(run / "checkpoint.pt")
-    for group in ckpt["optimizer"]["param_groups"]:
-        del group["base_lr"]
-    torch_save_atomic(ckpt, run / "checkpoint.pt")
+    if before_base_lr:
+        ckpt = load_checkpoint(run / "checkpoint.pt")
+        for group in ckpt["optimizer"]["param_groups"]:
+            del group["base_lr"]
+        torch_save_atomic(ckpt, run / "checkpoint.pt")
     result = cli("adapt", "--resume", run, "--json")
     assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["iters"] == 6
     again = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
+
