@@ -249,6 +249,19 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
         overview.add_row("model.safetensors", f"iteration {sel['iter']} (--select {sel['by']})")
         if summary["target_acc"] is not None:
             overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
+    remedies = [f"--{k.replace('_', '-')}" for k in ("balance_source", "balance_target", "label_shift_weights") if cfg.get(k)]
+    if remedies:
+        overview.add_row("label-shift remedies", " ".join(remedies) + (f" (estimates every {cfg.get('refresh_every')} iterations)"
+                                                                       if len(remedies) > 1 or remedies[0] != "--balance-source" else ""))
+    estimate = (summary or {}).get("target_estimate")
+    if estimate:
+        classes = summary["classes"]
+        top = sorted(range(len(classes)), key=lambda i: -estimate["target_prior"][i])[:3]
+        overview.add_row("target estimate", f"iteration {estimate['iter']}: most frequent "
+                         + ", ".join(f"{classes[i]!r} {estimate['target_prior'][i]:.0%}" for i in top)
+                         + f"; pseudo-labels per class {min(estimate['pseudo_label_counts'])}–{max(estimate['pseudo_label_counts'])}")
+        if estimate.get("class_weights"):
+            overview.add_row("source class weights", f"{min(estimate['class_weights']):.2f}–{max(estimate['class_weights']):.2f}")
     stdout.print(overview)
 
     data = (summary or {}).get("data")

@@ -129,7 +129,7 @@ def test_adapt_with_balanced_source_sampling(domains, tmp_path):
 
     import yaml
 
-    from conftest import adapt_tiny
+    from conftest import adapt_tiny, cli
 
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "4", "--balance-source")
@@ -139,6 +139,11 @@ def test_adapt_with_balanced_source_sampling(domains, tmp_path):
     assert (frozen / "model.safetensors").is_file()
     summary = json.loads((frozen / "summary.json").read_text())
     assert summary["target_estimate"]["iter"] == 2 and sum(summary["target_estimate"]["pseudo_label_counts"]) == 24
+    report = cli("report", frozen, "--no-plots")
+    assert report.exit_code == 0, report.stderr
+    text = " ".join(report.stdout.replace("│", " ").split())  # wrapped table cells read as one line
+    assert "--balance-source --balance-target --label-shift-weights (estimates every 2 iterations)" in text
+    assert "target estimate" in text and "iteration 2: most frequent" in text and "source class weights" in text
 
 
 def test_class_weights_reweight_the_trained_prior_to_the_target_prior():
