@@ -22,6 +22,7 @@ source-only:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -93,15 +94,22 @@ def cell_config(cell: Cell, root: Path, options: dict):
 
 
 def run_cell(cell: Cell, root: Path, out: Path, options: dict) -> dict:
-    """The cell's summary: read if done, else continued from its checkpoint, else run."""
+    """The cell's summary: read if done, else continued from its checkpoint, else run.
+
+    Sweeps may run side by side into one OUT (say, one per method): a lock per cell makes a sweep
+    that reaches a cell another one is running wait for it and read its result, instead of
+    deleting its half-started folder and running it a second time."""
     run_dir = cell.run_dir(out)
-    if (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    if (run_dir / "checkpoint.pt").is_file():
-        return resume(run_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # stopped before its first checkpoint: this sweep's own folder, nothing to keep
-    return adapt(cell_config(cell, root, options), out=run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (run_dir / "summary.json").is_file():
+            return json.loads((run_dir / "summary.json").read_text())
+        if (run_dir / "checkpoint.pt").is_file():
+            return resume(run_dir)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # stopped before its first checkpoint: this sweep's own folder, nothing to keep
+        return adapt(cell_config(cell, root, options), out=run_dir)
 
 
 def mean_std(values: list[float]) -> str:

@@ -46,7 +46,22 @@ def test_uda_sweep_runs_resumes_and_tabulates(tmp_path):
     def without_wall(table):
         return [line.rsplit("|", 2)[0] for line in table.splitlines()]
 
-    assert without_wall(uda.main(args)) == without_wall(text)  # the same runs, the same accuracies
+    # A second sweep is running that cell: this one waits for it instead of deleting and redoing it.
+    import fcntl
+    import threading
+    import time
+
+    with open(victim.parents[1] / ".seed1.lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        (victim.parent / "checkpoint.pt").rename(victim.parent / "held.pt")  # as if the other sweep had just started it
+        waiting = threading.Thread(target=lambda: results.append(uda.main(args)))
+        results = []
+        waiting.start()
+        time.sleep(3)
+        assert waiting.is_alive() and (victim.parent / "held.pt").exists()  # untouched while the other holds it
+        (victim.parent / "held.pt").rename(victim.parent / "checkpoint.pt")
+    waiting.join(300)
+    assert without_wall(results[0]) == without_wall(text)  # the same runs, the same accuracies
     assert victim.exists()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != victim)
     assert without_wall((tmp_path / "sweep" / "results.md").read_text()) == without_wall(text)
