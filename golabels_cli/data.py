@@ -184,7 +184,8 @@ def data_report(source: ImageSet, target: ImageSet, held_out: list[int]) -> dict
     if ratio > IMBALANCE_WARNING:
         big, small = counts.index(max(counts)), counts.index(min(counts))
         warnings.append(f"source classes are imbalanced {ratio:.1f}:1 ({source.classes[big]!r} {counts[big]} images, "
-                        f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes")
+                        f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes; "
+                        "--balance-source counters it (docs/label-shift.md)")
     return {
         "source_images": len(source),
         "source_per_class": dict(zip(source.classes, counts)),

@@ -707,7 +707,7 @@ def _warn_on_label_shift(t: Training, state: LoopState, it: int, scores: dict[st
     order = sorted(range(len(t.source.classes)), key=lambda i: -scores["target_prior"][i])[:3]
     log.warning("the target's class distribution, estimated from the model's predictions, differs from the source's "
                 "(total variation %.2f; most frequent in the target: %s): adversarial alignment can then pull target images "
-                "onto the wrong classes — compare with --method source-only (docs/label-shift.md)",
+                "onto the wrong classes — try --balance-source and compare with --method source-only (docs/label-shift.md)",
                 scores["prior_shift"], ", ".join(f"{t.source.classes[i]!r} {scores['target_prior'][i]:.0%}" for i in order))
 
 
