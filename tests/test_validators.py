@@ -152,8 +152,8 @@ def spy_snapshots(monkeypatch, scripted=None):
     snapshots = {}
     real = train._validate
 
-    def spy(t, workers):
-        scores = real(t, workers)
+    def spy(t, state, workers):
+        scores = real(t, state, workers)
         it = len(snapshots)
         snapshots[it] = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
         if scripted is not None:
