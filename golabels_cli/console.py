@@ -251,8 +251,9 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
             overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
     remedies = [f"--{k.replace('_', '-')}" for k in ("balance_source", "balance_target", "label_shift_weights") if cfg.get(k)]
     if remedies:
+        estimated = cfg.get("balance_target") or cfg.get("label_shift_weights")
         overview.add_row("label-shift remedies", " ".join(remedies) + (f" (estimates every {cfg.get('refresh_every')} iterations)"
-                                                                       if len(remedies) > 1 or remedies[0] != "--balance-source" else ""))
+                                                                       if estimated else ""))
     estimate = (summary or {}).get("target_estimate")
     if estimate:
         classes = summary["classes"]
