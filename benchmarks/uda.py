@@ -4,7 +4,9 @@ Every cell is one `golabels adapt SRC TGT --eval-dir TGT` run (the target's labe
 evaluation only), kept in OUT/<src>-<tgt>/<method>[-<labels>]/seed<k>. A cell whose run has a
 summary.json is done and never run again; a half-done one continues from its checkpoint. The
 table (target top-1, mean ± std over seeds, the Go-labels gain per method, wall time) is printed
-and written to OUT/results.md.
+and written to OUT/results.md. The same command started twice (say, once per GPU with
+CUDA_VISIBLE_DEVICES) shares the cells: each sweep skips the cells the other is running and
+comes back to them at the end.
 
 --remedies adds, for every adversarial method, one row per remedy of issue 10 (adapt's boolean
 options, several joined by +), run with the last --domain-labels mode (go by default) and kept in
@@ -93,16 +95,20 @@ def cell_config(cell: Cell, root: Path, options: dict):
     })
 
 
-def run_cell(cell: Cell, root: Path, out: Path, options: dict) -> dict:
+def run_cell(cell: Cell, root: Path, out: Path, options: dict, wait: bool = True) -> dict | None:
     """The cell's summary: read if done, else continued from its checkpoint, else run.
 
-    Sweeps may run side by side into one OUT (say, one per method): a lock per cell makes a sweep
-    that reaches a cell another one is running wait for it and read its result, instead of
-    deleting its half-started folder and running it a second time."""
+    Sweeps may run side by side into one OUT (say, the same sweep once per GPU): a lock per cell
+    keeps a sweep from deleting a folder another one is writing and running the cell a second
+    time. A sweep that reaches a cell another one is running waits for it and reads its result,
+    or with wait=False gets None at once, to do other cells first."""
     run_dir = cell.run_dir(out)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(run_dir.parent / f".{run_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return None
         if (run_dir / "summary.json").is_file():
             return json.loads((run_dir / "summary.json").read_text())
         if (run_dir / "checkpoint.pt").is_file():
@@ -244,12 +250,18 @@ def main(argv: list[str] | None = None) -> str:
             raise SystemExit(f"uda.py: {exc}") from None
     results: dict[tuple, list[dict]] = {}
     started = time.perf_counter()
-    for i, cell in enumerate(todo, 1):
-        summary = run_cell(cell, root, out, options)
-        results.setdefault((cell.task, cell.method, cell.labels, cell.remedy), []).append(summary)
-        if not args.quiet:
-            print(f"[{i}/{len(todo)}] {cell.task} {cell.method} {cell.labels or ''} {cell.remedy} seed {cell.seed}: "
-                  f"target top-1 {100 * summary['target_acc']:.2f} % ({summary['seconds']:.0f} s)", flush=True)
+    busy = []  # cells another sweep is running: done last, so that side-by-side sweeps share the work
+    for wait, batch in ((False, todo), (True, busy)):
+        for cell in batch:
+            summary = run_cell(cell, root, out, options, wait=wait)
+            if summary is None:
+                busy.append(cell)
+                continue
+            results.setdefault((cell.task, cell.method, cell.labels, cell.remedy), []).append(summary)
+            if not args.quiet:
+                done = sum(map(len, results.values()))
+                print(f"[{done}/{len(todo)}] {cell.task} {cell.method} {cell.labels or ''} {cell.remedy} seed {cell.seed}: "
+                      f"target top-1 {100 * summary['target_acc']:.2f} % ({summary['seconds']:.0f} s)", flush=True)
     text = table(results, tasks, methods, labels, remedies)
     if args.eval_every:
         text += "\nValidators (oriented higher-is-better) against target accuracy over the evaluated snapshots:\n\n"

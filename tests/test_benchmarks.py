@@ -39,31 +39,38 @@ def test_uda_sweep_runs_resumes_and_tabulates(tmp_path):
             assert float(cells["go − fixed"]) == pytest.approx(go - mean, abs=0.011)
     summaries = sorted((tmp_path / "sweep").rglob("summary.json"))
     assert len(summaries) == 12  # 2 tasks x (source-only + dann x 2 modes) x 2 seeds
-    # Resume: a deleted result is redone and nothing else runs again.
+    # Resume: deleted results are redone and nothing else runs again.
     stamps = {p: p.stat().st_mtime_ns for p in summaries}
+    held = tmp_path / "sweep" / "source-target" / "dann-fixed" / "seed0" / "summary.json"
     victim = tmp_path / "sweep" / "target-source" / "dann-go" / "seed1" / "summary.json"
+    held.unlink()
     victim.unlink()
     def without_wall(table):
         return [line.rsplit("|", 2)[0] for line in table.splitlines()]
 
-    # A second sweep is running that cell: this one waits for it instead of deleting and redoing it.
+    # A second sweep is running the earlier cell: this one does the later cell first, then waits for
+    # the held one instead of deleting and redoing it.
     import fcntl
     import threading
     import time
 
-    with open(victim.parents[1] / ".seed1.lock", "w") as other:
+    with open(held.parents[1] / ".seed0.lock", "w") as other:
         fcntl.flock(other, fcntl.LOCK_EX)
-        (victim.parent / "checkpoint.pt").rename(victim.parent / "held.pt")  # as if the other sweep had just started it
+        (held.parent / "checkpoint.pt").rename(held.parent / "held.pt")  # as if the other sweep had just started it
         waiting = threading.Thread(target=lambda: results.append(uda.main(args)))
         results = []
         waiting.start()
-        time.sleep(3)
-        assert waiting.is_alive() and (victim.parent / "held.pt").exists()  # untouched while the other holds it
-        (victim.parent / "held.pt").rename(victim.parent / "checkpoint.pt")
+        deadline = time.monotonic() + 120
+        while not victim.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert victim.exists()  # the cell after the busy one was not kept waiting
+        time.sleep(1)
+        assert waiting.is_alive() and (held.parent / "held.pt").exists()  # untouched while the other holds it
+        (held.parent / "held.pt").rename(held.parent / "checkpoint.pt")
     waiting.join(300)
     assert without_wall(results[0]) == without_wall(text)  # the same runs, the same accuracies
-    assert victim.exists()
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != victim)
+    assert held.exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p not in (held, victim))
     assert without_wall((tmp_path / "sweep" / "results.md").read_text()) == without_wall(text)
 
 
