@@ -7,7 +7,8 @@ reaches the features; that is the price.
 
     cache:  CACHE/features/<model key>/<image key[:2]>/<image key>.npy    (float32 vector)
     model key  = sha256(backbone name, its weights, the eval data config, FORMAT)
-    image key  = sha256(real path, size, mtime)  — a changed file gets a new key and is recomputed
+    image key  = sha256(device, inode, size, mtime)  — a changed file gets a new key and is recomputed;
+                 links to one file (a moved folder, benchmarks/longtail.py's copies) share it
 
 CACHE is --cache-dir, else $GOLABELS_CACHE, else ~/.cache/golabels. Entries are written to a
 temporary file and renamed, so parallel runs share a cache safely; stale entries are never read
@@ -49,8 +50,8 @@ def model_key(backbone_name: str, backbone: nn.Module, data_config: dict) -> str
 
 
 def image_key(path: Path) -> str:
-    st = os.stat(path)
-    return hashlib.sha256(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape")).hexdigest()
+    st = os.stat(path)  # follows symlinks: the file's own identity, not the name it was reached by
+    return hashlib.sha256(f"{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
 
 
 @dataclass
