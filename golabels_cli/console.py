@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import GolabelsError, reason
+from .label_shift import remedy_flags
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False, soft_wrap=True)
@@ -249,7 +250,7 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
         overview.add_row("model.safetensors", f"iteration {sel['iter']} (--select {sel['by']})")
         if summary["target_acc"] is not None:
             overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
-    remedies = [f"--{k.replace('_', '-')}" for k in ("balance_source", "balance_target", "label_shift_weights") if cfg.get(k)]
+    remedies = remedy_flags(cfg)
     if remedies:
         estimated = cfg.get("balance_target") or cfg.get("label_shift_weights")
         overview.add_row("label-shift remedies", " ".join(remedies) + (f" (estimates every {cfg.get('refresh_every')} iterations)"

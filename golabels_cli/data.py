@@ -25,6 +25,7 @@ from torchvision import transforms
 
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
+from .label_shift import remedy_hint
 
 log = logging.getLogger("golabels")
 
@@ -166,7 +167,7 @@ def _size_spread(sizes: list[tuple[int, int]] | None) -> dict[str, list[int]] | 
     return {"width": [widths[0], widths[len(widths) // 2], widths[-1]], "height": [heights[0], heights[len(heights) // 2], heights[-1]]}
 
 
-def data_report(source: ImageSet, target: ImageSet, held_out: list[int]) -> dict:
+def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: str = remedy_hint([])) -> dict:
     """What the source and target folders hold, and what looks wrong with them (`warnings`).
     Sizes are [smallest, median, largest]; the imbalance ratio is largest / smallest class."""
     counts = [0] * len(source.classes)
@@ -184,8 +185,7 @@ def data_report(source: ImageSet, target: ImageSet, held_out: list[int]) -> dict
     if ratio > IMBALANCE_WARNING:
         big, small = counts.index(max(counts)), counts.index(min(counts))
         warnings.append(f"source classes are imbalanced {ratio:.1f}:1 ({source.classes[big]!r} {counts[big]} images, "
-                        f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes; "
-                        "--balance-source counters it (docs/label-shift.md)")
+                        f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes; {hint}")
     return {
         "source_images": len(source),
         "source_per_class": dict(zip(source.classes, counts)),

@@ -42,7 +42,7 @@ from .data import (ImageSet, data_report, decode_all, eval_loader, eval_transfor
 from .errors import InputError, Interrupted, RunError, reason
 from .evaluate import labeled_for_model, predict_outputs, score
 from .features import Features, backbone_features, model_key
-from .label_shift import SHIFT_WARNING, class_weights, em_prior, total_variation
+from .label_shift import SHIFT_WARNING, class_weights, em_prior, remedy_flags, remedy_hint, total_variation
 from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
@@ -219,7 +219,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
     target = scan_unlabeled(cfg.target, "target")
     eval_set = labeled_for_model(cfg.eval_dir, scanned.classes, "eval") if cfg.eval_dir else None
     train_idx, val_idx = stratified_split(scanned.labels, cfg.val_split, cfg.seed)
-    report = data_report(scanned, target, val_idx)
+    report = data_report(scanned, target, val_idx, remedy_hint(remedy_flags(cfg)))
     for warning in report["warnings"]:
         log.warning(warning)
     source = scanned.subset(train_idx, keep_skipped=True)
@@ -707,8 +707,9 @@ def _warn_on_label_shift(t: Training, state: LoopState, it: int, scores: dict[st
     order = sorted(range(len(t.source.classes)), key=lambda i: -scores["target_prior"][i])[:3]
     log.warning("the target's class distribution, estimated from the model's predictions, differs from the source's "
                 "(total variation %.2f; most frequent in the target: %s): adversarial alignment can then pull target images "
-                "onto the wrong classes — try --balance-source and compare with --method source-only (docs/label-shift.md)",
-                scores["prior_shift"], ", ".join(f"{t.source.classes[i]!r} {scores['target_prior'][i]:.0%}" for i in order))
+                "onto the wrong classes — %s",
+                scores["prior_shift"], ", ".join(f"{t.source.classes[i]!r} {scores['target_prior'][i]:.0%}" for i in order),
+                remedy_hint(remedy_flags(t.cfg)))
 
 
 def _keep_if_selected(t: Training, state: LoopState, it: int, scores: dict[str, Any]) -> None:

@@ -94,6 +94,7 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
         logging.getLogger("golabels").propagate = False
     warnings = [r.getMessage() for r in caplog.records if "class distribution" in r.getMessage()]
     assert len(warnings) == 1 and "total variation 0.40" in warnings[0] and "'c' 70%" in warnings[0]
+    assert "try --balance-source and compare with --method source-only" in warnings[0]
 
 
 def test_balanced_source_draws_every_class_equally_often():
