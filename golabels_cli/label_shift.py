@@ -22,6 +22,11 @@ import torch
 SHIFT_WARNING = 0.25  # total variation above which the run warns about label shift
 REMEDIES = ("balance_source", "balance_target", "label_shift_weights")  # adapt's options of docs/label-shift.md
 
+# A class that is rare in the source but estimated frequent in the target would otherwise let a
+# handful of its images dominate every batch they appear in; one estimated absent would stop being
+# learned at all, and a young model, whose predictions collapse onto a few classes, estimates many so.
+MAX_CLASS_WEIGHT = 10.0
+
 
 def remedy_flags(options) -> list[str]:
     """The remedies a run's options (a config dict or AdaptConfig) turn on, as command-line flags."""
@@ -35,10 +40,6 @@ def remedy_hint(flags: list[str]) -> str:
     if not flags:
         return "try --balance-source and compare with --method source-only (docs/label-shift.md)"
     return f"this run uses {' '.join(flags)}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
-# A class that is rare in the source but estimated frequent in the target would otherwise let a
-# handful of its images dominate every batch they appear in; one estimated absent would stop being
-# learned at all, and a young model, whose predictions collapse onto a few classes, estimates many so.
-MAX_CLASS_WEIGHT = 10.0
 
 
 def em_prior(probs: torch.Tensor, source_prior: torch.Tensor, iters: int = 200, tol: float = 1e-7) -> torch.Tensor:
