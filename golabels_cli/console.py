@@ -18,10 +18,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import GolabelsError, reason
-from .label_shift import remedy_flags
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False, soft_wrap=True)
+
+
+# adapt's label-shift remedies (docs/label-shift.md); here, not in label_shift.py, because predict imports this module without torch
+REMEDIES = ("balance_source", "balance_target", "label_shift_weights")
+
+
+def remedy_flags(options) -> list[str]:
+    """The remedies a run's options (a config dict or AdaptConfig) turn on, as command-line flags."""
+    get = options.get if isinstance(options, dict) else lambda k: getattr(options, k, False)
+    return [f"--{k.replace('_', '-')}" for k in REMEDIES if get(k)]
+
+
+def remedy_hint(flags: list[str]) -> str:
+    """The end of an imbalance or label-shift warning: what to try, or what to check when the run
+    already uses a remedy (none is safe on every task: docs/label-shift.md)."""
+    if not flags:
+        return "try --balance-source and compare with --method source-only (docs/label-shift.md)"
+    return f"this run uses {' '.join(flags)}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
 
 
 def setup_logging(quiet: bool = False, debug: bool = False) -> None:

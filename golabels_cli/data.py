@@ -23,9 +23,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
+from .console import remedy_hint
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
-from .label_shift import remedy_hint
 
 log = logging.getLogger("golabels")
 

@@ -20,26 +20,10 @@ from __future__ import annotations
 import torch
 
 SHIFT_WARNING = 0.25  # total variation above which the run warns about label shift
-REMEDIES = ("balance_source", "balance_target", "label_shift_weights")  # adapt's options of docs/label-shift.md
-
 # A class that is rare in the source but estimated frequent in the target would otherwise let a
 # handful of its images dominate every batch they appear in; one estimated absent would stop being
 # learned at all, and a young model, whose predictions collapse onto a few classes, estimates many so.
 MAX_CLASS_WEIGHT = 10.0
-
-
-def remedy_flags(options) -> list[str]:
-    """The remedies a run's options (a config dict or AdaptConfig) turn on, as command-line flags."""
-    get = options.get if isinstance(options, dict) else lambda k: getattr(options, k, False)
-    return [f"--{k.replace('_', '-')}" for k in REMEDIES if get(k)]
-
-
-def remedy_hint(flags: list[str]) -> str:
-    """The end of an imbalance or label-shift warning: what to try, or what to check when the run
-    already uses a remedy (none is safe on every task: docs/label-shift.md)."""
-    if not flags:
-        return "try --balance-source and compare with --method source-only (docs/label-shift.md)"
-    return f"this run uses {' '.join(flags)}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
 
 
 def em_prior(probs: torch.Tensor, source_prior: torch.Tensor, iters: int = 200, tol: float = 1e-7) -> torch.Tensor:

@@ -39,10 +39,11 @@ from .config import AdaptConfig, build_config, to_yaml
 from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, from_rank_0, lr_factor, setup, teardown
 from .data import (ImageSet, data_report, decode_all, eval_loader, eval_transform, sample_indices, scan_labeled,
                    scan_unlabeled, stratified_split, train_loader, train_sampler, train_transform)
+from .console import remedy_flags, remedy_hint
 from .errors import InputError, Interrupted, RunError, reason
 from .evaluate import labeled_for_model, predict_outputs, score
 from .features import Features, backbone_features, model_key
-from .label_shift import SHIFT_WARNING, class_weights, em_prior, remedy_flags, remedy_hint, total_variation
+from .label_shift import SHIFT_WARNING, class_weights, em_prior, total_variation
 from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
