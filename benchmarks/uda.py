@@ -80,8 +80,10 @@ REMEDIES = tuple(k.replace("_", "-") for k in console.REMEDIES)  # adapt's optio
 
 
 def remedy_options(remedy: str) -> dict:
-    """{"balance_source": True, ...} of a remedy such as "balance-source+label-shift-weights"."""
-    options = {}
+    """{"balance_source": True, "balance_target": False, ...} of a remedy such as
+    "balance-source+label-shift-weights": every remedy given, on or off, so that a row without one
+    runs without one whatever adapt's defaults are."""
+    options = {flag.replace("-", "_"): False for flag in REMEDIES}
     for flag in filter(None, remedy.split("+")):
         if flag not in REMEDIES:
             raise SystemExit(f"uda.py: unknown remedy {flag!r}: a remedy is one of {', '.join(REMEDIES)}, several joined by +")

@@ -35,9 +35,10 @@ def remedy_flags(options) -> list[str]:
 
 def remedy_hint(flags: list[str]) -> str:
     """The end of an imbalance or label-shift warning: what to try, or what to check when the run
-    already uses a remedy (none is safe on every task: docs/label-shift.md)."""
+    already uses a remedy (measured safe on the recorded tasks, not on every folder: docs/label-shift.md)."""
     if not flags:
-        return "try --balance-source and compare with --method source-only (docs/label-shift.md)"
+        return ("try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above 10:1) "
+                "and compare with --method source-only on labeled target images (docs/label-shift.md)")
     return f"this run uses {' '.join(flags)}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
 
 

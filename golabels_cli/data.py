@@ -167,16 +167,27 @@ def _size_spread(sizes: list[tuple[int, int]] | None) -> dict[str, list[int]] | 
     return {"width": [widths[0], widths[len(widths) // 2], widths[-1]], "height": [heights[0], heights[len(heights) // 2], heights[-1]]}
 
 
+def class_counts(images: ImageSet) -> list[int]:
+    counts = [0] * len(images.classes)
+    for label in images.labels:
+        counts[label] += 1
+    return counts
+
+
+def imbalance_ratio(images: ImageSet) -> float:
+    """Images in the largest class over images in the smallest."""
+    counts = class_counts(images)
+    return max(counts) / max(1, min(counts))
+
+
 def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: str = remedy_hint([])) -> dict:
     """What the source and target folders hold, and what looks wrong with them (`warnings`).
     Sizes are [smallest, median, largest]; the imbalance ratio is largest / smallest class."""
-    counts = [0] * len(source.classes)
-    for label in source.labels:
-        counts[label] += 1
+    counts = class_counts(source)
     held = [0] * len(source.classes)
     for i in held_out:
         held[source.labels[i]] += 1
-    ratio = max(counts) / max(1, min(counts))
+    ratio = imbalance_ratio(source)
     warnings = []
     few = [f"{name!r} ({n})" for name, n in zip(source.classes, counts) if n < FEW_IMAGES]
     if few:

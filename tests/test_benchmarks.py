@@ -95,6 +95,8 @@ def test_uda_sweep_with_remedies(tmp_path):
     run = tmp_path / "sweep" / "source-target" / "dann-go+balance-target+label-shift-weights" / "seed0"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["balance-target"] and config["label-shift-weights"] and not config["balance-source"] and config["refresh-every"] == 2
+    plain = yaml.safe_load((run.parent.parent / "dann-go" / "seed0" / "config.yaml").read_text())
+    assert not any(plain[k] for k in ("balance-source", "balance-target", "label-shift-weights"))  # whatever adapt's defaults
     with pytest.raises(SystemExit, match="unknown remedy 'balance-everything'"):
         uda.main([*args[:args.index("--remedies") + 1], "balance-everything", *args[args.index("--remedies") + 2:]])
 

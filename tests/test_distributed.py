@@ -110,8 +110,8 @@ def test_every_rank_balances_the_target_by_rank_0s_estimate(domains, tmp_path):
         "        real(self, labels, seed, stream, start, rank, world)\n"
         "    data.BalancedDraws.__init__ = spy\n"
     )
-    result = run_two([source, target, *TINY, "--iters", "8", "--refresh-every", "3", "--balance-target", "--label-shift-weights",
-                      "--out", tmp_path / "run", "--json"], cwd=tmp_path, env=python_hook(tmp_path, spy))
+    result = run_two([source, target, *TINY, "--iters", "8", "--refresh-every", "3", "--no-balance-source", "--balance-target",
+                      "--label-shift-weights", "--out", tmp_path / "run", "--json"], cwd=tmp_path, env=python_hook(tmp_path, spy))
     assert result.returncode == 0, result.stderr
     draws = {r: read_jsonl(tmp_path / f"draws-{r}") for r in (0, 1)}
     assert [(stream, start, rank) for stream, start, rank, _ in draws[0]] == [(1, 12, 0), (1, 24, 0)]

@@ -94,7 +94,7 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
         logging.getLogger("golabels").propagate = False
     warnings = [r.getMessage() for r in caplog.records if "class distribution" in r.getMessage()]
     assert len(warnings) == 1 and "total variation 0.40" in warnings[0] and "'c' 70%" in warnings[0]
-    assert "try --balance-source and compare with --method source-only" in warnings[0]
+    assert "try --balance-source --balance-target" in warnings[0] and "compare with --method source-only" in warnings[0]
 
 
 def test_balanced_source_draws_every_class_equally_often():
@@ -147,6 +147,39 @@ def test_adapt_with_balanced_source_sampling(domains, tmp_path):
     assert "target estimate" in text and "iteration 2: most frequent" in text and "source class weights" in text
 
 
+def test_an_imbalanced_source_turns_the_balancing_on_for_adversarial_methods(tmp_path):
+    from golabels_cli.config import build_config, load_yaml, resolve_balancing
+
+    def balanced(imbalanced, values=None, **kw):
+        cfg = build_config(values or {"source": "s", "target": "t", "iters": 1000, **kw})
+        resolve_balancing(cfg, imbalanced)
+        return cfg.balance_source, cfg.balance_target
+
+    assert balanced(True) == (True, True)  # cdan-e, the default method
+    assert balanced(True, method="dann") == (True, True)
+    assert balanced(False) == (False, False)  # a balanced source: trained as it is
+    assert balanced(True, method="source-only") == (False, False)  # the baseline keeps the source's frequencies
+    assert balanced(True, iters=100) == (True, False)  # never reaches its first target estimate: drawn as it is
+    assert balanced(True, balance_source=False) == (False, True)
+    assert balanced(False, balance_source=True, balance_target=True) == (True, True)
+    assert balanced(True, method="source-only", balance_source=True) == (True, False)
+    (tmp_path / "c.yaml").write_text("source: s\ntarget: t\nbalance-target: false\n")
+    assert balanced(True, load_yaml(tmp_path / "c.yaml")) == (True, False)
+
+
+def test_the_balancing_decided_is_written_out_and_can_be_forced(domains, tmp_path):
+    import yaml
+
+    from conftest import adapt_tiny
+
+    source, target = domains  # balanced
+    config = lambda run: yaml.safe_load((run / "config.yaml").read_text())
+    plain = config(adapt_tiny(source, target, tmp_path / "plain", "--iters", "4", "--refresh-every", "2"))
+    assert plain["balance-source"] is False and plain["balance-target"] is False  # resolved, so a replay or resume does the same
+    forced = config(adapt_tiny(source, target, tmp_path / "forced", "--iters", "4", "--refresh-every", "2", "--balance-source", "--balance-target"))
+    assert forced["balance-source"] is True and forced["balance-target"] is True
+
+
 def test_class_weights_reweight_the_trained_prior_to_the_target_prior():
     from golabels_cli.label_shift import class_weights
 
@@ -161,7 +194,7 @@ def test_class_weights_reweight_the_trained_prior_to_the_target_prior():
     assert torch.allclose(class_weights(p, p), torch.ones(3))
 
 
-SHIFT_RUN = ["--iters", "12", "--refresh-every", "4", "--balance-target", "--label-shift-weights", "--save-every", "4"]
+SHIFT_RUN = ["--iters", "12", "--refresh-every", "4", "--no-balance-source", "--balance-target", "--label-shift-weights", "--save-every", "4"]
 
 
 def test_target_estimates_refresh_the_target_sampler_and_source_weights(domains, tmp_path, monkeypatch):

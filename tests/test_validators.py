@@ -135,19 +135,24 @@ def test_data_report_warns_about_small_and_imbalanced_classes(tmp_path):
     assert report["target_sizes"] == {"width": [64, 64, 64], "height": [64, 64, 64]}
     assert len(report["warnings"]) == 2
     assert "'tiny' (3)" in report["warnings"][0] and "20.0:1" in report["warnings"][1]
-    assert "try --balance-source" in report["warnings"][1]
+    assert "try --balance-source --balance-target" in report["warnings"][1]
     # the same report starts an adapt run, warnings on stderr, and lands in summary.json
     result = cli("adapt", tmp_path / "src", tmp_path / "tgt", *TINY, "--iters", "2", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.stderr
     assert "fewer than 5 images" in result.stderr and "imbalanced 20.0:1" in result.stderr
     assert "source: 75 images in 3 classes" in result.stderr and "7 held out for validation" in result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["data"]["warnings"] == report["warnings"] and summary["images"]["source_val"] == 7
-    # a run that already balances the source is told to check the result instead
-    balanced = cli("adapt", tmp_path / "src", tmp_path / "tgt", *TINY, "--iters", "2", "--balance-source", "--out", tmp_path / "balanced")
-    assert balanced.exit_code == 0, balanced.stderr
-    assert "this run uses --balance-source: compare it with --method source-only" in balanced.stderr
-    assert "try --balance-source" not in balanced.stderr
+    assert summary["data"]["warnings"][0] == report["warnings"][0] and "this run uses" in summary["data"]["warnings"][1] and summary["images"]["source_val"] == 7
+    # imbalanced above 10:1, the run balances the source by default (too short to balance the target) and is told to check the result
+    assert "this run uses --balance-source: compare it with --method source-only" in result.stderr
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["balance-source"] is True and config["balance-target"] is False
+    assert "try --balance-source" not in result.stderr
+    plain = cli("adapt", tmp_path / "src", tmp_path / "tgt", *TINY, "--iters", "2", "--no-balance-source", "--out", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.stderr
+    assert "try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above 10:1)" in plain.stderr
 
 
 # ---- validators in a run, and --select ------------------------------------------------------------
