@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import TINY, adapt_tiny, cli, cli_subprocess, read_jsonl
@@ -145,8 +146,6 @@ def test_data_report_warns_about_small_and_imbalanced_classes(tmp_path):
     assert summary["data"]["warnings"][0] == report["warnings"][0] and "this run uses" in summary["data"]["warnings"][1] and summary["images"]["source_val"] == 7
     # imbalanced above 10:1, the run balances the source by default (too short to balance the target) and is told to check the result
     assert "this run uses --balance-source: compare it with --method source-only" in result.stderr
-    import yaml
-
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["balance-source"] is True and config["balance-target"] is False
     assert "try --balance-source" not in result.stderr
