@@ -174,9 +174,8 @@ def class_counts(images: ImageSet) -> list[int]:
     return counts
 
 
-def imbalance_ratio(images: ImageSet) -> float:
-    """Images in the largest class over images in the smallest."""
-    counts = class_counts(images)
+def imbalance_ratio(counts: list[int]) -> float:
+    """Images in the largest class over images in the smallest, from class_counts()."""
     return max(counts) / max(1, min(counts))
 
 
@@ -187,7 +186,7 @@ def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: s
     held = [0] * len(source.classes)
     for i in held_out:
         held[source.labels[i]] += 1
-    ratio = imbalance_ratio(source)
+    ratio = imbalance_ratio(counts)
     warnings = []
     few = [f"{name!r} ({n})" for name, n in zip(source.classes, counts) if n < FEW_IMAGES]
     if few:

@@ -37,8 +37,8 @@ from . import __version__
 from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_text_atomic
 from .config import AdaptConfig, build_config, resolve_balancing, to_yaml
 from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, from_rank_0, lr_factor, setup, teardown
-from .data import (IMBALANCE_WARNING, ImageSet, data_report, decode_all, eval_loader, eval_transform, imbalance_ratio, sample_indices,
-                   scan_labeled, scan_unlabeled, stratified_split, train_loader, train_sampler, train_transform)
+from .data import (IMBALANCE_WARNING, ImageSet, class_counts, data_report, decode_all, eval_loader, eval_transform, imbalance_ratio,
+                   sample_indices, scan_labeled, scan_unlabeled, stratified_split, train_loader, train_sampler, train_transform)
 from .console import remedy_flags, remedy_hint
 from .errors import InputError, Interrupted, RunError, reason
 from .evaluate import labeled_for_model, predict_outputs, score
@@ -220,7 +220,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
     target = scan_unlabeled(cfg.target, "target")
     eval_set = labeled_for_model(cfg.eval_dir, scanned.classes, "eval") if cfg.eval_dir else None
     train_idx, val_idx = stratified_split(scanned.labels, cfg.val_split, cfg.seed)
-    resolve_balancing(cfg, imbalance_ratio(scanned) > IMBALANCE_WARNING)
+    resolve_balancing(cfg, imbalance_ratio(class_counts(scanned)) > IMBALANCE_WARNING)
     report = data_report(scanned, target, val_idx, remedy_hint(remedy_flags(cfg)))
     for warning in report["warnings"]:
         log.warning(warning)
