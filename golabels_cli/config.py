@@ -133,7 +133,7 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
     return cfg
 
 
-def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> None:
+def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
     """--balance-source and --balance-target left unset: on for an adversarial method when the
     data report finds the source imbalanced (largest / smallest class above 10).
 
@@ -141,12 +141,18 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> None:
     on mildly imbalanced folders they cost up to 1.6 points (USPS -> MNIST). source-only keeps the
     source's own frequencies: it is the baseline an adapted run is compared with. A run too short
     to reach its first target estimate (at --refresh-every) draws the target as it is, where
-    asking for --balance-target explicitly is refused."""
+    asking for --balance-target explicitly is refused. Returns the flags it turned on."""
     on = imbalanced and cfg.method != "source-only"
+    chosen = []
     if cfg.balance_source is None:
         cfg.balance_source = on
+        if on:
+            chosen.append("--balance-source")
     if cfg.balance_target is None:
         cfg.balance_target = on and cfg.refresh_every < cfg.iters
+        if cfg.balance_target:
+            chosen.append("--balance-target")
+    return chosen
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

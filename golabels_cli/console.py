@@ -27,19 +27,30 @@ stdout = Console(highlight=False, soft_wrap=True)
 REMEDIES = ("balance_source", "balance_target", "label_shift_weights")
 
 
+# A source whose largest class holds more than this many times the images of its smallest is
+# warned about, and balanced by default for an adversarial method (config.resolve_balancing).
+# Here rather than in data.py, which imports torch, so that this module's text can name it.
+IMBALANCE_WARNING = 10.0
+
+
 def remedy_flags(options) -> list[str]:
     """The remedies a run's options (a config dict or AdaptConfig) turn on, as command-line flags."""
     get = options.get if isinstance(options, dict) else lambda k: getattr(options, k, False)
     return [f"--{k.replace('_', '-')}" for k in REMEDIES if get(k)]
 
 
-def remedy_hint(flags: list[str]) -> str:
+def remedy_hint(flags: list[str], by_default: list[str] = ()) -> str:
     """The end of an imbalance or label-shift warning: what to try, or what to check when the run
-    already uses a remedy (measured safe on the recorded tasks, not on every folder: docs/label-shift.md)."""
+    already uses a remedy (measured safe on the recorded tasks, not on every folder: docs/label-shift.md).
+    `by_default`: the flags among them that the run did not ask for (config.resolve_balancing)."""
     if not flags:
-        return ("try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above 10:1) "
-                "and compare with --method source-only on labeled target images (docs/label-shift.md)")
-    return f"this run uses {' '.join(flags)}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
+        return (f"try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above "
+                f"{IMBALANCE_WARNING:g}:1) and compare with --method source-only on labeled target images (docs/label-shift.md)")
+    chosen = ""
+    if by_default:
+        chosen = (f" ({' '.join(by_default)} by default on a source imbalanced above {IMBALANCE_WARNING:g}:1; "
+                  f"{' '.join('--no-' + f[2:] for f in by_default)} to train without)")
+    return f"this run uses {' '.join(flags)}{chosen}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
 
 
 def setup_logging(quiet: bool = False, debug: bool = False) -> None:

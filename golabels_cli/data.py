@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-from .console import remedy_hint
+from .console import IMBALANCE_WARNING, remedy_hint
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
 
@@ -157,7 +157,6 @@ def sample_indices(n: int, k: int, seed: int, stream: int) -> list[int]:
 # ---- the start-of-run data report ---------------------------------------------------------------
 
 FEW_IMAGES = 5  # a class with fewer source images is warned about
-IMBALANCE_WARNING = 10.0  # so is a largest / smallest class ratio above this
 
 
 def _size_spread(sizes: list[tuple[int, int]] | None) -> dict[str, list[int]] | None:

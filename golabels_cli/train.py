@@ -220,8 +220,8 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
     target = scan_unlabeled(cfg.target, "target")
     eval_set = labeled_for_model(cfg.eval_dir, scanned.classes, "eval") if cfg.eval_dir else None
     train_idx, val_idx = stratified_split(scanned.labels, cfg.val_split, cfg.seed)
-    resolve_balancing(cfg, imbalance_ratio(class_counts(scanned)) > IMBALANCE_WARNING)
-    report = data_report(scanned, target, val_idx, remedy_hint(remedy_flags(cfg)))
+    by_default = resolve_balancing(cfg, imbalance_ratio(class_counts(scanned)) > IMBALANCE_WARNING)
+    report = data_report(scanned, target, val_idx, remedy_hint(remedy_flags(cfg), by_default))
     for warning in report["warnings"]:
         log.warning(warning)
     source = scanned.subset(train_idx, keep_skipped=True)

@@ -163,6 +163,14 @@ def test_an_imbalanced_source_turns_the_balancing_on_for_adversarial_methods(tmp
     assert balanced(True, balance_source=False) == (False, True)
     assert balanced(False, balance_source=True, balance_target=True) == (True, True)
     assert balanced(True, method="source-only", balance_source=True) == (True, False)
+    # what it decided is returned, for the report to say which options the user did not ask for
+    cfg = build_config({"source": "s", "target": "t", "balance_source": True})
+    assert resolve_balancing(cfg, True) == ["--balance-target"]
+    assert resolve_balancing(build_config({"source": "s", "target": "t"}), False) == []
+    from golabels_cli.console import remedy_hint
+    assert remedy_hint(["--balance-source"]).startswith("this run uses --balance-source: compare")
+    assert "--balance-target by default on a source imbalanced above 10:1; --no-balance-target to train without" in remedy_hint(
+        ["--balance-source", "--balance-target"], ["--balance-target"])
     (tmp_path / "c.yaml").write_text("source: s\ntarget: t\nbalance-target: false\n")
     assert balanced(True, load_yaml(tmp_path / "c.yaml")) == (True, False)
 
