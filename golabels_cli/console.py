@@ -46,10 +46,11 @@ def remedy_hint(flags: list[str], by_default: list[str] = ()) -> str:
     if not flags:
         return (f"try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above "
                 f"{IMBALANCE_WARNING:g}:1) and compare with --method source-only on labeled target images (docs/label-shift.md)")
-    chosen = ""
-    if by_default:
-        chosen = (f" ({' '.join(by_default)} by default on a source imbalanced above {IMBALANCE_WARNING:g}:1; "
-                  f"{' '.join('--no-' + f[2:] for f in by_default)} to train without)")
+    chosen, off = "", " ".join("--no-" + f[2:] for f in by_default)
+    if by_default and list(by_default) == list(flags):
+        chosen = f", the default on a source imbalanced above {IMBALANCE_WARNING:g}:1 ({off} to train without)"
+    elif by_default:
+        chosen = f" ({' '.join(by_default)} by default on a source imbalanced above {IMBALANCE_WARNING:g}:1; {off} to train without)"
     return f"this run uses {' '.join(flags)}{chosen}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
 
 

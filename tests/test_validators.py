@@ -145,8 +145,8 @@ def test_data_report_warns_about_small_and_imbalanced_classes(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["data"]["warnings"][0] == report["warnings"][0] and "this run uses" in summary["data"]["warnings"][1] and summary["images"]["source_val"] == 7
     # imbalanced above 10:1, the run balances the source by default (too short to balance the target), says so, and is told to check the result
-    assert ("this run uses --balance-source (--balance-source by default on a source imbalanced above 10:1; "
-            "--no-balance-source to train without): compare it with --method source-only") in " ".join(result.stderr.split())
+    assert ("this run uses --balance-source, the default on a source imbalanced above 10:1 "
+            "(--no-balance-source to train without): compare it with --method source-only") in " ".join(result.stderr.split())
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["balance-source"] is True and config["balance-target"] is False
     assert "try --balance-source" not in result.stderr
