@@ -7,12 +7,15 @@ Seeing the shift is the first step (issue 10).
     em_prior     Saerens, Latinne & Decaestecker (2002): re-weight the classifier's posteriors by
                  q(y) / p_s(y) and re-estimate q(y) as their mean, until it settles.
     bbse_prior   black-box shift estimation (Lipton, Wang & Smola, 2018): solve C w = mu, with C the
-                 joint distribution of (prediction, label) on held-out source images and mu the
-                 distribution of predictions on the target; q(y) = w(y) p_s(y).
+                 joint distribution of (prediction, label) on labeled source images and mu the
+                 distribution of predictions on the target; q(y) = w(y) p_s(y). Predictions may be
+                 soft (probabilities), as in IWDAN. It needs no calibrated posteriors: a classifier
+                 biased toward a class is biased the same way on both domains, and C cancels it.
     total_variation(q, p) = 1/2 sum_y |q(y) - p(y)|, 0 (same) to 1 (disjoint).
     class_weights  w(y) = q(y) / p(y) for --label-shift-weights (importance weighting of source
                  samples as in IWDAN, Tachet des Combes et al., NeurIPS 2020), clipped to
                  [1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT] and scaled so that sum_y p(y) w(y) = 1.
+    moving_average IWDAN's smoothing of successive estimates, new = m * old + (1 - m) * estimate.
 """
 
 from __future__ import annotations
@@ -42,17 +45,22 @@ def em_prior(probs: torch.Tensor, source_prior: torch.Tensor, iters: int = 200, 
     return q.float()
 
 
-def bbse_prior(val_predictions: torch.Tensor, val_labels: torch.Tensor, target_predictions: torch.Tensor,
-               source_prior: torch.Tensor) -> torch.Tensor:
-    """Label-shift estimate from hard predictions: held-out source (predictions, labels) and target predictions."""
-    c = len(source_prior)
-    joint = torch.zeros(c, c, dtype=torch.float64)
-    joint.index_put_((val_predictions.long(), val_labels.long()), torch.ones(len(val_labels), dtype=torch.float64), accumulate=True)
-    joint /= max(len(val_labels), 1)
-    mu = torch.bincount(target_predictions.long(), minlength=c).double() / max(len(target_predictions), 1)
+def bbse_prior(source_probs: torch.Tensor, source_labels: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Label-shift estimate from labeled source images' predictions (N x C probabilities, or one-hot
+    for hard predictions) and the target's: least squares C w = mu, negative ratios clipped to 0."""
+    c = source_probs.shape[1]
+    labels = torch.nn.functional.one_hot(source_labels.long(), c).double()
+    joint = source_probs.double().T @ labels / max(len(source_labels), 1)  # C[i, j] = P(prediction i, label j)
+    mu = target_probs.double().mean(0)
     w = torch.linalg.lstsq(joint, mu.unsqueeze(1)).solution.squeeze(1).clamp_min(0)
-    q = w * source_prior.double()
+    q = w * labels.mean(0)
     return (q / q.sum().clamp_min(1e-12)).float()
+
+
+def moving_average(previous: torch.Tensor, estimate: torch.Tensor, momentum: float = 0.5) -> torch.Tensor:
+    """IWDAN's smoothing (momentum 0.5 there): one estimate from a young, changing model moves the
+    weights half way, so a bad one cannot steer training on its own."""
+    return momentum * previous.float() + (1 - momentum) * estimate.float()
 
 
 def total_variation(q: torch.Tensor, p: torch.Tensor) -> float:

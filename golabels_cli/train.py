@@ -43,7 +43,7 @@ from .console import remedy_flags, remedy_hint
 from .errors import InputError, Interrupted, RunError, reason
 from .evaluate import labeled_for_model, predict_outputs, score
 from .features import Features, backbone_features, model_key
-from .label_shift import SHIFT_WARNING, class_weights, em_prior, total_variation
+from .label_shift import SHIFT_WARNING, bbse_prior, class_weights, em_prior, moving_average, total_variation
 from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
@@ -678,9 +678,15 @@ def _trained_prior(t: Training, state: LoopState) -> torch.Tensor:
 
 def _estimate_target(t: Training, state: LoopState, step: int, workers: int) -> None:
     """--balance-target, --label-shift-weights: pseudo-labels of every target training image and
-    the class prior they imply (EM), from the current model in eval mode. Rank 0 computes them
+    the class prior they imply, from the current model in eval mode. Rank 0 computes them
     and sends them to the others: each rank's BatchNorm statistics are its own, so their
-    predictions would differ."""
+    predictions would differ.
+
+    The prior the weights come from is IWDAN's: BBSE on soft predictions, smoothed over refreshes.
+    EM needs calibrated posteriors, and a young model's are not: its estimates swung to 0 for
+    classes the target holds 17 % of, and the weights that followed trained those classes out of
+    the model. For --balance-target alone the prior is only logged: EM, with no source pass, so
+    the runs measured with it draw the same random numbers."""
     pseudo_labels = torch.zeros(len(t.target), dtype=torch.long)
     target_prior = torch.zeros(len(t.source.classes))
     if t.dist.main:
@@ -689,15 +695,41 @@ def _estimate_target(t: Training, state: LoopState, step: int, workers: int) -> 
         try:
             inputs = t.features["target"].values if t.features is not None else t.target
             probs = _outputs(t.model, inputs, t, workers)[0].float().softmax(1)
+            if t.cfg.label_shift_weights:
+                source_probs, source_labels = _labeled_source_probs(t, workers)
+                previous = torch.tensor(state.target_estimate["target_prior"]) if state.target_estimate else _source_prior(t)
+                target_prior = moving_average(previous, bbse_prior(source_probs, source_labels, probs))
+            else:
+                target_prior = em_prior(probs, _trained_prior(t, state))
         finally:
             t.model.train(was_training)
-        pseudo_labels, target_prior = probs.argmax(1), em_prior(probs, _trained_prior(t, state))
+        pseudo_labels = probs.argmax(1)
     pseudo_labels, target_prior = from_rank_0(t.dist, pseudo_labels), from_rank_0(t.dist, target_prior)
     state.pseudo_labels = pseudo_labels
     state.class_weights = [round(float(w), 6) for w in class_weights(target_prior, _drawn_prior(t))]
     counts = torch.bincount(state.pseudo_labels, minlength=len(t.source.classes))
     state.target_estimate = {"iter": step, "target_prior": [round(float(v), 4) for v in target_prior],
                              "pseudo_label_counts": counts.tolist()}
+
+
+CONFUSION_IMAGES = 2000  # training source images BBSE's confusion matrix is taken on, without a held-out split
+
+
+def _labeled_source_probs(t: Training, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted probabilities and labels of the held-out source images, or of a fixed sample of the
+    training source when none are held out (fitted, so its confusion is optimistic: IWDAN's choice)."""
+    held_out = t.validation.source_val
+    if held_out is not None:
+        role, images, indices = "source_val", held_out, None
+    else:
+        role, images, indices = "source", t.source, sample_indices(len(t.source), CONFUSION_IMAGES, t.cfg.seed, 4)
+    if t.features is not None:
+        values = t.features[role].values
+        logits = _outputs(t.model, values[indices] if indices is not None else values, t, workers)[0]
+    else:
+        logits = _outputs(t.model, images.subset(indices) if indices is not None else images, t, workers)[0]
+    labels = torch.tensor(images.labels)
+    return logits.float().softmax(1), labels[indices] if indices is not None else labels
 
 
 def _warn_on_label_shift(t: Training, state: LoopState, it: int, scores: dict[str, Any]) -> None:

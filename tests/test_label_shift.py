@@ -57,10 +57,12 @@ def test_prior_estimators_recover_a_known_label_shift():
     # no shift: the estimate stays at the source prior
     same, _ = gaussian_posteriors(source_prior, 20000, source_prior, seed=1)
     assert total_variation(em_prior(same, source_prior), source_prior) < 0.03
-    # BBSE from hard predictions on held-out source images
+    # BBSE from held-out source images, with hard predictions (one-hot) and with soft ones
     val_probs, val_labels = gaussian_posteriors(source_prior, 20000, source_prior, seed=2)
-    q = bbse_prior(val_probs.argmax(1), val_labels, target_probs.argmax(1), source_prior)
+    hard = torch.nn.functional.one_hot
+    q = bbse_prior(hard(val_probs.argmax(1), 3).float(), val_labels, hard(target_probs.argmax(1), 3).float())
     assert torch.allclose(q, target_prior, atol=0.05), q
+    assert torch.allclose(bbse_prior(val_probs, val_labels, target_probs), target_prior, atol=0.05)
     assert total_variation(target_prior, source_prior) == pytest.approx(0.5)
 
 
@@ -285,6 +287,55 @@ def test_bad_remedy_options_are_one_line_errors(domains, tmp_path, args, message
     result = cli("adapt", source, target, *TINY, *args, "--out", tmp_path / "run")
     assert result.exit_code == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_bbse_sees_through_a_miscalibrated_classifier_where_em_does_not():
+    from golabels_cli.label_shift import moving_average
+
+    # posteriors sharpened and tilted toward class 0, the same way on both domains: a young model's
+    source_prior, target_prior = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.1, 0.3, 0.6])
+
+    def miscalibrated(probs):
+        tilted = probs ** 3 * torch.tensor([4.0, 1.0, 1.0])
+        return tilted / tilted.sum(1, keepdim=True)
+
+    target_probs, _ = gaussian_posteriors(target_prior, 20000, source_prior, seed=0)
+    val_probs, val_labels = gaussian_posteriors(source_prior, 20000, source_prior, seed=2)
+    assert total_variation(em_prior(miscalibrated(target_probs), source_prior), target_prior) > 0.1
+    q = bbse_prior(miscalibrated(val_probs), val_labels, miscalibrated(target_probs))
+    assert total_variation(q, target_prior) < 0.03, q
+    # no shift: BBSE stays at the source prior; smoothing moves an estimate half way
+    same, _ = gaussian_posteriors(source_prior, 20000, source_prior, seed=1)
+    assert total_variation(bbse_prior(miscalibrated(val_probs), val_labels, miscalibrated(same)), source_prior) < 0.03
+    assert torch.allclose(moving_average(source_prior, target_prior), torch.tensor([0.35, 0.3, 0.35]))
+    assert torch.allclose(moving_average(source_prior, target_prior, momentum=0.0), target_prior)
+
+
+def test_label_shift_weights_follow_the_smoothed_bbse_estimate(domains, tmp_path, monkeypatch):
+    import json
+
+    from conftest import adapt_tiny
+    from golabels_cli import train
+    from golabels_cli.label_shift import class_weights
+
+    estimates = []
+    real = train.bbse_prior
+
+    def spy(*args):
+        estimates.append(real(*args))
+        return estimates[-1]
+
+    monkeypatch.setattr(train, "bbse_prior", spy)
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "12", "--refresh-every", "4", "--no-balance-source",
+                     "--label-shift-weights", "--val-split", "0")
+    estimate = json.loads((run / "summary.json").read_text())["target_estimate"]
+    assert len(estimates) == 2  # at steps 4 and 8, each from the confusion of a sample of the training source
+    p = torch.tensor([1 / 3] * 3)  # the tiny source is balanced
+    expected = 0.25 * p + 0.25 * estimates[0] + 0.5 * estimates[1]
+    assert torch.allclose(torch.tensor(estimate["target_prior"]), expected, atol=2e-4)
+    # (the prior is stored to 4 decimals; the weights are of the unrounded one)
+    assert torch.allclose(torch.tensor(estimate["class_weights"]), class_weights(torch.tensor(estimate["target_prior"]), p), atol=1e-3)
 
 
 def test_em_reads_the_weighted_classifier_under_the_prior_it_was_trained_to():
