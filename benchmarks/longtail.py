@@ -7,6 +7,12 @@ the file system allows, symbolic links elsewhere.
 
     python benchmarks/longtail.py /tmp/golabels-data/usps /tmp/lt/usps-head --ratio 20 --order head-first --seed 0
     python benchmarks/longtail.py /tmp/golabels-data/mnist /tmp/lt/mnist-tail --ratio 20 --order tail-first --seed 0
+
+With --like REF instead of --ratio, the copy takes REF's class proportions (same class names):
+the largest subset with them, n_k = floor(s * ref_k), s = min_k n_k / ref_k. It removes a label
+shift between two folders and keeps everything else, to test whether the shift is what hurts:
+
+    python benchmarks/longtail.py /tmp/golabels-data/usps /tmp/lt/usps-like-mnist --like /tmp/golabels-data/mnist --seed 0
 """
 
 from __future__ import annotations
@@ -36,6 +42,20 @@ def kept_counts(counts: list[int], ratio: float, order: str) -> list[int]:
     return out
 
 
+def matched_counts(counts: list[int], reference: list[int]) -> list[int]:
+    """Images kept per class for the largest subset in `reference`'s class proportions."""
+    scale = min(n / r for n, r in zip(counts, reference) if r)
+    return [math.floor(scale * r + 1e-9) for r in reference]
+
+
+def _images(folder: Path, classes: list[str]) -> dict[str, list[Path]]:
+    return {c: sorted(p for p in (folder / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) for c in classes}
+
+
+def _classes(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _link(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -43,9 +63,12 @@ def _link(src: Path, dst: Path) -> None:
         os.symlink(src.resolve(), dst)
 
 
-def write_longtail(source: str | Path, out: str | Path, ratio: float, order: str, seed: int) -> dict[str, int]:
+def write_longtail(source: str | Path, out: str | Path, ratio: float | None, order: str, seed: int,
+                   like: str | Path | None = None) -> dict[str, int]:
     source, out = Path(source), Path(out)
-    if ratio < 1:
+    if (ratio is None) == (like is None):
+        raise SystemExit("error: give either --ratio or --like")
+    if ratio is not None and ratio < 1:
         raise SystemExit("error: --ratio must be at least 1")
     if order not in ("head-first", "tail-first"):
         raise SystemExit("error: --order must be head-first or tail-first")
@@ -53,11 +76,20 @@ def write_longtail(source: str | Path, out: str | Path, ratio: float, order: str
         raise SystemExit(f"error: {source} is not a folder")
     if out.exists():
         raise SystemExit(f"error: {out} already exists — choose a new output folder")
-    classes = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _classes(source)
     if len(classes) < 2:
         raise SystemExit(f"error: {source} needs at least two class folders")
-    files = {c: sorted(p for p in (source / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) for c in classes}
-    keep = kept_counts([len(files[c]) for c in classes], ratio, order)
+    files = _images(source, classes)
+    if like is None:
+        keep = kept_counts([len(files[c]) for c in classes], ratio, order)
+    else:
+        like = Path(like)
+        if not like.is_dir() or _classes(like) != classes:
+            raise SystemExit(f"error: --like {like} must be a folder with the same class folders as {source}")
+        reference = [len(v) for v in _images(like, classes).values()]
+        if not any(reference):
+            raise SystemExit(f"error: --like {like} holds no images")
+        keep = matched_counts([len(files[c]) for c in classes], reference)
     rng = random.Random(seed)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
@@ -74,11 +106,12 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="an ImageFolder tree: SOURCE/<class>/<images>")
     parser.add_argument("out", help="the new folder (must not exist)")
-    parser.add_argument("--ratio", type=float, required=True, help="largest / smallest class size")
+    parser.add_argument("--ratio", type=float, help="largest / smallest class size")
+    parser.add_argument("--like", help="an ImageFolder tree whose class proportions the copy takes (instead of --ratio)")
     parser.add_argument("--order", choices=("head-first", "tail-first"), default="head-first")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    counts = write_longtail(args.source, args.out, args.ratio, args.order, args.seed)
+    counts = write_longtail(args.source, args.out, args.ratio, args.order, args.seed, args.like)
     print(" ".join(f"{c}:{n}" for c, n in counts.items()), f"({sum(counts.values())} images) in {args.out}")
     return counts
 

@@ -34,6 +34,14 @@ def test_long_tail_counts_follow_the_formula(tmp_path):
     with pytest.raises(SystemExit, match="already exists"):
         longtail.write_longtail(src, tmp_path / "head", ratio=20, order="head-first", seed=0)
     assert longtail.write_longtail(src, tmp_path / "again", 20, "head-first", 0) == head
+    # --like: the largest subset in another folder's class proportions (here the head-first copy's)
+    like = longtail.write_longtail(tmp_path / "tail", tmp_path / "like", None, "head-first", 0, like=tmp_path / "head")
+    assert list(like.values()) == [longtail.math.floor(5 / 100 * n + 1e-9) for n in expected] == [5, 2, 1, 0, 0]
+    assert longtail.matched_counts([1553, 1269], [980, 1135]) == [1095, 1269]
+    for bad in (dict(ratio=20, like=tmp_path / "head"), dict(ratio=None), dict(ratio=None, like=tmp_path / "head" / "c0")):
+        with pytest.raises(SystemExit, match="--ratio or --like|same class folders"):
+            longtail.write_longtail(src, tmp_path / "bad", order="head-first", seed=0, **bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def gaussian_posteriors(prior: torch.Tensor, n: int, source_prior: torch.Tensor, seed: int):
