@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -39,7 +40,7 @@ def remedy_flags(options) -> list[str]:
     return [f"--{k.replace('_', '-')}" for k in REMEDIES if get(k)]
 
 
-def remedy_hint(flags: list[str], by_default: list[str] = ()) -> str:
+def remedy_hint(flags: Sequence[str], by_default: Sequence[str] = ()) -> str:
     """The end of an imbalance or label-shift warning: what to try, or what to check when the run
     already uses a remedy (measured safe on the recorded tasks, not on every folder: docs/label-shift.md).
     `by_default`: the flags among them that the run did not ask for (config.resolve_balancing)."""
