@@ -319,27 +319,31 @@ def test_bbse_sees_through_a_miscalibrated_classifier_where_em_does_not():
     assert torch.allclose(moving_average(source_prior, target_prior, momentum=0.0), target_prior)
 
 
-def test_label_shift_weights_follow_the_smoothed_bbse_estimate(domains, tmp_path, monkeypatch):
+# the confusion of a sample of the training source (nothing held out), of cached features, of the held-out split
+@pytest.mark.parametrize("args", [["--val-split", "0"], ["--val-split", "0", "--freeze-backbone"], ["--val-split", "0.25"]])
+def test_label_shift_weights_follow_the_smoothed_bbse_estimate(domains, tmp_path, monkeypatch, args):
     import json
 
     from conftest import adapt_tiny
     from golabels_cli import train
     from golabels_cli.label_shift import class_weights
 
-    estimates = []
+    estimates, labeled = [], []
     real = train.bbse_prior
 
-    def spy(*args):
-        estimates.append(real(*args))
+    def spy(source_probs, source_labels, target_probs):
+        labeled.append(len(source_labels))
+        estimates.append(real(source_probs, source_labels, target_probs))
         return estimates[-1]
 
     monkeypatch.setattr(train, "bbse_prior", spy)
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "12", "--refresh-every", "4", "--no-balance-source",
-                     "--label-shift-weights", "--val-split", "0")
+                     "--label-shift-weights", *args)
     estimate = json.loads((run / "summary.json").read_text())["target_estimate"]
-    assert len(estimates) == 2  # at steps 4 and 8, each from the confusion of a sample of the training source
-    p = torch.tensor([1 / 3] * 3)  # the tiny source is balanced
+    assert len(estimates) == 2  # at steps 4 and 8
+    assert labeled == ([6, 6] if "0.25" in args else [24, 24])  # 2 of 8 per class held out, or every training image
+    p = torch.tensor([1 / 3] * 3)  # the tiny source is balanced, and so is what a stratified split leaves
     expected = 0.25 * p + 0.25 * estimates[0] + 0.5 * estimates[1]
     assert torch.allclose(torch.tensor(estimate["target_prior"]), expected, atol=2e-4)
     # (the prior is stored to 4 decimals; the weights are of the unrounded one)
