@@ -617,16 +617,21 @@ def _outputs(model: Classifier, inputs: torch.Tensor | ImageSet, t: Training, wo
     return predict_outputs(model, loader, t.device, t.speed.channels_last, t.speed.autocast_bf16)
 
 
+def _role_outputs(t: Training, role: str, images: ImageSet, workers: int, indices: list[int] | None = None):
+    """_outputs of one of the run's image sets (or the images at `indices` of it): of its cached
+    backbone features under --freeze-backbone, `role` naming them ("source", "target", ...)."""
+    if t.features is not None:
+        values = t.features[role].values
+        return _outputs(t.model, values[indices] if indices is not None else values, t, workers)
+    return _outputs(t.model, images.subset(indices) if indices is not None else images, t, workers)
+
+
 def _validate(t: Training, state: LoopState, workers: int) -> dict[str, Any]:
     """The validators of the current snapshot, and its --eval-dir accuracy (the oracle) if given."""
     v = t.validation
-    frozen = t.features is not None
 
     def outputs(role: str, images: ImageSet, indices: list[int] | None = None):
-        if frozen:
-            values = t.features[role].values
-            return _outputs(t.model, values[indices] if indices is not None else values, t, workers)
-        return _outputs(t.model, images.subset(indices) if indices is not None else images, t, workers)
+        return _role_outputs(t, role, images, workers, indices)
 
     was_training = t.model.training
     t.model.eval()
@@ -693,8 +698,7 @@ def _estimate_target(t: Training, state: LoopState, step: int, workers: int) -> 
         was_training = t.model.training
         t.model.eval()
         try:
-            inputs = t.features["target"].values if t.features is not None else t.target
-            probs = _outputs(t.model, inputs, t, workers)[0].float().softmax(1)
+            probs = _role_outputs(t, "target", t.target, workers)[0].float().softmax(1)
             if t.cfg.label_shift_weights:
                 source_probs, source_labels = _labeled_source_probs(t, workers)
                 previous = torch.tensor(state.target_estimate["target_prior"]) if state.target_estimate else _source_prior(t)
@@ -720,16 +724,10 @@ def _labeled_source_probs(t: Training, workers: int) -> tuple[torch.Tensor, torc
     training source when none are held out (fitted, so its confusion is optimistic: IWDAN's choice)."""
     held_out = t.validation.source_val
     if held_out is not None:
-        role, images, indices = "source_val", held_out, None
-    else:
-        role, images, indices = "source", t.source, sample_indices(len(t.source), CONFUSION_IMAGES, t.cfg.seed, 4)
-    if t.features is not None:
-        values = t.features[role].values
-        logits = _outputs(t.model, values[indices] if indices is not None else values, t, workers)[0]
-    else:
-        logits = _outputs(t.model, images.subset(indices) if indices is not None else images, t, workers)[0]
-    labels = torch.tensor(images.labels)
-    return logits.float().softmax(1), labels[indices] if indices is not None else labels
+        return _role_outputs(t, "source_val", held_out, workers)[0].float().softmax(1), torch.tensor(held_out.labels)
+    indices = sample_indices(len(t.source), CONFUSION_IMAGES, t.cfg.seed, 4)
+    logits = _role_outputs(t, "source", t.source, workers, indices)[0]
+    return logits.float().softmax(1), torch.tensor(t.source.labels)[indices]
 
 
 def _warn_on_label_shift(t: Training, state: LoopState, it: int, scores: dict[str, Any]) -> None:
