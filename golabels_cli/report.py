@@ -42,7 +42,7 @@ class RunRecord:
         """The evaluated snapshots: from summary.json, else the metrics rows that carry validators."""
         if self.summary is not None:
             return self.summary["evals"]
-        return [{k: v for k, v in row.items() if k in ("iter", "target_mean_class_acc", "prior_shift", "target_prior") or k in DIRECTION}
+        return [{k: v for k, v in row.items() if k in ("iter", "target_mean_class_acc", "prior_shift", "target_prior", "predicted_share") or k in DIRECTION}
                 for row in self.rows if "snd" in row]
 
     @property

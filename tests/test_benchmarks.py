@@ -123,3 +123,28 @@ def test_throughput_script_runs_its_figures(tmp_path):
     assert result.returncode == 0, result.stderr
     for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration"):
         assert figure in result.stdout, result.stdout
+
+
+def test_prior_estimates_reads_finished_runs_and_resumes(domains, tmp_path, capsys):
+    import json
+
+    from conftest import adapt_tiny
+
+    prior_estimates = load("prior_estimates")
+    source, target = domains
+    adapt_tiny(source, target, tmp_path / "runs" / "task" / "dann" / "seed0", "--iters", "4", "--method", "dann")
+    (tmp_path / "runs" / "task" / "dann" / "unfinished").mkdir()  # no summary.json: not a run to read
+    out = tmp_path / "estimates.jsonl"
+    prior_estimates.main([str(tmp_path / "runs"), "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["setting"] == "task/dann"
+    # the tiny domains have 8 images per class in both: no true shift, and each estimate's error is its own shift
+    assert rows[0]["true_shift"] == pytest.approx(0) and rows[0]["em_error"] == pytest.approx(rows[0]["em_shift"])
+    assert 0 <= rows[0]["counted_shift"] <= 1 and rows[0]["counted_error"] == pytest.approx(rows[0]["counted_shift"])
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| setting | runs |") and table[2].startswith("| task/dann | 1 | 0.00 |")
+    out.write_text(json.dumps({**rows[0], "setting": "measured before"}) + "\n")  # a run already in --out is not measured again
+    prior_estimates.main([str(tmp_path / "runs"), "--out", str(out)])
+    assert "| measured before | 1 |" in capsys.readouterr().out and len(out.read_text().splitlines()) == 1
+    with pytest.raises(SystemExit, match="is not a folder"):
+        prior_estimates.main([str(tmp_path / "nowhere"), "--out", str(out)])

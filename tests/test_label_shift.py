@@ -88,22 +88,26 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
     assert [r["iter"] for r in rows] == [10, 20]
     for r in rows:
         assert len(r["target_prior"]) == 3 and abs(sum(r["target_prior"]) - 1) < 1e-3 and 0 <= r["prior_shift"] <= 1
+        # the share of the 24 target images the model predicts as each class
+        assert len(r["predicted_share"]) == 3 and all(abs(v * 24 - round(v * 24)) < 0.01 for v in r["predicted_share"])
     assert json.loads((run / "summary.json").read_text())["evals"][-1]["prior_shift"] == rows[-1]["prior_shift"]
 
-    t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"]), cfg=SimpleNamespace(iters=100))
+    t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"], labels=[0] * 6 + [1] * 3 + [2]), cfg=SimpleNamespace(iters=100))
     state = LoopState()
     logging.getLogger("golabels").propagate = True
     try:
         with caplog.at_level(logging.WARNING, logger="golabels"):
             # a young model's estimate (iteration 20 of 100) is not trusted, however far off
             for it, shift in ((20, 0.9), (50, 0.1), (60, 0.4), (80, 0.5)):
-                scores = {"iter": it, "prior_shift": shift, "target_prior": [0.1, 0.2, 0.7]}
+                scores = {"iter": it, "prior_shift": shift, "target_prior": [0.1, 0.2, 0.7], "predicted_share": [0.2, 0.2, 0.6]}
                 state.evals.append(scores)
                 _warn_on_label_shift(t, state, it, scores)
     finally:
         logging.getLogger("golabels").propagate = False
     warnings = [r.getMessage() for r in caplog.records if "class distribution" in r.getMessage()]
-    assert len(warnings) == 1 and "total variation 0.40" in warnings[0] and "'c' 70%" in warnings[0]
+    assert len(warnings) == 1 and "total variation 0.40" in warnings[0]
+    # the classes whose share of the predictions is furthest from their share of the source, largest first
+    assert "'c' 60% vs 10%, 'a' 20% vs 60%, 'b' 20% vs 30%" in warnings[0]
     assert "try --balance-source --balance-target" in warnings[0] and "compare with --method source-only" in warnings[0]
 
 
