@@ -183,7 +183,7 @@ def test_an_imbalanced_source_turns_the_balancing_on_for_adversarial_methods(tmp
     assert resolve_balancing(build_config({"source": "s", "target": "t"}), False) == []
     from golabels_cli.console import remedy_hint
     assert remedy_hint(["--balance-source"]).startswith("this run uses --balance-source: compare")
-    assert "--balance-target by default on a source imbalanced above 10:1; --no-balance-target to train without" in remedy_hint(
+    assert "--balance-target by default on a source imbalanced above 3:1; --no-balance-target to train without" in remedy_hint(
         ["--balance-source", "--balance-target"], ["--balance-target"])
     (tmp_path / "c.yaml").write_text("source: s\ntarget: t\nbalance-target: false\n")
     assert balanced(True, load_yaml(tmp_path / "c.yaml")) == (True, False)
@@ -385,3 +385,27 @@ def test_em_reads_the_weighted_classifier_under_the_prior_it_was_trained_to():
     posteriors /= posteriors.sum(1, keepdim=True)
     assert total_variation(em_prior(posteriors, trained), q) < 0.05
     assert total_variation(em_prior(posteriors, p), q) > 0.15
+
+
+@pytest.mark.parametrize("counts, balanced", [((12, 8, 4), False), ((13, 8, 4), True)])
+def test_the_default_balancing_starts_above_the_imbalance_threshold(tmp_path, counts, balanced):
+    import yaml
+    from PIL import Image
+
+    from conftest import TINY, cli
+    from golabels_cli.console import IMBALANCE_WARNING
+
+    assert 12 / 4 <= IMBALANCE_WARNING < 13 / 4  # the two sources sit on either side of it
+    for cls, n in zip("abc", counts):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (32, 32), (20 * i, 80 * "abc".index(cls), 0)).save(tmp_path / "src" / cls / f"{i}.png")
+    (tmp_path / "tgt").mkdir()
+    for i in range(6):
+        Image.new("RGB", (32, 32), (0, 0, 40 * i)).save(tmp_path / "tgt" / f"{i}.png")
+    result = cli("adapt", tmp_path / "src", tmp_path / "tgt", *TINY, "--iters", "4", "--refresh-every", "2", "--val-split", "0",
+                 "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.stderr
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["balance-source"] is balanced and config["balance-target"] is balanced
+    assert (f"imbalanced {counts[0] / 4:.1f}:1" in result.stderr) is balanced  # warned about exactly when balanced

@@ -144,15 +144,15 @@ def test_data_report_warns_about_small_and_imbalanced_classes(tmp_path):
     assert "source: 75 images in 3 classes" in result.stderr and "7 held out for validation" in result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["data"]["warnings"][0] == report["warnings"][0] and "this run uses" in summary["data"]["warnings"][1] and summary["images"]["source_val"] == 7
-    # imbalanced above 10:1, the run balances the source by default (too short to balance the target), says so, and is told to check the result
-    assert ("this run uses --balance-source, the default on a source imbalanced above 10:1 "
+    # imbalanced above 3:1, the run balances the source by default (too short to balance the target), says so, and is told to check the result
+    assert ("this run uses --balance-source, the default on a source imbalanced above 3:1 "
             "(--no-balance-source to train without): compare it with --method source-only") in " ".join(result.stderr.split())
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["balance-source"] is True and config["balance-target"] is False
     assert "try --balance-source" not in result.stderr
     plain = cli("adapt", tmp_path / "src", tmp_path / "tgt", *TINY, "--iters", "2", "--no-balance-source", "--out", tmp_path / "plain")
     assert plain.exit_code == 0, plain.stderr
-    assert "try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above 10:1)" in plain.stderr
+    assert "try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above 3:1)" in plain.stderr
 
 
 # ---- validators in a run, and --select ------------------------------------------------------------
