@@ -21,18 +21,23 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import torch
 import yaml
 
+from golabels_cli.data import class_counts, scan_labeled
 from golabels_cli.label_shift import SHIFT_WARNING
+from golabels_cli.label_shift import total_variation as tv
 
 
 def class_shares(folder: Path, classes: list[str]) -> list[float]:
-    counts = [sum(1 for f in (folder / c).iterdir() if f.is_file()) if (folder / c).is_dir() else 0 for c in classes]
-    return [n / sum(counts) for n in counts]
+    """Each of `classes`' share of the images of a labeled folder, as golabels scans it (0 for a class it lacks)."""
+    scanned = scan_labeled(folder)
+    counts = dict(zip(scanned.classes, class_counts(scanned)))
+    return [counts.get(c, 0) / len(scanned) for c in classes]
 
 
 def total_variation(q: list[float], p: list[float]) -> float:
-    return sum(abs(a - b) for a, b in zip(q, p)) / 2
+    return tv(torch.tensor(q), torch.tensor(p))
 
 
 def measure(run: Path) -> dict | None:
