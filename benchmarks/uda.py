@@ -65,14 +65,15 @@ class Cell:
 
 
 def cells(tasks: list[str], methods: list[str], labels: list[str], seeds: int, remedies: list[str] = ()) -> list[Cell]:
+    """Seed by seed, so that a sweep stopped early has every row with the same seeds."""
     out = []
-    for task in tasks:
-        source, target = task.split(":")
-        for method in methods:
-            for mode in ([None] if method == "source-only" else labels):
-                out += [Cell(source, target, method, mode, seed) for seed in range(seeds)]
-            if method != "source-only":
-                out += [Cell(source, target, method, labels[-1], seed, remedy) for remedy in remedies for seed in range(seeds)]
+    for seed in range(seeds):
+        for task in tasks:
+            source, target = task.split(":")
+            for method in methods:
+                out += [Cell(source, target, method, mode, seed) for mode in ([None] if method == "source-only" else labels)]
+                if method != "source-only":
+                    out += [Cell(source, target, method, labels[-1], seed, remedy) for remedy in remedies]
     return out
 
 
@@ -224,12 +225,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--cache-dir")
+    parser.add_argument("--cache-images", action="store_true", help="adapt --cache-images: decoded training images in memory")
     parser.add_argument("--eval-every", type=int, default=0, help="validators (and target accuracy) every N iterations")
     parser.add_argument("--val-split", type=float, default=0.1)
     parser.add_argument("--select", default="last")
     parser.add_argument("--remedies", default="", help="comma-separated remedies (adapt's on/off options joined by +), each a row with the last --domain-labels mode")
     parser.add_argument("--refresh-every", type=int, help="adapt --refresh-every for --balance-target / --label-shift-weights")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the cells already finished; run nothing")
     args = parser.parse_args(argv)
 
     setup_logging(quiet=True)
@@ -242,6 +245,7 @@ def main(argv: list[str] | None = None) -> str:
         "backbone": args.backbone, "weights": args.weights, "pretrained": not args.no_pretrained, "freeze_backbone": args.freeze_backbone,
         "iters": args.iters, "batch_size": args.batch_size, "image_size": args.image_size, "min_crop": args.min_crop,
         "hflip": args.hflip, "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
+        "cache_images": args.cache_images,
         "eval_every": args.eval_every, "val_split": args.val_split, "select": args.select,
         **({"refresh_every": args.refresh_every} if args.refresh_every else {}),
     }
@@ -256,6 +260,11 @@ def main(argv: list[str] | None = None) -> str:
     busy = []  # cells another sweep is running: done last, so that side-by-side sweeps share the work
     for wait, batch in ((False, todo), (True, busy)):
         for cell in batch:
+            if args.table_only:
+                done = cell.run_dir(out) / "summary.json"
+                if done.is_file():
+                    results.setdefault((cell.task, cell.method, cell.labels, cell.remedy), []).append(json.loads(done.read_text()))
+                continue
             summary = run_cell(cell, root, out, options, wait=wait)
             if summary is None:
                 busy.append(cell)

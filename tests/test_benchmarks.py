@@ -72,6 +72,14 @@ def test_uda_sweep_runs_resumes_and_tabulates(tmp_path):
     assert held.exists()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p not in (held, victim))
     assert without_wall((tmp_path / "sweep" / "results.md").read_text()) == without_wall(text)
+    # --table-only tabulates the finished cells and runs none: only the row that lost a seed changes.
+    lost = tmp_path / "sweep" / "target-source" / "source-only" / "seed1" / "summary.json"
+    lost.unlink()
+    peek = uda.main([*args, "--table-only"])
+    assert not lost.exists()
+    changed = [(a, b) for a, b in zip(without_wall(text), without_wall(peek)) if a != b]
+    assert len(changed) == 1 and changed[0][1].startswith("| target → source | source-only |")
+    assert changed[0][1].split("|")[-1].strip() == "1"  # seeds (the wall column is cut off)
 
 
 def test_uda_sweep_with_remedies(tmp_path):

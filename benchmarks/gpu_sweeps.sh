@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue 8's GPU sweeps in one call, for a session lent a GPU: Office-31 both directions with full
+# fine-tuning of tf_efficientnet_lite0 (source-only, dann, cdan-e; fixed and go), and MNIST -> USPS
+# from scratch at a budget a CPU session cannot afford. Several benchmarks/uda.py processes share
+# each sweep (one GPU, CPU cores for the loaders); cells run seed by seed, and whatever has finished
+# at DEADLINE seconds is tabulated, so a sweep cut short still gives whole seeds.
+#
+#     OFFICE=/data/office31 DIGITS=/data/digits WEIGHTS=tf_efficientnet_lite0.in1k.safetensors \
+#       RUNS=/tmp/gpu-sweeps bash benchmarks/gpu_sweeps.sh
+#     DEVICE=cpu OFFICE_ITERS=2 DIGITS_ITERS=2 SEEDS=1 ... bash benchmarks/gpu_sweeps.sh   # a dry run on a CPU
+#
+# OFFICE holds amazon/ and webcam/, DIGITS mnist/ and usps/ (ImageFolder trees from ../shared/data).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+PY=${PYTHON:-python3}
+: "${OFFICE:?OFFICE=folder with amazon/ and webcam/}" "${DIGITS:?DIGITS=folder with mnist/ and usps/}" "${WEIGHTS:?WEIGHTS=lite0 weights}" "${RUNS:?RUNS=folder for the runs}"
+DEVICE=${DEVICE:-cuda} SEEDS=${SEEDS:-3} DEADLINE=${DEADLINE:-450}
+OFFICE_ITERS=${OFFICE_ITERS:-1000} DIGITS_ITERS=${DIGITS_ITERS:-4000}
+OFFICE_PROCS=${OFFICE_PROCS:-4} OFFICE_WORKERS=${OFFICE_WORKERS:-3} DIGITS_PROCS=${DIGITS_PROCS:-2}
+
+office=(--root "$OFFICE" --tasks amazon:webcam,webcam:amazon --methods source-only,dann,cdan-e --domain-labels fixed,go
+        --seeds "$SEEDS" --backbone tf_efficientnet_lite0 --weights "$WEIGHTS" --iters "$OFFICE_ITERS" --device "$DEVICE"
+        --workers "$OFFICE_WORKERS" --cache-images --out "$RUNS/office")
+digits=(--root "$DIGITS" --tasks mnist:usps --methods source-only,dann,cdan-e --domain-labels fixed,go --seeds "$SEEDS"
+        --backbone resnet10t --no-pretrained --image-size 32 --hflip 0 --min-crop 0.6 --iters "$DIGITS_ITERS"
+        --device "$DEVICE" --workers 1 --cache-images --out "$RUNS/digits")
+mkdir -p "$RUNS/logs"
+for i in $(seq "$OFFICE_PROCS"); do $PY benchmarks/uda.py "${office[@]}" > "$RUNS/logs/office-$i.log" 2>&1 & done
+for i in $(seq "$DIGITS_PROCS"); do $PY benchmarks/uda.py "${digits[@]}" > "$RUNS/logs/digits-$i.log" 2>&1 & done
+end=$((SECONDS + DEADLINE))
+while (( SECONDS < end )) && [ -n "$(jobs -rp)" ]; do sleep 5; done
+if [ -n "$(jobs -rp)" ]; then
+  echo "== deadline ($DEADLINE s): stopping the sweeps; unfinished cells are left out of the tables"
+  pkill -f benchmarks/uda.py; sleep 3; pkill -9 -f benchmarks/uda.py
+fi
+wait
+echo "== Office-31, full fine-tuning of tf_efficientnet_lite0, $OFFICE_ITERS iterations ($SECONDS s so far)"
+$PY benchmarks/uda.py "${office[@]}" --table-only --quiet
+echo "== MNIST -> USPS from scratch, resnet10t at 32 px, $DIGITS_ITERS iterations"
+$PY benchmarks/uda.py "${digits[@]}" --table-only --quiet
+grep -h "Error\|error" "$RUNS"/logs/*.log | sort | uniq -c | head -20
