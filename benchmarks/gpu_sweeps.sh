@@ -17,12 +17,13 @@ PY=${PYTHON:-python3}
 : "${OFFICE:?OFFICE=folder with amazon/ and webcam/}" "${DIGITS:?DIGITS=folder with mnist/ and usps/}" "${WEIGHTS:?WEIGHTS=lite0 weights}" "${RUNS:?RUNS=folder for the runs}"
 DEVICE=${DEVICE:-cuda} SEEDS=${SEEDS:-3} DEADLINE=${DEADLINE:-450}
 OFFICE_ITERS=${OFFICE_ITERS:-1000} DIGITS_ITERS=${DIGITS_ITERS:-4000}
-OFFICE_PROCS=${OFFICE_PROCS:-4} OFFICE_WORKERS=${OFFICE_WORKERS:-3} DIGITS_PROCS=${DIGITS_PROCS:-2}
+OFFICE_PROCS=${OFFICE_PROCS:-4} OFFICE_WORKERS=${OFFICE_WORKERS:-3} DIGITS_PROCS=${DIGITS_PROCS:-3}
+DIGITS_METHODS=${DIGITS_METHODS:-source-only,dann,cdan-e}
 
 office=(--root "$OFFICE" --tasks amazon:webcam,webcam:amazon --methods source-only,dann,cdan-e --domain-labels fixed,go
         --seeds "$SEEDS" --backbone tf_efficientnet_lite0 --weights "$WEIGHTS" --iters "$OFFICE_ITERS" --device "$DEVICE"
         --workers "$OFFICE_WORKERS" --cache-images --out "$RUNS/office")
-digits=(--root "$DIGITS" --tasks mnist:usps --methods source-only,dann,cdan-e --domain-labels fixed,go --seeds "$SEEDS"
+digits=(--root "$DIGITS" --tasks mnist:usps --methods "$DIGITS_METHODS" --domain-labels fixed,go --seeds "$SEEDS"
         --backbone resnet10t --no-pretrained --image-size 32 --hflip 0 --min-crop 0.6 --iters "$DIGITS_ITERS"
         --device "$DEVICE" --workers 1 --cache-images --out "$RUNS/digits")
 mkdir -p "$RUNS/logs"
