@@ -9,6 +9,9 @@
 #       RUNS=/tmp/gpu-sweeps bash benchmarks/gpu_sweeps.sh
 #     DEVICE=cpu OFFICE_ITERS=2 DIGITS_ITERS=2 SEEDS=1 ... bash benchmarks/gpu_sweeps.sh   # a dry run on a CPU
 #
+# WEIGHTS=none trains the Office backbone from random init; OFFICE_BACKBONE, DIGITS_BACKBONE and
+# OFFICE_SIZE replace the recipe's models and input size (the tests run the script that way).
+#
 # OFFICE holds amazon/ and webcam/, DIGITS mnist/ and usps/ (ImageFolder trees from ../shared/data).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,27 +20,36 @@ PY=${PYTHON:-python3}
 : "${OFFICE:?OFFICE=folder with amazon/ and webcam/}" "${DIGITS:?DIGITS=folder with mnist/ and usps/}" "${WEIGHTS:?WEIGHTS=lite0 weights}" "${RUNS:?RUNS=folder for the runs}"
 DEVICE=${DEVICE:-cuda} SEEDS=${SEEDS:-3} DEADLINE=${DEADLINE:-450}
 OFFICE_ITERS=${OFFICE_ITERS:-1000} DIGITS_ITERS=${DIGITS_ITERS:-4000}
+OFFICE_BACKBONE=${OFFICE_BACKBONE:-tf_efficientnet_lite0} DIGITS_BACKBONE=${DIGITS_BACKBONE:-resnet10t}
+if [ "$WEIGHTS" = none ]; then init=(--no-pretrained); else init=(--weights "$WEIGHTS"); fi
 OFFICE_PROCS=${OFFICE_PROCS:-4} OFFICE_WORKERS=${OFFICE_WORKERS:-3} DIGITS_PROCS=${DIGITS_PROCS:-3}
 DIGITS_METHODS=${DIGITS_METHODS:-source-only,dann,cdan-e}
 
 office=(--root "$OFFICE" --tasks amazon:webcam,webcam:amazon --methods source-only,dann,cdan-e --domain-labels fixed,go
-        --seeds "$SEEDS" --backbone tf_efficientnet_lite0 --weights "$WEIGHTS" --iters "$OFFICE_ITERS" --device "$DEVICE"
+        --seeds "$SEEDS" --backbone "$OFFICE_BACKBONE" "${init[@]}" ${OFFICE_SIZE:+--image-size "$OFFICE_SIZE"} --iters "$OFFICE_ITERS" --device "$DEVICE"
         --workers "$OFFICE_WORKERS" --cache-images --out "$RUNS/office")
 digits=(--root "$DIGITS" --tasks mnist:usps --methods "$DIGITS_METHODS" --domain-labels fixed,go --seeds "$SEEDS"
-        --backbone resnet10t --no-pretrained --image-size 32 --hflip 0 --min-crop 0.6 --iters "$DIGITS_ITERS"
+        --backbone "$DIGITS_BACKBONE" --no-pretrained --image-size 32 --hflip 0 --min-crop 0.6 --iters "$DIGITS_ITERS"
         --device "$DEVICE" --workers 1 --cache-images --out "$RUNS/digits")
 mkdir -p "$RUNS/logs"
-for i in $(seq "$OFFICE_PROCS"); do $PY benchmarks/uda.py "${office[@]}" > "$RUNS/logs/office-$i.log" 2>&1 & done
-for i in $(seq "$DIGITS_PROCS"); do $PY benchmarks/uda.py "${digits[@]}" > "$RUNS/logs/digits-$i.log" 2>&1 & done
+pids=()
+for i in $(seq "$OFFICE_PROCS"); do $PY benchmarks/uda.py "${office[@]}" > "$RUNS/logs/office-$i.log" 2>&1 & pids+=($!); done
+for i in $(seq "$DIGITS_PROCS"); do $PY benchmarks/uda.py "${digits[@]}" > "$RUNS/logs/digits-$i.log" 2>&1 & pids+=($!); done
 end=$((SECONDS + DEADLINE))
 while (( SECONDS < end )) && [ -n "$(jobs -rp)" ]; do sleep 5; done
+status=0
 if [ -n "$(jobs -rp)" ]; then
   echo "== deadline ($DEADLINE s): stopping the sweeps; unfinished cells are left out of the tables"
-  pkill -f benchmarks/uda.py; sleep 3; pkill -9 -f benchmarks/uda.py
+  kill $(jobs -rp)  # adapt saves its state on SIGTERM; only this script's sweeps are stopped
+  for _ in $(seq 30); do [ -z "$(jobs -rp)" ] && break; sleep 1; done
+  [ -z "$(jobs -rp)" ] || kill -9 $(jobs -rp)
+  wait
+else
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done  # a sweep that failed on its own
 fi
-wait
-echo "== Office-31, full fine-tuning of tf_efficientnet_lite0, $OFFICE_ITERS iterations ($SECONDS s so far)"
+echo "== Office-31, full fine-tuning of $OFFICE_BACKBONE, $OFFICE_ITERS iterations ($SECONDS s so far)"
 $PY benchmarks/uda.py "${office[@]}" --table-only --quiet
-echo "== MNIST -> USPS from scratch, resnet10t at 32 px, $DIGITS_ITERS iterations"
+echo "== MNIST -> USPS from scratch, $DIGITS_BACKBONE at 32 px, $DIGITS_ITERS iterations"
 $PY benchmarks/uda.py "${digits[@]}" --table-only --quiet
 grep -h "Error\|error" "$RUNS"/logs/*.log | sort | uniq -c | head -20
+exit $status

@@ -1,6 +1,7 @@
 """The benchmark scripts' own logic on tiny data: the sweep's cells, resume and table; the toys."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -156,3 +157,26 @@ def test_prior_estimates_reads_finished_runs_and_resumes(domains, tmp_path, caps
     assert "| measured before | 1 |" in capsys.readouterr().out and len(out.read_text().splitlines()) == 1
     with pytest.raises(SystemExit, match="is not a folder"):
         prior_estimates.main([str(tmp_path / "nowhere"), "--out", str(out)])
+
+
+def test_gpu_sweeps_script_runs_both_sweeps_and_tabulates(tmp_path):
+    # benchmarks/gpu_sweeps.sh with the recipe's models swapped for tiny ones, on a CPU: both
+    # sweeps run side by side into RUNS and the two tables come out whole.
+    import shutil
+    import subprocess
+
+    make_two_domains(tmp_path / "data", per_class=4, size=32, seed=5)
+    for root, (a, b) in {"office": ("amazon", "webcam"), "digits": ("mnist", "usps")}.items():
+        shutil.copytree(tmp_path / "data" / "source", tmp_path / root / a)
+        shutil.copytree(tmp_path / "data" / "target", tmp_path / root / b)
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SEEDS": "1", "OFFICE_ITERS": "2", "DIGITS_ITERS": "2",
+           "OFFICE_PROCS": "2", "OFFICE_WORKERS": "0", "DIGITS_PROCS": "1", "DEADLINE": "600", "WEIGHTS": "none",
+           "OFFICE_BACKBONE": "test_resnet", "DIGITS_BACKBONE": "test_resnet", "OFFICE_SIZE": "32",
+           "OFFICE": str(tmp_path / "office"), "DIGITS": str(tmp_path / "digits"), "RUNS": str(tmp_path / "runs")}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_sweeps.sh")], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "deadline" not in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "| task |" not in line and "---" not in line]
+    assert len(rows) == 6 + 3  # Office: 2 tasks x 3 methods; digits: 1 task x 3 methods
+    assert all(line.split("|")[-3].strip() == "1" for line in rows)  # one seed each, every cell finished
+    assert len(list((tmp_path / "runs").rglob("summary.json"))) == 2 * 5 + 5
