@@ -29,10 +29,8 @@ REMEDIES = ("balance_source", "balance_target", "label_shift_weights")
 
 
 # A source whose largest class holds more than this many times the images of its smallest is
-# warned about, and balanced by default for an adversarial method (config.resolve_balancing).
-# Measured (benchmarks/RESULTS.md): with CDAN+E the balancing gained on every source above 3:1
-# (3.1, 3.9, 5.1 with no label shift, 9.5, 10.5 and up) and cost 1.6 points on one below it (USPS,
-# 2.2:1; level on amazon, 2.8:1).
+# warned about, and balanced by default for an adversarial method: config.resolve_balancing says
+# what the value was measured from.
 # Here rather than in data.py, which imports torch, so that this module's text can name it.
 IMBALANCE_WARNING = 3.0
 
