@@ -99,6 +99,12 @@ def cell_config(cell: Cell, root: Path, options: dict):
     })
 
 
+def finished(run_dir: Path) -> dict | None:
+    """The summary of a cell whose run has finished, else None."""
+    summary = run_dir / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else None
+
+
 def run_cell(cell: Cell, root: Path, out: Path, options: dict, wait: bool = True) -> dict | None:
     """The cell's summary: read if done, else continued from its checkpoint, else run.
 
@@ -113,8 +119,8 @@ def run_cell(cell: Cell, root: Path, out: Path, options: dict, wait: bool = True
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             return None
-        if (run_dir / "summary.json").is_file():
-            return json.loads((run_dir / "summary.json").read_text())
+        if (done := finished(run_dir)) is not None:
+            return done
         if (run_dir / "checkpoint.pt").is_file():
             return resume(run_dir)
         if run_dir.exists():
@@ -260,14 +266,10 @@ def main(argv: list[str] | None = None) -> str:
     busy = []  # cells another sweep is running: done last, so that side-by-side sweeps share the work
     for wait, batch in ((False, todo), (True, busy)):
         for cell in batch:
-            if args.table_only:
-                done = cell.run_dir(out) / "summary.json"
-                if done.is_file():
-                    results.setdefault((cell.task, cell.method, cell.labels, cell.remedy), []).append(json.loads(done.read_text()))
-                continue
-            summary = run_cell(cell, root, out, options, wait=wait)
+            summary = finished(cell.run_dir(out)) if args.table_only else run_cell(cell, root, out, options, wait=wait)
             if summary is None:
-                busy.append(cell)
+                if not args.table_only:
+                    busy.append(cell)
                 continue
             results.setdefault((cell.task, cell.method, cell.labels, cell.remedy), []).append(summary)
             if not args.quiet:
