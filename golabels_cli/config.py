@@ -139,10 +139,11 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
 
     Above 10:1 adapting without them lost 3 to 59 points to source-only and CDAN+E with them never
     did; with CDAN+E they added 20 points at 9.5:1, 1 to 3.5 at 3.1:1, 3.9:1 and 5.1:1 (the last
-    with no label shift); below 3:1 they cost up to 1.6 (USPS -> MNIST, USPS at 2.2:1). source-only keeps the
-    source's own frequencies: it is the baseline an adapted run is compared with. A run too short
-    to reach its first target estimate (at --refresh-every) draws the target as it is, where
-    asking for --balance-target explicitly is refused. Returns the flags it turned on."""
+    with no label shift); below 3:1 they cost up to 1.6 (USPS -> MNIST, USPS at 2.2:1).
+    source-only keeps the source's own frequencies: it is the baseline an adapted run is compared
+    with. A run too short to reach its first target estimate (at --refresh-every) draws the target
+    as it is, where asking for --balance-target explicitly is refused. Returns the flags it turned
+    on."""
     on = imbalanced and cfg.method != "source-only"
     chosen = []
     if cfg.balance_source is None:
