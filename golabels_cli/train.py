@@ -17,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
+import platform
 import random
 import signal
 import threading
@@ -812,6 +814,19 @@ def _checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
     }
 
 
+def library_versions() -> dict[str, str]:
+    """Python's and the libraries' that decide the numbers: the same run in another install (a
+    different Pillow resize, a different timm init) can end points apart, so a result is only
+    comparable with the versions beside it."""
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "timm", "numpy", "pillow"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "?"
+    return versions
+
+
 def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> dict[str, Any]:
     cfg = t.cfg
     eval_images = t.eval_set[0] if t.eval_set else None
@@ -819,6 +834,7 @@ def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> di
     skipped = [("source", t.source), ("target", t.target)] + ([("eval", eval_images)] if eval_images else [])
     return {
         "golabels_version": __version__,
+        "versions": library_versions(),
         "run_dir": str(run_dir),
         "backbone": cfg.backbone,
         "method": cfg.method,
