@@ -814,17 +814,30 @@ def _checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
     }
 
 
-def library_versions() -> dict[str, str]:
-    """Python's and the libraries' that decide the numbers: the same run in another install (a
-    different Pillow resize, a different timm init) can end points apart, so a result is only
-    comparable with the versions beside it."""
-    versions = {"python": platform.python_version()}
+def environment(device: torch.device) -> dict[str, str | None]:
+    """What decides the numbers besides the config: the libraries' versions and the hardware.
+    The same config and seed gave other figures in a fresh install on another machine (one
+    MNIST → USPS run: 50.74 % then 50.06 %), so a result is comparable only with these beside it."""
+    env: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("torch", "torchvision", "timm", "numpy", "pillow"):
         try:
-            versions[name] = importlib.metadata.version(name)
+            env[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = "?"
-    return versions
+            env[name] = None
+    env["cpu"] = _cpu_model()
+    env["cpu_kernels"] = torch.backends.cpu.get_cpu_capability()  # which vectorized kernels torch dispatches to
+    env["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return env
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> dict[str, Any]:
@@ -834,7 +847,7 @@ def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> di
     skipped = [("source", t.source), ("target", t.target)] + ([("eval", eval_images)] if eval_images else [])
     return {
         "golabels_version": __version__,
-        "versions": library_versions(),
+        "environment": environment(t.device),
         "run_dir": str(run_dir),
         "backbone": cfg.backbone,
         "method": cfg.method,

@@ -42,9 +42,11 @@ def test_run_directory_layout(domains, tmp_path):
     assert summary["classes"] == ["circle", "square", "triangle"] and summary["iters"] == 30
     assert summary["method"] == "cdan-e" and summary["domain_labels"] == "go"
     assert 0 <= summary["target_acc"] <= 1 and len(summary["evals"]) == 3
-    # The libraries that decide the numbers, installed ones by their real versions.
-    assert summary["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0] and summary["versions"]["timm"] == timm.__version__
-    assert set(summary["versions"]) == {"python", "torch", "torchvision", "timm", "numpy", "pillow"}
+    # What decides the numbers besides the config: the installed libraries by their real versions, the hardware.
+    env = summary["environment"]
+    assert env["torch"].split("+")[0] == torch.__version__.split("+")[0] and env["timm"] == timm.__version__
+    assert env["cpu_kernels"] == torch.backends.cpu.get_cpu_capability() and env["gpu"] is None
+    assert {"python", "torchvision", "numpy", "pillow", "cpu"} <= env.keys()
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["backbone"] == "test_resnet" and config["iters"] == 30 and config["source"] == str(source)
     assert not [p for p in run.iterdir() if p.name.startswith(".")], "temporary files left behind"
