@@ -262,6 +262,13 @@ def print_eval(result, title: str) -> None:
         stdout.print(confusion)
 
 
+def environment_line(env: dict) -> str:
+    """summary.json's `environment` in one line: what to compare before comparing two runs' figures."""
+    libraries = ", ".join(f"{name} {env[name]}" for name in ("torch", "torchvision", "timm", "numpy", "pillow") if env.get(name))
+    hardware = env.get("gpu") or " ".join(filter(None, [env.get("cpu"), f"({env['cpu_kernels']})" if env.get("cpu_kernels") else None]))
+    return f"Python {env.get('python')}, {libraries}" + (f"; {hardware}" if hardware else "")
+
+
 def print_report(record, plots: list | None, plots_wanted: bool) -> None:
     """`golabels report`: the run, its data, its training trajectory and its validators."""
     from .report import correlations
@@ -274,6 +281,8 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
     total = cfg.get("iters")
     if summary is not None:
         overview.add_row("status", f"finished: {summary['iters']} iterations in {summary['seconds']:.0f}s on {summary['device']}")
+        if summary.get("environment"):  # runs written before golabels recorded it have none
+            overview.add_row("environment", environment_line(summary["environment"]))
     else:
         overview.add_row("status", f"not finished: metrics up to iteration {record.iteration} of {total} "
                          f"(resume with golabels adapt --resume {record.run_dir})")

@@ -273,7 +273,7 @@ def test_report_prints_tables_and_writes_plots(evaluated_run):
     assert result.exit_code == 0, result.stderr
     out = result.stdout
     for text in ("cdan-e with go domain labels", "iteration", "(--select im)", "source images per class", "circle",
-                 "validators per evaluated snapshot", "target-acc", "Spearman correlation"):
+                 "validators per evaluated snapshot", "target-acc", "Spearman correlation", "environment"):
         assert text in out, text
     for name in ("report-losses.png", "report-discriminator.png", "report-validators.png"):
         data = (evaluated_run / name).read_bytes()
@@ -281,6 +281,7 @@ def test_report_prints_tables_and_writes_plots(evaluated_run):
     assert "plots:" in result.stderr
     as_json = json.loads(cli("report", evaluated_run, "--json", "--no-plots").stdout)
     assert as_json["finished"] and len(as_json["evals"]) == 3 and set(as_json["correlations"]) == {"src_acc", "entropy", "im", "snd", "dev"}
+    assert as_json["summary"]["environment"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
 
 
 def test_report_without_matplotlib_prints_tables_and_says_how_to_get_plots(evaluated_run, tmp_path):
