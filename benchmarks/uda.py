@@ -34,9 +34,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from golabels_cli.config import build_config  # noqa: E402
+from golabels_cli.config import FIELDS, build_config  # noqa: E402
 from golabels_cli.errors import InputError  # noqa: E402
 from golabels_cli import console  # noqa: E402
 from golabels_cli.console import setup_logging  # noqa: E402
@@ -90,6 +92,17 @@ def remedy_options(remedy: str) -> dict:
             raise SystemExit(f"uda.py: unknown remedy {flag!r}: a remedy is one of {', '.join(REMEDIES)}, several joined by +")
         options[flag.replace("-", "_")] = True
     return options
+
+
+def set_option(item: str) -> tuple[str, object]:
+    """("trade_off", 2.0) of "trade-off=2": the value read as YAML reads it in config.yaml."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"uda.py: --set takes OPTION=VALUE, got {item!r}")
+    name = name.strip().replace("-", "_")
+    if name not in FIELDS:
+        raise SystemExit(f"uda.py: --set {item!r}: adapt has no option --{name.replace('_', '-')}")
+    return name, yaml.safe_load(value)
 
 
 def cell_config(cell: Cell, root: Path, options: dict):
@@ -237,6 +250,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--select", default="last")
     parser.add_argument("--remedies", default="", help="comma-separated remedies (adapt's on/off options joined by +), each a row with the last --domain-labels mode")
     parser.add_argument("--refresh-every", type=int, help="adapt --refresh-every for --balance-target / --label-shift-weights")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="any other adapt option for every cell, as in config.yaml (repeatable): --set schedule=reference --set trade-off=2")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="tabulate the cells already finished; run nothing")
     args = parser.parse_args(argv)
@@ -254,6 +269,7 @@ def main(argv: list[str] | None = None) -> str:
         "cache_images": args.cache_images,
         "eval_every": args.eval_every, "val_split": args.val_split, "select": args.select,
         **({"refresh_every": args.refresh_every} if args.refresh_every else {}),
+        **dict(set_option(item) for item in args.set),
     }
     todo = cells(tasks, methods, labels, args.seeds, remedies)
     for cell in todo:  # an option no cell can run with stops the sweep before any cell runs

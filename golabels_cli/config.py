@@ -17,7 +17,10 @@ import yaml
 
 from .domain_labels import MODES
 from .errors import InputError, reason
-from .methods import METHODS
+from .methods import CDAN_MAPS, METHODS, REFERENCE_LR_GAMMA, REFERENCE_HORIZON, SCHEDULES
+from .models import DISCRIMINATORS, default_discriminator
+
+FORWARDS = ("joint", "per-domain")
 from .validators import SELECT_CHOICES
 
 
@@ -34,9 +37,17 @@ class AdaptConfig:
     backbone_lr_mult: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-3
-    lr_gamma: float | None = None  # lr * (1 + gamma * i) ** -lr_decay; None: 20 / iters
+    # reference: lambda's horizon is 10000 iterations and gamma 0.001 whatever --iters (the original
+    # CDAN code, TLlib); scaled: both follow --iters (horizon = iters, gamma = 20 / iters).
+    schedule: str = "scaled"
+    lr_gamma: float | None = None  # lr * (1 + gamma * i) ** -lr_decay; None: from --schedule
     lr_decay: float = 0.75
     grl_alpha: float = 10.0
+    # joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code);
+    # per-domain: one pass per domain, each normalized with its own batch statistics (GVB's, ASAN's code).
+    forward: str = "joint"
+    cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 32768 dims)
+    discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (models.default_discriminator)
     trade_off: float = 1.0  # weight of the adversarial loss
     bridge_g_weight: float = 1.0  # gvb: weight of the classifier bridge's mean |output|
     bridge_d_weight: float = 1.0  # gvb: weight of the discriminator bridge's mean |output|
@@ -75,7 +86,13 @@ class AdaptConfig:
 
     def resolved_lr_gamma(self) -> float:
         # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.
-        return self.lr_gamma if self.lr_gamma is not None else 20.0 / max(self.iters, 1)
+        if self.lr_gamma is not None:
+            return self.lr_gamma
+        return REFERENCE_LR_GAMMA if self.schedule == "reference" else 20.0 / max(self.iters, 1)
+
+    def grl_horizon(self) -> int:
+        """The iteration at which the reversal coefficient reaches 0.99 (with grl_alpha 10)."""
+        return REFERENCE_HORIZON if self.schedule == "reference" else self.iters
 
     def resolved_workers(self) -> int:
         if self.workers is not None:
@@ -129,6 +146,8 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
         value = getattr(cfg, name)
         if value is not None:
             setattr(cfg, name, str(Path(value).expanduser().absolute()))
+    if cfg.discriminator is None:
+        cfg.discriminator = default_discriminator(cfg.method)
     validate(cfg)
     return cfg
 
@@ -172,6 +191,10 @@ def validate(cfg: AdaptConfig) -> None:
     _choice("device", cfg.device, ("auto", "cpu", "cuda", "mps"))
     _choice("select", cfg.select, SELECT_CHOICES)
     _choice("lr_scaling", cfg.lr_scaling, ("none", "linear", "sqrt"))
+    _choice("schedule", cfg.schedule, SCHEDULES)
+    _choice("cdan_map", cfg.cdan_map, CDAN_MAPS)
+    _choice("forward", cfg.forward, FORWARDS)
+    _choice("discriminator", cfg.discriminator, DISCRIMINATORS)
     for name in ("iters", "batch_size", "bottleneck_dim", "disc_hidden", "log_every", "devices", "refresh_every"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:

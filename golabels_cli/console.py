@@ -41,10 +41,14 @@ def remedy_flags(options) -> list[str]:
     return [f"--{k.replace('_', '-')}" for k in REMEDIES if get(k)]
 
 
-def remedy_hint(flags: Sequence[str], by_default: Sequence[str] = ()) -> str:
+def remedy_hint(flags: Sequence[str], by_default: Sequence[str] = (), recommend: bool = True) -> str:
     """The end of an imbalance or label-shift warning: what to try, or what to check when the run
     already uses a remedy (measured safe on the recorded tasks, not on every folder: docs/label-shift.md).
-    `by_default`: the flags among them that the run did not ask for (config.resolve_balancing)."""
+    `by_default`: the flags among them that the run did not ask for (config.resolve_balancing).
+    `recommend`: False where no measurement supports a remedy (a source balanced within 3:1)."""
+    if not flags and not recommend:
+        return (f"compare with --method source-only on labeled target images; balancing (--balance-source --balance-target) "
+                f"was measured to help only on sources imbalanced above {IMBALANCE_WARNING:g}:1 (docs/label-shift.md)")
     if not flags:
         return (f"try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above "
                 f"{IMBALANCE_WARNING:g}:1) and compare with --method source-only on labeled target images (docs/label-shift.md)")

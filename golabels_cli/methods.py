@@ -10,8 +10,9 @@ and the total loss is  L_cls + trade_off * L_adv + L_extra  with
 
 * DANN   (Ganin et al., JMLR 2016):      h = f,  w = 1
 * DANN+E:                                h = f,  w = 1 + exp(-H(g)), normalized to mean 1 (CDAN+E's weights)
-* CDAN   (Long et al., NeurIPS 2018):    h = f (x) g  (outer product; a randomized multilinear map
-                                         when dim(f) * C > 4096),  w = 1
+* CDAN   (Long et al., NeurIPS 2018):    h = f (x) g  (the full outer product, as TLlib and the
+                                         original code on Office-31; --cdan-map randomized, or auto
+                                         above 32768 dimensions, the randomized map),  w = 1
 * CDAN+E:                                as CDAN, w = 1 + exp(-H(g)), normalized to mean 1
 * GVB    (Cui et al., CVPR 2020, GVB-GD): the head is fc(f) - B_g(f) and D(x) = out(x) - B_d(x), each
                                          bridge B a parallel output layer;  h = softmax(logits) with its
@@ -25,8 +26,15 @@ and the total loss is  L_cls + trade_off * L_adv + L_extra  with
                                          the k smallest)
 
 times the mode's per-sample weight. GRL is the identity forward and multiplies the gradient by
--lambda backward; lambda = 2 / (1 + exp(-alpha * progress)) - 1 warms from 0 to 1 so the noisy
-early discriminator does not wreck the features. Batches hold the source rows first, then as many
+-lambda backward; lambda = 2 / (1 + exp(-alpha * i / horizon)) - 1 warms from 0 towards 1 so the
+noisy early discriminator does not wreck the features. With `--schedule reference` the horizon is
+10000 iterations whatever the run's length (the original CDAN code's max_iter, alpha 10; TLlib's
+alpha 1 over 1000 iterations is the same curve): lambda is 0.05 at iteration 100 and 0.46 at 1000.
+With `--schedule scaled` the horizon is the run's --iters, so every run ends near lambda = 1.
+
+The loss is the mean over the concatenated batch, i.e. 0.5 * (mean over source + mean over target)
+with equal halves: TLlib's DomainAdversarialLoss and the original CDAN code. The paper's Eq. 2 sums
+the two means, twice this scale: `--trade-off 2`. Batches hold the source rows first, then as many
 target rows.
 """
 
@@ -54,46 +62,60 @@ class MethodParams:
     bridge_d_weight: float = 1.0  # GVB's mu: weight of mean |discriminator bridge|
     rsl_weight: float = 1e-3  # ASAN's weight of the spectral alignment loss
     rsl_k: int = 11  # ASAN: the k smallest source singular values are squared (shrunk)
-MULTILINEAR_MAX_DIM = 4096
+# --cdan-map auto: the full map up to this size (256 x 128 classes; Office-31's 7936 and Office-Home's
+# 16640 included), the randomized one above it, where D's first layer alone would hold 32M weights.
+MULTILINEAR_MAX_DIM = 32768
 RANDOMIZED_DIM = 1024
+CDAN_MAPS = ("auto", "full", "randomized")
+SCHEDULES = ("reference", "scaled")
+REFERENCE_HORIZON = 10000  # iterations: the original CDAN code's max_iter for lambda
+REFERENCE_LR_GAMMA = 1e-3  # TLlib's and the original code's lr * (1 + 0.001 i) ** -0.75
 
 
 class _GradientReverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, coeff):
-        ctx.coeff = coeff
+    def forward(ctx, x, coeff, probe):
+        ctx.coeff, ctx.probe = coeff, probe
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return -ctx.coeff * grad, None
+        reversed_grad = -ctx.coeff * grad
+        if ctx.probe is not None:
+            # A tensor on the device: reading it costs a host sync only when a metrics row is logged.
+            ctx.probe["norm"] = torch.linalg.vector_norm(reversed_grad.detach().float())
+        return reversed_grad, None, None
 
 
-def grad_reverse(x: torch.Tensor, coeff: float) -> torch.Tensor:
-    return _GradientReverse.apply(x, coeff)
+def grad_reverse(x: torch.Tensor, coeff: float, probe: dict | None = None) -> torch.Tensor:
+    """Identity forward, gradient times -coeff backward; `probe["norm"]` gets the reversed gradient's norm."""
+    return _GradientReverse.apply(x, coeff, probe)
 
 
-def grl_coeff(step: int, total: int, alpha: float = 10.0) -> float:
-    """lambda = 2 / (1 + exp(-alpha * step / total)) - 1: 0 at the start, close to 1 at the end."""
-    progress = step / max(total, 1)
+def grl_coeff(step: int, horizon: int, alpha: float = 10.0) -> float:
+    """lambda = 2 / (1 + exp(-alpha * step / horizon)) - 1: 0 at the start, 0.99 at step = horizon."""
+    progress = step / max(horizon, 1)
     return 2.0 / (1.0 + math.exp(-alpha * progress)) - 1.0
 
 
-def discriminator_input_dim(method: str, feature_dim: int, num_classes: int) -> int:
+def randomized_map(cdan_map: str, feature_dim: int, num_classes: int) -> bool:
+    return cdan_map == "randomized" or (cdan_map == "auto" and feature_dim * num_classes > MULTILINEAR_MAX_DIM)
+
+
+def discriminator_input_dim(method: str, feature_dim: int, num_classes: int, cdan_map: str = "auto") -> int:
     if method in ("dann", "dann-e"):
         return feature_dim
     if method == "gvb":
         return num_classes
-    product = feature_dim * num_classes
-    return product if product <= MULTILINEAR_MAX_DIM else RANDOMIZED_DIM
+    return RANDOMIZED_DIM if randomized_map(cdan_map, feature_dim, num_classes) else feature_dim * num_classes
 
 
 class MultilinearMap(nn.Module):
-    """f (x) g for CDAN; above MULTILINEAR_MAX_DIM, the randomized map (f R_f) * (g R_g) / sqrt(d)."""
+    """f (x) g for CDAN, or the randomized map (f R_f) * (g R_g) / sqrt(d) (`randomized_map`)."""
 
-    def __init__(self, feature_dim: int, num_classes: int, generator: torch.Generator | None = None):
+    def __init__(self, feature_dim: int, num_classes: int, generator: torch.Generator | None = None, cdan_map: str = "auto"):
         super().__init__()
-        self.randomized = feature_dim * num_classes > MULTILINEAR_MAX_DIM
+        self.randomized = randomized_map(cdan_map, feature_dim, num_classes)
         if self.randomized:
             # Fixed random projections: buffers, so they are saved, moved and exported with the model.
             self.register_buffer("rf", torch.randn(feature_dim, RANDOMIZED_DIM, generator=generator))
@@ -143,11 +165,13 @@ def adversarial_loss(
     head: nn.Module | None = None,
     params: MethodParams = MethodParams(),
     row_weights: torch.Tensor | None = None,
+    probe: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """(L_adv, L_extra, detached statistics) for a batch of source rows then target rows.
 
     `domain` holds the raw labels (1 source, 0 target) of the rows of `features` and `logits`;
-    `row_weights` (--label-shift-weights) multiplies each row's weight w_i.
+    `row_weights` (--label-shift-weights) multiplies each row's weight w_i; after backward,
+    `probe["norm"]` holds the norm of the adversarial gradient the reversal layer passed on.
     """
     probs = F.softmax(logits.float(), dim=1).detach()
     if method in ("dann", "dann-e"):
@@ -158,7 +182,7 @@ def adversarial_loss(
         h = F.softmax(logits.float(), dim=1)  # with its gradient: the classifier's only way to fool D
     else:
         raise ValueError(f"no adversarial loss for method {method!r}")
-    disc_logits, disc_bridge = discriminator(grad_reverse(h, coeff))
+    disc_logits, disc_bridge = discriminator(grad_reverse(h, coeff, probe))
     disc_logits = disc_logits.float()
     t = domain_targets(mode, disc_logits, domain)
     weights = t.weights

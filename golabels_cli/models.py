@@ -1,10 +1,15 @@
 """The adaptation model: timm backbone -> bottleneck -> head, and the domain discriminator.
 
     backbone (timm, num_classes=0) -> bottleneck (Linear -> BatchNorm1d -> ReLU, 256) -> head (Linear, C)
-    discriminator: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear -> 1   (width 1024)
+    discriminator, --discriminator batchnorm (TLlib's DomainDiscriminator; DANN, CDAN):
+        Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear -> 1          (width 1024)
+    discriminator, --discriminator dropout (the original CDAN, GVB and ASAN code's AdversarialNetwork):
+        Linear -> ReLU -> Dropout(0.5) -> Linear -> ReLU -> Dropout(0.5) -> Linear -> 1
 
 GVB gives the head and the discriminator a bridge (a parallel output layer subtracted from the
-main one); ASAN puts spectral normalization on the discriminator's linear layers.
+main one); ASAN puts spectral normalization on the discriminator's linear layers, with no
+normalization after them (BatchNorm would rescale their outputs and undo the bound the spectral
+norm enforces), so its default discriminator is `dropout`, as is GVB's.
 """
 
 from __future__ import annotations
@@ -54,20 +59,35 @@ class Classifier(nn.Module):
         return self.head(features), features
 
 
+DISCRIMINATORS = ("batchnorm", "dropout")
+
+
+def default_discriminator(method: str) -> str:
+    """Each method's reference discriminator: the original GVB and ASAN code's, TLlib's for the rest."""
+    return "dropout" if method in ("gvb", "asan") else "batchnorm"
+
+
 class Discriminator(nn.Module):
     """Domain discriminator; forward() returns (logits [N], bridge output [N] or None).
 
-    With `bridge` (GVB), logits = out(h) - bridge(h) on the last hidden layer h, and the loss
-    penalizes mean |bridge(h)|. With `spectral` (ASAN), every linear layer is spectrally normalized.
+    `layers` is "batchnorm" (Linear, BN, ReLU per hidden layer) or "dropout" (Linear, ReLU,
+    Dropout 0.5). With `bridge` (GVB), logits = out(h) - bridge(h) on the last hidden layer h, and
+    the loss penalizes mean |bridge(h)|. With `spectral` (ASAN), every linear layer is spectrally
+    normalized.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 1024, bridge: bool = False, spectral: bool = False):
+    def __init__(self, in_dim: int, hidden: int = 1024, bridge: bool = False, spectral: bool = False, layers: str = "batchnorm"):
         super().__init__()
+        if layers not in DISCRIMINATORS:
+            raise ValueError(f"unknown discriminator {layers!r}; expected one of {', '.join(DISCRIMINATORS)}")
         norm = nn.utils.parametrizations.spectral_norm if spectral else (lambda layer: layer)
-        self.body = nn.Sequential(
-            norm(nn.Linear(in_dim, hidden)), nn.BatchNorm1d(hidden), nn.ReLU(),
-            norm(nn.Linear(hidden, hidden)), nn.BatchNorm1d(hidden), nn.ReLU(),
-        )
+
+        def hidden_layer(width_in: int) -> list[nn.Module]:
+            if layers == "batchnorm":
+                return [norm(nn.Linear(width_in, hidden)), nn.BatchNorm1d(hidden), nn.ReLU()]
+            return [norm(nn.Linear(width_in, hidden)), nn.ReLU(), nn.Dropout(0.5)]
+
+        self.body = nn.Sequential(*hidden_layer(in_dim), *hidden_layer(hidden))
         self.out = norm(nn.Linear(hidden, 1))
         self.bridge = nn.Linear(hidden, 1) if bridge else None
 
@@ -80,8 +100,8 @@ class Discriminator(nn.Module):
         return logits - bridge, bridge
 
 
-def discriminator(in_dim: int, hidden: int = 1024, method: str = "dann") -> Discriminator:
-    return Discriminator(in_dim, hidden, bridge=method == "gvb", spectral=method == "asan")
+def discriminator(in_dim: int, hidden: int = 1024, method: str = "dann", layers: str | None = None) -> Discriminator:
+    return Discriminator(in_dim, hidden, bridge=method == "gvb", spectral=method == "asan", layers=layers or default_discriminator(method))
 
 
 def check_backbone_name(name: str) -> None:

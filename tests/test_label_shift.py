@@ -92,23 +92,41 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
         assert len(r["predicted_share"]) == 3 and all(abs(v * 24 - round(v * 24)) < 0.01 for v in r["predicted_share"])
     assert json.loads((run / "summary.json").read_text())["evals"][-1]["prior_shift"] == rows[-1]["prior_shift"]
 
-    t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"], labels=[0] * 6 + [1] * 3 + [2]), cfg=SimpleNamespace(iters=100))
-    state = LoopState()
-    logging.getLogger("golabels").propagate = True
-    try:
-        with caplog.at_level(logging.WARNING, logger="golabels"):
-            # a young model's estimate (iteration 20 of 100) is not trusted, however far off
-            for it, shift in ((20, 0.9), (50, 0.1), (60, 0.4), (80, 0.5)):
-                scores = {"iter": it, "prior_shift": shift, "target_prior": [0.1, 0.2, 0.7], "predicted_share": [0.2, 0.2, 0.6]}
-                state.evals.append(scores)
-                _warn_on_label_shift(t, state, it, scores)
-    finally:
-        logging.getLogger("golabels").propagate = False
-    warnings = [r.getMessage() for r in caplog.records if "class distribution" in r.getMessage()]
-    assert len(warnings) == 1 and "total variation 0.40" in warnings[0]
+    def warnings_for(method, labels, eval_set=None):
+        """The label-shift warnings of a run whose evaluations read these shifts of the predictions."""
+        cfg = SimpleNamespace(iters=100, method=method, balance_source=False, balance_target=False, label_shift_weights=False)
+        t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"], labels=labels), cfg=cfg, eval_set=eval_set)
+        state = LoopState()
+        caplog.clear()
+        logging.getLogger("golabels").propagate = True
+        try:
+            with caplog.at_level(logging.WARNING, logger="golabels"):
+                # a young model's reading (iteration 20 of 100) is not trusted, however far off;
+                # EM's (prior_shift) does not decide, the shares of the predictions do
+                for it, shift in ((20, 0.9), (50, 0.1), (60, 0.4), (80, 0.5)):
+                    scores = {"iter": it, "prior_shift": 0.9, "target_prior": [0.1, 0.2, 0.7], "predicted_share": [0.2, 0.2, 0.6],
+                              "predicted_shift": shift}
+                    state.evals.append(scores)
+                    _warn_on_label_shift(t, state, it, scores)
+        finally:
+            logging.getLogger("golabels").propagate = False
+        return [r.getMessage() for r in caplog.records if "label shift" in r.getMessage()]
+
+    imbalanced = [0] * 6 + [1] * 3 + [2]  # 6:1
+    eval_images = SimpleNamespace(labels=[0, 1, 1, 2, 2, 2])  # the eval folder's own class order: a, b, c
+    warnings = warnings_for("cdan-e", imbalanced, (eval_images, [0, 1, 2]))
+    assert len(warnings) == 1 and "total variation 0.40" in warnings[0] and "\n" not in warnings[0]
+    # the measured shift of --eval-dir's labels: (1/6, 2/6, 3/6) against (0.6, 0.3, 0.1)
+    assert "measured on --eval-dir 0.43" in warnings[0]
     # the classes whose share of the predictions is furthest from their share of the source, largest first
     assert "'c' 60% vs 10%, 'a' 20% vs 60%, 'b' 20% vs 30%" in warnings[0]
     assert "try --balance-source --balance-target" in warnings[0] and "compare with --method source-only" in warnings[0]
+    # On a balanced source no measurement supports balancing: the warning recommends only the comparison.
+    balanced = warnings_for("dann", [0, 0, 1, 1, 2, 2])
+    assert len(balanced) == 1 and "measured on" not in balanced[0]
+    assert "try --balance-source" not in balanced[0] and "compare with --method source-only" in balanced[0]
+    # source-only aligns nothing: no warning about what alignment does.
+    assert warnings_for("source-only", imbalanced) == []
 
 
 def test_balanced_source_draws_every_class_equally_often():

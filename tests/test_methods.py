@@ -4,8 +4,9 @@ import torch
 
 import pytest
 
-from golabels_cli.methods import (MethodParams, MultilinearMap, adversarial_loss, entropy_weights, grad_reverse, grl_coeff,
-                                  gvb_weights, spectral_alignment)
+from golabels_cli.config import AdaptConfig
+from golabels_cli.methods import (MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, entropy_weights, grad_reverse,
+                                  grl_coeff, gvb_weights, spectral_alignment)
 from golabels_cli.models import BridgedHead, discriminator
 
 
@@ -21,6 +22,21 @@ def test_grl_schedule():
     assert 0.999 < grl_coeff(100, 100) < 1.0
 
 
+def test_reference_schedule_follows_absolute_iterations():
+    # The original CDAN code and TLlib: lambda 0.05 at iteration 100 and 0.245 at 500, whatever the
+    # run's length; lr * (1 + 0.001 i) ** -0.75, 0.59x after 1000 iterations.
+    for iters in (1000, 4000):
+        cfg = AdaptConfig(iters=iters, schedule="reference")
+        assert grl_coeff(100, cfg.grl_horizon(), cfg.grl_alpha) == pytest.approx(0.04996, abs=1e-4)
+        assert grl_coeff(500, cfg.grl_horizon(), cfg.grl_alpha) == pytest.approx(0.2449, abs=1e-4)
+        assert cfg.resolved_lr_gamma() == 1e-3
+    assert (1 + AdaptConfig(iters=1000, schedule="reference").resolved_lr_gamma() * 1000) ** -0.75 == pytest.approx(0.595, abs=1e-3)
+    scaled = AdaptConfig(iters=1000, schedule="scaled")
+    assert grl_coeff(500, scaled.grl_horizon(), scaled.grl_alpha) == pytest.approx(0.9866, abs=1e-4)
+    assert scaled.resolved_lr_gamma() == 0.02
+    assert AdaptConfig(iters=1000, schedule="reference", lr_gamma=0.5).resolved_lr_gamma() == 0.5  # an explicit gamma wins
+
+
 def test_entropy_weights_mean_one_and_confident_heavier():
     probs = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.9, 0.1]])
     w = entropy_weights(probs)
@@ -33,8 +49,16 @@ def test_multilinear_outer_product_and_randomized():
     f, g = torch.randn(4, 5), torch.softmax(torch.randn(4, 3), 1)
     small = MultilinearMap(5, 3)
     assert torch.allclose(small(f, g)[1], torch.outer(g[1], f[1]).flatten())
-    big = MultilinearMap(256, 31, torch.Generator().manual_seed(0))
+    # Office-31 (256 x 31): the full map by default, as TLlib and the original code; randomized when asked.
+    office = MultilinearMap(256, 31, torch.Generator().manual_seed(0))
+    assert not office.randomized and office(torch.randn(4, 256), torch.softmax(torch.randn(4, 31), 1)).shape == (4, 7936)
+    assert discriminator_input_dim("cdan-e", 256, 31) == 7936
+    big = MultilinearMap(256, 31, torch.Generator().manual_seed(0), cdan_map="randomized")
     assert big.randomized and big(torch.randn(4, 256), torch.softmax(torch.randn(4, 31), 1)).shape == (4, 1024)
+    assert discriminator_input_dim("cdan-e", 256, 31, "randomized") == 1024
+    # auto: randomized only where the full map would pass 32768 dimensions (e.g. 256 x 345 DomainNet classes).
+    assert MultilinearMap(256, 345).randomized and discriminator_input_dim("cdan", 256, 345) == 1024
+    assert not MultilinearMap(5, 3, cdan_map="full").randomized
 
 
 def test_adversarial_loss_reverses_gradient_into_features():
@@ -54,6 +78,22 @@ def test_adversarial_loss_reverses_gradient_into_features():
     loss.backward()
     assert torch.count_nonzero(features.grad) == 0 and torch.count_nonzero(reversed_grad) > 0
     assert set(stats) >= {"disc_acc", "relabeled_src", "relabeled_tgt"}
+
+
+def test_probe_reads_the_reversed_gradient_and_go_labels_shrink_it():
+    torch.manual_seed(0)
+    features = torch.randn(8, 6, requires_grad=True)
+    logits, domain = torch.randn(8, 3), torch.tensor([1.0] * 4 + [0.0] * 4)
+    disc = discriminator(6, 16).eval()
+    norms = {}
+    for mode in ("fixed", "go"):
+        features.grad, probe = None, {}
+        loss, _, _ = adversarial_loss("dann", mode, features, logits, domain, disc, None, coeff=0.5, probe=probe)
+        loss.backward()
+        assert torch.isclose(probe["norm"], torch.linalg.vector_norm(features.grad))
+        norms[mode] = probe["norm"].item()
+    # A fooled sample's target moves from d to 0.5, nearer its prediction: its gradient shrinks.
+    assert norms["go"] < norms["fixed"]
 
 
 def test_gvb_weights_mean_one_per_domain_and_reversed_gradient():
@@ -113,8 +153,17 @@ def test_asan_discriminator_is_spectrally_normalized():
     linears = [m for m in disc.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 3 and all(parametrize.is_parametrized(m, "weight") for m in linears)
     assert all(type(m.parametrizations.weight[0]).__name__ == "_SpectralNorm" for m in linears)
+    # No normalization after the spectrally normalized layers: a BatchNorm would rescale their outputs
+    # and undo the Lipschitz bound (the original ASAN code has none). Dropout, as in the original.
+    layers = list(disc.body)
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.LayerNorm, torch.nn.GroupNorm)) for m in disc.modules())
+    assert [type(m).__name__.removeprefix("Parametrized") for m in layers] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout"]
     for other in ("dann", "cdan-e", "gvb"):
         assert not any(parametrize.is_parametrized(m) for m in discriminator(8, 16, method=other).modules())
+    # GVB's original discriminator too has dropout and no BatchNorm; DANN and CDAN keep TLlib's.
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in discriminator(8, 16, method="gvb").modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in discriminator(8, 16, method="cdan-e").modules()) == 2
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in discriminator(8, 16, method="asan", layers="batchnorm").modules()) == 2
     # After a few training forwards the largest singular value of each weight is about 1.
     disc.train()
     for _ in range(20):
