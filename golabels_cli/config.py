@@ -46,7 +46,7 @@ class AdaptConfig:
     # joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code);
     # per-domain: one pass per domain, each normalized with its own batch statistics (GVB's, ASAN's code).
     forward: str = "joint"
-    cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 32768 dims)
+    cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 4096 dims)
     discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (models.default_discriminator)
     trade_off: float = 1.0  # weight of the adversarial loss
     bridge_g_weight: float = 1.0  # gvb: weight of the classifier bridge's mean |output|

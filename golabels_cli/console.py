@@ -181,8 +181,8 @@ class AdaptProgress:
     @staticmethod
     def eval_text(row: dict[str, Any]) -> str:
         parts = [f"{name} {_fmt(row.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key in row and key != "target_acc"]
-        if row.get("prior_shift") is not None:
-            parts.append(f"| label shift {row['prior_shift']:.3f}")
+        if row.get("predicted_shift") is not None:  # the reading the label-shift warning uses
+            parts.append(f"| label shift {row['predicted_shift']:.3f}")
         if "target_acc" in row:
             parts.append(f"| target-acc {row['target_acc']:.4f} (oracle: --eval-dir labels)")
         return f"iter {row['iter']}: " + " ".join(parts)
@@ -350,12 +350,12 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
         table.add_column("iter", justify="right")
         for k in keys:
             table.add_column(VALIDATOR_NAMES[k] + (" (oracle)" if k == "target_acc" else ""), justify="right")
-        shift = any(e.get("prior_shift") is not None for e in evals)
+        shift = any(e.get("predicted_shift") is not None for e in evals)
         if shift:
             table.add_column("label shift (TV)", justify="right")
         for e in evals:
             table.add_row(f"{'*' if e['iter'] == selected else ''}{e['iter']}", *(_fmt(e.get(k), ".4f") for k in keys),
-                          *([_fmt(e.get("prior_shift"), ".3f")] if shift else []))
+                          *([_fmt(e.get("predicted_shift"), ".3f")] if shift else []))
         stdout.print(table)
         rho = {k: v for k, v in correlations(evals).items() if v is not None}
         if rho:

@@ -12,6 +12,8 @@ Seeing the shift is the first step (issue 10).
                  soft (probabilities), as in IWDAN. It needs no calibrated posteriors: a classifier
                  biased toward a class is biased the same way on both domains, and C cancels it.
     total_variation(q, p) = 1/2 sum_y |q(y) - p(y)|, 0 (same) to 1 (disjoint).
+    shift_p_value  Pearson's chi-square test that two sets of class counts come from one distribution
+                 (or one set from a known distribution): how likely a difference as large is by chance.
     class_weights  w(y) = q(y) / p(y) for --label-shift-weights (importance weighting of source
                  samples as in IWDAN, Tachet des Combes et al., NeurIPS 2020), clipped to
                  [1 / MAX_CLASS_WEIGHT, MAX_CLASS_WEIGHT] and scaled so that sum_y p(y) w(y) = 1.
@@ -23,6 +25,9 @@ from __future__ import annotations
 import torch
 
 SHIFT_WARNING = 0.25  # total variation above which the run warns about label shift
+# ... when a difference that large is this unlikely by chance: a handful of held-out images, or a
+# young model's predictions, read large differences out of noise.
+SHIFT_P_VALUE = 1e-3
 # A class that is rare in the source but estimated frequent in the target would otherwise let a
 # handful of its images dominate every batch they appear in; one estimated absent would stop being
 # learned at all, and a young model, whose predictions collapse onto a few classes, estimates many so.
@@ -73,3 +78,21 @@ def class_weights(target_prior: torch.Tensor, trained_prior: torch.Tensor, cap: 
     p = trained_prior.double().clamp_min(1e-12)
     w = (target_prior.double() / p).clamp(1 / cap, cap)
     return (w / (p * w).sum().clamp_min(1e-12)).float()
+
+
+def shift_p_value(counts: torch.Tensor, reference: torch.Tensor, reference_is_prior: bool = False) -> float:
+    """Chi-square test of homogeneity of two rows of class counts (or, with `reference_is_prior`,
+    of goodness of fit of `counts` to the class distribution `reference`): its p-value."""
+    counts, reference = counts.double(), reference.double()
+    if reference_is_prior:
+        keep = reference > 0
+        expected = counts.sum() * reference[keep] / reference[keep].sum()
+        statistic, df = ((counts[keep] - expected) ** 2 / expected).sum(), int(keep.sum()) - 1
+    else:
+        table = torch.stack([counts, reference])
+        table = table[:, table.sum(0) > 0]
+        expected = table.sum(1, keepdim=True) * table.sum(0, keepdim=True) / table.sum()
+        statistic, df = ((table - expected) ** 2 / expected).sum(), table.shape[1] - 1
+    if df < 1:
+        return 1.0
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), statistic / 2))

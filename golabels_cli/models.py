@@ -160,8 +160,11 @@ def _preview(keys: list[str]) -> str:
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load a timm state dict, ignoring the backbone's own classifier; any other mismatch is an error."""
+    """Load a timm state dict, ignoring the backbone's own classifier; any other mismatch is an error.
+    A golabels model (a run's model.safetensors) gives its backbone: adapting from a source-only run."""
     state = read_state_dict(path)
+    if any(k.startswith("head.") for k in state) and any(k.startswith("backbone.") for k in state):
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     classifiers = backbone.pretrained_cfg.get("classifier") or ()
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
     state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifiers)}

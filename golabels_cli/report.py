@@ -37,13 +37,15 @@ class RunRecord:
     rows: list[dict[str, Any]]  # metrics.jsonl
     summary: dict[str, Any] | None  # None until the run has finished
 
+    EVAL_KEYS = ("iter", "target_mean_class_acc", "prior_shift", "target_prior", "predicted_share", "predicted_shift",
+                 "predicted_shift_p", "source_predicted_share")
+
     @property
     def evals(self) -> list[dict[str, Any]]:
         """The evaluated snapshots: from summary.json, else the metrics rows that carry validators."""
         if self.summary is not None:
             return self.summary["evals"]
-        return [{k: v for k, v in row.items() if k in ("iter", "target_mean_class_acc", "prior_shift", "target_prior", "predicted_share") or k in DIRECTION}
-                for row in self.rows if "snd" in row]
+        return [{k: v for k, v in row.items() if k in self.EVAL_KEYS or k in DIRECTION} for row in self.rows if "snd" in row]
 
     @property
     def finished(self) -> bool:

@@ -148,6 +148,21 @@ def test_weights_safetensors_and_pth_load_and_ignore_classifier(domains, tmp_pat
     assert torch.allclose(trained["backbone." + key], state[key], atol=1e-6)
 
 
+def test_weights_from_a_golabels_run_start_from_its_backbone(domains, tmp_path):
+    """--weights RUN/model.safetensors: a source-only run's backbone is where an adapted run starts."""
+    from safetensors.torch import load_file
+
+    source, target = domains
+    first = cli("adapt", source, target, *TINY, "--iters", "2", "--method", "source-only", "--out", tmp_path / "so", "--quiet")
+    assert first.exit_code == 0, first.stderr
+    result = cli("adapt", source, target, *TINY, "--iters", "1", "--lr", "1e-12", "--weights", tmp_path / "so" / "model.safetensors",
+                 "--out", tmp_path / "from-so", "--quiet", "--method", "source-only")
+    assert result.exit_code == 0, result.stderr
+    before, after = load_file(str(tmp_path / "so" / "model.safetensors")), load_file(str(tmp_path / "from-so" / "model.safetensors"))
+    backbone = [k for k in before if k.startswith("backbone.") and k.endswith("weight")]
+    assert backbone and all(torch.allclose(before[k], after[k], atol=1e-6) for k in backbone)
+
+
 def test_weights_with_unexpected_or_missing_keys_are_named(domains, tmp_path):
     source, target = domains
     state = backbone_state("test_resnet")

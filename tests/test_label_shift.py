@@ -92,7 +92,7 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
         assert len(r["predicted_share"]) == 3 and all(abs(v * 24 - round(v * 24)) < 0.01 for v in r["predicted_share"])
     assert json.loads((run / "summary.json").read_text())["evals"][-1]["prior_shift"] == rows[-1]["prior_shift"]
 
-    def warnings_for(method, labels, eval_set=None):
+    def warnings_for(method, labels, eval_set=None, p_value=1e-6, src_acc=None):
         """The label-shift warnings of a run whose evaluations read these shifts of the predictions."""
         cfg = SimpleNamespace(iters=100, method=method, balance_source=False, balance_target=False, label_shift_weights=False)
         t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"], labels=labels), cfg=cfg, eval_set=eval_set)
@@ -105,7 +105,7 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
                 # EM's (prior_shift) does not decide, the shares of the predictions do
                 for it, shift in ((20, 0.9), (50, 0.1), (60, 0.4), (80, 0.5)):
                     scores = {"iter": it, "prior_shift": 0.9, "target_prior": [0.1, 0.2, 0.7], "predicted_share": [0.2, 0.2, 0.6],
-                              "predicted_shift": shift}
+                              "predicted_shift": shift, "predicted_shift_p": p_value, "src_acc": src_acc}
                     state.evals.append(scores)
                     _warn_on_label_shift(t, state, it, scores)
         finally:
@@ -117,16 +117,60 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
     warnings = warnings_for("cdan-e", imbalanced, (eval_images, [0, 1, 2]))
     assert len(warnings) == 1 and "total variation 0.40" in warnings[0] and "\n" not in warnings[0]
     # the measured shift of --eval-dir's labels: (1/6, 2/6, 3/6) against (0.6, 0.3, 0.1)
-    assert "measured on --eval-dir 0.43" in warnings[0]
+    assert "the labels of --eval-dir differ from the source's by 0.43" in warnings[0]
     # the classes whose share of the predictions is furthest from their share of the source, largest first
     assert "'c' 60% vs 10%, 'a' 20% vs 60%, 'b' 20% vs 30%" in warnings[0]
     assert "try --balance-source --balance-target" in warnings[0] and "compare with --method source-only" in warnings[0]
     # On a balanced source no measurement supports balancing: the warning recommends only the comparison.
     balanced = warnings_for("dann", [0, 0, 1, 1, 2, 2])
-    assert len(balanced) == 1 and "measured on" not in balanced[0]
+    assert len(balanced) == 1 and "--eval-dir" not in balanced[0]
     assert "try --balance-source" not in balanced[0] and "compare with --method source-only" in balanced[0]
     # source-only aligns nothing: no warning about what alignment does.
     assert warnings_for("source-only", imbalanced) == []
+    # A difference as large is likely by chance (a few held-out images): no warning.
+    assert warnings_for("cdan-e", imbalanced, p_value=0.2) == []
+    # A model near chance on the held-out source says nothing about the folders' classes: no warning.
+    assert warnings_for("cdan-e", imbalanced, src_acc=0.6) == [] and len(warnings_for("cdan-e", imbalanced, src_acc=0.7)) == 1
+
+
+def test_shift_p_value_tells_a_shift_from_noise():
+    from golabels_cli.label_shift import shift_p_value
+
+    # 3 held-out images all predicted 'a' against 36 target images 24/8/4: likely by chance
+    assert shift_p_value(torch.tensor([24.0, 8, 4]), torch.tensor([3.0, 0, 0])) > 0.1
+    # the same shares at 100 times the counts: not by chance
+    assert shift_p_value(torch.tensor([2400.0, 800, 400]), torch.tensor([300.0, 0, 0])) < 1e-6
+    # identical shares: p = 1; a known prior instead of a second sample
+    assert shift_p_value(torch.tensor([10.0, 10, 10]), torch.tensor([20.0, 20, 20])) == pytest.approx(1.0)
+    assert shift_p_value(torch.tensor([100.0, 0, 0]), torch.tensor([1 / 3, 1 / 3, 1 / 3]), reference_is_prior=True) < 1e-6
+    assert shift_p_value(torch.tensor([34.0, 33, 33]), torch.tensor([1 / 3, 1 / 3, 1 / 3]), reference_is_prior=True) > 0.9
+    # the chi-square statistic's p-value, checked by hand: [[10, 20], [20, 10]] gives 6.667 on 1 df, p = 0.00982
+    assert shift_p_value(torch.tensor([10.0, 20]), torch.tensor([20.0, 10])) == pytest.approx(0.00982, abs=1e-4)
+
+
+def test_the_shift_is_read_against_the_models_own_predictions_on_held_out_source(domains, tmp_path):
+    """A model that leans toward a class on both domains shows no label shift: predicted_shift
+    compares the target's predicted shares with the held-out source's."""
+    from conftest import adapt_tiny, read_jsonl
+
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "10", "--eval-every", "10", "--val-split", "0.5")
+    row = [r for r in read_jsonl(run / "metrics.jsonl") if "predicted_shift" in r][-1]
+    share, held_out = row["predicted_share"], row["source_predicted_share"]
+    assert len(held_out) == 3 and abs(sum(held_out) - 1) < 1e-3
+    assert row["predicted_shift"] == pytest.approx(0.5 * sum(abs(a - b) for a, b in zip(share, held_out)), abs=1e-3)
+
+
+def test_a_tiny_balanced_run_prints_no_label_shift_warning(tmp_path):
+    from conftest import TINY, cli
+    from golabels_cli.synthetic import make_two_domains
+
+    source, target = make_two_domains(tmp_path / "data", per_class=12, size=32, seed=2)
+    result = cli("adapt", source, target, *TINY, "--out", tmp_path / "run", "--iters", "40", "--eval-every", "10",
+                 "--eval-dir", target)
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert not [w for w in warnings if "label shift" in w or "class distribution" in w], warnings
 
 
 def test_balanced_source_draws_every_class_equally_often():

@@ -49,15 +49,15 @@ def test_multilinear_outer_product_and_randomized():
     f, g = torch.randn(4, 5), torch.softmax(torch.randn(4, 3), 1)
     small = MultilinearMap(5, 3)
     assert torch.allclose(small(f, g)[1], torch.outer(g[1], f[1]).flatten())
-    # Office-31 (256 x 31): the full map by default, as TLlib and the original code; randomized when asked.
-    office = MultilinearMap(256, 31, torch.Generator().manual_seed(0))
-    assert not office.randomized and office(torch.randn(4, 256), torch.softmax(torch.randn(4, 31), 1)).shape == (4, 7936)
-    assert discriminator_input_dim("cdan-e", 256, 31) == 7936
-    big = MultilinearMap(256, 31, torch.Generator().manual_seed(0), cdan_map="randomized")
+    # Office-31 (256 x 31 > 4096): randomized by default (auto); the full product with --cdan-map full,
+    # as TLlib and the original code; randomized everywhere with --cdan-map randomized.
+    big = MultilinearMap(256, 31, torch.Generator().manual_seed(0))
     assert big.randomized and big(torch.randn(4, 256), torch.softmax(torch.randn(4, 31), 1)).shape == (4, 1024)
-    assert discriminator_input_dim("cdan-e", 256, 31, "randomized") == 1024
-    # auto: randomized only where the full map would pass 32768 dimensions (e.g. 256 x 345 DomainNet classes).
-    assert MultilinearMap(256, 345).randomized and discriminator_input_dim("cdan", 256, 345) == 1024
+    assert discriminator_input_dim("cdan-e", 256, 31) == 1024
+    office = MultilinearMap(256, 31, torch.Generator().manual_seed(0), cdan_map="full")
+    assert not office.randomized and office(torch.randn(4, 256), torch.softmax(torch.randn(4, 31), 1)).shape == (4, 7936)
+    assert discriminator_input_dim("cdan-e", 256, 31, "full") == 7936
+    assert MultilinearMap(5, 3, cdan_map="randomized").randomized and discriminator_input_dim("cdan", 5, 3, "randomized") == 1024
     assert not MultilinearMap(5, 3, cdan_map="full").randomized
 
 
