@@ -231,7 +231,8 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     final = summary["final"]
     table.add_row("final losses", f"classification {_fmt(final['loss_cls'])}, adversarial {_fmt(final['loss_adv'])}")
     if final["disc_acc"] is not None:
-        table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}")
+        grad = f", adversarial gradient {final['adv_grad_norm']:.3g}" if final.get("adv_grad_norm") is not None else ""
+        table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}{grad}")
     selected = summary["selected"]
     if selected["by"] != "last":
         table.add_row("model", f"the snapshot of iteration {selected['iter']}, selected by {selected['by']}"
@@ -334,12 +335,13 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
         if shown[-1] is not rows[-1]:
             shown.append(rows[-1])
         table = Table(title="training (metrics.jsonl, every row's mean over its window)")
-        for name in ("iter", "loss cls", "loss adv", "disc acc", "disc src/tgt", "relabeled src/tgt", "lr"):
+        for name in ("iter", "loss cls", "loss adv", "disc acc", "disc src/tgt", "relabeled src/tgt", "adv grad", "lr"):
             table.add_column(name, justify="right")
         for r in shown:
             table.add_row(str(r["iter"]), _fmt(r.get("loss_cls")), _fmt(r.get("loss_adv")), _fmt(r.get("disc_acc"), ".2f"),
                           f"{_fmt(r.get('disc_acc_src'), '.2f')}/{_fmt(r.get('disc_acc_tgt'), '.2f')}",
-                          f"{_fmt(r.get('relabeled_src'), '.2f')}/{_fmt(r.get('relabeled_tgt'), '.2f')}", f"{r['lr']:.2e}")
+                          f"{_fmt(r.get('relabeled_src'), '.2f')}/{_fmt(r.get('relabeled_tgt'), '.2f')}", _fmt(r.get("adv_grad_norm")),
+                          f"{r['lr']:.2e}")
         stdout.print(table)
 
     evals = record.evals

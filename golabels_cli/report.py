@@ -159,7 +159,7 @@ def write_plots(record: RunRecord) -> list[Path] | None:
     save(fig, PLOTS[0])
 
     if any(r.get("disc_acc") is not None for r in rows):
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(17, 4))
         series(a1, "disc_acc", "all")
         series(a1, "disc_acc_src", "source")
         series(a1, "disc_acc_tgt", "target")
@@ -170,6 +170,8 @@ def write_plots(record: RunRecord) -> list[Path] | None:
         a2.set(xlabel="iteration", ylabel="fraction of the batch", ylim=(-0.02, 1.02),
                title="samples whose domain label was changed (go: misclassified by the discriminator)")
         a2.legend()
+        series(a3, "adv_grad_norm", "reaching the features")
+        a3.set(xlabel="iteration", ylabel="norm", title="adversarial gradient reaching the features\n(after trade-off and reversal)")
         fig.suptitle(title)
         save(fig, PLOTS[1])
 

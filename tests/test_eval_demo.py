@@ -2,6 +2,9 @@ import csv
 import json
 import shutil
 
+import pytest
+import yaml
+
 from conftest import adapt_tiny, cli
 
 
@@ -52,19 +55,29 @@ def test_eval_of_missing_or_foreign_model(domains, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    result = cli("demo", "--out", tmp_path / "demo", "--iters", "4", "--json")
+    from golabels_cli.config import AdaptConfig
+
+    result = cli("demo", "--out", tmp_path / "demo", "--iters", "4", "--seed", "1", "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    for key in ("source_only", "adapted"):
+    for key, folder in (("source_only", "source-only"), ("adapted", "adapted")):
         assert 0 <= report[key]["target_acc"] <= 1
-        assert (tmp_path / "demo" / report[key]["method"] / "model.safetensors").exists()
-    assert report["adapted"]["domain_labels"] == "go"
+        assert (tmp_path / "demo" / folder / "model.safetensors").exists()
+        assert yaml.safe_load((tmp_path / "demo" / folder / "config.yaml").read_text())["seed"] == 1
+    # The adapted run is golabels' default recipe: what a user gets from `golabels adapt`.
+    defaults = AdaptConfig()
+    assert (report["adapted"]["method"], report["adapted"]["domain_labels"]) == (defaults.method, defaults.domain_labels)
+    assert report["gain"] == pytest.approx(report["adapted"]["target_acc"] - report["source_only"]["target_acc"])
     # The demo ships the adapted model: ONNX export, then predict with it on the target images.
-    assert report["export"]["onnx"] == str(tmp_path / "demo" / "cdan-e" / "model.onnx") and report["export"]["max_abs_diff"] <= 1e-4
+    assert report["export"]["onnx"] == str(tmp_path / "demo" / "adapted" / "model.onnx") and report["export"]["max_abs_diff"] <= 1e-4
     rows = list(csv.DictReader(open(report["predict"]["csv"])))
-    assert len(rows) == report["predict"]["rows"] == 360
+    assert len(rows) == report["predict"]["rows"] == 1500
     # ONNX labels agree with eval's PyTorch ones: the same accuracy, give or take a near-tie.
-    assert abs(report["predict"]["target_acc"] - report["adapted"]["target_acc"]) <= 1 / 360 + 1e-9
+    assert abs(report["predict"]["target_acc"] - report["adapted"]["target_acc"]) <= 1 / 1500 + 1e-9
+    # Without --json: both figures, the gain and what changed.
+    text = cli("demo", "--out", tmp_path / "demo2", "--iters", "2", "--quiet")
+    assert text.exit_code == 0, text.stderr
+    assert "source-only" in text.stdout and "points)" in text.stdout and "what changed" in text.stdout
 
 
 def test_help_and_version():

@@ -182,3 +182,31 @@ def test_dann_e_uses_entropy_weights():
     bce = torch.nn.functional.binary_cross_entropy_with_logits(d_logits, domain, reduction="none")
     assert torch.isclose(plain, bce.mean())
     assert torch.isclose(weighted, (entropy_weights(torch.softmax(logits, 1)) * bce).mean())
+
+
+def test_defaults_resolved_from_the_measurements():
+    """fixed domain labels; trade-off 2 with a frozen backbone, 1 when it trains; explicit values win."""
+    from golabels_cli.config import build_config
+
+    base = {"source": "s", "target": "t"}
+    assert build_config(base).domain_labels == "fixed" and build_config(base).trade_off == 1.0
+    assert build_config({**base, "freeze_backbone": True}).trade_off == 2.0
+    assert build_config({**base, "freeze_backbone": True, "trade_off": 0.5}).trade_off == 0.5
+    assert build_config({**base, "method": "asan"}).discriminator == "dropout"
+    assert build_config({**base, "method": "dann"}).discriminator == "batchnorm"
+
+
+def test_per_domain_forward_normalizes_each_domain_apart(domains, tmp_path):
+    """forward: per-domain (GVB's and ASAN's code) trains and records itself in config.yaml."""
+    import yaml
+    from conftest import TINY, cli
+
+    source, target = domains
+    config = tmp_path / "c.yaml"
+    config.write_text("forward: per-domain\n")
+    result = cli("adapt", source, target, *TINY, "--iters", "3", "--config", config, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["forward"] == "per-domain"
+    config.write_text("forward: per-domain\ndevices: 2\n")
+    refused = cli("adapt", source, target, *TINY, "--config", config)
+    assert refused.exit_code == 2 and "per-domain" in refused.stderr
