@@ -2,7 +2,8 @@
 
 For every run folder under the folders given (found by summary.json): the run's config is built
 again (the same folders, held-out split and target sample), its model.safetensors loaded, and the
-snapshot evaluated as the run's last evaluation is; printed per setting (the run folder's parent):
+snapshot evaluated as the run's last evaluation is; printed per setting (the three folders above the
+run's own, as a sweep names them: recipe/task/cell):
 the shift the warning reads (`predicted_shift`: the model's target predictions against its
 predictions on the held-out source), its chi-square p-value, the held-out source accuracy, how
 many runs the rule warns on, and the true shift of the folders (the target's labels, from

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from golabels_cli.synthetic import make_two_domains
 
@@ -180,3 +181,32 @@ def test_gpu_sweeps_script_runs_both_sweeps_and_tabulates(tmp_path):
     assert len(rows) == 6 + 3  # Office: 2 tasks x 3 methods; digits: 1 task x 3 methods
     assert all(line.split("|")[-3].strip() == "1" for line in rows)  # one seed each, every cell finished
     assert len(list((tmp_path / "runs").rglob("summary.json"))) == 2 * 5 + 5
+
+
+def test_uda_set_passes_any_adapt_option_to_every_cell(tmp_path):
+    uda = load("uda")
+    make_two_domains(tmp_path / "data", per_class=4, size=32, seed=3)
+    args = ["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "cdan-e", "--domain-labels", "fixed",
+            "--seeds", "1", "--out", str(tmp_path / "sweep"), "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
+            "--iters", "2", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet",
+            "--set", "trade-off=2", "--set", "schedule=reference", "--set", "cdan-map=randomized"]
+    uda.main(args)
+    config = yaml.safe_load(next((tmp_path / "sweep").rglob("config.yaml")).read_text())
+    assert (config["trade-off"], config["schedule"], config["cdan-map"]) == (2, "reference", "randomized")
+    for bad in ("trade-off", "no-such-option=1"):
+        with pytest.raises(SystemExit, match="--set"):
+            uda.main([*args[:-6], "--set", bad])
+
+
+def test_shift_readings_recompute_the_warning_on_finished_runs(tmp_path, capsys):
+    import json
+
+    from conftest import adapt_tiny
+
+    source, target = make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
+    adapt_tiny(source, target, tmp_path / "runs" / "task" / "cdan-e-fixed" / "seed0", "--iters", "2", "--eval-dir", target)
+    load("shift_readings").main([str(tmp_path / "runs"), "--out", str(tmp_path / "readings.jsonl")])
+    row = json.loads((tmp_path / "readings.jsonl").read_text())
+    assert row["setting"] == "runs/task/cdan-e-fixed" and 0 <= row["predicted_shift"] <= 1 and 0 <= row["p"] <= 1
+    assert row["true_shift"] == pytest.approx(0.0) and row["warns"] in (True, False)
+    assert "| runs/task/cdan-e-fixed | 1 | 0.00 |" in capsys.readouterr().out
