@@ -15,6 +15,7 @@ from .train import adapt
 
 DEMO_BACKBONE = "test_resnet"
 DEMO_ITERS = 1000
+DEMO_PER_CLASS = 300
 
 
 def run_demo(out: str | Path | None, iters: int = DEMO_ITERS, device: str = "cpu", seed: int = 0,
@@ -24,7 +25,7 @@ def run_demo(out: str | Path | None, iters: int = DEMO_ITERS, device: str = "cpu
     root = claim_run_dir(out, exist_ok=False) if out else next_run_dir("runs/demo")
     say(f"demo folder: {root}")
     say("generating two digit domains: small, thin glyphs (source, labeled) and larger, bolder ones (target, used unlabeled)")
-    source, target = make_digit_domains(root / "data", per_class=150, size=32, seed=0)
+    source, target = make_digit_domains(root / "data", per_class=DEMO_PER_CLASS, size=32, seed=0)
     # No flips (a flipped digit is another digit) and no crops: the demo compares the methods, not augmentation.
     common = dict(
         source=str(source), target=str(target), backbone=DEMO_BACKBONE, pretrained=False, image_size=32, iters=iters,
