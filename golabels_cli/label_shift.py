@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import torch
 
-SHIFT_WARNING = 0.25  # total variation above which the run warns about label shift
+# Total variation above which the run warns about label shift. Measured (RESULTS.md, issue 22): the
+# balanced runs read at most 0.26 (the demo's adapted model, whose errors lean on a few classes),
+# the long-tailed Office-31 runs of the default at least 0.36.
+SHIFT_WARNING = 0.3
 # ... when a difference that large is this unlikely by chance: a handful of held-out images read large
 # differences out of noise. (At 0.001 a long-tailed Office-31 run with a 0.48 shift went unwarned:
-# 106 held-out images over 31 classes gave p = 0.0035; balanced runs read below 0.25 anyway.)
+# 106 held-out images over 31 classes gave p = 0.0035.)
 SHIFT_P_VALUE = 0.01
 # A class that is rare in the source but estimated frequent in the target would otherwise let a
 # handful of its images dominate every batch they appear in; one estimated absent would stop being
