@@ -317,7 +317,7 @@ def eval_(
 DEMO_EPILOG = """
 **Example**
 
-    golabels demo                 # about two minutes on a laptop CPU
+    golabels demo                 # about three minutes on two CPU cores
     golabels demo --seed 1 --out /tmp/demo --json
 """
 

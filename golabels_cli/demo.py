@@ -1,4 +1,4 @@
-"""`golabels demo`: the whole job on an embedded example — adapt, evaluate, export, predict — in about two minutes on a CPU."""
+"""`golabels demo`: the whole job on an embedded example — adapt, evaluate, export, predict — in about three minutes on two CPU cores."""
 
 from __future__ import annotations
 
