@@ -1,8 +1,8 @@
 """Adversarial losses: gradient reversal and its schedule, DANN, DANN+E, CDAN, CDAN+E, GVB, ASAN.
 
 With bottleneck features f, classifier probabilities g = softmax(logits) (detached unless said),
-a discriminator D and domain targets t from `domain_labels` (Go-labels by default), every method's
-adversarial loss is
+a discriminator D and domain targets t from `domain_labels` (fixed by default; Go-labels with
+--domain-labels go), every method's adversarial loss is
 
     L_adv = sum_i w_i * BCE(D(GRL_lambda(h_i)), t_i) / N          over the source+target batch
 

@@ -14,7 +14,7 @@ from conftest import TINY, adapt_tiny, cli, read_jsonl
 from golabels_cli.domain_labels import MODES
 from golabels_cli.methods import METHODS
 
-ROW_KEYS = {"iter", "loss_cls", "loss_adv", "disc_acc", "relabeled_src", "relabeled_tgt", "lr", "lambda"}
+ROW_KEYS = {"iter", "loss_cls", "loss_adv", "disc_acc", "relabeled_src", "relabeled_tgt", "lr", "lambda", "adv_grad_norm"}
 
 
 def weights(run):
@@ -40,7 +40,7 @@ def test_run_directory_layout(domains, tmp_path):
         assert "target_acc" in row
     summary = json.loads((run / "summary.json").read_text())
     assert summary["classes"] == ["circle", "square", "triangle"] and summary["iters"] == 30
-    assert summary["method"] == "cdan-e" and summary["domain_labels"] == "go"
+    assert summary["method"] == "cdan-e" and summary["domain_labels"] == "fixed"
     assert 0 <= summary["target_acc"] <= 1 and len(summary["evals"]) == 3
     # What decides the numbers besides the config: the installed libraries by their real versions, the hardware.
     env = summary["environment"]

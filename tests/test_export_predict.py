@@ -59,7 +59,7 @@ def test_export_is_checked_self_describing_and_equal_to_pytorch(exported, domain
     assert json.loads(meta["input_size"]) == [3, 32, 32]
     assert len(json.loads(meta["mean"])) == 3 and len(json.loads(meta["std"])) == 3
     assert meta["interpolation"] and float(meta["crop_pct"]) > 0 and meta["crop_mode"] == "center"
-    assert (meta["backbone"], meta["method"], meta["domain_labels"]) == ("test_resnet", "cdan-e", "go")
+    assert (meta["backbone"], meta["method"], meta["domain_labels"]) == ("test_resnet", "cdan-e", "fixed")
     assert meta["golabels_version"]
     assert [i.name for i in model.graph.input] == ["input"]
     assert [o.name for o in model.graph.output] == ["logits", "probabilities"]

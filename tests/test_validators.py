@@ -272,7 +272,7 @@ def test_report_prints_tables_and_writes_plots(evaluated_run):
     result = cli("report", evaluated_run)
     assert result.exit_code == 0, result.stderr
     out = result.stdout
-    for text in ("cdan-e with go domain labels", "iteration", "(--select im)", "source images per class", "circle",
+    for text in ("cdan-e with fixed domain labels", "iteration", "(--select im)", "source images per class", "circle",
                  "validators per evaluated snapshot", "target-acc", "Spearman correlation", "environment"):
         assert text in out, text
     for name in ("report-losses.png", "report-discriminator.png", "report-validators.png"):
