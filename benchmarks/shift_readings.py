@@ -26,13 +26,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from golabels_cli.config import build_config  # noqa: E402
-from golabels_cli.label_shift import total_variation  # noqa: E402
-from golabels_cli.train import LoopState, _source_prior, _validate, _warn_on_label_shift, build  # noqa: E402
+from golabels_cli.train import LoopState, _validate, _warn_on_label_shift, build, eval_shift  # noqa: E402
 
 
 def reading(run: Path) -> dict:
@@ -51,11 +49,7 @@ def reading(run: Path) -> dict:
         _warn_on_label_shift(t, LoopState(evals=[scores]), cfg.iters, scores)
     finally:
         logger.removeHandler(handler)
-    true_shift = None
-    if t.eval_set is not None:
-        images, to_model = t.eval_set
-        counts = torch.bincount(torch.tensor([to_model[y] for y in images.labels]), minlength=len(t.source.classes)).float()
-        true_shift = total_variation(counts / counts.sum(), _source_prior(t))
+    true_shift = eval_shift(t)
     return {"run": str(run), "setting": f"{run.parent.parent.parent.name}/{run.parent.parent.name}/{run.parent.name}", "method": cfg.method,
             "predicted_shift": scores["predicted_shift"], "p": scores["predicted_shift_p"], "src_acc": scores.get("src_acc"),
             "em_shift": scores["prior_shift"], "true_shift": true_shift, "warns": bool(fired), "target_acc": scores.get("target_acc")}

@@ -693,6 +693,16 @@ def _class_counts(logits: torch.Tensor, classes: int) -> torch.Tensor:
     return torch.bincount(logits.argmax(1), minlength=classes).float()
 
 
+def eval_shift(t: Training) -> float | None:
+    """The measured label shift: total variation between the classes of --eval-dir's labels and the
+    source's; None without --eval-dir."""
+    if t.eval_set is None:
+        return None
+    images, to_model = t.eval_set
+    counts = torch.bincount(torch.tensor([to_model[y] for y in images.labels]), minlength=len(t.source.classes)).float()
+    return total_variation(counts / counts.sum(), _source_prior(t))
+
+
 def _source_prior(t: Training) -> torch.Tensor:
     counts = torch.bincount(torch.tensor(t.source.labels), minlength=len(t.source.classes)).float()
     return counts / counts.sum()
@@ -789,11 +799,8 @@ def _warn_on_label_shift(t: Training, state: LoopState, it: int, scores: dict[st
         return
     share, source = scores["predicted_share"], scores.get("source_predicted_share") or _source_prior(t).tolist()
     order = sorted(range(len(share)), key=lambda i: -abs(share[i] - source[i]))[:3]
-    measured = ""
-    if t.eval_set is not None:
-        images, to_model = t.eval_set
-        counts = torch.bincount(torch.tensor([to_model[y] for y in images.labels]), minlength=len(source)).float()
-        measured = f"; the labels of --eval-dir differ from the source's by {total_variation(counts / counts.sum(), _source_prior(t)):.2f}"
+    shift = eval_shift(t)
+    measured = f"; the labels of --eval-dir differ from the source's by {shift:.2f}" if shift is not None else ""
     source_imbalanced = imbalance_ratio(class_counts(t.source)) > IMBALANCE_WARNING
     log.warning("label shift: the model predicts the target's classes in other shares than the source's "
                 "(total variation %.2f%s; share of the target predicted vs of the source: %s): "
