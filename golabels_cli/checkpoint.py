@@ -7,6 +7,7 @@ renamed into place, so a crash leaves either the old file or the new one, never 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -43,45 +44,87 @@ def next_run_dir(parent: str | Path = "runs/adapt", name: str = "exp") -> Path:
     raise InputError(f"no free run directory name under {parent}", "pass --out DIR")
 
 
-def claim_run_dir(out: str | Path | None, exist_ok: bool) -> Path:
+def claim_run_dir(out: str | Path | None, exist_ok: bool, first_file: str = "config.yaml") -> Path:
+    """Claim `out` for one process: a new folder, or an empty one, unless `exist_ok`.
+
+    The claim is `first_file` created empty with O_EXCL inside the folder (the caller then writes
+    it atomically): of two processes claiming the same empty folder at the same instant, exactly
+    one creates it, where checking for emptiness and then writing would let both through.
+    """
     if out is None:
         return next_run_dir()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file", "pass a folder path")
-    if out.exists() and any(out.iterdir()) and not exist_ok:
-        raise InputError(f"run directory {out} already exists", "pass another --out, or --exist-ok to write into it")
+    taken = InputError(f"run directory {out} already exists", "pass another --out, or --exist-ok to write into it")
+    if out.is_dir() and any(out.iterdir()) and not exist_ok:
+        raise taken
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):
             raise PermissionError(13, "Permission denied")
+        if not exist_ok:
+            os.close(os.open(out / first_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError as exc:
+        raise taken from exc
     except OSError as exc:
         raise _unwritable(out, exc) from exc
     return out
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files that a killed process left beside the files it was writing."""
-    for path in folder.glob(".*.tmp"):
-        path.unlink(missing_ok=True)
+def _file_mode() -> int:
+    """The mode open() would give a new file: mkstemp's 0600 would hide a model.onnx from the
+    service user that loads it. (Reading the umask means setting it for an instant.)"""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Temporaries are named .NAME.PID.XXXX.tmp: alive if that process still runs on this machine."""
+    try:
+        pid = int(tmp.name[:-len(".tmp")].rsplit(".", 2)[-2])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, name: str = "*") -> None:
+    """Temporary files that a killed process left beside the files it was writing (`name`: of one
+    file only); those of a process still writing are left alone."""
+    for path in Path(folder).glob(f".{name if name == '*' else glob.escape(name)}.*.tmp"):
+        if not _writer_alive(path):
+            path.unlink(missing_ok=True)
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+def atomic_path(path: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+
+    replace=False never overwrites: the finished file is linked to `path`, which fails if the name
+    exists, even if another process created it a moment ago (FileExistsError).
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        os.chmod(tmp, _file_mode())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text_atomic(path: str | Path, text: str, replace: bool = True) -> None:
+    with atomic_path(path, replace) as tmp:
         tmp.write_text(text)
 
 

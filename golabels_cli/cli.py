@@ -233,12 +233,11 @@ SHARED_ERROR_WAIT_S = 20
 
 def _run_config(run_dir: str) -> dict[str, Any]:
     """A run's config.yaml as {field: value}; {} when it can't be read (resume then says why)."""
-    import yaml
+    from .config import read_yaml_mapping
 
     try:
-        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-        return {str(k).replace("-", "_"): v for k, v in data.items()} if isinstance(data, dict) else {}
-    except (OSError, ValueError, yaml.YAMLError):
+        return {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(Path(run_dir) / "config.yaml").items()}
+    except InputError:
         return {}
 
 
@@ -298,16 +297,28 @@ def eval_(
     debug: DebugOpt = False,
 ) -> None:
     """Top-1 and mean per-class accuracy, a per-class table and the confusion matrix on a labeled folder."""
-    from .checkpoint import write_text_atomic
+    from .checkpoint import remove_stale_temporaries, write_text_atomic
+    from .errors import RunError, reason
     from .evaluate import confusion_csv, evaluate
 
-    if confusion and Path(confusion).exists():
-        raise InputError(f"{confusion} already exists", "choose another --confusion file or remove it")
+    if confusion:
+        folder = Path(confusion).parent
+        if Path(confusion).exists():
+            raise InputError(f"{confusion} already exists", "choose another --confusion file or remove it")
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"--confusion {confusion}: {folder} is not a folder you can write to", "create it, or pass a path in one")
     if batch_size < 1 or workers < 0:
         raise InputError("--batch-size must be positive and --workers non-negative")
     result = evaluate(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
     if confusion:
-        write_text_atomic(confusion, confusion_csv(result))
+        remove_stale_temporaries(Path(confusion).parent, Path(confusion).name)
+        try:
+            write_text_atomic(confusion, confusion_csv(result), replace=False)
+        except FileExistsError:
+            raise InputError(f"{confusion} was created by another process during the evaluation; it is left as it is",
+                             "choose another --confusion file") from None
+        except OSError as exc:
+            raise RunError(f"cannot write {confusion} ({reason(exc)})", "check the folder's permissions and free space") from exc
     if json_:
         print_json(result.to_dict())
     else:
@@ -407,9 +418,11 @@ PREDICT_EPILOG = """
 
     golabels predict runs/adapt/exp/model.onnx photos/ > labels.csv
     find photos -name '*.jpg' | golabels predict model.onnx - --format jsonl --top-k 3
+    find photos -name '*.jpg' -print0 | golabels predict model.onnx - -0      # any file name
     golabels predict runs/adapt/exp img1.png img2.png --device cpu
 
 CSV columns: path, label, confidence (then top1_label, top1_probability, ... with --top-k).
+JSON lines are UTF-8: a file name that is not gets U+FFFD in `path` and its bytes in `path_base64`.
 With an .onnx model only onnxruntime runs: PyTorch is not needed.
 """
 
@@ -423,6 +436,7 @@ def predict(
     top_k: Annotated[int, typer.Option(help="Add the K most probable labels with their probabilities.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding threads; default min(8, CPUs).", show_default=False)] = None,
+    null: Annotated[bool, typer.Option("--null", "-0", help="With -: paths on stdin end with NUL, not newline (find -print0), so any name works.")] = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -454,7 +468,7 @@ def predict(
     out = sys.stdout.buffer
     rows, started, header = 0, time.perf_counter(), False
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    paths = iter_inputs(inputs, sys.stdin.buffer)
+    paths = iter_inputs(inputs, sys.stdin.buffer, on_skip, null=null)
     for batch in predict_batches(predictor, paths, batch_size, n_workers, on_skip):
         text = "" if header or format_ != "csv" else csv_header(top_k)
         header = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ class AdaptConfig:
 RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug", "resume")
 # What may change when a run is resumed: nothing that changes the weights it will end with.
 RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images", "devices")
+RUN_OPTION_TYPES = {"out": "str | None", "exist_ok": "bool", "json": "bool", "quiet": "bool", "debug": "bool", "resume": "str | None"}
 PATH_FIELDS = ("source", "target", "weights", "eval_dir", "cache_dir")
 FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
 
@@ -118,17 +120,38 @@ def option_name(key: str) -> str:
     return key.replace("_", "-")
 
 
+# A config is a flat mapping of a few dozen options: anything far larger is not one, and YAML's
+# aliases are refused because a kilobyte of nested aliases expands to gigabytes.
+MAX_YAML_BYTES = 1 << 20
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping: size-limited, no aliases; InputError naming the file otherwise."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise InputError(f"config file {path} not found", "pass the path of a YAML file")
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise InputError(f"config file {path} is larger than {MAX_YAML_BYTES >> 20} MiB", "a golabels config is a short mapping of option names to values")
+        text = path.read_text(encoding="utf-8")
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise InputError(f"config file {path} uses YAML aliases (*name)", "write each value out")
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {path} is not valid YAML ({reason(exc)})", "fix or regenerate it") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read config file {path} ({reason(exc)})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path} must be a mapping of option names to values")
+    return data
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a config file into {field_name: value}; unknown keys are an error naming them."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config file {path} not found", "pass the path of a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"config file {path} is not valid YAML ({reason(exc)})", "fix or regenerate it")
-    if not isinstance(data, dict):
-        raise InputError(f"config file {path} must be a mapping of option names to values")
+    data = read_yaml_mapping(path)
     known = set(FIELDS) | set(RUN_OPTIONS)
     values = {}
     for key, value in data.items():
@@ -138,6 +161,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             hint = f"did you mean {', '.join(close)}?" if close else "see `golabels adapt --help`"
             raise InputError(f"unknown option {key!r} in {path}", hint)
         values[name] = value
+    for name, kind in RUN_OPTION_TYPES.items():
+        if values.get(name) is not None:
+            _check_type(name, values[name], kind)
     # Relative paths in a config file are relative to the file, not to the current directory.
     for name in PATH_FIELDS:
         if isinstance(values.get(name), str) and not os.path.isabs(values[name]):
@@ -147,7 +173,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_config(values: dict[str, Any]) -> AdaptConfig:
     """An AdaptConfig from {field: value}, validated; paths made absolute so a replay finds them."""
-    cfg = AdaptConfig(**{k: v for k, v in values.items() if k in FIELDS})
+    cfg = AdaptConfig(**{k: _number(v) if FIELDS[k].type.startswith("float") else v for k, v in values.items() if k in FIELDS})
+    _check_types(cfg)
     for name in PATH_FIELDS:
         value = getattr(cfg, name)
         if value is not None:
@@ -191,7 +218,65 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise InputError(f"unknown {option_name(name)} {value!r}", hint)
 
 
+_KINDS = {"str": "a string", "int": "an integer", "float": "a finite number", "bool": "true or false"}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """Strictly: a bool is not an integer, "false" is not a bool, a number must be finite."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    kind = kinds[0]
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        "bool": isinstance(value, bool),
+    }[kind]
+    if not ok:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise InputError(f"{option_name(name)} must be {_KINDS[kind]}, got {shown}",
+                         "see `golabels adapt --help` for each option's values")
+
+
+# What one training step must hold at least: the input batch times a factor well below any CNN's
+# activations (a ResNet-50 keeps about 300 times its input for the backward pass).
+MIN_ACTIVATION_FACTOR = 16
+
+
+def _check_resources(cfg: AdaptConfig) -> None:
+    """Refuse an image size and batch whose activations cannot fit in this machine's memory."""
+    if cfg.image_size is None:
+        return
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = MIN_ACTIVATION_FACTOR * 2 * cfg.batch_size * 3 * cfg.image_size ** 2 * 4
+    if need > memory:
+        raise InputError(f"--image-size {cfg.image_size} with --batch-size {cfg.batch_size} needs at least {need / 2**30:,.0f} GiB "
+                         f"for one training step, and this machine has {memory / 2**30:,.0f} GiB",
+                         "lower --image-size (most backbones train at 224-384) or --batch-size")
+
+
+def _number(value: Any) -> Any:
+    # YAML 1.1 reads 1e-3 (no dot) as a string: accept what Python reads as a number.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _check_types(cfg: AdaptConfig) -> None:
+    for f in dataclasses.fields(cfg):
+        _check_type(f.name, getattr(cfg, f.name), f.type)
+
+
 def validate(cfg: AdaptConfig) -> None:
+    _check_types(cfg)
     if not cfg.source or not cfg.target:
         raise InputError("adapt needs a SOURCE and a TARGET folder", "golabels adapt SOURCE TARGET, or --config FILE")
     _choice("method", cfg.method, METHODS)
@@ -219,19 +304,24 @@ def validate(cfg: AdaptConfig) -> None:
         raise InputError("--workers must be a non-negative integer")
     if cfg.image_size is not None and (not isinstance(cfg.image_size, int) or cfg.image_size < 8):
         raise InputError(f"--image-size must be an integer of at least 8, got {cfg.image_size!r}")
-    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+    _check_resources(cfg)
+    if cfg.lr <= 0:
         raise InputError(f"--lr must be positive, got {cfg.lr!r}")
-    for name in ("trade_off", "bridge_g_weight", "bridge_d_weight", "rsl_weight"):
+    for name in ("trade_off", "bridge_g_weight", "bridge_d_weight", "rsl_weight", "weight_decay", "lr_decay", "grl_alpha", "backbone_lr_mult"):
         value = getattr(cfg, name)
-        if not isinstance(value, (int, float)) or not value >= 0:
+        if value < 0:
             raise InputError(f"--{option_name(name)} must be a non-negative number, got {value!r}")
+    if cfg.lr_gamma is not None and cfg.lr_gamma < 0:
+        raise InputError(f"--lr-gamma must be a non-negative number, got {cfg.lr_gamma!r}")
+    if not 0 <= cfg.momentum < 1:
+        raise InputError(f"momentum must be in [0, 1), got {cfg.momentum!r}", "SGD's momentum; the default is 0.9")
     if not isinstance(cfg.rsl_k, int) or cfg.rsl_k < 0:
         raise InputError(f"--rsl-k must be a non-negative integer, got {cfg.rsl_k!r}")
     if not 0 < cfg.min_crop <= 1:
         raise InputError(f"--min-crop must be in (0, 1], got {cfg.min_crop}")
     if not 0 <= cfg.hflip <= 1:
         raise InputError(f"--hflip must be a probability in [0, 1], got {cfg.hflip}")
-    if not (isinstance(cfg.val_split, (int, float)) and 0 <= cfg.val_split < 1):
+    if not 0 <= cfg.val_split < 1:
         raise InputError(f"--val-split must be a fraction in [0, 1), got {cfg.val_split!r}")
     if cfg.select != "last" and not cfg.eval_every:
         raise InputError(f"--select {cfg.select} chooses among the snapshots evaluated every --eval-every iterations, and there are none",

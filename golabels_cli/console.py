@@ -60,6 +60,20 @@ def remedy_hint(flags: Sequence[str], by_default: Sequence[str] = (), recommend:
     return f"this run uses {' '.join(flags)}{chosen}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def one_line(text: str) -> str:
+    """Control characters (a newline in a file name) written as escapes: a message stays one line."""
+    return text.translate(_CONTROL)
+
+
+class _OneLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = one_line(record.getMessage()), None
+        return True
+
+
 def setup_logging(quiet: bool = False, debug: bool = False) -> None:
     logger = logging.getLogger("golabels")
     logger.handlers.clear()
@@ -69,14 +83,15 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(_OneLine())
     logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else (logging.DEBUG if debug else logging.INFO))
 
 
 def error_line(exc: BaseException) -> str:
     if isinstance(exc, GolabelsError):
-        return f"error: {exc}"
-    return f"error: {type(exc).__name__}: {reason(exc)} — rerun with --debug for the traceback"
+        return one_line(f"error: {exc}")
+    return one_line(f"error: {type(exc).__name__}: {reason(exc)} — rerun with --debug for the traceback")
 
 
 def print_error(exc: BaseException) -> None:

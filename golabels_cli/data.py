@@ -79,9 +79,13 @@ def _keep_readable(paths: list[Path], role: str, skipped: list[tuple[Path, str]]
 
 
 def _report(problems: list[tuple[Path, str]], role: str, skipped: list[tuple[Path, str]]) -> None:
+    """What image_files could not take: folders it could not list, image names that are not regular files."""
     for path, why in problems:
         skipped.append((path, why))
-        log.warning("skipping %s folder %s (%s)", role, path, why)
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            log.warning("skipping unreadable %s image %s (%s)", role, path, why)
+        else:
+            log.warning("skipping %s folder %s (%s)", role, path, why)
 
 
 def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
@@ -178,6 +182,12 @@ def imbalance_ratio(counts: list[int]) -> float:
     return max(counts) / max(1, min(counts))
 
 
+def shared_images(source: ImageSet, target: ImageSet) -> int:
+    """Target images that are source images too (the same file, through any path or link)."""
+    real = {os.path.realpath(p) for p in source.paths}
+    return sum(os.path.realpath(p) in real for p in target.paths)
+
+
 def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: str = remedy_hint([])) -> dict:
     """What the source and target folders hold, and what looks wrong with them (`warnings`).
     Sizes are [smallest, median, largest]; the imbalance ratio is largest / smallest class."""
@@ -195,6 +205,12 @@ def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: s
         big, small = counts.index(max(counts)), counts.index(min(counts))
         warnings.append(f"source classes are imbalanced {ratio:.1f}:1 ({source.classes[big]!r} {counts[big]} images, "
                         f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes; {hint}")
+    shared = shared_images(source, target)
+    if shared:
+        where = ("the target folder is the source folder" if os.path.realpath(source.root) == os.path.realpath(target.root)
+                 else "the target folder overlaps the source folder")
+        warnings.append(f"{where}: {shared} of the target's {len(target)} images are also source images, so there is "
+                        "less (or no) shift to adapt to; pass the folder of the new domain as TARGET")
     return {
         "source_images": len(source),
         "source_per_class": dict(zip(source.classes, counts)),

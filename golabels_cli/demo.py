@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import claim_run_dir, next_run_dir, write_text_atomic
+from .checkpoint import claim_run_dir, next_run_dir, write_json_atomic, write_text_atomic
 from .config import build_config
+from .errors import InputError
 from .export import export_onnx
 from .images import image_files
 from .predict import csv_header, csv_row, open_predictor, predict_batches
@@ -16,13 +18,35 @@ from .train import adapt
 DEMO_BACKBONE = "test_resnet"
 DEMO_ITERS = 1000
 DEMO_PER_CLASS = 300
+RESULT_FILE = "demo.json"  # what `--json` prints, kept beside the runs
 
 
 def run_demo(out: str | Path | None, iters: int = DEMO_ITERS, device: str = "cpu", seed: int = 0,
              progress_factory: Callable = lambda: None, say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Source-only against the default adaptation recipe on the built-in digits (the same data for
     every seed; `seed` seeds the training), then export and predict with the adapted model."""
-    root = claim_run_dir(out, exist_ok=False) if out else next_run_dir("runs/demo")
+    from .train import pick_device
+
+    pick_device(device)  # an unavailable --device is refused before anything is written
+    if out is None:
+        root = next_run_dir("runs/demo")
+    else:
+        try:
+            root = claim_run_dir(out, exist_ok=False, first_file=RESULT_FILE)
+        except InputError as exc:
+            raise InputError(exc.message, "pass another --out (the demo writes only into a new or empty folder)") from None
+    try:
+        return _demo(root, iters, device, seed, progress_factory, say)
+    except BaseException:
+        # Everything in the folder is the demo's own (it was new or empty): a failed demo leaves none of it.
+        for child in root.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        if out is None:
+            root.rmdir()
+        raise
+
+
+def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Callable, say: Callable[[str], None]) -> dict[str, Any]:
     say(f"demo folder: {root}")
     say("generating two digit domains: small, thin glyphs (source, labeled) and larger, bolder ones (target, used unlabeled)")
     source, target = make_digit_domains(root / "data", per_class=DEMO_PER_CLASS, size=32, seed=0)
@@ -49,6 +73,7 @@ def run_demo(out: str | Path | None, iters: int = DEMO_ITERS, device: str = "cpu
     exported = export_onnx(result["adapted"]["run_dir"])
     result["export"] = {"onnx": exported.path, "max_abs_diff": exported.max_abs_diff}
     result["predict"] = _predict_to_csv(exported.path, target, root / "predictions.csv")
+    write_json_atomic(root / RESULT_FILE, result)
     return result
 
 

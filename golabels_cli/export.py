@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path, load_model, model_path
+from .checkpoint import atomic_path, load_model, model_path, remove_stale_temporaries
 from .errors import InputError, RunError, reason
 from .images import image_files, load_array
 from .model_info import ModelInfo
@@ -71,12 +71,11 @@ def default_output(run_or_model: str | Path) -> Path:
 
 def _run_source_folder(model_file: Path) -> Path | None:
     """The source folder recorded in the run's config.yaml, when the model sits in its run directory."""
-    import yaml
+    from .config import read_yaml_mapping
 
-    config = model_file.parent / "config.yaml"
     try:
-        source = (yaml.safe_load(config.read_text()) or {}).get("source")
-    except (OSError, yaml.YAMLError, AttributeError):
+        source = read_yaml_mapping(model_file.parent / "config.yaml").get("source")
+    except InputError:
         return None
     return Path(source) if isinstance(source, str) and Path(source).is_dir() else None
 
@@ -190,8 +189,9 @@ def export_onnx(
     proto.doc_string = f"{info.backbone} adapted by golabels {info.version} ({info.method}, {info.domain_labels} domain labels)"
 
     max_diff = None
+    remove_stale_temporaries(output.parent, output.name)
     try:
-        with atomic_path(output) as tmp:
+        with atomic_path(output, replace=exist_ok) as tmp:
             onnx.save_model(proto, str(tmp))
             onnx.checker.check_model(str(tmp), full_check=True)
             if verify:
@@ -205,8 +205,10 @@ def export_onnx(
                     )
     except onnx.checker.ValidationError as exc:
         raise RunError(f"the exported graph fails onnx.checker ({reason(exc)}); nothing was written", "try another --opset") from exc
+    except FileExistsError as exc:  # created by another process while this one exported
+        raise InputError(f"{output} already exists", "pass another --output, or --exist-ok to replace it") from exc
     except OSError as exc:
-        raise InputError(f"cannot write {output} ({reason(exc)})", "check the folder's permissions and free space") from exc
+        raise RunError(f"cannot write {output} ({reason(exc)}); nothing was written", "check the folder's permissions and free space") from exc
     return ExportResult(
         path=str(output), opset=opset, batch=batch, classes=len(info.classes), max_abs_diff=max_diff,
         verified_on=described if verify else None, bytes=output.stat().st_size, seconds=time.perf_counter() - started,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -75,8 +76,46 @@ def image_files(folder: str | Path, problems: list[tuple[Path, str]] | None = No
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / name for name in sorted(filenames) if is_image_name(name)]
+        for name in sorted(filenames):
+            if is_image_name(name):
+                path = Path(dirpath) / name
+                why = not_regular(path)
+                if why is None:
+                    found.append(path)
+                elif problems is not None:
+                    problems.append((path, why))
     return found
+
+
+def not_regular(path: str | Path) -> str | None:
+    """None for a regular file (after links), else what it is: opening a FIFO or a device would
+    block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file (a broken link?)"
+    except OSError as exc:
+        return reason(exc)
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+    return f"{kind}, not a regular file"
+
+
+def _open_regular(path: str | Path) -> Image.Image:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return Image.open(path)  # raises the real error (no such file, permission denied)
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(not_regular(path))
+    return Image.open(path)
+
+
+class NotRegularFile(OSError):
+    """Refused before opening: a FIFO, a socket, a device or a folder."""
 
 
 def check_image(path: str | Path) -> str | None:
@@ -89,6 +128,9 @@ def inspect_image(path: str | Path) -> tuple[str | None, tuple[int, int] | None]
     (not just parsing the header) is what finds truncated files; JPEGs decode at 1/8 scale here,
     which still reads every byte. The size is the stored one, before EXIF rotation."""
     try:
+        why = not_regular(path)
+        if why is not None:
+            return why, None
         if os.stat(path).st_size == 0:
             return "empty file", None
         with Image.open(path) as img:
@@ -110,7 +152,7 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
     the shorter side >= `min_side`, several times faster on large photos; without `min_side`,
     only huge ones are (DRAFT_ABOVE), so eval sees the same pixels as timm's own pipeline.
     """
-    with Image.open(path) as img:
+    with _open_regular(path) as img:
         if img.format == "JPEG":
             side = min_side if min_side is not None else (DRAFT_SIDE if min(img.size) >= DRAFT_ABOVE else None)
             if side is not None and side < min(img.size):

@@ -17,12 +17,16 @@ ONNX metadata (`metadata_props`, every value a string) is flat so that plain Pyt
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
 from .errors import InputError
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # images.py's resampling filters
+CROP_MODES = ("center", "squash", "border")
+MAX_INPUT_SIDE = 8192
 MODEL_FORMAT = "golabels-classifier/1"
 ONNX_FORMAT = "golabels-onnx/1"
 
@@ -36,6 +40,43 @@ class ModelInfo:
     method: str
     domain_labels: str
     version: str = __version__
+
+    def check(self, path: Path) -> "ModelInfo":
+        """Every field a loader trusts, checked: a damaged or edited file is refused naming the field,
+        instead of labelling images with the wrong names or NaN confidences."""
+
+        def bad(field: str, why: str) -> InputError:
+            return InputError(f"{path} has a bad {field} in its golabels metadata ({why})", "re-export it from its run")
+
+        def finite(values, n: int) -> bool:
+            return (isinstance(values, list) and len(values) == n
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+        if not isinstance(self.classes, list) or not self.classes or not all(isinstance(c, str) for c in self.classes):
+            raise bad("classes", "must be a non-empty list of names")
+        if len(set(self.classes)) != len(self.classes):
+            raise bad("classes", "names repeat")
+        cfg = self.data_config
+        if not isinstance(cfg, dict):
+            raise bad("data_config", "must be a mapping")
+        size = cfg.get("input_size")
+        if not (isinstance(size, list) and len(size) == 3 and size[0] == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in size[1:])):
+            raise bad("input_size", f"must be [3, height, width], each side 1 to {MAX_INPUT_SIDE}, got {size!r}"[:120])
+        if not finite(cfg.get("mean"), 3):
+            raise bad("mean", "must be 3 finite numbers")
+        if not finite(cfg.get("std"), 3) or min(cfg["std"]) <= 0:
+            raise bad("std", "must be 3 finite positive numbers")
+        if cfg.get("interpolation", "bilinear") not in INTERPOLATIONS:
+            raise bad("interpolation", f"{cfg.get('interpolation')!r} is not one of {', '.join(INTERPOLATIONS)}"[:120])
+        if (cfg.get("crop_mode") or "center") not in CROP_MODES:
+            raise bad("crop_mode", f"{cfg.get('crop_mode')!r} is not one of {', '.join(CROP_MODES)}"[:120])
+        crop_pct = cfg.get("crop_pct") or 0.875
+        if not (isinstance(crop_pct, (int, float)) and math.isfinite(crop_pct) and 0 < crop_pct <= 1):
+            raise bad("crop_pct", f"must be in (0, 1], got {crop_pct!r}")
+        if not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 0:
+            raise bad("bottleneck_dim", f"must be a non-negative integer, got {self.bottleneck_dim!r}")
+        return self
 
     def metadata(self) -> dict[str, str]:
         """The safetensors header metadata of model.safetensors."""
@@ -55,7 +96,7 @@ class ModelInfo:
         if meta.get("format") != MODEL_FORMAT:
             raise InputError(f"{path} is not a golabels model (format {meta.get('format')!r})", "pass a run directory or its model.safetensors")
         try:
-            return cls(
+            info = cls(
                 backbone=meta["backbone"],
                 classes=json.loads(meta["classes"]),
                 data_config=json.loads(meta["data_config"]),
@@ -66,6 +107,7 @@ class ModelInfo:
             )
         except (KeyError, ValueError) as exc:
             raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it from its run") from exc
+        return info.check(path)
 
     def onnx_metadata(self) -> dict[str, str]:
         """Everything needed to use model.onnx without its run directory."""
@@ -100,9 +142,9 @@ class ModelInfo:
                 "crop_pct": float(meta["crop_pct"]),
                 "crop_mode": meta.get("crop_mode", "center"),
             }
-            return cls(
+            info = cls(
                 backbone=meta["backbone"],
-                classes=[str(c) for c in json.loads(meta["classes"])],
+                classes=json.loads(meta["classes"]),
                 data_config=data_config,
                 bottleneck_dim=int(meta.get("bottleneck_dim", "0")),
                 method=meta["method"],
@@ -111,3 +153,4 @@ class ModelInfo:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it: golabels export RUN_DIR --onnx") from exc
+        return info.check(path)

@@ -11,9 +11,11 @@ is reported through `on_skip` and the others go on.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
+import logging
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,8 +26,10 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 
 from .errors import InputError, reason
-from .images import image_files, load_array
+from .images import image_files, is_image_name, load_array
 from .model_info import ModelInfo
+
+log = logging.getLogger("golabels")
 
 STDIN = "-"
 MODEL_KINDS = "a run directory, a model.safetensors or a .onnx file"
@@ -81,8 +85,19 @@ def _onnx_predictor(path: Path, device: str) -> Predictor:
         raise InputError(f"{path} does not have golabels' inputs and outputs", "export it again with golabels export")
     input_name, fixed = inputs[0].name, inputs[0].shape[0]
     fixed = fixed if isinstance(fixed, int) and fixed > 0 else None
+    width = next(o for o in session.get_outputs() if o.name == "probabilities").shape[-1]
+    wrong_width = InputError(f"{path} lists {len(info.classes)} classes in its metadata and its graph gives {{}} outputs",
+                             "the file was edited or damaged; export it again")
+    if isinstance(width, int) and width != len(info.classes):
+        raise InputError(str(wrong_width.message).format(width), wrong_width.hint)
 
     def run(x: np.ndarray) -> np.ndarray:
+        probabilities = _run(x)
+        if probabilities.ndim != 2 or probabilities.shape[1] != len(info.classes):  # a graph with a symbolic class dimension
+            raise InputError(str(wrong_width.message).format(probabilities.shape[-1]), wrong_width.hint)
+        return probabilities
+
+    def _run(x: np.ndarray) -> np.ndarray:
         if fixed is None:
             return session.run(["probabilities"], {input_name: x})[0]
         # A fixed-batch graph: pad the last chunk with zeros and drop the padding's rows.
@@ -117,24 +132,41 @@ def _torch_predictor(path: Path, device: str) -> Predictor:
 # ---- inputs ----------------------------------------------------------------------------------
 
 
-def iter_inputs(inputs: Iterable[str], stdin: BinaryIO) -> Iterator[str]:
+def iter_inputs(inputs: Iterable[str], stdin: BinaryIO, on_skip: Callable[[str, str], None] = lambda path, why: None,
+                null: bool = False) -> Iterator[str]:
     """Image paths from the command line's INPUTS: files as given, folders expanded recursively
-    (sorted), and `-` read as one path per line (same rules). A missing path is yielded as is:
-    reading it reports the problem and the others go on."""
+    (sorted), and `-` read from stdin as one path per line, or per NUL with `null` (`find -print0`:
+    any name, newlines included). A missing path is yielded as is: reading it reports the problem
+    and the others go on. What a folder holds that is not a regular file goes to on_skip."""
     for item in inputs:
         if item == STDIN:
-            for raw in stdin:
+            for raw in (_split_nul(stdin) if null else stdin):
                 # Paths are bytes on POSIX; fsdecode keeps non-UTF-8 names intact (surrogateescape).
-                line = os.fsdecode(raw.rstrip(b"\r\n"))
+                line = os.fsdecode(raw if null else raw.rstrip(b"\r\n"))
                 if line.strip():
-                    yield from _expand(line)
+                    yield from _expand(line, on_skip)
         else:
-            yield from _expand(item)
+            yield from _expand(item, on_skip)
 
 
-def _expand(path: str) -> Iterator[str]:
+def _split_nul(stream: BinaryIO) -> Iterator[bytes]:
+    pending = b""
+    while chunk := stream.read(1 << 16):
+        *done, pending = (pending + chunk).split(b"\0")
+        yield from done
+    if pending:
+        yield pending
+
+
+def _expand(path: str, on_skip: Callable[[str, str], None]) -> Iterator[str]:
     if os.path.isdir(path):
-        yield from (str(p) for p in image_files(path))
+        problems: list[tuple[Path, str]] = []
+        yield from (str(p) for p in image_files(path, problems))
+        for problem, why in problems:
+            if is_image_name(problem.name):  # an image name that is a FIFO, a device...: an input not read
+                on_skip(str(problem), why)
+            else:
+                log.warning("skipping folder %s (%s)", problem, why)
     else:
         yield path
 
@@ -202,14 +234,13 @@ def predict_batches(
             yield finish(*pending.popleft())
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            # Not waiting: after Ctrl-C the decodes in flight are not worth a second one.
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _why(path: str, exc: Exception) -> str:
     if isinstance(exc, FileNotFoundError):
         return "no such file"
-    if isinstance(exc, IsADirectoryError):
-        return "a folder"
     return reason(exc)
 
 
@@ -239,6 +270,13 @@ def csv_row(prediction: Prediction, classes: list[str], k: int) -> str:
 def jsonl_row(prediction: Prediction, classes: list[str], k: int) -> str:
     best = int(np.argmax(prediction.probabilities))
     row = {"path": prediction.path, "label": classes[best], "confidence": round(float(prediction.probabilities[best]), 6)}
+    raw = os.fsencode(prediction.path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # JSON text is UTF-8: a name that is not gets U+FFFD for its undecodable bytes, and the bytes themselves.
+        row["path"] = raw.decode("utf-8", "replace")
+        row["path_base64"] = base64.b64encode(raw).decode("ascii")
     if k:
         row["top_k"] = [{"label": classes[c], "probability": round(float(prediction.probabilities[c]), 6)} for c in top_k(prediction.probabilities, k)]
     return json.dumps(row, ensure_ascii=False) + "\n"

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .checkpoint import atomic_path
+from .config import read_yaml_mapping
 from .errors import InputError, reason
 from .validators import DIRECTION
 
@@ -60,6 +59,16 @@ class RunRecord:
                 "summary": self.summary, "evals": self.evals, "correlations": correlations(self.evals)}
 
 
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _is_metrics_row(row: Any) -> bool:
+    """A row as train.py writes it: an iteration and numbers (None where a loss does not apply, lists for shares)."""
+    return (isinstance(row, dict) and isinstance(row.get("iter"), int) and not isinstance(row.get("iter"), bool)
+            and all(_is_number(v) or (isinstance(v, list) and all(_is_number(x) for x in v)) for v in row.values()))
+
+
 def load_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -67,19 +76,25 @@ def load_run(run_dir: str | Path) -> RunRecord:
     metrics, config_path = run_dir / "metrics.jsonl", run_dir / "config.yaml"
     if not metrics.is_file() or not config_path.is_file():
         raise InputError(f"{run_dir} is not a golabels run directory (no metrics.jsonl or config.yaml)", "pass a folder written by golabels adapt")
+    config = read_yaml_mapping(config_path)
     try:
-        config = yaml.safe_load(config_path.read_text()) or {}
+        lines = metrics.read_text().splitlines()
         rows = []
-        for line in metrics.read_text().splitlines():
+        for number, line in enumerate(lines, 1):
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
-                continue  # a row cut short by a crash
+                if number == len(lines):
+                    continue  # the last row, cut short by a crash
+                raise InputError(f"{metrics} is damaged: line {number} is not JSON", "restore the file, or pass another run") from None
+            if not _is_metrics_row(row):
+                raise InputError(f"{metrics} is damaged: line {number} is not a golabels metrics row", "restore the file, or pass another run")
+            rows.append(row)
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+    except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the run in {run_dir} ({reason(exc)})", "check the files, or pass another run") from exc
-    if not isinstance(config, dict) or (summary is not None and "evals" not in summary):
+    if summary is not None and (not isinstance(summary, dict) or not isinstance(summary.get("evals"), list)):
         raise InputError(f"{run_dir} was written by another version of golabels", "rerun it with this one")
     config = {str(k).replace("-", "_"): v for k, v in config.items()}  # config.yaml spells keys as options
     return RunRecord(run_dir, config, rows, summary)

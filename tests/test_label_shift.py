@@ -92,10 +92,11 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
         assert len(r["predicted_share"]) == 3 and all(abs(v * 24 - round(v * 24)) < 0.01 for v in r["predicted_share"])
     assert json.loads((run / "summary.json").read_text())["evals"][-1]["prior_shift"] == rows[-1]["prior_shift"]
 
-    def warnings_for(method, labels, eval_set=None, p_value=1e-6, src_acc=None):
+    def warnings_for(method, labels, eval_set=None, p_value=1e-6, src_acc=None, held_out=1000):
         """The label-shift warnings of a run whose evaluations read these shifts of the predictions."""
         cfg = SimpleNamespace(iters=100, method=method, balance_source=False, balance_target=False, label_shift_weights=False)
-        t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"], labels=labels), cfg=cfg, eval_set=eval_set)
+        t = SimpleNamespace(source=SimpleNamespace(classes=["a", "b", "c"], labels=labels), cfg=cfg, eval_set=eval_set,
+                            validation=SimpleNamespace(source_val=[None] * held_out))
         state = LoopState()
         caplog.clear()
         logging.getLogger("golabels").propagate = True
@@ -130,7 +131,9 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
     # A difference as large is likely by chance (a few held-out images): no warning.
     assert warnings_for("cdan-e", imbalanced, p_value=0.2) == []
     # A model near chance on the held-out source says nothing about the folders' classes: no warning.
-    assert warnings_for("cdan-e", imbalanced, src_acc=0.6) == [] and len(warnings_for("cdan-e", imbalanced, src_acc=0.7)) == 1
+    assert warnings_for("cdan-e", imbalanced, src_acc=0.6) == [] and len(warnings_for("cdan-e", imbalanced, src_acc=0.75)) == 1
+    # Nor one that 3 held-out images vouch for: 3 of 3 right is not evidence enough.
+    assert warnings_for("cdan-e", imbalanced, src_acc=1.0, held_out=3) == []
 
 
 def test_shift_p_value_tells_a_shift_from_noise():
@@ -471,3 +474,13 @@ def test_the_default_balancing_starts_above_the_imbalance_threshold(tmp_path, co
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["balance-source"] is balanced and config["balance-target"] is balanced
     assert (f"imbalanced {counts[0] / 4:.1f}:1" in result.stderr) is balanced  # warned about exactly when balanced
+
+
+def test_the_warning_needs_enough_held_out_images_to_trust_the_model():
+    from golabels_cli.train import wilson_lower_bound
+
+    # 3 of 3 held-out images right: the accuracy's 95% interval reaches down to 0.44, below the
+    # 0.67 a 3-class model needs to be read (halfway from chance to 1); 291 of 300 clears it.
+    assert wilson_lower_bound(1.0, 3) == pytest.approx(0.4385, abs=1e-4)
+    assert wilson_lower_bound(0.97, 300) == pytest.approx(0.944, abs=1e-3)
+    assert wilson_lower_bound(0.5, 0) == 0.0
