@@ -125,6 +125,7 @@ def adapt(
     hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).")] = 0.5,
     trade_off: Annotated[Optional[float], typer.Option(help="Weight of the adversarial loss, a mean over source and target rows (TLlib's and the original CDAN code's scale; the paper's Eq. 2 sums the two domains' means: 2). Default: 2 with --freeze-backbone, 1 otherwise.", show_default=False)] = None,
     schedule: Annotated[str, typer.Option(help="reference: the reversal coefficient and lr decay of the original code, on absolute iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the end).")] = "scaled",
+    bn_stats: Annotated[str, typer.Option(help="BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN).")] = "train",
     cdan_map: Annotated[str, typer.Option(help="cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 dims), or auto (full up to 4096 dims, randomized above).")] = "auto",
     discriminator: Annotated[Optional[str], typer.Option(help="batchnorm (TLlib's Linear-BN-ReLU) | dropout (the original code's Linear-ReLU-Dropout). Default: dropout for gvb and asan, batchnorm otherwise.", show_default=False)] = None,
     bridge_g_weight: Annotated[float, typer.Option(help="gvb: weight of the classifier bridge penalty (GVB's lambda).")] = 1.0,

@@ -22,6 +22,7 @@ from .methods import CDAN_MAPS, METHODS, REFERENCE_LR_GAMMA, REFERENCE_HORIZON, 
 from .models import DISCRIMINATORS, default_discriminator
 
 FORWARDS = ("joint", "per-domain")
+BN_STATS = ("train", "target")
 FROZEN_TRADE_OFF = 2.0  # --trade-off's default under --freeze-backbone
 from .validators import SELECT_CHOICES
 
@@ -50,6 +51,9 @@ class AdaptConfig:
     # joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code);
     # per-domain: one pass per domain, each normalized with its own batch statistics (GVB's, ASAN's code).
     forward: str = "joint"
+    # BatchNorm running statistics the model is evaluated and shipped with: train (training's running
+    # averages, over source+target batches) or target (re-estimated on the target sample, AdaBN).
+    bn_stats: str = "train"
     cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 4096 dims)
     discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (models.default_discriminator)
     # Weight of the adversarial loss (the mean over source and target rows). None: 2 with
@@ -287,6 +291,7 @@ def validate(cfg: AdaptConfig) -> None:
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("cdan_map", cfg.cdan_map, CDAN_MAPS)
     _choice("forward", cfg.forward, FORWARDS)
+    _choice("bn_stats", cfg.bn_stats, BN_STATS)
     if cfg.forward == "per-domain" and cfg.devices > 1:
         raise InputError("forward: per-domain runs two forward passes a step, which DDP's gradient hooks do not allow",
                          "use forward: joint with --devices above 1")

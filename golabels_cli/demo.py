@@ -53,7 +53,7 @@ def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Call
     # No flips (a flipped digit is another digit) and no crops: the demo compares the methods, not augmentation.
     common = dict(
         source=str(source), target=str(target), backbone=DEMO_BACKBONE, pretrained=False, image_size=32, iters=iters,
-        eval_dir=str(target), device=device, workers=0, min_crop=1.0, hflip=0.0, seed=seed,
+        eval_dir=str(target), device=device, workers=0, min_crop=1.0, hflip=0.0, seed=seed, cache_images=True,
     )
     result: dict[str, Any] = {"data": {"source": str(source), "target": str(target)}, "seed": seed}
     for key, options in (("source_only", {"method": "source-only"}), ("adapted", {})):
