@@ -125,7 +125,7 @@ def adapt(
     hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).")] = 0.5,
     trade_off: Annotated[Optional[float], typer.Option(help="Weight of the adversarial loss, a mean over source and target rows (TLlib's and the original CDAN code's scale; the paper's Eq. 2 sums the two domains' means: 2). Default: 2 with --freeze-backbone, 1 otherwise.", show_default=False)] = None,
     schedule: Annotated[str, typer.Option(help="reference: the reversal coefficient and lr decay of the original code, on absolute iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the end).")] = "scaled",
-    bn_stats: Annotated[str, typer.Option(help="BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN).")] = "train",
+    bn_stats: Annotated[Optional[str], typer.Option(help="BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN). Default: target for the adversarial methods, train for source-only.", show_default=False)] = None,
     cdan_map: Annotated[str, typer.Option(help="cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 dims), or auto (full up to 4096 dims, randomized above).")] = "auto",
     discriminator: Annotated[Optional[str], typer.Option(help="batchnorm (TLlib's Linear-BN-ReLU) | dropout (the original code's Linear-ReLU-Dropout). Default: dropout for gvb and asan, batchnorm otherwise.", show_default=False)] = None,
     bridge_g_weight: Annotated[float, typer.Option(help="gvb: weight of the classifier bridge penalty (GVB's lambda).")] = 1.0,
@@ -329,7 +329,7 @@ def eval_(
 DEMO_EPILOG = """
 **Example**
 
-    golabels demo                 # about three minutes on two CPU cores
+    golabels demo                 # about two minutes on two CPU cores
     golabels demo --seed 1 --out /tmp/demo --json
 """
 
@@ -360,8 +360,10 @@ def demo(
             f"target accuracy on the demo's shifted domain: source-only {so['target_acc']:.3f}, "
             f"adapted ({ad['method']} + {ad['domain_labels']}) {ad['target_acc']:.3f} ({100 * result['gain']:+.1f} points)"
         )
+        bn = (", and BatchNorm statistics re-estimated on those images before scoring and export (--bn-stats target)"
+              if ad["recipe"].get("bn_stats") == "target" else "")
         stdout.print(f"what changed: the same network, data and schedule, plus {ad['method']}'s domain discriminator trained "
-                     f"against the features on the unlabeled target images (adversarial weight {ad['recipe']['trade_off']:g}); "
+                     f"against the features on the unlabeled target images (adversarial weight {ad['recipe']['trade_off']:g}){bn}; "
                      "the target's labels were read only to score both runs")
         stdout.print(f"runs: {result['source_only']['run_dir']} and {result['adapted']['run_dir']}")
         stdout.print(f"exported {result['export']['onnx']} (max |probability difference| vs. PyTorch {result['export']['max_abs_diff']:.1e}); "
@@ -516,7 +518,42 @@ def report(
 
 
 def main() -> None:
-    app(prog_name="golabels")
+    """The console script: click's usage errors in golabels' one-line form, with a hint."""
+    try:
+        from typer._click import exceptions as click_errors  # recent typer carries its own click
+    except ImportError:
+        from click import exceptions as click_errors
+
+    try:
+        code = app(prog_name="golabels", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        exc.show()  # the help screen
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        sys.stderr.write(usage_error_line(exc) + "\n")
+        sys.exit(exc.exit_code)
+    except click_errors.Abort:
+        sys.stderr.write("error: interrupted\n")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_error_line(exc) -> str:
+    """`error: MESSAGE — HINT` for a usage error click found (an unknown option, a value of the wrong type)."""
+    import re
+
+    from .console import one_line
+
+    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "golabels"
+    message = exc.format_message()
+    extra = re.search(r"unexpected extra argument(?:s|\(s\))? \((.*)\)", message)
+    pairs = [a for a in (extra.group(1).split() if extra else []) if re.fullmatch(r"[a-z][a-z0-9_-]*=.*", a)]
+    if pairs:
+        key, value = pairs[0].split("=", 1)
+        hint = f"options are written --{key.replace('_', '-')} {value}, not {pairs[0]}"
+    else:
+        hint = f"see `{command} --help`"
+    return one_line(f"error: {message} — {hint}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ class AdaptConfig:
     forward: str = "joint"
     # BatchNorm running statistics the model is evaluated and shipped with: train (training's running
     # averages, over source+target batches) or target (re-estimated on the target sample, AdaBN).
-    bn_stats: str = "train"
+    # None: target for the adversarial methods, train for source-only, which reads no target image,
+    # and with --sync-bn (measured: benchmarks/RESULTS.md, "--bn-stats").
+    bn_stats: str | None = None
     cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 4096 dims)
     discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (models.default_discriminator)
     # Weight of the adversarial loss (the mean over source and target rows). None: 2 with
@@ -187,6 +189,8 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
         cfg.discriminator = default_discriminator(cfg.method)
     if cfg.trade_off is None:
         cfg.trade_off = FROZEN_TRADE_OFF if cfg.freeze_backbone else 1.0
+    if cfg.bn_stats is None:
+        cfg.bn_stats = "train" if cfg.method == "source-only" or cfg.sync_bn else "target"
     validate(cfg)
     return cfg
 
@@ -292,6 +296,9 @@ def validate(cfg: AdaptConfig) -> None:
     _choice("cdan_map", cfg.cdan_map, CDAN_MAPS)
     _choice("forward", cfg.forward, FORWARDS)
     _choice("bn_stats", cfg.bn_stats, BN_STATS)
+    if cfg.bn_stats == "target" and cfg.sync_bn:
+        raise InputError("--bn-stats target re-estimates BatchNorm on one process, where --sync-bn's layers would wait for the others",
+                         "use --bn-stats train with --sync-bn")
     if cfg.forward == "per-domain" and cfg.devices > 1:
         raise InputError("forward: per-domain runs two forward passes a step, which DDP's gradient hooks do not allow",
                          "use forward: joint with --devices above 1")

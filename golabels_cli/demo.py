@@ -1,4 +1,4 @@
-"""`golabels demo`: the whole job on an embedded example — adapt, evaluate, export, predict — in about three minutes on two CPU cores."""
+"""`golabels demo`: the whole job on an embedded example — adapt, evaluate, export, predict — in about two minutes on two CPU cores."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Call
             if progress is not None:
                 progress.close()
         result[key] = {k: summary[k] for k in ("run_dir", "method", "domain_labels", "target_acc", "target_mean_class_acc", "seconds")}
-        result[key]["recipe"] = {"trade_off": cfg.trade_off, "schedule": cfg.schedule}
+        result[key]["recipe"] = {"trade_off": cfg.trade_off, "schedule": cfg.schedule, "bn_stats": cfg.bn_stats}
     result["gain"] = result["adapted"]["target_acc"] - result["source_only"]["target_acc"]
 
     say("golabels export --onnx, then golabels predict with the ONNX file on the target images")

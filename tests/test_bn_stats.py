@@ -20,8 +20,8 @@ def _split(state):
 def test_target_statistics_change_only_the_shipped_statistics(domains, tmp_path, frozen):
     source, target = domains
     extra = ["--iters", "6", "--eval-every", "3", "--eval-dir", target, *(["--freeze-backbone"] if frozen else [])]
-    plain = adapt_tiny(source, target, tmp_path / "train", *extra)
-    adabn = adapt_tiny(source, target, tmp_path / "target", *extra, "--bn-stats", "target")
+    plain = adapt_tiny(source, target, tmp_path / "train", *extra, "--bn-stats", "train")
+    adabn = adapt_tiny(source, target, tmp_path / "target", *extra)  # the default for an adversarial method
 
     # Training is untouched: every weight equal, and the checkpoints hold training's own statistics.
     plain_buffers, plain_weights = _split(load_file(plain / "model.safetensors"))
@@ -45,6 +45,15 @@ def test_target_statistics_change_only_the_shipped_statistics(domains, tmp_path,
     result = cli("eval", adabn, target, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] == pytest.approx(summary["target_acc"])
+
+
+def test_bn_stats_defaults_to_target_except_for_source_only():
+    from golabels_cli.config import build_config
+
+    assert build_config({"source": "s", "target": "t"}).bn_stats == "target"
+    assert build_config({"source": "s", "target": "t", "method": "dann"}).bn_stats == "target"
+    assert build_config({"source": "s", "target": "t", "method": "source-only"}).bn_stats == "train"
+    assert build_config({"source": "s", "target": "t", "bn_stats": "train"}).bn_stats == "train"
 
 
 def test_bn_stats_is_checked(domains, tmp_path):

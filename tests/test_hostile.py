@@ -382,3 +382,16 @@ def test_one_ctrl_c_stops_predict_while_it_waits_for_paths(shipped, domains):
         assert b"error: interrupted" in process.stderr.read()
     finally:
         process.kill()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["adapt", "a", "b", "--lr", "abc"], ["Invalid value for '--lr'", "see `golabels adapt --help`"]),
+    (["adapt", "a", "b", "iters=300"], ["unexpected extra argument", "options are written --iters 300, not iters=300"]),
+    (["adapt", "--bogus"], ["No such option: --bogus"]),
+    (["frobnicate"], ["No such command 'frobnicate'"]),
+])
+def test_usage_errors_are_one_line_too(args, words):
+    result = cli_subprocess(*args, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "╭" not in result.stderr
+    one_error_line(result, *words)
