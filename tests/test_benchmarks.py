@@ -210,3 +210,29 @@ def test_shift_readings_recompute_the_warning_on_finished_runs(tmp_path, capsys)
     assert row["setting"] == "runs/task/cdan-e-fixed" and 0 <= row["predicted_shift"] <= 1 and 0 <= row["p"] <= 1
     assert row["true_shift"] == pytest.approx(0.0) and row["warns"] in (True, False)
     assert "| runs/task/cdan-e-fixed | 1 | 0.00 |" in capsys.readouterr().out
+
+
+def test_bn_stats_pairs_both_statistics_of_each_run(tmp_path, capsys):
+    import json
+    import sys
+
+    from conftest import adapt_tiny
+
+    source, target = make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
+    for seed in (0, 1):
+        adapt_tiny(source, target, tmp_path / "runs" / "task" / "cdan-e-fixed" / f"seed{seed}", "--iters", "2", "--seed", str(seed),
+                   "--eval-dir", target)
+    old = sys.argv
+    sys.argv = ["bn_stats.py", str(tmp_path / "runs")]
+    try:
+        load("bn_stats").main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| task/cdan-e-fixed |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2" and len(cells[4].split(",")) == 2
+    last = [json.loads((tmp_path / "runs" / "task" / "cdan-e-fixed" / f"seed{s}" / "summary.json").read_text())["evals"][-1] for s in (0, 1)]
+    bn_stats = load("bn_stats")
+    assert cells[2] == bn_stats.mean_std([e["target_acc_train_bn"] for e in last])
+    assert cells[3] == bn_stats.mean_std([e["target_acc"] for e in last])

@@ -176,6 +176,8 @@ def spy_snapshots(monkeypatch, scripted=None):
 
 
 def assert_weights_equal(run, state):
+    """The shipped model is that snapshot, bit for bit (with --bn-stats train: --bn-stats target
+    would ship its BatchNorm statistics re-estimated, tests/test_bn_stats.py)."""
     shipped = load_file(str(Path(run) / "model.safetensors"))
     for k, v in shipped.items():
         assert torch.equal(v, state[k]), k
@@ -184,7 +186,7 @@ def assert_weights_equal(run, state):
 def test_eval_every_logs_every_validator_and_select_snd_ships_that_snapshot(domains, tmp_path, monkeypatch):
     source, target = domains
     snapshots = spy_snapshots(monkeypatch)
-    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "40", "--eval-every", "10", "--select", "snd",
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "40", "--eval-every", "10", "--select", "snd", "--bn-stats", "train",
                      "--eval-dir", target)
     summary = json.loads((run / "summary.json").read_text())
     evals = summary["evals"]
@@ -205,7 +207,7 @@ def test_select_keeps_an_early_snapshot_and_last_keeps_the_last(domains, tmp_pat
     source, target = domains
     falling = [{"im": v} for v in (0.9, 0.5, 0.7, 0.1)]  # best at the first evaluation
     snapshots = spy_snapshots(monkeypatch, falling)
-    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "40", "--eval-every", "10", "--select", "im")
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "40", "--eval-every", "10", "--select", "im", "--bn-stats", "train")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["selected"] == {"by": "im", "iter": 10, "value": 0.9}
     assert_weights_equal(run, snapshots[0])
@@ -217,7 +219,7 @@ def test_select_keeps_an_early_snapshot_and_last_keeps_the_last(domains, tmp_pat
 
     monkeypatch.undo()
     snapshots = spy_snapshots(monkeypatch)
-    run = adapt_tiny(source, target, tmp_path / "last", "--iters", "40", "--eval-every", "10")
+    run = adapt_tiny(source, target, tmp_path / "last", "--iters", "40", "--eval-every", "10", "--bn-stats", "train")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["selected"] == {"by": "last", "iter": 40, "value": None}
     assert_weights_equal(run, snapshots[3])
