@@ -1010,6 +1010,7 @@ def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> di
         "backbone": cfg.backbone,
         "method": cfg.method,
         "domain_labels": cfg.domain_labels,
+        "bn_stats": cfg.bn_stats,
         "iters": cfg.iters,
         "seconds": round(seconds, 2),
         "images_per_s": round(cfg.iters * cfg.batch_size * (2 if t.adversarial else 1) * t.dist.world / max(seconds, 1e-9), 1),
