@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path
+from .checkpoint import atomic_path, remove_stale_temporaries
 from .data import ImageSet, eval_loader, eval_transform
 from .errors import InputError, reason
 
@@ -85,6 +85,9 @@ def backbone_features(
     missing = [i for i, r in enumerate(rows) if r is None]
     if missing:
         log.info("--freeze-backbone: computing features of %d images (%d cached)", len(missing), len(files) - len(missing))
+        for shard in {files[i].parent for i in missing}:
+            if shard.is_dir():
+                remove_stale_temporaries(shard)  # the row a killed extraction was writing
         subset = ImageSet(images.root, [images.paths[i] for i in missing], None, [])
         loader = eval_loader(subset, eval_transform(data_config), batch_size, workers, pin=device.type == "cuda")
         was_training = backbone.training

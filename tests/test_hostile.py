@@ -395,3 +395,16 @@ def test_usage_errors_are_one_line_too(args, words):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "╭" not in result.stderr
     one_error_line(result, *words)
+
+
+def test_a_killed_feature_extractions_temporary_is_removed_by_the_next_run(domains, tmp_path):
+    source, target = domains
+    cache = tmp_path / "cache"
+    args = [source, target, *TINY, "--iters", "1", "--freeze-backbone", "--cache-dir", cache, "--quiet"]
+    assert cli("adapt", *args, "--out", tmp_path / "a").exit_code == 0
+    row = sorted(cache.rglob("*.npy"))[0]
+    row.unlink()  # a row the killed run never finished...
+    stale = row.parent / f".{row.name}.999999999.abc123.tmp"  # ...and its temporary (no such PID)
+    stale.write_bytes(b"half a row")
+    assert cli("adapt", *args, "--out", tmp_path / "b").exit_code == 0
+    assert row.is_file() and not stale.exists()
