@@ -369,8 +369,10 @@ def test_one_ctrl_c_stops_predict_while_it_waits_for_paths(shipped, domains):
     import time
 
     image = next((domains[1] / "circle").iterdir())
+    # As from a terminal: a shell starts background jobs with SIGINT ignored, and Python keeps that.
     process = subprocess.Popen([sys.executable, "-m", "golabels_cli", "predict", str(shipped / "model.onnx"), "-", "--batch-size", "1",
-                                "--workers", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                "--workers", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         process.stdin.write(f"{image}\n{image}\n".encode())
         process.stdin.flush()
