@@ -291,7 +291,7 @@ def eval_(
     data_dir: Annotated[str, typer.Argument(help="Labeled folder DATA_DIR/<class>/<images>; classes matched by name.", show_default=False)],
     confusion: Annotated[Optional[str], typer.Option(help="Write the confusion matrix to this CSV file (never overwritten).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Loader processes.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -308,6 +308,8 @@ def eval_(
             raise InputError(f"{confusion} already exists", "choose another --confusion file or remove it")
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise InputError(f"--confusion {confusion}: {folder} is not a folder you can write to", "create it, or pass a path in one")
+    if workers is None:
+        workers = min(8, max(0, (os.cpu_count() or 1) - 1))  # as adapt: the images decode beside the model
     if batch_size < 1 or workers < 0:
         raise InputError("--batch-size must be positive and --workers non-negative")
     result = evaluate(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)

@@ -292,7 +292,8 @@ def environment_line(env: dict) -> str:
 
 def print_report(record, plots: list | None, plots_wanted: bool) -> None:
     """`golabels report`: the run, its data, its training trajectory and its validators."""
-    from .report import correlations
+    from .report import MIN_SNAPSHOTS, correlations
+    from .validators import DIRECTION
 
     cfg, summary = record.config, record.summary
     overview = Table(title=f"golabels report: {record.run_dir}", show_header=False)
@@ -364,13 +365,15 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
     if evals:
         selected = (summary or {}).get("selected", {}).get("iter")
         keys = [k for k in VALIDATOR_NAMES if any(e.get(k) is not None for e in evals)]
-        table = Table(title="validators per evaluated snapshot (* = model.safetensors)")
+        oracle = "; target-acc: the oracle, from --eval-dir's labels" if "target_acc" in keys else ""
+        table = Table(title=f"validators per evaluated snapshot (* = model.safetensors; ↑ higher is better, ↓ lower{oracle}; "
+                            "shift: the label-shift reading)")
         table.add_column("iter", justify="right")
         for k in keys:
-            table.add_column(VALIDATOR_NAMES[k] + (" (oracle)" if k == "target_acc" else ""), justify="right")
+            table.add_column(f"{VALIDATOR_NAMES[k]}{'↑' if DIRECTION[k] else '↓'}", justify="right")
         shift = any(e.get("predicted_shift") is not None for e in evals)
         if shift:
-            table.add_column("label shift (TV)", justify="right")
+            table.add_column("shift", justify="right")  # the label-shift reading's total variation (docs/label-shift.md)
         for e in evals:
             table.add_row(f"{'*' if e['iter'] == selected else ''}{e['iter']}", *(_fmt(e.get(k), ".4f") for k in keys),
                           *([_fmt(e.get("predicted_shift"), ".3f")] if shift else []))
@@ -379,8 +382,11 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
         if rho:
             stdout.print("Spearman correlation with target accuracy over these snapshots (validators oriented higher-is-better): "
                          + ", ".join(f"{VALIDATOR_NAMES[k]} {v:+.2f}" for k, v in rho.items()), markup=False)
-        elif sum(e.get("target_acc") is not None for e in evals) >= 3:
+        elif (scored := sum(e.get("target_acc") is not None for e in evals)) >= MIN_SNAPSHOTS:
             stdout.print("Spearman correlation with target accuracy: not defined (it, or every validator, is the same at every snapshot)")
+        elif scored >= 2:
+            stdout.print(f"Spearman correlation with target accuracy: not shown from {scored} snapshots ({MIN_SNAPSHOTS} or more "
+                         "needed: a smaller --eval-every gives more)", markup=False)
     if not plots_wanted:
         return
     if plots is None:

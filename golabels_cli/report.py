@@ -125,14 +125,19 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / norm if norm > 0 else math.nan
 
 
+# A rank correlation over fewer snapshots is mostly noise: with 3, every value is one of -1, -0.5, 0.5, 1.
+MIN_SNAPSHOTS = 5
+
+
 def correlations(evals: list[dict[str, Any]]) -> dict[str, float | None]:
     """Spearman correlation of each validator, turned "higher is better", with the oracle target
-    accuracy over the evaluated snapshots; 1 means the validator ranks them exactly as the labels do."""
+    accuracy over the evaluated snapshots (None under MIN_SNAPSHOTS); 1 means the validator ranks
+    them exactly as the labels do."""
     out: dict[str, float | None] = {}
     for key in VALIDATOR_KEYS:
         pairs = [(e[key] if DIRECTION[key] else -e[key], e["target_acc"]) for e in evals
                  if e.get(key) is not None and e.get("target_acc") is not None]
-        rho = spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else math.nan
+        rho = spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= MIN_SNAPSHOTS else math.nan
         out[key] = None if math.isnan(rho) else round(rho, 4)
     return out
 
