@@ -244,18 +244,20 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     table.add_row("images", f"source {images['source']}, target {images['target']}" + (f", eval {images['eval']}" if images["eval"] else ""))
     if any(skipped.values()):
         table.add_row("skipped", ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
-    final = summary["final"]
-    table.add_row("final losses", f"classification {_fmt(final['loss_cls'])}, adversarial {_fmt(final['loss_adv'])}")
+    final, selected = summary["final"], summary["selected"]
+    # Training's figures are of its last iteration, whichever snapshot is shipped: say so when they differ.
+    at = f" (iteration {summary['iters']})" if selected["by"] != "last" and selected["iter"] != summary["iters"] else ""
+    table.add_row("final losses", f"classification {_fmt(final['loss_cls'])}, adversarial {_fmt(final['loss_adv'])}{at}")
     if final["disc_acc"] is not None:
         grad = f", adversarial gradient {final['adv_grad_norm']:.3g}" if final.get("adv_grad_norm") is not None else ""
-        table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}{grad}")
-    selected = summary["selected"]
+        table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}{grad}{at}")
     if selected["by"] != "last":
         table.add_row("model", f"the snapshot of iteration {selected['iter']}, selected by {selected['by']}"
                       + (f" ({selected['value']:.4f})" if selected["value"] is not None else " (not computable: the last)"))
     final = next((e for e in summary["evals"] if e["iter"] == selected["iter"]), None)
     if final:
-        table.add_row("validators", " ".join(f"{name} {_fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc"))
+        shipped = f" (iteration {selected['iter']}, the shipped snapshot)" if at else ""
+        table.add_row("validators", " ".join(f"{name} {_fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc") + shipped)
     if summary["target_acc"] is not None:
         table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; --eval-dir labels)")
     stdout.print(table)

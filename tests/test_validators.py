@@ -317,3 +317,21 @@ def test_report_on_an_interrupted_run_and_on_bad_input(domains, tmp_path):
     (tmp_path / "empty").mkdir()
     empty = cli("report", tmp_path / "empty")
     assert empty.exit_code == 2 and "not a golabels run directory" in empty.stderr
+
+
+def test_the_summary_says_which_iteration_each_figure_is_of():
+    from golabels_cli import console
+
+    summary = {
+        "run_dir": "runs/adapt/exp", "method": "cdan-e", "domain_labels": "fixed", "bn_stats": "target", "backbone": "resnet50",
+        "device": "cpu", "iters": 300, "seconds": 10.0, "images_per_s": 100.0,
+        "images": {"source": 10, "target": 10, "eval": 0}, "skipped": {"source": 0, "target": 0, "eval": 0},
+        "final": {"loss_cls": 0.1, "loss_adv": 0.6, "disc_acc": 0.6, "relabeled_src": 0.0, "relabeled_tgt": 0.0, "adv_grad_norm": 0.1},
+        "selected": {"by": "snd", "iter": 100, "value": 3.0},
+        "evals": [{"iter": 100, "snd": 3.0}, {"iter": 300, "snd": 2.0}], "target_acc": None,
+    }
+    with console.stdout.capture() as captured:
+        console.print_adapt_summary(summary)
+    text = " ".join(captured.get().replace("│", " ").split())  # cells wrap inside the table
+    assert "adversarial 0.600 (iteration 300)" in text and "(iteration 100, the shipped snapshot)" in text
+    assert "BatchNorm statistics of the target" in text
