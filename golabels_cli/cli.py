@@ -299,6 +299,7 @@ def eval_(
 ) -> None:
     """Top-1 and mean per-class accuracy, a per-class table and the confusion matrix on a labeled folder."""
     from .checkpoint import remove_stale_temporaries, write_text_atomic
+    from .config import default_workers
     from .errors import RunError, reason
     from .evaluate import confusion_csv, evaluate
 
@@ -309,7 +310,7 @@ def eval_(
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise InputError(f"--confusion {confusion}: {folder} is not a folder you can write to", "create it, or pass a path in one")
     if workers is None:
-        workers = min(8, max(0, (os.cpu_count() or 1) - 1))  # as adapt: the images decode beside the model
+        workers = default_workers()  # as adapt: the images decode beside the model
     if batch_size < 1 or workers < 0:
         raise InputError("--batch-size must be positive and --workers non-negative")
     result = evaluate(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)

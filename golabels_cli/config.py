@@ -108,9 +108,12 @@ class AdaptConfig:
         return REFERENCE_HORIZON if self.schedule == "reference" else self.iters
 
     def resolved_workers(self) -> int:
-        if self.workers is not None:
-            return self.workers
-        return min(8, max(0, (os.cpu_count() or 1) - 1))
+        return self.workers if self.workers is not None else default_workers()
+
+
+def default_workers() -> int:
+    """Loader processes when not given: one core left to the main process, at most 8."""
+    return min(8, max(0, (os.cpu_count() or 1) - 1))
 
 
 # Options that shape the output of one invocation, not the training: never stored in config.yaml.
@@ -305,16 +308,16 @@ def validate(cfg: AdaptConfig) -> None:
     _choice("discriminator", cfg.discriminator, DISCRIMINATORS)
     for name in ("iters", "batch_size", "bottleneck_dim", "disc_hidden", "log_every", "devices", "refresh_every"):
         value = getattr(cfg, name)
-        if not isinstance(value, int) or value < 1:
+        if value < 1:  # types are checked above: these are integers
             raise InputError(f"--{option_name(name)} must be a positive integer, got {value!r}")
     if cfg.batch_size < 2:
         raise InputError("--batch-size must be at least 2", "BatchNorm needs two samples per domain")
     for name in ("eval_every", "save_every", "seed", "val_target_images"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
+        if getattr(cfg, name) < 0:
             raise InputError(f"--{option_name(name)} must be a non-negative integer")
-    if cfg.workers is not None and (not isinstance(cfg.workers, int) or cfg.workers < 0):
+    if cfg.workers is not None and cfg.workers < 0:
         raise InputError("--workers must be a non-negative integer")
-    if cfg.image_size is not None and (not isinstance(cfg.image_size, int) or cfg.image_size < 8):
+    if cfg.image_size is not None and cfg.image_size < 8:
         raise InputError(f"--image-size must be an integer of at least 8, got {cfg.image_size!r}")
     _check_resources(cfg)
     if cfg.lr <= 0:
@@ -327,7 +330,7 @@ def validate(cfg: AdaptConfig) -> None:
         raise InputError(f"--lr-gamma must be a non-negative number, got {cfg.lr_gamma!r}")
     if not 0 <= cfg.momentum < 1:
         raise InputError(f"momentum must be in [0, 1), got {cfg.momentum!r}", "SGD's momentum; the default is 0.9")
-    if not isinstance(cfg.rsl_k, int) or cfg.rsl_k < 0:
+    if cfg.rsl_k < 0:
         raise InputError(f"--rsl-k must be a non-negative integer, got {cfg.rsl_k!r}")
     if not 0 < cfg.min_crop <= 1:
         raise InputError(f"--min-crop must be in (0, 1], got {cfg.min_crop}")

@@ -85,16 +85,18 @@ def _onnx_predictor(path: Path, device: str) -> Predictor:
         raise InputError(f"{path} does not have golabels' inputs and outputs", "export it again with golabels export")
     input_name, fixed = inputs[0].name, inputs[0].shape[0]
     fixed = fixed if isinstance(fixed, int) and fixed > 0 else None
+    def wrong_width(outputs) -> InputError:
+        return InputError(f"{path} lists {len(info.classes)} classes in its metadata and its graph gives {outputs} outputs",
+                          "the file was edited or damaged; export it again")
+
     width = next(o for o in session.get_outputs() if o.name == "probabilities").shape[-1]
-    wrong_width = InputError(f"{path} lists {len(info.classes)} classes in its metadata and its graph gives {{}} outputs",
-                             "the file was edited or damaged; export it again")
     if isinstance(width, int) and width != len(info.classes):
-        raise InputError(str(wrong_width.message).format(width), wrong_width.hint)
+        raise wrong_width(width)
 
     def run(x: np.ndarray) -> np.ndarray:
         probabilities = _run(x)
         if probabilities.ndim != 2 or probabilities.shape[1] != len(info.classes):  # a graph with a symbolic class dimension
-            raise InputError(str(wrong_width.message).format(probabilities.shape[-1]), wrong_width.hint)
+            raise wrong_width(probabilities.shape[-1])
         return probabilities
 
     def _run(x: np.ndarray) -> np.ndarray:

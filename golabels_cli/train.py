@@ -659,7 +659,7 @@ def _validate(t: Training, state: LoopState, workers: int) -> dict[str, Any]:
     train_stats_acc = None
     t.model.eval()
     try:
-        if t.cfg.bn_stats == "target" and t.eval_set is not None and has_batchnorm(t.model):
+        if t.cfg.bn_stats == "target" and t.eval_set is not None and _reestimated_layers(t):
             # The oracle under training's running statistics too, for the measurement of --bn-stats.
             images, to_model = t.eval_set
             train_stats_acc = score(images, to_model, t.source.classes, outputs("eval", images)[0].argmax(1)).accuracy
@@ -709,8 +709,11 @@ def _validate_snapshot(t: Training, state: LoopState, outputs: Callable) -> dict
     return scores
 
 
-def has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+def _reestimated_layers(t: Training) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers --bn-stats target re-estimates: all of the classifier's, or under
+    --freeze-backbone those after the cached features (a frozen backbone is never run here)."""
+    parts = [t.model] if t.features is None else [t.model.bottleneck, t.model.head]
+    return [m for part in parts for m in part.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 @contextmanager
@@ -720,8 +723,7 @@ def target_batchnorm(t: Training, workers: int, keep: bool = False) -> Iterator[
     batches, with every other layer in eval mode; training's own statistics are put back after
     the block unless `keep` (the shipped model). Under --freeze-backbone only the layers after
     the cached features (the bottleneck's) are re-estimated: the backbone's stay ImageNet's."""
-    parts = [t.model] if t.features is None else [t.model.bottleneck, t.model.head]  # a frozen backbone is never run here
-    layers = [m for part in parts for m in part.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    layers = _reestimated_layers(t)
     if t.cfg.bn_stats != "target" or not layers:
         yield
         return

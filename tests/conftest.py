@@ -62,6 +62,19 @@ def cli_subprocess(*args, env=None, timeout=300, cwd=None):
                           env=full_env, timeout=timeout, cwd=cwd)
 
 
+@pytest.fixture(scope="session")
+def exported(domains, tmp_path_factory):
+    """A tiny trained run and its default ONNX export (the tests read them, never change them)."""
+    source, target = domains
+    root = tmp_path_factory.mktemp("exported")
+    result = cli("adapt", source, target, *TINY, "--iters", "6", "--out", root / "run", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    run = root / "run"
+    result = cli("export", run, "--onnx", "--json")
+    assert result.exit_code == 0, result.stderr
+    return run, json.loads(result.stdout)
+
+
 def adapt_tiny(source, target, out, *extra):
     result = cli("adapt", source, target, *TINY, "--out", out, "--quiet", *extra)
     assert result.exit_code == 0, result.stderr + result.stdout

@@ -22,19 +22,6 @@ from conftest import TINY, adapt_tiny, cli, cli_subprocess
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def exported(domains, tmp_path_factory):
-    """A tiny trained run and its default ONNX export."""
-    source, target = domains
-    root = tmp_path_factory.mktemp("exported")
-    result = cli("adapt", source, target, *TINY, "--iters", "6", "--out", root / "run", "--quiet")
-    assert result.exit_code == 0, result.stderr
-    run = root / "run"
-    result = cli("export", run, "--onnx", "--json")
-    assert result.exit_code == 0, result.stderr
-    return run, json.loads(result.stdout)
-
-
 def _images(folder):
     return sorted(str(p) for p in Path(folder).rglob("*.png"))
 

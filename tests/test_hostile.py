@@ -21,16 +21,10 @@ from golabels_cli.checkpoint import atomic_path, claim_run_dir, write_text_atomi
 from golabels_cli.errors import InputError
 
 
-@pytest.fixture(scope="session")
-def shipped(domains, tmp_path_factory):
-    """A tiny finished run and its ONNX export, never modified by the tests (they copy them)."""
-    source, target = domains
-    root = tmp_path_factory.mktemp("shipped")
-    result = cli("adapt", source, target, *TINY, "--iters", "4", "--out", root / "run", "--quiet")
-    assert result.exit_code == 0, result.stderr
-    result = cli("export", root / "run", "--onnx", "--quiet")
-    assert result.exit_code == 0, result.stderr
-    return root / "run"
+@pytest.fixture
+def shipped(exported):
+    """conftest's tiny finished run, holding its model.onnx: tests that change files copy them."""
+    return exported[0]
 
 
 def one_error_line(result, *words):
