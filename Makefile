@@ -11,7 +11,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 $(BIN)/golabels: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_PIN) || $(BIN)/python -m pip install -q torch torchvision
-	$(BIN)/python -m pip install -q -e '.[dev,plots]'
+	$(BIN)/python -m pip install -q -e '.[dev,plots,tensorboard,mlflow]'
 	touch $(BIN)/golabels
 
 install: $(BIN)/golabels

@@ -37,6 +37,7 @@ from golabels_cli.config import build_config
 from golabels_cli.data import ImageSet, InfiniteDraws, TrainImages, decode_for_training, scan_unlabeled, train_loader, train_transform
 from golabels_cli.images import image_files, load_rgb, resize_shorter, scale_size
 from golabels_cli.synthetic import make_two_domains
+from golabels_cli.evaluate import autocast
 from golabels_cli.train import Training, build, train_step
 
 
@@ -84,7 +85,7 @@ def supervised_stepper(t: Training, x, y):
         x_, y_ = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
         if t.speed.channels_last:
             x_ = x_.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=t.speed.autocast_bf16):
+        with autocast(t.device, t.speed.autocast):
             logits, _ = t.model(x_)
             loss = F.cross_entropy(logits.float(), y_)
         t.optimizer.zero_grad(set_to_none=True)

@@ -44,6 +44,23 @@ def next_run_dir(parent: str | Path = "runs/adapt", name: str = "exp") -> Path:
     raise InputError(f"no free run directory name under {parent}", "pass --out DIR")
 
 
+def check_run_dir(out: str | Path | None, exist_ok: bool) -> None:
+    """The checks claim_run_dir will make, made early and creating nothing: a run that cannot
+    write its directory fails before its data report and its slow first steps."""
+    path = Path(out) if out is not None else Path("runs/adapt")
+    if out is not None:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"--out {path} is a file", "pass a folder path")
+        if path.is_dir() and any(path.iterdir()) and not exist_ok:
+            raise InputError(f"run directory {path} already exists", "pass another --out, or --exist-ok to write into it")
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "a file" if not existing.is_dir() else "a folder you cannot write to"
+        raise InputError(f"cannot create the run directory {path} ({existing} is {what})", "pass --out in a folder you can write to")
+
+
 def claim_run_dir(out: str | Path | None, exist_ok: bool, first_file: str = "config.yaml") -> Path:
     """Claim `out` for one process: a new folder, or an empty one, unless `exist_ok`.
 

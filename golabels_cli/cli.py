@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -12,8 +13,9 @@ import typer
 from typing_extensions import Annotated
 
 from . import __version__
-from .console import AdaptProgress, print_adapt_summary, print_error, print_eval, print_json, setup_logging, stderr, stdout
+from .console import AdaptProgress, StepProgress, print_adapt_summary, print_error, print_eval, print_json, setup_logging, stderr, stdout
 from .errors import AlreadyReported, GolabelsError, InputError, Interrupted
+from .progress import listening, tracked
 
 app = typer.Typer(
     name="golabels",
@@ -105,57 +107,71 @@ ADAPT_EPILOG = """
 @guarded
 def adapt(
     ctx: typer.Context,
-    source: Annotated[Optional[str], typer.Argument(help="Labeled source folder: SOURCE/<class>/<images>.", show_default=False)] = None,
-    target: Annotated[Optional[str], typer.Argument(help="Unlabeled target folder: any tree of images; sub-folder names are never read.", show_default=False)] = None,
-    backbone: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet50",
-    method: Annotated[str, typer.Option(help="cdan-e | cdan | dann | dann-e | gvb | asan | source-only.")] = "cdan-e",
-    domain_labels: Annotated[str, typer.Option(help="fixed | go | soft | zero-out: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).")] = "fixed",
-    iters: Annotated[int, typer.Option(help="Training iterations.")] = 10000,
-    batch_size: Annotated[int, typer.Option(help="Images per domain per step (source and target each).")] = 32,
-    lr: Annotated[float, typer.Option(help="Learning rate of the new layers; a pretrained backbone gets 0.1x.")] = 0.01,
-    image_size: Annotated[Optional[int], typer.Option(help="Square input size; default: the backbone's own.", show_default=False)] = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (downloaded).")] = True,
-    weights: Annotated[Optional[str], typer.Option(help="Local timm state dict (.safetensors or .pth) for the backbone.", show_default=False)] = None,
-    eval_dir: Annotated[Optional[str], typer.Option(help="Labeled target folder, evaluated at the end (and every --eval-every).", show_default=False)] = None,
-    eval_every: Annotated[int, typer.Option(help="Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only.")] = 0,
-    val_split: Annotated[float, typer.Option(help="Fraction of each source class held out for the src-acc and dev validators.")] = 0.1,
-    val_target_images: Annotated[int, typer.Option(help="Target images the validators look at (a fixed random sample); 0: all.")] = 2000,
-    select: Annotated[str, typer.Option(help="Which evaluated snapshot becomes model.safetensors: last | src-acc | entropy | im | snd | dev | target-acc (the oracle; needs --eval-dir).")] = "last",
-    min_crop: Annotated[float, typer.Option(help="Smallest area fraction of the random resized crop.")] = 0.08,
-    hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).")] = 0.5,
-    trade_off: Annotated[Optional[float], typer.Option(help="Weight of the adversarial loss, a mean over source and target rows (TLlib's and the original CDAN code's scale; the paper's Eq. 2 sums the two domains' means: 2). Default: 2 with --freeze-backbone, 1 otherwise.", show_default=False)] = None,
-    schedule: Annotated[str, typer.Option(help="reference: the reversal coefficient and lr decay of the original code, on absolute iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the end).")] = "scaled",
-    bn_stats: Annotated[Optional[str], typer.Option(help="BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN). Default: target for the adversarial methods, train for source-only.", show_default=False)] = None,
-    cdan_map: Annotated[str, typer.Option(help="cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 dims), or auto (full up to 4096 dims, randomized above).")] = "auto",
-    discriminator: Annotated[Optional[str], typer.Option(help="batchnorm (TLlib's Linear-BN-ReLU) | dropout (the original code's Linear-ReLU-Dropout). Default: dropout for gvb and asan, batchnorm otherwise.", show_default=False)] = None,
-    bridge_g_weight: Annotated[float, typer.Option(help="gvb: weight of the classifier bridge penalty (GVB's lambda).")] = 1.0,
-    bridge_d_weight: Annotated[float, typer.Option(help="gvb: weight of the discriminator bridge penalty (GVB's mu).")] = 1.0,
-    rsl_weight: Annotated[float, typer.Option(help="asan: weight of the relevance spectral alignment loss.")] = 1e-3,
-    rsl_k: Annotated[int, typer.Option(help="asan: how many of the smallest source singular values are shrunk.")] = 11,
-    log_every: Annotated[int, typer.Option(help="Write a metrics row every N iterations.")] = 10,
-    save_every: Annotated[int, typer.Option(help="Save the full training state every N iterations (0: at the end only).")] = 500,
-    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run in this directory, with its own config.", show_default=False)] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run directory; default: runs/adapt/exp, exp2, ...", show_default=False)] = None,
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow writing into an existing --out directory.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights on CPU.")] = 0,
-    device: DeviceOpt = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
-    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).")] = False,
-    cache_dir: Annotated[Optional[str], typer.Option(help="Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.", show_default=False)] = None,
-    cache_images: Annotated[bool, typer.Option("--cache-images", help="Keep decoded, resized training images in memory (when they fit).")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the classifier (faster steps after a slow first one).")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="On CUDA: deterministic cuDNN kernels, no autotuning (slower).")] = False,
-    devices: Annotated[int, typer.Option(help="Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.")] = 1,
-    lr_scaling: Annotated[str, typer.Option(help="How --lr follows the effective batch over processes: none | linear | sqrt.")] = "none",
-    balance_source: Annotated[Optional[bool], typer.Option("--balance-source/--no-balance-source", help="Draw every source class equally often. Default: on for an adversarial method when the source is imbalanced above 3:1 (docs/label-shift.md).", show_default=False)] = None,
-    balance_target: Annotated[Optional[bool], typer.Option("--balance-target/--no-balance-target", help="Draw the target's classes equally often, by the model's current pseudo-labels (refreshed every --refresh-every). Default: as --balance-source, in runs longer than --refresh-every.", show_default=False)] = None,
-    label_shift_weights: Annotated[bool, typer.Option("--label-shift-weights", help="Weight source images by the target's class prior, estimated from predictions, over the source's (refreshed every --refresh-every). Measured unreliable: up to 5 points above source-only on two long-tailed tasks, up to 15 below on others (docs/label-shift.md).")] = False,
-    refresh_every: Annotated[int, typer.Option(help="Iterations between re-estimates of the target's pseudo-labels and class prior (--balance-target, --label-shift-weights).")] = 100,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="With several CUDA processes: BatchNorm statistics over all of them (SyncBatchNorm).")] = False,
-    config: Annotated[Optional[str], typer.Option(help="YAML file of options (keys are option names); flags given here win.", show_default=False)] = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    source: Annotated[Optional[Path], typer.Argument(metavar="SOURCE", help="Labeled source folder, `SOURCE/<class>/<image>` (required unless --config or --resume gives it).", show_default=False)] = None,
+    target: Annotated[Optional[Path], typer.Argument(metavar="TARGET", help="Unlabeled target folder: any tree of images; sub-folder names are never read (required unless --config or --resume gives it).", show_default=False)] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Square input size; default: the backbone's own.", show_default=False, rich_help_panel="Data")] = None,
+    val_split: Annotated[float, typer.Option(help="Fraction of each source class held out for the src-acc and dev validators.", rich_help_panel="Data")] = 0.1,
+    min_crop: Annotated[float, typer.Option(help="Smallest area fraction of the random resized crop.", rich_help_panel="Data")] = 0.08,
+    hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).", rich_help_panel="Data")] = 0.5,
+    method: Annotated[str, typer.Option(help="cdan-e | cdan | dann | dann-e | gvb | asan | source-only.", rich_help_panel="Method and Go-labels")] = "cdan-e",
+    domain_labels: Annotated[str, typer.Option(help="fixed | go | soft | zero-out: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).", rich_help_panel="Method and Go-labels")] = "fixed",
+    trade_off: Annotated[Optional[float], typer.Option(help="Weight of the adversarial loss, a mean over source and target rows (TLlib's and the original CDAN code's scale; the paper's Eq. 2 sums the two domains' means: 2). Default: 2 with --freeze-backbone, 1 otherwise.", show_default=False, rich_help_panel="Method and Go-labels")] = None,
+    schedule: Annotated[str, typer.Option(help="reference: the reversal coefficient and lr decay of the original code, on absolute iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the end).", rich_help_panel="Method and Go-labels")] = "scaled",
+    grl_alpha: Annotated[float, typer.Option(help="Steepness of the reversal coefficient's ramp 2 / (1 + exp(-alpha x progress)) - 1.", rich_help_panel="Method and Go-labels")] = 10.0,
+    forward: Annotated[str, typer.Option(help="joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code) | per-domain: one pass per domain, each with its own statistics (GVB's and ASAN's code).", rich_help_panel="Method and Go-labels")] = "joint",
+    cdan_map: Annotated[str, typer.Option(help="cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 dims), or auto (full up to 4096 dims, randomized above).", rich_help_panel="Method and Go-labels")] = "auto",
+    discriminator: Annotated[Optional[str], typer.Option(help="batchnorm (TLlib's Linear-BN-ReLU) | dropout (the original code's Linear-ReLU-Dropout). Default: dropout for gvb and asan, batchnorm otherwise.", show_default=False, rich_help_panel="Method and Go-labels")] = None,
+    disc_hidden: Annotated[int, typer.Option(help="Width of the discriminator's hidden layers.", rich_help_panel="Method and Go-labels")] = 1024,
+    bridge_g_weight: Annotated[float, typer.Option(help="gvb: weight of the classifier bridge penalty (GVB's lambda).", rich_help_panel="Method and Go-labels")] = 1.0,
+    bridge_d_weight: Annotated[float, typer.Option(help="gvb: weight of the discriminator bridge penalty (GVB's mu).", rich_help_panel="Method and Go-labels")] = 1.0,
+    rsl_weight: Annotated[float, typer.Option(help="asan: weight of the relevance spectral alignment loss.", rich_help_panel="Method and Go-labels")] = 1e-3,
+    rsl_k: Annotated[int, typer.Option(help="asan: how many of the smallest source singular values are shrunk.", rich_help_panel="Method and Go-labels")] = 11,
+    backbone: Annotated[str, typer.Option(help="Any timm model name.", rich_help_panel="Training")] = "resnet50",
+    iters: Annotated[int, typer.Option(help="Training iterations.", rich_help_panel="Training")] = 10000,
+    batch_size: Annotated[int, typer.Option(help="Images per domain per step (source and target each).", rich_help_panel="Training")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate of the new layers; a pretrained backbone gets --backbone-lr-mult times it.", rich_help_panel="Training")] = 0.01,
+    backbone_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier of a pretrained backbone (a backbone from random init trains at --lr).", rich_help_panel="Training")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).", rich_help_panel="Training")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.", rich_help_panel="Training")] = 1e-3,
+    lr_gamma: Annotated[Optional[float], typer.Option(help="The lr decays as lr x (1 + gamma x i)^-lr_decay. Default: 20 / --iters with --schedule scaled, 0.001 with reference.", show_default=False, rich_help_panel="Training")] = None,
+    lr_decay: Annotated[float, typer.Option(help="The exponent of that decay.", rich_help_panel="Training")] = 0.75,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (downloaded).", rich_help_panel="Training")] = True,
+    weights: Annotated[Optional[str], typer.Option(metavar="FILE", help="Local timm state dict (.safetensors or .pth) for the backbone.", show_default=False, rich_help_panel="Training")] = None,
+    freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--no-freeze-bn", help="Fine-tuning: the backbone's BatchNorm layers keep their pretrained statistics (eval mode) while its weights train.", show_default=False, rich_help_panel="Training")] = None,
+    head_start: Annotated[Optional[int], typer.Option(help="Fine-tuning: steps fitting the bottleneck and head to the source on the frozen backbone's cached features before the first fine-tuning step (not counted in --iters; 0: none).", show_default=False, rich_help_panel="Training")] = None,
+    bottleneck_dim: Annotated[int, typer.Option(help="Width of the bottleneck (Linear, BatchNorm, ReLU) between the backbone and the head.", rich_help_panel="Training")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights on CPU.", rich_help_panel="Training")] = 0,
+    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).", rich_help_panel="Training")] = False,
+    eval_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Labeled target folder, evaluated at the end (and every --eval-every).", show_default=False, rich_help_panel="Evaluation and selection")] = None,
+    eval_every: Annotated[int, typer.Option(help="Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only.", rich_help_panel="Evaluation and selection")] = 0,
+    val_target_images: Annotated[int, typer.Option(help="Target images the validators look at (a fixed random sample); 0: all.", rich_help_panel="Evaluation and selection")] = 2000,
+    select: Annotated[str, typer.Option(help="Which evaluated snapshot becomes model.safetensors: last | src-acc | entropy | im | snd | dev | target-acc (the oracle; needs --eval-dir).", rich_help_panel="Evaluation and selection")] = "last",
+    bn_stats: Annotated[Optional[str], typer.Option(help="BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN). Default: target for the adversarial methods, train for source-only.", show_default=False, rich_help_panel="Evaluation and selection")] = None,
+    log_every: Annotated[int, typer.Option(help="Write a metrics row every N iterations.", rich_help_panel="Evaluation and selection")] = 10,
+    balance_source: Annotated[Optional[bool], typer.Option("--balance-source/--no-balance-source", help="Draw every source class equally often. Default: on for an adversarial method when the source is imbalanced above 3:1 (docs/label-shift.md).", show_default=False, rich_help_panel="Label shift")] = None,
+    balance_target: Annotated[Optional[bool], typer.Option("--balance-target/--no-balance-target", help="Draw the target's classes equally often, by the model's current pseudo-labels (refreshed every --refresh-every). Default: as --balance-source, in runs longer than --refresh-every.", show_default=False, rich_help_panel="Label shift")] = None,
+    label_shift_weights: Annotated[bool, typer.Option("--label-shift-weights", help="Weight source images by the target's class prior, estimated from predictions, over the source's (refreshed every --refresh-every). Measured unreliable: up to 5 points above source-only on two long-tailed tasks, up to 15 below on others (docs/label-shift.md).", rich_help_panel="Label shift")] = False,
+    refresh_every: Annotated[int, typer.Option(help="Iterations between re-estimates of the target's pseudo-labels and class prior (--balance-target, --label-shift-weights).", rich_help_panel="Label shift")] = 100,
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp16 (CUDA, with loss scaling) | fp32.", rich_help_panel="Performance")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps. auto picks CUDA, then MPS, else CPU.", rich_help_panel="Performance")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False, rich_help_panel="Performance")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.", show_default=False, rich_help_panel="Performance")] = None,
+    cache_images: Annotated[bool, typer.Option("--cache-images", help="Keep decoded, resized training images in memory (when they fit).", rich_help_panel="Performance")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the classifier (faster steps after a slow first one).", rich_help_panel="Performance")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="On CUDA: deterministic cuDNN kernels, no autotuning (slower).", rich_help_panel="Performance")] = False,
+    devices: Annotated[int, typer.Option(help="Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.", rich_help_panel="Performance")] = 1,
+    lr_scaling: Annotated[str, typer.Option(help="How --lr follows the effective batch over processes: none | linear | sqrt.", rich_help_panel="Performance")] = "none",
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="With several CUDA processes: BatchNorm statistics over all of them (SyncBatchNorm).", rich_help_panel="Performance")] = False,
+    logger: Annotated[Optional[str], typer.Option(help="tensorboard (event files in RUN/tensorboard) | mlflow (a run in $MLFLOW_TRACKING_URI): the metrics rows, the config and the final figures there too. Each needs its extra: pip install 'golabels[tensorboard]'.", show_default=False, rich_help_panel="Run directory and output")] = None,
+    save_every: Annotated[int, typer.Option(help="Save the full training state every N iterations (0: at the end only).", rich_help_panel="Run directory and output")] = 500,
+    resume: Annotated[Optional[str], typer.Option(metavar="RUN", help="Continue the interrupted run in this directory, with its own config.", show_default=False, rich_help_panel="Run directory and output")] = None,
+    out: Annotated[Optional[str], typer.Option(metavar="DIR", help="Run directory; default: runs/adapt/exp, exp2, ...", show_default=False, rich_help_panel="Run directory and output")] = None,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow writing into an existing --out directory.", rich_help_panel="Run directory and output")] = False,
+    config: Annotated[Optional[str], typer.Option(metavar="FILE", help="YAML file of options (keys are option names); flags given here win.", show_default=False, rich_help_panel="Run directory and output")] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config.yaml (what --config replays) and exit without training.", rich_help_panel="Run directory and output")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Write one JSON document to stdout and nothing else.", rich_help_panel="Run directory and output")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr; errors still shown.", rich_help_panel="Run directory and output")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.", rich_help_panel="Run directory and output")] = False,
 ) -> None:
     """Train a classifier on SOURCE that works on TARGET. Writes a run directory with the model."""
     from .config import RESUME_OPTIONS, build_config, load_yaml
@@ -189,20 +205,28 @@ def adapt(
             return
         run = functools.partial(run_resume, resume, overrides)
     else:
-        given = {k: v for k, v in ctx.params.items() if k not in ("config", "json_")}
+        given = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if k not in ("config", "json_", "print_config")}
         values: dict[str, Any] = load_yaml(config) if config else {}
         for name, value in given.items():
             if name not in values or _from_command_line(ctx, name):
                 values[name] = value
         cfg = build_config(values)
+        if print_config:
+            from .config import to_yaml
+            from .train import resolve_config
+
+            sys.stdout.write(to_yaml(resolve_config(cfg)))
+            return
         check_devices(cfg.devices, cfg.device)
         if cfg.devices > 1 and not launched_by_torchrun():
             _launch_new_run(cfg, values, json_, quiet, debug)
             return
         run = functools.partial(run_adapt, cfg, values.get("out"), bool(values.get("exist_ok")))
     progress = AdaptProgress(quiet=quiet)
+    steps = None if quiet else StepProgress(adapt=progress)
     try:
-        summary = run(progress=progress)
+        with listening(steps):
+            summary = run(progress=progress)
     except Exception as exc:
         if rank > 0:
             # Bad input, divergence (all-reduced) and interruptions are the same on every rank, and
@@ -221,6 +245,8 @@ def adapt(
         raise
     finally:
         progress.close()
+        if steps is not None:
+            steps.close()
     if rank > 0:
         return
     if json_:
@@ -230,6 +256,20 @@ def adapt(
 
 
 SHARED_ERROR_WAIT_S = 20
+
+
+@contextlib.contextmanager
+def _steps_shown(quiet: bool, closing: bool = True):
+    """Progress of the command's slow steps on stderr (console.StepProgress), none under --quiet."""
+    if quiet:
+        yield
+        return
+    steps = StepProgress(closing=closing)
+    try:
+        with listening(steps):
+            yield
+    finally:
+        steps.close()
 
 
 def _run_config(run_dir: str) -> dict[str, Any]:
@@ -290,6 +330,7 @@ def eval_(
     run_or_model: Annotated[str, typer.Argument(help="A run directory or a model.safetensors file.", show_default=False)],
     data_dir: Annotated[str, typer.Argument(help="Labeled folder DATA_DIR/<class>/<images>; classes matched by name.", show_default=False)],
     confusion: Annotated[Optional[str], typer.Option(help="Write the confusion matrix to this CSV file (never overwritten).", show_default=False)] = None,
+    plots: Annotated[bool, typer.Option("--plots", help="Also draw the confusion matrix: confusion_matrix.png beside the model (needs matplotlib).")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
     device: DeviceOpt = "auto",
@@ -313,7 +354,8 @@ def eval_(
         workers = default_workers()  # as adapt: the images decode beside the model
     if batch_size < 1 or workers < 0:
         raise InputError("--batch-size must be positive and --workers non-negative")
-    result = evaluate(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
+    with _steps_shown(quiet):
+        result = evaluate(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
     if confusion:
         remove_stale_temporaries(Path(confusion).parent, Path(confusion).name)
         try:
@@ -323,10 +365,23 @@ def eval_(
                              "choose another --confusion file") from None
         except OSError as exc:
             raise RunError(f"cannot write {confusion} ({reason(exc)})", "check the folder's permissions and free space") from exc
+    figure = None
+    if plots:
+        from .checkpoint import model_path
+        from .report import write_confusion_figure
+
+        try:
+            figure = write_confusion_figure(result, model_path(run_or_model).parent / "confusion_matrix.png", f"{run_or_model} on {data_dir}")
+        except OSError as exc:
+            raise RunError(f"cannot write confusion_matrix.png beside {run_or_model} ({reason(exc)})", "check the folder's permissions") from exc
+        if figure is None:
+            stderr.print("no confusion_matrix.png: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
     if json_:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), **({"confusion_figure": str(figure)} if plots else {})})
     else:
         print_eval(result, f"golabels eval: {run_or_model} on {data_dir}")
+        if figure is not None:
+            stdout.print(f"confusion matrix: {figure}", markup=False)
 
 
 DEMO_EPILOG = """
@@ -407,7 +462,8 @@ def export(
 
     if batch is not None and dynamic_batch:
         raise InputError("--batch and --dynamic-batch exclude each other", "pass one of them")
-    result = export_onnx(run_or_model, output, opset=opset, batch=batch, verify=verify, exist_ok=exist_ok)
+    with _steps_shown(quiet):
+        result = export_onnx(run_or_model, output, opset=opset, batch=batch, verify=verify, exist_ok=exist_ok)
     if json_:
         print_json(result.to_dict())
         return
@@ -475,14 +531,15 @@ def predict(
     rows, started, header = 0, time.perf_counter(), False
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     paths = iter_inputs(inputs, sys.stdin.buffer, on_skip, null=null)
-    for batch in predict_batches(predictor, paths, batch_size, n_workers, on_skip):
-        text = "" if header or format_ != "csv" else csv_header(top_k)
-        header = True
-        for prediction in batch:
-            text += (csv_row if format_ == "csv" else jsonl_row)(prediction, predictor.classes, top_k)
-        rows += len(batch)
-        out.write(text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names come back as they were
-        out.flush()
+    with _steps_shown(quiet, closing=False):  # the closing line is the log's below, which names the backend
+        for batch in tracked(predict_batches(predictor, paths, batch_size, n_workers, on_skip), "predict", None, len):
+            text = "" if header or format_ != "csv" else csv_header(top_k)
+            header = True
+            for prediction in batch:
+                text += (csv_row if format_ == "csv" else jsonl_row)(prediction, predictor.classes, top_k)
+            rows += len(batch)
+            out.write(text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names come back as they were
+            out.flush()
     if rows == 0 and not skipped:
         raise InputError("no images found in the inputs", "pass image files or folders that hold images")
     seconds = time.perf_counter() - started
@@ -535,7 +592,7 @@ def main() -> None:
     except click_errors.ClickException as exc:
         sys.stderr.write(usage_error_line(exc) + "\n")
         sys.exit(exc.exit_code)
-    except click_errors.Abort:
+    except typer.Abort:  # click's Abort, or typer's own where typer carries its click (it has none there)
         sys.stderr.write("error: interrupted\n")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

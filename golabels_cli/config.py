@@ -20,9 +20,13 @@ from .domain_labels import MODES
 from .errors import InputError, reason
 from .methods import CDAN_MAPS, METHODS, REFERENCE_LR_GAMMA, REFERENCE_HORIZON, SCHEDULES
 from .models import DISCRIMINATORS, default_discriminator
+from .trackers import LOGGERS, check_logger
 
 FORWARDS = ("joint", "per-domain")
 BN_STATS = ("train", "target")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEFAULT_FREEZE_BN = False
+DEFAULT_HEAD_START = 0
 FROZEN_TRADE_OFF = 2.0  # --trade-off's default under --freeze-backbone
 from .validators import SELECT_CHOICES
 
@@ -56,6 +60,16 @@ class AdaptConfig:
     # None: target for the adversarial methods, train for source-only, which reads no target image,
     # and with --sync-bn (measured: benchmarks/RESULTS.md, "--bn-stats").
     bn_stats: str | None = None
+    # Fine-tuning only (not --freeze-backbone). freeze_bn: the backbone's BatchNorm layers keep their
+    # pretrained running statistics (eval mode) while its weights train. head_start: iterations that
+    # fit the bottleneck and head on the frozen backbone's cached features, with the source's labels,
+    # before the first fine-tuning step (LP-FT, Kumar et al. 2022): a random head's gradients then
+    # do not distort the pretrained features. Not counted in --iters.
+    # None: chosen by build_config (off with --freeze-backbone or a randomly initialized backbone).
+    freeze_bn: bool | None = None
+    head_start: int | None = None
+    # auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 | fp16 (CUDA, with loss scaling) | fp32.
+    precision: str = "auto"
     cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 4096 dims)
     discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (models.default_discriminator)
     # Weight of the adversarial loss (the mean over source and target rows). None: 2 with
@@ -96,6 +110,7 @@ class AdaptConfig:
     balance_target: bool | None = None  # target sampling balanced by the current pseudo-labels
     label_shift_weights: bool = False  # source losses re-weighted by the estimated target class prior
     refresh_every: int = 100  # iterations between re-estimates of the target's pseudo-labels and prior
+    logger: str | None = None  # tensorboard | mlflow: the run's figures in an experiment tracker too (trackers.py)
 
     def resolved_lr_gamma(self) -> float:
         # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.
@@ -119,7 +134,7 @@ def default_workers() -> int:
 # Options that shape the output of one invocation, not the training: never stored in config.yaml.
 RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug", "resume")
 # What may change when a run is resumed: nothing that changes the weights it will end with.
-RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images", "devices")
+RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images", "devices", "logger")
 RUN_OPTION_TYPES = {"out": "str | None", "exist_ok": "bool", "json": "bool", "quiet": "bool", "debug": "bool", "resume": "str | None"}
 PATH_FIELDS = ("source", "target", "weights", "eval_dir", "cache_dir")
 FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
@@ -194,6 +209,11 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
         cfg.trade_off = FROZEN_TRADE_OFF if cfg.freeze_backbone else 1.0
     if cfg.bn_stats is None:
         cfg.bn_stats = "train" if cfg.method == "source-only" or cfg.sync_bn else "target"
+    fine_tuning_pretrained = not cfg.freeze_backbone and bool(cfg.pretrained or cfg.weights)
+    if cfg.freeze_bn is None:
+        cfg.freeze_bn = fine_tuning_pretrained and DEFAULT_FREEZE_BN
+    if cfg.head_start is None:
+        cfg.head_start = DEFAULT_HEAD_START if fine_tuning_pretrained else 0
     validate(cfg)
     return cfg
 
@@ -302,6 +322,20 @@ def validate(cfg: AdaptConfig) -> None:
     if cfg.bn_stats == "target" and cfg.sync_bn:
         raise InputError("--bn-stats target re-estimates BatchNorm on one process, where --sync-bn's layers would wait for the others",
                          "use --bn-stats train with --sync-bn")
+    _choice("precision", cfg.precision, PRECISIONS)
+    if cfg.logger is not None:
+        _choice("logger", cfg.logger, LOGGERS)
+        check_logger(cfg.logger)
+    if cfg.head_start < 0:  # types are checked above
+        raise InputError(f"--head-start must be a non-negative integer, got {cfg.head_start!r}")
+    for name in ("freeze_bn", "head_start"):
+        if getattr(cfg, name) and cfg.freeze_backbone:
+            raise InputError(f"--{option_name(name)} applies to fine-tuning, and --freeze-backbone never trains the backbone",
+                             f"leave --{option_name(name)} out with --freeze-backbone")
+    if (cfg.head_start or cfg.freeze_bn) and not (cfg.pretrained or cfg.weights):
+        name = "head-start" if cfg.head_start else "freeze-bn"
+        raise InputError(f"--{name} keeps what a pretrained backbone learned, and this one is randomly initialized",
+                         f"pass --weights or --pretrained, or leave --{name} out")
     if cfg.forward == "per-domain" and cfg.devices > 1:
         raise InputError("forward: per-domain runs two forward passes a step, which DDP's gradient hooks do not allow",
                          "use forward: joint with --devices above 1")

@@ -15,12 +15,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 from rich.table import Table
 
 from .errors import GolabelsError, reason
 
-stderr = Console(stderr=True, highlight=False)
+# soft_wrap: a long line is one line in a log file (a terminal wraps it on screen by itself).
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
 
@@ -138,6 +140,18 @@ def data_report_lines(report: dict[str, Any], held_out: int) -> list[str]:
     ]
 
 
+class _TwoLineProgress(Progress):
+    """A bar whose counter, rate and ETA stay visible at 80 columns: the training figures go on
+    a line of their own under it, cut to the terminal's width."""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            line = task.fields.get("stats") or ""
+            if line:
+                yield Text(line, no_wrap=True, overflow="ellipsis")
+
+
 class AdaptProgress:
     """The progress callback for adapt(): a live bar on a TTY, plain periodic lines otherwise."""
 
@@ -163,19 +177,20 @@ class AdaptProgress:
         self.total = data["iters"]
         self.first_iter = self.last_iter = data.get("start", 0)
         self.started = self.last_plain = time.perf_counter()
-        for line in data_report_lines(data["data"], data["held_out"]):
-            stderr.print(line, markup=False)
         stderr.print(f"adapting on {data['device']}; run directory: {data['run_dir']}"
                      + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""), markup=False)
         if self.live:
-            self.bar = Progress(
-                TextColumn("adapt"), BarColumn(), MofNCompleteColumn(),
+            self.bar = _TwoLineProgress(
+                TextColumn("adapt"), BarColumn(bar_width=20), MofNCompleteColumn(),
                 TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                TextColumn("{task.fields[stats]}"),
                 console=stderr, transient=False,
             )
             self.bar.start()
             self.task = self.bar.add_task("adapt", total=self.total, completed=self.first_iter, speed="", stats="")
+
+    def _data(self, data: dict[str, Any]) -> None:
+        for line in data_report_lines(data["data"], data["held_out"]):
+            stderr.print(line, markup=False)
 
     def _step(self, data: dict[str, Any]) -> None:
         self.last_iter = data["iter"]
@@ -202,9 +217,20 @@ class AdaptProgress:
             parts.append(f"| target-acc {row['target_acc']:.4f} (oracle: --eval-dir labels)")
         return f"iter {row['iter']}: " + " ".join(parts)
 
+    def show_step(self, text: str | None) -> bool:
+        """A slow step inside training (an evaluation), shown on the bar's second line; False
+        when there is no live bar to show it on."""
+        if self.bar is None:
+            return False
+        self.bar.update(self.task, stats=text if text is not None else self.last_stats)
+        return True
+
+    last_stats = ""
+
     def _log(self, row: dict[str, Any]) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, stats=self.stats_text(row))
+            self.last_stats = self.stats_text(row)
+            self.bar.update(self.task, stats=self.last_stats)
             if "snd" in row:
                 self.bar.console.print(self.eval_text(row), markup=False)
             return
@@ -231,6 +257,64 @@ class AdaptProgress:
             self.bar = None
 
 
+class StepProgress:
+    """The listener of progress.tracked: a transient bar per step on a TTY (on adapt's own bar
+    while one is live), otherwise a plain line every PLAIN_INTERVAL_S; and a closing line per
+    step, unless adapt's live bar showed it."""
+
+    PLAIN_INTERVAL_S = 10.0
+    QUIET_BELOW_S = 2.0
+
+    def __init__(self, adapt: AdaptProgress | None = None, closing: bool = True):
+        self.adapt = adapt
+        self.closing = closing
+        self.live = stderr.is_terminal
+        self.bar: Progress | None = None
+        self.steps: dict[str, list] = {}  # what -> [started, time of the last plain line, bar task]
+
+    def __call__(self, what: str, done: int, total: int | None, finished: bool) -> None:
+        now = time.perf_counter()
+        if what not in self.steps:
+            self.steps[what] = [now, now, None]
+        started, last, task = self.steps[what]
+        shown_by_adapt = self.adapt is not None and self.adapt.show_step(None if finished else f"{what}: {done}/{total or '?'} images")
+        if finished:
+            del self.steps[what]
+            if task is not None and self.bar is not None:
+                self.bar.remove_task(task)
+                if not self.steps:
+                    self.bar.stop()
+                    self.bar = None
+            seconds = now - started
+            # Once training runs, a step under QUIET_BELOW_S (an evaluation of a small sample) is not worth a line.
+            training = self.adapt is not None and self.adapt.started > 0
+            if self.closing and not shown_by_adapt and (not training or seconds >= self.QUIET_BELOW_S):
+                stderr.print(f"{what}: {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.0f}/s)", markup=False)
+            return
+        if shown_by_adapt:
+            return
+        if self.live:
+            if self.bar is None:
+                self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                                    TaskProgressColumn(), TextColumn("eta"), TimeRemainingColumn(), console=stderr, transient=True)
+                self.bar.start()
+            if task is None:
+                self.steps[what][2] = self.bar.add_task(what, total=total)
+            else:
+                self.bar.update(task, completed=done)
+        elif done and now - last >= self.PLAIN_INTERVAL_S:
+            self.steps[what][1] = now
+            rate = done / max(now - started, 1e-9)
+            left = f", eta {(total - done) / max(rate, 1e-9):.0f}s" if total else ""
+            sys.stderr.write(f"{what}: {done}/{total or '?'} images, {rate:.0f}/s{left}\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
 def print_adapt_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"golabels adapt: {summary['run_dir']}", show_header=False)
     table.add_column("what", style="bold")
@@ -239,7 +323,11 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     table.add_row("method", f"{summary['method']} with {summary['domain_labels']} domain labels{bn}")
     table.add_row("backbone", summary["backbone"])
     where = summary["device"] + (f", {summary['processes']} processes" if summary.get("processes", 1) > 1 else "")
-    table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
+    if summary.get("resumed_at"):
+        table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s over several sessions; this one: iterations "
+                      f"{summary['resumed_at'] + 1}-{summary['iters']} in {summary['session_seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
+    else:
+        table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
     images, skipped = summary["images"], summary["skipped"]
     table.add_row("images", f"source {images['source']}, target {images['target']}" + (f", eval {images['eval']}" if images["eval"] else ""))
     if any(skipped.values()):
@@ -260,6 +348,8 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
         table.add_row("validators", " ".join(f"{name} {_fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc") + shipped)
     if summary["target_acc"] is not None:
         table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; --eval-dir labels)")
+    if summary.get("results_figure"):
+        table.add_row("plots", f"{summary['run_dir']}/{summary['results_figure']}")
     stdout.print(table)
 
 

@@ -9,6 +9,8 @@ import torch
 
 from .data import ImageSet, eval_loader, eval_transform, scan_labeled
 from .errors import InputError
+from .progress import batch_size as batch_size_of
+from .progress import tracked
 
 
 @dataclass
@@ -48,18 +50,24 @@ def labeled_for_model(data_dir: str | Path, model_classes: list[str], role: str 
     return images, [index[c] for c in images.classes]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in `dtype` on `device`, or nothing when dtype is None (fp32)."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
 @torch.no_grad()
 def predict_outputs(model: torch.nn.Module, loader, device: torch.device, channels_last: bool = False,
-                    autocast_bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, bottleneck features) of every batch of `loader`, in eval mode, as float32 on the CPU."""
+                    autocast_dtype: torch.dtype | None = None, what: str = "predicting") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, bottleneck features) of every batch of `loader`, in eval mode, as float32 on the
+    CPU; `what` names the step in the progress shown meanwhile."""
     was_training = model.training
     model.eval()
     logits, features = [], []
-    for x, _ in loader:
+    for x, _ in tracked(loader, what, len(loader.dataset), batch_size_of):
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast_bf16):
+        with autocast(device, autocast_dtype):
             out = model(x)
         logits.append(out[0].float().cpu())
         features.append(out[1].float().cpu())
@@ -78,7 +86,7 @@ def evaluate_images(
     workers: int = 0,
 ) -> EvalResult:
     loader = eval_loader(images, eval_transform(data_config), batch_size, workers, pin=device.type == "cuda")
-    return score(images, to_model, model_classes, predict_outputs(model, loader, device)[0].argmax(1))
+    return score(images, to_model, model_classes, predict_outputs(model, loader, device, what="eval")[0].argmax(1))
 
 
 def score(images: ImageSet, to_model: list[int], model_classes: list[str], predicted: torch.Tensor) -> EvalResult:
@@ -112,7 +120,36 @@ def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto
     model, info = load_model(run_or_model)
     images, to_model = labeled_for_model(data_dir, info.classes)
     dev = pick_device(device)
-    return evaluate_images(model.to(dev), images, to_model, info.classes, info.data_config, dev, batch_size, workers)
+    model = model.to(dev)
+    cache = _frozen_backbone_cache(run_or_model)
+    if cache is None:
+        return evaluate_images(model, images, to_model, info.classes, info.data_config, dev, batch_size, workers)
+    # The run never changed its backbone: its cached features are the backbone's output (eval mode,
+    # eval transform), and only images not seen before go through it.
+    from .features import backbone_features, model_key
+
+    key = model_key(info.backbone, model.backbone, info.data_config)
+    features = backbone_features(images, model.backbone, key, info.data_config, dev, cache, batch_size, workers, "eval: features")
+    with torch.no_grad():
+        logits = torch.cat([model.classify(chunk.to(dev))[0].float().cpu() for chunk in features.values.split(batch_size)])
+    return score(images, to_model, info.classes, logits.argmax(1))
+
+
+def _frozen_backbone_cache(run_or_model: str | Path) -> str | None:
+    """The feature cache folder of a --freeze-backbone run ("" for the default one), None for
+    any other model."""
+    from .checkpoint import model_path
+    from .config import read_yaml_mapping
+
+    config = model_path(run_or_model).parent / "config.yaml"
+    try:
+        values = read_yaml_mapping(config) if config.is_file() else {}
+    except InputError:
+        return None
+    if values.get("freeze-backbone", values.get("freeze_backbone")) is not True:
+        return None
+    folder = values.get("cache-dir", values.get("cache_dir"))
+    return folder if isinstance(folder, str) else ""
 
 
 def confusion_csv(result: EvalResult) -> str:

@@ -28,6 +28,7 @@ from .checkpoint import atomic_path, load_model, model_path, remove_stale_tempor
 from .errors import InputError, RunError, reason
 from .images import image_files, load_array
 from .model_info import ModelInfo
+from .progress import tracked
 
 log = logging.getLogger("golabels")
 
@@ -88,7 +89,7 @@ def verification_batch(model_file: Path, info: ModelInfo, n: int) -> tuple[np.nd
     if source is not None:
         per_class = [image_files(d) for d in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))]
         candidates = [files[i] for i in range(max(map(len, per_class), default=0)) for files in per_class if i < len(files)]
-        for path in candidates:
+        for path in tracked(candidates, "verification: reading source images", min(n, len(candidates))):
             if len(arrays) == n:
                 break
             try:

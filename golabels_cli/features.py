@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +30,13 @@ from torch import nn
 from .checkpoint import atomic_path, remove_stale_temporaries
 from .data import ImageSet, eval_loader, eval_transform
 from .errors import InputError, reason
-
-log = logging.getLogger("golabels")
+from .progress import batch_size as batch_size_of
+from .progress import tracked
 
 FORMAT = "golabels-features/1"
 
-
 def cache_root(cache_dir: str | None) -> Path:
     return Path(cache_dir or os.environ.get("GOLABELS_CACHE") or Path.home() / ".cache" / "golabels").expanduser()
-
 
 def model_key(backbone_name: str, backbone: nn.Module, data_config: dict) -> str:
     h = hashlib.sha256(json.dumps([FORMAT, backbone_name, data_config], sort_keys=True).encode())
@@ -48,18 +45,15 @@ def model_key(backbone_name: str, backbone: nn.Module, data_config: dict) -> str
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
 
-
 def image_key(path: Path) -> str:
     st = os.stat(path)  # follows symlinks: the file's own identity, not the name it was reached by
     return hashlib.sha256(f"{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
-
 
 @dataclass
 class Features:
     values: torch.Tensor  # [N, D] float32, in the ImageSet's order
     cached: int  # rows read from the cache
     computed: int  # rows computed by this call
-
 
 @torch.no_grad()
 def backbone_features(
@@ -71,8 +65,10 @@ def backbone_features(
     cache_dir: str | None = None,
     batch_size: int = 64,
     workers: int = 0,
+    what: str = "features",
 ) -> Features:
-    """The backbone's eval-mode output for every image, from the cache where present."""
+    """The backbone's eval-mode output for every image, from the cache where present; `what`
+    names the step in the progress shown while the others are computed."""
     folder = cache_root(cache_dir) / "features" / key
     keys = [image_key(p) for p in images.paths]
     files = [folder / k[:2] / f"{k}.npy" for k in keys]
@@ -84,7 +80,6 @@ def backbone_features(
             pass  # absent, or damaged by something outside golabels: computed again
     missing = [i for i, r in enumerate(rows) if r is None]
     if missing:
-        log.info("--freeze-backbone: computing features of %d images (%d cached)", len(missing), len(files) - len(missing))
         for shard in {files[i].parent for i in missing}:
             if shard.is_dir():
                 remove_stale_temporaries(shard)  # the row a killed extraction was writing
@@ -96,7 +91,7 @@ def backbone_features(
         # of whether the features were cached.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             done = 0
-            for x, _ in loader:
+            for x, _ in tracked(loader, f"{what} ({len(files) - len(missing)} cached)" if len(missing) < len(files) else what, len(missing), batch_size_of):
                 out = backbone(x.to(device)).float().cpu().numpy()
                 for row in out:
                     i = missing[done]
@@ -105,7 +100,6 @@ def backbone_features(
                     done += 1
         backbone.train(was_training)
     return Features(torch.from_numpy(np.stack(rows)).float(), len(files) - len(missing), len(missing))
-
 
 def _save_row(path: Path, row: np.ndarray) -> None:
     try:

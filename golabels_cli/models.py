@@ -49,6 +49,17 @@ class Classifier(nn.Module):
             nn.Linear(backbone.num_features, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU()
         )
         self.head = BridgedHead(bottleneck_dim, num_classes) if bridged else nn.Linear(bottleneck_dim, num_classes)
+        # --freeze-bn: the backbone's BatchNorm layers stay in eval mode, normalizing with their
+        # pretrained running statistics, whatever train() is called with (their scale and shift still learn).
+        self.backbone_bn_frozen = False
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if mode and self.backbone_bn_frozen:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.classify(self.backbone(x))

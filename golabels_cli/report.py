@@ -10,6 +10,9 @@ Plots need matplotlib (`pip install golabels[plots]`); without it the report is 
                               (the paper's Fig. 4 and 5 views)
     report-validators.png     each validator over the evaluated snapshots, the oracle target
                               accuracy beside them when --eval-dir was given, the selected snapshot marked
+
+`adapt` itself leaves results.png, the same views on one page (write_results_figure), in every
+finished run directory when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -142,14 +145,111 @@ def correlations(evals: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
-def write_plots(record: RunRecord) -> list[Path] | None:
-    """The report's PNGs in the run directory (each written atomically); None without matplotlib."""
+RESULTS_FIGURE = "results.png"
+
+
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def write_results_figure(record: RunRecord) -> Path | None:
+    """results.png in the run directory: losses, the discriminator's accuracy, the relabeled
+    fractions, and each validator (with the oracle target accuracy when --eval-dir was given) over
+    the iterations, on one page. None without matplotlib or metrics."""
+    plt = _pyplot()
+    rows = record.rows
+    if plt is None or not rows:
+        return None
+    evals = record.evals
+    validators = [k for k in (*VALIDATOR_KEYS, "target_acc") if any(e.get(k) is not None for e in evals)]
+    adversarial = any(r.get("disc_acc") is not None for r in rows)
+    panels = 1 + 2 * adversarial + len(validators)
+    columns = min(panels, 4)
+    fig, axes = plt.subplots((panels + columns - 1) // columns, columns, figsize=(4 * columns, 3.3 * ((panels + columns - 1) // columns)),
+                             squeeze=False)
+    axes = list(axes.flat)
+    for ax in axes[panels:]:
+        ax.axis("off")
+
+    def series(ax, key: str, label: str) -> None:
+        points = [(r["iter"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), label=label)
+
+    ax = axes.pop(0)
+    series(ax, "loss_cls", "classification")
+    series(ax, "loss_adv", "adversarial")
+    series(ax, "loss_extra", "method's extra")
+    ax.set(xlabel="iteration", title="losses")
+    ax.legend(fontsize="small")
+    if adversarial:
+        ax = axes.pop(0)
+        for key, label in (("disc_acc", "all"), ("disc_acc_src", "source"), ("disc_acc_tgt", "target")):
+            series(ax, key, label)
+        ax.set(xlabel="iteration", title="discriminator accuracy", ylim=(-0.02, 1.02))
+        ax.legend(fontsize="small")
+        ax = axes.pop(0)
+        series(ax, "relabeled_src", "source")
+        series(ax, "relabeled_tgt", "target")
+        ax.set(xlabel="iteration", title="domain labels changed (go)", ylim=(-0.02, 1.02))
+        ax.legend(fontsize="small")
+    selected = (record.summary or {}).get("selected", {}).get("iter")
+    for key in validators:
+        ax = axes.pop(0)
+        points = [(e["iter"], e[key]) for e in evals if e.get(key) is not None]
+        ax.plot(*zip(*points), marker="o", color="tab:red" if key == "target_acc" else "tab:blue")
+        name = "target accuracy (--eval-dir)" if key == "target_acc" else key.replace("_", "-")
+        ax.set(xlabel="iteration", title=f"{name}, {'higher' if DIRECTION[key] else 'lower'} is better")
+        if selected is not None:
+            ax.axvline(selected, color="gray", linestyle="--", linewidth=1)
+    fig.suptitle(f"{record.config.get('method')} + {record.config.get('domain_labels')} domain labels: {record.run_dir.name}")
+    fig.tight_layout()
+    path = record.run_dir / RESULTS_FIGURE
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_confusion_figure(result, path: Path, title: str) -> Path | None:
+    """`eval --plots`: the confusion matrix as a PNG, each row (a true class) as fractions of its
+    images, so that small classes read as clearly as large ones. None without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    import numpy as np
+
+    counts = np.asarray(result.confusion, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.32 * max(counts.shape), 24)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if max(counts.shape) <= 60:
+        ax.set_xticks(range(len(result.predicted_classes)), result.predicted_classes, rotation=90, fontsize="small")
+        ax.set_yticks(range(len(result.true_classes)), result.true_classes, fontsize="small")
+    if max(counts.shape) <= 15:
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(j, i, int(n), ha="center", va="center", fontsize="small", color="white" if shares[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title}\ntop-1 {result.accuracy:.4f}, mean per class {result.mean_class_accuracy:.4f}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_plots(record: RunRecord) -> list[Path] | None:
+    """The report's PNGs in the run directory (each written atomically); None without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
         return None
     rows = record.rows
     if not rows:

@@ -37,18 +37,21 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_text_atomic
+from .checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries, save_model, torch_save_atomic, write_text_atomic
 from .config import AdaptConfig, build_config, resolve_balancing, to_yaml
-from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, from_rank_0, lr_factor, setup, teardown
+from .distributed import SINGLE, Dist, all_mean, all_min, any_rank, env_rank, from_rank_0, lr_factor, setup, teardown
 from .data import (IMBALANCE_WARNING, ImageSet, class_counts, data_report, decode_all, eval_loader, eval_transform, imbalance_ratio,
                    sample_indices, scan_labeled, scan_unlabeled, stratified_split, train_loader, train_sampler, train_transform)
 from .console import remedy_flags, remedy_hint
 from .errors import InputError, Interrupted, RunError, reason
-from .evaluate import labeled_for_model, predict_outputs, score
+from .evaluate import autocast, labeled_for_model, predict_outputs, score
 from .features import Features, backbone_features, model_key
 from .label_shift import SHIFT_P_VALUE, SHIFT_WARNING, bbse_prior, class_weights, em_prior, moving_average, shift_p_value, total_variation
 from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
+from .progress import batch_size as batch_size_of
+from .progress import tracked
+from .trackers import Tracker
 from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
 from .validators import Outputs, better, compute_validators, metric_key
 
@@ -121,7 +124,8 @@ class Speed:
     """How a run uses the hardware. On CUDA everything that makes it faster; elsewhere nothing,
     so CPU results stay bit-exact and reproducible."""
 
-    autocast_bf16: bool = False
+    autocast: torch.dtype | None = None  # mixed precision (--precision); None: fp32
+    loss_scaling: bool = False  # fp16: gradients scaled so that small ones do not underflow
     channels_last: bool = False
     fused_optimizer: bool = False
     pin_memory: bool = False
@@ -129,10 +133,15 @@ class Speed:
     compile: bool = False
 
 
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
 def speed_settings(device: torch.device, cfg: AdaptConfig) -> Speed:
     cuda = device.type == "cuda"
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
     return Speed(
-        autocast_bf16=cuda,
+        autocast=PRECISION_DTYPES[precision],
+        loss_scaling=precision == "fp16",
         channels_last=cuda and not cfg.freeze_backbone,
         fused_optimizer=cuda,
         pin_memory=cuda,
@@ -166,6 +175,7 @@ class Training:
     features: dict[str, Features] | None = None  # --freeze-backbone: "source", "target", "eval", "source_val"
     decoded: dict[str, list[np.ndarray] | None] | None = None  # --cache-images: "source", "target"
     selected_weights: dict[str, torch.Tensor] | None = None  # --select: the best snapshot's model state so far
+    grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
 
     @property
     def adversarial(self) -> bool:
@@ -213,13 +223,23 @@ class LoopState:
     seconds: float = 0.0  # training time of earlier sessions of this run
 
 
-def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
-    """Check every input and build the model and optimizer; nothing is written."""
+def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
+    """cfg as the run will write it to config.yaml: the defaults that depend on the source folder
+    (the balancing of an imbalanced one) resolved. Scans the source folder; trains nothing."""
+    resolve_balancing(cfg, imbalance_ratio(class_counts(scan_labeled(cfg.source, "source"))) > IMBALANCE_WARNING)
+    return cfg
+
+
+def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = _nothing) -> Training:
+    """Check every input and build the model and optimizer; nothing is written. The data report
+    goes to `progress` ("data") as soon as the folders are read, before any slow step."""
     device = pick_device(cfg.device)
     if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
     if cfg.sync_bn and d.enabled and device.type != "cuda":
         raise InputError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm synchronizes GPU tensors only", "leave --sync-bn out on the CPU")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise InputError(f"--precision fp16 needs a CUDA GPU, and this run is on {device.type}", "use --precision bf16 or fp32")
     check_backbone_name(cfg.backbone)
     scanned = scan_labeled(cfg.source, "source")
     if len(scanned.classes) < 2:
@@ -231,6 +251,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
     report = data_report(scanned, target, val_idx, remedy_hint(remedy_flags(cfg), by_default))
     for warning in report["warnings"]:
         log.warning(warning)
+    progress("data", {"data": report, "held_out": len(val_idx)})
     source = scanned.subset(train_idx, keep_skipped=True)
     if cfg.select in ("src-acc", "dev") and len(val_idx) < 2:
         raise InputError(f"--select {cfg.select} needs held-out source images, and --val-split {cfg.val_split} holds out {len(val_idx)}",
@@ -248,6 +269,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.weights)
     data_config = resolve_data_config(backbone, cfg.image_size)
     model = Classifier(backbone, len(source.classes), cfg.bottleneck_dim, bridged=cfg.method == "gvb")
+    model.backbone_bn_frozen = cfg.freeze_bn
     if cfg.sync_bn and d.enabled:
         # Same parameters and state-dict keys: checkpoints load into a plain BatchNorm model.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -283,12 +305,15 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE) -> Training:
                                 **({"fused": True} if speed.fused_optimizer else {}))
     params = MethodParams(cfg.bridge_g_weight, cfg.bridge_d_weight, cfg.rsl_weight, cfg.rsl_k)
     t = Training(cfg, device, source, target, eval_set, validation, report, data_config, model, disc, multilinear, optimizer, speed, params, d)
+    if speed.loss_scaling:
+        t.grad_scaler = torch.amp.GradScaler(device.type)
     workers = cfg.resolved_workers()
     if cfg.freeze_backbone:
         key = model_key(cfg.backbone, model.backbone, data_config)
         sets = {"source": source, **({"source_val": validation.source_val} if validation.source_val else {}), "target": target,
                 **({"eval": eval_set[0]} if eval_set else {})}
-        t.features = {role: backbone_features(images, model.backbone, key, data_config, device, cfg.cache_dir, 2 * cfg.batch_size, workers)
+        t.features = {role: backbone_features(images, model.backbone, key, data_config, device, cfg.cache_dir, 2 * cfg.batch_size, workers,
+                                              f"features: {ROLE_NAMES[role]}")
                       for role, images in sets.items()}
     elif cfg.cache_images:
         t.decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if t.adversarial else None}
@@ -303,9 +328,11 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
 
     Every input is checked before the run directory is created, so bad input leaves nothing behind.
     """
+    if env_rank() == 0:
+        check_run_dir(out, exist_ok)
     d = setup(pick_device(cfg.device).type)
     try:
-        t = _shared(build, cfg, d)
+        t = _shared(build, cfg, d, progress if d.main else _nothing)
         run_dir = None
         if d.main:  # only rank 0 writes
             run_dir = claim_run_dir(out, exist_ok)
@@ -333,7 +360,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
         # --discriminator and --cdan-map with the scaled schedule, BatchNorm discriminators and
         # CDAN's map randomized above 4096 dimensions (whose buffers their checkpoint holds).
         old = {"val_split": 0.0, "balance_source": False, "balance_target": False, "schedule": "scaled", "discriminator": "batchnorm",
-               "bn_stats": "train",
+               "bn_stats": "train", "freeze_bn": False, "head_start": 0,
                "cdan_map": "randomized" if "rf" in (ckpt.get("multilinear") or {}) else "full"}
         cfg = build_config({**old, **ckpt["config"], **(overrides or {})})
         done = int(ckpt["loop"]["iteration"])
@@ -344,7 +371,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     # (done == iters without the model: the final writes failed, and resuming makes them again.)
     d = setup(pick_device(cfg.device).type)
     try:
-        return _resume(_shared(build, cfg, d), run_dir, ckpt, path, progress)
+        return _resume(_shared(build, cfg, d, progress if d.main else _nothing), run_dir, ckpt, path, progress)
     finally:
         teardown()
 
@@ -381,6 +408,8 @@ def _resume(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path, progre
             group.setdefault("base_lr", base_lr)
             group["initial_lr"] = group["base_lr"] * t.lr_scale
         t.selected_weights = ckpt.get("selected_model") or None
+        if t.grad_scaler is not None and ckpt.get("grad_scaler"):
+            t.grad_scaler.load_state_dict(ckpt["grad_scaler"])
         state = LoopState(**ckpt["loop"])
         if state.pseudo_labels is not None and len(state.pseudo_labels) != len(t.target):
             state.pseudo_labels = None  # of another target folder: --balance-target draws uniformly until the next estimate
@@ -421,6 +450,9 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                                      balance_by))
 
         trained = t.model
+
+    if start == 0 and cfg.head_start:
+        fit_head(t, workers)
 
     def target_balance() -> list[int] | None:
         return state.pseudo_labels.tolist() if cfg.balance_target and state.pseudo_labels is not None else None
@@ -493,6 +525,8 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
     t.disc.train()
     seconds_before, started = state.seconds, time.perf_counter()
     metrics = _open_metrics(run_dir / "metrics.jsonl") if main else None
+    tracker = Tracker(cfg.logger if main else None, run_dir, dataclasses.asdict(cfg), start)
+    completed = False
     try:
         with _stop_requests() as stop:
             for step in range(start, cfg.iters):
@@ -534,6 +568,7 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                         _keep_if_selected(t, state, it, scores)
                     if main:
                         _append(metrics, row, run_dir)
+                        tracker.log_row(row)
                     progress("log", row)
                     state.last_row = row
                     sums = {k: torch.zeros((), device=device) for k in STAT_KEYS}
@@ -551,6 +586,7 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                             f"resume with: golabels adapt --resume {run_dir}",
                         )
             check_finite(cfg.iters)
+        completed = True
     except (Interrupted, RunError):
         raise
     except KeyboardInterrupt:
@@ -566,6 +602,8 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
     finally:
         if metrics is not None:
             metrics.close()
+        if not completed:
+            tracker.close()
 
     seconds = seconds_before + time.perf_counter() - started
     if not main:
@@ -583,8 +621,10 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
         save_model(t.model, info, run_dir / "model.safetensors")
     except Exception as exc:  # OSError, or safetensors' own error type for a failed write
         raise RunError(f"cannot write {run_dir / 'model.safetensors'} ({_write_failure(exc, run_dir)})", _kept(saved_at, run_dir)) from exc
-    summary = _summary(t, run_dir, state, seconds)
+    summary = _summary(t, run_dir, state, seconds, (start, seconds - seconds_before))
+    summary["results_figure"] = _results_figure(run_dir, summary)
     _write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", saved_at)
+    tracker.finish(summary)
     progress("end", summary)
     return summary
 
@@ -600,7 +640,7 @@ def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.
     x = torch.cat([xs, xt.to(device, non_blocking=True)]) if xt is not None else xs
     if x.dim() == 4 and t.speed.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=t.speed.autocast_bf16):
+    with autocast(device, t.speed.autocast):
         if xt is not None and cfg.forward == "per-domain":
             # BatchNorm normalizes each domain's batch with that domain's own statistics.
             (logits_s, features_s), (logits_t, features_t) = forward(x[: len(xs)]), forward(x[len(xs):])
@@ -623,20 +663,60 @@ def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.
             loss_adv, loss_extra, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
         loss = loss_cls + cfg.trade_off * loss_adv + loss_extra
     t.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    t.optimizer.step()
+    if t.grad_scaler is not None:
+        t.grad_scaler.scale(loss).backward()
+        t.grad_scaler.step(t.optimizer)  # skipped when a gradient overflowed; the scale then shrinks
+        t.grad_scaler.update()
+    else:
+        loss.backward()
+        t.optimizer.step()
     if "norm" in probe:
         stats["adv_grad_norm"] = probe["norm"]
     return loss_cls.detach(), loss_adv.detach(), loss_extra.detach(), stats
 
 
+ROLE_NAMES = {"source": "source", "source_val": "held-out source", "target": "target", "eval": "--eval-dir"}
+HEAD_START_STREAM = 4  # the head start's own draws of the source (streams 0-3: training, validators)
+
+
+def fit_head(t: Training, workers: int) -> float:
+    """--head-start: the bottleneck and head fitted to the source's labels on the pretrained
+    backbone's cached features (eval mode, eval transform), cfg.head_start SGD steps at --lr with
+    the scaled decay, before the first fine-tuning step. A randomly initialized head's first large
+    gradients would otherwise reach the backbone and distort the pretrained features (LP-FT,
+    Kumar et al. 2022). Returns the last step's loss."""
+    cfg, device = t.cfg, t.device
+    features = backbone_features(t.source, t.model.backbone, model_key(cfg.backbone, t.model.backbone, t.data_config),
+                                 t.data_config, device, cfg.cache_dir, 2 * cfg.batch_size, workers, "--head-start: features of the source")
+    sampler = train_sampler(t.source, cfg.seed, HEAD_START_STREAM, 0, t.dist.rank, t.dist.world,
+                            t.source.labels if cfg.balance_source else None)
+    params = [*t.model.bottleneck.parameters(), *t.model.head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    t.model.train()
+    loss = torch.zeros(())
+    batches = feature_batches(features.values, torch.tensor(t.source.labels), cfg.batch_size, sampler)
+    for step in range(cfg.head_start):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * (1 + 20 / cfg.head_start * step) ** -cfg.lr_decay
+        x, y = next(batches)
+        logits, _ = t.model.classify(x.to(device))
+        loss = F.cross_entropy(logits.float(), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    final = float(loss.detach())
+    log.info("--head-start: bottleneck and head fitted on the backbone's features in %d steps (loss %.3f)", cfg.head_start, final)
+    return final
+
+
 @torch.no_grad()
-def _outputs(model: Classifier, inputs: torch.Tensor | ImageSet, t: Training, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _outputs(model: Classifier, inputs: torch.Tensor | ImageSet, t: Training, workers: int, what: str = "predicting",
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, bottleneck features) in eval mode, of cached backbone features or of images."""
     if isinstance(inputs, torch.Tensor):
         return tuple(v.float().cpu() for v in model.classify(inputs.to(t.device)))
     loader = eval_loader(inputs, eval_transform(t.data_config), 2 * t.cfg.batch_size, workers, pin=t.speed.pin_memory)
-    return predict_outputs(model, loader, t.device, t.speed.channels_last, t.speed.autocast_bf16)
+    return predict_outputs(model, loader, t.device, t.speed.channels_last, t.speed.autocast, what)
 
 
 def _role_outputs(t: Training, role: str, images: ImageSet, workers: int, indices: list[int] | None = None):
@@ -645,7 +725,7 @@ def _role_outputs(t: Training, role: str, images: ImageSet, workers: int, indice
     if t.features is not None:
         values = t.features[role].values
         return _outputs(t.model, values[indices] if indices is not None else values, t, workers)
-    return _outputs(t.model, images.subset(indices) if indices is not None else images, t, workers)
+    return _outputs(t.model, images.subset(indices) if indices is not None else images, t, workers, f"evaluating: {ROLE_NAMES[role]}")
 
 
 def _validate(t: Training, state: LoopState, workers: int) -> dict[str, Any]:
@@ -711,8 +791,10 @@ def _validate_snapshot(t: Training, state: LoopState, outputs: Callable) -> dict
 
 def _reestimated_layers(t: Training) -> list[torch.nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers --bn-stats target re-estimates: all of the classifier's, or under
-    --freeze-backbone those after the cached features (a frozen backbone is never run here)."""
-    parts = [t.model] if t.features is None else [t.model.bottleneck, t.model.head]
+    --freeze-backbone those after the cached features (a frozen backbone is never run here), and
+    under --freeze-bn those after the backbone (whose statistics stay the pretrained ones)."""
+    whole = t.features is None and not t.cfg.freeze_bn
+    parts = [t.model] if whole else [t.model.bottleneck, t.model.head]
     return [m for part in parts for m in part.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
@@ -760,13 +842,13 @@ def _forward_target_sample(t: Training, workers: int) -> None:
                 t.model.classify(values[start:start + batch].to(t.device))
         return
     loader = eval_loader(t.target.subset(sample), eval_transform(t.data_config), batch, workers, pin=t.speed.pin_memory)
-    for x, _ in loader:
+    for x, _ in tracked(loader, "BatchNorm statistics of the target", len(sample), batch_size_of):
         if len(x) < 2:
             continue
         x = x.to(t.device, non_blocking=True)
         if t.speed.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=t.speed.autocast_bf16):
+        with autocast(t.device, t.speed.autocast):
             t.model(x)
 
 
@@ -969,6 +1051,7 @@ def _checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
         "multilinear": t.multilinear.state_dict() if t.multilinear is not None else {},
         "selected_model": t.selected_weights or {},
         "optimizer": t.optimizer.state_dict(),
+        **({"grad_scaler": t.grad_scaler.state_dict()} if t.grad_scaler is not None else {}),
         "rng": rng_state(t.device),
         "loop": dataclasses.asdict(state),
     }
@@ -1000,8 +1083,11 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> dict[str, Any]:
+def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float, session: tuple[int, float]) -> dict[str, Any]:
+    """`session`: the iteration this process started at (> 0 when resumed) and its own seconds."""
     cfg = t.cfg
+    first, session_seconds = session
+    images_per_step = cfg.batch_size * (2 if t.adversarial else 1) * t.dist.world
     eval_images = t.eval_set[0] if t.eval_set else None
     selected = next((e for e in state.evals if e["iter"] == state.selected.get("iter")), {})
     skipped = [("source", t.source), ("target", t.target)] + ([("eval", eval_images)] if eval_images else [])
@@ -1015,7 +1101,10 @@ def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> di
         "bn_stats": cfg.bn_stats,
         "iters": cfg.iters,
         "seconds": round(seconds, 2),
-        "images_per_s": round(cfg.iters * cfg.batch_size * (2 if t.adversarial else 1) * t.dist.world / max(seconds, 1e-9), 1),
+        # this session's throughput: a resumed run's earlier sessions may have run elsewhere
+        "images_per_s": round((cfg.iters - first) * images_per_step / max(session_seconds, 1e-9), 1),
+        "resumed_at": first or None,
+        "session_seconds": round(session_seconds, 2),
         "device": str(t.device),
         "processes": t.dist.world,
         "effective_batch": cfg.batch_size * t.dist.world,  # per domain, over all processes
@@ -1043,6 +1132,20 @@ def _summary(t: Training, run_dir: Path, state: LoopState, seconds: float) -> di
 
 
 # ---- signals and files ------------------------------------------------------------------------
+
+
+def _results_figure(run_dir: Path, summary: dict[str, Any]) -> str | None:
+    """results.png, when matplotlib is installed; a figure that cannot be drawn costs a warning, not the run."""
+    from .report import load_run, write_results_figure
+
+    try:
+        record = load_run(run_dir)
+        record.summary = summary
+        path = write_results_figure(record)
+    except Exception as exc:  # noqa: BLE001 - a plotting library's failure of any kind
+        log.warning("results.png not written (%s)", reason(exc))
+        return None
+    return path.name if path is not None else None
 
 
 @contextmanager

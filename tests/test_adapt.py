@@ -31,7 +31,7 @@ def assert_same_weights(a, b):
 def test_run_directory_layout(domains, tmp_path):
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "30", "--eval-dir", target, "--eval-every", "10")
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json", "results.png"}
     rows = read_jsonl(run / "metrics.jsonl")
     assert rows[-1]["iter"] == 30 and [r["iter"] for r in rows] == [10, 20, 30]
     for row in rows:

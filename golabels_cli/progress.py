@@ -1,0 +1,53 @@
+"""Progress of the slow steps, for whoever listens: the command line's bars, or nobody.
+
+Library code wraps a slow loop in `tracked(items, what, total)`; a command installs a listener
+for its duration with `listening(listener)`. Without a listener nothing happens, so the library
+stays silent and the tests stay quiet. Kept apart from console.py: the library never imports the
+user interface, and predict.py (torch-free) can import this module.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+# (what, done, total): what is being done ("features: source"), how many items are done, of how
+# many (None: not known in advance, as for predict's stdin). done == total, or a call with
+# finished=True, closes the step.
+Listener = Callable[[str, int, "int | None", bool], None]
+
+_listener: ContextVar[Listener | None] = ContextVar("golabels_progress", default=None)
+
+
+@contextmanager
+def listening(listener: Listener | None) -> Iterator[None]:
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+def tracked(items: Iterable[T], what: str, total: int | None, size: Callable[[T], int] = lambda item: 1) -> Iterator[T]:
+    """The items of `items`, reporting after each how many (by `size`) are done."""
+    listener = _listener.get()
+    if listener is None:
+        yield from items
+        return
+    done = 0
+    listener(what, 0, total, False)
+    try:
+        for item in items:
+            yield item
+            done += size(item)
+            listener(what, done, total, False)
+    finally:
+        listener(what, done, total, True)
+
+
+def batch_size(batch) -> int:
+    """The rows of a loader's (inputs, labels) batch."""
+    return len(batch[0])

@@ -1,0 +1,211 @@
+"""What a user sees: progress of the slow steps, the help screen, the resolved config (issue 25)."""
+
+import dataclasses
+import json
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY, adapt_tiny, cli, cli_subprocess, read_jsonl
+from golabels_cli.synthetic import make_two_domains
+
+
+@pytest.fixture(scope="module")
+def five_hundred(tmp_path_factory):
+    """A source and a 500-image labeled target, and a tiny run trained on them."""
+    root = tmp_path_factory.mktemp("five_hundred")
+    source, target = make_two_domains(root, per_class=167, size=32, seed=2)
+    run = adapt_tiny(source, target, root / "run", "--iters", "2")
+    return source, target, run
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_slow_steps_print_progress_lines_without_a_terminal(five_hundred, command):
+    source, target, run = five_hundred
+    args = [command, run, target, "--device", "cpu", "--workers", "0"]
+    shown = cli_subprocess(*args)
+    assert shown.returncode == 0, shown.stderr
+    images = 501
+    step = "eval" if command == "eval" else "predict"
+    assert re.search(rf"^{step}: {images} images in [0-9.]+s", shown.stderr, re.M) or f"predicted {images} images" in shown.stderr, shown.stderr
+    quiet = cli_subprocess(*args, "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_periodic_lines_name_the_step_and_its_eta(capsys, monkeypatch):
+    from golabels_cli import console
+    from golabels_cli.progress import listening, tracked
+
+    monkeypatch.setattr(console.StepProgress, "PLAIN_INTERVAL_S", 0.0)
+    with listening(console.StepProgress()):
+        for _ in tracked(range(4), "features: target", 4):
+            pass
+    lines = capsys.readouterr().err.splitlines()
+    assert "features: target: 1/4 images" in lines[0] and "eta" in lines[0]
+    assert lines[-1].startswith("features: target: 4 images in ")
+
+
+def test_nothing_listens_in_the_library():
+    from golabels_cli.progress import tracked
+
+    assert list(tracked(iter([1, 2, 3]), "anything", 3)) == [1, 2, 3]
+
+
+def test_the_data_report_comes_before_the_features(domains, tmp_path):
+    source, target = domains
+    result = cli_subprocess("adapt", source, target, *TINY, "--iters", "2", "--freeze-backbone", "--cache-dir", tmp_path / "cache",
+                            "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    report = next(i for i, line in enumerate(lines) if line.startswith("source: "))
+    features = next(i for i, line in enumerate(lines) if line.startswith("features: source"))
+    assert report < features
+    assert all(len(line) > 80 for line in lines if line.startswith("source: "))  # one line, never hard-wrapped
+
+
+def test_help_groups_every_option_in_panels():
+    from golabels_cli import cli as cli_module
+    from golabels_cli.config import AdaptConfig
+
+    result = cli_subprocess("adapt", "--help", env={"COLUMNS": "80"})
+    text = result.stdout
+    assert result.returncode == 0
+    for panel in ("Data", "Method and Go-labels", "Training", "Evaluation and selection", "Label shift", "Performance",
+                  "Run directory and output"):
+        assert f"─ {panel} ─" in text, panel
+    assert "SOURCE/<class>/" in text
+    flat = " ".join(text.split())
+    for f in dataclasses.fields(AdaptConfig):
+        if f.name not in ("source", "target"):
+            assert f"--{f.name.replace('_', '-')}" in flat, f.name
+    # One source of truth: every config key is an option of adapt with the same default.
+    params = inspect.signature(cli_module.adapt).parameters
+    for f in dataclasses.fields(AdaptConfig):
+        assert f.name in params, f.name
+        assert params[f.name].default == f.default, (f.name, params[f.name].default, f.default)
+
+
+def test_help_piped_into_head_ends_quietly():
+    import subprocess
+    import sys
+
+    shell = f"{sys.executable} -m golabels_cli adapt --help | head -3"
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+    assert "Traceback" not in result.stderr and "Usage" in result.stdout
+
+
+def test_print_config_replays_to_the_same_run(domains, tmp_path):
+    source, target = domains
+    printed = cli("adapt", source, target, *TINY, "--iters", "2", "--method", "dann", "--print-config")
+    assert printed.exit_code == 0, printed.stderr
+    assert not (tmp_path / "run").exists() and printed.stderr == ""
+    config = yaml.safe_load(printed.stdout)
+    assert config["method"] == "dann" and config["iters"] == 2 and config["trade-off"] == 1.0
+    (tmp_path / "config.yaml").write_text(printed.stdout)
+    result = cli("adapt", "--config", tmp_path / "config.yaml", "--out", tmp_path / "replay", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "replay" / "config.yaml").read_text() == printed.stdout
+
+
+def test_results_figure_is_left_in_every_finished_run(domains, tmp_path):
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "4", "--eval-every", "2", "--eval-dir", target)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["results_figure"] == "results.png"
+    assert (run / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_plots_draws_the_confusion_matrix(exported, domains, tmp_path):
+    import shutil
+
+    run = Path(shutil.copytree(exported[0], tmp_path / "run"))
+    result = cli("eval", run, domains[1], "--plots", "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    figure = Path(json.loads(result.stdout)["confusion_figure"])
+    assert figure == run / "confusion_matrix.png" and figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tensorboard_holds_every_logged_row(domains, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "6", "--log-every", "2", "--logger", "tensorboard")
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("loss_cls")]
+    rows = [(r["iter"], pytest.approx(r["loss_cls"], rel=1e-6)) for r in read_jsonl(run / "metrics.jsonl")]  # stored as float32
+    assert logged == rows and [s for s, _ in logged] == [2, 4, 6]
+
+
+def test_mlflow_holds_the_metrics_the_config_and_the_final_figures(domains, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    store = f"file://{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "4", "--log-every", "2", "--logger", "mlflow", "--eval-dir", target)
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("golabels")
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.info.run_name == "run" and logged.info.status == "FINISHED"
+    assert logged.data.params["method"] == "cdan-e" and logged.data.params["iters"] == "4"
+    history = [(m.step, round(m.value, 5)) for m in client.get_metric_history(logged.info.run_id, "loss_cls")]
+    assert history == [(r["iter"], round(r["loss_cls"], 5)) for r in read_jsonl(run / "metrics.jsonl")]
+    summary = json.loads((run / "summary.json").read_text())
+    assert logged.data.metrics["final_target_acc"] == pytest.approx(summary["target_acc"])
+
+
+def test_a_missing_tracker_is_one_line_before_anything_runs(domains, tmp_path, monkeypatch):
+    import importlib.util
+
+    from test_inputs import assert_one_line_error
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    assert_one_line_error(cli("adapt", *domains, *TINY, "--logger", "mlflow", "--out", tmp_path / "run"), "pip install 'golabels[mlflow]'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_times_its_own_session(domains, tmp_path):
+    import os
+    import signal
+
+    from golabels_cli import train
+    from golabels_cli.config import build_config
+    from golabels_cli.console import print_adapt_summary
+    from golabels_cli.errors import Interrupted
+
+    source, target = domains
+    cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
+                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 8})
+
+    def interrupt(kind, data):
+        if kind == "step" and data["iter"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        train.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
+    summary = train.resume(tmp_path / "cut")
+    assert summary["resumed_at"] == 3 and 0 < summary["session_seconds"] < summary["seconds"]
+    assert summary["images_per_s"] == pytest.approx(5 * 8 / summary["session_seconds"], rel=0.05)  # of rounded seconds
+    from golabels_cli import console
+
+    with console.stdout.capture() as captured:
+        print_adapt_summary(summary)
+    assert "this one: iterations 4-8" in " ".join(captured.get().split())
+
+
+def test_a_taken_run_directory_fails_before_the_data_report(domains, tmp_path):
+    from test_inputs import assert_one_line_error
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("the user's")
+    result = cli("adapt", *domains, *TINY, "--out", tmp_path / "run")
+    assert_one_line_error(result, "already exists")
+    assert result.stderr.count("\n") == 1 and (tmp_path / "run" / "keep.txt").read_text() == "the user's"
