@@ -183,6 +183,30 @@ def test_gpu_sweeps_script_runs_both_sweeps_and_tabulates(tmp_path):
     assert len(list((tmp_path / "runs").rglob("summary.json"))) == 2 * 5 + 5
 
 
+def test_fine_tuning_script_runs_every_recipe_and_tabulates(tmp_path):
+    # benchmarks/fine_tuning.sh (issue 23's comparison, and its GPU run) with a tiny backbone on a CPU.
+    import subprocess
+
+    import timm
+    from safetensors.torch import save_file
+
+    make_two_domains(tmp_path / "data", per_class=4, size=32, seed=5)
+    backbone = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    env = {**os.environ, "PYTHON": sys.executable, "ROOT": str(tmp_path / "data"), "WEIGHTS": str(tmp_path / "w.safetensors"),
+           "OUT": str(tmp_path / "ft"), "TASKS": "source:target", "BACKBONE": "test_resnet", "SIZE": "32", "ITERS": "2",
+           "SEEDS": "2", "WORKERS": "0", "BATCH": "4", "DEADLINE": "600"}
+    done = subprocess.run(["bash", str(BENCHMARKS / "fine_tuning.sh")], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("== ")] == ["== frozen", "== batch-bn", "== frozen-bn"]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| source → target |")]
+    assert len(rows) == 3 * 2 and all(line.split("|")[-3].strip() == "2" for line in rows)  # 2 seeds in every cell
+    configs = {p.parts[-5]: yaml.safe_load(p.read_text()) for p in (tmp_path / "ft").rglob("cdan-e-fixed/seed0/config.yaml")}
+    assert configs["frozen"]["freeze-backbone"] and not configs["batch-bn"]["freeze-bn"] and configs["frozen-bn"]["freeze-bn"]
+    bad = subprocess.run(["bash", str(BENCHMARKS / "fine_tuning.sh")], env={**env, "RECIPES": "frozen,nope"}, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown recipe nope" in bad.stderr
+
+
 def test_uda_set_passes_any_adapt_option_to_every_cell(tmp_path):
     uda = load("uda")
     make_two_domains(tmp_path / "data", per_class=4, size=32, seed=3)
