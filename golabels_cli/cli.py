@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from typer.core import TyperCommand
 from typing_extensions import Annotated
 
 from . import __version__
@@ -103,7 +104,15 @@ ADAPT_EPILOG = """
 """
 
 
-@app.command(epilog=ADAPT_EPILOG)
+class _AdaptCommand(TyperCommand):
+    """adapt's usage line shows SOURCE and TARGET as the required arguments they are, unless
+    --config or --resume gives them (which is why the parser itself does not require them)."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [piece.strip("[]") if piece in ("[SOURCE]", "[TARGET]") else piece for piece in super().collect_usage_pieces(ctx)]
+
+
+@app.command(epilog=ADAPT_EPILOG, cls=_AdaptCommand)
 @guarded
 def adapt(
     ctx: typer.Context,

@@ -77,6 +77,7 @@ def test_help_groups_every_option_in_panels():
                   "Run directory and output"):
         assert f"─ {panel} ─" in text, panel
     assert "SOURCE/<class>/" in text
+    assert "Usage: golabels adapt [OPTIONS] SOURCE TARGET" in text  # required, unless --config or --resume gives them
     flat = " ".join(text.split())
     for f in dataclasses.fields(AdaptConfig):
         if f.name not in ("source", "target"):
