@@ -6,6 +6,9 @@
     (d) full iteration time / --freeze-backbone iteration time (after the feature cache is built)
     (e) with --real-dir: loader images/s with reduced-size JPEG decoding / with full decoding,
         on copies of the folder's photos upscaled to --upscale px (written to a temporary folder)
+    (f) golabels' DANN step vs. the same step written the way TLlib's examples write it (dann.py:
+        fp32, contiguous NCHW, plain SGD, a host sync per step for its meters), same model and batch;
+        target >= 2x on a GPU, where golabels' fast path applies (on a CPU both are the same fp32 step)
 
 Steps run on in-memory random inputs, so (a), (b) and (d) measure the model, not the disk. Each
 comparison alternates its two variants step by step and reports medians.
@@ -38,6 +41,7 @@ from golabels_cli.data import ImageSet, InfiniteDraws, TrainImages, decode_for_t
 from golabels_cli.images import image_files, load_rgb, resize_shorter, scale_size
 from golabels_cli.synthetic import make_two_domains
 from golabels_cli.evaluate import autocast
+from golabels_cli.methods import grad_reverse
 from golabels_cli.train import Training, build, train_step
 
 
@@ -95,6 +99,33 @@ def supervised_stepper(t: Training, x, y):
     return step
 
 
+def reference_stepper(t: Training, xs, ys, xt):
+    """DANN as TLlib's examples/domain_adaptation/image_classification/dann.py trains it: one fp32
+    forward of the joint batch in NCHW, cross-entropy plus the discriminator's BCE through the
+    gradient reversal, torch.optim.SGD without the fused kernel, and `.item()` on the losses and the
+    domain accuracy each step (its AverageMeters). The model and discriminator are golabels' own."""
+    params = [{"params": t.model.backbone.parameters(), "lr": 0.001}, {"params": [*t.model.bottleneck.parameters(), *t.model.head.parameters()]},
+              {"params": t.disc.parameters()}]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]).to(t.device)
+
+    def step():
+        x = torch.cat([xs, xt]).to(t.device).contiguous()
+        y = ys.to(t.device)
+        logits, features = t.model(x)
+        loss_cls = F.cross_entropy(logits[: len(xs)], y)
+        d = t.disc(grad_reverse(features, 1.0))[0].reshape(-1)
+        loss_adv = F.binary_cross_entropy_with_logits(d, domain)
+        loss = loss_cls + loss_adv
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        # the meters: three host syncs
+        loss_cls.item(), loss_adv.item(), ((d > 0).float() == domain).float().mean().item()
+
+    return step
+
+
 class FullDecode(Dataset):
     """decode_for_training without the reduced-size JPEG decoding: the comparison's baseline."""
 
@@ -135,7 +166,7 @@ def main() -> None:
     parser.add_argument("--real-dir", help="a folder of JPEG photos for (e)")
     parser.add_argument("--upscale", type=int, default=1000, help="shorter side of the (e) copies, px")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of one adapt step")
-    parser.add_argument("--figures", default="abcde", help="which figures to measure, e.g. 'e' for the decoding one alone")
+    parser.add_argument("--figures", default="abcdef", help="which figures to measure, e.g. 'e' for the decoding one alone")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,6 +223,14 @@ def main() -> None:
             print(f"(e) loader on {len(photos)} {w}x{h} JPEGs: reduced-size decoding {reduced:.0f} img/s, full decoding {full:.0f} img/s: "
                   f"{reduced / full:.2f}x (target >= 3x); decoded sizes {Image.open(photos.paths[0]).size} -> "
                   f"{decode_for_training(photos.paths[0], t.data_config).size} before the crop")
+
+        if "f" in args.figures:
+            ours = make_training(args, folder, method="dann", domain_labels="fixed", compile=args.compile)
+            reference = make_training(args, folder, method="dann", domain_labels="fixed", device=args.device)
+            t_ours, t_ref = alternate(adapt_stepper(ours, xs, ys, xt), reference_stepper(reference, xs, ys, xt), device, args.steps, args.warmup)
+            print(f"(f) golabels' DANN step {2 * B / t_ours:.1f} img/s, TLlib-style step {2 * B / t_ref:.1f} img/s: ratio {t_ref / t_ours:.2f} "
+                  f"(target >= 2 on a GPU)")
+            del ours, reference
 
         if args.profile:
             from torch.profiler import ProfilerActivity, profile

@@ -128,10 +128,10 @@ def test_throughput_script_runs_its_figures(tmp_path):
     import subprocess
 
     result = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--backbone", "test_resnet", "--image-size", "32",
-                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "abd"],
+                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "abdf"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration"):
+    for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration", "(f) golabels' DANN step"):
         assert figure in result.stdout, result.stdout
 
 
