@@ -25,7 +25,7 @@ from .trackers import LOGGERS, check_logger
 FORWARDS = ("joint", "per-domain")
 BN_STATS = ("train", "target")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DEFAULT_FREEZE_BN = False
+DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
 FROZEN_TRADE_OFF = 2.0  # --trade-off's default under --freeze-backbone
 from .validators import SELECT_CHOICES
@@ -65,7 +65,8 @@ class AdaptConfig:
     # fit the bottleneck and head on the frozen backbone's cached features, with the source's labels,
     # before the first fine-tuning step (LP-FT, Kumar et al. 2022): a random head's gradients then
     # do not distort the pretrained features. Not counted in --iters.
-    # None: chosen by build_config (off with --freeze-backbone or a randomly initialized backbone).
+    # None: freeze_bn on and head_start 0 when fine-tuning a pretrained backbone, off otherwise
+    # (measured: benchmarks/RESULTS.md, issue 23).
     freeze_bn: bool | None = None
     head_start: int | None = None
     # auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 | fp16 (CUDA, with loss scaling) | fp32.

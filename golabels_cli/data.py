@@ -26,6 +26,7 @@ from torchvision import transforms
 from .console import IMBALANCE_WARNING, remedy_hint
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
+from .progress import tracked
 
 log = logging.getLogger("golabels")
 
@@ -67,7 +68,7 @@ def _keep_readable(paths: list[Path], role: str, skipped: list[tuple[Path, str]]
     """{path: size} of the paths that decode completely; the others are warned about once and added to `skipped`."""
     # Decoding releases the GIL, so threads check several images at once.
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        results = list(pool.map(inspect_image, paths))
+        results = list(tracked(pool.map(inspect_image, paths), f"checking the {role} images", len(paths)))
     good = {}
     for path, (why, size) in zip(paths, results):
         if why is None:

@@ -119,3 +119,38 @@ def test_bf16_autocast_trains_on_the_cpu(domains, tmp_path):
     assert len(rows) == 4 and all(torch.isfinite(torch.tensor(r["loss_cls"])) for r in rows)
     fp32 = adapt_tiny(source, target, tmp_path / "fp32", "--iters", "4", "--log-every", "1", "--precision", "fp32")
     assert [r["loss_cls"] for r in read_jsonl(fp32 / "metrics.jsonl")] != [r["loss_cls"] for r in rows]  # autocast really ran
+
+
+def test_a_run_from_before_these_options_resumes_as_it_started_and_exports(domains, tmp_path, weights):
+    """A checkpoint whose config has no freeze_bn, head_start, precision or logger (written before
+    issue 23) resumes with the backbone's BatchNorm in train mode, as it was trained, not with
+    today's default, and exports."""
+    import os
+    import signal
+
+    from golabels_cli import train
+    from golabels_cli.config import build_config
+    from golabels_cli.errors import Interrupted
+
+    source, target = domains
+    values = {"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "weights": str(weights),
+              "image_size": 32, "device": "cpu", "workers": 0, "batch_size": 4, "iters": 6}
+    whole = build_config({**values, "freeze_bn": False})
+    train.adapt(whole, out=tmp_path / "whole")
+
+    def interrupt(kind, data):
+        if kind == "step" and data["iter"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        train.adapt(build_config({**values, "freeze_bn": False}), out=tmp_path / "old", progress=interrupt)
+    path = tmp_path / "old" / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("freeze_bn", "head_start", "precision", "logger"):
+        del checkpoint["config"][key]
+    torch.save(checkpoint, path)
+    train.resume(tmp_path / "old")
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "old" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    exported = cli("export", tmp_path / "old", "--onnx", "--json")
+    assert exported.exit_code == 0, exported.stderr
