@@ -259,8 +259,8 @@ class AdaptProgress:
 
 class StepProgress:
     """The listener of progress.tracked: a transient bar per step on a TTY (on adapt's own bar
-    while one is live), otherwise a plain line every PLAIN_INTERVAL_S; and a closing line per
-    step, unless adapt's live bar showed it."""
+    while one is live), otherwise a plain line every PLAIN_INTERVAL_S; and a closing line for each
+    step that took QUIET_BELOW_S or more, unless adapt's live bar showed it."""
 
     PLAIN_INTERVAL_S = 10.0
     QUIET_BELOW_S = 2.0
@@ -286,9 +286,9 @@ class StepProgress:
                     self.bar.stop()
                     self.bar = None
             seconds = now - started
-            # Once training runs, a step under QUIET_BELOW_S (an evaluation of a small sample) is not worth a line.
-            training = self.adapt is not None and self.adapt.started > 0
-            if self.closing and not shown_by_adapt and (not training or seconds >= self.QUIET_BELOW_S):
+            # A step shorter than QUIET_BELOW_S needed no feedback, and a line would crowd out what
+            # matters (a bad input's one-line error after a quick scan).
+            if self.closing and not shown_by_adapt and seconds >= self.QUIET_BELOW_S:
                 stderr.print(f"{what}: {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.0f}/s)", markup=False)
             return
         if shown_by_adapt:
