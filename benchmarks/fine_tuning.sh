@@ -3,8 +3,8 @@
 # of the same backbone, each source-only and CDAN+E, over the tasks and seeds:
 #
 #   frozen       --freeze-backbone (cached ImageNet features; the bottleneck and head train)
-#   batch-bn     full fine-tuning with the backbone's BatchNorm in train mode (golabels before issue 23)
-#   frozen-bn    full fine-tuning with the backbone's BatchNorm statistics kept (--freeze-bn)
+#   batch-bn     full fine-tuning with the backbone's BatchNorm in train mode, trade-off 1 (golabels before issue 23)
+#   frozen-bn    full fine-tuning with the backbone's BatchNorm statistics kept (--freeze-bn; the default since)
 #
 # On the CPU, the reduced task of benchmarks/RESULTS.md (Office-31 amazon -> webcam, 112 px, 300 iterations):
 #
@@ -32,7 +32,7 @@ if [ "$WEIGHTS" = none ]; then init=(--no-pretrained); else init=(--weights "$WE
 recipe_args() {
   case $1 in
     frozen) echo "--freeze-backbone" ;;
-    batch-bn) echo "--set freeze-bn=false --set head-start=0" ;;
+    batch-bn) echo "--set freeze-bn=false --set head-start=0 --set trade-off=1" ;;
     frozen-bn) echo "--set freeze-bn=true --set head-start=0" ;;
     *) echo "fine_tuning.sh: unknown recipe $1 (frozen, batch-bn, frozen-bn)" >&2; return 2 ;;
   esac

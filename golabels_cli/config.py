@@ -27,7 +27,7 @@ BN_STATS = ("train", "target")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
-FROZEN_TRADE_OFF = 2.0  # --trade-off's default under --freeze-backbone
+PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned
 from .validators import SELECT_CHOICES
 
 
@@ -73,9 +73,9 @@ class AdaptConfig:
     precision: str = "auto"
     cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 4096 dims)
     discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (models.default_discriminator)
-    # Weight of the adversarial loss (the mean over source and target rows). None: 2 with
-    # --freeze-backbone, where only the bottleneck and head move, 1 when the backbone trains
-    # (measured: benchmarks/RESULTS.md, issue 22).
+    # Weight of the adversarial loss (the mean over source and target rows). None: 2 with a
+    # pretrained backbone, frozen (issue 22) or fine-tuned with its BatchNorm statistics kept
+    # (issue 23); 1 for a backbone trained from random init (digits, issue 22). benchmarks/RESULTS.md.
     trade_off: float | None = None
     bridge_g_weight: float = 1.0  # gvb: weight of the classifier bridge's mean |output|
     bridge_d_weight: float = 1.0  # gvb: weight of the discriminator bridge's mean |output|
@@ -206,11 +206,12 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
             setattr(cfg, name, str(Path(value).expanduser().absolute()))
     if cfg.discriminator is None:
         cfg.discriminator = default_discriminator(cfg.method)
+    pretrained = bool(cfg.pretrained or cfg.weights)
     if cfg.trade_off is None:
-        cfg.trade_off = FROZEN_TRADE_OFF if cfg.freeze_backbone else 1.0
+        cfg.trade_off = PRETRAINED_TRADE_OFF if pretrained else 1.0
     if cfg.bn_stats is None:
         cfg.bn_stats = "train" if cfg.method == "source-only" or cfg.sync_bn else "target"
-    fine_tuning_pretrained = not cfg.freeze_backbone and bool(cfg.pretrained or cfg.weights)
+    fine_tuning_pretrained = not cfg.freeze_backbone and pretrained
     if cfg.freeze_bn is None:
         cfg.freeze_bn = fine_tuning_pretrained and DEFAULT_FREEZE_BN
     if cfg.head_start is None:

@@ -203,6 +203,7 @@ def test_fine_tuning_script_runs_every_recipe_and_tabulates(tmp_path):
     assert len(rows) == 3 * 2 and all(line.split("|")[-3].strip() == "2" for line in rows)  # 2 seeds in every cell
     configs = {p.parts[-5]: yaml.safe_load(p.read_text()) for p in (tmp_path / "ft").rglob("cdan-e-fixed/seed0/config.yaml")}
     assert configs["frozen"]["freeze-backbone"] and not configs["batch-bn"]["freeze-bn"] and configs["frozen-bn"]["freeze-bn"]
+    assert (configs["batch-bn"]["trade-off"], configs["frozen-bn"]["trade-off"]) == (1, 2)  # before issue 23, and its defaults
     bad = subprocess.run(["bash", str(BENCHMARKS / "fine_tuning.sh")], env={**env, "RECIPES": "frozen,nope"}, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown recipe nope" in bad.stderr
 

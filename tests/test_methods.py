@@ -185,12 +185,16 @@ def test_dann_e_uses_entropy_weights():
 
 
 def test_defaults_resolved_from_the_measurements():
-    """fixed domain labels; trade-off 2 with a frozen backbone, 1 when it trains; explicit values win."""
+    """fixed domain labels; trade-off 2 with a pretrained backbone (frozen or fine-tuned), 1 from
+    random init; explicit values win."""
     from golabels_cli.config import build_config
 
     base = {"source": "s", "target": "t"}
-    assert build_config(base).domain_labels == "fixed" and build_config(base).trade_off == 1.0
+    assert build_config(base).domain_labels == "fixed" and build_config(base).trade_off == 2.0
     assert build_config({**base, "freeze_backbone": True}).trade_off == 2.0
+    assert build_config({**base, "weights": "w.safetensors", "pretrained": False}).trade_off == 2.0
+    assert build_config({**base, "pretrained": False}).trade_off == 1.0
+    assert build_config({**base, "pretrained": False, "freeze_backbone": True}).trade_off == 1.0
     assert build_config({**base, "freeze_backbone": True, "trade_off": 0.5}).trade_off == 0.5
     assert build_config({**base, "method": "asan"}).discriminator == "dropout"
     assert build_config({**base, "method": "dann"}).discriminator == "batchnorm"
