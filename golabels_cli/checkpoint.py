@@ -44,15 +44,24 @@ def next_run_dir(parent: str | Path = "runs/adapt", name: str = "exp") -> Path:
     raise InputError(f"no free run directory name under {parent}", "pass --out DIR")
 
 
+def _taken(out: Path) -> InputError:
+    return InputError(f"run directory {out} already exists", "pass another --out, or --exist-ok to write into it")
+
+
+def _refuse_taken(out: Path, exist_ok: bool) -> None:
+    """An --out that is a file, or a folder with something in it (unless exist_ok)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file", "pass a folder path")
+    if out.is_dir() and any(out.iterdir()) and not exist_ok:
+        raise _taken(out)
+
+
 def check_run_dir(out: str | Path | None, exist_ok: bool) -> None:
     """The checks claim_run_dir will make, made early and creating nothing: a run that cannot
     write its directory fails before its data report and its slow first steps."""
     path = Path(out) if out is not None else Path("runs/adapt")
     if out is not None:
-        if path.exists() and not path.is_dir():
-            raise InputError(f"--out {path} is a file", "pass a folder path")
-        if path.is_dir() and any(path.iterdir()) and not exist_ok:
-            raise InputError(f"run directory {path} already exists", "pass another --out, or --exist-ok to write into it")
+        _refuse_taken(path, exist_ok)
     existing = path.absolute()
     while not existing.exists():
         existing = existing.parent
@@ -71,11 +80,7 @@ def claim_run_dir(out: str | Path | None, exist_ok: bool, first_file: str = "con
     if out is None:
         return next_run_dir()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file", "pass a folder path")
-    taken = InputError(f"run directory {out} already exists", "pass another --out, or --exist-ok to write into it")
-    if out.is_dir() and any(out.iterdir()) and not exist_ok:
-        raise taken
+    _refuse_taken(out, exist_ok)
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):
@@ -83,7 +88,7 @@ def claim_run_dir(out: str | Path | None, exist_ok: bool, first_file: str = "con
         if not exist_ok:
             os.close(os.open(out / first_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except FileExistsError as exc:
-        raise taken from exc
+        raise _taken(out) from exc
     except OSError as exc:
         raise _unwritable(out, exc) from exc
     return out

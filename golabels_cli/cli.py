@@ -183,7 +183,7 @@ def adapt(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.", rich_help_panel="Run directory and output")] = False,
 ) -> None:
     """Train a classifier on SOURCE that works on TARGET. Writes a run directory with the model."""
-    from .config import RESUME_OPTIONS, build_config, load_yaml
+    from .config import RESUME_OPTIONS, build_config, load_yaml, run_config
     from .distributed import check_devices, env_rank, launched_by_torchrun
     from .train import adapt as run_adapt
     from .train import resume as run_resume
@@ -200,7 +200,7 @@ def adapt(
             raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
                              f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may change; start a new run to change more")
         overrides = {k: ctx.params[k] for k in RESUME_OPTIONS if _from_command_line(ctx, k)}
-        saved = _run_config(resume)
+        saved = run_config(resume)  # {} when it can't be read: resume then says why
         devices_wanted = overrides.get("devices", 1 if launched_by_torchrun() else saved.get("devices", 1))  # torchrun decides
         check_devices(devices_wanted, overrides.get("device", saved.get("device", "auto")))
         if devices_wanted > 1 and not launched_by_torchrun():
@@ -232,9 +232,8 @@ def adapt(
             return
         run = functools.partial(run_adapt, cfg, values.get("out"), bool(values.get("exist_ok")))
     progress = AdaptProgress(quiet=quiet)
-    steps = None if quiet else StepProgress(adapt=progress)
     try:
-        with listening(steps):
+        with _steps_shown(quiet, adapt=progress):
             summary = run(progress=progress)
     except Exception as exc:
         if rank > 0:
@@ -254,8 +253,6 @@ def adapt(
         raise
     finally:
         progress.close()
-        if steps is not None:
-            steps.close()
     if rank > 0:
         return
     if json_:
@@ -268,27 +265,18 @@ SHARED_ERROR_WAIT_S = 20
 
 
 @contextlib.contextmanager
-def _steps_shown(quiet: bool, closing: bool = True):
-    """Progress of the command's slow steps on stderr (console.StepProgress), none under --quiet."""
+def _steps_shown(quiet: bool, closing: bool = True, adapt: AdaptProgress | None = None):
+    """Progress of the command's slow steps on stderr (console.StepProgress, on adapt's own bar
+    while it is live), none under --quiet."""
     if quiet:
         yield
         return
-    steps = StepProgress(closing=closing)
+    steps = StepProgress(adapt=adapt, closing=closing)
     try:
         with listening(steps):
             yield
     finally:
         steps.close()
-
-
-def _run_config(run_dir: str) -> dict[str, Any]:
-    """A run's config.yaml as {field: value}; {} when it can't be read (resume then says why)."""
-    from .config import read_yaml_mapping
-
-    try:
-        return {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(Path(run_dir) / "config.yaml").items()}
-    except InputError:
-        return {}
 
 
 def _on_rank(exc: Exception, rank: int) -> Exception:

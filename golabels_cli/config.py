@@ -173,6 +173,16 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def run_config(folder: str | Path) -> dict[str, Any]:
+    """The config.yaml of the run directory `folder` as {field: value}; {} when it is absent or
+    cannot be read (the callers only look values up in it)."""
+    path = Path(folder) / "config.yaml"
+    try:
+        return {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path).items()} if path.is_file() else {}
+    except InputError:
+        return {}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a config file into {field_name: value}; unknown keys are an error naming them."""
     path = Path(path)

@@ -139,16 +139,12 @@ def _frozen_backbone_cache(run_or_model: str | Path) -> str | None:
     """The feature cache folder of a --freeze-backbone run ("" for the default one), None for
     any other model."""
     from .checkpoint import model_path
-    from .config import read_yaml_mapping
+    from .config import run_config
 
-    config = model_path(run_or_model).parent / "config.yaml"
-    try:
-        values = read_yaml_mapping(config) if config.is_file() else {}
-    except InputError:
+    values = run_config(model_path(run_or_model).parent)
+    if values.get("freeze_backbone") is not True:
         return None
-    if values.get("freeze-backbone", values.get("freeze_backbone")) is not True:
-        return None
-    folder = values.get("cache-dir", values.get("cache_dir"))
+    folder = values.get("cache_dir")
     return folder if isinstance(folder, str) else ""
 
 

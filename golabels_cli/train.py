@@ -49,10 +49,10 @@ from .features import Features, backbone_features, model_key
 from .label_shift import SHIFT_P_VALUE, SHIFT_WARNING, bbse_prior, class_weights, em_prior, moving_average, shift_p_value, total_variation
 from .methods import CONDITIONED, MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, grl_coeff
 from .model_info import ModelInfo
+from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
 from .progress import batch_size as batch_size_of
 from .progress import tracked
 from .trackers import Tracker
-from .models import Classifier, check_backbone_name, create_backbone, discriminator, resolve_data_config
 from .validators import Outputs, better, compute_validators, metric_key
 
 log = logging.getLogger("golabels")
