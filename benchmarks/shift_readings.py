@@ -30,7 +30,9 @@ import yaml  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from golabels_cli.config import build_config  # noqa: E402
-from golabels_cli.train import LoopState, _validate, _warn_on_label_shift, build, eval_shift  # noqa: E402
+from golabels_cli.training import LoopState, build  # noqa: E402
+from golabels_cli.training.selection import validate  # noqa: E402
+from golabels_cli.training.target_estimate import eval_shift, warn_on_label_shift  # noqa: E402
 
 
 def reading(run: Path) -> dict:
@@ -39,14 +41,14 @@ def reading(run: Path) -> dict:
     cfg.cache_images = False
     t = build(cfg)
     t.model.load_state_dict(load_file(str(run / "model.safetensors")))
-    scores = {"iter": cfg.iters, **_validate(t, LoopState(), 0)}
+    scores = {"iter": cfg.iters, **validate(t, LoopState())}
     fired = []
     handler = logging.Handler()
     handler.emit = lambda record: fired.append(record.getMessage())
     logger = logging.getLogger("golabels")
     logger.addHandler(handler)
     try:
-        _warn_on_label_shift(t, LoopState(evals=[scores]), cfg.iters, scores)
+        warn_on_label_shift(t, LoopState(evals=[scores]), cfg.iters, scores)
     finally:
         logger.removeHandler(handler)
     true_shift = eval_shift(t)

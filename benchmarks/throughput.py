@@ -42,7 +42,7 @@ from golabels_cli.images import image_files, load_rgb, resize_shorter, scale_siz
 from golabels_cli.synthetic import make_two_domains
 from golabels_cli.evaluate import autocast
 from golabels_cli.methods import grad_reverse
-from golabels_cli.train import Training, build, train_step
+from golabels_cli.training import Training, build, train_step
 
 
 def sync(device: torch.device) -> None:

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from golabels_cli.methods import adversarial_loss, grl_coeff
-from golabels_cli.models import discriminator
+from golabels_cli.methods import Adversary, Batch, adversarial_loss, get_method, grl_coeff
 
 VARIANTS = (("source-only", None), ("dann", "fixed"), ("dann", "go"))
 
@@ -98,7 +97,7 @@ class Net(nn.Module):
 def train(problem: Problem, method: str, labels: str | None, seed: int, iters: int = 1500, batch: int = 64) -> Net:
     torch.manual_seed(seed)
     net = Net()
-    disc = discriminator(64, 64)
+    disc = get_method("dann").discriminator(64, 64)
     params = list(net.parameters()) + (list(disc.parameters()) if method != "source-only" else [])
     opt = torch.optim.Adam(params, lr=1e-3)
     xs, ys = torch.tensor(problem.xs, dtype=torch.float32), torch.tensor(problem.ys)
@@ -111,7 +110,7 @@ def train(problem: Problem, method: str, labels: str | None, seed: int, iters: i
         logits, f = net(torch.cat([xs[i], xt[j]]))
         loss = F.cross_entropy(logits[:batch], ys[i])
         if method != "source-only":
-            adv, _, _ = adversarial_loss(method, labels, f, logits, domain, disc, None, grl_coeff(it, iters))
+            adv, _, _ = adversarial_loss(Adversary(get_method(method), disc), Batch(f, logits, domain), labels, grl_coeff(it, iters))
             loss = loss + adv
         opt.zero_grad()
         loss.backward()

@@ -40,10 +40,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from golabels_cli.config import FIELDS, build_config  # noqa: E402
 from golabels_cli.errors import InputError  # noqa: E402
-from golabels_cli import console  # noqa: E402
+from golabels_cli.remedies import REMEDIES as ADAPT_REMEDIES  # noqa: E402
 from golabels_cli.console import setup_logging  # noqa: E402
 from golabels_cli.report import VALIDATOR_KEYS, correlations, spearman  # noqa: E402
-from golabels_cli.train import adapt, resume  # noqa: E402
+from golabels_cli.training import adapt, resume  # noqa: E402
 from golabels_cli.validators import oriented  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def cells(tasks: list[str], methods: list[str], labels: list[str], seeds: int, r
     return out
 
 
-REMEDIES = tuple(k.replace("_", "-") for k in console.REMEDIES)  # adapt's options of issue 10
+REMEDIES = tuple(k.replace("_", "-") for k in ADAPT_REMEDIES)  # adapt's options of issue 10
 
 
 def remedy_options(remedy: str) -> dict:

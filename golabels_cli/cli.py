@@ -14,8 +14,10 @@ from typer.core import TyperCommand
 from typing_extensions import Annotated
 
 from . import __version__
-from .console import AdaptProgress, StepProgress, print_adapt_summary, print_error, print_eval, print_json, setup_logging, stderr, stdout
-from .errors import AlreadyReported, GolabelsError, InputError, Interrupted
+from .console import (AdaptProgress, StepProgress, print_adapt_summary, print_error, print_eval, print_json, setup_logging, stderr, stdout,
+                      usage_error_line)
+from .errors import AlreadyReported, InputError
+from .examples import ADAPT_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
 from .progress import listening, tracked
 
 app = typer.Typer(
@@ -80,29 +82,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON document t
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr; errors still shown.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps. auto picks CUDA, then MPS, else CPU.")]
-
-ADAPT_EPILOG = """
-**Examples**
-
-    golabels adapt photos/studio photos/field --backbone resnet50
-    golabels adapt src/ tgt/ --method dann --domain-labels fixed --iters 2000 --eval-dir tgt_labeled/
-    golabels adapt src/ tgt/ --backbone tf_efficientnet_lite0 --weights lite0.safetensors
-    golabels adapt --config runs/adapt/exp/config.yaml      # replay a run
-    golabels adapt --resume runs/adapt/exp                   # continue after Ctrl-C or a crash
-
-**Methods** (`--method`; docs/methods.md says when to pick which)
-
-- cdan-e: CDAN with entropy-weighted samples (Long et al. 2018), the default
-- cdan: discriminator conditioned on features x predictions (Long et al. 2018)
-- dann: domain-adversarial training on the features (Ganin et al. 2016)
-- dann-e: DANN with CDAN+E's entropy weights
-- gvb: gradually vanishing bridges on classifier and discriminator (GVB-GD, Cui et al. 2020)
-- asan: CDAN+E, spectrally normalized discriminator, spectral alignment (Raab et al. 2020)
-- source-only: no adaptation, the baseline every method must beat
-
-**Domain labels** (`--domain-labels`): fixed (default; plain), go (Go-labels), soft (no rounding), zero-out (drop fooled samples).
-"""
-
 
 class _AdaptCommand(TyperCommand):
     """adapt's usage line shows SOURCE and TARGET as the required arguments they are, unless
@@ -183,74 +162,31 @@ def adapt(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.", rich_help_panel="Run directory and output")] = False,
 ) -> None:
     """Train a classifier on SOURCE that works on TARGET. Writes a run directory with the model."""
-    from .config import RESUME_OPTIONS, build_config, load_yaml, run_config
-    from .distributed import check_devices, env_rank, launched_by_torchrun
-    from .train import adapt as run_adapt
-    from .train import resume as run_resume
+    from .distributed import env_rank, rank_error
 
     rank = env_rank()
     if rank > 0:
         quiet = True  # rank 0 shows progress, warnings and the results; the others speak only of their own failures
         setup_logging(quiet=True, debug=debug)
-
+    output_flags = [*(["--json"] if json_ else []), *(["--quiet"] if quiet else []), *(["--debug"] if debug else [])]
     if resume is not None:
-        changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*RESUME_OPTIONS, "resume", "json_", "quiet", "debug")]
-        if changed:
-            name = changed[0].upper() if changed[0] in ("source", "target") else "--" + changed[0].replace("_", "-")
-            raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
-                             f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may change; start a new run to change more")
-        overrides = {k: ctx.params[k] for k in RESUME_OPTIONS if _from_command_line(ctx, k)}
-        saved = run_config(resume)  # {} when it can't be read: resume then says why
-        devices_wanted = overrides.get("devices", 1 if launched_by_torchrun() else saved.get("devices", 1))  # torchrun decides
-        check_devices(devices_wanted, overrides.get("device", saved.get("device", "auto")))
-        if devices_wanted > 1 and not launched_by_torchrun():
-            flags = []
-            for k, v in {**overrides, "devices": devices_wanted}.items():
-                if isinstance(v, bool):
-                    flags += [f"--{k.replace('_', '-')}"] if v else []
-                elif v is not None:
-                    flags += [f"--{k.replace('_', '-')}", str(v)]
-            _launch(devices_wanted, ["adapt", "--resume", resume, *flags], json_, quiet, debug)
-            return
-        run = functools.partial(run_resume, resume, overrides)
+        run = _resumed_run(ctx, resume, output_flags, debug)
     else:
-        given = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if k not in ("config", "json_", "print_config")}
-        values: dict[str, Any] = load_yaml(config) if config else {}
-        for name, value in given.items():
-            if name not in values or _from_command_line(ctx, name):
-                values[name] = value
-        cfg = build_config(values)
-        if print_config:
-            from .config import to_yaml
-            from .train import resolve_config
-
-            sys.stdout.write(to_yaml(resolve_config(cfg)))
-            return
-        check_devices(cfg.devices, cfg.device)
-        if cfg.devices > 1 and not launched_by_torchrun():
-            _launch_new_run(cfg, values, json_, quiet, debug)
-            return
-        run = functools.partial(run_adapt, cfg, values.get("out"), bool(values.get("exist_ok")))
+        run = _new_run(ctx, config, print_config, output_flags, debug)
+    if run is None:
+        return  # the config was printed, or worker processes ran it
     progress = AdaptProgress(quiet=quiet)
     try:
         with _steps_shown(quiet, adapt=progress):
             summary = run(progress=progress)
     except Exception as exc:
-        if rank > 0:
-            # Bad input, divergence (all-reduced) and interruptions are the same on every rank, and
-            # rank 0 reports them; only a rank's own crash is worth its own line.
-            if isinstance(exc, Interrupted):
-                raise AlreadyReported(exc.exit_code) from None
-            if getattr(exc, "shared", False):
-                # Rank 0 meets the same error, reports it and exits, and torch's agent then stops this
-                # process during the wait; still alive after it, the error was this rank's alone.
-                import time
-
-                time.sleep(SHARED_ERROR_WAIT_S)
-            raise _on_rank(exc, rank)
-        if launched_by_torchrun() and not isinstance(exc, (InputError, Interrupted)):
-            raise _on_rank(exc, rank) from exc
-        raise
+        reported = rank_error(exc, rank)
+        try:
+            if reported is exc:
+                raise
+            raise reported from exc
+        finally:
+            del reported  # no reference cycle through this frame: the loop's loader workers must stop before exit
     finally:
         progress.close()
     if rank > 0:
@@ -261,7 +197,48 @@ def adapt(
         print_adapt_summary(summary)
 
 
-SHARED_ERROR_WAIT_S = 20
+def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debug: bool) -> Callable | None:
+    """adapt --resume: the run to call, or None when worker processes ran it (--devices)."""
+    from .config import RESUME_OPTIONS, run_config
+    from .distributed import check_devices, launch, launched_by_torchrun, option_flags
+    from .training import resume
+
+    changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*RESUME_OPTIONS, "resume", "json_", "quiet", "debug")]
+    if changed:
+        name = changed[0].upper() if changed[0] in ("source", "target") else "--" + changed[0].replace("_", "-")
+        raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
+                         f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may change; start a new run to change more")
+    overrides = {k: ctx.params[k] for k in RESUME_OPTIONS if _from_command_line(ctx, k)}
+    saved = run_config(run_dir)  # {} when it can't be read: resume then says why
+    devices = overrides.get("devices", 1 if launched_by_torchrun() else saved.get("devices", 1))  # torchrun decides
+    check_devices(devices, overrides.get("device", saved.get("device", "auto")))
+    if devices > 1 and not launched_by_torchrun():
+        launch(devices, ["adapt", "--resume", run_dir, *option_flags({**overrides, "devices": devices}), *output_flags], debug)
+        return None
+    return functools.partial(resume, run_dir, overrides)
+
+
+def _new_run(ctx: typer.Context, config: str | None, print_config: bool, output_flags: list[str], debug: bool) -> Callable | None:
+    """adapt SOURCE TARGET: the config from --config and the flags given (which win), and the run
+    to call; None when the config was printed or worker processes ran it (--devices)."""
+    from .config import build_config, load_yaml, to_yaml
+    from .distributed import check_devices, launch_new_run, launched_by_torchrun
+    from .training import adapt, resolve_config
+
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if k not in ("config", "json_", "print_config")}
+    values: dict[str, Any] = load_yaml(config) if config else {}
+    for name, value in given.items():
+        if name not in values or _from_command_line(ctx, name):
+            values[name] = value
+    cfg = build_config(values)
+    if print_config:
+        sys.stdout.write(to_yaml(resolve_config(cfg)))
+        return None
+    check_devices(cfg.devices, cfg.device)
+    if cfg.devices > 1 and not launched_by_torchrun():
+        launch_new_run(to_yaml(cfg), cfg.devices, values.get("out"), bool(values.get("exist_ok")), output_flags, debug)
+        return None
+    return functools.partial(adapt, cfg, values.get("out"), bool(values.get("exist_ok")))
 
 
 @contextlib.contextmanager
@@ -277,48 +254,6 @@ def _steps_shown(quiet: bool, closing: bool = True, adapt: AdaptProgress | None 
             yield
     finally:
         steps.close()
-
-
-def _on_rank(exc: Exception, rank: int) -> Exception:
-    from .errors import GolabelsError, RunError, reason
-
-    if isinstance(exc, GolabelsError):
-        exc.message = f"[rank {rank}] {exc.message}"
-        return exc
-    return RunError(f"[rank {rank}] {type(exc).__name__}: {reason(exc)}", "rerun with --debug for the traceback")
-
-
-def _launch(devices: int, worker_args: list[str], json_: bool, quiet: bool, debug: bool) -> None:
-    from .distributed import launch
-
-    worker_args += [*(["--json"] if json_ else []), *(["--quiet"] if quiet else []), *(["--debug"] if debug else [])]
-    launch(devices, worker_args, debug)
-
-
-def _launch_new_run(cfg, values: dict[str, Any], json_: bool, quiet: bool, debug: bool) -> None:
-    """--devices N: the workers replay the resolved config (so they agree on every value), from a
-    temporary file that outlives them only until they have all read it."""
-    import tempfile
-
-    from .config import to_yaml
-
-    with tempfile.TemporaryDirectory(prefix="golabels-launch-") as tmp:
-        config = Path(tmp) / "config.yaml"
-        config.write_text(to_yaml(cfg))
-        args = ["adapt", "--config", str(config)]
-        if values.get("out"):
-            args += ["--out", str(Path(values["out"]).absolute())]
-        if values.get("exist_ok"):
-            args.append("--exist-ok")
-        _launch(cfg.devices, args, json_, quiet, debug)
-
-
-EVAL_EPILOG = """
-**Examples**
-
-    golabels eval runs/adapt/exp photos/field_labeled
-    golabels eval runs/adapt/exp/model.safetensors labeled/ --confusion confusion.csv --json
-"""
 
 
 @app.command("eval", epilog=EVAL_EPILOG)
@@ -381,14 +316,6 @@ def eval_(
             stdout.print(f"confusion matrix: {figure}", markup=False)
 
 
-DEMO_EPILOG = """
-**Example**
-
-    golabels demo                 # about two minutes on two CPU cores
-    golabels demo --seed 1 --out /tmp/demo --json
-"""
-
-
 @app.command(epilog=DEMO_EPILOG)
 @guarded
 def demo(
@@ -427,18 +354,6 @@ def demo(
         stdout.print(f"      golabels predict {result['export']['onnx']} {result['data']['target']} --top-k 2")
 
 
-EXPORT_EPILOG = """
-**Examples**
-
-    golabels export runs/adapt/exp --onnx                   # writes runs/adapt/exp/model.onnx
-    golabels export runs/adapt/exp --onnx --output ship/classifier.onnx --batch 1
-
-The graph takes a float32 NCHW batch, already resized, center-cropped and normalized, and returns
-`logits` and `probabilities`. The file's metadata holds the class names and that preprocessing
-(docs/deployment.md shows how to use it from plain Python).
-"""
-
-
 @app.command(epilog=EXPORT_EPILOG)
 @guarded
 def export(
@@ -470,20 +385,6 @@ def export(
         stdout.print("not verified (--no-verify)")
     else:
         stdout.print(f"verified: max |probability difference| onnxruntime vs. PyTorch {result.max_abs_diff:.2e} on {result.verified_on}")
-
-
-PREDICT_EPILOG = """
-**Examples**
-
-    golabels predict runs/adapt/exp/model.onnx photos/ > labels.csv
-    find photos -name '*.jpg' | golabels predict model.onnx - --format jsonl --top-k 3
-    find photos -name '*.jpg' -print0 | golabels predict model.onnx - -0      # any file name
-    golabels predict runs/adapt/exp img1.png img2.png --device cpu
-
-CSV columns: path, label, confidence (then top1_label, top1_probability, ... with --top-k).
-JSON lines are UTF-8: a file name that is not gets U+FFFD in `path` and its bytes in `path_base64`.
-With an .onnx model only onnxruntime runs: PyTorch is not needed.
-"""
 
 
 @app.command(epilog=PREDICT_EPILOG)
@@ -545,14 +446,6 @@ def predict(
         raise RunError(f"{len(skipped)} of {rows + len(skipped)} inputs could not be read; the other {rows} rows were written", "see the warnings above")
 
 
-REPORT_EPILOG = """
-**Examples**
-
-    golabels report runs/adapt/exp            # tables on stdout, PNG plots in runs/adapt/exp
-    golabels report runs/adapt/exp --json     # the same figures as one JSON document
-"""
-
-
 @app.command(epilog=REPORT_EPILOG)
 @guarded
 def report(
@@ -593,24 +486,6 @@ def main() -> None:
         sys.stderr.write("error: interrupted\n")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def usage_error_line(exc) -> str:
-    """`error: MESSAGE — HINT` for a usage error click found (an unknown option, a value of the wrong type)."""
-    import re
-
-    from .console import one_line
-
-    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "golabels"
-    message = exc.format_message()
-    extra = re.search(r"unexpected extra argument(?:s|\(s\))? \((.*)\)", message)
-    pairs = [a for a in (extra.group(1).split() if extra else []) if re.fullmatch(r"[a-z][a-z0-9_-]*=.*", a)]
-    if pairs:
-        key, value = pairs[0].split("=", 1)
-        hint = f"options are written --{key.replace('_', '-')} {value}, not {pairs[0]}"
-    else:
-        hint = f"see `{command} --help`"
-    return one_line(f"error: {message} — {hint}")
 
 
 if __name__ == "__main__":

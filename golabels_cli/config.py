@@ -18,9 +18,10 @@ import yaml
 
 from .domain_labels import MODES
 from .errors import InputError, reason
-from .methods import CDAN_MAPS, METHODS, REFERENCE_LR_GAMMA, REFERENCE_HORIZON, SCHEDULES
-from .models import DISCRIMINATORS, default_discriminator
+from .methods import CDAN_MAPS, METHODS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, get_method
+from .models import DISCRIMINATORS
 from .trackers import LOGGERS, check_logger
+from .validators import SELECT_CHOICES
 
 FORWARDS = ("joint", "per-domain")
 BN_STATS = ("train", "target")
@@ -28,7 +29,6 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
 PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned
-from .validators import SELECT_CHOICES
 
 
 @dataclass
@@ -72,7 +72,7 @@ class AdaptConfig:
     # auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 | fp16 (CUDA, with loss scaling) | fp32.
     precision: str = "auto"
     cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 4096 dims)
-    discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (models.default_discriminator)
+    discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (Method.reference_discriminator)
     # Weight of the adversarial loss (the mean over source and target rows). None: 2 with a
     # pretrained backbone, frozen (issue 22) or fine-tuned with its BatchNorm statistics kept
     # (issue 23); 1 for a backbone trained from random init (digits, issue 22). benchmarks/RESULTS.md.
@@ -210,17 +210,19 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
     """An AdaptConfig from {field: value}, validated; paths made absolute so a replay finds them."""
     cfg = AdaptConfig(**{k: _number(v) if FIELDS[k].type.startswith("float") else v for k, v in values.items() if k in FIELDS})
     _check_types(cfg)
+    _choice("method", cfg.method, METHODS)  # before the defaults that depend on it
+    method = get_method(cfg.method)
     for name in PATH_FIELDS:
         value = getattr(cfg, name)
         if value is not None:
             setattr(cfg, name, str(Path(value).expanduser().absolute()))
     if cfg.discriminator is None:
-        cfg.discriminator = default_discriminator(cfg.method)
+        cfg.discriminator = method.reference_discriminator
     pretrained = bool(cfg.pretrained or cfg.weights)
     if cfg.trade_off is None:
         cfg.trade_off = PRETRAINED_TRADE_OFF if pretrained else 1.0
     if cfg.bn_stats is None:
-        cfg.bn_stats = "train" if cfg.method == "source-only" or cfg.sync_bn else "target"
+        cfg.bn_stats = "train" if not method.adversarial or cfg.sync_bn else "target"
     fine_tuning_pretrained = not cfg.freeze_backbone and pretrained
     if cfg.freeze_bn is None:
         cfg.freeze_bn = fine_tuning_pretrained and DEFAULT_FREEZE_BN
@@ -241,7 +243,7 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
     with. A run too short to reach its first target estimate (at --refresh-every) draws the target
     as it is, where asking for --balance-target explicitly is refused. Returns the flags it turned
     on."""
-    on = imbalanced and cfg.method != "source-only"
+    on = imbalanced and get_method(cfg.method).adversarial
     chosen = []
     if cfg.balance_source is None:
         cfg.balance_source = on
@@ -393,7 +395,7 @@ def validate(cfg: AdaptConfig) -> None:
         flag = "--balance-target" if cfg.balance_target else "--label-shift-weights"
         raise InputError(f"{flag} acts from the first target estimate, at iteration --refresh-every {cfg.refresh_every}, "
                          f"and the run has {cfg.iters} iterations", "lower --refresh-every")
-    if cfg.balance_target and cfg.method == "source-only":
+    if cfg.balance_target and not get_method(cfg.method).adversarial:
         raise InputError("--balance-target draws the target batches, and --method source-only trains on none",
                          "use an adversarial --method, or leave --balance-target out")
     if cfg.select in ("src-acc", "dev") and not cfg.val_split:

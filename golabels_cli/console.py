@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -20,46 +19,11 @@ from rich.text import Text
 from rich.table import Table
 
 from .errors import GolabelsError, reason
+from .remedies import remedy_flags
 
 # soft_wrap: a long line is one line in a log file (a terminal wraps it on screen by itself).
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
-
-
-# adapt's label-shift remedies (docs/label-shift.md); here, not in label_shift.py, because predict imports this module without torch
-REMEDIES = ("balance_source", "balance_target", "label_shift_weights")
-
-
-# A source whose largest class holds more than this many times the images of its smallest is
-# warned about, and balanced by default for an adversarial method: config.resolve_balancing says
-# what the value was measured from.
-# Here rather than in data.py, which imports torch, so that this module's text can name it.
-IMBALANCE_WARNING = 3.0
-
-
-def remedy_flags(options) -> list[str]:
-    """The remedies a run's options (a config dict or AdaptConfig) turn on, as command-line flags."""
-    get = options.get if isinstance(options, dict) else lambda k: getattr(options, k, False)
-    return [f"--{k.replace('_', '-')}" for k in REMEDIES if get(k)]
-
-
-def remedy_hint(flags: Sequence[str], by_default: Sequence[str] = (), recommend: bool = True) -> str:
-    """The end of an imbalance or label-shift warning: what to try, or what to check when the run
-    already uses a remedy (measured safe on the recorded tasks, not on every folder: docs/label-shift.md).
-    `by_default`: the flags among them that the run did not ask for (config.resolve_balancing).
-    `recommend`: False where no measurement supports a remedy (a source balanced within 3:1)."""
-    if not flags and not recommend:
-        return (f"compare with --method source-only on labeled target images; balancing (--balance-source --balance-target) "
-                f"was measured to help only on sources imbalanced above {IMBALANCE_WARNING:g}:1 (docs/label-shift.md)")
-    if not flags:
-        return (f"try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above "
-                f"{IMBALANCE_WARNING:g}:1) and compare with --method source-only on labeled target images (docs/label-shift.md)")
-    chosen, off = "", " ".join("--no-" + f[2:] for f in by_default)
-    if by_default and list(by_default) == list(flags):
-        chosen = f", the default on a source imbalanced above {IMBALANCE_WARNING:g}:1 ({off} to train without)"
-    elif by_default:
-        chosen = f" ({' '.join(by_default)} by default on a source imbalanced above {IMBALANCE_WARNING:g}:1; {off} to train without)"
-    return f"this run uses {' '.join(flags)}{chosen}: compare it with --method source-only on labeled target images (docs/label-shift.md)"
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
@@ -384,9 +348,23 @@ def environment_line(env: dict) -> str:
 
 def print_report(record, plots: list | None, plots_wanted: bool) -> None:
     """`golabels report`: the run, its data, its training trajectory and its validators."""
-    from .report import MIN_SNAPSHOTS, correlations
-    from .validators import DIRECTION
+    _print_overview(record)
+    data = (record.summary or {}).get("data")
+    if data:
+        _print_data(data)
+    if record.rows:
+        _print_training(record.rows)
+    if record.evals:
+        _print_validators(record.evals, (record.summary or {}).get("selected", {}).get("iter"))
+    if not plots_wanted:
+        return
+    if plots is None:
+        stderr.print("no plots: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
+    elif plots:
+        stderr.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
 
+
+def _print_overview(record) -> None:
     cfg, summary = record.config, record.summary
     overview = Table(title=f"golabels report: {record.run_dir}", show_header=False)
     overview.add_column("what", style="bold")
@@ -421,67 +399,79 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
             overview.add_row("source class weights", f"{min(estimate['class_weights']):.2f}–{max(estimate['class_weights']):.2f}")
     stdout.print(overview)
 
-    data = (summary or {}).get("data")
-    if data:
-        for line in data_report_lines(data, sum(data["held_out_per_class"].values())):
-            stdout.print(line, markup=False)
-        per_class = data["source_per_class"]
-        if len(per_class) <= 40:
-            table = Table(title="source images per class")
-            table.add_column("class")
-            table.add_column("images", justify="right")
-            table.add_column("held out", justify="right")
-            for name, n in per_class.items():
-                table.add_row(name, str(n), str(data["held_out_per_class"][name]))
-            stdout.print(table)
-        for warning in data["warnings"]:
-            stdout.print(f"warning: {warning}", markup=False)
 
-    rows = record.rows
-    if rows:
-        step = max(1, len(rows) // 10)
-        shown = rows[step - 1::step]
-        if shown[-1] is not rows[-1]:
-            shown.append(rows[-1])
-        table = Table(title="training (metrics.jsonl, every row's mean over its window)")
-        for name in ("iter", "loss cls", "loss adv", "disc acc", "disc src/tgt", "relabeled src/tgt", "adv grad", "lr"):
-            table.add_column(name, justify="right")
-        for r in shown:
-            table.add_row(str(r["iter"]), _fmt(r.get("loss_cls")), _fmt(r.get("loss_adv")), _fmt(r.get("disc_acc"), ".2f"),
-                          f"{_fmt(r.get('disc_acc_src'), '.2f')}/{_fmt(r.get('disc_acc_tgt'), '.2f')}",
-                          f"{_fmt(r.get('relabeled_src'), '.2f')}/{_fmt(r.get('relabeled_tgt'), '.2f')}", _fmt(r.get("adv_grad_norm")),
-                          f"{r['lr']:.2e}")
+def _print_data(data: dict) -> None:
+    for line in data_report_lines(data, sum(data["held_out_per_class"].values())):
+        stdout.print(line, markup=False)
+    per_class = data["source_per_class"]
+    if len(per_class) <= 40:
+        table = Table(title="source images per class")
+        table.add_column("class")
+        table.add_column("images", justify="right")
+        table.add_column("held out", justify="right")
+        for name, n in per_class.items():
+            table.add_row(name, str(n), str(data["held_out_per_class"][name]))
         stdout.print(table)
+    for warning in data["warnings"]:
+        stdout.print(f"warning: {warning}", markup=False)
 
-    evals = record.evals
-    if evals:
-        selected = (summary or {}).get("selected", {}).get("iter")
-        keys = [k for k in VALIDATOR_NAMES if any(e.get(k) is not None for e in evals)]
-        oracle = "; target-acc: the oracle, from --eval-dir's labels" if "target_acc" in keys else ""
-        table = Table(title=f"validators per evaluated snapshot (* = model.safetensors; ↑ higher is better, ↓ lower{oracle}; "
-                            "shift: the label-shift reading)")
-        table.add_column("iter", justify="right")
-        for k in keys:
-            table.add_column(f"{VALIDATOR_NAMES[k]}{'↑' if DIRECTION[k] else '↓'}", justify="right")
-        shift = any(e.get("predicted_shift") is not None for e in evals)
-        if shift:
-            table.add_column("shift", justify="right")  # the label-shift reading's total variation (docs/label-shift.md)
-        for e in evals:
-            table.add_row(f"{'*' if e['iter'] == selected else ''}{e['iter']}", *(_fmt(e.get(k), ".4f") for k in keys),
-                          *([_fmt(e.get("predicted_shift"), ".3f")] if shift else []))
-        stdout.print(table)
-        rho = {k: v for k, v in correlations(evals).items() if v is not None}
-        if rho:
-            stdout.print("Spearman correlation with target accuracy over these snapshots (validators oriented higher-is-better): "
-                         + ", ".join(f"{VALIDATOR_NAMES[k]} {v:+.2f}" for k, v in rho.items()), markup=False)
-        elif (scored := sum(e.get("target_acc") is not None for e in evals)) >= MIN_SNAPSHOTS:
-            stdout.print("Spearman correlation with target accuracy: not defined (it, or every validator, is the same at every snapshot)")
-        elif scored >= 2:
-            stdout.print(f"Spearman correlation with target accuracy: not shown from {scored} snapshots ({MIN_SNAPSHOTS} or more "
-                         "needed: a smaller --eval-every gives more)", markup=False)
-    if not plots_wanted:
-        return
-    if plots is None:
-        stderr.print("no plots: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
-    elif plots:
-        stderr.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
+
+def _print_training(rows: list[dict]) -> None:
+    step = max(1, len(rows) // 10)
+    shown = rows[step - 1::step]
+    if shown[-1] is not rows[-1]:
+        shown.append(rows[-1])
+    table = Table(title="training (metrics.jsonl, every row's mean over its window)")
+    for name in ("iter", "loss cls", "loss adv", "disc acc", "disc src/tgt", "relabeled src/tgt", "adv grad", "lr"):
+        table.add_column(name, justify="right")
+    for r in shown:
+        table.add_row(str(r["iter"]), _fmt(r.get("loss_cls")), _fmt(r.get("loss_adv")), _fmt(r.get("disc_acc"), ".2f"),
+                      f"{_fmt(r.get('disc_acc_src'), '.2f')}/{_fmt(r.get('disc_acc_tgt'), '.2f')}",
+                      f"{_fmt(r.get('relabeled_src'), '.2f')}/{_fmt(r.get('relabeled_tgt'), '.2f')}", _fmt(r.get("adv_grad_norm")),
+                      f"{r['lr']:.2e}")
+    stdout.print(table)
+
+
+def _print_validators(evals: list[dict], selected: int | None) -> None:
+    from .report import MIN_SNAPSHOTS, correlations
+    from .validators import DIRECTION
+
+    keys = [k for k in VALIDATOR_NAMES if any(e.get(k) is not None for e in evals)]
+    oracle = "; target-acc: the oracle, from --eval-dir's labels" if "target_acc" in keys else ""
+    table = Table(title=f"validators per evaluated snapshot (* = model.safetensors; ↑ higher is better, ↓ lower{oracle}; "
+                        "shift: the label-shift reading)")
+    table.add_column("iter", justify="right")
+    for k in keys:
+        table.add_column(f"{VALIDATOR_NAMES[k]}{'↑' if DIRECTION[k] else '↓'}", justify="right")
+    shift = any(e.get("predicted_shift") is not None for e in evals)
+    if shift:
+        table.add_column("shift", justify="right")  # the label-shift reading's total variation (docs/label-shift.md)
+    for e in evals:
+        table.add_row(f"{'*' if e['iter'] == selected else ''}{e['iter']}", *(_fmt(e.get(k), ".4f") for k in keys),
+                      *([_fmt(e.get("predicted_shift"), ".3f")] if shift else []))
+    stdout.print(table)
+    rho = {k: v for k, v in correlations(evals).items() if v is not None}
+    if rho:
+        stdout.print("Spearman correlation with target accuracy over these snapshots (validators oriented higher-is-better): "
+                     + ", ".join(f"{VALIDATOR_NAMES[k]} {v:+.2f}" for k, v in rho.items()), markup=False)
+    elif (scored := sum(e.get("target_acc") is not None for e in evals)) >= MIN_SNAPSHOTS:
+        stdout.print("Spearman correlation with target accuracy: not defined (it, or every validator, is the same at every snapshot)")
+    elif scored >= 2:
+        stdout.print(f"Spearman correlation with target accuracy: not shown from {scored} snapshots ({MIN_SNAPSHOTS} or more "
+                     "needed: a smaller --eval-every gives more)", markup=False)
+
+
+def usage_error_line(exc) -> str:
+    """`error: MESSAGE — HINT` for a usage error click found (an unknown option, a value of the wrong type)."""
+    import re
+
+    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "golabels"
+    message = exc.format_message()
+    extra = re.search(r"unexpected extra argument(?:s|\(s\))? \((.*)\)", message)
+    pairs = [a for a in (extra.group(1).split() if extra else []) if re.fullmatch(r"[a-z][a-z0-9_-]*=.*", a)]
+    if pairs:
+        key, value = pairs[0].split("=", 1)
+        hint = f"options are written --{key.replace('_', '-')} {value}, not {pairs[0]}"
+    else:
+        hint = f"see `{command} --help`"
+    return one_line(f"error: {message} — {hint}")

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-from .console import IMBALANCE_WARNING, remedy_hint
+from .remedies import IMBALANCE_WARNING, remedy_hint
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
 from .progress import tracked

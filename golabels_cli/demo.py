@@ -13,7 +13,7 @@ from .export import export_onnx
 from .images import image_files
 from .predict import csv_header, csv_row, open_predictor, predict_batches
 from .synthetic import make_digit_domains
-from .train import adapt
+from .training import adapt
 
 DEMO_BACKBONE = "test_resnet"
 DEMO_ITERS = 1000
@@ -25,7 +25,7 @@ def run_demo(out: str | Path | None, iters: int = DEMO_ITERS, device: str = "cpu
              progress_factory: Callable = lambda: None, say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Source-only against the default adaptation recipe on the built-in digits (the same data for
     every seed; `seed` seeds the training), then export and predict with the adapted model."""
-    from .train import pick_device
+    from .device import pick_device
 
     pick_device(device)  # an unavailable --device is refused before anything is written
     if out is None:

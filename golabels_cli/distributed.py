@@ -53,6 +53,13 @@ class Dist:
 SINGLE = Dist()
 
 
+def shared(exc: Exception) -> Exception:
+    """Mark an error every rank meets alike (the same inputs, the same checks, an all-reduced
+    divergence): rank 0 reports it, the others wait to be stopped (cli.adapt)."""
+    exc.shared = True
+    return exc
+
+
 def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
@@ -189,3 +196,62 @@ def check_devices(devices: int, device: str) -> None:
         raise InputError(f"--devices {devices} but only {torch.cuda.device_count()} CUDA GPUs are visible", f"pass --devices {torch.cuda.device_count()} or less")
     if devices > 1 and device == "mps":
         raise InputError("--devices above 1 is not supported on Apple MPS", "use --device cpu or cuda")
+
+
+def option_flags(options: dict) -> list[str]:
+    """{option: value} as command-line flags: a true bool as its flag, a false one left out."""
+    flags: list[str] = []
+    for k, v in options.items():
+        if isinstance(v, bool):
+            flags += [f"--{k.replace('_', '-')}"] if v else []
+        elif v is not None:
+            flags += [f"--{k.replace('_', '-')}", str(v)]
+    return flags
+
+
+def launch_new_run(config_yaml: str, devices: int, out: str | None, exist_ok: bool, output_flags: list[str], debug: bool) -> None:
+    """--devices N: the workers replay the resolved config (so they agree on every value), from a
+    temporary file that outlives them only until they have all read it."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="golabels-launch-") as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(config_yaml)
+        args = ["adapt", "--config", str(config)]
+        if out:
+            args += ["--out", str(Path(out).absolute())]
+        if exist_ok:
+            args.append("--exist-ok")
+        launch(devices, args + output_flags, debug)
+
+
+# How long a rank other than 0 waits after an error every rank meets alike, for rank 0 to report
+# it and torch's agent to stop the job; still alive after it, the error was this rank's alone.
+SHARED_ERROR_WAIT_S = 20
+
+
+def rank_error(exc: Exception, rank: int) -> Exception:
+    """The error a process of the job reports for `exc` (itself where nothing changes). Rank 0
+    reports bad input, divergence (all-reduced) and interruptions, which are the same on every
+    rank; a rank's own crash is named with its rank."""
+    import time
+
+    if rank > 0:
+        if isinstance(exc, Interrupted):
+            return AlreadyReported(exc.exit_code)
+        if getattr(exc, "shared", False):
+            time.sleep(SHARED_ERROR_WAIT_S)
+        return _on_rank(exc, rank)
+    if launched_by_torchrun() and not isinstance(exc, (InputError, Interrupted)):
+        return _on_rank(exc, rank)
+    return exc
+
+
+def _on_rank(exc: Exception, rank: int) -> Exception:
+    from .errors import GolabelsError, reason
+
+    if isinstance(exc, GolabelsError):
+        exc.message = f"[rank {rank}] {exc.message}"
+        return exc
+    return RunError(f"[rank {rank}] {type(exc).__name__}: {reason(exc)}", "rerun with --debug for the traceback")

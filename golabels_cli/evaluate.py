@@ -115,7 +115,7 @@ def score(images: ImageSet, to_model: list[int], model_classes: list[str], predi
 
 def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> EvalResult:
     from .checkpoint import load_model
-    from .train import pick_device
+    from .device import pick_device
 
     model, info = load_model(run_or_model)
     images, to_model = labeled_for_model(data_dir, info.classes)

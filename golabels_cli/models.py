@@ -73,11 +73,6 @@ class Classifier(nn.Module):
 DISCRIMINATORS = ("batchnorm", "dropout")
 
 
-def default_discriminator(method: str) -> str:
-    """Each method's reference discriminator: the original GVB and ASAN code's, TLlib's for the rest."""
-    return "dropout" if method in ("gvb", "asan") else "batchnorm"
-
-
 class Discriminator(nn.Module):
     """Domain discriminator; forward() returns (logits [N], bridge output [N] or None).
 
@@ -109,10 +104,6 @@ class Discriminator(nn.Module):
             return logits, None
         bridge = self.bridge(h).squeeze(1)
         return logits - bridge, bridge
-
-
-def discriminator(in_dim: int, hidden: int = 1024, method: str = "dann", layers: str | None = None) -> Discriminator:
-    return Discriminator(in_dim, hidden, bridge=method == "gvb", spectral=method == "asan", layers=layers or default_discriminator(method))
 
 
 def check_backbone_name(name: str) -> None:

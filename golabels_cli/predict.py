@@ -117,7 +117,7 @@ def _torch_predictor(path: Path, device: str) -> Predictor:
     import torch
 
     from .checkpoint import load_model
-    from .train import pick_device
+    from .device import pick_device
 
     model, info = load_model(path)
     dev = pick_device(device)

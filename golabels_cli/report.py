@@ -67,7 +67,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_metrics_row(row: Any) -> bool:
-    """A row as train.py writes it: an iteration and numbers (None where a loss does not apply, lists for shares)."""
+    """A row as the training loop writes it: an iteration and numbers (None where a loss does not apply, lists for shares)."""
     return (isinstance(row, dict) and isinstance(row.get("iter"), int) and not isinstance(row.get("iter"), bool)
             and all(_is_number(v) or (isinstance(v, list) and all(_is_number(x) for x in v)) for v in row.values()))
 

@@ -194,7 +194,7 @@ def test_a_resumed_run_times_its_own_session(domains, tmp_path):
     import os
     import signal
 
-    from golabels_cli import train
+    from golabels_cli import training
     from golabels_cli.config import build_config
     from golabels_cli.console import print_adapt_summary
     from golabels_cli.errors import Interrupted
@@ -208,8 +208,8 @@ def test_a_resumed_run_times_its_own_session(domains, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):
-        train.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
-    summary = train.resume(tmp_path / "cut")
+        training.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
+    summary = training.resume(tmp_path / "cut")
     assert summary["resumed_at"] == 3 and 0 < summary["session_seconds"] < summary["seconds"]
     assert summary["images_per_s"] == pytest.approx(5 * 8 / summary["session_seconds"], rel=0.05)  # of rounded seconds
     from golabels_cli import console

@@ -51,7 +51,7 @@ def test_freeze_bn_keeps_the_pretrained_statistics(domains, tmp_path, weights, b
 def test_head_start_fits_the_head_before_fine_tuning(domains, tmp_path, weights):
     from golabels_cli.config import build_config
     from golabels_cli.data import eval_loader, eval_transform
-    from golabels_cli.train import build, fit_head
+    from golabels_cli.training import build, fit_head
 
     source, target = domains
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False,
@@ -68,7 +68,7 @@ def test_head_start_fits_the_head_before_fine_tuning(domains, tmp_path, weights)
         return float(torch.nn.functional.cross_entropy(logits, torch.tensor(t.source.labels)))
 
     before = source_loss()
-    fit_head(t, 0)
+    fit_head(t)
     assert source_loss() < before
     assert all(torch.equal(v, t.model.backbone.state_dict()[k]) for k, v in backbone.items())  # the backbone is untouched
     assert any(not torch.equal(v, t.model.head.state_dict()[k]) for k, v in head.items())
@@ -128,7 +128,7 @@ def test_a_run_from_before_these_options_resumes_as_it_started_and_exports(domai
     import os
     import signal
 
-    from golabels_cli import train
+    from golabels_cli import training
     from golabels_cli.config import build_config
     from golabels_cli.errors import Interrupted
 
@@ -136,20 +136,20 @@ def test_a_run_from_before_these_options_resumes_as_it_started_and_exports(domai
     values = {"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "weights": str(weights),
               "image_size": 32, "device": "cpu", "workers": 0, "batch_size": 4, "iters": 6}
     whole = build_config({**values, "freeze_bn": False})
-    train.adapt(whole, out=tmp_path / "whole")
+    training.adapt(whole, out=tmp_path / "whole")
 
     def interrupt(kind, data):
         if kind == "step" and data["iter"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):
-        train.adapt(build_config({**values, "freeze_bn": False}), out=tmp_path / "old", progress=interrupt)
+        training.adapt(build_config({**values, "freeze_bn": False}), out=tmp_path / "old", progress=interrupt)
     path = tmp_path / "old" / "checkpoint.pt"
     checkpoint = torch.load(path, weights_only=True)
     for key in ("freeze_bn", "head_start", "precision", "logger"):
         del checkpoint["config"][key]
     torch.save(checkpoint, path)
-    train.resume(tmp_path / "old")
+    training.resume(tmp_path / "old")
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "old" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     exported = cli("export", tmp_path / "old", "--onnx", "--json")

@@ -229,14 +229,14 @@ def test_a_full_disk_at_a_checkpoint_names_the_file_and_the_resume(domains, tmp_
 
 
 def test_a_failed_final_model_write_names_the_file_and_the_resume(domains, tmp_path, monkeypatch):
-    import golabels_cli.train as train
+    from golabels_cli.training import loop
 
     source, target = domains
 
     def fail(*args, **kwargs):
         raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
 
-    monkeypatch.setattr(train, "save_model", fail)
+    monkeypatch.setattr(loop, "save_model", fail)
     run = tmp_path / "run"
     result = cli("adapt", source, target, *TINY, "--iters", "2", "--out", run)
     assert result.exit_code == 1

@@ -80,7 +80,8 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
     from types import SimpleNamespace
 
     from conftest import adapt_tiny, read_jsonl
-    from golabels_cli.train import LoopState, _warn_on_label_shift
+    from golabels_cli.training import LoopState
+    from golabels_cli.training.target_estimate import warn_on_label_shift
 
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "20", "--eval-every", "10")
@@ -108,7 +109,7 @@ def test_runs_log_the_estimated_target_distribution_and_warn_once_on_a_strong_sh
                     scores = {"iter": it, "prior_shift": 0.9, "target_prior": [0.1, 0.2, 0.7], "predicted_share": [0.2, 0.2, 0.6],
                               "predicted_shift": shift, "predicted_shift_p": p_value, "src_acc": src_acc}
                     state.evals.append(scores)
-                    _warn_on_label_shift(t, state, it, scores)
+                    warn_on_label_shift(t, state, it, scores)
         finally:
             logging.getLogger("golabels").propagate = False
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "label shift" in r.getMessage()]
@@ -249,7 +250,7 @@ def test_an_imbalanced_source_turns_the_balancing_on_for_adversarial_methods(tmp
     cfg = build_config({"source": "s", "target": "t", "balance_source": True})
     assert resolve_balancing(cfg, True) == ["--balance-target"]
     assert resolve_balancing(build_config({"source": "s", "target": "t"}), False) == []
-    from golabels_cli.console import remedy_hint
+    from golabels_cli.remedies import remedy_hint
     assert remedy_hint(["--balance-source"]).startswith("this run uses --balance-source: compare")
     assert "--balance-target by default on a source imbalanced above 3:1; --no-balance-target to train without" in remedy_hint(
         ["--balance-source", "--balance-target"], ["--balance-target"])
@@ -291,7 +292,8 @@ def test_target_estimates_refresh_the_target_sampler_and_source_weights(domains,
     import json
 
     from conftest import adapt_tiny
-    from golabels_cli import data, train
+    from golabels_cli import data
+    from golabels_cli.training import loop
 
     balanced_by = []
     real = data.BalancedDraws.__init__
@@ -302,13 +304,13 @@ def test_target_estimates_refresh_the_target_sampler_and_source_weights(domains,
 
     monkeypatch.setattr(data.BalancedDraws, "__init__", spy)
     weights_seen = []
-    real_step = train.train_step
+    real_step = loop.train_step
 
     def step_spy(*args):
         weights_seen.append(None if args[-1] is None else args[-1].tolist())
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", step_spy)
+    monkeypatch.setattr(loop, "train_step", step_spy)
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", *SHIFT_RUN)
     summary = json.loads((run / "summary.json").read_text())
@@ -332,7 +334,7 @@ def test_a_resumed_run_with_target_estimates_equals_an_uninterrupted_one(domains
     from safetensors.torch import load_file
 
     from conftest import adapt_tiny
-    from golabels_cli import train
+    from golabels_cli import training
     from golabels_cli.config import build_config
     from golabels_cli.errors import Interrupted
 
@@ -348,8 +350,8 @@ def test_a_resumed_run_with_target_estimates_equals_an_uninterrupted_one(domains
             os.kill(os.getpid(), signal.SIGINT)  # handled after the step: saved at iteration 6, between two estimates
 
     with pytest.raises(Interrupted):
-        train.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
-    train.resume(tmp_path / "cut")
+        training.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
+    training.resume(tmp_path / "cut")
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (whole / "metrics.jsonl").read_text() == (tmp_path / "cut" / "metrics.jsonl").read_text()
@@ -397,18 +399,18 @@ def test_label_shift_weights_follow_the_smoothed_bbse_estimate(domains, tmp_path
     import json
 
     from conftest import adapt_tiny
-    from golabels_cli import train
     from golabels_cli.label_shift import class_weights
+    from golabels_cli.training import target_estimate
 
     estimates, labeled = [], []
-    real = train.bbse_prior
+    real = target_estimate.bbse_prior
 
     def spy(source_probs, source_labels, target_probs):
         labeled.append(len(source_labels))
         estimates.append(real(source_probs, source_labels, target_probs))
         return estimates[-1]
 
-    monkeypatch.setattr(train, "bbse_prior", spy)
+    monkeypatch.setattr(target_estimate, "bbse_prior", spy)
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "12", "--refresh-every", "4", "--no-balance-source",
                      "--label-shift-weights", *args)
@@ -428,19 +430,20 @@ def test_em_reads_the_weighted_classifier_under_the_prior_it_was_trained_to():
     weights would push further, the loop that collapsed Office-31 runs onto two classes)."""
     from types import SimpleNamespace
 
-    from golabels_cli.train import LoopState, _trained_prior
+    from golabels_cli.training import LoopState
+    from golabels_cli.training.target_estimate import trained_prior
 
     t = SimpleNamespace(cfg=SimpleNamespace(label_shift_weights=True, balance_source=False),
                         source=SimpleNamespace(labels=[0] * 6 + [1] * 3 + [2], classes=["a", "b", "c"]))
     state = LoopState(class_weights=[0.5, 1.0, 3.0])
     p = torch.tensor([0.6, 0.3, 0.1])
-    assert torch.allclose(_trained_prior(t, LoopState()), p)
+    assert torch.allclose(trained_prior(t, LoopState()), p)
     effective = p * torch.tensor([0.5, 1.0, 3.0])
-    assert torch.allclose(_trained_prior(t, state), effective / effective.sum())
+    assert torch.allclose(trained_prior(t, state), effective / effective.sum())
     t.cfg.balance_source = True
-    assert torch.allclose(_trained_prior(t, state), torch.tensor([0.5, 1.0, 3.0]) / 4.5)
+    assert torch.allclose(trained_prior(t, state), torch.tensor([0.5, 1.0, 3.0]) / 4.5)
     t.cfg.label_shift_weights = False  # estimates made for --balance-target alone leave the prior alone
-    assert torch.allclose(_trained_prior(t, state), torch.full((3,), 1 / 3))
+    assert torch.allclose(trained_prior(t, state), torch.full((3,), 1 / 3))
 
     # posteriors computed under the trained prior p*w of a target drawn with q: EM needs p*w to recover q
     generator = torch.Generator().manual_seed(0)
@@ -461,7 +464,7 @@ def test_the_default_balancing_starts_above_the_imbalance_threshold(tmp_path, co
     from PIL import Image
 
     from conftest import TINY, cli
-    from golabels_cli.console import IMBALANCE_WARNING
+    from golabels_cli.remedies import IMBALANCE_WARNING
 
     assert 12 / 4 <= IMBALANCE_WARNING < 13 / 4  # the two sources sit on either side of it
     for cls, n in zip("abc", counts):
@@ -480,7 +483,7 @@ def test_the_default_balancing_starts_above_the_imbalance_threshold(tmp_path, co
 
 
 def test_the_warning_needs_enough_held_out_images_to_trust_the_model():
-    from golabels_cli.train import wilson_lower_bound
+    from golabels_cli.training.target_estimate import wilson_lower_bound
 
     # 3 of 3 held-out images right: the accuracy's 95% interval reaches down to 0.44, below the
     # 0.67 a 3-class model needs to be read (halfway from chance to 1); 291 of 300 clears it.

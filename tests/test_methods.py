@@ -5,9 +5,22 @@ import torch
 import pytest
 
 from golabels_cli.config import AdaptConfig
-from golabels_cli.methods import (MethodParams, MultilinearMap, adversarial_loss, discriminator_input_dim, entropy_weights, grad_reverse,
+from golabels_cli.methods import (Adversary, Batch, MultilinearMap, adversarial_loss, entropy_weights, get_method, grad_reverse,
                                   grl_coeff, gvb_weights, spectral_alignment)
-from golabels_cli.models import BridgedHead, discriminator
+from golabels_cli.models import BridgedHead
+
+
+def discriminator(in_dim, hidden, method="dann", layers=None):
+    return get_method(method).discriminator(in_dim, hidden, layers)
+
+
+def discriminator_input_dim(method, feature_dim, num_classes, cdan_map="auto"):
+    return get_method(method).discriminator_input_dim(feature_dim, num_classes, cdan_map)
+
+
+def loss_of(method, mode, features, logits, domain, disc, multilinear, coeff, head=None, options=None, probe=None):
+    adversary = Adversary(get_method(method), disc, multilinear, head, options or {})
+    return adversarial_loss(adversary, Batch(features, logits, domain), mode, coeff, probe)
 
 
 def test_gradient_reversal():
@@ -67,14 +80,14 @@ def test_adversarial_loss_reverses_gradient_into_features():
     logits = torch.randn(8, 3)
     domain = torch.tensor([1.0] * 4 + [0.0] * 4)
     disc = discriminator(6, 16)
-    loss, extra, stats = adversarial_loss("dann", "go", features, logits, domain, disc, None, coeff=1.0)
+    loss, extra, stats = loss_of("dann", "go", features, logits, domain, disc, None, coeff=1.0)
     assert extra.item() == 0
     loss.backward()
     reversed_grad = features.grad.clone()
     features.grad = None
     for p in disc.parameters():
         p.grad = None
-    loss, _, _ = adversarial_loss("dann", "go", features, logits, domain, disc, None, coeff=0.0)
+    loss, _, _ = loss_of("dann", "go", features, logits, domain, disc, None, coeff=0.0)
     loss.backward()
     assert torch.count_nonzero(features.grad) == 0 and torch.count_nonzero(reversed_grad) > 0
     assert set(stats) >= {"disc_acc", "relabeled_src", "relabeled_tgt"}
@@ -88,7 +101,7 @@ def test_probe_reads_the_reversed_gradient_and_go_labels_shrink_it():
     norms = {}
     for mode in ("fixed", "go"):
         features.grad, probe = None, {}
-        loss, _, _ = adversarial_loss("dann", mode, features, logits, domain, disc, None, coeff=0.5, probe=probe)
+        loss, _, _ = loss_of("dann", mode, features, logits, domain, disc, None, coeff=0.5, probe=probe)
         loss.backward()
         assert torch.isclose(probe["norm"], torch.linalg.vector_norm(features.grad))
         norms[mode] = probe["norm"].item()
@@ -126,8 +139,8 @@ def test_bridge_penalties_hand_computed():
     assert torch.allclose(head(f), torch.tensor([[1.0, 7.75], [-1.0, -0.25]]))  # fc(f) - bridge(f)
     disc = discriminator(2, 4, method="gvb").eval()
     logits = head(f)
-    params = MethodParams(bridge_g_weight=2.0, bridge_d_weight=3.0)
-    _, extra, _ = adversarial_loss("gvb", "fixed", f, logits, torch.tensor([1.0, 0.0]), disc, None, 1.0, head, params)
+    options = {"bridge_g_weight": 2.0, "bridge_d_weight": 3.0}
+    _, extra, _ = loss_of("gvb", "fixed", f, logits, torch.tensor([1.0, 0.0]), disc, None, 1.0, head, options)
     bridge_g = torch.tensor([[1.0, -4.0 + 0.25], [-1.0, 0.25]]).abs().mean()  # |bridge(f)| by hand: mean 1.5
     _, bridge_d = disc(torch.softmax(logits, 1))
     assert torch.isclose(extra, 2.0 * bridge_g + 3.0 * bridge_d.abs().mean())
@@ -176,8 +189,8 @@ def test_dann_e_uses_entropy_weights():
     features, logits = torch.randn(6, 4), torch.randn(6, 3) * 3
     domain = torch.tensor([1.0] * 3 + [0.0] * 3)
     disc = discriminator(4, 8).eval()
-    plain, _, _ = adversarial_loss("dann", "fixed", features, logits, domain, disc, None, 1.0)
-    weighted, _, _ = adversarial_loss("dann-e", "fixed", features, logits, domain, disc, None, 1.0)
+    plain, _, _ = loss_of("dann", "fixed", features, logits, domain, disc, None, 1.0)
+    weighted, _, _ = loss_of("dann-e", "fixed", features, logits, domain, disc, None, 1.0)
     d_logits, _ = disc(features)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(d_logits, domain, reduction="none")
     assert torch.isclose(plain, bce.mean())

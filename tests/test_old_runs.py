@@ -3,18 +3,20 @@
 tests/fixtures/runs-8a82bdc holds two tiny runs written by commit 8a82bdc (the code before the
 `training/` package): `interrupted`, stopped by Ctrl-C at iteration 2 of 4, and `finished`, the
 same run uninterrupted (its checkpoint.pt and results.png left out to keep the fixture small).
-Their images are generated again here, as they were (make_two_domains, 4 per class, 32 px, seed 1).
+Their images are generated again here, as they were: make_two_domains, 4 per class, 32 px, seed 1,
+in a fresh process (its target noise comes from PIL's effect_noise, which draws from the C
+library's rand(): the same images only from a process where nothing drew from it before).
 """
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from golabels_cli.synthetic import make_two_domains
 
 from conftest import cli
 
@@ -25,7 +27,9 @@ WRITTEN_AT = "/tmp/fx/data"  # where the runs' images were when they were writte
 @pytest.fixture
 def old_runs(tmp_path):
     """The fixture's runs copied into tmp_path, their folders pointed at images generated there."""
-    source, target = make_two_domains(tmp_path / "data", per_class=4, size=32, seed=1)
+    subprocess.run([sys.executable, "-c", "import sys; from golabels_cli.synthetic import make_two_domains; "
+                    "make_two_domains(sys.argv[1], per_class=4, size=32, seed=1)", str(tmp_path / "data")], check=True)
+    source, target = tmp_path / "data" / "source", tmp_path / "data" / "target"
     moved = str(tmp_path / "data")
     runs = Path(shutil.copytree(FIXTURE, tmp_path / "runs"))
     for config in runs.glob("*/config.yaml"):

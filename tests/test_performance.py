@@ -20,7 +20,7 @@ def same_weights(a, b):
 
 def test_cuda_settings_are_not_applied_on_cpu(domains):
     from golabels_cli.config import build_config
-    from golabels_cli.train import Speed, build, speed_settings
+    from golabels_cli.training import Speed, build, speed_settings
 
     source, target = domains
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False,

@@ -132,16 +132,16 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(domains, tmp_pa
 
 
 def test_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(domains, tmp_path, monkeypatch):
-    import golabels_cli.train as train
+    from golabels_cli.training import step
 
-    real, calls = train.adversarial_loss, []
+    real, calls = step.adversarial_loss, []
 
     def breaks_at_25(*args, **kwargs):
         calls.append(1)
         loss, extra, stats = real(*args, **kwargs)
         return (loss * float("nan") if len(calls) >= 25 else loss), extra, stats
 
-    monkeypatch.setattr(train, "adversarial_loss", breaks_at_25)
+    monkeypatch.setattr(step, "adversarial_loss", breaks_at_25)
     source, target = domains
     out = tmp_path / "run"
     result = cli("adapt", source, target, *RUN, "--log-every", "4", "--out", out, "--quiet")

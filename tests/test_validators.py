@@ -13,7 +13,8 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import TINY, adapt_tiny, cli, cli_subprocess, read_jsonl
-from golabels_cli import train
+from golabels_cli import training
+from golabels_cli.training import loop
 from golabels_cli.config import build_config
 from golabels_cli.data import data_report, scan_labeled, scan_unlabeled, stratified_split
 from golabels_cli.errors import Interrupted
@@ -164,17 +165,17 @@ def test_data_report_warns_about_small_and_imbalanced_classes(tmp_path):
 def spy_snapshots(monkeypatch, scripted=None):
     """Record the model's weights at every evaluation; optionally replace the validators' values."""
     snapshots = {}
-    real = train._validate
+    real = loop.validate
 
-    def spy(t, state, workers):
-        scores = real(t, state, workers)
+    def spy(t, state):
+        scores = real(t, state)
         it = len(snapshots)
         snapshots[it] = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
         if scripted is not None:
             scores.update(scripted[it])
         return scores
 
-    monkeypatch.setattr(train, "_validate", spy)
+    monkeypatch.setattr(loop, "validate", spy)
     return snapshots
 
 
@@ -240,8 +241,8 @@ def test_a_resumed_run_selects_the_same_snapshot(domains, tmp_path, monkeypatch)
             os.kill(os.getpid(), signal.SIGINT)  # handled after the step: the state is saved at iteration 25
 
     with pytest.raises(Interrupted):
-        train.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
-    train.resume(tmp_path / "cut")
+        training.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
+    training.resume(tmp_path / "cut")
     a = json.loads((whole / "summary.json").read_text())
     b = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert a["selected"] == b["selected"] and a["evals"] == b["evals"]

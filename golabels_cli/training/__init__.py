@@ -1,0 +1,23 @@
+"""Training a run: build it from its config, run the loop, write the run directory.
+
+    run.py            adapt() and resume(): the two ways in
+    build.py          every input checked; model, discriminator, optimizer, feature cache
+    loop.py           the loop, top to bottom, and its window of metrics
+    step.py           one optimizer step; the learning rate; the head start
+    selection.py      evaluating a snapshot (validators, --eval-dir, --bn-stats) and --select
+    target_estimate.py  pseudo-labels and class prior of the target; the label-shift warning
+    outputs.py        the model's outputs on the run's image sets
+    run_dir.py        checkpoint, summary, metrics file, signals
+    runtime.py        RNG states, speed settings, the environment
+    state.py          Training (what a run is made of) and LoopState (where its loop is)
+"""
+
+from .build import build, resolve_config
+from .loop import train
+from .run import adapt, resume
+from .runtime import Speed, environment, speed_settings
+from .state import LoopState, Training
+from .step import fit_head, train_step
+
+__all__ = ["LoopState", "Speed", "Training", "adapt", "build", "environment", "fit_head", "resolve_config", "resume", "speed_settings",
+           "train", "train_step"]

@@ -1,0 +1,348 @@
+"""The training loop, top to bottom.
+
+Each step draws `batch_size` labeled source images and `batch_size` unlabeled target images,
+runs them through the classifier in one forward pass (so BatchNorm sees both domains), and
+minimizes  L = CE(source logits, source labels) + trade_off * L_adv + L_extra  where L_adv is the
+method's discriminator loss (see `methods`) with the chosen domain targets (see `domain_labels`).
+
+Nothing is lost on the way: every `save_every` iterations, on Ctrl-C / SIGTERM (after the step in
+progress) and at the end, the whole training state goes to checkpoint.pt atomically — weights,
+optimizer, RNG states, sampler positions, metrics so far — and a resumed run continues from it to
+the same final weights, bit for bit on the CPU. A non-finite loss stops the run before anything
+broken is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import torch
+
+from ..checkpoint import save_model
+from ..data import ImageSet, train_loader, train_sampler, train_transform
+from ..distributed import all_mean, all_min, any_rank, shared
+from ..errors import Interrupted, RunError
+from ..methods import grl_coeff
+from ..model_info import ModelInfo
+from ..trackers import Tracker
+from .run_dir import (CHECKPOINT_FILE, append, checkpoint, kept, open_metrics, results_figure, save_checkpoint, stop_requests, summary, write,
+                      write_failure)
+from .runtime import set_rng_state
+from .selection import keep_if_selected, target_batchnorm, validate
+from .state import LOSS_KEYS, STAT_KEYS, LoopState, Progress, Training
+from .step import Classify, feature_batches, fit_head, set_lr, train_step
+from .target_estimate import estimate_target, warn_on_label_shift
+
+log = logging.getLogger("golabels")
+
+
+def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progress, rng: dict | None = None) -> dict[str, Any]:
+    """Train from state.iteration to cfg.iters; returns the summary. With several processes every
+    rank runs the loop on its own batches; only rank 0 (run_dir not None) evaluates and writes."""
+    cfg, d = t.cfg, t.dist
+    streams = open_streams(t, state)
+    if rng is not None:
+        set_rng_state(rng, t.device)  # after the loaders: creating one draws from the global generator
+    progress("start", {
+        "run_dir": str(run_dir), "iters": cfg.iters, "start": state.iteration, "device": str(t.device), "classes": t.source.classes,
+        "data": t.report, "held_out": len(t.validation.source_val or []), "world": d.world,
+    })
+    run = Session.begin(t, run_dir, state, progress)
+    completed = False
+    try:
+        with stop_requests() as stop:
+            for step in range(state.iteration, cfg.iters):
+                it = step + 1
+                if (cfg.balance_target or cfg.label_shift_weights) and step and step % cfg.refresh_every == 0:
+                    estimate_target(t, state, step)
+                    streams.refresh(state, step)
+                lr = set_lr(t.optimizer, cfg, step, t.lr_scale)
+                coeff = grl_coeff(step, cfg.grl_horizon(), cfg.grl_alpha)
+                xs, ys, xt = streams.next()
+                *losses, stats = train_step(t, streams.forward, streams.disc, xs, ys, xt, run.domain, coeff, streams.class_weights)
+                run.add(it, torch.stack(losses).float(), stats, len(xs) + (len(xt) if xt is not None else 0))
+                progress("step", {"iter": it})
+
+                evaluate = it == cfg.iters or bool(cfg.eval_every and it % cfg.eval_every == 0)
+                if it % cfg.log_every == 0 or it == cfg.iters or evaluate:
+                    run.log_row(it, lr, coeff, evaluate)
+                # With several ranks, all of them stop at the step where any was asked to.
+                stopping = any_rank(d, bool(stop)) if d.enabled else bool(stop)
+                if it < cfg.iters and ((cfg.save_every and it % cfg.save_every == 0) or stopping):
+                    run.check_finite(it)
+                    run.save(it)
+                    if stopping:
+                        raise Interrupted(
+                            f"{stop[0] if stop else 'interrupted'} at iteration {it} of {cfg.iters}; "
+                            f"the training state is saved in {(run_dir or Path('RUN')) / CHECKPOINT_FILE}",
+                            f"resume with: golabels adapt --resume {run_dir}",
+                        )
+            run.check_finite(cfg.iters)
+        completed = True
+    except (Interrupted, RunError):
+        raise
+    except KeyboardInterrupt:
+        # A second Ctrl-C stops at once; the newest checkpoint is intact (writes are atomic).
+        raise Interrupted(
+            f"stopped at once; {'the checkpoint of iteration ' + str(run.saved_at) + ' is kept' if run.saved_at else 'nothing was saved'}",
+            f"resume with: golabels adapt --resume {run_dir}" if run.saved_at else "start the run again",
+        ) from None
+    except Exception:
+        if run.saved_at and d.main:
+            log.error("the checkpoint of iteration %d is kept: resume with golabels adapt --resume %s", run.saved_at, run_dir)
+        raise
+    finally:
+        run.close(completed)
+        streams.close()
+    return finish(t, run)
+
+
+@dataclass
+class Streams:
+    """Where the steps' batches come from, and the modules they go through (DDP-wrapped with
+    several processes, compiled with --compile)."""
+
+    t: Training
+    batches: Callable[[ImageSet, int, int, list[int] | None], Iterator]  # (images, stream, first step, balance by)
+    source: Iterator
+    target: Iterator | None
+    forward: Callable
+    disc: torch.nn.Module
+    class_weights: torch.Tensor | None  # --label-shift-weights: of the source classes
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        xs, ys = next(self.source)
+        return xs, ys, next(self.target)[0] if self.target is not None else None
+
+    def close(self) -> None:
+        """Let go of the loaders now, so that their worker processes stop before the process exits
+        (whatever still holds the loop's frame, such as an exception on its way up)."""
+        self.source = self.target = None
+
+    def refresh(self, state: LoopState, step: int) -> None:
+        """After a new target estimate: the target drawn by its pseudo-labels, the source weighted by its prior."""
+        if self.t.cfg.balance_target:
+            self.target = self.batches(self.t.target, 1, step, _target_balance(self.t, state))
+        if self.t.cfg.label_shift_weights:
+            self.class_weights = torch.tensor(state.class_weights, device=self.t.device)
+
+
+def open_streams(t: Training, state: LoopState) -> Streams:
+    """The samplers start where the run left them: each step takes batch_size draws per domain."""
+    cfg, d, start = t.cfg, t.dist, state.iteration
+    if t.features is not None:
+        batches = functools.partial(_feature_stream, t)
+        trained: torch.nn.Module = Classify(t.model)
+    else:
+        batches = functools.partial(_image_stream, t, train_transform(t.data_config, cfg.min_crop, cfg.hflip))
+        trained = t.model
+    if start == 0 and cfg.head_start:
+        fit_head(t)
+    source = batches(t.source, 0, start, t.source.labels if cfg.balance_source else None)
+    target = batches(t.target, 1, start, _target_balance(t, state)) if t.adversarial else None
+    class_weights = torch.tensor(state.class_weights, device=t.device) if cfg.label_shift_weights and state.class_weights else None
+    disc = t.disc
+    if d.enabled:
+        # DDP averages the gradients over ranks in backward; the modules it wraps stay the ones saved.
+        ids = [t.device.index] if t.device.type == "cuda" else None
+        trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)
+        if t.adversarial:
+            disc = torch.nn.parallel.DistributedDataParallel(t.disc, device_ids=ids)
+    forward = torch.compile(trained) if t.speed.compile and t.features is None else trained
+    return Streams(t, batches, source, target, forward, disc, class_weights)
+
+
+def _target_balance(t: Training, state: LoopState) -> list[int] | None:
+    return state.pseudo_labels.tolist() if t.cfg.balance_target and state.pseudo_labels is not None else None
+
+
+def _feature_stream(t: Training, images: ImageSet, stream: int, first_step: int, balance_by: list[int] | None) -> Iterator:
+    cfg = t.cfg
+    role, labels = ("source", torch.tensor(images.labels)) if stream == 0 else ("target", None)
+    return feature_batches(t.features[role].values, labels, cfg.batch_size,
+                           train_sampler(images, cfg.seed, stream, first_step * cfg.batch_size, t.dist.rank, t.dist.world, balance_by))
+
+
+def _image_stream(t: Training, transform, images: ImageSet, stream: int, first_step: int, balance_by: list[int] | None) -> Iterator:
+    cfg, decoded = t.cfg, t.decoded or {}
+    return iter(train_loader(images, transform, t.data_config, cfg.batch_size, cfg.seed, stream, t.workers, t.speed.pin_memory,
+                             first_step * cfg.batch_size, decoded.get("source" if stream == 0 else "target"), t.dist.rank,
+                             t.dist.world, balance_by))
+
+
+@dataclass
+class Window:
+    """The metrics window in progress: sums of the losses and statistics since the last row, on
+    the device (a host sync only when a row is logged), its steps and the images trained on."""
+
+    sums: dict[str, torch.Tensor]
+    steps: int
+    samples: torch.Tensor
+
+    @classmethod
+    def restored(cls, state: LoopState, device: torch.device) -> "Window":
+        return cls({k: torch.tensor(state.sums.get(k, 0.0), device=device) for k in STAT_KEYS}, state.window,
+                   torch.tensor(float(state.sums.get("samples", 0.0)), device=device))
+
+    @classmethod
+    def empty(cls, device: torch.device) -> "Window":
+        return cls({k: torch.zeros((), device=device) for k in STAT_KEYS}, 0, torch.zeros((), device=device))
+
+    def add(self, losses: torch.Tensor, stats: dict[str, torch.Tensor], images: int) -> None:
+        self.samples += images
+        for k, v in zip(LOSS_KEYS, losses):
+            self.sums[k] += v
+        for k, v in stats.items():
+            self.sums[k] += v
+        self.steps += 1
+
+    def means(self, d) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The sums and image count as means over ranks, in one all-reduce."""
+        if not d.enabled:
+            return self.sums, self.samples
+        reduced = all_mean(d, torch.stack([*(self.sums[k] for k in STAT_KEYS), self.samples]))
+        return dict(zip(STAT_KEYS, reduced[:-1])), reduced[-1]
+
+
+@dataclass
+class Session:
+    """One process's pass over the loop: its metrics window, the first non-finite loss, what it
+    writes, and the iteration of the newest checkpoint on disk."""
+
+    t: Training
+    run_dir: Path | None
+    state: LoopState
+    progress: Progress
+    domain: torch.Tensor  # the raw domain labels of a step's rows: 1 source, then 0 target
+    window: Window
+    first_bad: torch.Tensor  # the first iteration each loss was not finite (inf: not yet), on the device
+    saved_at: int | None
+    start: int
+    seconds_before: float
+    started: float
+    metrics: IO[str] | None
+    tracker: Tracker
+
+    @classmethod
+    def begin(cls, t: Training, run_dir: Path | None, state: LoopState, progress: Progress) -> "Session":
+        cfg, device, main = t.cfg, t.device, t.dist.main
+        domain = torch.cat([torch.ones(cfg.batch_size), torch.zeros(cfg.batch_size)]).to(device)
+        first_bad = torch.full((len(LOSS_KEYS),), math.inf, device=device)
+        t.model.train()
+        t.disc.train()
+        start = state.iteration
+        seconds_before, started = state.seconds, time.perf_counter()
+        metrics = open_metrics(run_dir / "metrics.jsonl") if main else None
+        tracker = Tracker(cfg.logger if main else None, run_dir, dataclasses.asdict(cfg), start)
+        return cls(t, run_dir, state, progress, domain, Window.restored(state, device), first_bad, start or None, start,
+                   seconds_before, started, metrics, tracker)
+
+    @property
+    def seconds(self) -> float:
+        """Training time of the run so far, over all its sessions."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def add(self, it: int, losses: torch.Tensor, stats: dict[str, torch.Tensor], images: int) -> None:
+        self.first_bad = torch.minimum(self.first_bad, torch.where(torch.isfinite(losses), math.inf, float(it)))
+        self.window.add(losses, stats, images)
+
+    def check_finite(self, iteration: int) -> None:
+        """A loss that was not finite since the last check stops every rank at the same iteration."""
+        self.first_bad = all_min(self.t.dist, self.first_bad)
+        first = float(self.first_bad.min())
+        if not math.isfinite(first):
+            return
+        names = [k for k, v in zip(LOSS_KEYS, self.first_bad.tolist()) if v == first]
+        values = {k: float(self.window.sums[k]) / max(self.window.steps, 1) for k in names}
+        saved = f"the checkpoint of iteration {self.saved_at} is kept in {self.run_dir}" if self.saved_at else "nothing was saved"
+        raise shared(RunError(f"training diverged at iteration {int(first)}: {', '.join(f'{k} = {v}' for k, v in values.items())}; {saved}",
+                              "lower --lr or --trade-off and start a new run"))
+
+    def log_row(self, it: int, lr: float, coeff: float, evaluate: bool) -> None:
+        """A metrics row, the mean over ranks, with the validators when `evaluate` (rank 0 only)."""
+        t, state, main = self.t, self.state, self.t.dist.main
+        self.check_finite(it)
+        sums, mean_samples = self.window.means(t.dist)
+        row = metrics_row(t, it, lr, coeff, sums, self.window.steps)
+        # every rank's images: the proof that all of them trained
+        row["samples_per_step"] = round(float(mean_samples) * t.dist.world / self.window.steps, 3)
+        if evaluate and main:
+            scores = validate(t, state)
+            row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()})
+            state.evals.append({"iter": it, **scores})
+            warn_on_label_shift(t, state, it, scores)
+            keep_if_selected(t, state, it, scores)
+        if main:
+            append(self.metrics, row, self.run_dir)
+            self.tracker.log_row(row)
+        self.progress("log", row)
+        state.last_row = row
+        self.window = Window.empty(t.device)
+
+    def save(self, iteration: int) -> None:
+        """The whole training state to checkpoint.pt. Before the end, the window in progress as
+        every rank's mean, so that each rank resumes from it (collective: every rank saves at the
+        same iterations; the final save is rank 0's alone)."""
+        window_sums, window_samples = self.window.sums, self.window.samples
+        if iteration < self.t.cfg.iters:
+            window_sums, window_samples = self.window.means(self.t.dist)
+        if self.t.dist.main:
+            state = self.state
+            state.iteration = iteration
+            state.sums = {**{k: float(v) for k, v in window_sums.items()}, "samples": float(window_samples)}
+            state.window = self.window.steps
+            state.seconds = self.seconds
+            save_checkpoint(checkpoint(self.t, state), self.run_dir / CHECKPOINT_FILE, self.saved_at, self.run_dir)
+        self.saved_at = iteration
+
+    def close(self, completed: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if not completed:
+            self.tracker.close()
+
+
+def finish(t: Training, run: Session) -> dict[str, Any]:
+    """The end of a run on rank 0: the final checkpoint, the selected snapshot under the statistics
+    it was scored with as model.safetensors, the summary and its figure. Returns the summary."""
+    cfg, state, run_dir = t.cfg, run.state, run.run_dir
+    seconds = run.seconds
+    if not t.dist.main:
+        return {}
+    info = ModelInfo(cfg.backbone, t.source.classes, t.data_config, cfg.bottleneck_dim, cfg.method, cfg.domain_labels)
+    if cfg.select != "last" and t.selected_weights is None:
+        log.warning("--select %s could not be computed at any evaluated snapshot: model.safetensors holds the last iteration's weights", cfg.select)
+        state.selected = {"iter": cfg.iters, "value": None}
+    run.save(cfg.iters)
+    if t.selected_weights is not None:
+        t.model.load_state_dict(t.selected_weights)  # training is over: the model becomes the selected snapshot
+    with target_batchnorm(t, keep=True):  # the statistics the evaluations were scored with
+        pass
+    try:
+        save_model(t.model, info, run_dir / "model.safetensors")
+    except Exception as exc:  # OSError, or safetensors' own error type for a failed write
+        raise RunError(f"cannot write {run_dir / 'model.safetensors'} ({write_failure(exc, run_dir)})", kept(run.saved_at, run_dir)) from exc
+    result = summary(t, run_dir, state, seconds, (run.start, seconds - run.seconds_before))
+    result["results_figure"] = results_figure(run_dir, result)
+    write(run_dir / "summary.json", json.dumps(result, indent=2) + "\n", run.saved_at)
+    run.tracker.finish(result)
+    run.progress("end", result)
+    return result
+
+
+def metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, torch.Tensor], window: int) -> dict[str, Any]:
+    values = {k: float(v) / window for k, v in sums.items()}  # one host sync per logged row
+    row = {"iter": it, **{k: round(v, 6) for k, v in values.items()}, "lr": lr, "lambda": round(coeff, 6)}
+    if not t.adversarial:
+        row.update({k: None for k in STAT_KEYS if k not in ("loss_cls", "loss_adv")})
+    elif t.method.extra_loss is None:
+        row["loss_extra"] = None
+    return row

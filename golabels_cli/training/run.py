@@ -1,0 +1,120 @@
+"""The two ways into a training run: adapt() starts one in a new run directory, resume() continues
+an interrupted one from its checkpoint to the same final weights."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries
+from ..config import AdaptConfig, build_config, to_yaml
+from ..device import pick_device
+from ..distributed import env_rank, setup, shared, teardown
+from ..errors import InputError, reason
+from .build import build
+from .loop import train
+from .run_dir import CHECKPOINT_FILE, CHECKPOINT_FORMAT, truncate_metrics, write
+from .state import LoopState, Progress, Training, no_progress
+
+log = logging.getLogger("golabels")
+
+# What a checkpoint's config lacks when an earlier golabels wrote it, and the value that run
+# trained with: runs saved before --val-split existed trained on the whole source folder, before
+# the balancing options existed on the folders as they are, before --schedule, --discriminator and
+# --cdan-map with the scaled schedule, BatchNorm discriminators and CDAN's map randomized above
+# 4096 dimensions (whose buffers their checkpoint holds), and before --freeze-bn and --head-start
+# with the backbone's batch statistics and no head start.
+BEFORE_OPTIONS = {"val_split": 0.0, "balance_source": False, "balance_target": False, "schedule": "scaled", "discriminator": "batchnorm",
+                  "bn_stats": "train", "freeze_bn": False, "head_start": 0}
+
+
+def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Progress = no_progress) -> dict[str, Any]:
+    """Train on cfg.source (labeled) and cfg.target (unlabeled); returns the summary.
+
+    Every input is checked before the run directory is created, so bad input leaves nothing behind.
+    """
+    if env_rank() == 0:
+        check_run_dir(out, exist_ok)
+    d = setup(pick_device(cfg.device).type)
+    try:
+        t = _shared(build, cfg, d, progress if d.main else no_progress)
+        run_dir = None
+        if d.main:  # only rank 0 writes
+            run_dir = claim_run_dir(out, exist_ok)
+            write(run_dir / "config.yaml", to_yaml(cfg), None)
+            write(run_dir / "metrics.jsonl", "", None)
+        return train(t, run_dir, LoopState(), progress)
+    finally:
+        teardown()
+
+
+def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = no_progress) -> dict[str, Any]:
+    """Continue an interrupted run from its checkpoint.pt to its configured iteration count;
+    `overrides` may change what leaves the weights as they would be (config.RESUME_OPTIONS)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} does not exist", "pass the folder of the interrupted run")
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} holds no {CHECKPOINT_FILE}", "the run stopped before its first save; start it again")
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
+    try:
+        old = {**BEFORE_OPTIONS, "cdan_map": "randomized" if "rf" in (ckpt.get("multilinear") or {}) else "full"}
+        cfg = build_config({**old, **ckpt["config"], **(overrides or {})})
+        done = int(ckpt["loop"]["iteration"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path} is damaged ({reason(exc)})", "start the run again") from exc
+    if done >= cfg.iters and (run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file():
+        raise InputError(f"run {run_dir} is already complete ({done} of {cfg.iters} iterations)", "evaluate or export it, or start a new run")
+    # (done == iters without the model: the final writes failed, and resuming makes them again.)
+    d = setup(pick_device(cfg.device).type)
+    try:
+        t = _shared(build, cfg, d, progress if d.main else no_progress)
+        state = _restore(t, run_dir, ckpt, path)
+        if not t.dist.main:
+            return train(t, None, state, no_progress, rng=ckpt["rng"])
+        remove_stale_temporaries(run_dir)
+        truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
+        return train(t, run_dir, state, progress, rng=ckpt["rng"])
+    finally:
+        teardown()
+
+
+def _shared(fn: Callable, *args):
+    """Errors every rank meets alike (the same inputs, the same checks): rank 0 reports them."""
+    try:
+        return fn(*args)
+    except InputError as exc:
+        raise shared(exc)
+
+
+def _restore(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path) -> LoopState:
+    """The checkpoint's weights, optimizer and loop state into the freshly built run."""
+    if t.source.classes != ckpt["classes"]:
+        raise InputError(f"the source folder's classes changed since {run_dir} started", "restore the folder, or start a new run")
+    if t.fingerprint != ckpt["fingerprint"]:
+        log.warning("the source or target images changed since the run started: resuming anyway, "
+                    "but the result will differ from an uninterrupted run")
+    try:
+        t.model.load_state_dict(ckpt["model"])
+        t.disc.load_state_dict(ckpt["discriminator"])
+        if t.multilinear is not None:
+            t.multilinear.load_state_dict(ckpt["multilinear"])
+        built = [group["base_lr"] for group in t.optimizer.param_groups]
+        t.optimizer.load_state_dict(ckpt["optimizer"])
+        for group, base_lr in zip(t.optimizer.param_groups, built):
+            # checkpoints written before golabels stored base_lr: the config gives the same value
+            group.setdefault("base_lr", base_lr)
+            group["initial_lr"] = group["base_lr"] * t.lr_scale
+        t.selected_weights = ckpt.get("selected_model") or None
+        if t.grad_scaler is not None and ckpt.get("grad_scaler"):
+            t.grad_scaler.load_state_dict(ckpt["grad_scaler"])
+        state = LoopState(**ckpt["loop"])
+        if state.pseudo_labels is not None and len(state.pseudo_labels) != len(t.target):
+            state.pseudo_labels = None  # of another target folder: --balance-target draws uniformly until the next estimate
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path} does not fit the run's own config ({reason(exc)})", "it is damaged; start the run again") from exc
+    return state

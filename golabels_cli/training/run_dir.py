@@ -1,0 +1,190 @@
+"""What a run writes: the checkpoint (the whole training state), the metrics file, the summary and
+its figure, each atomically and with a failure that says what is kept; and the signals that ask
+a run to stop after the step in progress."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from .. import __version__
+from ..checkpoint import torch_save_atomic, write_text_atomic
+from ..errors import RunError, reason
+from .runtime import environment, rng_state
+from .state import LoopState, Training
+
+log = logging.getLogger("golabels")
+CHECKPOINT_FORMAT = "golabels-checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
+    """The whole training state, in types torch.load(weights_only=True) accepts."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "config": dataclasses.asdict(t.cfg),
+        "classes": t.source.classes,
+        "fingerprint": t.fingerprint,
+        "model": t.model.state_dict(),
+        "discriminator": t.disc.state_dict(),
+        "multilinear": t.multilinear.state_dict() if t.multilinear is not None else {},
+        "selected_model": t.selected_weights or {},
+        "optimizer": t.optimizer.state_dict(),
+        **({"grad_scaler": t.grad_scaler.state_dict()} if t.grad_scaler is not None else {}),
+        "rng": rng_state(t.device),
+        "loop": dataclasses.asdict(state),
+    }
+
+
+def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, session: tuple[int, float]) -> dict[str, Any]:
+    """summary.json's figures. `session`: the iteration this process started at (> 0 when resumed)
+    and its own seconds."""
+    cfg = t.cfg
+    first, session_seconds = session
+    images_per_step = cfg.batch_size * (2 if t.adversarial else 1) * t.dist.world
+    eval_images = t.eval_set[0] if t.eval_set else None
+    selected = next((e for e in state.evals if e["iter"] == state.selected.get("iter")), {})
+    skipped = [("source", t.source), ("target", t.target)] + ([("eval", eval_images)] if eval_images else [])
+    return {
+        "golabels_version": __version__,
+        "environment": environment(t.device),
+        "run_dir": str(run_dir),
+        "backbone": cfg.backbone,
+        "method": cfg.method,
+        "domain_labels": cfg.domain_labels,
+        "bn_stats": cfg.bn_stats,
+        "iters": cfg.iters,
+        "seconds": round(seconds, 2),
+        # this session's throughput: a resumed run's earlier sessions may have run elsewhere
+        "images_per_s": round((cfg.iters - first) * images_per_step / max(session_seconds, 1e-9), 1),
+        "resumed_at": first or None,
+        "session_seconds": round(session_seconds, 2),
+        "device": str(t.device),
+        "processes": t.dist.world,
+        "effective_batch": cfg.batch_size * t.dist.world,  # per domain, over all processes
+        "lr_scale": t.lr_scale,
+        "classes": t.source.classes,
+        "images": {"source": len(t.source), "source_val": len(t.validation.source_val or []), "target": len(t.target),
+                   "target_validated": len(t.validation.target_sample), "eval": len(eval_images) if eval_images else 0},
+        "skipped": {
+            "source": len(t.source.skipped),
+            "target": len(t.target.skipped),
+            "eval": len(eval_images.skipped) if eval_images else 0,
+        },
+        "skipped_files": [{"role": role, "path": str(p), "reason": why} for role, images in skipped for p, why in images.skipped],
+        "data": t.report,
+        "final": {k: state.last_row.get(k) for k in ("loss_cls", "loss_adv", "disc_acc", "relabeled_src", "relabeled_tgt", "adv_grad_norm")},
+        # target_acc is that of model.safetensors, the selected snapshot (the oracle: --eval-dir's labels)
+        "target_acc": selected.get("target_acc"),
+        "target_mean_class_acc": selected.get("target_mean_class_acc"),
+        "selected": {"by": cfg.select, "iter": state.selected.get("iter"), "value": state.selected.get("value")},
+        "evals": state.evals,
+        "target_estimate": ({**state.target_estimate, "class_weights": state.class_weights if cfg.label_shift_weights else None}
+                            if state.target_estimate else None),
+        "features": {role: {"cached": f.cached, "computed": f.computed} for role, f in t.features.items()} if t.features else None,
+    }
+
+
+def results_figure(run_dir: Path, summary: dict[str, Any]) -> str | None:
+    """results.png, when matplotlib is installed; a figure that cannot be drawn costs a warning, not the run."""
+    from ..report import load_run, write_results_figure
+
+    try:
+        record = load_run(run_dir)
+        record.summary = summary
+        path = write_results_figure(record)
+    except Exception as exc:  # noqa: BLE001 - a plotting library's failure of any kind
+        log.warning("results.png not written (%s)", reason(exc))
+        return None
+    return path.name if path is not None else None
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[str]]:
+    """The first SIGINT or SIGTERM asks the loop to stop after the step in progress (the list gets
+    the signal's name); a second one stops at once (KeyboardInterrupt)."""
+    requested: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set in the main thread
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append("interrupted" if signum == signal.SIGINT else "terminated")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def kept(saved_at: int | None, run_dir: Path) -> str:
+    """The hint of a failed write: what is kept, and how to go on."""
+    if saved_at:
+        return f"the checkpoint of iteration {saved_at} is kept; fix it, then: golabels adapt --resume {run_dir}"
+    return "fix it and start the run again"
+
+
+def write_failure(exc: BaseException, folder: Path) -> str:
+    """Why a write failed, in words: torch.save reports a full disk as `[enforce fail at
+    inline_container.cc] unexpected pos`, safetensors as its own error type."""
+    try:
+        full = shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        full = False
+    if full:
+        return "no space left on the device"
+    return reason(exc) if isinstance(exc, OSError) else f"the write failed: {reason(exc)}"
+
+
+def save_checkpoint(state: dict[str, Any], path: Path, saved_at: int | None, run_dir: Path) -> None:
+    try:
+        torch_save_atomic(state, path)
+    except (OSError, RuntimeError) as exc:  # torch.save's writer raises RuntimeError on a short write
+        raise RunError(f"cannot save the training state to {path} ({write_failure(exc, run_dir)})", kept(saved_at, run_dir)) from exc
+
+
+def write(path: Path, text: str, saved_at: int | None) -> None:
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise RunError(f"cannot write {path} ({write_failure(exc, path.parent)})", kept(saved_at, path.parent)) from exc
+
+
+def open_metrics(path: Path) -> IO[str]:
+    try:
+        return open(path, "a")
+    except OSError as exc:
+        raise RunError(f"cannot write {path} ({reason(exc)})", "check the folder's permissions and free space") from exc
+
+
+def append(metrics: IO[str], row: dict[str, Any], run_dir: Path) -> None:
+    try:
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+    except OSError as exc:
+        raise RunError(f"cannot write {run_dir / 'metrics.jsonl'} ({reason(exc)})", "check the folder's free space") from exc
+
+
+def truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop rows logged after the checkpoint: the resumed run logs them again."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["iter"] <= iteration:
+                    rows.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a row cut short by a crash
+    write(path, "".join(rows), iteration)

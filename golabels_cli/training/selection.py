@@ -1,0 +1,157 @@
+"""Evaluating a snapshot during training (the validators, the --eval-dir oracle, under the
+BatchNorm statistics it will ship with) and keeping the one --select chooses."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..data import ImageSet, eval_loader, eval_transform
+from ..evaluate import autocast, score
+from ..label_shift import em_prior, shift_p_value, total_variation
+from ..progress import batch_size as batch_size_of
+from ..progress import tracked
+from ..validators import Outputs, better, compute_validators, metric_key
+from .outputs import class_counts, role_outputs
+from .state import LoopState, Training
+from .target_estimate import source_prior, trained_prior
+
+
+def validate(t: Training, state: LoopState) -> dict[str, Any]:
+    """The validators of the current snapshot, and its --eval-dir accuracy (the oracle) if given,
+    under the BatchNorm statistics it will ship with (--bn-stats)."""
+
+    def outputs(role: str, images: ImageSet, indices: list[int] | None = None):
+        return role_outputs(t, role, images, indices)
+
+    was_training = t.model.training
+    train_stats_acc = None
+    t.model.eval()
+    try:
+        if t.cfg.bn_stats == "target" and t.eval_set is not None and reestimated_layers(t):
+            # The oracle under training's running statistics too, for the measurement of --bn-stats.
+            images, to_model = t.eval_set
+            train_stats_acc = score(images, to_model, t.source.classes, outputs("eval", images)[0].argmax(1)).accuracy
+        with target_batchnorm(t):
+            scores = _validate_snapshot(t, state, outputs)
+    finally:
+        t.model.train(was_training)
+    if train_stats_acc is not None:
+        scores["target_acc_train_bn"] = train_stats_acc
+    return scores
+
+
+def _validate_snapshot(t: Training, state: LoopState, outputs: Callable) -> dict[str, Any]:
+    """validate()'s figures, with the model in eval mode."""
+    v = t.validation
+    target_logits, target_features = outputs("target", t.target, v.target_sample)
+    val_logits = val_features = val_labels = train_features = None
+    if v.source_val is not None:
+        val_logits, val_features = outputs("source_val", v.source_val)
+        val_labels = torch.tensor(v.source_val.labels)
+        train_features = outputs("source", t.source, v.train_sample)[1]
+    scores: dict[str, Any] = compute_validators(Outputs(val_logits, val_labels, val_features, train_features,
+                                                        target_logits, target_features))
+    # Label shift: the target's class distribution as the predictions imply it (EM), against the source's.
+    target_prior = em_prior(target_logits.float().softmax(1), trained_prior(t, state))
+    scores["prior_shift"] = round(total_variation(target_prior, source_prior(t)), 6)
+    scores["target_prior"] = [round(float(v), 4) for v in target_prior]
+    counts = class_counts(target_logits, len(target_prior))
+    scores["predicted_share"] = [round(float(v), 4) for v in counts / counts.sum()]
+    # Against the shares the same model predicts on held-out source images: a model that leans
+    # toward a class leans so on both domains, and that lean is not a label shift.
+    if val_logits is not None:
+        reference = class_counts(val_logits, len(target_prior))
+        scores["source_predicted_share"] = [round(float(v), 4) for v in reference / reference.sum()]
+        scores["predicted_shift_p"] = shift_p_value(counts, reference)
+    else:
+        reference = source_prior(t)
+        scores["source_predicted_share"] = None
+        scores["predicted_shift_p"] = shift_p_value(counts, reference, reference_is_prior=True)
+    scores["predicted_shift"] = round(total_variation(counts / counts.sum(), reference / reference.sum()), 6)
+    if t.eval_set is not None:
+        images, to_model = t.eval_set
+        logits = outputs("eval", images)[0]
+        result = score(images, to_model, t.source.classes, logits.argmax(1))
+        scores["target_acc"] = result.accuracy
+        scores["target_mean_class_acc"] = result.mean_class_accuracy
+    return scores
+
+
+def reestimated_layers(t: Training) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers --bn-stats target re-estimates: all of the classifier's, or under
+    --freeze-backbone those after the cached features (a frozen backbone is never run here), and
+    under --freeze-bn those after the backbone (whose statistics stay the pretrained ones)."""
+    whole = t.features is None and not t.cfg.freeze_bn
+    parts = [t.model] if whole else [t.model.bottleneck, t.model.head]
+    return [m for part in parts for m in part.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextmanager
+def target_batchnorm(t: Training, keep: bool = False) -> Iterator[None]:
+    """--bn-stats target: the classifier's BatchNorm running statistics re-estimated on the
+    validators' fixed target sample (AdaBN, Li et al. 2016), as a plain average over the sample in
+    batches, with every other layer in eval mode; training's own statistics are put back after
+    the block unless `keep` (the shipped model). Under --freeze-backbone only the layers after
+    the cached features (the bottleneck's) are re-estimated: the backbone's stay ImageNet's."""
+    layers = reestimated_layers(t)
+    if t.cfg.bn_stats != "target" or not layers:
+        yield
+        return
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in layers]
+    was_training = t.model.training
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+        t.model.eval()
+        for m in layers:
+            m.train()
+        _forward_target_sample(t)
+        t.model.eval()
+        yield
+    finally:
+        t.model.train(was_training)
+        for m, (mean, var, tracked_batches, momentum) in zip(layers, saved):
+            m.momentum = momentum
+            if not keep:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(tracked_batches)
+
+
+@torch.no_grad()
+def _forward_target_sample(t: Training) -> None:
+    sample = t.validation.target_sample
+    batch = 2 * t.cfg.batch_size
+    if t.features is not None:
+        values = t.features["target"].values[sample]
+        for start in range(0, len(values), batch):
+            if len(values[start:start + batch]) > 1:  # BatchNorm needs two rows
+                t.model.classify(values[start:start + batch].to(t.device))
+        return
+    loader = eval_loader(t.target.subset(sample), eval_transform(t.data_config), batch, t.workers, pin=t.speed.pin_memory)
+    for x, _ in tracked(loader, "BatchNorm statistics of the target", len(sample), batch_size_of):
+        if len(x) < 2:
+            continue
+        x = x.to(t.device, non_blocking=True)
+        if t.speed.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(t.device, t.speed.autocast):
+            t.model(x)
+
+
+def keep_if_selected(t: Training, state: LoopState, it: int, scores: dict[str, Any]) -> None:
+    """--select: remember this snapshot if its validator beats the best so far (ties keep the earlier)."""
+    if t.cfg.select == "last":
+        state.selected = {"iter": it, "value": None}
+        return
+    name = metric_key(t.cfg.select)
+    value = scores.get(name)
+    if not state.selected or better(name, value, state.selected.get("value")):
+        if value is None:
+            return  # a validator that could not be computed never selects
+        state.selected = {"iter": it, "value": value}
+        t.selected_weights = {k: v.detach().to("cpu", copy=True) for k, v in t.model.state_dict().items()}

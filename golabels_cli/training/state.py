@@ -1,0 +1,115 @@
+"""What a run is made of (Training, built once from the config) and where its loop is (LoopState,
+saved in every checkpoint)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import AdaptConfig
+from ..data import ImageSet
+from ..distributed import SINGLE, Dist, lr_factor
+from ..features import Features
+from ..methods import Method, MultilinearMap, get_method
+from ..models import Classifier
+from .runtime import Speed
+
+# A listener of the run's events: ("data" | "start" | "step" | "log" | "end", figures).
+Progress = Callable[[str, dict[str, Any]], None]
+LOSS_KEYS = ("loss_cls", "loss_adv", "loss_extra")  # loss_extra: a method's own loss (GVB's bridges, ASAN's spectra)
+# adv_grad_norm: the norm of the adversarial gradient reaching the features (after --trade-off and
+# the reversal coefficient): what Go-labels' relabeling takes away, next to the fractions relabeled.
+STAT_KEYS = (*LOSS_KEYS, "disc_acc", "disc_acc_src", "disc_acc_tgt", "relabeled_src", "relabeled_tgt", "adv_grad_norm")
+# The run's image sets, as features, progress and messages name them.
+ROLE_NAMES = {"source": "source", "source_val": "held-out source", "target": "target", "eval": "--eval-dir"}
+
+
+def no_progress(kind: str, data: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class Validation:
+    """What the validators look at: the held-out source split, a fixed sample of the target, and
+    a sample of the training source (DEV's domain classifier), as indices into source/target."""
+
+    source_val: ImageSet | None
+    target_sample: list[int]
+    train_sample: list[int]
+
+
+@dataclass
+class Training:
+    """Everything built from a config before anything is written: inputs checked, model made."""
+
+    cfg: AdaptConfig
+    device: torch.device
+    source: ImageSet  # the training split of the source folder
+    target: ImageSet
+    eval_set: tuple[ImageSet, list[int]] | None
+    validation: Validation
+    report: dict[str, Any]  # data_report() of the folders
+    data_config: dict
+    model: Classifier
+    disc: torch.nn.Module
+    multilinear: MultilinearMap | None
+    optimizer: torch.optim.Optimizer
+    speed: Speed
+    dist: Dist = SINGLE
+    features: dict[str, Features] | None = None  # --freeze-backbone: "source", "target", "eval", "source_val"
+    decoded: dict[str, list[np.ndarray] | None] | None = None  # --cache-images: "source", "target"
+    selected_weights: dict[str, torch.Tensor] | None = None  # --select: the best snapshot's model state so far
+    grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
+
+    @property
+    def method(self) -> Method:
+        return get_method(self.cfg.method)
+
+    @property
+    def adversarial(self) -> bool:
+        return self.method.adversarial
+
+    @property
+    def method_options(self) -> dict[str, Any]:
+        """The options only the run's method reads (GVB's bridge weights, ASAN's spectral loss)."""
+        return {name: getattr(self.cfg, name) for name in self.method.options}
+
+    @property
+    def lr_scale(self) -> float:
+        return lr_factor(self.cfg.lr_scaling, self.dist.world)
+
+    @property
+    def workers(self) -> int:
+        return self.cfg.resolved_workers()
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Which images, in which order: a resumed run replays the same draws only on the same lists."""
+        h = hashlib.sha256()
+        for images in (self.source, self.target):
+            for path in images.paths:
+                h.update(str(path.relative_to(images.root)).encode("utf-8", "surrogateescape") + b"\0")
+            h.update(b"\1")
+        return h.hexdigest()
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: saved in every checkpoint so a resumed run writes the same metrics."""
+
+    iteration: int = 0
+    sums: dict[str, float] = field(default_factory=dict)  # of the metrics window in progress
+    window: int = 0
+    last_row: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, Any]] = field(default_factory=list)  # validators (and target_acc) per evaluated snapshot
+    selected: dict[str, Any] = field(default_factory=dict)  # {"iter", "value"} of the snapshot --select keeps
+    # --balance-target / --label-shift-weights: the newest estimate from the target's predictions
+    pseudo_labels: torch.Tensor | None = None  # of every target training image
+    class_weights: list[float] | None = None  # of the source classes
+    target_estimate: dict[str, Any] = field(default_factory=dict)  # {"iter", "target_prior", "pseudo_label_counts"}
+    seconds: float = 0.0  # training time of earlier sessions of this run

@@ -1,0 +1,129 @@
+"""The shape docs/architecture.md promises: short modules and functions, imports that flow one way."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "golabels_cli"
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 100
+# Functions allowed to be longer, and why.
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def modules() -> dict[str, Path]:
+    """{dotted name: path} of every module of the package (a package's __init__ under the package's name)."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules `name` imports, at the top or inside a function alike."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            # `from . import x` and `from .pkg import module` name modules; anything else is an attribute of `target`.
+            named = {f"{target}.{alias.name}" for alias in node.names} & known
+            found |= named if named else ({target} & known)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names} & known
+    return found - {name}
+
+
+def test_no_module_is_longer_than_500_lines():
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
+
+
+def test_no_function_is_longer_than_100_lines():
+    long = {}
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                key = f"{name}.{node.name}"
+                if lines > MAX_FUNCTION_LINES and key not in LONG_FUNCTIONS:
+                    long[key] = lines
+    assert not long, long
+
+
+def test_no_import_circle():
+    found = modules()
+    graph = {name: imports(name, path, set(found)) for name, path in found.items()}
+    circles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                circles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not circles, circles
+
+
+def test_library_modules_never_import_the_command_line_or_its_console():
+    ui = {"golabels_cli.cli", "golabels_cli.console"}
+    allowed = {"golabels_cli.cli", "golabels_cli.console", "golabels_cli.demo", "golabels_cli.__main__"}
+    found = modules()
+    offenders = {name: sorted(imports(name, path, set(found)) & ui) for name, path in found.items() if name not in allowed}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_method_registry_is_what_the_cli_and_config_offer():
+    """adapt's --help is literal text (it needs no PyTorch): its lists must be the registries'."""
+    import dataclasses
+    import typing
+
+    from golabels_cli import cli
+    from golabels_cli.config import BN_STATS, FORWARDS, PRECISIONS, AdaptConfig
+    from golabels_cli.device import DEVICES
+    from golabels_cli.domain_labels import MODES
+    from golabels_cli.examples import ADAPT_EPILOG
+    from golabels_cli.methods import CDAN_MAPS, METHODS, REGISTRY, SCHEDULES
+    from golabels_cli.models import DISCRIMINATORS
+    from golabels_cli.trackers import LOGGERS
+    from golabels_cli.validators import SELECT_CHOICES
+
+    hints = typing.get_type_hints(cli.adapt, include_extras=True)
+
+    def listed(name: str) -> str:
+        return hints[name].__metadata__[0].help
+
+    for name, choices in (("method", METHODS), ("domain_labels", MODES), ("select", SELECT_CHOICES), ("discriminator", DISCRIMINATORS),
+                          ("cdan_map", CDAN_MAPS), ("schedule", SCHEDULES), ("forward", FORWARDS), ("bn_stats", BN_STATS),
+                          ("precision", PRECISIONS), ("device", DEVICES), ("logger", LOGGERS)):
+        for choice in choices:
+            assert choice in listed(name), (name, choice)
+    for method in REGISTRY.values():
+        assert f"- {method.name}: {method.summary}" in ADAPT_EPILOG, method.name
+        fields = {f.name for f in dataclasses.fields(AdaptConfig)}
+        assert set(method.options) <= fields, method.name
+    for mode in MODES:
+        assert mode in ADAPT_EPILOG
+
+
+def test_every_method_module_carries_its_formula():
+    import importlib
+
+    from golabels_cli.methods import REGISTRY
+
+    for name, method in REGISTRY.items():
+        module = importlib.import_module(f"golabels_cli.methods.{name.replace('-', '_')}")
+        assert module.METHOD is method
+        assert module.__doc__ and ("L_adv" in module.__doc__ or "L =" in module.__doc__), name
