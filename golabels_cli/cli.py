@@ -169,10 +169,8 @@ def adapt(
         quiet = True  # rank 0 shows progress, warnings and the results; the others speak only of their own failures
         setup_logging(quiet=True, debug=debug)
     output_flags = [*(["--json"] if json_ else []), *(["--quiet"] if quiet else []), *(["--debug"] if debug else [])]
-    if resume is not None:
-        run = _resumed_run(ctx, resume, output_flags, debug)
-    else:
-        run = _new_run(ctx, config, print_config, output_flags, debug)
+    run = (_resumed_run(ctx, resume, output_flags, debug) if resume is not None
+           else _new_run(ctx, config, print_config, output_flags, debug))
     if run is None:
         return  # the config was printed, or worker processes ran it
     progress = AdaptProgress(quiet=quiet)
@@ -189,12 +187,8 @@ def adapt(
             del reported  # no reference cycle through this frame: the loop's loader workers must stop before exit
     finally:
         progress.close()
-    if rank > 0:
-        return
-    if json_:
-        print_json(summary)
-    else:
-        print_adapt_summary(summary)
+    if rank == 0:  # the results, once
+        (print_json if json_ else print_adapt_summary)(summary)
 
 
 def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debug: bool) -> Callable | None:

@@ -19,6 +19,7 @@ from rich.text import Text
 from rich.table import Table
 
 from .errors import GolabelsError, reason
+from .progress import DataRead, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
 from .remedies import remedy_flags
 
 # soft_wrap: a long line is one line in a log file (a terminal wraps it on screen by itself).
@@ -132,16 +133,25 @@ class AdaptProgress:
         self.last_iter = 0
         self.first_iter = 0  # where this session started: > 0 when resumed
 
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+    def __call__(self, event: RunEvent) -> None:
         if self.quiet:
             return
-        getattr(self, f"_{kind}")(data)
+        if isinstance(event, DataRead):
+            self._data(event)
+        elif isinstance(event, RunStarted):
+            self._start(event)
+        elif isinstance(event, StepDone):
+            self._step(event.iter)
+        elif isinstance(event, RowLogged):
+            self._log(event.row)
+        elif isinstance(event, RunFinished):
+            self.close()
 
-    def _start(self, data: dict[str, Any]) -> None:
-        self.total = data["iters"]
-        self.first_iter = self.last_iter = data.get("start", 0)
+    def _start(self, event: RunStarted) -> None:
+        self.total = event.iters
+        self.first_iter = self.last_iter = event.start
         self.started = self.last_plain = time.perf_counter()
-        stderr.print(f"adapting on {data['device']}; run directory: {data['run_dir']}"
+        stderr.print(f"adapting on {event.device}; run directory: {event.run_dir}"
                      + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""), markup=False)
         if self.live:
             self.bar = _TwoLineProgress(
@@ -152,15 +162,15 @@ class AdaptProgress:
             self.bar.start()
             self.task = self.bar.add_task("adapt", total=self.total, completed=self.first_iter, speed="", stats="")
 
-    def _data(self, data: dict[str, Any]) -> None:
-        for line in data_report_lines(data["data"], data["held_out"]):
+    def _data(self, event: DataRead) -> None:
+        for line in data_report_lines(event.report, event.held_out):
             stderr.print(line, markup=False)
 
-    def _step(self, data: dict[str, Any]) -> None:
-        self.last_iter = data["iter"]
+    def _step(self, it: int) -> None:
+        self.last_iter = it
         if self.bar is not None:
             elapsed = time.perf_counter() - self.started
-            self.bar.update(self.task, completed=data["iter"], speed=f"{(data['iter'] - self.first_iter) / max(elapsed, 1e-9):.2f} it/s")
+            self.bar.update(self.task, completed=it, speed=f"{(it - self.first_iter) / max(elapsed, 1e-9):.2f} it/s")
 
     @staticmethod
     def stats_text(row: dict[str, Any]) -> str:
@@ -211,9 +221,6 @@ class AdaptProgress:
                 f"{self.stats_text(row)}\n"
             )
             sys.stderr.flush()
-
-    def _end(self, summary: dict[str, Any]) -> None:
-        self.close()
 
     def close(self) -> None:
         if self.bar is not None:

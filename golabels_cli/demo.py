@@ -13,6 +13,7 @@ from .export import export_onnx
 from .images import image_files
 from .predict import csv_header, csv_row, open_predictor, predict_batches
 from .synthetic import make_digit_domains
+from .progress import no_events
 from .training import adapt
 
 DEMO_BACKBONE = "test_resnet"
@@ -61,7 +62,7 @@ def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Call
         say(f"adapt --method {cfg.method}" + ("" if options else f" --domain-labels {cfg.domain_labels} (golabels' defaults)"))
         progress = progress_factory()
         try:
-            summary = adapt(cfg, out=root / ("source-only" if options else "adapted"), progress=progress or (lambda kind, data: None))
+            summary = adapt(cfg, out=root / ("source-only" if options else "adapted"), progress=progress or no_events)
         finally:
             if progress is not None:
                 progress.close()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterable, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -46,6 +47,50 @@ def tracked(items: Iterable[T], what: str, total: int | None, size: Callable[[T]
             listener(what, done, total, False)
     finally:
         listener(what, done, total, True)
+
+
+# ---- the events of a training run (training.adapt and resume report them to their `progress`) ----
+
+
+@dataclass(frozen=True)
+class DataRead:
+    """The folders are read: their report (data.data_report), before any slow step."""
+
+    report: dict[str, Any]
+    held_out: int  # source images held out for the validators
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: str | None  # None on ranks other than 0, which write nothing
+    iters: int
+    start: int  # the iteration the loop starts at: > 0 when resumed
+    device: str
+    classes: list[str]
+    world: int  # processes
+
+
+@dataclass(frozen=True)
+class StepDone:
+    iter: int
+
+
+@dataclass(frozen=True)
+class RowLogged:
+    row: dict[str, Any]  # the metrics.jsonl row, as written
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    summary: dict[str, Any]  # summary.json's document, as written
+
+
+RunEvent = Union[DataRead, RunStarted, StepDone, RowLogged, RunFinished]
+RunListener = Callable[[RunEvent], None]
+
+
+def no_events(event: RunEvent) -> None:
+    pass
 
 
 def batch_size(batch) -> int:

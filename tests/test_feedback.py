@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from golabels_cli.progress import StepDone
 from conftest import TINY, adapt_tiny, cli, cli_subprocess, read_jsonl
 from golabels_cli.synthetic import make_two_domains
 
@@ -203,8 +204,8 @@ def test_a_resumed_run_times_its_own_session(domains, tmp_path):
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
                         "device": "cpu", "workers": 0, "batch_size": 4, "iters": 8})
 
-    def interrupt(kind, data):
-        if kind == "step" and data["iter"] == 3:
+    def interrupt(event):
+        if isinstance(event, StepDone) and event.iter == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):

@@ -5,6 +5,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from golabels_cli.progress import StepDone
 from conftest import TINY, adapt_tiny, cli, read_jsonl
 from test_inputs import assert_one_line_error
 
@@ -138,8 +139,8 @@ def test_a_run_from_before_these_options_resumes_as_it_started_and_exports(domai
     whole = build_config({**values, "freeze_bn": False})
     training.adapt(whole, out=tmp_path / "whole")
 
-    def interrupt(kind, data):
-        if kind == "step" and data["iter"] == 3:
+    def interrupt(event):
+        if isinstance(event, StepDone) and event.iter == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from golabels_cli.progress import StepDone
 from golabels_cli.label_shift import bbse_prior, em_prior, total_variation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -345,8 +346,8 @@ def test_a_resumed_run_with_target_estimates_equals_an_uninterrupted_one(domains
                         "device": "cpu", "workers": 0, "batch_size": 4, "iters": 12, "refresh_every": 4, "save_every": 4,
                         **{name: True for name in remedies}})
 
-    def interrupt(kind, data):
-        if kind == "step" and data["iter"] == 6:
+    def interrupt(event):
+        if isinstance(event, StepDone) and event.iter == 6:
             os.kill(os.getpid(), signal.SIGINT)  # handled after the step: saved at iteration 6, between two estimates
 
     with pytest.raises(Interrupted):

@@ -12,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from golabels_cli.progress import StepDone
 from conftest import TINY, adapt_tiny, cli, cli_subprocess, read_jsonl
 from golabels_cli import training
 from golabels_cli.training import loop
@@ -236,8 +237,8 @@ def test_a_resumed_run_selects_the_same_snapshot(domains, tmp_path, monkeypatch)
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
                         "device": "cpu", "workers": 0, "batch_size": 4, "iters": 40, "eval_every": 10, "select": "dev", "save_every": 10})
 
-    def interrupt(kind, data):
-        if kind == "step" and data["iter"] == 25:
+    def interrupt(event):
+        if isinstance(event, StepDone) and event.iter == 25:
             os.kill(os.getpid(), signal.SIGINT)  # handled after the step: the state is saved at iteration 25
 
     with pytest.raises(Interrupted):

@@ -17,9 +17,10 @@ from ..evaluate import labeled_for_model
 from ..features import backbone_features, model_key
 from ..methods import MultilinearMap, get_method
 from ..models import Classifier, check_backbone_name, create_backbone, resolve_data_config
+from ..progress import DataRead, no_events
 from ..remedies import IMBALANCE_WARNING, remedy_flags, remedy_hint
 from .runtime import seed_everything, speed_settings
-from .state import ROLE_NAMES, Progress, Training, Validation, no_progress
+from .state import ROLE_NAMES, Progress, Training, Validation
 
 log = logging.getLogger("golabels")
 
@@ -31,7 +32,7 @@ def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
     return cfg
 
 
-def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_progress) -> Training:
+def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events) -> Training:
     """Check every input and build the model and optimizer; nothing is written. The data report
     goes to `progress` ("data") as soon as the folders are read, before any slow step."""
     device = _device(cfg, d)
@@ -88,7 +89,7 @@ def _folders(cfg: AdaptConfig, d: Dist, progress: Progress):
     report = data_report(scanned, target, val_idx, remedy_hint(remedy_flags(cfg), by_default))
     for warning in report["warnings"]:
         log.warning(warning)
-    progress("data", {"data": report, "held_out": len(val_idx)})
+    progress(DataRead(report, len(val_idx)))
     source = scanned.subset(train_idx, keep_skipped=True)
     if cfg.select in ("src-acc", "dev") and len(val_idx) < 2:
         raise InputError(f"--select {cfg.select} needs held-out source images, and --val-split {cfg.val_split} holds out {len(val_idx)}",

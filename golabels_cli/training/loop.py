@@ -32,6 +32,7 @@ from ..distributed import all_mean, all_min, any_rank, shared
 from ..errors import Interrupted, RunError
 from ..methods import grl_coeff
 from ..model_info import ModelInfo
+from ..progress import RowLogged, RunFinished, RunStarted, StepDone
 from ..trackers import Tracker
 from .run_dir import (CHECKPOINT_FILE, append, checkpoint, kept, open_metrics, results_figure, save_checkpoint, stop_requests, summary, write,
                       write_failure)
@@ -51,10 +52,7 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
     streams = open_streams(t, state)
     if rng is not None:
         set_rng_state(rng, t.device)  # after the loaders: creating one draws from the global generator
-    progress("start", {
-        "run_dir": str(run_dir), "iters": cfg.iters, "start": state.iteration, "device": str(t.device), "classes": t.source.classes,
-        "data": t.report, "held_out": len(t.validation.source_val or []), "world": d.world,
-    })
+    progress(RunStarted(str(run_dir) if run_dir else None, cfg.iters, state.iteration, str(t.device), t.source.classes, d.world))
     run = Session.begin(t, run_dir, state, progress)
     completed = False
     try:
@@ -69,7 +67,7 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
                 xs, ys, xt = streams.next()
                 *losses, stats = train_step(t, streams.forward, streams.disc, xs, ys, xt, run.domain, coeff, streams.class_weights)
                 run.add(it, torch.stack(losses).float(), stats, len(xs) + (len(xt) if xt is not None else 0))
-                progress("step", {"iter": it})
+                progress(StepDone(it))
 
                 evaluate = it == cfg.iters or bool(cfg.eval_every and it % cfg.eval_every == 0)
                 if it % cfg.log_every == 0 or it == cfg.iters or evaluate:
@@ -283,7 +281,7 @@ class Session:
         if main:
             append(self.metrics, row, self.run_dir)
             self.tracker.log_row(row)
-        self.progress("log", row)
+        self.progress(RowLogged(row))
         state.last_row = row
         self.window = Window.empty(t.device)
 
@@ -334,7 +332,7 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
     result["results_figure"] = results_figure(run_dir, result)
     write(run_dir / "summary.json", json.dumps(result, indent=2) + "\n", run.saved_at)
     run.tracker.finish(result)
-    run.progress("end", result)
+    run.progress(RunFinished(result))
     return result
 
 

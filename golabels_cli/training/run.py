@@ -12,10 +12,11 @@ from ..config import AdaptConfig, build_config, to_yaml
 from ..device import pick_device
 from ..distributed import env_rank, setup, shared, teardown
 from ..errors import InputError, reason
+from ..progress import no_events
 from .build import build
 from .loop import train
 from .run_dir import CHECKPOINT_FILE, CHECKPOINT_FORMAT, truncate_metrics, write
-from .state import LoopState, Progress, Training, no_progress
+from .state import LoopState, Progress, Training
 
 log = logging.getLogger("golabels")
 
@@ -29,7 +30,7 @@ BEFORE_OPTIONS = {"val_split": 0.0, "balance_source": False, "balance_target": F
                   "bn_stats": "train", "freeze_bn": False, "head_start": 0}
 
 
-def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Progress = no_progress) -> dict[str, Any]:
+def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Progress = no_events) -> dict[str, Any]:
     """Train on cfg.source (labeled) and cfg.target (unlabeled); returns the summary.
 
     Every input is checked before the run directory is created, so bad input leaves nothing behind.
@@ -38,7 +39,7 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
         check_run_dir(out, exist_ok)
     d = setup(pick_device(cfg.device).type)
     try:
-        t = _shared(build, cfg, d, progress if d.main else no_progress)
+        t = _shared(build, cfg, d, progress if d.main else no_events)
         run_dir = None
         if d.main:  # only rank 0 writes
             run_dir = claim_run_dir(out, exist_ok)
@@ -49,7 +50,7 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
         teardown()
 
 
-def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = no_progress) -> dict[str, Any]:
+def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = no_events) -> dict[str, Any]:
     """Continue an interrupted run from its checkpoint.pt to its configured iteration count;
     `overrides` may change what leaves the weights as they would be (config.RESUME_OPTIONS)."""
     run_dir = Path(run_dir)
@@ -72,10 +73,10 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     # (done == iters without the model: the final writes failed, and resuming makes them again.)
     d = setup(pick_device(cfg.device).type)
     try:
-        t = _shared(build, cfg, d, progress if d.main else no_progress)
+        t = _shared(build, cfg, d, progress if d.main else no_events)
         state = _restore(t, run_dir, ckpt, path)
         if not t.dist.main:
-            return train(t, None, state, no_progress, rng=ckpt["rng"])
+            return train(t, None, state, no_events, rng=ckpt["rng"])
         remove_stale_temporaries(run_dir)
         truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
         return train(t, run_dir, state, progress, rng=ckpt["rng"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,20 +17,17 @@ from ..distributed import SINGLE, Dist, lr_factor
 from ..features import Features
 from ..methods import Method, MultilinearMap, get_method
 from ..models import Classifier
+from ..progress import RunListener
 from .runtime import Speed
 
-# A listener of the run's events: ("data" | "start" | "step" | "log" | "end", figures).
-Progress = Callable[[str, dict[str, Any]], None]
+# What a run reports its events to (progress.RunEvent: DataRead, RunStarted, StepDone, RowLogged, RunFinished).
+Progress = RunListener
 LOSS_KEYS = ("loss_cls", "loss_adv", "loss_extra")  # loss_extra: a method's own loss (GVB's bridges, ASAN's spectra)
 # adv_grad_norm: the norm of the adversarial gradient reaching the features (after --trade-off and
 # the reversal coefficient): what Go-labels' relabeling takes away, next to the fractions relabeled.
 STAT_KEYS = (*LOSS_KEYS, "disc_acc", "disc_acc_src", "disc_acc_tgt", "relabeled_src", "relabeled_tgt", "adv_grad_norm")
 # The run's image sets, as features, progress and messages name them.
 ROLE_NAMES = {"source": "source", "source_val": "held-out source", "target": "target", "eval": "--eval-dir"}
-
-
-def no_progress(kind: str, data: dict[str, Any]) -> None:
-    pass
 
 
 @dataclass
