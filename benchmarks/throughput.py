@@ -9,9 +9,18 @@
     (f) golabels' DANN step vs. the same step written the way TLlib's examples write it (dann.py:
         fp32, contiguous NCHW, plain SGD, a host sync per step for its meters), same model and batch;
         target >= 2x on a GPU, where golabels' fast path applies (on a CPU both are the same fp32 step)
+    (g) peak memory of an adapt step at --batch + --batch (CUDA), and the largest batch per domain
+        that fits: doubled from --batch until out of memory, then bisected (at most --max-batch)
+    (h) `golabels predict` images/s on --device vs. on the CPU, with PyTorch and with onnxruntime
+        (its CUDA provider where installed), on the photos of --real-dir (or the synthetic images)
+    (i) --compile: the first compiled step's seconds (the compilation), then the step time against
+        eager, and after how many iterations compiling has paid for itself
+    (j) JPEG decoding on --device (torchvision.io.decode_jpeg, batched, then the resize to the
+        training size) vs. the training loader's images/s with --workers CPU processes: whether
+        decoding on the GPU would feed it faster (on a CPU device: decode_jpeg on the CPU)
 
-Steps run on in-memory random inputs, so (a), (b) and (d) measure the model, not the disk. Each
-comparison alternates its two variants step by step and reports medians.
+Steps run on in-memory random inputs, so (a), (b), (d), (f), (g) and (i) measure the model, not the
+disk. Each comparison alternates its two variants step by step and reports medians.
 
     python benchmarks/throughput.py --backbone resnet10t --image-size 64
     python benchmarks/throughput.py --backbone tf_efficientnet_lite0 --image-size 224 \\
@@ -152,6 +161,97 @@ def loader_rate(dataset: Dataset, batch: int, workers: int, batches: int) -> flo
     return batches * batch / (time.perf_counter() - started)
 
 
+def largest_batch(fits, start: int, limit: int) -> int:
+    """The largest batch in [1, limit] for which fits(batch) holds, assuming it holds for every
+    smaller one: doubled from `start` until it fails or reaches `limit`, then bisected; 0 if none."""
+    good, bad = 0, limit + 1
+    batch = max(1, min(start, limit))
+    while batch < bad:
+        if fits(batch):
+            good = batch
+            if batch == limit:
+                break
+            batch = min(2 * batch, limit)
+        else:
+            bad = batch
+            break
+    while bad - good > 1 and good > 0:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if fits(middle) else (good, middle)
+    if good == 0 and bad > 1:  # even `start` failed: bisect below it
+        low, high = 0, bad
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        good = low
+    return good
+
+
+def step_fits(t: Training, size: int, classes: int):
+    """fits(batch) for largest_batch: one adapt step at batch + batch, False when it runs out of memory."""
+
+    def fits(batch: int) -> bool:
+        try:
+            xs, xt = torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size)
+            ys = torch.randint(0, classes, (batch,))
+            adapt_stepper(t, xs, ys, xt)()
+            sync(t.device)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            t.optimizer.zero_grad(set_to_none=True)
+            if t.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    return fits
+
+
+def predict_rate(model: Path, device: str, paths: list[str], batch: int, workers: int) -> tuple[float, str]:
+    """Images/s of golabels predict's library path (decode, preprocess, run) over `paths`, and its backend."""
+    from golabels_cli.predict import open_predictor, predict_batches
+
+    predictor = open_predictor(str(model), device)
+    list(predict_batches(predictor, paths[:batch], batch, workers))  # warm-up: sessions, kernels
+    started = time.perf_counter()
+    n = sum(len(b) for b in predict_batches(predictor, paths, batch, workers))
+    return n / (time.perf_counter() - started), predictor.backend
+
+
+def jpeg_folder(folder: Path, real_dir: str | None, size: int, count: int = 64) -> list[Path]:
+    """JPEG copies of --real-dir's photos (as they are), or of the synthetic source images."""
+    out = folder / "jpegs"
+    out.mkdir(exist_ok=True)
+    sources = image_files(real_dir)[:count] if real_dir else image_files(folder / "source")[:count]
+    paths = []
+    for i, path in enumerate(sources):
+        paths.append(out / f"{i:03d}.jpg")
+        load_rgb(path).save(paths[-1], quality=90)
+    return paths
+
+
+def gpu_decode_rate(paths: list[Path], device: torch.device, size: int, batch: int, rounds: int = 5) -> float:
+    """Images/s of batched torchvision.io.decode_jpeg on `device` plus the resize of each image to
+    size x size: the work the CPU loader does, done on the device."""
+    from torchvision.io import decode_jpeg, read_file
+
+    data = [read_file(str(p)) for p in paths]
+    batches = [data[i:i + batch] for i in range(0, len(data), batch)]
+
+    def decode_all() -> None:
+        for chunk in batches:
+            images = decode_jpeg(chunk, device=device)
+            torch.stack([F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True)[0] for img in images])
+
+    decode_all()  # warm-up: the decoder's handles
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        decode_all()
+    sync(device)
+    return rounds * len(data) / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", required=True)
@@ -166,7 +266,8 @@ def main() -> None:
     parser.add_argument("--real-dir", help="a folder of JPEG photos for (e)")
     parser.add_argument("--upscale", type=int, default=1000, help="shorter side of the (e) copies, px")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of one adapt step")
-    parser.add_argument("--figures", default="abcdef", help="which figures to measure, e.g. 'e' for the decoding one alone")
+    parser.add_argument("--figures", default="abcdefghij", help="which figures to measure, e.g. 'e' for the decoding one alone")
+    parser.add_argument("--max-batch", type=int, default=1024, help="(g): the largest batch per domain tried")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,6 +332,60 @@ def main() -> None:
             print(f"(f) golabels' DANN step {2 * B / t_ours:.1f} img/s, TLlib-style step {2 * B / t_ref:.1f} img/s: ratio {t_ref / t_ours:.2f} "
                   f"(target >= 2 on a GPU)")
             del ours, reference
+
+        if "g" in args.figures:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                adapt()
+                sync(device)
+                peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak at batch {B} + {B}"
+            else:
+                peak = "peak memory n/a on the CPU"
+            fits = largest_batch(step_fits(t, args.image_size, len(t.source.classes)), B, args.max_batch)
+            limit = " (the --max-batch tried)" if fits == args.max_batch else ""
+            print(f"(g) {peak}; largest batch per domain that fits: {fits}{limit}")
+
+        if "h" in args.figures:
+            from golabels_cli.checkpoint import save_model
+            from golabels_cli.export import export_onnx
+            from golabels_cli.model_info import ModelInfo
+
+            model_dir = folder / "model"
+            model_dir.mkdir()
+            save_model(t.model, ModelInfo(args.backbone, t.source.classes, t.data_config, t.cfg.bottleneck_dim, "cdan-e", "fixed"),
+                       model_dir / "model.safetensors")
+            export_onnx(model_dir / "model.safetensors", model_dir / "model.onnx", verify=False)
+            photos = [str(p) for p in jpeg_folder(folder, args.real_dir, args.image_size)]
+            photos = (photos * (512 // len(photos) + 1))[:512] if device.type == "cuda" else photos
+            rates = {}
+            for model, dev in ((model_dir / "model.safetensors", args.device), (model_dir / "model.safetensors", "cpu"),
+                               (model_dir / "model.onnx", args.device), (model_dir / "model.onnx", "cpu")):
+                rate, backend = predict_rate(model, dev, photos, 2 * B, args.workers)
+                rates[backend] = rate
+            shown = ", ".join(f"{backend} {rate:.0f} img/s" for backend, rate in rates.items())
+            print(f"(h) predict on {len(photos)} images, batch {2 * B}, {args.workers} decoding threads: {shown}")
+
+        if "i" in args.figures:
+            eager = make_training(args, folder, compile=False)
+            compiled = make_training(args, folder, compile=True)
+            eager_step, compiled_step = adapt_stepper(eager, xs, ys, xt), adapt_stepper(compiled, xs, ys, xt)
+            first = timed(compiled_step, device)
+            t_eager, t_compiled = alternate(eager_step, compiled_step, device, args.steps, args.warmup)
+            gain = t_eager - t_compiled
+            pays = f"pays for itself after {first / gain:.0f} iterations" if gain > 0 else "never pays for itself at this size"
+            print(f"(i) --compile: first step {first:.1f} s (compiling), then {t_compiled * 1000:.1f} ms vs eager {t_eager * 1000:.1f} ms: "
+                  f"speedup {t_eager / t_compiled:.2f}x; {pays}")
+            del eager, compiled
+
+        if "j" in args.figures:
+            photos = jpeg_folder(folder, args.real_dir, args.image_size)
+            w, h = Image.open(photos[0]).size
+            on_device = gpu_decode_rate(photos, device, args.image_size, 2 * B)
+            loader = loader_rate(TrainImages(scan_unlabeled(photos[0].parent), train_transform(t.data_config, 0.08, 0.5), t.data_config),
+                                 B, args.workers, 12)
+            print(f"(j) {len(photos)} {w}x{h} JPEGs: decode_jpeg + resize on {device.type} {on_device:.0f} img/s, the training loader "
+                  f"(decode, resize, random crop, flip) {loader:.0f} img/s with {args.workers} workers: ratio {on_device / loader:.2f} "
+                  f"(> 1 on a GPU: decoding there could feed it faster)")
 
         if args.profile:
             from torch.profiler import ProfilerActivity, profile

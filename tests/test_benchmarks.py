@@ -128,11 +128,45 @@ def test_throughput_script_runs_its_figures(tmp_path):
     import subprocess
 
     result = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--backbone", "test_resnet", "--image-size", "32",
-                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "abdf"],
-                            capture_output=True, text=True, timeout=300)
+                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "abdfi"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration", "(f) golabels' DANN step"):
+    for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration", "(f) golabels' DANN step", "(i) --compile: first step"):
         assert figure in result.stdout, result.stdout
+
+
+def test_largest_batch_search_finds_the_edge():
+    throughput = load("throughput")
+    for edge in (1, 5, 32, 33, 100, 1000):
+        tried = []
+
+        def fits(batch, edge=edge):
+            tried.append(batch)
+            return batch <= edge
+
+        assert throughput.largest_batch(fits, 32, 1024) == edge
+        assert len(tried) <= 25
+    assert throughput.largest_batch(lambda b: True, 32, 200) == 200
+    assert throughput.largest_batch(lambda b: False, 32, 200) == 0
+
+
+def test_gpu_script_dry_run_on_the_cpu_writes_every_figure(tmp_path):
+    """benchmarks/gpu.sh as a session lent a GPU runs it, on a tiny model on the CPU: every section
+    runs and leaves its line in $OUT/results.md, so that the GPU's minutes are not lost to a typo."""
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "BACKBONES": "test_resnet", "SIZE": "32", "BATCH": "4", "STEPS": "1", "ITERS": "3",
+           "WORKERS": "0", "FIGURES": "ghj", "MAX_BATCH": "8", "DEMO_ITERS": "1", "OUT": str(out), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = (out / "results.md").read_text()
+    for line in ("demo: {'source_only'", "- test_resnet (g) peak memory n/a on the CPU; largest batch per domain that fits: 8",
+                 "- test_resnet (h) predict on", "onnxruntime (CPUExecutionProvider)", "- test_resnet (j) ", "- end to end (test_resnet, 3 iterations)",
+                 "- data parallel, plain:", "- data parallel, --devices 1:", "exit 0"):
+        assert line in table, (line, table)
+    assert "== 3. end to end" in (out / "gpu.log").read_text()
 
 
 def test_prior_estimates_reads_finished_runs_and_resumes(domains, tmp_path, capsys):
