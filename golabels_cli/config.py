@@ -18,7 +18,7 @@ import yaml
 
 from .domain_labels import MODES
 from .errors import InputError, reason
-from .methods import CDAN_MAPS, METHODS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, get_method
+from .methods import CDAN_MAPS, METHODS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, REGISTRY, SCHEDULES, get_method
 from .models import DISCRIMINATORS
 from .trackers import LOGGERS, check_logger
 from .validators import SELECT_CHOICES
@@ -210,18 +210,17 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
     """An AdaptConfig from {field: value}, validated; paths made absolute so a replay finds them."""
     cfg = AdaptConfig(**{k: _number(v) if FIELDS[k].type.startswith("float") else v for k, v in values.items() if k in FIELDS})
     _check_types(cfg)
-    _choice("method", cfg.method, METHODS)  # before the defaults that depend on it
-    method = get_method(cfg.method)
+    method = REGISTRY.get(cfg.method)  # an unknown one is left to validate(), after what it checks first
     for name in PATH_FIELDS:
         value = getattr(cfg, name)
         if value is not None:
             setattr(cfg, name, str(Path(value).expanduser().absolute()))
-    if cfg.discriminator is None:
+    if cfg.discriminator is None and method is not None:
         cfg.discriminator = method.reference_discriminator
     pretrained = bool(cfg.pretrained or cfg.weights)
     if cfg.trade_off is None:
         cfg.trade_off = PRETRAINED_TRADE_OFF if pretrained else 1.0
-    if cfg.bn_stats is None:
+    if cfg.bn_stats is None and method is not None:
         cfg.bn_stats = "train" if not method.adversarial or cfg.sync_bn else "target"
     fine_tuning_pretrained = not cfg.freeze_backbone and pretrained
     if cfg.freeze_bn is None:

@@ -88,6 +88,8 @@ def test_unknown_method_and_mode(domains):
     line = assert_one_line_error(cli("adapt", source, target, *TINY, "--method", "cdane"), "unknown method")
     assert "cdan-e" in line
     assert_one_line_error(cli("adapt", source, target, *TINY, "--domain-labels", "gogo"), "unknown domain-labels")
+    # The missing folders are said first, whatever else is wrong (as before the method registry).
+    assert_one_line_error(cli("adapt", "--method", "cdane"), "adapt needs a SOURCE and a TARGET folder")
 
 
 def test_bad_config_key(domains, tmp_path):
