@@ -50,7 +50,7 @@ section() {  # section TITLE COMMAND...: run it within what is left of the deadl
   return "$rc"
 }
 
-weights_for() { [[ -n "$WEIGHTS" && "$1" == tf_efficientnet_lite0 ]] && echo "--weights $WEIGHTS" || echo "--no-pretrained"; }
+weights_for() { if [[ -n "$WEIGHTS" && "$1" == tf_efficientnet_lite0 ]]; then echo "--weights $WEIGHTS"; fi; }  # else: random init
 
 {
   echo "# GPU figures: $(date -u +%F), $DEVICE"
@@ -72,7 +72,7 @@ REAL=()
 for backbone in ${BACKBONES//,/ }; do
   section "2. $backbone at $SIZE px, batch $BATCH + $BATCH: figures $FIGURES" \
     $PY benchmarks/throughput.py --backbone "$backbone" --image-size "$SIZE" --device "$DEVICE" --steps "$STEPS" --warmup 5 \
-    --batch "$BATCH" --workers "$WORKERS" --figures "$FIGURES" --max-batch "$MAX_BATCH" $(weights_for "$backbone" | sed 's/--no-pretrained//') "${REAL[@]}" \
+    --batch "$BATCH" --workers "$WORKERS" --figures "$FIGURES" --max-batch "$MAX_BATCH" $(weights_for "$backbone") "${REAL[@]}" \
     > "$WORK/figures.txt"
   grep -E '^\([a-j]\)' "$WORK/figures.txt" | sed "s/^/- $backbone /" >> "$TABLE"
 done
@@ -86,7 +86,9 @@ fi
 e2e() {  # e2e NAME [OPTIONS]: one adapt run on the folders; its summary in $WORK/NAME.json
   local name=$1
   shift
-  $PY -m golabels_cli adapt "$SRC" "$TGT" --backbone "$E2E_BACKBONE" $(weights_for "$E2E_BACKBONE") --image-size "$SIZE" \
+  local weights
+  weights=$(weights_for "$E2E_BACKBONE")
+  $PY -m golabels_cli adapt "$SRC" "$TGT" --backbone "$E2E_BACKBONE" ${weights:---no-pretrained} --image-size "$SIZE" \
     --device "$DEVICE" --iters "$ITERS" --batch-size "$BATCH" --workers "$WORKERS" --log-every 10 --save-every 0 \
     --out "$WORK/run-$name" --quiet --json "$@" > "$WORK/$name.json"
 }

@@ -164,26 +164,17 @@ def loader_rate(dataset: Dataset, batch: int, workers: int, batches: int) -> flo
 def largest_batch(fits, start: int, limit: int) -> int:
     """The largest batch in [1, limit] for which fits(batch) holds, assuming it holds for every
     smaller one: doubled from `start` until it fails or reaches `limit`, then bisected; 0 if none."""
-    good, bad = 0, limit + 1
+    good = 0  # the largest batch known to fit (0: none yet)
     batch = max(1, min(start, limit))
-    while batch < bad:
-        if fits(batch):
-            good = batch
-            if batch == limit:
-                break
-            batch = min(2 * batch, limit)
-        else:
-            bad = batch
-            break
-    while bad - good > 1 and good > 0:
+    while fits(batch):
+        good = batch
+        if batch == limit:
+            return good
+        batch = min(2 * batch, limit)
+    bad = batch  # the smallest known not to
+    while bad - good > 1:
         middle = (good + bad) // 2
         good, bad = (middle, bad) if fits(middle) else (good, middle)
-    if good == 0 and bad > 1:  # even `start` failed: bisect below it
-        low, high = 0, bad
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (middle, high) if fits(middle) else (low, middle)
-        good = low
     return good
 
 
@@ -218,7 +209,7 @@ def predict_rate(model: Path, device: str, paths: list[str], batch: int, workers
     return n / (time.perf_counter() - started), predictor.backend
 
 
-def jpeg_folder(folder: Path, real_dir: str | None, size: int, count: int = 64) -> list[Path]:
+def jpeg_folder(folder: Path, real_dir: str | None, count: int = 64) -> list[Path]:
     """JPEG copies of --real-dir's photos (as they are), or of the synthetic source images."""
     out = folder / "jpegs"
     out.mkdir(exist_ok=True)
@@ -345,6 +336,7 @@ def main() -> None:
             limit = " (the --max-batch tried)" if fits == args.max_batch else ""
             print(f"(g) {peak}; largest batch per domain that fits: {fits}{limit}")
 
+        jpegs = jpeg_folder(folder, args.real_dir) if "h" in args.figures or "j" in args.figures else []
         if "h" in args.figures:
             from golabels_cli.checkpoint import save_model
             from golabels_cli.export import export_onnx
@@ -355,7 +347,7 @@ def main() -> None:
             save_model(t.model, ModelInfo(args.backbone, t.source.classes, t.data_config, t.cfg.bottleneck_dim, "cdan-e", "fixed"),
                        model_dir / "model.safetensors")
             export_onnx(model_dir / "model.safetensors", model_dir / "model.onnx", verify=False)
-            photos = [str(p) for p in jpeg_folder(folder, args.real_dir, args.image_size)]
+            photos = [str(p) for p in jpegs]
             photos = (photos * (512 // len(photos) + 1))[:512] if device.type == "cuda" else photos
             rates = {}
             for model, dev in ((model_dir / "model.safetensors", args.device), (model_dir / "model.safetensors", "cpu"),
@@ -378,7 +370,7 @@ def main() -> None:
             del eager, compiled
 
         if "j" in args.figures:
-            photos = jpeg_folder(folder, args.real_dir, args.image_size)
+            photos = jpegs
             w, h = Image.open(photos[0]).size
             on_device = gpu_decode_rate(photos, device, args.image_size, 2 * B)
             loader = loader_rate(TrainImages(scan_unlabeled(photos[0].parent), train_transform(t.data_config, 0.08, 0.5), t.data_config),

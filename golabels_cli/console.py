@@ -132,6 +132,7 @@ class AdaptProgress:
         self.last_plain = 0.0
         self.last_iter = 0
         self.first_iter = 0  # where this session started: > 0 when resumed
+        self.last_stats = ""  # the figures of the newest metrics row, shown under the bar
 
     def __call__(self, event: RunEvent) -> None:
         if self.quiet:
@@ -198,8 +199,6 @@ class AdaptProgress:
             return False
         self.bar.update(self.task, stats=text if text is not None else self.last_stats)
         return True
-
-    last_stats = ""
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.bar is not None:

@@ -21,12 +21,13 @@ import datetime
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from .errors import AlreadyReported, InputError, Interrupted, RunError
+from .errors import AlreadyReported, GolabelsError, InputError, Interrupted, RunError, reason
 
 log = logging.getLogger("golabels")
 
@@ -235,8 +236,6 @@ def rank_error(exc: Exception, rank: int) -> Exception:
     """The error a process of the job reports for `exc` (itself where nothing changes). Rank 0
     reports bad input, divergence (all-reduced) and interruptions, which are the same on every
     rank; a rank's own crash is named with its rank."""
-    import time
-
     if rank > 0:
         if isinstance(exc, Interrupted):
             return AlreadyReported(exc.exit_code)
@@ -249,8 +248,6 @@ def rank_error(exc: Exception, rank: int) -> Exception:
 
 
 def _on_rank(exc: Exception, rank: int) -> Exception:
-    from .errors import GolabelsError, reason
-
     if isinstance(exc, GolabelsError):
         exc.message = f"[rank {rank}] {exc.message}"
         return exc

@@ -35,8 +35,10 @@ from .progress import tracked
 
 FORMAT = "golabels-features/1"
 
+
 def cache_root(cache_dir: str | None) -> Path:
     return Path(cache_dir or os.environ.get("GOLABELS_CACHE") or Path.home() / ".cache" / "golabels").expanduser()
+
 
 def model_key(backbone_name: str, backbone: nn.Module, data_config: dict) -> str:
     h = hashlib.sha256(json.dumps([FORMAT, backbone_name, data_config], sort_keys=True).encode())
@@ -45,15 +47,18 @@ def model_key(backbone_name: str, backbone: nn.Module, data_config: dict) -> str
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
 
+
 def image_key(path: Path) -> str:
     st = os.stat(path)  # follows symlinks: the file's own identity, not the name it was reached by
     return hashlib.sha256(f"{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+
 
 @dataclass
 class Features:
     values: torch.Tensor  # [N, D] float32, in the ImageSet's order
     cached: int  # rows read from the cache
     computed: int  # rows computed by this call
+
 
 @torch.no_grad()
 def backbone_features(
@@ -91,7 +96,8 @@ def backbone_features(
         # of whether the features were cached.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             done = 0
-            for x, _ in tracked(loader, f"{what} ({len(files) - len(missing)} cached)" if len(missing) < len(files) else what, len(missing), batch_size_of):
+            step = f"{what} ({len(files) - len(missing)} cached)" if len(missing) < len(files) else what
+            for x, _ in tracked(loader, step, len(missing), batch_size_of):
                 out = backbone(x.to(device)).float().cpu().numpy()
                 for row in out:
                     i = missing[done]
@@ -100,6 +106,7 @@ def backbone_features(
                     done += 1
         backbone.train(was_training)
     return Features(torch.from_numpy(np.stack(rows)).float(), len(files) - len(missing), len(missing))
+
 
 def _save_row(path: Path, row: np.ndarray) -> None:
     try:

@@ -63,7 +63,7 @@ class Training:
     selected_weights: dict[str, torch.Tensor] | None = None  # --select: the best snapshot's model state so far
     grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
 
-    @property
+    @functools.cached_property
     def method(self) -> Method:
         return get_method(self.cfg.method)
 
@@ -71,7 +71,7 @@ class Training:
     def adversarial(self) -> bool:
         return self.method.adversarial
 
-    @property
+    @functools.cached_property
     def method_options(self) -> dict[str, Any]:
         """The options only the run's method reads (GVB's bridge weights, ASAN's spectral loss)."""
         return {name: getattr(self.cfg, name) for name in self.method.options}
