@@ -185,7 +185,7 @@ def load_model(run_or_model: str | Path):
     """(Classifier in eval mode, ModelInfo) from a run directory or a model.safetensors file."""
     from safetensors import safe_open
 
-    from .methods import REGISTRY
+    from .methods import get_recipe
     from .models import Classifier, create_backbone
 
     path = model_path(run_or_model)
@@ -196,8 +196,10 @@ def load_model(run_or_model: str | Path):
     except Exception as exc:
         raise InputError(f"cannot read model {path} ({reason(exc)})", "the file is damaged; re-run or re-export") from exc
     info = ModelInfo.from_metadata(meta, path)
-    method = REGISTRY.get(info.method)  # a method of a newer golabels: its head is told by the weights
-    bridged = method.bridged_head if method is not None else "head.bridge.weight" in state
+    try:
+        bridged = get_recipe(info.method).alignment.bridged_head
+    except ValueError:  # a method of a newer golabels: its head is told by the weights
+        bridged = "head.bridge.weight" in state
     model = Classifier(create_backbone(info.backbone, pretrained=False), len(info.classes), info.bottleneck_dim, bridged=bridged)
     try:
         model.load_state_dict(state, strict=True)

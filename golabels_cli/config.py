@@ -18,7 +18,7 @@ import yaml
 
 from .domain_labels import MODES
 from .errors import InputError, reason
-from .methods import CDAN_MAPS, METHODS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, REGISTRY, SCHEDULES, get_method
+from .methods import CDAN_MAPS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, get_recipe
 from .models import DISCRIMINATORS
 from .trackers import LOGGERS, check_logger
 from .validators import SELECT_CHOICES
@@ -81,6 +81,8 @@ class AdaptConfig:
     bridge_d_weight: float = 1.0  # gvb: weight of the discriminator bridge's mean |output|
     rsl_weight: float = 1e-3  # asan: weight of the relevance spectral alignment loss
     rsl_k: int = 11  # asan: how many of the smallest source singular values are shrunk
+    target_loss_weight: float = 1.0  # mcc, bnm, im: weight of the losses on the target's predictions
+    mcc_temperature: float = 2.5  # mcc: softmax temperature (the MCC paper's and TLlib's 2.5)
     bottleneck_dim: int = 256
     disc_hidden: int = 1024
     image_size: int | None = None  # None: the backbone's own input size
@@ -210,18 +212,18 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
     """An AdaptConfig from {field: value}, validated; paths made absolute so a replay finds them."""
     cfg = AdaptConfig(**{k: _number(v) if FIELDS[k].type.startswith("float") else v for k, v in values.items() if k in FIELDS})
     _check_types(cfg)
-    method = REGISTRY.get(cfg.method)  # an unknown one is left to validate(), after what it checks first
+    method = _recipe_or_none(cfg.method)  # an unknown one is left to validate(), after what it checks first
     for name in PATH_FIELDS:
         value = getattr(cfg, name)
         if value is not None:
             setattr(cfg, name, str(Path(value).expanduser().absolute()))
     if cfg.discriminator is None and method is not None:
-        cfg.discriminator = method.reference_discriminator
+        cfg.discriminator = method.alignment.reference_discriminator
     pretrained = bool(cfg.pretrained or cfg.weights)
     if cfg.trade_off is None:
         cfg.trade_off = PRETRAINED_TRADE_OFF if pretrained else 1.0
     if cfg.bn_stats is None and method is not None:
-        cfg.bn_stats = "train" if not method.adversarial or cfg.sync_bn else "target"
+        cfg.bn_stats = "train" if not method.uses_target or cfg.sync_bn else "target"
     fine_tuning_pretrained = not cfg.freeze_backbone and pretrained
     if cfg.freeze_bn is None:
         cfg.freeze_bn = fine_tuning_pretrained and DEFAULT_FREEZE_BN
@@ -242,7 +244,8 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
     with. A run too short to reach its first target estimate (at --refresh-every) draws the target
     as it is, where asking for --balance-target explicitly is refused. Returns the flags it turned
     on."""
-    on = imbalanced and get_method(cfg.method).adversarial
+    recipe = _recipe_or_none(cfg.method)
+    on = imbalanced and recipe is not None and recipe.adversarial
     chosen = []
     if cfg.balance_source is None:
         cfg.balance_source = on
@@ -253,6 +256,28 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
         if cfg.balance_target:
             chosen.append("--balance-target")
     return chosen
+
+
+def _recipe_or_none(name: Any):
+    try:
+        return get_recipe(name)
+    except (ValueError, AttributeError):
+        return None
+
+
+def _check_recipe(name: str) -> None:
+    """--method: one alignment term and/or losses on the target's predictions, joined by "+"."""
+    try:
+        get_recipe(name)
+    except ValueError as exc:
+        from .methods import RECIPE_PARTS
+
+        bad = next((p for p in name.split("+") if p.strip() not in RECIPE_PARTS), None)
+        if bad is not None:
+            close = difflib.get_close_matches(bad.strip(), RECIPE_PARTS, 2, 0.4)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"choose from {', '.join(RECIPE_PARTS)}, joined by +"
+            raise InputError(f"unknown method {bad.strip()!r}", hint) from None
+        raise InputError(str(exc), "e.g. --method cdan-e, --method mcc or --method cdan-e+mcc") from None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -323,7 +348,7 @@ def validate(cfg: AdaptConfig) -> None:
     _check_types(cfg)
     if not cfg.source or not cfg.target:
         raise InputError("adapt needs a SOURCE and a TARGET folder", "golabels adapt SOURCE TARGET, or --config FILE")
-    _choice("method", cfg.method, METHODS)
+    _check_recipe(cfg.method)
     _choice("domain_labels", cfg.domain_labels, MODES)
     _choice("device", cfg.device, ("auto", "cpu", "cuda", "mps"))
     _choice("select", cfg.select, SELECT_CHOICES)
@@ -369,7 +394,8 @@ def validate(cfg: AdaptConfig) -> None:
     _check_resources(cfg)
     if cfg.lr <= 0:
         raise InputError(f"--lr must be positive, got {cfg.lr!r}")
-    for name in ("trade_off", "bridge_g_weight", "bridge_d_weight", "rsl_weight", "weight_decay", "lr_decay", "grl_alpha", "backbone_lr_mult"):
+    for name in ("trade_off", "bridge_g_weight", "bridge_d_weight", "rsl_weight", "weight_decay", "lr_decay", "grl_alpha", "backbone_lr_mult",
+                 "target_loss_weight"):
         value = getattr(cfg, name)
         if value < 0:
             raise InputError(f"--{option_name(name)} must be a non-negative number, got {value!r}")
@@ -377,6 +403,8 @@ def validate(cfg: AdaptConfig) -> None:
         raise InputError(f"--lr-gamma must be a non-negative number, got {cfg.lr_gamma!r}")
     if not 0 <= cfg.momentum < 1:
         raise InputError(f"momentum must be in [0, 1), got {cfg.momentum!r}", "SGD's momentum; the default is 0.9")
+    if cfg.mcc_temperature <= 0:
+        raise InputError(f"--mcc-temperature must be positive, got {cfg.mcc_temperature!r}", "the MCC paper's temperature is 2.5")
     if cfg.rsl_k < 0:
         raise InputError(f"--rsl-k must be a non-negative integer, got {cfg.rsl_k!r}")
     if not 0 < cfg.min_crop <= 1:
@@ -394,9 +422,9 @@ def validate(cfg: AdaptConfig) -> None:
         flag = "--balance-target" if cfg.balance_target else "--label-shift-weights"
         raise InputError(f"{flag} acts from the first target estimate, at iteration --refresh-every {cfg.refresh_every}, "
                          f"and the run has {cfg.iters} iterations", "lower --refresh-every")
-    if cfg.balance_target and not get_method(cfg.method).adversarial:
+    if cfg.balance_target and not get_recipe(cfg.method).uses_target:
         raise InputError("--balance-target draws the target batches, and --method source-only trains on none",
-                         "use an adversarial --method, or leave --balance-target out")
+                         "use a --method that trains on the target, or leave --balance-target out")
     if cfg.select in ("src-acc", "dev") and not cfg.val_split:
         raise InputError(f"--select {cfg.select} needs held-out source images", "use --val-split above 0 (default 0.1)")
 

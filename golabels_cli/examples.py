@@ -8,10 +8,11 @@ ADAPT_EPILOG = """
     golabels adapt photos/studio photos/field --backbone resnet50
     golabels adapt src/ tgt/ --method dann --domain-labels fixed --iters 2000 --eval-dir tgt_labeled/
     golabels adapt src/ tgt/ --backbone tf_efficientnet_lite0 --weights lite0.safetensors
+    golabels adapt src/ tgt/ --method cdan-e+mcc --freeze-backbone --weights lite0.safetensors
     golabels adapt --config runs/adapt/exp/config.yaml      # replay a run
     golabels adapt --resume runs/adapt/exp                   # continue after Ctrl-C or a crash
 
-**Methods** (`--method`; docs/methods.md says when to pick which)
+**Methods** (`--method`: an alignment term, losses on the target's predictions, or both joined by +, e.g. cdan-e+mcc; docs/methods.md says when to pick which)
 
 - cdan-e: CDAN with entropy-weighted samples (Long et al. 2018), the default
 - cdan: discriminator conditioned on features x predictions (Long et al. 2018)
@@ -20,6 +21,9 @@ ADAPT_EPILOG = """
 - gvb: gradually vanishing bridges on classifier and discriminator (GVB-GD, Cui et al. 2020)
 - asan: CDAN+E, spectrally normalized discriminator, spectral alignment (Raab et al. 2020)
 - source-only: no adaptation, the baseline every method must beat
+- mcc: minimum class confusion on the target's predictions (Jin et al. 2020); no discriminator
+- bnm: batch nuclear-norm maximization on the target's predictions (Cui et al. 2020)
+- im: information maximization on the target's predictions (SHOT, Liang et al. 2020)
 
 **Domain labels** (`--domain-labels`): fixed (default; plain), go (Go-labels), soft (no rounding), zero-out (drop fooled samples).
 """

@@ -95,7 +95,7 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
     from golabels_cli.device import DEVICES
     from golabels_cli.domain_labels import MODES
     from golabels_cli.examples import ADAPT_EPILOG
-    from golabels_cli.methods import CDAN_MAPS, METHODS, REGISTRY, SCHEDULES
+    from golabels_cli.methods import CDAN_MAPS, RECIPE_PARTS, REGISTRY, SCHEDULES, TARGET_LOSSES
     from golabels_cli.models import DISCRIMINATORS
     from golabels_cli.trackers import LOGGERS
     from golabels_cli.validators import SELECT_CHOICES
@@ -105,14 +105,14 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
     def listed(name: str) -> str:
         return hints[name].__metadata__[0].help
 
-    for name, choices in (("method", METHODS), ("domain_labels", MODES), ("select", SELECT_CHOICES), ("discriminator", DISCRIMINATORS),
+    for name, choices in (("method", RECIPE_PARTS), ("domain_labels", MODES), ("select", SELECT_CHOICES), ("discriminator", DISCRIMINATORS),
                           ("cdan_map", CDAN_MAPS), ("schedule", SCHEDULES), ("forward", FORWARDS), ("bn_stats", BN_STATS),
                           ("precision", PRECISIONS), ("device", DEVICES), ("logger", LOGGERS)):
         for choice in choices:
             assert choice in listed(name), (name, choice)
-    for method in REGISTRY.values():
+    fields = {f.name for f in dataclasses.fields(AdaptConfig)}
+    for method in (*REGISTRY.values(), *TARGET_LOSSES.values()):
         assert f"- {method.name}: {method.summary}" in ADAPT_EPILOG, method.name
-        fields = {f.name for f in dataclasses.fields(AdaptConfig)}
         assert set(method.options) <= fields, method.name
     for mode in MODES:
         assert mode in ADAPT_EPILOG
@@ -127,3 +127,14 @@ def test_every_method_module_carries_its_formula():
         module = importlib.import_module(f"golabels_cli.methods.{name.replace('-', '_')}")
         assert module.METHOD is method
         assert module.__doc__ and ("L_adv" in module.__doc__ or "L =" in module.__doc__), name
+
+
+def test_every_target_loss_module_carries_its_formula():
+    import importlib
+
+    from golabels_cli.methods import TARGET_LOSSES
+
+    for name, loss in TARGET_LOSSES.items():
+        module = importlib.import_module(f"golabels_cli.methods.{name}")
+        assert module.LOSS is loss
+        assert module.__doc__ and f"L_{name} =" in module.__doc__, name

@@ -15,7 +15,7 @@ from ..distributed import SINGLE, Dist, lr_factor
 from ..errors import InputError
 from ..evaluate import labeled_for_model
 from ..features import backbone_features, model_key
-from ..methods import MultilinearMap, get_method
+from ..methods import MultilinearMap, get_method, get_recipe
 from ..models import Classifier, check_backbone_name, create_backbone, resolve_data_config
 from ..progress import DataRead, no_events
 from ..remedies import IMBALANCE_WARNING, remedy_flags, remedy_hint
@@ -40,11 +40,14 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events) ->
     source, target, eval_set, validation, report = _folders(cfg, d, progress)
 
     seed_everything(cfg.seed)
-    spec = get_method(cfg.method)
+    recipe = get_recipe(cfg.method)
+    spec = recipe.alignment
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.weights)
     data_config = resolve_data_config(backbone, cfg.image_size)
     model = _classifier(cfg, backbone, len(source.classes), d).to(device)
-    disc = spec.discriminator(_discriminator_input_dim(cfg, len(source.classes)), cfg.disc_hidden, cfg.discriminator).to(device)
+    disc = None
+    if spec.adversarial or not recipe.target_losses:
+        disc = spec.discriminator(_discriminator_input_dim(cfg, len(source.classes)), cfg.disc_hidden, cfg.discriminator).to(device)
     multilinear = None
     if spec.conditioned:
         multilinear = MultilinearMap(cfg.bottleneck_dim, len(source.classes), torch.Generator().manual_seed(cfg.seed), cfg.cdan_map).to(device)
@@ -61,7 +64,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events) ->
     if cfg.freeze_backbone:
         t.features = _cached_features(t)
     elif cfg.cache_images:
-        t.decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if t.adversarial else None}
+        t.decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if t.uses_target else None}
     return t
 
 

@@ -2,8 +2,10 @@
 
 Each step draws `batch_size` labeled source images and `batch_size` unlabeled target images,
 runs them through the classifier in one forward pass (so BatchNorm sees both domains), and
-minimizes  L = CE(source logits, source labels) + trade_off * L_adv + L_extra  where L_adv is the
-method's discriminator loss (see `methods`) with the chosen domain targets (see `domain_labels`).
+minimizes  L = CE(source logits, source labels) + trade_off * L_adv + L_extra
++ target_loss_weight * L_target  where L_adv is the alignment term's discriminator loss (see
+`methods`) with the chosen domain targets (see `domain_labels`) and L_target the recipe's losses
+on the target's predictions (MCC, BNM, IM).
 
 Nothing is lost on the way: every `save_every` iterations, on Ctrl-C / SIGTERM (after the step in
 progress) and at the end, the whole training state goes to checkpoint.pt atomically — weights,
@@ -113,7 +115,7 @@ class Streams:
     source: Iterator
     target: Iterator | None
     forward: Callable
-    disc: torch.nn.Module
+    disc: torch.nn.Module | None
     class_weights: torch.Tensor | None  # --label-shift-weights: of the source classes
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -145,7 +147,7 @@ def open_streams(t: Training, state: LoopState) -> Streams:
     if start == 0 and cfg.head_start:
         fit_head(t)
     source = batches(t.source, 0, start, t.source.labels if cfg.balance_source else None)
-    target = batches(t.target, 1, start, _target_balance(t, state)) if t.adversarial else None
+    target = batches(t.target, 1, start, _target_balance(t, state)) if t.uses_target else None
     class_weights = torch.tensor(state.class_weights, device=t.device) if cfg.label_shift_weights and state.class_weights else None
     disc = t.disc
     if d.enabled:
@@ -235,7 +237,8 @@ class Session:
         domain = torch.cat([torch.ones(cfg.batch_size), torch.zeros(cfg.batch_size)]).to(device)
         first_bad = torch.full((len(LOSS_KEYS),), math.inf, device=device)
         t.model.train()
-        t.disc.train()
+        if t.disc is not None:
+            t.disc.train()
         start = state.iteration
         seconds_before, started = state.seconds, time.perf_counter()
         metrics = open_metrics(run_dir / "metrics.jsonl") if main else None
@@ -340,7 +343,9 @@ def metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, t
     values = {k: float(v) / window for k, v in sums.items()}  # one host sync per logged row
     row = {"iter": it, **{k: round(v, 6) for k, v in values.items()}, "lr": lr, "lambda": round(coeff, 6)}
     if not t.adversarial:
-        row.update({k: None for k in STAT_KEYS if k not in ("loss_cls", "loss_adv")})
+        row.update({k: None for k in STAT_KEYS if k not in ("loss_cls", "loss_adv", "loss_target")})
     elif t.method.extra_loss is None:
         row["loss_extra"] = None
+    if not t.recipe.target_losses:
+        row["loss_target"] = None
     return row

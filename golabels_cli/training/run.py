@@ -101,7 +101,8 @@ def _restore(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path) -> Lo
                     "but the result will differ from an uninterrupted run")
     try:
         t.model.load_state_dict(ckpt["model"])
-        t.disc.load_state_dict(ckpt["discriminator"])
+        if t.disc is not None:
+            t.disc.load_state_dict(ckpt["discriminator"])
         if t.multilinear is not None:
             t.multilinear.load_state_dict(ckpt["multilinear"])
         built = [group["base_lr"] for group in t.optimizer.param_groups]

@@ -34,7 +34,7 @@ def checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
         "classes": t.source.classes,
         "fingerprint": t.fingerprint,
         "model": t.model.state_dict(),
-        "discriminator": t.disc.state_dict(),
+        "discriminator": t.disc.state_dict() if t.disc is not None else {},
         "multilinear": t.multilinear.state_dict() if t.multilinear is not None else {},
         "selected_model": t.selected_weights or {},
         "optimizer": t.optimizer.state_dict(),
@@ -49,7 +49,7 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
     and its own seconds."""
     cfg = t.cfg
     first, session_seconds = session
-    images_per_step = cfg.batch_size * (2 if t.adversarial else 1) * t.dist.world
+    images_per_step = cfg.batch_size * (2 if t.uses_target else 1) * t.dist.world
     eval_images = t.eval_set[0] if t.eval_set else None
     selected = next((e for e in state.evals if e["iter"] == state.selected.get("iter")), {})
     skipped = [("source", t.source), ("target", t.target)] + ([("eval", eval_images)] if eval_images else [])
@@ -81,7 +81,8 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
         },
         "skipped_files": [{"role": role, "path": str(p), "reason": why} for role, images in skipped for p, why in images.skipped],
         "data": t.report,
-        "final": {k: state.last_row.get(k) for k in ("loss_cls", "loss_adv", "disc_acc", "relabeled_src", "relabeled_tgt", "adv_grad_norm")},
+        "final": {k: state.last_row.get(k) for k in ("loss_cls", "loss_adv", "loss_target", "disc_acc", "relabeled_src", "relabeled_tgt",
+                                                     "adv_grad_norm")},
         # target_acc is that of model.safetensors, the selected snapshot (the oracle: --eval-dir's labels)
         "target_acc": selected.get("target_acc"),
         "target_mean_class_acc": selected.get("target_mean_class_acc"),

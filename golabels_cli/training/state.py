@@ -15,14 +15,16 @@ from ..config import AdaptConfig
 from ..data import ImageSet
 from ..distributed import SINGLE, Dist, lr_factor
 from ..features import Features
-from ..methods import Method, MultilinearMap, get_method
+from ..methods import Method, MultilinearMap, Recipe, get_recipe
 from ..models import Classifier
 from ..progress import RunListener
 from .runtime import Speed
 
 # What a run reports its events to (progress.RunEvent: DataRead, RunStarted, StepDone, RowLogged, RunFinished).
 Progress = RunListener
-LOSS_KEYS = ("loss_cls", "loss_adv", "loss_extra")  # loss_extra: a method's own loss (GVB's bridges, ASAN's spectra)
+# loss_extra: an alignment method's own loss (GVB's bridges, ASAN's spectra); loss_target: the
+# recipe's losses on the target's predictions (MCC, BNM, IM), unweighted.
+LOSS_KEYS = ("loss_cls", "loss_adv", "loss_extra", "loss_target")
 # adv_grad_norm: the norm of the adversarial gradient reaching the features (after --trade-off and
 # the reversal coefficient): what Go-labels' relabeling takes away, next to the fractions relabeled.
 STAT_KEYS = (*LOSS_KEYS, "disc_acc", "disc_acc_src", "disc_acc_tgt", "relabeled_src", "relabeled_tgt", "adv_grad_norm")
@@ -53,7 +55,7 @@ class Training:
     report: dict[str, Any]  # data_report() of the folders
     data_config: dict
     model: Classifier
-    disc: torch.nn.Module
+    disc: torch.nn.Module | None  # None: a recipe of target losses alone builds no discriminator
     multilinear: MultilinearMap | None
     optimizer: torch.optim.Optimizer
     speed: Speed
@@ -64,17 +66,27 @@ class Training:
     grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
 
     @functools.cached_property
+    def recipe(self) -> Recipe:
+        return get_recipe(self.cfg.method)
+
+    @property
     def method(self) -> Method:
-        return get_method(self.cfg.method)
+        """The recipe's alignment term (source-only's spec when it has none)."""
+        return self.recipe.alignment
 
     @property
     def adversarial(self) -> bool:
-        return self.method.adversarial
+        return self.recipe.adversarial
+
+    @property
+    def uses_target(self) -> bool:
+        """Steps draw target batches: for a discriminator, for losses on the target's predictions, or both."""
+        return self.recipe.uses_target
 
     @functools.cached_property
     def method_options(self) -> dict[str, Any]:
-        """The options only the run's method reads (GVB's bridge weights, ASAN's spectral loss)."""
-        return {name: getattr(self.cfg, name) for name in self.method.options}
+        """The options only the run's recipe reads (GVB's bridge weights, ASAN's spectral loss, MCC's temperature)."""
+        return {name: getattr(self.cfg, name) for name in self.recipe.options}
 
     @property
     def lr_scale(self) -> float:

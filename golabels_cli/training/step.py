@@ -31,10 +31,11 @@ def set_lr(optimizer: torch.optim.Optimizer, cfg: AdaptConfig, step: int, scale:
 
 def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None,
                domain: torch.Tensor, coeff: float, source_class_weights: torch.Tensor | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step on a source batch (and a target batch): CE + trade_off * L_adv + L_extra,
-    each source image weighted by its class's weight in both losses if `source_class_weights`.
-    Returns the detached losses and statistics, still on the device (no host sync)."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on a source batch (and a target batch):
+    CE + trade_off * L_adv + L_extra + target_loss_weight * L_target, each source image weighted by
+    its class's weight in CE and L_adv if `source_class_weights`. Returns the detached losses
+    (cls, adv, extra, target) and statistics, still on the device (no host sync)."""
     cfg, device = t.cfg, t.device
     xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
     x = torch.cat([xs, xt.to(device, non_blocking=True)]) if xt is not None else xs
@@ -56,13 +57,15 @@ def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.
             if xt is not None:
                 row_weights = torch.cat([source_weights, torch.ones(len(logits) - len(ys), device=device)])
         probe: dict[str, torch.Tensor] = {}
-        if xt is not None:
+        zero = torch.zeros((), device=device)
+        loss_adv, loss_extra, loss_target, stats = zero, zero, zero, {}
+        if xt is not None and t.adversarial:
             adversary = Adversary(t.method, disc, t.multilinear, t.model.head, t.method_options)
             loss_adv, loss_extra, stats = adversarial_loss(adversary, Batch(features, logits, domain, row_weights), cfg.domain_labels,
                                                            coeff, probe)
-        else:
-            loss_adv, loss_extra, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
-        loss = loss_cls + cfg.trade_off * loss_adv + loss_extra
+        if xt is not None and t.recipe.target_losses:
+            loss_target = t.recipe.target_loss(logits[len(ys):], t.method_options)
+        loss = loss_cls + cfg.trade_off * loss_adv + loss_extra + cfg.target_loss_weight * loss_target
     t.optimizer.zero_grad(set_to_none=True)
     if t.grad_scaler is not None:
         t.grad_scaler.scale(loss).backward()
@@ -73,7 +76,7 @@ def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.
         t.optimizer.step()
     if "norm" in probe:
         stats["adv_grad_norm"] = probe["norm"]
-    return loss_cls.detach(), loss_adv.detach(), loss_extra.detach(), stats
+    return loss_cls.detach(), loss_adv.detach(), loss_extra.detach(), loss_target.detach(), stats
 
 
 class Classify(torch.nn.Module):

@@ -1,0 +1,29 @@
+"""BNM: Batch Nuclear-norm Maximization (Cui et al., CVPR 2020), a loss on the target's predictions.
+
+    P = softmax(z)                       [B, C]
+    L_bnm = - mean(singular values of P)  (-||P||_* / min(B, C))
+
+A large nuclear norm needs predictions that are both confident (each row near one-hot) and
+diverse (the rows spread over many classes): entropy minimization without the collapse onto a
+few classes.
+
+Args: the weight is --target-loss-weight.
+Shapes: z [B, C] -> scalar.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .recipe import TargetLoss
+
+
+def batch_nuclear_norm(logits: torch.Tensor) -> torch.Tensor:
+    # svdvals' gradient U V^T is defined even where singular values repeat (unlike full SVD's).
+    return -torch.linalg.svdvals(F.softmax(logits, dim=1)).mean()
+
+
+LOSS = TargetLoss(
+    name="bnm",
+    summary="batch nuclear-norm maximization on the target's predictions (Cui et al. 2020)",
+    loss=lambda logits, options: batch_nuclear_norm(logits),
+)
