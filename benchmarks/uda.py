@@ -40,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from golabels_cli.config import FIELDS, build_config  # noqa: E402
 from golabels_cli.errors import InputError  # noqa: E402
+from golabels_cli.methods import get_recipe  # noqa: E402
 from golabels_cli.remedies import REMEDIES as ADAPT_REMEDIES  # noqa: E402
 from golabels_cli.console import setup_logging  # noqa: E402
 from golabels_cli.report import VALIDATOR_KEYS, correlations, spearman  # noqa: E402
@@ -52,7 +53,7 @@ class Cell:
     source: str
     target: str
     method: str
-    labels: str | None  # None for source-only, which has no discriminator
+    labels: str | None  # None for a recipe without a discriminator (source-only, mcc, ...)
     seed: int
     remedy: str = ""  # adapt options joined by "+", e.g. "balance-source+label-shift-weights"
 
@@ -73,10 +74,18 @@ def cells(tasks: list[str], methods: list[str], labels: list[str], seeds: int, r
         for task in tasks:
             source, target = task.split(":")
             for method in methods:
-                out += [Cell(source, target, method, mode, seed) for mode in ([None] if method == "source-only" else labels)]
-                if method != "source-only":
+                out += [Cell(source, target, method, mode, seed) for mode in ([None] if unlabeled(method) else labels)]
+                if not unlabeled(method):
                     out += [Cell(source, target, method, labels[-1], seed, remedy) for remedy in remedies]
     return out
+
+
+def unlabeled(method: str) -> bool:
+    """A recipe with no discriminator: --domain-labels does nothing in it, so it is one cell per seed."""
+    try:
+        return not get_recipe(method).adversarial
+    except ValueError:
+        raise SystemExit(f"uda.py: unknown --methods entry {method!r}") from None
 
 
 REMEDIES = tuple(k.replace("_", "-") for k in ADAPT_REMEDIES)  # adapt's options of issue 10
@@ -162,22 +171,22 @@ def table(results: dict[tuple, list[dict]], tasks: list[str], methods: list[str]
     for task in tasks:
         baseline = accuracies(task, "source-only", None)
         for method in methods:
-            for remedy in [""] if method == "source-only" else ["", *remedies]:
-                modes = [None] if method == "source-only" else labels if not remedy else [labels[-1]]
+            for remedy in [""] if unlabeled(method) else ["", *remedies]:
+                modes = [None] if unlabeled(method) else labels if not remedy else [labels[-1]]
                 accs = {m: accuracies(task, method, m, remedy) for m in modes}
                 seconds = sum(r["seconds"] for m in modes for r in results.get((task, method, m, remedy), []))
                 row = [task.replace(":", " → "), method + (f" + {remedy.replace('+', ' + ')}" if remedy else "")]
-                if method == "source-only":
+                if unlabeled(method):
                     row += [mean_std(accs[None])] * len(labels)
                 else:
                     row += [mean_std(accs[m]) if m in accs else "—" for m in labels]
                 if "go − fixed" in header:
-                    if method == "source-only" or not accs.get("go") or not accs.get("fixed"):
+                    if unlabeled(method) or not accs.get("go") or not accs.get("fixed"):
                         row.append("—")
                     else:
                         row.append(f"{100 * (statistics.mean(accs['go']) - statistics.mean(accs['fixed'])):+.2f}")
                 if versus:
-                    last = accs[None] if method == "source-only" else accs[labels[-1]]
+                    last = accs[None] if unlabeled(method) else accs[labels[-1]]
                     row.append(f"{100 * (statistics.mean(last) - statistics.mean(baseline)):+.2f}"
                                if last and baseline and method != "source-only" else "—")
                 row += [str(max(len(v) for v in accs.values())), f"{seconds:.0f} s"]
