@@ -15,6 +15,8 @@
         (its CUDA provider where installed), on the photos of --real-dir (or the synthetic images)
     (i) --compile: the first compiled step's seconds (the compilation), then the step time against
         eager, and after how many iterations compiling has paid for itself
+    (k) with --freeze-backbone, a step of a recipe without a discriminator (--method mcc) vs. one of
+        CDAN+E (golabels' adversarial default), on the same cached-feature batch
     (j) JPEG decoding on --device (torchvision.io.decode_jpeg, batched, then the resize to the
         training size) vs. the training loader's images/s with --workers CPU processes: whether
         decoding on the GPU would feed it faster (on a CPU device: decode_jpeg on the CPU)
@@ -257,7 +259,7 @@ def main() -> None:
     parser.add_argument("--real-dir", help="a folder of JPEG photos for (e)")
     parser.add_argument("--upscale", type=int, default=1000, help="shorter side of the (e) copies, px")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of one adapt step")
-    parser.add_argument("--figures", default="abcdefghij", help="which figures to measure, e.g. 'e' for the decoding one alone")
+    parser.add_argument("--figures", default="abcdefghijk", help="which figures to measure, e.g. 'e' for the decoding one alone")
     parser.add_argument("--max-batch", type=int, default=1024, help="(g): the largest batch per domain tried")
     args = parser.parse_args()
 
@@ -300,6 +302,19 @@ def main() -> None:
             frozen_step = lambda: train_step(frozen, frozen.model.classify, frozen.disc, fs, ys, ft, domain, 1.0)  # noqa: E731
             t_full, t_frozen = alternate(adapt, frozen_step, device, args.steps, args.warmup)
             print(f"(d) full iteration {t_full * 1000:.1f} ms, --freeze-backbone {t_frozen * 1000:.2f} ms: {t_full / t_frozen:.0f}x faster (target >= 30x)")
+
+        if "k" in args.figures:
+            frozen_mcc = make_training(args, folder, freeze_backbone=True, method="mcc")
+            frozen_cdan = make_training(args, folder, freeze_backbone=True, method="cdan-e", domain_labels="fixed")
+            dim = frozen_mcc.features["source"].values.shape[1]
+            fs, ft = (torch.randn(B, dim, generator=gen) for _ in range(2))
+            domain = torch.cat([torch.ones(B), torch.zeros(B)]).to(device)
+            t_mcc, t_cdan = alternate(lambda: train_step(frozen_mcc, frozen_mcc.model.classify, None, fs, ys, ft, domain, 1.0),
+                                      lambda: train_step(frozen_cdan, frozen_cdan.model.classify, frozen_cdan.disc, fs, ys, ft, domain, 1.0),
+                                      device, args.steps, args.warmup)
+            print(f"(k) --freeze-backbone step: mcc {t_mcc * 1000:.2f} ms (no discriminator), cdan-e {t_cdan * 1000:.2f} ms "
+                  f"({len(t.source.classes)} classes): cdan-e / mcc {t_cdan / t_mcc:.1f}x")
+            del frozen_mcc, frozen_cdan
 
         if args.real_dir and "e" in args.figures:
             big = folder / "large"

@@ -123,7 +123,7 @@ def adapt(
     backbone_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier of a pretrained backbone (a backbone from random init trains at --lr).", rich_help_panel="Training")] = 0.1,
     momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).", rich_help_panel="Training")] = 0.9,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.", rich_help_panel="Training")] = 1e-3,
-    lr_gamma: Annotated[Optional[float], typer.Option(help="The lr decays as lr x (1 + gamma x i)^-lr_decay. Default: 20 / --iters with --schedule scaled, 0.001 with reference.", show_default=False, rich_help_panel="Training")] = None,
+    lr_gamma: Annotated[Optional[float], typer.Option(help="The lr decays as lr x (1 + gamma x i)^-lr_decay. Default: 20 / --iters with --schedule scaled, 0.001 with reference or with a loss on the target's predictions (mcc, bnm, im).", show_default=False, rich_help_panel="Training")] = None,
     lr_decay: Annotated[float, typer.Option(help="The exponent of that decay.", rich_help_panel="Training")] = 0.75,
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (downloaded).", rich_help_panel="Training")] = True,
     weights: Annotated[Optional[str], typer.Option(metavar="FILE", help="Local timm state dict (.safetensors or .pth) for the backbone.", show_default=False, rich_help_panel="Training")] = None,

@@ -191,3 +191,12 @@ def test_a_combined_recipe_resumes_to_the_uninterrupted_weights(domains, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     whole, stopped = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(tmp_path / "stopped" / "metrics.jsonl")
     assert [r["loss_target"] for r in whole] == [r["loss_target"] for r in stopped]
+
+
+def test_a_recipe_with_target_losses_keeps_the_reference_lr_decay():
+    from golabels_cli.config import AdaptConfig
+
+    assert AdaptConfig(method="mcc", iters=1000).resolved_lr_gamma() == 1e-3
+    assert AdaptConfig(method="cdan-e+bnm", iters=1000).resolved_lr_gamma() == 1e-3
+    assert AdaptConfig(method="cdan-e", iters=1000).resolved_lr_gamma() == 0.02  # the adversary alone: scaled to --iters
+    assert AdaptConfig(method="mcc", iters=1000, lr_gamma=0.02).resolved_lr_gamma() == 0.02  # an explicit gamma wins
