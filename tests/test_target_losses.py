@@ -200,3 +200,13 @@ def test_a_recipe_with_target_losses_keeps_the_reference_lr_decay():
     assert AdaptConfig(method="cdan-e+bnm", iters=1000).resolved_lr_gamma() == 1e-3
     assert AdaptConfig(method="cdan-e", iters=1000).resolved_lr_gamma() == 0.02  # the adversary alone: scaled to --iters
     assert AdaptConfig(method="mcc", iters=1000, lr_gamma=0.02).resolved_lr_gamma() == 0.02  # an explicit gamma wins
+
+
+def test_the_default_recipe_follows_whether_the_backbone_trains(domains):
+    from golabels_cli.config import FROZEN_BACKBONE_METHOD, TRAINED_BACKBONE_METHOD, build_config
+
+    source, target = domains
+    values = {"source": str(source), "target": str(target), "backbone": "test_resnet", "weights": None, "pretrained": False}
+    assert build_config({**values, "freeze_backbone": True}).method == FROZEN_BACKBONE_METHOD == "cdan-e+bnm"
+    assert build_config(values).method == TRAINED_BACKBONE_METHOD == "cdan-e"
+    assert build_config({**values, "freeze_backbone": True, "method": "dann"}).method == "dann"  # given, kept
