@@ -1,6 +1,6 @@
 """MCC: Minimum Class Confusion (Jin et al., ECCV 2020), a loss on the target's predictions.
 
-    p = softmax(z / T)                                     temperature T (--mcc-temperature, 2.5)
+    p = softmax(z / T)                                     temperature T (--mcc-temperature, 2.0; the paper's 2.5)
     w_i = B * (1 + exp(-H(p_i))) / sum_j (1 + exp(-H(p_j)))  (detached: certain rows count more)
     C = p^T diag(w) p                                       [C, C]: how often two classes are predicted together
     C~_jk = C_jk / sum_k' C_jk'                             each row normalized
