@@ -128,10 +128,11 @@ def test_throughput_script_runs_its_figures(tmp_path):
     import subprocess
 
     result = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--backbone", "test_resnet", "--image-size", "32",
-                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "abdfi"],
+                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "abdfik"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration", "(f) golabels' DANN step", "(i) --compile: first step"):
+    for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration", "(f) golabels' DANN step", "(i) --compile: first step",
+                   "(k) --freeze-backbone step: mcc"):
         assert figure in result.stdout, result.stdout
 
 
@@ -295,3 +296,51 @@ def test_bn_stats_pairs_both_statistics_of_each_run(tmp_path, capsys):
     bn_stats = load("bn_stats")
     assert cells[2] == bn_stats.mean_std([e["target_acc_train_bn"] for e in last])
     assert cells[3] == bn_stats.mean_std([e["target_acc"] for e in last])
+
+
+def test_peer_script_dry_run_tllib_rows_beside_golabels_rows(tmp_path):
+    """benchmarks/peer.py on tiny folders on a CPU: without TLlib it says why the peer rows are
+    skipped and still prints golabels' rows (from a tiny uda.py sweep, on the same feature cache);
+    with a TLlib checkout ($TLLIB, else /tmp/tllib, when present) every recipe's row and JSON file appear,
+    the features come from the cache the sweep filled, and a second call re-reads the JSON files."""
+    import json
+    import subprocess
+
+    make_two_domains(tmp_path / "data", per_class=12, size=32, seed=5)  # 36 images a domain: a batch of 36 (tllib-mcc-office31)
+    tiny = ["--backbone", "test_efficientnet", "--no-pretrained", "--image-size", "32", "--iters", "3", "--seeds", "1",
+            "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    load("uda").main(["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "mcc", "--domain-labels", "fixed",
+                      "--out", str(tmp_path / "sweep"), "--freeze-backbone", "--batch-size", "4", "--quiet", *tiny])
+    peer = [sys.executable, str(BENCHMARKS / "peer.py"), "--root", str(tmp_path / "data"), "--tasks", "source:target",
+            "--golabels-runs", str(tmp_path / "sweep"), *tiny]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    done = subprocess.run([*peer, "--tllib", str(tmp_path / "no-tllib"), "--out", str(tmp_path / "skipped")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"peer rows skipped: --tllib {tmp_path / 'no-tllib'} does not exist" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line and "| recipe |" not in line]
+    assert len(rows) == 1 and rows[0].startswith("| golabels mcc | ") and "| 1 |" in rows[0]
+    assert (tmp_path / "skipped" / "results.md").read_text().strip() == done.stdout.strip()
+
+    tllib = os.environ.get("TLLIB", "/tmp/tllib")  # an unpacked TLlib checkout, where one is at hand
+    if not Path(tllib, "tllib/alignment/cdan.py").is_file():
+        pytest.skip(f"no TLlib checkout at {tllib} (set TLLIB to one)")
+    out = tmp_path / "peer"
+    done = subprocess.run([*peer, "--tllib", tllib, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PEER_PATCHES:" in done.stdout
+    cache = [line for line in done.stderr.splitlines() if line.startswith("features of ")]
+    assert len(cache) == 2 and all(line.endswith(", 0 computed") for line in cache), cache  # the sweep's features, read back
+    recipes = ("tllib-mcc", "tllib-mcc-office31", "tllib-cdan-e", "tllib-cdan-e+mcc")
+    for recipe in recipes:
+        row = next(line for line in done.stdout.splitlines() if line.startswith(f"| {recipe} | "))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert 0 <= float(cells[1].split(" ± ")[0]) <= 100 and cells[2] == "1"
+        result = json.loads((out / "source-target" / recipe / "seed0.json").read_text())
+        assert f"{result['accuracy']:.2f}" == cells[3] and result["settings"]["iters"] == 3
+        assert {"torch", "timm", "python", "cpu"} <= set(result["environment"])
+    assert "| golabels mcc | " in done.stdout
+    again = subprocess.run([*peer, "--tllib", tllib, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and " seed 0: " not in again.stderr  # every run re-read, none trained again
+    assert again.stdout.split("### ")[1:] == done.stdout.split("### ")[1:]
