@@ -127,7 +127,7 @@ class AdaptConfig:
         # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.
         # A recipe with losses on the target's predictions keeps the reference decay whatever
         # --schedule says: at 1000 iterations the scaled one (lr at 0.10x by the end, not 0.59x)
-        # cost MCC and BNM 5-11 points on Office-31 (benchmarks/RESULTS.md, issue 33).
+        # cost MCC 5-11 points on Office-31, BNM up to 1 (benchmarks/RESULTS.md, issue 33).
         if self.lr_gamma is not None:
             return self.lr_gamma
         if self.schedule == "reference" or _target_losses(self.method):

@@ -179,6 +179,8 @@ class AdaptProgress:
             f"cls {_fmt(row['loss_cls'])} adv {_fmt(row['loss_adv'])} disc {_fmt(row['disc_acc'], '.2f')} "
             f"relab s/t {_fmt(row['relabeled_src'], '.2f')}/{_fmt(row['relabeled_tgt'], '.2f')}"
         )
+        if row.get("loss_target") is not None:  # the recipe's losses on the target's predictions
+            text += f" tgt-loss {_fmt(row['loss_target'])}"
         if "target_acc" in row:
             text += f" tgt-acc {row['target_acc']:.3f}"
         return text
@@ -305,7 +307,8 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     final, selected = summary["final"], summary["selected"]
     # Training's figures are of its last iteration, whichever snapshot is shipped: say so when they differ.
     at = f" (iteration {summary['iters']})" if selected["by"] != "last" and selected["iter"] != summary["iters"] else ""
-    table.add_row("final losses", f"classification {_fmt(final['loss_cls'])}, adversarial {_fmt(final['loss_adv'])}{at}")
+    on_target = f", on the target's predictions {_fmt(final['loss_target'])}" if final.get("loss_target") is not None else ""
+    table.add_row("final losses", f"classification {_fmt(final['loss_cls'])}, adversarial {_fmt(final['loss_adv'])}{on_target}{at}")
     if final["disc_acc"] is not None:
         grad = f", adversarial gradient {final['adv_grad_norm']:.3g}" if final.get("adv_grad_norm") is not None else ""
         table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}{grad}{at}")

@@ -55,7 +55,7 @@ def test_eval_of_missing_or_foreign_model(domains, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    from golabels_cli.config import AdaptConfig
+    from golabels_cli.config import TRAINED_BACKBONE_METHOD, AdaptConfig
 
     result = cli("demo", "--out", tmp_path / "demo", "--iters", "4", "--seed", "1", "--json")
     assert result.exit_code == 0, result.stderr
@@ -64,9 +64,10 @@ def test_demo_runs_end_to_end(tmp_path):
         assert 0 <= report[key]["target_acc"] <= 1
         assert (tmp_path / "demo" / folder / "model.safetensors").exists()
         assert yaml.safe_load((tmp_path / "demo" / folder / "config.yaml").read_text())["seed"] == 1
-    # The adapted run is golabels' default recipe: what a user gets from `golabels adapt`.
+    # The adapted run is golabels' default recipe for a backbone that trains (the demo's, from random
+    # init): what a user gets from `golabels adapt`.
     defaults = AdaptConfig()
-    assert (report["adapted"]["method"], report["adapted"]["domain_labels"]) == (defaults.method, defaults.domain_labels)
+    assert (report["adapted"]["method"], report["adapted"]["domain_labels"]) == (TRAINED_BACKBONE_METHOD, defaults.domain_labels)
     assert report["gain"] == pytest.approx(report["adapted"]["target_acc"] - report["source_only"]["target_acc"])
     # The demo ships the adapted model: ONNX export, then predict with it on the target images.
     assert report["export"]["onnx"] == str(tmp_path / "demo" / "adapted" / "model.onnx") and report["export"]["max_abs_diff"] <= 1e-4

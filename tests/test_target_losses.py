@@ -210,3 +210,17 @@ def test_the_default_recipe_follows_whether_the_backbone_trains(domains):
     assert build_config({**values, "freeze_backbone": True}).method == FROZEN_BACKBONE_METHOD == "cdan-e+bnm"
     assert build_config(values).method == TRAINED_BACKBONE_METHOD == "cdan-e"
     assert build_config({**values, "freeze_backbone": True, "method": "dann"}).method == "dann"  # given, kept
+
+
+def test_progress_and_summary_show_the_loss_on_the_targets_predictions(domains, tmp_path):
+    source, target = domains
+    from typer.testing import CliRunner
+
+    from golabels_cli.cli import app
+
+    args = ["adapt", str(source), str(target), *TINY, "--iters", "2", "--log-every", "1", "--method", "cdan-e+im", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})  # wide enough that the summary table wraps no line
+    assert result.exit_code == 0, result.stderr
+    assert "tgt-loss " in result.stderr and "on the target's predictions" in result.stdout
+    plain = cli("adapt", source, target, *TINY, "--iters", "2", "--log-every", "1", "--out", tmp_path / "plain")
+    assert plain.exit_code == 0 and "tgt-loss" not in plain.stderr  # nothing to show without such a loss
