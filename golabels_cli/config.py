@@ -18,7 +18,7 @@ import yaml
 
 from .domain_labels import MODES
 from .errors import InputError, reason
-from .methods import CDAN_MAPS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, get_recipe
+from .methods import CDAN_MAPS, RECIPE_PARTS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, get_recipe
 from .models import DISCRIMINATORS
 from .trackers import LOGGERS, check_logger
 from .validators import SELECT_CHOICES
@@ -290,8 +290,6 @@ def _check_recipe(name: str) -> None:
     try:
         get_recipe(name)
     except ValueError as exc:
-        from .methods import RECIPE_PARTS
-
         bad = next((p for p in name.split("+") if p.strip() not in RECIPE_PARTS), None)
         if bad is not None:
             close = difflib.get_close_matches(bad.strip(), RECIPE_PARTS, 2, 0.4)
