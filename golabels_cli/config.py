@@ -281,7 +281,7 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
 def _recipe_or_none(name: Any):
     try:
         return get_recipe(name)
-    except (ValueError, AttributeError):
+    except (ValueError, TypeError):  # TypeError: a value of another type (a YAML list), refused by validate()
         return None
 
 

@@ -9,9 +9,12 @@ adding a loss on predictions is one module and its line in TARGET_LOSSES; each w
 (docs/methods.md) and tests (docs/architecture.md lists the files).
 """
 
+import functools
+
 from . import asan, bnm, cdan, cdan_e, dann, dann_e, gvb, im, mcc, source_only
 from .adversarial import (CDAN_MAPS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, Adversary, Batch, ExtraLossInputs, Method,
-                          MultilinearMap, adversarial_loss, entropy_weights, grad_reverse, grl_coeff, randomized_map)
+                          MultilinearMap, adversarial_loss, entropy, entropy_weights, grad_reverse, grl_coeff,
+                          randomized_map)
 from .asan import spectral_alignment
 from .gvb import gvb_weights
 from .recipe import Recipe, TargetLoss, parse_recipe
@@ -25,6 +28,7 @@ TARGET_LOSSES: dict[str, TargetLoss] = {m.LOSS.name: m.LOSS for m in (mcc, bnm, 
 RECIPE_PARTS = (*METHODS, *TARGET_LOSSES)
 
 
+@functools.lru_cache(maxsize=64)  # a recipe is immutable, and the lr schedule asks for it every step
 def get_recipe(name: str) -> Recipe:
     """The recipe a --method value names (e.g. "cdan-e+mcc"); ValueError saying what is wrong with it."""
     return parse_recipe(name, REGISTRY, TARGET_LOSSES, BASELINE)
@@ -37,5 +41,5 @@ def get_method(name: str) -> Method:
 
 __all__ = ["BASELINE", "CDAN_MAPS", "METHODS", "RECIPE_PARTS", "REFERENCE_HORIZON", "REFERENCE_LR_GAMMA", "REGISTRY", "SCHEDULES",
            "TARGET_LOSSES", "Adversary", "Batch", "ExtraLossInputs", "Method", "MultilinearMap", "Recipe", "TargetLoss",
-           "adversarial_loss", "entropy_weights", "get_method", "get_recipe", "grad_reverse", "grl_coeff", "gvb_weights",
+           "adversarial_loss", "entropy", "entropy_weights", "get_method", "get_recipe", "grad_reverse", "grl_coeff", "gvb_weights",
            "randomized_map", "spectral_alignment"]

@@ -163,10 +163,14 @@ class MultilinearMap(nn.Module):
         return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
 
 
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """H(p) over the last dimension. Shapes: [N, C] -> [N], [C] -> scalar."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
+
+
 def entropy_weights(probs: torch.Tensor) -> torch.Tensor:
     """CDAN+E's sample weights 1 + exp(-H(p)), normalized to mean 1 over the batch. Shapes: [N, C] -> [N]."""
-    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(1)
-    w = 1.0 + torch.exp(-entropy)
+    w = 1.0 + torch.exp(-entropy(probs))
     return w / w.mean()
 
 

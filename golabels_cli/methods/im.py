@@ -13,16 +13,13 @@ Shapes: z [B, C] -> scalar.
 import torch
 import torch.nn.functional as F
 
+from .adversarial import entropy
 from .recipe import TargetLoss
-
-
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
 
 
 def information_maximization(logits: torch.Tensor) -> torch.Tensor:
     probs = F.softmax(logits, dim=1)
-    return _entropy(probs).mean() - _entropy(probs.mean(0))
+    return entropy(probs).mean() - entropy(probs.mean(0))
 
 
 LOSS = TargetLoss(

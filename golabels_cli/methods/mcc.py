@@ -16,14 +16,14 @@ Shapes: z [B, C] -> scalar.
 import torch
 import torch.nn.functional as F
 
+from .adversarial import entropy
 from .recipe import TargetLoss
 
 
 def minimum_class_confusion(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     batch, classes = logits.shape
     probs = F.softmax(logits / temperature, dim=1)
-    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(1).detach()
-    weights = 1.0 + torch.exp(-entropy)
+    weights = 1.0 + torch.exp(-entropy(probs).detach())
     weights = batch * weights / weights.sum()
     confusion = (probs * weights[:, None]).t() @ probs
     confusion = confusion / confusion.sum(dim=1, keepdim=True)
