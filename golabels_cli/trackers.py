@@ -4,11 +4,26 @@ Each tracker gets the same scalars as metrics.jsonl (every logged row, at its it
 resolved config as hyper-parameters, and the final figures of summary.json. Each is an optional
 extra (`pip install 'golabels[tensorboard]'`, `'golabels[mlflow]'`):
 
-    tensorboard   event files in RUN/tensorboard/ (tensorboard --logdir runs/adapt)
+    tensorboard   one event file per session in RUN/tensorboard/ (tensorboard --logdir runs/adapt):
+                  the rows, the hyper-parameters and the final figures together, so that the
+                  HParams tab finds the figures of the run it lists; a resumed run adds one file
     mlflow        a run in the experiment $MLFLOW_EXPERIMENT_NAME (default "golabels") of the
                   tracking server $MLFLOW_TRACKING_URI (MLflow's own default without it), named
                   after the run directory; a resumed run logs its new iterations to a new MLflow run
 
+TensorBoard shows the scalars in sections, one per group, the tag `group/name` without the
+group's word repeated (loss_cls -> loss/cls, disc_acc -> discriminator/acc, target_acc -> target/acc):
+
+    loss/           the training losses: cls, adv, extra, target (any loss_* key)
+    discriminator/  the adversary: acc, acc_src, acc_tgt, relabeled_src, relabeled_tgt, adv_grad_norm
+    validators/     the label-free validators --select reads: src_acc, entropy, im, snd, dev
+    target/         figures of the target's labels: the --eval-dir oracle (acc, mean_class_acc,
+                    acc_train_bn) and the label-shift estimates (prior_shift, predicted_shift,
+                    predicted_shift_p); target_acc is here, not among the validators, as it needs labels
+    train/          the schedule and throughput: lr, lambda, samples_per_step, and any key not in TAGS
+    final/          summary.json's figures at the run's last iteration (FINAL_KEYS)
+
+MLflow has no sections: its metric names are the metrics.jsonl keys (final_<key> for the final ones).
 A tracker that fails mid-run (a tracking server gone) costs a warning, never the training.
 """
 
@@ -27,6 +42,40 @@ log = logging.getLogger("golabels")
 LOGGERS = ("tensorboard", "mlflow")
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 FINAL_KEYS = ("target_acc", "target_mean_class_acc", "images_per_s", "seconds")
+
+# metrics.jsonl key -> TensorBoard tag; every key the training loop writes is here, so that a new
+# key lands in train/ only until someone files it (tests/test_feedback.py checks a run's rows).
+TAGS = {
+    "loss_cls": "loss/cls", "loss_adv": "loss/adv", "loss_extra": "loss/extra", "loss_target": "loss/target",
+    "disc_acc": "discriminator/acc", "disc_acc_src": "discriminator/acc_src", "disc_acc_tgt": "discriminator/acc_tgt",
+    "relabeled_src": "discriminator/relabeled_src", "relabeled_tgt": "discriminator/relabeled_tgt",
+    "adv_grad_norm": "discriminator/adv_grad_norm",
+    "src_acc": "validators/src_acc", "entropy": "validators/entropy", "im": "validators/im", "snd": "validators/snd",
+    "dev": "validators/dev",
+    "target_acc": "target/acc", "target_mean_class_acc": "target/mean_class_acc", "target_acc_train_bn": "target/acc_train_bn",
+    "prior_shift": "target/prior_shift", "predicted_shift": "target/predicted_shift", "predicted_shift_p": "target/predicted_shift_p",
+    "lr": "train/lr", "lambda": "train/lambda", "samples_per_step": "train/samples_per_step",
+}
+# A key not in TAGS: its group by prefix (the group's own word dropped), else train/.
+PREFIX_TAGS = (("loss_", "loss/"), ("disc_", "discriminator/"), ("relabeled_", "discriminator/relabeled_"),
+               ("adv_", "discriminator/adv_"), ("target_", "target/"))
+FALLBACK_GROUP = "train"
+
+
+def tensorboard_tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.jsonl key: `group/name` (see the module's docstring)."""
+    if key in TAGS:
+        return TAGS[key]
+    for prefix, tag in PREFIX_TAGS:
+        if key.startswith(prefix):
+            return tag + key[len(prefix):]
+    return f"{FALLBACK_GROUP}/{key}"
+
+
+def final_figures(summary: dict[str, Any]) -> dict[str, float]:
+    """summary.json's figures of FINAL_KEYS that the run has (target_acc only with --eval-dir)."""
+    return {k: float(summary[k]) for k in FINAL_KEYS
+            if isinstance(summary.get(k), (int, float)) and not isinstance(summary[k], bool)}
 
 
 def check_logger(name: str | None) -> None:
@@ -59,11 +108,19 @@ class TensorBoard:
 
     def log_row(self, row: dict[str, Any]) -> None:
         for key, value in scalars(row).items():
-            self.writer.add_scalar(key, value, row["iter"])
+            self.writer.add_scalar(tensorboard_tag(key), value, row["iter"])
 
     def finish(self, summary: dict[str, Any]) -> None:
-        final = {f"final/{k}": summary[k] for k in FINAL_KEYS if isinstance(summary.get(k), (int, float))}
-        self.writer.add_hparams(_hyperparameters(self.config), final, run_name=".")
+        from torch.utils.tensorboard.summary import hparams
+
+        final = {f"final/{k}": v for k, v in final_figures(summary).items()}
+        # Not writer.add_hparams: it opens a second writer, hence a second event file (a second
+        # run in TensorBoard's list). The same summaries through the run's own writer instead;
+        # the HParams tab reads the metrics' values from the scalars of the same tags.
+        for proto in hparams(_hyperparameters(self.config), final):
+            self.writer.file_writer.add_summary(proto, summary["iters"])
+        for tag, value in final.items():
+            self.writer.add_scalar(tag, value, summary["iters"])
         self.close()
 
     def close(self) -> None:
@@ -84,7 +141,7 @@ class MLflow:
         self.mlflow.log_metrics(scalars(row), step=row["iter"])
 
     def finish(self, summary: dict[str, Any]) -> None:
-        final = {f"final_{k}": float(summary[k]) for k in FINAL_KEYS if isinstance(summary.get(k), (int, float))}
+        final = {f"final_{k}": v for k, v in final_figures(summary).items()}
         self.mlflow.log_metrics(final, step=summary["iters"])
         self.mlflow.end_run()
 

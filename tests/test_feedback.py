@@ -151,13 +151,42 @@ def test_tensorboard_holds_every_logged_row(domains, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from golabels_cli.trackers import FINAL_KEYS, TAGS
+
     source, target = domains
-    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "6", "--log-every", "2", "--logger", "tensorboard")
-    events = EventAccumulator(str(run / "tensorboard"))
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "6", "--log-every", "2", "--logger", "tensorboard",
+                     "--eval-dir", target)
+    # One session, one event file: the rows, the hyper-parameters and the final figures together.
+    files = [p for p in (run / "tensorboard").rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].name.startswith("events.out.tfevents."), files
+    events = EventAccumulator(str(files[0]))
     events.Reload()
-    logged = [(e.step, e.value) for e in events.Scalars("loss_cls")]
-    rows = [(r["iter"], pytest.approx(r["loss_cls"], rel=1e-6)) for r in read_jsonl(run / "metrics.jsonl")]  # stored as float32
-    assert logged == rows and [s for s, _ in logged] == [2, 4, 6]
+    rows = read_jsonl(run / "metrics.jsonl")
+    logged = [(e.step, e.value) for e in events.Scalars("loss/cls")]
+    assert logged == [(r["iter"], pytest.approx(r["loss_cls"], rel=1e-6)) for r in rows]  # stored as float32
+    assert [s for s, _ in logged] == [2, 4, 6]
+    # Every key the loop writes is filed in a group, none left to the fallback.
+    assert {k for r in rows for k in r} - {"iter", "target_prior", "predicted_share", "source_predicted_share"} <= set(TAGS)
+    tags = events.Tags()["scalars"]
+    groups = {"loss", "discriminator", "validators", "target", "train", "final"}
+    assert all(tag.count("/") == 1 and tag.split("/")[0] in groups for tag in tags), tags
+    for tag in ("loss/adv", "discriminator/acc", "validators/snd", "target/acc", "target/predicted_shift", "train/lr"):
+        assert tag in tags, (tag, tags)
+    summary = json.loads((run / "summary.json").read_text())
+    for key in FINAL_KEYS:
+        (final,) = events.Scalars(f"final/{key}")
+        assert final.step == 6 and final.value == pytest.approx(summary[key], rel=1e-6)
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(
+        events.PluginTagToContent("hparams"))
+
+
+def test_tensorboard_tags_name_the_group_once():
+    from golabels_cli.trackers import tensorboard_tag
+
+    assert tensorboard_tag("loss_cls") == "loss/cls" and tensorboard_tag("loss_new") == "loss/new"
+    assert tensorboard_tag("disc_acc_src") == "discriminator/acc_src" and tensorboard_tag("relabeled_new") == "discriminator/relabeled_new"
+    assert tensorboard_tag("snd") == "validators/snd" and tensorboard_tag("target_acc") == "target/acc"
+    assert tensorboard_tag("lambda") == "train/lambda" and tensorboard_tag("something_new") == "train/something_new"
 
 
 def test_mlflow_holds_the_metrics_the_config_and_the_final_figures(domains, tmp_path, monkeypatch):
