@@ -16,16 +16,11 @@ from typing import Any
 
 import yaml
 
-from .domain_labels import MODES
+# Torch-free on purpose: every value is checked before torch and timm load (choices.py).
+from .choices import (ALIGNMENT_TERMS, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS,
+                      PRECISIONS, RECIPE_PARTS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SELECT_CHOICES, parse_recipe_name)
 from .errors import InputError, reason
-from .methods import CDAN_MAPS, RECIPE_PARTS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, get_recipe
-from .models import DISCRIMINATORS
-from .trackers import LOGGERS, check_logger
-from .validators import SELECT_CHOICES
-
-FORWARDS = ("joint", "per-domain")
-BN_STATS = ("train", "target")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from .trackers import check_logger
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
 PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned
@@ -238,7 +233,7 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
         if value is not None:
             setattr(cfg, name, str(Path(value).expanduser().absolute()))
     if cfg.discriminator is None and method is not None:
-        cfg.discriminator = method.alignment.reference_discriminator
+        cfg.discriminator = ALIGNMENT_TERMS[method.alignment]
     pretrained = bool(cfg.pretrained or cfg.weights)
     if cfg.trade_off is None:
         cfg.trade_off = PRETRAINED_TRADE_OFF if pretrained else 1.0
@@ -280,7 +275,7 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
 
 def _recipe_or_none(name: Any):
     try:
-        return get_recipe(name)
+        return parse_recipe_name(name)
     except (ValueError, TypeError):  # TypeError: a value of another type (a YAML list), refused by validate()
         return None
 
@@ -288,7 +283,7 @@ def _recipe_or_none(name: Any):
 def _check_recipe(name: str) -> None:
     """--method: one alignment term and/or losses on the target's predictions, joined by "+"."""
     try:
-        get_recipe(name)
+        parse_recipe_name(name)
     except ValueError as exc:
         bad = next((p for p in name.split("+") if p.strip() not in RECIPE_PARTS), None)
         if bad is not None:
@@ -367,10 +362,10 @@ def validate(cfg: AdaptConfig) -> None:
     if not cfg.source or not cfg.target:
         raise InputError("adapt needs a SOURCE and a TARGET folder", "golabels adapt SOURCE TARGET, or --config FILE")
     _check_recipe(cfg.method)
-    _choice("domain_labels", cfg.domain_labels, MODES)
-    _choice("device", cfg.device, ("auto", "cpu", "cuda", "mps"))
+    _choice("domain_labels", cfg.domain_labels, DOMAIN_LABEL_MODES)
+    _choice("device", cfg.device, DEVICES)
     _choice("select", cfg.select, SELECT_CHOICES)
-    _choice("lr_scaling", cfg.lr_scaling, ("none", "linear", "sqrt"))
+    _choice("lr_scaling", cfg.lr_scaling, LR_SCALINGS)
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("cdan_map", cfg.cdan_map, CDAN_MAPS)
     _choice("forward", cfg.forward, FORWARDS)
@@ -440,7 +435,7 @@ def validate(cfg: AdaptConfig) -> None:
         flag = "--balance-target" if cfg.balance_target else "--label-shift-weights"
         raise InputError(f"{flag} acts from the first target estimate, at iteration --refresh-every {cfg.refresh_every}, "
                          f"and the run has {cfg.iters} iterations", "lower --refresh-every")
-    if cfg.balance_target and not get_recipe(cfg.method).uses_target:
+    if cfg.balance_target and not parse_recipe_name(cfg.method).uses_target:
         raise InputError("--balance-target draws the target batches, and --method source-only trains on none",
                          "use a --method that trains on the target, or leave --balance-target out")
     if cfg.select in ("src-acc", "dev") and not cfg.val_split:

@@ -6,7 +6,7 @@ import torch
 
 from .errors import InputError
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from .choices import DEVICES
 
 
 def _mps_available() -> bool:

@@ -24,10 +24,10 @@ import signal
 import time
 from dataclasses import dataclass
 
-import torch
-import torch.distributed as dist
-
 from .errors import AlreadyReported, GolabelsError, InputError, Interrupted, RunError, reason
+
+# torch is imported where a collective runs, not here: `adapt` asks env_rank() and rank_error()
+# before its options are checked, and a bad value is refused before torch loads.
 
 log = logging.getLogger("golabels")
 
@@ -71,6 +71,9 @@ def env_rank() -> int:
 
 def setup(device_type: str) -> Dist:
     """Join the process group when started by a launcher; a no-op otherwise (or for one process)."""
+    import torch
+    import torch.distributed as dist
+
     if not launched_by_torchrun():
         return SINGLE
     world = int(os.environ["WORLD_SIZE"])
@@ -87,16 +90,23 @@ def setup(device_type: str) -> Dist:
 
 
 def _control_group():
+    import torch.distributed as dist
+
     return dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if dist.get_backend() != "gloo" else dist.group.WORLD
 
 
 def teardown() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def any_rank(d: Dist, flag: bool) -> bool:
     """True on every rank if it is true on any: ranks must stop at the same step."""
+    import torch
+    import torch.distributed as dist
+
     if not d.enabled:
         return flag
     t = torch.tensor([1 if flag else 0])
@@ -105,6 +115,8 @@ def any_rank(d: Dist, flag: bool) -> bool:
 
 
 def all_mean(d: Dist, values: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
     if d.enabled:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
@@ -113,6 +125,8 @@ def all_mean(d: Dist, values: torch.Tensor) -> torch.Tensor:
 
 
 def all_min(d: Dist, values: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
     if d.enabled:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.MIN)
@@ -121,6 +135,8 @@ def all_min(d: Dist, values: torch.Tensor) -> torch.Tensor:
 
 def from_rank_0(d: Dist, values: torch.Tensor) -> torch.Tensor:
     """Rank 0's `values` (a CPU tensor of the same shape and dtype on every rank) on every rank."""
+    import torch.distributed as dist
+
     if d.enabled:
         values = values.clone()
         dist.broadcast(values, src=0, group=d.control)
@@ -188,6 +204,8 @@ def launch(nproc: int, worker_args: list[str], debug: bool = False) -> None:
 
 
 def check_devices(devices: int, device: str) -> None:
+    import torch
+
     if not isinstance(devices, int) or devices < 1:
         raise InputError(f"--devices must be a positive integer, got {devices!r}")
     if launched_by_torchrun() and devices not in (1, int(os.environ.get("LOCAL_WORLD_SIZE", devices))):

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-MODES = ("go", "fixed", "soft", "zero-out")
+from .choices import DOMAIN_LABEL_MODES
+
+MODES = DOMAIN_LABEL_MODES
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .choices import DISCRIMINATORS
 from .errors import InputError, reason
 
 log = logging.getLogger("golabels")
@@ -70,7 +71,6 @@ class Classifier(nn.Module):
         return self.head(features), features
 
 
-DISCRIMINATORS = ("batchnorm", "dropout")
 
 
 class Discriminator(nn.Module):

@@ -35,11 +35,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .choices import LOGGERS
 from .errors import InputError, reason
 
 log = logging.getLogger("golabels")
 
-LOGGERS = ("tensorboard", "mlflow")
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 FINAL_KEYS = ("target_acc", "target_mean_class_acc", "images_per_s", "seconds")
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .choices import SELECT_CHOICES  # noqa: F401 - --select's values, checked before torch loads
+
 # name in metrics.jsonl (and summary.json) -> True when a higher value is better
 DIRECTION = {"src_acc": True, "entropy": False, "im": True, "snd": True, "dev": False, "target_acc": True}
-SELECT_CHOICES = ("last", "src-acc", "entropy", "im", "snd", "dev", "target-acc")
 SND_TEMPERATURE = 0.05
 
 

@@ -78,8 +78,8 @@ def test_no_import_circle():
 
 
 def test_library_modules_never_import_the_command_line_or_its_console():
-    ui = {"golabels_cli.cli", "golabels_cli.console"}
-    allowed = {"golabels_cli.cli", "golabels_cli.console", "golabels_cli.demo", "golabels_cli.__main__"}
+    ui = {"golabels_cli.cli", "golabels_cli.console", "golabels_cli.tables"}
+    allowed = {"golabels_cli.cli", "golabels_cli.console", "golabels_cli.tables", "golabels_cli.demo", "golabels_cli.__main__"}
     found = modules()
     offenders = {name: sorted(imports(name, path, set(found)) & ui) for name, path in found.items() if name not in allowed}
     assert not {k: v for k, v in offenders.items() if v}
@@ -116,6 +116,33 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
         assert set(method.options) <= fields, method.name
     for mode in MODES:
         assert mode in ADAPT_EPILOG
+
+
+def test_the_registries_are_the_torch_free_names_the_config_checks():
+    from golabels_cli import choices
+    from golabels_cli.methods import BASELINE, REGISTRY, TARGET_LOSSES
+
+    assert list(REGISTRY) == list(choices.ALIGNMENT_TERMS) and BASELINE == choices.BASELINE
+    assert {name: m.reference_discriminator for name, m in REGISTRY.items()} == choices.ALIGNMENT_TERMS
+    assert tuple(TARGET_LOSSES) == choices.TARGET_LOSS_NAMES
+    for name, method in REGISTRY.items():
+        assert choices.parse_recipe_name(name).adversarial == method.adversarial, name
+
+
+def test_options_are_checked_before_torch_loads():
+    """A misspelt value is refused as fast as a misspelt option: config.py and the checks it runs
+    import neither torch nor timm, and `adapt` with a bad --method exits 2 in well under 3 s."""
+    import subprocess
+    import sys
+    import time
+
+    code = "import sys, golabels_cli.config, golabels_cli.cli; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "golabels_cli", "adapt", "src", "tgt", "--method", "cdan-x"], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown method 'cdan-x' — did you mean")
+    assert seconds < 3, seconds
 
 
 def test_every_method_module_carries_its_formula():

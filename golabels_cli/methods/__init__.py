@@ -31,7 +31,7 @@ RECIPE_PARTS = (*METHODS, *TARGET_LOSSES)
 @functools.lru_cache(maxsize=64)  # a recipe is immutable, and the lr schedule asks for it every step
 def get_recipe(name: str) -> Recipe:
     """The recipe a --method value names (e.g. "cdan-e+mcc"); ValueError saying what is wrong with it."""
-    return parse_recipe(name, REGISTRY, TARGET_LOSSES, BASELINE)
+    return parse_recipe(name, REGISTRY, TARGET_LOSSES)
 
 
 def get_method(name: str) -> Method:

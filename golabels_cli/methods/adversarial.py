@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import CDAN_MAPS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES  # noqa: F401 - re-exported
 from ..domain_labels import domain_targets
 from ..models import DISCRIMINATORS, Discriminator
 
@@ -43,10 +44,6 @@ from ..models import DISCRIMINATORS, Discriminator
 # read the same as the randomized map where both were run (Office-31, one seed; RESULTS.md).
 MULTILINEAR_MAX_DIM = 4096
 RANDOMIZED_DIM = 1024
-CDAN_MAPS = ("auto", "full", "randomized")
-SCHEDULES = ("reference", "scaled")
-REFERENCE_HORIZON = 10000  # iterations: the original CDAN code's max_iter for lambda
-REFERENCE_LR_GAMMA = 1e-3  # TLlib's and the original code's lr * (1 + 0.001 i) ** -0.75
 DISCRIMINATOR_INPUTS = ("features", "conditioned", "probabilities")
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..choices import parse_recipe_name
 from .adversarial import Method
 
 
@@ -68,23 +69,8 @@ class Recipe:
         return total
 
 
-def parse_recipe(name: str, methods: dict[str, Method], losses: dict[str, TargetLoss], baseline: str) -> Recipe:
-    """The recipe a `--method` value names; ValueError saying what is wrong with it (an unknown
-    part, two alignment terms, a part twice, the baseline combined with a loss)."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("an empty --method")
-    parts = [p.strip() for p in name.split("+")]
-    unknown = [p for p in parts if p not in methods and p not in losses]
-    if unknown:
-        raise ValueError(f"unknown method {unknown[0]!r}")
-    if len(set(parts)) != len(parts):
-        raise ValueError(f"--method {name!r} names a part twice")
-    aligned = [p for p in parts if p in methods]
-    if len(aligned) > 1:
-        raise ValueError(f"--method {name!r} names two alignment terms ({aligned[0]} and {aligned[1]}); a recipe has at most one")
-    if baseline in aligned and len(parts) > 1:
-        raise ValueError(f"{baseline} trains on no target image, so no loss on the target's predictions can join it")
-    alignment = methods[aligned[0]] if aligned else methods[baseline]
-    # The alignment term first, then the losses in the order given: one spelling per recipe.
-    canonical = "+".join([*aligned, *(p for p in parts if p in losses)])
-    return Recipe(canonical, alignment, tuple(losses[p] for p in parts if p in losses))
+def parse_recipe(name: str, methods: dict[str, Method], losses: dict[str, TargetLoss]) -> Recipe:
+    """The recipe a `--method` value names, its parts looked up in the registries; ValueError
+    saying what is wrong with it (choices.parse_recipe_name, which the config checks without torch)."""
+    parsed = parse_recipe_name(name)
+    return Recipe(parsed.name, methods[parsed.alignment], tuple(losses[p] for p in parsed.target_losses))

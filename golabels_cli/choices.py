@@ -1,0 +1,72 @@
+"""The names every option accepts, and the parse of a `--method` recipe, without PyTorch.
+
+`golabels adapt` checks its options against these before torch and timm load (a second or more
+on a CPU), so a misspelt value is refused as fast as a misspelt option. The modules that act on
+a name (methods/, domain_labels.py, models.py, validators.py) import their tuples from here, and
+tests/test_architecture.py checks the registries against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Alignment terms in the order --help lists them (the baseline last), each with the discriminator
+# of its reference code: --discriminator's default.
+ALIGNMENT_TERMS = {"cdan-e": "batchnorm", "cdan": "batchnorm", "dann": "batchnorm", "dann-e": "batchnorm",
+                   "gvb": "dropout", "asan": "dropout", "source-only": "batchnorm"}
+BASELINE = "source-only"
+TARGET_LOSS_NAMES = ("mcc", "bnm", "im")  # losses on the target's predictions
+RECIPE_PARTS = (*ALIGNMENT_TERMS, *TARGET_LOSS_NAMES)
+
+DOMAIN_LABEL_MODES = ("go", "fixed", "soft", "zero-out")
+DISCRIMINATORS = ("batchnorm", "dropout")
+CDAN_MAPS = ("auto", "full", "randomized")
+SCHEDULES = ("reference", "scaled")
+REFERENCE_HORIZON = 10000  # iterations: the original CDAN code's max_iter for lambda
+REFERENCE_LR_GAMMA = 1e-3  # TLlib's and the original code's lr * (1 + 0.001 i) ** -0.75
+SELECT_CHOICES = ("last", "src-acc", "entropy", "im", "snd", "dev", "target-acc")
+FORWARDS = ("joint", "per-domain")
+BN_STATS = ("train", "target")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LR_SCALINGS = ("none", "linear", "sqrt")
+LOGGERS = ("tensorboard", "mlflow")
+
+
+@dataclass(frozen=True)
+class RecipeName:
+    """A `--method` value as names: its one spelling (the alignment term first), the alignment
+    term (the baseline when none is named) and the losses on the target's predictions."""
+
+    name: str
+    alignment: str
+    target_losses: tuple[str, ...] = ()
+
+    @property
+    def adversarial(self) -> bool:
+        return self.alignment != BASELINE
+
+    @property
+    def uses_target(self) -> bool:
+        """The run draws target batches: for the discriminator, the target losses or both."""
+        return self.adversarial or bool(self.target_losses)
+
+
+def parse_recipe_name(name: str) -> RecipeName:
+    """The recipe a `--method` value names; ValueError saying what is wrong with it (an unknown
+    part, two alignment terms, a part twice, the baseline combined with a loss)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("an empty --method")
+    parts = [p.strip() for p in name.split("+")]
+    unknown = [p for p in parts if p not in RECIPE_PARTS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"--method {name!r} names a part twice")
+    aligned = [p for p in parts if p in ALIGNMENT_TERMS]
+    if len(aligned) > 1:
+        raise ValueError(f"--method {name!r} names two alignment terms ({aligned[0]} and {aligned[1]}); a recipe has at most one")
+    if BASELINE in aligned and len(parts) > 1:
+        raise ValueError(f"{BASELINE} trains on no target image, so no loss on the target's predictions can join it")
+    losses = tuple(p for p in parts if p in TARGET_LOSS_NAMES)
+    return RecipeName("+".join([*aligned, *losses]), aligned[0] if aligned else BASELINE, losses)
