@@ -8,23 +8,35 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
-from rich.table import Table
 
 from .errors import GolabelsError, reason
-from .progress import DataRead, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
+from .progress import DataRead, FrozenPathHint, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
 from .remedies import remedy_flags
 
-# soft_wrap: a long line is one line in a log file (a terminal wraps it on screen by itself).
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+
+
+def _console(stream_is_stderr: bool) -> Console:
+    """On a terminal, lines wrap between words at its width; piped, a line stays one line (a log
+    file, grep) and tables take the width they need, not rich's 80 columns, unless $COLUMNS says."""
+    console = Console(stderr=stream_is_stderr, highlight=False)
+    if not console.is_terminal:
+        console.soft_wrap = True
+        if not os.environ.get("COLUMNS"):
+            console.width = PIPED_WIDTH
+    return console
+
+
+PIPED_WIDTH = 1000
+stderr = _console(True)
+stdout = _console(False)
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
@@ -41,15 +53,29 @@ class _OneLine(logging.Filter):
         return True
 
 
+class _ConsoleHandler(logging.Handler):
+    """Log records as the rest of golabels' lines read: info plain, `warning: ...`, `error: ...`;
+    through the stderr console, so a live progress bar stays below them."""
+
+    PREFIX = {logging.DEBUG: "debug: ", logging.INFO: "", logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.PREFIX.get(record.levelno, "") + self.format(record)
+            if stderr.is_terminal:
+                stderr.print(text, markup=False, style="yellow" if record.levelno >= logging.WARNING else None)
+            else:
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging's own contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
 def setup_logging(quiet: bool = False, debug: bool = False) -> None:
     logger = logging.getLogger("golabels")
     logger.handlers.clear()
     logger.propagate = False
-    if stderr.is_terminal:
-        handler: logging.Handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler = _ConsoleHandler()
     handler.addFilter(_OneLine())
     logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else (logging.DEBUG if debug else logging.INFO))
@@ -72,7 +98,7 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def _fmt(value: Any, spec: str = ".3f") -> str:
+def fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
@@ -117,6 +143,32 @@ class _TwoLineProgress(Progress):
                 yield Text(line, no_wrap=True, overflow="ellipsis")
 
 
+# What each figure of the progress line means: shown once, at the start, for the terms of the run.
+LEGEND = {
+    "cls": "cls: classification loss on the source",
+    "adv": "adv: the discriminator's loss (about 0.69 when it cannot tell the domains apart)",
+    "disc": "disc: its accuracy (0.5: the domains are aligned)",
+    "relab": "relab s/t: share of source/target rows whose domain label was changed (--domain-labels)",
+    "tgt-loss": "tgt-loss: the losses on the target's predictions",
+    "tgt-acc": "tgt-acc: --eval-dir accuracy",
+}
+
+
+def duration(seconds: float) -> str:
+    """42s, 12 min, 3.5 h, 2.1 days: as precise as an estimate deserves."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 class AdaptProgress:
     """The progress callback for adapt(): a live bar on a TTY, plain periodic lines otherwise."""
 
@@ -133,6 +185,8 @@ class AdaptProgress:
         self.last_iter = 0
         self.first_iter = 0  # where this session started: > 0 when resumed
         self.last_stats = ""  # the figures of the newest metrics row, shown under the bar
+        self.last_row: dict[str, Any] | None = None
+        self.terms: tuple[str, ...] = tuple(LEGEND)
 
     def __call__(self, event: RunEvent) -> None:
         if self.quiet:
@@ -141,6 +195,8 @@ class AdaptProgress:
             self._data(event)
         elif isinstance(event, RunStarted):
             self._start(event)
+        elif isinstance(event, FrozenPathHint):
+            self._say(frozen_path_text(event))
         elif isinstance(event, StepDone):
             self._step(event.iter)
         elif isinstance(event, RowLogged):
@@ -148,12 +204,20 @@ class AdaptProgress:
         elif isinstance(event, RunFinished):
             self.close()
 
+    def _say(self, text: str) -> None:
+        (self.bar.console if self.bar is not None else stderr).print(text, markup=False)
+
     def _start(self, event: RunStarted) -> None:
         self.total = event.iters
         self.first_iter = self.last_iter = event.start
         self.started = self.last_plain = time.perf_counter()
+        self.terms = event.terms
         stderr.print(f"adapting on {event.device}; run directory: {event.run_dir}"
                      + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""), markup=False)
+        legend = [LEGEND[t] for t in event.terms]
+        if not self.live:  # the plain lines show the schedule too
+            legend.append("lr: learning rate" + ("; lambda: the gradient reversal's weight" if "adv" in event.terms else ""))
+        stderr.print("progress terms: " + "; ".join(legend), markup=False, style="dim")
         if self.live:
             self.bar = _TwoLineProgress(
                 TextColumn("adapt"), BarColumn(bar_width=20), MofNCompleteColumn(),
@@ -167,32 +231,38 @@ class AdaptProgress:
         for line in data_report_lines(event.report, event.held_out):
             stderr.print(line, markup=False)
 
+    def _speed(self, it: int, now: float) -> float:
+        return (it - self.first_iter) / max(now - self.started, 1e-9)
+
     def _step(self, it: int) -> None:
         self.last_iter = it
+        now = time.perf_counter()
         if self.bar is not None:
-            elapsed = time.perf_counter() - self.started
-            self.bar.update(self.task, completed=it, speed=f"{(it - self.first_iter) / max(elapsed, 1e-9):.2f} it/s")
+            self.bar.update(self.task, completed=it, speed=f"{self._speed(it, now):.2f} it/s")
+        elif it == self.first_iter + 1 or now - self.last_plain >= self.PLAIN_INTERVAL_S:
+            # piped: a heartbeat from the first iteration on, whatever --log-every says
+            self._plain_line(it, now, self.last_row)
 
-    @staticmethod
-    def stats_text(row: dict[str, Any]) -> str:
-        text = (
-            f"cls {_fmt(row['loss_cls'])} adv {_fmt(row['loss_adv'])} disc {_fmt(row['disc_acc'], '.2f')} "
-            f"relab s/t {_fmt(row['relabeled_src'], '.2f')}/{_fmt(row['relabeled_tgt'], '.2f')}"
-        )
-        if row.get("loss_target") is not None:  # the recipe's losses on the target's predictions
-            text += f" tgt-loss {_fmt(row['loss_target'])}"
+    def stats_text(self, row: dict[str, Any]) -> str:
+        parts = [f"cls {fmt(row['loss_cls'])}"]
+        if "adv" in self.terms:
+            parts.append(f"adv {fmt(row['loss_adv'])} disc {fmt(row['disc_acc'], '.2f')}")
+        if "relab" in self.terms:
+            parts.append(f"relab s/t {fmt(row['relabeled_src'], '.2f')}/{fmt(row['relabeled_tgt'], '.2f')}")
+        if "tgt-loss" in self.terms and row.get("loss_target") is not None:
+            parts.append(f"tgt-loss {fmt(row['loss_target'])}")
         if "target_acc" in row:
-            text += f" tgt-acc {row['target_acc']:.3f}"
-        return text
+            parts.append(f"tgt-acc {row['target_acc']:.3f}")
+        return " ".join(parts)
 
     @staticmethod
     def eval_text(row: dict[str, Any]) -> str:
-        parts = [f"{name} {_fmt(row.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key in row and key != "target_acc"]
+        parts = [f"{name} {fmt(row.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key in row and key != "target_acc"]
         if row.get("predicted_shift") is not None:  # the reading the label-shift warning uses
-            parts.append(f"| label shift {row['predicted_shift']:.3f}")
+            parts.append(f"| label shift {row['predicted_shift']:.3f} (predicted class shares, target vs. source; docs/label-shift.md)")
         if "target_acc" in row:
             parts.append(f"| target-acc {row['target_acc']:.4f} (oracle: --eval-dir labels)")
-        return f"iter {row['iter']}: " + " ".join(parts)
+        return f"iter {row['iter']} validators: " + " ".join(parts)
 
     def show_step(self, text: str | None) -> bool:
         """A slow step inside training (an evaluation), shown on the bar's second line; False
@@ -203,6 +273,7 @@ class AdaptProgress:
         return True
 
     def _log(self, row: dict[str, Any]) -> None:
+        self.last_row = row
         if self.bar is not None:
             self.last_stats = self.stats_text(row)
             self.bar.update(self.task, stats=self.last_stats)
@@ -213,20 +284,28 @@ class AdaptProgress:
         if "snd" in row:
             sys.stderr.write(self.eval_text(row) + "\n")
         if now - self.last_plain >= self.PLAIN_INTERVAL_S or row["iter"] == self.total or "snd" in row:
-            self.last_plain = now
-            elapsed = now - self.started
-            speed = (row["iter"] - self.first_iter) / max(elapsed, 1e-9)
-            eta = (self.total - row["iter"]) / max(speed, 1e-9)
-            sys.stderr.write(
-                f"iter {row['iter']}/{self.total} {speed:.2f} it/s eta {eta:.0f}s lr {row['lr']:.2e} lambda {row['lambda']:.3f} "
-                f"{self.stats_text(row)}\n"
-            )
-            sys.stderr.flush()
+            self._plain_line(row["iter"], now, row)
+
+    def _plain_line(self, it: int, now: float, row: dict[str, Any] | None) -> None:
+        self.last_plain = now
+        speed = self._speed(it, now)
+        text = f"iter {it}/{self.total} {speed:.2f} it/s eta {duration((self.total - it) / max(speed, 1e-9))}"
+        if row is not None:
+            text += f" lr {row['lr']:.2e}" + (f" lambda {row['lambda']:.3f}" if "adv" in self.terms else "") + f" {self.stats_text(row)}"
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def frozen_path_text(hint: FrozenPathHint) -> str:
+    return (f"this run fine-tunes the whole backbone on a CPU: its {plural(hint.iters_left, 'iteration')} left will take about "
+            f"{duration(hint.seconds_left)}. --freeze-backbone would take about {duration(hint.frozen_seconds)} (the features of "
+            f"{plural(hint.images, 'image')} once, about {duration(hint.features_seconds)}, then {hint.iters} steps on them; measured on "
+            "this run's first batch). Press Ctrl-C and add --freeze-backbone to train that way (docs/performance.md).")
 
 
 class StepProgress:
@@ -285,189 +364,6 @@ class StepProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
-
-
-def print_adapt_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"golabels adapt: {summary['run_dir']}", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    bn = {"target": "; BatchNorm statistics of the target", "train": ""}.get(summary.get("bn_stats") or "train", "")
-    table.add_row("method", f"{summary['method']} with {summary['domain_labels']} domain labels{bn}")
-    table.add_row("backbone", summary["backbone"])
-    where = summary["device"] + (f", {summary['processes']} processes" if summary.get("processes", 1) > 1 else "")
-    if summary.get("resumed_at"):
-        table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s over several sessions; this one: iterations "
-                      f"{summary['resumed_at'] + 1}-{summary['iters']} in {summary['session_seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
-    else:
-        table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
-    images, skipped = summary["images"], summary["skipped"]
-    table.add_row("images", f"source {images['source']}, target {images['target']}" + (f", eval {images['eval']}" if images["eval"] else ""))
-    if any(skipped.values()):
-        table.add_row("skipped", ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
-    final, selected = summary["final"], summary["selected"]
-    # Training's figures are of its last iteration, whichever snapshot is shipped: say so when they differ.
-    at = f" (iteration {summary['iters']})" if selected["by"] != "last" and selected["iter"] != summary["iters"] else ""
-    on_target = f", on the target's predictions {_fmt(final['loss_target'])}" if final.get("loss_target") is not None else ""
-    table.add_row("final losses", f"classification {_fmt(final['loss_cls'])}, adversarial {_fmt(final['loss_adv'])}{on_target}{at}")
-    if final["disc_acc"] is not None:
-        grad = f", adversarial gradient {final['adv_grad_norm']:.3g}" if final.get("adv_grad_norm") is not None else ""
-        table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}{grad}{at}")
-    if selected["by"] != "last":
-        table.add_row("model", f"the snapshot of iteration {selected['iter']}, selected by {selected['by']}"
-                      + (f" ({selected['value']:.4f})" if selected["value"] is not None else " (not computable: the last)"))
-    final = next((e for e in summary["evals"] if e["iter"] == selected["iter"]), None)
-    if final:
-        shipped = f" (iteration {selected['iter']}, the shipped snapshot)" if at else ""
-        table.add_row("validators", " ".join(f"{name} {_fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc") + shipped)
-    if summary["target_acc"] is not None:
-        table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; --eval-dir labels)")
-    if summary.get("results_figure"):
-        table.add_row("plots", f"{summary['run_dir']}/{summary['results_figure']}")
-    stdout.print(table)
-
-
-def print_eval(result, title: str) -> None:
-    table = Table(title=title)
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    table.add_column("correct", justify="right")
-    table.add_column("accuracy", justify="right")
-    for row in result.per_class:
-        table.add_row(row.name, str(row.images), str(row.correct), f"{row.accuracy:.4f}")
-    stdout.print(table)
-    stdout.print(f"top-1 accuracy {result.accuracy:.4f} on {result.images} images; mean per-class accuracy {result.mean_class_accuracy:.4f}")
-    if result.skipped:
-        stdout.print(f"{result.skipped} unreadable images skipped")
-    if len(result.predicted_classes) <= 12:
-        confusion = Table(title="confusion (rows: true, columns: predicted)")
-        confusion.add_column("")
-        for name in result.predicted_classes:
-            confusion.add_column(name, justify="right")
-        for name, row in zip(result.true_classes, result.confusion):
-            confusion.add_row(name, *map(str, row))
-        stdout.print(confusion)
-
-
-def environment_line(env: dict) -> str:
-    """summary.json's `environment` in one line: what to compare before comparing two runs' figures."""
-    libraries = ", ".join(f"{name} {env[name]}" for name in ("torch", "torchvision", "timm", "numpy", "pillow") if env.get(name))
-    hardware = env.get("gpu") or " ".join(filter(None, [env.get("cpu"), f"({env['cpu_kernels']})" if env.get("cpu_kernels") else None]))
-    return f"Python {env.get('python')}, {libraries}" + (f"; {hardware}" if hardware else "")
-
-
-def print_report(record, plots: list | None, plots_wanted: bool) -> None:
-    """`golabels report`: the run, its data, its training trajectory and its validators."""
-    _print_overview(record)
-    data = (record.summary or {}).get("data")
-    if data:
-        _print_data(data)
-    if record.rows:
-        _print_training(record.rows)
-    if record.evals:
-        _print_validators(record.evals, (record.summary or {}).get("selected", {}).get("iter"))
-    if not plots_wanted:
-        return
-    if plots is None:
-        stderr.print("no plots: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
-    elif plots:
-        stderr.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
-
-
-def _print_overview(record) -> None:
-    cfg, summary = record.config, record.summary
-    overview = Table(title=f"golabels report: {record.run_dir}", show_header=False)
-    overview.add_column("what", style="bold")
-    overview.add_column("value")
-    overview.add_row("method", f"{cfg.get('method')} with {cfg.get('domain_labels')} domain labels, backbone {cfg.get('backbone')}")
-    total = cfg.get("iters")
-    if summary is not None:
-        overview.add_row("status", f"finished: {summary['iters']} iterations in {summary['seconds']:.0f}s on {summary['device']}")
-        if summary.get("environment"):  # runs written before golabels recorded it have none
-            overview.add_row("environment", environment_line(summary["environment"]))
-    else:
-        overview.add_row("status", f"not finished: metrics up to iteration {record.iteration} of {total} "
-                         f"(resume with golabels adapt --resume {record.run_dir})")
-    if summary is not None:
-        sel = summary["selected"]
-        overview.add_row("model.safetensors", f"iteration {sel['iter']} (--select {sel['by']})")
-        if summary["target_acc"] is not None:
-            overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
-    remedies = remedy_flags(cfg)
-    if remedies:
-        estimated = cfg.get("balance_target") or cfg.get("label_shift_weights")
-        overview.add_row("label-shift remedies", " ".join(remedies) + (f" (estimates every {cfg.get('refresh_every')} iterations)"
-                                                                       if estimated else ""))
-    estimate = (summary or {}).get("target_estimate")
-    if estimate:
-        classes = summary["classes"]
-        top = sorted(range(len(classes)), key=lambda i: -estimate["target_prior"][i])[:3]
-        overview.add_row("target estimate", f"iteration {estimate['iter']}: most frequent "
-                         + ", ".join(f"{classes[i]!r} {estimate['target_prior'][i]:.0%}" for i in top)
-                         + f"; pseudo-labels per class {min(estimate['pseudo_label_counts'])}–{max(estimate['pseudo_label_counts'])}")
-        if estimate.get("class_weights"):
-            overview.add_row("source class weights", f"{min(estimate['class_weights']):.2f}–{max(estimate['class_weights']):.2f}")
-    stdout.print(overview)
-
-
-def _print_data(data: dict) -> None:
-    for line in data_report_lines(data, sum(data["held_out_per_class"].values())):
-        stdout.print(line, markup=False)
-    per_class = data["source_per_class"]
-    if len(per_class) <= 40:
-        table = Table(title="source images per class")
-        table.add_column("class")
-        table.add_column("images", justify="right")
-        table.add_column("held out", justify="right")
-        for name, n in per_class.items():
-            table.add_row(name, str(n), str(data["held_out_per_class"][name]))
-        stdout.print(table)
-    for warning in data["warnings"]:
-        stdout.print(f"warning: {warning}", markup=False)
-
-
-def _print_training(rows: list[dict]) -> None:
-    step = max(1, len(rows) // 10)
-    shown = rows[step - 1::step]
-    if shown[-1] is not rows[-1]:
-        shown.append(rows[-1])
-    table = Table(title="training (metrics.jsonl, every row's mean over its window)")
-    for name in ("iter", "loss cls", "loss adv", "disc acc", "disc src/tgt", "relabeled src/tgt", "adv grad", "lr"):
-        table.add_column(name, justify="right")
-    for r in shown:
-        table.add_row(str(r["iter"]), _fmt(r.get("loss_cls")), _fmt(r.get("loss_adv")), _fmt(r.get("disc_acc"), ".2f"),
-                      f"{_fmt(r.get('disc_acc_src'), '.2f')}/{_fmt(r.get('disc_acc_tgt'), '.2f')}",
-                      f"{_fmt(r.get('relabeled_src'), '.2f')}/{_fmt(r.get('relabeled_tgt'), '.2f')}", _fmt(r.get("adv_grad_norm")),
-                      f"{r['lr']:.2e}")
-    stdout.print(table)
-
-
-def _print_validators(evals: list[dict], selected: int | None) -> None:
-    from .report import MIN_SNAPSHOTS, correlations
-    from .validators import DIRECTION
-
-    keys = [k for k in VALIDATOR_NAMES if any(e.get(k) is not None for e in evals)]
-    oracle = "; target-acc: the oracle, from --eval-dir's labels" if "target_acc" in keys else ""
-    table = Table(title=f"validators per evaluated snapshot (* = model.safetensors; ↑ higher is better, ↓ lower{oracle}; "
-                        "shift: the label-shift reading)")
-    table.add_column("iter", justify="right")
-    for k in keys:
-        table.add_column(f"{VALIDATOR_NAMES[k]}{'↑' if DIRECTION[k] else '↓'}", justify="right")
-    shift = any(e.get("predicted_shift") is not None for e in evals)
-    if shift:
-        table.add_column("shift", justify="right")  # the label-shift reading's total variation (docs/label-shift.md)
-    for e in evals:
-        table.add_row(f"{'*' if e['iter'] == selected else ''}{e['iter']}", *(_fmt(e.get(k), ".4f") for k in keys),
-                      *([_fmt(e.get("predicted_shift"), ".3f")] if shift else []))
-    stdout.print(table)
-    rho = {k: v for k, v in correlations(evals).items() if v is not None}
-    if rho:
-        stdout.print("Spearman correlation with target accuracy over these snapshots (validators oriented higher-is-better): "
-                     + ", ".join(f"{VALIDATOR_NAMES[k]} {v:+.2f}" for k, v in rho.items()), markup=False)
-    elif (scored := sum(e.get("target_acc") is not None for e in evals)) >= MIN_SNAPSHOTS:
-        stdout.print("Spearman correlation with target accuracy: not defined (it, or every validator, is the same at every snapshot)")
-    elif scored >= 2:
-        stdout.print(f"Spearman correlation with target accuracy: not shown from {scored} snapshots ({MIN_SNAPSHOTS} or more "
-                     "needed: a smaller --eval-every gives more)", markup=False)
 
 
 def usage_error_line(exc) -> str:

@@ -68,6 +68,21 @@ class RunStarted:
     device: str
     classes: list[str]
     world: int  # processes
+    # the progress line's terms that can change in this run: "cls", then "adv" and "disc" with a
+    # discriminator, "relab" with domain labels other than fixed, "tgt-loss" with losses on the target's predictions
+    terms: tuple[str, ...] = ("cls", "adv", "disc", "relab")
+
+
+@dataclass(frozen=True)
+class FrozenPathHint:
+    """Fine-tuning on a CPU, measured after the first step against --freeze-backbone (training/path_hint.py)."""
+
+    seconds_left: float  # this run's remaining iterations at the first step's pace
+    iters_left: int
+    frozen_seconds: float  # --freeze-backbone: the features once, then every iteration on them
+    features_seconds: float
+    images: int  # whose features the frozen path computes
+    iters: int
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,7 @@ class RunFinished:
     summary: dict[str, Any]  # summary.json's document, as written
 
 
-RunEvent = Union[DataRead, RunStarted, StepDone, RowLogged, RunFinished]
+RunEvent = Union[DataRead, RunStarted, FrozenPathHint, StepDone, RowLogged, RunFinished]
 RunListener = Callable[[RunEvent], None]
 
 

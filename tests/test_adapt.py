@@ -31,8 +31,19 @@ def assert_same_weights(a, b):
 def test_run_directory_layout(domains, tmp_path):
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "30", "--eval-dir", target, "--eval-every", "10")
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json", "results.png"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json", "results.png",
+                                               "results.csv", "target-mosaic.png"}
     rows = read_jsonl(run / "metrics.jsonl")
+    # results.csv: metrics.jsonl as a table, read back by the standard parser
+    import csv
+
+    with open(run / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["iter"]) for r in table] == [10, 20, 30] and float(table[-1]["loss_cls"]) == rows[-1]["loss_cls"]
+    from PIL import Image
+
+    with Image.open(run / "target-mosaic.png") as mosaic:
+        assert mosaic.width > 200 and mosaic.height > 200
     assert rows[-1]["iter"] == 30 and [r["iter"] for r in rows] == [10, 20, 30]
     for row in rows:
         assert ROW_KEYS <= row.keys()
@@ -158,10 +169,27 @@ def test_plain_progress_lines_without_tty(domains, tmp_path):
     source, target = domains
     result = cli("adapt", source, target, *TINY, "--iters", "4", "--log-every", "2", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.stderr
-    last = [line for line in result.stderr.splitlines() if line.startswith("iter 4/4")]
-    assert last and "it/s" in last[0] and "eta" in last[0] and "cls" in last[0] and "adv" in last[0]
-    assert "disc" in last[0] and "relab" in last[0]
+    lines = result.stderr.splitlines()
+    last = [line for line in lines if line.startswith("iter 4/4")]
+    assert last and "it/s" in last[0] and "eta" in last[0] and "cls" in last[0] and "adv" in last[0] and "disc" in last[0]
     assert "iter 4/4" not in result.stdout  # progress never pollutes stdout
+    # the first iteration is reported at once (a heartbeat, before any metrics row), and the terms are explained once
+    assert any(line.startswith("iter 1/4 ") for line in lines)
+    legend = [line for line in lines if line.startswith("progress terms:")]
+    assert len(legend) == 1 and "cls: classification loss" in legend[0] and "disc: its accuracy" in legend[0]
+    # under fixed domain labels nothing is ever relabeled: the term is neither shown nor explained
+    assert "relab" not in result.stderr
+
+
+def test_progress_terms_follow_the_recipe(domains, tmp_path):
+    source, target = domains
+    go = cli("adapt", source, target, *TINY, "--iters", "2", "--domain-labels", "go", "--out", tmp_path / "go")
+    assert go.exit_code == 0, go.stderr
+    assert "relab s/t" in [line for line in go.stderr.splitlines() if line.startswith("iter 2/2")][0]
+    mcc = cli("adapt", source, target, *TINY, "--iters", "2", "--method", "mcc", "--out", tmp_path / "mcc")
+    assert mcc.exit_code == 0, mcc.stderr
+    line = [line for line in mcc.stderr.splitlines() if line.startswith("iter 2/2")][0]
+    assert "tgt-loss" in line and " adv " not in line and "disc" not in line and "lambda" not in line
 
 
 def test_rich_progress_bar_on_a_tty(domains, tmp_path):
@@ -188,5 +216,5 @@ def test_rich_progress_bar_on_a_tty(domains, tmp_path):
     proc.wait(timeout=120)
     screen = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0
-    assert "it/s" in screen and "4/4" in screen and "relab" in screen and "disc" in screen
+    assert "it/s" in screen and "4/4" in screen and "disc" in screen and "progress terms:" in screen
     assert "━" in screen  # rich's bar

@@ -177,7 +177,7 @@ def test_a_tiny_balanced_run_prints_no_label_shift_warning(tmp_path):
     result = cli("adapt", source, target, *TINY, "--out", tmp_path / "run", "--iters", "40", "--eval-every", "10",
                  "--eval-dir", target)
     assert result.exit_code == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert not [w for w in warnings if "label shift" in w or "class distribution" in w], warnings
 
 

@@ -322,7 +322,7 @@ def test_report_on_an_interrupted_run_and_on_bad_input(domains, tmp_path):
 
 
 def test_the_summary_says_which_iteration_each_figure_is_of():
-    from golabels_cli import console
+    from golabels_cli import console, tables
 
     summary = {
         "run_dir": "runs/adapt/exp", "method": "cdan-e", "domain_labels": "fixed", "bn_stats": "target", "backbone": "resnet50",
@@ -333,7 +333,7 @@ def test_the_summary_says_which_iteration_each_figure_is_of():
         "evals": [{"iter": 100, "snd": 3.0}, {"iter": 300, "snd": 2.0}], "target_acc": None,
     }
     with console.stdout.capture() as captured:
-        console.print_adapt_summary(summary)
+        tables.print_adapt_summary(summary)
     text = " ".join(captured.get().replace("│", " ").split())  # cells wrap inside the table
     assert "adversarial 0.600 (iteration 300)" in text and "(iteration 100, the shipped snapshot)" in text
     assert "BatchNorm statistics of the target" in text

@@ -1,0 +1,264 @@
+"""The result tables on stdout: adapt's summary, eval's per-class table and confusion, and
+`golabels report`. No figure is ever cut: a table wider than the terminal leaves out whole
+columns, the least telling first, and says which (--json has them all); text wraps between words.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from .console import VALIDATOR_NAMES, fmt, data_report_lines, stderr, stdout
+
+
+def _min_width(table: Table) -> int:
+    """The narrowest the table can be without cutting a word: rich's own measure, unbounded."""
+    wide = Console(width=100_000, file=stdout.file)
+    return Measurement.get(wide, wide.options, table).minimum
+
+
+def fitted(build: Callable[[list[str]], Table], columns: list[str], least_telling: list[str], width: int | None = None) -> tuple[Table, list[str]]:
+    """The table `build(kept columns)` at the console's width: the columns of `least_telling` left
+    out, first to last, until no cell is cut. Returns the table and the columns left out."""
+    width = width or stdout.width
+    kept, dropped = list(columns), []
+    table = build(kept)
+    for name in least_telling:
+        if _min_width(table) <= width:
+            break
+        kept.remove(name)
+        dropped.append(name)
+        table = build(kept)
+    return table, dropped
+
+
+def _print_fitted(table: Table, dropped: list[str]) -> None:
+    stdout.print(table)
+    if dropped:
+        stdout.print(f"(left out at this width: {', '.join(dropped)}; a wider terminal or --json shows them)", markup=False)
+
+
+def _two_columns(title: str) -> Table:
+    """A what/value table whose values wrap between words and fold a word longer than the column
+    (a path): never an ellipsis."""
+    table = Table(title=title, show_header=False)
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    return table
+
+
+def print_adapt_summary(summary: dict[str, Any]) -> None:
+    table = _two_columns(f"golabels adapt: {summary['run_dir']}")
+    bn = {"target": "; BatchNorm statistics of the target", "train": ""}.get(summary.get("bn_stats") or "train", "")
+    table.add_row("method", f"{summary['method']} with {summary['domain_labels']} domain labels{bn}")
+    table.add_row("backbone", summary["backbone"])
+    where = summary["device"] + (f", {summary['processes']} processes" if summary.get("processes", 1) > 1 else "")
+    if summary.get("resumed_at"):
+        table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s over several sessions; this one: iterations "
+                      f"{summary['resumed_at'] + 1}-{summary['iters']} in {summary['session_seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
+    else:
+        table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
+    images, skipped = summary["images"], summary["skipped"]
+    table.add_row("images", f"source {images['source']}, target {images['target']}" + (f", eval {images['eval']}" if images["eval"] else ""))
+    if any(skipped.values()):
+        table.add_row("skipped", ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
+    final, selected = summary["final"], summary["selected"]
+    # Training's figures are of its last iteration, whichever snapshot is shipped: say so when they differ.
+    at = f" (iteration {summary['iters']})" if selected["by"] != "last" and selected["iter"] != summary["iters"] else ""
+    on_target = f", on the target's predictions {fmt(final['loss_target'])}" if final.get("loss_target") is not None else ""
+    table.add_row("final losses", f"classification {fmt(final['loss_cls'])}, adversarial {fmt(final['loss_adv'])}{on_target}{at}")
+    if final["disc_acc"] is not None:
+        grad = f", adversarial gradient {final['adv_grad_norm']:.3g}" if final.get("adv_grad_norm") is not None else ""
+        table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}{grad}{at}")
+    if selected["by"] != "last":
+        table.add_row("model", f"the snapshot of iteration {selected['iter']}, selected by {selected['by']}"
+                      + (f" ({selected['value']:.4f})" if selected["value"] is not None else " (not computable: the last)"))
+    final = next((e for e in summary["evals"] if e["iter"] == selected["iter"]), None)
+    if final:
+        shipped = f" (iteration {selected['iter']}, the shipped snapshot)" if at else ""
+        table.add_row("validators", " ".join(f"{name} {fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc") + shipped)
+    if summary["target_acc"] is not None:
+        table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; --eval-dir labels)")
+    files = [summary.get(k) for k in ("results_figure", "results_csv", "target_mosaic") if summary.get(k)]
+    if files:
+        table.add_row("figures", f"{', '.join(files)} in {summary['run_dir']}")
+    stdout.print(table)
+
+
+def print_eval(result, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("class", overflow="fold")
+    for name in ("images", "correct", "accuracy"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in result.per_class:
+        table.add_row(row.name, str(row.images), str(row.correct), f"{row.accuracy:.4f}")
+    stdout.print(table)
+    stdout.print(f"top-1 accuracy {result.accuracy:.4f} on {result.images} images; mean per-class accuracy {result.mean_class_accuracy:.4f}")
+    if result.skipped:
+        stdout.print(f"{result.skipped} unreadable image{'s' if result.skipped != 1 else ''} skipped")
+    if len(result.predicted_classes) <= 12:
+        confusion = Table(title="confusion (rows: true, columns: predicted)")
+        confusion.add_column("", overflow="fold")
+        for name in result.predicted_classes:
+            confusion.add_column(name, justify="right", no_wrap=True)
+        for name, row in zip(result.true_classes, result.confusion):
+            confusion.add_row(name, *map(str, row))
+        if _min_width(confusion) <= stdout.width:
+            stdout.print(confusion)
+        else:
+            stdout.print("(the confusion matrix is wider than this terminal: --confusion FILE writes it as CSV, --plots draws it)", markup=False)
+
+
+def environment_line(env: dict) -> str:
+    """summary.json's `environment` in one line: what to compare before comparing two runs' figures."""
+    libraries = ", ".join(f"{name} {env[name]}" for name in ("torch", "torchvision", "timm", "numpy", "pillow") if env.get(name))
+    hardware = env.get("gpu") or " ".join(filter(None, [env.get("cpu"), f"({env['cpu_kernels']})" if env.get("cpu_kernels") else None]))
+    return f"Python {env.get('python')}, {libraries}" + (f"; {hardware}" if hardware else "")
+
+
+def print_report(record, plots: list | None, plots_wanted: bool) -> None:
+    """`golabels report`: the run, its data, its training trajectory and its validators."""
+    _print_overview(record)
+    data = (record.summary or {}).get("data")
+    if data:
+        _print_data(data)
+    if record.rows:
+        _print_training(record.rows, record.config.get("domain_labels"))
+    if record.evals:
+        _print_validators(record.evals, (record.summary or {}).get("selected", {}).get("iter"))
+    if not plots_wanted:
+        return
+    if plots is None:
+        stderr.print("no plots: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
+    elif plots:
+        stderr.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
+
+
+def _print_overview(record) -> None:
+    cfg, summary = record.config, record.summary
+    overview = _two_columns(f"golabels report: {record.run_dir}")
+    overview.add_row("method", f"{cfg.get('method')} with {cfg.get('domain_labels')} domain labels, backbone {cfg.get('backbone')}")
+    total = cfg.get("iters")
+    if summary is not None:
+        overview.add_row("status", f"finished: {summary['iters']} iterations in {summary['seconds']:.0f}s on {summary['device']}")
+        if summary.get("environment"):  # runs written before golabels recorded it have none
+            overview.add_row("environment", environment_line(summary["environment"]))
+    else:
+        overview.add_row("status", f"not finished: metrics up to iteration {record.iteration} of {total} "
+                         f"(resume with golabels adapt --resume {record.run_dir})")
+    if summary is not None:
+        sel = summary["selected"]
+        overview.add_row("model.safetensors", f"iteration {sel['iter']} (--select {sel['by']})")
+        if summary["target_acc"] is not None:
+            overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
+    remedies = remedy_flags(cfg)
+    if remedies:
+        estimated = cfg.get("balance_target") or cfg.get("label_shift_weights")
+        overview.add_row("label-shift remedies", " ".join(remedies) + (f" (estimates every {cfg.get('refresh_every')} iterations)"
+                                                                       if estimated else ""))
+    estimate = (summary or {}).get("target_estimate")
+    if estimate:
+        classes = summary["classes"]
+        top = sorted(range(len(classes)), key=lambda i: -estimate["target_prior"][i])[:3]
+        overview.add_row("target estimate", f"iteration {estimate['iter']}: most frequent "
+                         + ", ".join(f"{classes[i]!r} {estimate['target_prior'][i]:.0%}" for i in top)
+                         + f"; pseudo-labels per class {min(estimate['pseudo_label_counts'])}–{max(estimate['pseudo_label_counts'])}")
+        if estimate.get("class_weights"):
+            overview.add_row("source class weights", f"{min(estimate['class_weights']):.2f}–{max(estimate['class_weights']):.2f}")
+    stdout.print(overview)
+
+
+def _print_data(data: dict) -> None:
+    for line in data_report_lines(data, sum(data["held_out_per_class"].values())):
+        stdout.print(line, markup=False)
+    per_class = data["source_per_class"]
+    if len(per_class) <= 40:
+        table = Table(title="source images per class")
+        table.add_column("class")
+        table.add_column("images", justify="right")
+        table.add_column("held out", justify="right")
+        for name, n in per_class.items():
+            table.add_row(name, str(n), str(data["held_out_per_class"][name]))
+        stdout.print(table)
+    for warning in data["warnings"]:
+        stdout.print(f"warning: {warning}", markup=False)
+
+
+# The training table's columns, each with its cell; the least telling are left out first at a narrow width.
+TRAINING_COLUMNS: dict[str, Callable[[dict], str]] = {
+    "iter": lambda r: str(r["iter"]),
+    "loss cls": lambda r: fmt(r.get("loss_cls")),
+    "loss adv": lambda r: fmt(r.get("loss_adv")),
+    "tgt loss": lambda r: fmt(r.get("loss_target")),
+    "disc acc": lambda r: fmt(r.get("disc_acc"), ".2f"),
+    "disc src/tgt": lambda r: f"{fmt(r.get('disc_acc_src'), '.2f')}/{fmt(r.get('disc_acc_tgt'), '.2f')}",
+    "relabeled src/tgt": lambda r: f"{fmt(r.get('relabeled_src'), '.2f')}/{fmt(r.get('relabeled_tgt'), '.2f')}",
+    "adv grad": lambda r: fmt(r.get("adv_grad_norm")),
+    "lr": lambda r: f"{r['lr']:.2e}",
+}
+TRAINING_LEAST_TELLING = ["adv grad", "lr", "disc src/tgt", "relabeled src/tgt", "tgt loss", "loss adv", "disc acc"]
+
+
+def _training_columns(rows: list[dict], domain_labels: str | None) -> list[str]:
+    """The columns that say something in this run: none that is empty throughout, and no
+    relabeled fractions under fixed domain labels (always 0 there)."""
+    keys = {"loss adv": "loss_adv", "tgt loss": "loss_target", "disc acc": "disc_acc", "disc src/tgt": "disc_acc_src",
+            "relabeled src/tgt": "relabeled_src", "adv grad": "adv_grad_norm"}
+    shown = [name for name in TRAINING_COLUMNS if name not in keys or any(r.get(keys[name]) is not None for r in rows)]
+    return [name for name in shown if not (name == "relabeled src/tgt" and domain_labels == "fixed")]
+
+
+def _print_training(rows: list[dict], domain_labels: str | None = None) -> None:
+    step = max(1, len(rows) // 10)
+    shown = rows[step - 1::step]
+    if shown[-1] is not rows[-1]:
+        shown.append(rows[-1])
+
+    def build(columns: list[str]) -> Table:
+        table = Table(title="training (metrics.jsonl, every row's mean over its window)")
+        for name in columns:
+            table.add_column(name, justify="right")
+        for r in shown:
+            table.add_row(*(TRAINING_COLUMNS[name](r) for name in columns))
+        return table
+
+    columns = _training_columns(rows, domain_labels)
+    _print_fitted(*fitted(build, columns, [c for c in TRAINING_LEAST_TELLING if c in columns]))
+
+
+def _print_validators(evals: list[dict], selected: int | None) -> None:
+    from .report import MIN_SNAPSHOTS, correlations
+    from .validators import DIRECTION
+
+    keys = [k for k in VALIDATOR_NAMES if any(e.get(k) is not None for e in evals)]
+    oracle = "; target-acc: the oracle, from --eval-dir's labels" if "target_acc" in keys else ""
+    shift = any(e.get("predicted_shift") is not None for e in evals)
+    names = {**{VALIDATOR_NAMES[k]: k for k in keys}, **({"shift": "predicted_shift"} if shift else {})}
+
+    def build(columns: list[str]) -> Table:
+        table = Table(title=f"validators per evaluated snapshot (* = model.safetensors; ↑ higher is better, ↓ lower{oracle}; "
+                            "shift: the label-shift reading)")
+        table.add_column("iter", justify="right")
+        for name in columns:
+            key = names[name]
+            # shift: the label-shift reading's total variation (docs/label-shift.md)
+            table.add_column(name if key == "predicted_shift" else f"{name}{'↑' if DIRECTION[key] else '↓'}", justify="right")
+        for e in evals:
+            table.add_row(f"{'*' if e['iter'] == selected else ''}{e['iter']}",
+                          *(fmt(e.get(names[n]), ".3f" if names[n] == "predicted_shift" else ".4f") for n in columns))
+        return table
+
+    # Left out first at a narrow width: the reading and validators measured least telling (docs/selection.md).
+    _print_fitted(*fitted(build, list(names), [n for n in ("shift", "dev", "entropy", "im", "src-acc", "snd") if n in names]))
+    rho = {k: v for k, v in correlations(evals).items() if v is not None}
+    if rho:
+        stdout.print("Spearman correlation with target accuracy over these snapshots (validators oriented higher-is-better): "
+                     + ", ".join(f"{VALIDATOR_NAMES[k]} {v:+.2f}" for k, v in rho.items()), markup=False)
+    elif (scored := sum(e.get("target_acc") is not None for e in evals)) >= MIN_SNAPSHOTS:
+        stdout.print("Spearman correlation with target accuracy: not defined (it, or every validator, is the same at every snapshot)")
+    elif scored >= 2:
+        stdout.print(f"Spearman correlation with target accuracy: not shown from {scored} snapshots ({MIN_SNAPSHOTS} or more "
+                     "needed: a smaller --eval-every gives more)", markup=False)

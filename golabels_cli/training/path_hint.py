@@ -1,0 +1,85 @@
+"""The CPU trap: fine-tuning a whole backbone on a CPU takes hours to days, and --freeze-backbone,
+which trains on the backbone's features computed once, takes minutes (docs/performance.md).
+
+After the first step of a session that fine-tunes on a CPU, both are measured from the run's own
+data: the step that just ran gives the fine-tuning ETA, and one forward pass of the backbone over
+the same source batch, plus a copied head and discriminator trained one step on its features,
+give what the frozen path would take:
+
+    frozen ~ images x (forward seconds / batch) + iters x (step seconds on features)
+
+The measurement touches nothing the run keeps: the backbone runs in eval mode without gradients,
+the head and discriminator are copies, and the random generators are restored after it, so the
+weights are the same whether the hint was shown or not.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..progress import FrozenPathHint
+from .state import Training
+
+HINT_ABOVE_S = 20 * 60  # a fine-tuning run that ends within this needs no hint
+HINT_RATIO = 3.0  # nor one the frozen path would not make at least this much shorter
+
+
+def frozen_path_hint(t: Training, xs: torch.Tensor, step_seconds: float, iters_left: int) -> FrozenPathHint | None:
+    """The hint when this run fine-tunes on a CPU and would take far longer than the frozen path; None otherwise."""
+    cfg = t.cfg
+    if t.device.type != "cpu" or t.features is not None or step_seconds * iters_left < HINT_ABOVE_S:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        forward_s, features = _backbone_forward(t, xs)
+        head_step_s = _head_step(t, features)
+    images = len(t.source) + len(t.target) + (len(t.validation.source_val) if t.validation.source_val else 0) \
+        + (len(t.eval_set[0]) if t.eval_set else 0)
+    features_s = images * forward_s / len(xs)
+    frozen_s = features_s + cfg.iters * head_step_s
+    if step_seconds * iters_left < HINT_RATIO * frozen_s:
+        return None
+    return FrozenPathHint(step_seconds * iters_left, iters_left, frozen_s, features_s, images, cfg.iters)
+
+
+def _backbone_forward(t: Training, xs: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Seconds of one forward pass of the backbone over xs, as the feature cache runs it, and its output."""
+    backbone = t.model.backbone
+    modes = {m: m.training for m in backbone.modules()}
+    backbone.eval()
+    try:
+        started = time.perf_counter()
+        with torch.no_grad():
+            features = backbone(xs.to(t.device))
+        return time.perf_counter() - started, features.float()
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _head_step(t: Training, features: torch.Tensor, repeats: int = 3) -> float:
+    """Seconds of a forward and backward pass of copies of the bottleneck, head and discriminator
+    on a step's worth of features (source and target rows), the fastest of `repeats`."""
+    head = copy.deepcopy(torch.nn.Sequential(t.model.bottleneck, t.model.head)).train()
+    disc = copy.deepcopy(t.disc).train() if t.disc is not None else None
+    rows = features.repeat(2 if t.uses_target else 1, 1)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        hidden = head[0](rows)
+        loss = F.cross_entropy(head[1](hidden), torch.zeros(len(rows), dtype=torch.long))
+        if disc is not None:
+            # CDAN's discriminator reads features x predictions: sized like the bottleneck's here, a lower bound
+            logits = disc(hidden if _input_dim(disc) == hidden.shape[1] else torch.zeros(len(rows), _input_dim(disc)))[0]
+            loss = loss + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        loss.backward()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _input_dim(disc: torch.nn.Module) -> int:
+    first = next(m for m in disc.modules() if isinstance(m, torch.nn.Linear))
+    return first.in_features
