@@ -14,8 +14,7 @@ from typer.core import TyperCommand
 from typing_extensions import Annotated
 
 from . import __version__
-from .console import (AdaptProgress, StepProgress, print_adapt_summary, print_error, print_eval, print_json, setup_logging, stderr, stdout,
-                      usage_error_line)
+from .console import AdaptProgress, StepProgress, print_error, print_json, setup_logging, stderr, stdout, usage_error_line
 from .errors import AlreadyReported, InputError
 from .examples import ADAPT_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
 from .progress import listening, tracked
@@ -190,6 +189,8 @@ def adapt(
     finally:
         progress.close()
     if rank == 0:  # the results, once
+        from .tables import print_adapt_summary
+
         (print_json if json_ else print_adapt_summary)(summary)
 
 
@@ -218,15 +219,16 @@ def _new_run(ctx: typer.Context, config: str | None, print_config: bool, output_
     """adapt SOURCE TARGET: the config from --config and the flags given (which win), and the run
     to call; None when the config was printed or worker processes ran it (--devices)."""
     from .config import build_config, load_yaml, to_yaml
-    from .distributed import check_devices, launch_new_run, launched_by_torchrun
-    from .training import adapt, resolve_config
 
     given = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if k not in ("config", "json_", "print_config")}
     values: dict[str, Any] = load_yaml(config) if config else {}
     for name, value in given.items():
         if name not in values or _from_command_line(ctx, name):
             values[name] = value
-    cfg = build_config(values)
+    cfg = build_config(values)  # every value checked before torch and timm load: a typo is refused in a second
+    from .distributed import check_devices, launch_new_run, launched_by_torchrun
+    from .training import adapt, resolve_config
+
     if print_config:
         sys.stdout.write(to_yaml(resolve_config(cfg)))
         return None
@@ -258,7 +260,7 @@ def eval_(
     run_or_model: Annotated[str, typer.Argument(help="A run directory or a model.safetensors file.", show_default=False)],
     data_dir: Annotated[str, typer.Argument(help="Labeled folder DATA_DIR/<class>/<images>; classes matched by name.", show_default=False)],
     confusion: Annotated[Optional[str], typer.Option(help="Write the confusion matrix to this CSV file (never overwritten).", show_default=False)] = None,
-    plots: Annotated[bool, typer.Option("--plots", help="Also draw the confusion matrix: confusion_matrix.png beside the model (needs matplotlib).")] = False,
+    plots: Annotated[bool, typer.Option("--plots", help="Also draw the confusion matrix beside the model, normalized and in image counts: confusion-FOLDER.png and confusion-FOLDER-counts.png, never overwritten (-2, -3, ...; needs matplotlib).")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
     device: DeviceOpt = "auto",
@@ -293,23 +295,26 @@ def eval_(
                              "choose another --confusion file") from None
         except OSError as exc:
             raise RunError(f"cannot write {confusion} ({reason(exc)})", "check the folder's permissions and free space") from exc
-    figure = None
+    figures: list[Path] | None = []
     if plots:
         from .checkpoint import model_path
-        from .report import write_confusion_figure
+        from .figures import write_confusion_figures
 
+        folder = model_path(run_or_model).parent
         try:
-            figure = write_confusion_figure(result, model_path(run_or_model).parent / "confusion_matrix.png", f"{run_or_model} on {data_dir}")
+            figures = write_confusion_figures(result, folder, data_dir, f"{run_or_model} on {data_dir}")
         except OSError as exc:
-            raise RunError(f"cannot write confusion_matrix.png beside {run_or_model} ({reason(exc)})", "check the folder's permissions") from exc
-        if figure is None:
-            stderr.print("no confusion_matrix.png: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
+            raise RunError(f"cannot write the confusion matrices into {folder} ({reason(exc)})", "check the folder's permissions") from exc
+        if figures is None:
+            stderr.print("no confusion-matrix figures: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
     if json_:
-        print_json({**result.to_dict(), **({"confusion_figure": str(figure)} if plots else {})})
+        print_json({**result.to_dict(), **({"confusion_figures": [str(f) for f in figures or []]} if plots else {})})
     else:
+        from .tables import print_eval
+
         print_eval(result, f"golabels eval: {run_or_model} on {data_dir}")
-        if figure is not None:
-            stdout.print(f"confusion matrix: {figure}", markup=False)
+        if figures:
+            stdout.print(f"confusion matrices: {figures[0]} (normalized), {figures[1]} (image counts)", markup=False)
 
 
 @app.command(epilog=DEMO_EPILOG)
@@ -452,7 +457,7 @@ def report(
     debug: DebugOpt = False,
 ) -> None:
     """Summarize a run: data, losses, discriminator accuracy, relabeled fractions, validators; PNG plots with matplotlib."""
-    from .console import print_report
+    from .tables import print_report
     from .report import load_run, write_plots
 
     record = load_run(run_dir)

@@ -11,8 +11,15 @@ Plots need matplotlib (`pip install golabels[plots]`); without it the report is 
     report-validators.png     each validator over the evaluated snapshots, the oracle target
                               accuracy beside them when --eval-dir was given, the selected snapshot marked
 
+A panel is drawn only where a series has at least 2 points (one point is no curve), and a file
+only where a panel is left; the relabeled fractions only where domain labels can change (not
+under `fixed`).
+
 `adapt` itself leaves results.png, the same views on one page (write_results_figure), in every
-finished run directory when matplotlib is installed.
+finished run directory when matplotlib is installed, and can leave results.csv (write_results_csv:
+metrics.jsonl and the evaluated snapshots as one table) and a mosaic of target images with their
+predictions (write_target_mosaic). `eval --plots` draws the confusion matrix twice, as fractions of
+each true class and as counts (write_confusion_figures), never over an earlier pair.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_path
+from .checkpoint import atomic_path, write_text_atomic
 from .config import read_yaml_mapping
 from .errors import InputError, reason
 from .validators import DIRECTION
@@ -146,9 +153,21 @@ def correlations(evals: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 RESULTS_FIGURE = "results.png"
+RESULTS_CSV = "results.csv"
+
+# The curves of each panel: (metrics key, legend label).
+LOSS_SERIES = (("loss_cls", "classification (source)"), ("loss_adv", "adversarial (discriminator BCE)"),
+               ("loss_extra", "method's extra loss"), ("loss_target", "on the target's predictions"))
+DISC_SERIES = (("disc_acc", "all"), ("disc_acc_src", "source"), ("disc_acc_tgt", "target"))
+RELABELED_SERIES = (("relabeled_src", "source"), ("relabeled_tgt", "target"))
+# report-*.png: which panels each file holds (a file none of whose panels can be drawn is not written).
+REPORT_FILES = {PLOTS[0]: ("losses",), PLOTS[1]: ("discriminator", "relabeled", "adv_grad_norm"),
+                PLOTS[2]: (*VALIDATOR_KEYS, "target_acc")}
+# results.png leaves out the gradient norm: a diagnostic for `golabels report`, not a result.
+RESULTS_PANELS = ("losses", "discriminator", "relabeled", *VALIDATOR_KEYS, "target_acc")
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
@@ -159,56 +178,113 @@ def _pyplot():
     return plt
 
 
+@dataclass
+class Panel:
+    """One plot over the iterations: only series with at least 2 points (one point is no curve)."""
+
+    name: str  # "losses", "discriminator", "relabeled", "adv_grad_norm", or a validator key / "target_acc"
+    title: str
+    series: list[tuple[str, list[tuple[int, float]]]]  # (legend label, (iteration, value) points)
+    ylabel: str = ""
+    fraction: bool = False  # values in [0, 1]: the y axis shows all of it
+    legend: bool = True
+    snapshots: bool = False  # a validator over the evaluated snapshots: markers, the selected one marked
+
+
+def _points(items: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(r["iter"], r[key]) for r in items if isinstance(r.get("iter"), int) and _is_number(r.get(key)) and r.get(key) is not None]
+
+
+def panels(record: RunRecord) -> list[Panel]:
+    """Every panel the run's files can fill, in the order the figures show them: each series with
+    at least 2 points, each panel with at least one such series (others are left out, so that no
+    figure shows a lone dot or an empty frame)."""
+    rows, evals = record.rows, record.evals
+    mode = record.config.get("domain_labels")
+
+    def lines(pairs: tuple[tuple[str, str], ...], items: list[dict[str, Any]]) -> list[tuple[str, list[tuple[int, float]]]]:
+        return [(label, points) for key, label in pairs if len(points := _points(items, key)) >= 2]
+
+    candidates = [
+        Panel("losses", "losses", lines(LOSS_SERIES, rows), ylabel="loss"),
+        Panel("discriminator", "discriminator accuracy", lines(DISC_SERIES, rows), ylabel="accuracy", fraction=True),
+    ]
+    # Under fixed domain labels no label is ever changed: the panel would be a line at 0.
+    if mode != "fixed":
+        what = "samples dropped (zero-out)" if mode == "zero-out" else f"domain labels changed ({mode or 'go'})"
+        candidates.append(Panel("relabeled", what, lines(RELABELED_SERIES, rows),
+                                ylabel="fraction of the batch", fraction=True))
+    candidates.append(Panel("adv_grad_norm", "adversarial gradient reaching the features\n(after trade-off and reversal)",
+                            lines((("adv_grad_norm", "norm"),), rows), ylabel="norm", legend=False))
+    for key in (*VALIDATOR_KEYS, "target_acc"):
+        name = "target accuracy (oracle, --eval-dir)" if key == "target_acc" else key.replace("_", "-")
+        candidates.append(Panel(key, f"{name}\n{'higher' if DIRECTION[key] else 'lower'} is better", lines(((key, name),), evals),
+                                snapshots=True, legend=False))
+    return [p for p in candidates if p.series]
+
+
+def results_panels(record: RunRecord) -> list[str]:
+    """The names of the panels results.png shows for this run (see `panels`), in order."""
+    return [p.name for p in panels(record) if p.name in RESULTS_PANELS]
+
+
+def report_panels(record: RunRecord) -> dict[str, list[str]]:
+    """report-*.png file name -> the names of the panels it shows, for the files that have any."""
+    names = [p.name for p in panels(record)]
+    out = {file: [n for n in names if n in held] for file, held in REPORT_FILES.items()}
+    return {file: held for file, held in out.items() if held}
+
+
+def _draw(ax, panel: Panel, selected: int | None, width: int) -> None:
+    """One panel on `ax`; each line of its title wrapped at `width` characters so that neighbours'
+    titles never meet."""
+    import textwrap
+
+    from matplotlib.ticker import MaxNLocator
+
+    for label, points in panel.series:
+        if panel.snapshots:
+            ax.plot(*zip(*points), marker="o", color="tab:red" if panel.name == "target_acc" else "tab:blue")
+        else:
+            ax.plot(*zip(*points), label=label)
+    title = "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in panel.title.split("\n"))
+    ax.set(xlabel="iteration", ylabel=panel.ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no iteration 2.5 on a short run
+    if panel.fraction:
+        ax.set_ylim(-0.02, 1.02)
+    if panel.legend:
+        ax.legend(fontsize="small")
+    if panel.snapshots and selected is not None:
+        ax.axvline(selected, color="gray", linestyle="--", linewidth=1)
+
+
+def _grid(plt, shown: list[Panel], selected: int | None, columns: int, width: float, height: float, title_width: int):
+    """A figure of `shown` in rows of `columns`, the unused cells blank."""
+    columns = min(len(shown), columns)
+    rows = (len(shown) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    axes = list(axes.flat)
+    for ax, panel in zip(axes, shown):
+        _draw(ax, panel, selected, title_width)
+    for ax in axes[len(shown):]:
+        ax.axis("off")
+    return fig
+
+
+def _selected(record: RunRecord) -> int | None:
+    return ((record.summary or {}).get("selected") or {}).get("iter")
+
+
 def write_results_figure(record: RunRecord) -> Path | None:
     """results.png in the run directory: losses, the discriminator's accuracy, the relabeled
-    fractions, and each validator (with the oracle target accuracy when --eval-dir was given) over
-    the iterations, on one page. None without matplotlib or metrics."""
-    plt = _pyplot()
-    rows = record.rows
-    if plt is None or not rows:
+    fractions (not under fixed domain labels), and each validator (with the oracle target accuracy
+    when --eval-dir was given) over the iterations, on one page; only the panels with a curve to
+    draw. Returns its path; None without matplotlib, or when no panel has 2 points."""
+    plt = pyplot()
+    shown = [p for p in panels(record) if p.name in RESULTS_PANELS]
+    if plt is None or not shown:
         return None
-    evals = record.evals
-    validators = [k for k in (*VALIDATOR_KEYS, "target_acc") if any(e.get(k) is not None for e in evals)]
-    adversarial = any(r.get("disc_acc") is not None for r in rows)
-    panels = 1 + 2 * adversarial + len(validators)
-    columns = min(panels, 4)
-    fig, axes = plt.subplots((panels + columns - 1) // columns, columns, figsize=(4 * columns, 3.3 * ((panels + columns - 1) // columns)),
-                             squeeze=False)
-    axes = list(axes.flat)
-    for ax in axes[panels:]:
-        ax.axis("off")
-
-    def series(ax, key: str, label: str) -> None:
-        points = [(r["iter"], r[key]) for r in rows if r.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), label=label)
-
-    ax = axes.pop(0)
-    series(ax, "loss_cls", "classification")
-    series(ax, "loss_adv", "adversarial")
-    series(ax, "loss_extra", "method's extra")
-    ax.set(xlabel="iteration", title="losses")
-    ax.legend(fontsize="small")
-    if adversarial:
-        ax = axes.pop(0)
-        for key, label in (("disc_acc", "all"), ("disc_acc_src", "source"), ("disc_acc_tgt", "target")):
-            series(ax, key, label)
-        ax.set(xlabel="iteration", title="discriminator accuracy", ylim=(-0.02, 1.02))
-        ax.legend(fontsize="small")
-        ax = axes.pop(0)
-        series(ax, "relabeled_src", "source")
-        series(ax, "relabeled_tgt", "target")
-        ax.set(xlabel="iteration", title="domain labels changed (go)", ylim=(-0.02, 1.02))
-        ax.legend(fontsize="small")
-    selected = (record.summary or {}).get("selected", {}).get("iter")
-    for key in validators:
-        ax = axes.pop(0)
-        points = [(e["iter"], e[key]) for e in evals if e.get(key) is not None]
-        ax.plot(*zip(*points), marker="o", color="tab:red" if key == "target_acc" else "tab:blue")
-        name = "target accuracy (--eval-dir)" if key == "target_acc" else key.replace("_", "-")
-        ax.set(xlabel="iteration", title=f"{name}, {'higher' if DIRECTION[key] else 'lower'} is better")
-        if selected is not None:
-            ax.axvline(selected, color="gray", linestyle="--", linewidth=1)
+    fig = _grid(plt, shown, _selected(record), columns=4, width=4.2, height=3.4, title_width=34)
     fig.suptitle(f"{record.config.get('method')} + {record.config.get('domain_labels')} domain labels: {record.run_dir.name}")
     fig.tight_layout()
     path = record.run_dir / RESULTS_FIGURE
@@ -218,95 +294,72 @@ def write_results_figure(record: RunRecord) -> Path | None:
     return path
 
 
-def write_confusion_figure(result, path: Path, title: str) -> Path | None:
-    """`eval --plots`: the confusion matrix as a PNG, each row (a true class) as fractions of its
-    images, so that small classes read as clearly as large ones. None without matplotlib."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    import numpy as np
-
-    counts = np.asarray(result.confusion, dtype=float)
-    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = min(4 + 0.32 * max(counts.shape), 24)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if max(counts.shape) <= 60:
-        ax.set_xticks(range(len(result.predicted_classes)), result.predicted_classes, rotation=90, fontsize="small")
-        ax.set_yticks(range(len(result.true_classes)), result.true_classes, fontsize="small")
-    if max(counts.shape) <= 15:
-        for (i, j), n in np.ndenumerate(counts):
-            ax.text(j, i, int(n), ha="center", va="center", fontsize="small", color="white" if shares[i, j] > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=f"{title}\ntop-1 {result.accuracy:.4f}, mean per class {result.mean_class_accuracy:.4f}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
-
-
 def write_plots(record: RunRecord) -> list[Path] | None:
-    """The report's PNGs in the run directory (each written atomically); None without matplotlib."""
-    plt = _pyplot()
+    """The report's PNGs in the run directory (each written atomically), those with a panel to
+    draw: returns their paths; None without matplotlib."""
+    plt = pyplot()
     if plt is None:
         return None
-    rows = record.rows
-    if not rows:
-        return []
-    selected = (record.summary or {}).get("selected", {}).get("iter")
+    by_name = {p.name: p for p in panels(record)}
+    selected = _selected(record)
+    title = f"{record.config.get('method')} + {record.config.get('domain_labels')} ({record.run_dir.name})"
     written = []
-
-    def save(fig, name: str) -> None:
-        path = record.run_dir / name
+    for file, names in report_panels(record).items():
+        shown = [by_name[n] for n in names]
+        if file == PLOTS[0]:
+            fig = _grid(plt, shown, selected, columns=1, width=7, height=4, title_width=60)
+            fig.axes[0].set_title(f"losses: {title}")
+        elif file == PLOTS[1]:
+            fig = _grid(plt, shown, selected, columns=3, width=5.6, height=4.2, title_width=46)
+            fig.suptitle(title)
+        else:
+            fig = _grid(plt, shown, selected, columns=len(shown), width=3.4, height=3.6, title_width=26)
+            fig.suptitle(f"validators: {title}" + (f" — selected iteration {selected}" if selected is not None else ""))
+        fig.tight_layout()
+        path = record.run_dir / file
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
-
-    def series(ax, key: str, label: str) -> None:
-        points = [(r["iter"], r[key]) for r in rows if r.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), label=label)
-
-    title = f"{record.config.get('method')} + {record.config.get('domain_labels')} ({record.run_dir.name})"
-    fig, ax = plt.subplots(figsize=(7, 4))
-    series(ax, "loss_cls", "classification (source)")
-    series(ax, "loss_adv", "adversarial (discriminator BCE)")
-    series(ax, "loss_extra", "method's extra loss")
-    ax.set(xlabel="iteration", ylabel="loss", title=f"losses: {title}")
-    ax.legend()
-    save(fig, PLOTS[0])
-
-    if any(r.get("disc_acc") is not None for r in rows):
-        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(17, 4))
-        series(a1, "disc_acc", "all")
-        series(a1, "disc_acc_src", "source")
-        series(a1, "disc_acc_tgt", "target")
-        a1.set(xlabel="iteration", ylabel="accuracy", title="discriminator accuracy", ylim=(-0.02, 1.02))
-        a1.legend()
-        series(a2, "relabeled_src", "source")
-        series(a2, "relabeled_tgt", "target")
-        a2.set(xlabel="iteration", ylabel="fraction of the batch", ylim=(-0.02, 1.02),
-               title="samples whose domain label was changed (go: misclassified by the discriminator)")
-        a2.legend()
-        series(a3, "adv_grad_norm", "reaching the features")
-        a3.set(xlabel="iteration", ylabel="norm", title="adversarial gradient reaching the features\n(after trade-off and reversal)")
-        fig.suptitle(title)
-        save(fig, PLOTS[1])
-
-    evals = record.evals
-    shown = [k for k in (*VALIDATOR_KEYS, "target_acc") if any(e.get(k) is not None for e in evals)]
-    if evals and shown:
-        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), squeeze=False)
-        for ax, key in zip(axes[0], shown):
-            points = [(e["iter"], e[key]) for e in evals if e.get(key) is not None]
-            ax.plot(*zip(*points), marker="o", color="tab:red" if key == "target_acc" else "tab:blue")
-            arrow = "higher is better" if DIRECTION[key] else "lower is better"
-            ax.set(xlabel="iteration", title=("target-acc (oracle)" if key == "target_acc" else key.replace("_", "-")) + f"\n{arrow}")
-            if selected is not None:
-                ax.axvline(selected, color="gray", linestyle="--", linewidth=1)
-        fig.suptitle(f"validators: {title}" + (f" — selected iteration {selected}" if selected is not None else ""))
-        fig.tight_layout()
-        save(fig, PLOTS[2])
     return written
+
+
+# ---- results.csv ------------------------------------------------------------------------------
+
+
+def results_table(record: RunRecord) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows) of results.csv: one row per metrics row, each evaluated snapshot's values
+    merged into the row of its iteration (or a row of its own), in iteration order; columns "iter"
+    first, then every key in order of first appearance, but those holding lists or dicts."""
+    merged: dict[int, dict[str, Any]] = {}
+    for row in record.rows:
+        merged.setdefault(row["iter"], {}).update(row)
+    for snapshot in record.evals:
+        if not isinstance(snapshot, dict) or not isinstance(snapshot.get("iter"), int):
+            continue
+        target = merged.setdefault(snapshot["iter"], {"iter": snapshot["iter"]})
+        for key, value in snapshot.items():
+            if target.get(key) is None:  # the metrics row's value (rounded as logged) stays
+                target[key] = value
+    rows = [merged[i] for i in sorted(merged)]
+    nested = {k for row in rows for k, v in row.items() if isinstance(v, (list, dict))}
+    columns = ["iter"]
+    for row in rows:
+        columns += [k for k in row if k not in columns and k not in nested]
+    return columns, rows
+
+
+def write_results_csv(record: RunRecord) -> Path:
+    """RUN/results.csv, written atomically (see `results_table`; an empty cell where a row has no
+    value): the run's numbers for a spreadsheet or pandas. Returns its path."""
+    import csv
+    import io
+
+    columns, rows = results_table(record)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    path = record.run_dir / RESULTS_CSV
+    write_text_atomic(path, text.getvalue())
+    return path

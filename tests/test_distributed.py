@@ -14,7 +14,8 @@ from golabels_cli.data import InfiniteDraws
 from golabels_cli.distributed import lr_factor
 from golabels_cli.models import Classifier, create_backbone
 
-RUN_FILES = {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json", "results.png"}
+RUN_FILES = {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json", "results.png", "results.csv",
+             "target-mosaic.png"}
 
 
 def test_ranks_never_draw_the_same_image_within_a_shuffle():

@@ -143,8 +143,16 @@ def test_eval_plots_draws_the_confusion_matrix(exported, domains, tmp_path):
     run = Path(shutil.copytree(exported[0], tmp_path / "run"))
     result = cli("eval", run, domains[1], "--plots", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
-    figure = Path(json.loads(result.stdout)["confusion_figure"])
-    assert figure == run / "confusion_matrix.png" and figure.read_bytes()[:4] == b"\x89PNG"
+    name = Path(domains[1]).name
+    figures = [Path(f) for f in json.loads(result.stdout)["confusion_figures"]]
+    assert figures == [run / f"confusion-{name}.png", run / f"confusion-{name}-counts.png"]
+    first = [f.read_bytes() for f in figures]
+    assert all(data[:4] == b"\x89PNG" for data in first)
+    # a second evaluation of the same folder writes a pair of its own; the first pair is left as it was
+    again = cli("eval", run, domains[1], "--plots", "--device", "cpu")
+    assert again.exit_code == 0, again.stderr
+    assert f"confusion-{name}-2.png (normalized), " in again.stdout and (run / f"confusion-{name}-2-counts.png").is_file()
+    assert [f.read_bytes() for f in figures] == first
 
 
 def test_tensorboard_holds_every_logged_row(domains, tmp_path):
@@ -226,7 +234,7 @@ def test_a_resumed_run_times_its_own_session(domains, tmp_path):
 
     from golabels_cli import training
     from golabels_cli.config import build_config
-    from golabels_cli.console import print_adapt_summary
+    from golabels_cli.tables import print_adapt_summary
     from golabels_cli.errors import Interrupted
 
     source, target = domains

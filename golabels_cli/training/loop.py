@@ -36,12 +36,14 @@ from ..methods import grl_coeff
 from ..model_info import ModelInfo
 from ..progress import RowLogged, RunFinished, RunStarted, StepDone
 from ..trackers import Tracker
-from .run_dir import (CHECKPOINT_FILE, append, checkpoint, kept, open_metrics, results_figure, save_checkpoint, stop_requests, summary, write,
+from .run_dir import (CHECKPOINT_FILE, append, checkpoint, kept, open_metrics, results_files, save_checkpoint, stop_requests, summary, write,
                       write_failure)
 from .runtime import set_rng_state
 from .selection import keep_if_selected, target_batchnorm, validate
 from .state import LOSS_KEYS, STAT_KEYS, LoopState, Progress, Training
 from .step import Classify, feature_batches, fit_head, set_lr, train_step
+from .outputs import target_predictions
+from .path_hint import frozen_path_hint
 from .target_estimate import estimate_target, warn_on_label_shift
 
 log = logging.getLogger("golabels")
@@ -54,7 +56,8 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
     streams = open_streams(t, state)
     if rng is not None:
         set_rng_state(rng, t.device)  # after the loaders: creating one draws from the global generator
-    progress(RunStarted(str(run_dir) if run_dir else None, cfg.iters, state.iteration, str(t.device), t.source.classes, d.world))
+    progress(RunStarted(str(run_dir) if run_dir else None, cfg.iters, state.iteration, str(t.device), t.source.classes, d.world,
+                        progress_terms(t)))
     run = Session.begin(t, run_dir, state, progress)
     completed = False
     try:
@@ -66,10 +69,13 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
                     streams.refresh(state, step)
                 lr = set_lr(t.optimizer, cfg, step, t.lr_scale)
                 coeff = grl_coeff(step, cfg.grl_horizon(), cfg.grl_alpha)
+                step_started = time.perf_counter()
                 xs, ys, xt = streams.next()
                 *losses, stats = train_step(t, streams.forward, streams.disc, xs, ys, xt, run.domain, coeff, streams.class_weights)
                 run.add(it, torch.stack(losses).float(), stats, len(xs) + (len(xt) if xt is not None else 0))
                 progress(StepDone(it))
+                if step == run.start and d.main and (hint := frozen_path_hint(t, xs, time.perf_counter() - step_started, cfg.iters - it)):
+                    progress(hint)
 
                 evaluate = it == cfg.iters or bool(cfg.eval_every and it % cfg.eval_every == 0)
                 if it % cfg.log_every == 0 or it == cfg.iters or evaluate:
@@ -332,11 +338,17 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
     except Exception as exc:  # OSError, or safetensors' own error type for a failed write
         raise RunError(f"cannot write {run_dir / 'model.safetensors'} ({write_failure(exc, run_dir)})", kept(run.saved_at, run_dir)) from exc
     result = summary(t, run_dir, state, seconds, (run.start, seconds - run.seconds_before))
-    result["results_figure"] = results_figure(run_dir, result)
+    result.update(results_files(run_dir, result, lambda: target_predictions(t)))
     write(run_dir / "summary.json", json.dumps(result, indent=2) + "\n", run.saved_at)
     run.tracker.finish(result)
     run.progress(RunFinished(result))
     return result
+
+
+def progress_terms(t: Training) -> tuple[str, ...]:
+    """The progress line's figures that can change in this run (progress.RunStarted.terms)."""
+    adversarial = ("adv", "disc", *(("relab",) if t.cfg.domain_labels != "fixed" else ())) if t.adversarial else ()
+    return ("cls", *adversarial, *(("tgt-loss",) if t.recipe.target_losses else ()))
 
 
 def metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, torch.Tensor], window: int) -> dict[str, Any]:

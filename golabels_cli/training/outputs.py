@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..data import ImageSet, eval_loader, eval_transform
 from ..evaluate import predict_outputs
+from ..images import load_rgb
 from ..models import Classifier
 from .state import ROLE_NAMES, Training
 
@@ -33,3 +36,27 @@ def role_outputs(t: Training, role: str, images: ImageSet, indices: list[int] | 
 def class_counts(logits: torch.Tensor, classes: int) -> torch.Tensor:
     """How many rows are predicted as each class."""
     return torch.bincount(logits.argmax(1), minlength=classes).float()
+
+
+MOSAIC_IMAGES = 16
+
+
+@torch.no_grad()
+def target_predictions(t: Training) -> list[tuple[Any, str, float]]:
+    """(image, predicted class, probability) of the first MOSAIC_IMAGES of the validators' fixed
+    random sample of the target, by the model as it is now (the shipped one, in eval mode)."""
+    indices = t.validation.target_sample[:MOSAIC_IMAGES] or list(range(min(MOSAIC_IMAGES, len(t.target))))
+    was_training = t.model.training
+    t.model.eval()
+    try:
+        probabilities = role_outputs(t, "target", t.target, indices)[0].softmax(1)
+    finally:
+        t.model.train(was_training)
+    confidence, predicted = probabilities.max(1)
+    return [(_thumbnail(t.target.paths[i]), t.source.classes[int(c)], float(p)) for i, c, p in zip(indices, predicted, confidence)]
+
+
+def _thumbnail(path) -> Any:
+    image = load_rgb(path)
+    image.thumbnail((256, 256))  # a mosaic tile: a camera's full-size photo need not be held
+    return image

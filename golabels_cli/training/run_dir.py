@@ -94,18 +94,29 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
     }
 
 
-def results_figure(run_dir: Path, summary: dict[str, Any]) -> str | None:
-    """results.png, when matplotlib is installed; a figure that cannot be drawn costs a warning, not the run."""
-    from ..report import load_run, write_results_figure
+def results_files(run_dir: Path, summary: dict[str, Any], mosaic: Callable[[], list] | None = None) -> dict[str, str | None]:
+    """What the run leaves for a reader beside its model: results.png (with matplotlib), results.csv
+    (metrics.jsonl as a table) and target-mosaic.png (`mosaic()`'s target images with their predicted
+    labels). Each that cannot be written costs a warning, not the run; returns the names written."""
+    from ..figures import write_target_mosaic
+    from ..report import load_run, write_results_csv, write_results_figure
 
+    written: dict[str, str | None] = {"results_figure": None, "results_csv": None, "target_mosaic": None}
     try:
         record = load_run(run_dir)
         record.summary = summary
+        written["results_csv"] = write_results_csv(record).name
         path = write_results_figure(record)
-    except Exception as exc:  # noqa: BLE001 - a plotting library's failure of any kind
-        log.warning("results.png not written (%s)", reason(exc))
-        return None
-    return path.name if path is not None else None
+        written["results_figure"] = path.name if path is not None else None
+        if mosaic is not None:
+            path = write_target_mosaic(mosaic(), run_dir / TARGET_MOSAIC, f"target images and their predicted labels: {run_dir.name}")
+            written["target_mosaic"] = path.name if path is not None else None
+    except Exception as exc:  # noqa: BLE001 - a plotting library's or a disk's failure of any kind
+        log.warning("results.png, results.csv or %s not written (%s)", TARGET_MOSAIC, reason(exc))
+    return written
+
+
+TARGET_MOSAIC = "target-mosaic.png"
 
 
 @contextmanager
