@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from typer.core import TyperCommand
 from typing_extensions import Annotated
 
 from . import __version__
 from .console import AdaptProgress, StepProgress, print_error, print_json, setup_logging, stderr, stdout, usage_error_line
 from .errors import AlreadyReported, InputError
+from .help import AdaptCommand, Command, Group
 from .examples import ADAPT_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
 from .progress import listening, tracked
 
 app = typer.Typer(
     name="golabels",
+    cls=Group,
     help="Adapt an image classifier from a labeled source folder to an unlabeled target folder "
     "(adversarial domain adaptation with Go-labels), evaluate it, and ship it.",
     no_args_is_help=True,
@@ -82,15 +83,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or wa
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps. auto picks CUDA, then MPS, else CPU.")]
 
-class _AdaptCommand(TyperCommand):
-    """adapt's usage line shows SOURCE and TARGET as the required arguments they are, unless
-    --config or --resume gives them (which is why the parser itself does not require them)."""
-
-    def collect_usage_pieces(self, ctx) -> list[str]:
-        return [piece.strip("[]") if piece in ("[SOURCE]", "[TARGET]") else piece for piece in super().collect_usage_pieces(ctx)]
-
-
-@app.command(epilog=ADAPT_EPILOG, cls=_AdaptCommand)
+@app.command(epilog=ADAPT_EPILOG, cls=AdaptCommand)
 @guarded
 def adapt(
     ctx: typer.Context,
@@ -132,7 +125,7 @@ def adapt(
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights on CPU.", rich_help_panel="Training")] = 0,
     freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).", rich_help_panel="Training")] = False,
     eval_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Labeled target folder, evaluated at the end (and every --eval-every).", show_default=False, rich_help_panel="Evaluation and selection")] = None,
-    eval_every: Annotated[int, typer.Option(help="Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only.", rich_help_panel="Evaluation and selection")] = 0,
+    eval_every: Annotated[Optional[int], typer.Option(help="Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only. Default: a tenth of --iters (a curve in results.png for about 1% of a run's time), or 0 below 1000 iterations.", show_default=False, rich_help_panel="Evaluation and selection")] = None,
     val_target_images: Annotated[int, typer.Option(help="Target images the validators look at (a fixed random sample); 0: all.", rich_help_panel="Evaluation and selection")] = 2000,
     select: Annotated[str, typer.Option(help="Which evaluated snapshot becomes model.safetensors: last | src-acc | entropy | im | snd | dev | target-acc (the oracle; needs --eval-dir).", rich_help_panel="Evaluation and selection")] = "last",
     bn_stats: Annotated[Optional[str], typer.Option(help="BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN). Default: target for the adversarial methods, train for source-only.", show_default=False, rich_help_panel="Evaluation and selection")] = None,
@@ -254,12 +247,12 @@ def _steps_shown(quiet: bool, closing: bool = True, adapt: AdaptProgress | None 
         steps.close()
 
 
-@app.command("eval", epilog=EVAL_EPILOG)
+@app.command("eval", epilog=EVAL_EPILOG, cls=Command)
 @guarded
 def eval_(
     run_or_model: Annotated[str, typer.Argument(help="A run directory or a model.safetensors file.", show_default=False)],
-    data_dir: Annotated[str, typer.Argument(help="Labeled folder DATA_DIR/<class>/<images>; classes matched by name.", show_default=False)],
-    confusion: Annotated[Optional[str], typer.Option(help="Write the confusion matrix to this CSV file (never overwritten).", show_default=False)] = None,
+    data_dir: Annotated[str, typer.Argument(metavar="DIR", help="Labeled folder, `DIR/<class>/<image>`; classes matched by name.", show_default=False)],
+    confusion: Annotated[Optional[str], typer.Option(metavar="FILE", help="Write the confusion matrix to this CSV file (never overwritten).", show_default=False)] = None,
     plots: Annotated[bool, typer.Option("--plots", help="Also draw the confusion matrix beside the model, normalized and in image counts: confusion-FOLDER.png and confusion-FOLDER-counts.png, never overwritten (-2, -3, ...; needs matplotlib).")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
@@ -317,10 +310,10 @@ def eval_(
             stdout.print(f"confusion matrices: {figures[0]} (normalized), {figures[1]} (image counts)", markup=False)
 
 
-@app.command(epilog=DEMO_EPILOG)
+@app.command(epilog=DEMO_EPILOG, cls=Command)
 @guarded
 def demo(
-    out: Annotated[Optional[str], typer.Option(help="Folder for the data and runs; default: runs/demo/exp, exp2, ...", show_default=False)] = None,
+    out: Annotated[Optional[str], typer.Option(metavar="DIR", help="Folder for the data and runs; default: runs/demo/exp, exp2, ...", show_default=False)] = None,
     iters: Annotated[int, typer.Option(help="Iterations of each run.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of both runs' training (the demo's images are the same for every seed).")] = 0,
     device: DeviceOpt = "cpu",
@@ -355,12 +348,12 @@ def demo(
         stdout.print(f"      golabels predict {result['export']['onnx']} {result['data']['target']} --top-k 2")
 
 
-@app.command(epilog=EXPORT_EPILOG)
+@app.command(epilog=EXPORT_EPILOG, cls=Command)
 @guarded
 def export(
     run_or_model: Annotated[str, typer.Argument(help="A run directory or a model.safetensors file.", show_default=False)],
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format, so the default).")] = False,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="The .onnx file; default: model.onnx beside the model.", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE", help="The .onnx file; default: model.onnx beside the model.", show_default=False)] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
     batch: Annotated[Optional[int], typer.Option(help="Fix the batch size in the graph (some runtimes need it).", show_default=False)] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Any batch size (the default).")] = False,
@@ -388,7 +381,7 @@ def export(
         stdout.print(f"verified: max |probability difference| onnxruntime vs. PyTorch {result.max_abs_diff:.2e} on {result.verified_on}")
 
 
-@app.command(epilog=PREDICT_EPILOG)
+@app.command(epilog=PREDICT_EPILOG, cls=Command)
 @guarded
 def predict(
     model: Annotated[str, typer.Argument(help="A run directory, a model.safetensors or a .onnx file.", show_default=False)],
@@ -447,10 +440,10 @@ def predict(
         raise RunError(f"{len(skipped)} of {rows + len(skipped)} inputs could not be read; the other {rows} rows were written", "see the warnings above")
 
 
-@app.command(epilog=REPORT_EPILOG)
+@app.command(epilog=REPORT_EPILOG, cls=Command)
 @guarded
 def report(
-    run_dir: Annotated[str, typer.Argument(help="A run directory written by golabels adapt (finished, interrupted or running).", show_default=False)],
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="A run directory written by golabels adapt (finished, interrupted or running).", show_default=False)],
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write report-*.png into the run directory (needs matplotlib).")] = True,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -94,7 +94,9 @@ class AdaptConfig:
     pretrained: bool = True
     weights: str | None = None
     eval_dir: str | None = None
-    eval_every: int = 0  # validators (and --eval-dir) every N iterations; 0: at the end only
+    # validators (and --eval-dir) every N iterations; 0: at the end only. None: default_eval_every(),
+    # a tenth of the run, for a curve in results.png at a few percent of the run's time (issue 34).
+    eval_every: int | None = None
     val_split: float = 0.1  # fraction of each source class held out for src-acc and dev
     val_target_images: int = 2000  # target images the validators look at (a fixed random sample); 0: all
     select: str = "last"  # which evaluated snapshot becomes model.safetensors (validators.py)
@@ -140,6 +142,22 @@ class AdaptConfig:
 def _target_losses(method: str | None) -> bool:
     recipe = _recipe_or_none(method)
     return recipe is not None and bool(recipe.target_losses)
+
+
+DEFAULT_EVALUATIONS = 10  # a curve of ten points in results.png
+MIN_EVAL_INTERVAL = 100  # iterations: a shorter run is evaluated at its end only (a test, a quick try)
+
+
+def default_eval_every(iters: int) -> int:
+    """--eval-every when not given: a tenth of the run, or 0 (at the end only) when that would be
+    under MIN_EVAL_INTERVAL iterations."""
+    every = iters // DEFAULT_EVALUATIONS
+    return every if every >= MIN_EVAL_INTERVAL else 0
+
+
+def default_cache_dir() -> Path:
+    """--cache-dir when not given: $GOLABELS_CACHE, else ~/.cache/golabels."""
+    return Path(os.environ.get("GOLABELS_CACHE") or Path.home() / ".cache" / "golabels").expanduser().absolute()
 
 
 def default_workers() -> int:
@@ -244,6 +262,15 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
         cfg.freeze_bn = fine_tuning_pretrained and DEFAULT_FREEZE_BN
     if cfg.head_start is None:
         cfg.head_start = DEFAULT_HEAD_START if fine_tuning_pretrained else 0
+    if isinstance(cfg.iters, int) and cfg.iters > 0:  # a bad --iters is validate()'s to name
+        if cfg.eval_every is None:
+            cfg.eval_every = default_eval_every(cfg.iters)
+        if cfg.lr_gamma is None:
+            cfg.lr_gamma = cfg.resolved_lr_gamma()
+    if cfg.workers is None:
+        cfg.workers = default_workers()
+    if cfg.cache_dir is None:
+        cfg.cache_dir = str(default_cache_dir())
     validate(cfg)
     return cfg
 
@@ -398,7 +425,7 @@ def validate(cfg: AdaptConfig) -> None:
     if cfg.batch_size < 2:
         raise InputError("--batch-size must be at least 2", "BatchNorm needs two samples per domain")
     for name in ("eval_every", "save_every", "seed", "val_target_images"):
-        if getattr(cfg, name) < 0:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise InputError(f"--{option_name(name)} must be a non-negative integer")
     if cfg.workers is not None and cfg.workers < 0:
         raise InputError("--workers must be a non-negative integer")
@@ -442,6 +469,13 @@ def validate(cfg: AdaptConfig) -> None:
         raise InputError(f"--select {cfg.select} needs held-out source images", "use --val-split above 0 (default 0.1)")
 
 
+# What config.yaml cannot hold resolved: it is decided when the run starts, on the machine it runs on.
+RESOLVED_AT_RUN_TIME = ("# golabels adapt --config FILE replays this run. Every value is resolved except, when the run starts:\n"
+                        "#   device auto: CUDA if present, then MPS, else the CPU; precision auto: bf16 autocast on CUDA, fp32 elsewhere\n")
+
+
 def to_yaml(cfg: AdaptConfig) -> str:
     data = {option_name(k): v for k, v in dataclasses.asdict(cfg).items()}
-    return yaml.safe_dump(data, sort_keys=False)
+    unresolved = [f"{option_name(k)} null: decided from the source folder's class counts" for k in ("balance_source", "balance_target")
+                  if data[option_name(k)] is None]
+    return RESOLVED_AT_RUN_TIME + "".join(f"#   {line}\n" for line in unresolved) + yaml.safe_dump(data, sort_keys=False)

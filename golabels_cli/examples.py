@@ -6,15 +6,23 @@ ADAPT_EPILOG = """
 **Examples**
 
     golabels adapt photos/studio photos/field --backbone resnet50
-    golabels adapt src/ tgt/ --method dann --domain-labels fixed --iters 2000 --eval-dir tgt_labeled/
-    golabels adapt src/ tgt/ --backbone tf_efficientnet_lite0 --weights lite0.safetensors
-    golabels adapt src/ tgt/ --method cdan-e+mcc --freeze-backbone --weights lite0.safetensors
-    golabels adapt --config runs/adapt/exp/config.yaml      # replay a run
-    golabels adapt --resume runs/adapt/exp                   # continue after Ctrl-C or a crash
+    golabels adapt src/ tgt/ --method dann --iters 2000 --eval-dir tgt_labeled/
+    golabels adapt src/ tgt/ --backbone tf_efficientnet_lite0 --weights w.pth
+
+On a CPU, train on the backbone's features, computed once (minutes, not days):
+
+    golabels adapt src/ tgt/ --freeze-backbone --backbone tf_efficientnet_lite0
+
+Replay a run, or continue one after Ctrl-C or a crash:
+
+    golabels adapt --config runs/adapt/exp/config.yaml
+    golabels adapt --resume runs/adapt/exp
+
+**Progress terms**: cls, the source's classification loss; adv, the discriminator's loss (about 0.69 when it cannot tell the domains apart); disc, its accuracy (0.5: aligned); relab s/t, the shares of source and target rows whose domain label was changed (not shown under fixed labels); tgt-loss, the losses on the target's predictions; lambda, the gradient reversal's weight.
 
 **Methods** (`--method`: an alignment term, losses on the target's predictions, or both joined by +, e.g. cdan-e+mcc; docs/methods.md says when to pick which)
 
-- cdan-e: CDAN with entropy-weighted samples (Long et al. 2018), the default
+- cdan-e: CDAN with entropy-weighted samples (Long et al. 2018), the default when the backbone trains
 - cdan: discriminator conditioned on features x predictions (Long et al. 2018)
 - dann: domain-adversarial training on the features (Ganin et al. 2016)
 - dann-e: DANN with CDAN+E's entropy weights
@@ -32,8 +40,9 @@ ADAPT_EPILOG = """
 EVAL_EPILOG = """
 **Examples**
 
-    golabels eval runs/adapt/exp photos/field_labeled
-    golabels eval runs/adapt/exp/model.safetensors labeled/ --confusion confusion.csv --json
+    golabels eval runs/adapt/exp photos/field_labeled --plots
+    golabels eval runs/adapt/exp/model.safetensors labeled/ --json
+    golabels eval runs/adapt/exp labeled/ --confusion confusion.csv
 """
 
 
@@ -48,8 +57,8 @@ DEMO_EPILOG = """
 EXPORT_EPILOG = """
 **Examples**
 
-    golabels export runs/adapt/exp --onnx                   # writes runs/adapt/exp/model.onnx
-    golabels export runs/adapt/exp --onnx --output ship/classifier.onnx --batch 1
+    golabels export runs/adapt/exp --onnx      # runs/adapt/exp/model.onnx
+    golabels export runs/adapt/exp --onnx -o ship/model.onnx --batch 1
 
 The graph takes a float32 NCHW batch, already resized, center-cropped and normalized, and returns
 `logits` and `probabilities`. The file's metadata holds the class names and that preprocessing
@@ -61,11 +70,11 @@ PREDICT_EPILOG = """
 **Examples**
 
     golabels predict runs/adapt/exp/model.onnx photos/ > labels.csv
-    find photos -name '*.jpg' | golabels predict model.onnx - --format jsonl --top-k 3
-    find photos -name '*.jpg' -print0 | golabels predict model.onnx - -0      # any file name
-    golabels predict runs/adapt/exp img1.png img2.png --device cpu
+    find photos -name '*.jpg' | golabels predict model.onnx - --top-k 3
+    find photos -name '*.jpg' -print0 | golabels predict model.onnx - -0
+    golabels predict runs/adapt/exp img1.png img2.png --format jsonl
 
-CSV columns: path, label, confidence (then top1_label, top1_probability, ... with --top-k).
+`-0`: paths end with NUL, so any file name works. CSV columns: path, label, confidence (then top1_label, top1_probability, ... with --top-k).
 JSON lines are UTF-8: a file name that is not gets U+FFFD in `path` and its bytes in `path_base64`.
 With an .onnx model only onnxruntime runs: PyTorch is not needed.
 """
@@ -74,6 +83,6 @@ With an .onnx model only onnxruntime runs: PyTorch is not needed.
 REPORT_EPILOG = """
 **Examples**
 
-    golabels report runs/adapt/exp            # tables on stdout, PNG plots in runs/adapt/exp
-    golabels report runs/adapt/exp --json     # the same figures as one JSON document
+    golabels report runs/adapt/exp          # tables; PNG plots in the run
+    golabels report runs/adapt/exp --json   # the same figures as JSON
 """

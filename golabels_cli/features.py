@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_path, remove_stale_temporaries
+from .config import default_cache_dir
 from .data import ImageSet, eval_loader, eval_transform
 from .errors import InputError, reason
 from .progress import batch_size as batch_size_of
@@ -37,7 +38,7 @@ FORMAT = "golabels-features/1"
 
 
 def cache_root(cache_dir: str | None) -> Path:
-    return Path(cache_dir or os.environ.get("GOLABELS_CACHE") or Path.home() / ".cache" / "golabels").expanduser()
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
 def model_key(backbone_name: str, backbone: nn.Module, data_config: dict) -> str:

@@ -107,6 +107,35 @@ def test_help_groups_every_option_in_panels():
         assert params[f.name].default == f.default, (f.name, params[f.name].default, f.default)
 
 
+@pytest.mark.parametrize("command", ["", "adapt", "eval", "export", "predict", "report", "demo"])
+def test_help_reads_whole_at_80_columns(command):
+    """Every command's --help at 80 columns, in a real process: no word cut short, no type tags,
+    metavars that say what to type, and every example on one line of its own."""
+    import os
+    import subprocess
+    import sys
+
+    from golabels_cli import examples
+
+    result = subprocess.run([sys.executable, "-m", "golabels_cli", *([command] if command else []), "--help"], capture_output=True,
+                            text=True, env={**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text  # rich's mark of a cut word
+    assert not re.search(r"<(bool|str|int|float|path|text)>", text) and "{" not in text
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert {"adapt": "SOURCE TARGET", "eval": "RUN_OR_MODEL DIR", "export": "RUN_OR_MODEL", "predict": "MODEL [INPUTS]",
+            "report": "RUN"}.get(command, "") in usage
+    epilog = {"adapt": examples.ADAPT_EPILOG, "eval": examples.EVAL_EPILOG, "export": examples.EXPORT_EPILOG,
+              "predict": examples.PREDICT_EPILOG, "report": examples.REPORT_EPILOG, "demo": examples.DEMO_EPILOG}.get(command, "")
+    shown = [line.strip() for line in text.splitlines()]
+    for example in (line.strip() for line in epilog.splitlines() if line.startswith("    golabels") or line.startswith("    find")):
+        assert example in shown, example  # whole, on one line: never wrapped mid-command
+    if command == "adapt":
+        assert "golabels adapt src/ tgt/ --freeze-backbone" in text  # the CPU's path, shown where a new user looks
+
+
 def test_help_piped_into_head_ends_quietly():
     import subprocess
     import sys

@@ -27,9 +27,25 @@ log = logging.getLogger("golabels")
 
 def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
     """cfg as the run will write it to config.yaml: the defaults that depend on the source folder
-    (the balancing of an imbalanced one) resolved. Scans the source folder; trains nothing."""
+    (the balancing of an imbalanced one) and on the backbone (its input size) resolved. Scans the
+    source folder and builds the backbone without weights (on the meta device); trains nothing."""
+    import timm
+
+    check_backbone_name(cfg.backbone)
     resolve_balancing(cfg, imbalance_ratio(class_counts(scan_labeled(cfg.source, "source"))) > IMBALANCE_WARNING)
+    if cfg.image_size is None:
+        with torch.device("meta"):
+            backbone = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+        resolve_image_size(cfg, resolve_data_config(backbone, None))
     return cfg
+
+
+def resolve_image_size(cfg: AdaptConfig, data_config: dict) -> None:
+    """--image-size left to the backbone: its own input size, written down (a square one: the only
+    kind --image-size can give back; the same data config either way)."""
+    _, height, width = data_config["input_size"]
+    if cfg.image_size is None and height == width:
+        cfg.image_size = height
 
 
 def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events) -> Training:
@@ -44,6 +60,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events) ->
     spec = recipe.alignment
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.weights)
     data_config = resolve_data_config(backbone, cfg.image_size)
+    resolve_image_size(cfg, data_config)
     model = _classifier(cfg, backbone, len(source.classes), d).to(device)
     disc = None
     if spec.adversarial or not recipe.target_losses:

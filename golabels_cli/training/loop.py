@@ -282,7 +282,9 @@ class Session:
         # every rank's images: the proof that all of them trained
         row["samples_per_step"] = round(float(mean_samples) * t.dist.world / self.window.steps, 3)
         if evaluate and main:
+            started = time.perf_counter()
             scores = validate(t, state)
+            state.eval_seconds += time.perf_counter() - started
             row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()})
             state.evals.append({"iter": it, **scores})
             warn_on_label_shift(t, state, it, scores)

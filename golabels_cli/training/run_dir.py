@@ -63,6 +63,7 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
         "bn_stats": cfg.bn_stats,
         "iters": cfg.iters,
         "seconds": round(seconds, 2),
+        "eval_seconds": round(state.eval_seconds, 2),  # of those, evaluating (--eval-every and the end)
         # this session's throughput: a resumed run's earlier sessions may have run elsewhere
         "images_per_s": round((cfg.iters - first) * images_per_step / max(session_seconds, 1e-9), 1),
         "resumed_at": first or None,

@@ -122,3 +122,4 @@ class LoopState:
     class_weights: list[float] | None = None  # of the source classes
     target_estimate: dict[str, Any] = field(default_factory=dict)  # {"iter", "target_prior", "pseudo_label_counts"}
     seconds: float = 0.0  # training time of earlier sessions of this run
+    eval_seconds: float = 0.0  # of that time, spent evaluating (validators, --eval-dir, BatchNorm re-estimates)
