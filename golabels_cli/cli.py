@@ -13,7 +13,7 @@ import typer
 from typing_extensions import Annotated
 
 from . import __version__
-from .console import AdaptProgress, StepProgress, print_error, print_json, setup_logging, stderr, stdout, usage_error_line
+from .console import AdaptProgress, StepProgress, plural, print_error, print_json, setup_logging, stderr, stdout, usage_error_line
 from .errors import AlreadyReported, InputError
 from .help import AdaptCommand, Command, Group
 from .examples import ADAPT_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
@@ -409,6 +409,10 @@ def predict(
         raise InputError(f"unknown --format {format_!r}", "pass csv or jsonl")
     if batch_size < 1 or (workers is not None and workers < 0) or top_k < 0:
         raise InputError("--batch-size must be positive; --workers and --top-k not negative")
+    missing = [item for item in inputs if item != "-" and not os.path.lexists(item)]
+    if missing:  # a typo on the command line: before any work, and before the CSV header
+        raise InputError(f"{missing[0]} does not exist" + (f" (nor {len(missing) - 1} more of the inputs)" if len(missing) > 1 else ""),
+                         "pass image files, folders, or - to read paths from stdin")
     predictor = open_predictor(model, device)
     if top_k > len(predictor.classes):
         raise InputError(f"--top-k {top_k} is more than the model's {len(predictor.classes)} classes", f"pass --top-k {len(predictor.classes)} or less")
@@ -435,9 +439,10 @@ def predict(
     if rows == 0 and not skipped:
         raise InputError("no images found in the inputs", "pass image files or folders that hold images")
     seconds = time.perf_counter() - started
-    log.info("predicted %d images in %.1fs (%.1f images/s) with %s", rows, seconds, rows / max(seconds, 1e-9), predictor.backend)
+    log.info("predicted %s in %.1fs (%.1f images/s) with %s", plural(rows, "image"), seconds, rows / max(seconds, 1e-9), predictor.backend)
     if skipped:
-        raise RunError(f"{len(skipped)} of {rows + len(skipped)} inputs could not be read; the other {rows} rows were written", "see the warnings above")
+        written = f"the other {plural(rows, 'row')} {'was' if rows == 1 else 'were'} written" if rows else "no row was written"
+        raise RunError(f"{len(skipped)} of {plural(rows + len(skipped), 'input')} could not be read; {written}", "see the warnings above")
 
 
 @app.command(epilog=REPORT_EPILOG, cls=Command)

@@ -19,7 +19,6 @@ from rich.text import Text
 
 from .errors import GolabelsError, reason
 from .progress import DataRead, FrozenPathHint, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
-from .remedies import remedy_flags
 
 
 
@@ -323,12 +322,12 @@ class StepProgress:
         self.bar: Progress | None = None
         self.steps: dict[str, list] = {}  # what -> [started, time of the last plain line, bar task]
 
-    def __call__(self, what: str, done: int, total: int | None, finished: bool) -> None:
+    def __call__(self, what: str, done: int, total: int | None, finished: bool, unit: str = "images") -> None:
         now = time.perf_counter()
         if what not in self.steps:
             self.steps[what] = [now, now, None]
         started, last, task = self.steps[what]
-        shown_by_adapt = self.adapt is not None and self.adapt.show_step(None if finished else f"{what}: {done}/{total or '?'} images")
+        shown_by_adapt = self.adapt is not None and self.adapt.show_step(None if finished else f"{what}: {done}/{total or '?'} {unit}")
         if finished:
             del self.steps[what]
             if task is not None and self.bar is not None:
@@ -340,7 +339,8 @@ class StepProgress:
             # A step shorter than QUIET_BELOW_S needed no feedback, and a line would crowd out what
             # matters (a bad input's one-line error after a quick scan).
             if self.closing and not shown_by_adapt and seconds >= self.QUIET_BELOW_S:
-                stderr.print(f"{what}: {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.0f}/s)", markup=False)
+                rate = f" ({done / max(seconds, 1e-9):.0f}/s)" if unit == "images" else ""
+                stderr.print(f"{what}: {plural(done, unit[:-1])} in {seconds:.1f}s{rate}", markup=False)
             return
         if shown_by_adapt:
             return
@@ -353,6 +353,9 @@ class StepProgress:
                 self.steps[what][2] = self.bar.add_task(what, total=total)
             else:
                 self.bar.update(task, completed=done)
+        elif unit == "steps" and done < (total or 0):  # piped: each phase as it starts, the slow ones say nothing else
+            sys.stderr.write(f"{what}: step {done + 1} of {total}, {now - started:.0f}s so far\n")
+            sys.stderr.flush()
         elif done and now - last >= self.PLAIN_INTERVAL_S:
             self.steps[what][1] = now
             rate = done / max(now - started, 1e-9)

@@ -23,11 +23,15 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import AlreadyReported, GolabelsError, InputError, Interrupted, RunError, reason
 
 # torch is imported where a collective runs, not here: `adapt` asks env_rank() and rank_error()
 # before its options are checked, and a bad value is refused before torch loads.
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("golabels")
 

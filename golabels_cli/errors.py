@@ -34,9 +34,18 @@ class Interrupted(GolabelsError):
 
 
 def reason(exc: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message (or its type), short enough for a one-line error."""
-    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:limit]
+    """The first line of an exception's message (or its type), short enough for a one-line error:
+    a longer one is cut after its last whole sentence that fits, else after a whole word, marked
+    with an ellipsis; never mid-word."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    sentence = head.rfind(". ")
+    if sentence >= limit // 3:
+        return head[:sentence + 1]
+    word = head.rfind(" ")
+    return (head[:word] if word > 0 else head[:limit - 1]).rstrip(",;:") + "…"
 
 
 class AlreadyReported(GolabelsError):

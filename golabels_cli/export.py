@@ -28,7 +28,7 @@ from .checkpoint import atomic_path, load_model, model_path, remove_stale_tempor
 from .errors import InputError, RunError, reason
 from .images import image_files, load_array
 from .model_info import ModelInfo
-from .progress import tracked
+from .progress import phases, tracked
 
 log = logging.getLogger("golabels")
 
@@ -159,7 +159,6 @@ def export_onnx(
     exist_ok: bool = False,
 ) -> ExportResult:
     import onnx
-    import onnxruntime as ort
 
     started = time.perf_counter()
     if batch is not None and batch < 1:
@@ -182,9 +181,24 @@ def export_onnx(
     log.info("exporting %s to ONNX (opset %d, %s)", model_path(run_or_model), opset, f"batch {batch}" if batch else "dynamic batch")
     graph = InferenceGraph(model).eval()
     x, described = verification_batch(model_path(run_or_model), info, batch or VERIFY_IMAGES)
-    proto = _export_proto(graph, torch.from_numpy(x), opset, dynamic=batch is None)
-    onnx.helper.set_model_props(proto, info.onnx_metadata())
-    proto.doc_string = f"{info.backbone} adapted by golabels {info.version} ({info.method}, {info.domain_labels} domain labels)"
+    # tracing, checking and verifying take seconds to a minute with nothing of their own to count
+    with phases("export: tracing, checking, verifying", 3 if verify else 2) as advance:
+        proto = _export_proto(graph, torch.from_numpy(x), opset, dynamic=batch is None)
+        onnx.helper.set_model_props(proto, info.onnx_metadata())
+        proto.doc_string = f"{info.backbone} adapted by golabels {info.version} ({info.method}, {info.domain_labels} domain labels)"
+        advance()
+        max_diff = _write_checked(proto, output, exist_ok, verify, graph, x, batch, described, advance)
+    return ExportResult(
+        path=str(output), opset=opset, batch=batch, classes=len(info.classes), max_abs_diff=max_diff,
+        verified_on=described if verify else None, bytes=output.stat().st_size, seconds=time.perf_counter() - started,
+    )
+
+
+def _write_checked(proto, output: Path, exist_ok: bool, verify: bool, graph, x, batch: int | None, described: str, advance) -> float | None:
+    """The graph to `output` (atomically), checked, and verified against PyTorch when `verify`:
+    its max |probability difference| (None unverified). Nothing is left at `output` on failure."""
+    import onnx
+    import onnxruntime as ort
 
     max_diff = None
     remove_stale_temporaries(output.parent, output.name)
@@ -192,9 +206,11 @@ def export_onnx(
         with atomic_path(output, replace=exist_ok) as tmp:
             onnx.save_model(proto, str(tmp))
             onnx.checker.check_model(str(tmp), full_check=True)
+            advance()
             if verify:
                 session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
                 max_diff = _compare(session, graph, [x] if batch is not None else [x, x[:1]])
+                advance()
                 log.debug("onnxruntime vs. PyTorch on %s: max |probability difference| %.2e", described, max_diff)
                 if not max_diff <= VERIFY_TOLERANCE:
                     raise RunError(
@@ -207,7 +223,4 @@ def export_onnx(
         raise InputError(f"{output} already exists", "pass another --output, or --exist-ok to replace it") from exc
     except OSError as exc:
         raise RunError(f"cannot write {output} ({reason(exc)}); nothing was written", "check the folder's permissions and free space") from exc
-    return ExportResult(
-        path=str(output), opset=opset, batch=batch, classes=len(info.classes), max_abs_diff=max_diff,
-        verified_on=described if verify else None, bytes=output.stat().st_size, seconds=time.perf_counter() - started,
-    )
+    return max_diff

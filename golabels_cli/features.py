@@ -18,6 +18,7 @@ temporary file and renamed, so parallel runs share a cache safely; stale entries
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from .data import ImageSet, eval_loader, eval_transform
 from .errors import InputError, reason
 from .progress import batch_size as batch_size_of
 from .progress import tracked
+
+log = logging.getLogger("golabels")
 
 FORMAT = "golabels-features/1"
 
@@ -85,6 +88,8 @@ def backbone_features(
         except (OSError, ValueError):
             pass  # absent, or damaged by something outside golabels: computed again
     missing = [i for i, r in enumerate(rows) if r is None]
+    if not missing:
+        log.info("%s: all %d reused from the cache in %s", what, len(files), folder.parent.parent)
     if missing:
         for shard in {files[i].parent for i in missing}:
             if shard.is_dir():

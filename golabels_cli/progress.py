@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar, Union
 
 T = TypeVar("T")
 
-# (what, done, total): what is being done ("features: source"), how many items are done, of how
-# many (None: not known in advance, as for predict's stdin). done == total, or a call with
-# finished=True, closes the step.
-Listener = Callable[[str, int, "int | None", bool], None]
+# (what, done, total, finished, unit): what is being done ("features: source"), how many items
+# are done, of how many (None: not known in advance, as for predict's stdin), and what they are
+# ("images", or "steps" of a slow step made of phases). A call with finished=True closes the step.
+Listener = Callable[[str, int, "int | None", bool, str], None]
 
 _listener: ContextVar[Listener | None] = ContextVar("golabels_progress", default=None)
 
@@ -39,14 +39,36 @@ def tracked(items: Iterable[T], what: str, total: int | None, size: Callable[[T]
         yield from items
         return
     done = 0
-    listener(what, 0, total, False)
+    listener(what, 0, total, False, "images")
     try:
         for item in items:
             yield item
             done += size(item)
-            listener(what, done, total, False)
+            listener(what, done, total, False, "images")
     finally:
-        listener(what, done, total, True)
+        listener(what, done, total, True, "images")
+
+
+@contextmanager
+def phases(what: str, total: int) -> Iterator[Callable[[], None]]:
+    """A slow step made of `total` phases that report no progress of their own (an ONNX export):
+    the block calls the function it gets after each phase."""
+    listener = _listener.get()
+    done = 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if listener is not None:
+            listener(what, done, total, False, "steps")
+
+    if listener is not None:
+        listener(what, 0, total, False, "steps")
+    try:
+        yield advance
+    finally:
+        if listener is not None:
+            listener(what, done, total, True, "steps")
 
 
 # ---- the events of a training run (training.adapt and resume report them to their `progress`) ----

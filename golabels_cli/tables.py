@@ -5,19 +5,22 @@ columns, the least telling first, and says which (--json has them all); text wra
 
 from __future__ import annotations
 
+import io
 from typing import Any, Callable
 
 from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 
-from .console import VALIDATOR_NAMES, fmt, data_report_lines, stderr, stdout
+from .console import VALIDATOR_NAMES, data_report_lines, fmt, stderr, stdout
+from .remedies import remedy_flags
 
 
-def _min_width(table: Table) -> int:
-    """The narrowest the table can be without cutting a word: rich's own measure, unbounded."""
-    wide = Console(width=100_000, file=stdout.file)
-    return Measurement.get(wide, wide.options, table).minimum
+def _cut_at(table: Table, width: int) -> bool:
+    """Whether rich, laying the table out in `width` columns, would cut a cell short (its "…"):
+    tried, not predicted, as rich's own layout may shrink a column below its longest word."""
+    trial = Console(width=width, file=io.StringIO(), color_system=None)
+    trial.print(table)
+    return "…" in trial.file.getvalue()
 
 
 def fitted(build: Callable[[list[str]], Table], columns: list[str], least_telling: list[str], width: int | None = None) -> tuple[Table, list[str]]:
@@ -27,7 +30,7 @@ def fitted(build: Callable[[list[str]], Table], columns: list[str], least_tellin
     kept, dropped = list(columns), []
     table = build(kept)
     for name in least_telling:
-        if _min_width(table) <= width:
+        if not _cut_at(table, width):
             break
         kept.remove(name)
         dropped.append(name)
@@ -106,7 +109,7 @@ def print_eval(result, title: str) -> None:
             confusion.add_column(name, justify="right", no_wrap=True)
         for name, row in zip(result.true_classes, result.confusion):
             confusion.add_row(name, *map(str, row))
-        if _min_width(confusion) <= stdout.width:
+        if not _cut_at(confusion, stdout.width):
             stdout.print(confusion)
         else:
             stdout.print("(the confusion matrix is wider than this terminal: --confusion FILE writes it as CSV, --plots draws it)", markup=False)

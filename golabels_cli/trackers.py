@@ -35,7 +35,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .choices import LOGGERS
+from .choices import LOGGERS  # noqa: F401 - re-exported: --logger's values
 from .errors import InputError, reason
 
 log = logging.getLogger("golabels")

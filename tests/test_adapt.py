@@ -218,3 +218,44 @@ def test_rich_progress_bar_on_a_tty(domains, tmp_path):
     assert proc.returncode == 0
     assert "it/s" in screen and "4/4" in screen and "disc" in screen and "progress terms:" in screen
     assert "━" in screen  # rich's bar
+
+
+def test_fine_tuning_on_a_cpu_points_to_the_frozen_path_after_the_first_step(domains, tmp_path):
+    """A new user's first command on a CPU: told how long it will take, and what --freeze-backbone
+    would take, after the first iteration, before a minute has gone; Ctrl-C then saves the state."""
+    import signal
+    import subprocess
+    import sys
+
+    source, target = domains
+    proc = subprocess.Popen([sys.executable, "-m", "golabels_cli", "adapt", source, target, *TINY, "--iters", "200000",
+                             "--out", tmp_path / "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "--freeze-backbone would take about" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    hint = seen[-1]
+    assert "this run fine-tunes the whole backbone on a CPU: its 199999 iterations left will take about" in hint, "".join(seen)
+    assert "Press Ctrl-C and add --freeze-backbone" in hint
+    assert not any(line.startswith("iter 2/") for line in seen)  # said after the first step
+    assert proc.returncode == 130
+
+
+def test_the_frozen_path_hint_changes_no_weight(domains, tmp_path, monkeypatch):
+    from golabels_cli.training import path_hint
+
+    source, target = domains
+    monkeypatch.setattr(path_hint, "HINT_ABOVE_S", 0.0)
+    monkeypatch.setattr(path_hint, "HINT_RATIO", 0.0)
+    hinted = cli("adapt", source, target, *TINY, "--iters", "3", "--out", tmp_path / "hinted")
+    assert hinted.exit_code == 0 and "--freeze-backbone would take about" in hinted.stderr
+    monkeypatch.setattr(path_hint, "HINT_ABOVE_S", float("inf"))
+    plain = cli("adapt", source, target, *TINY, "--iters", "3", "--out", tmp_path / "plain")
+    assert plain.exit_code == 0 and "--freeze-backbone would take" not in plain.stderr
+    assert_same_weights(tmp_path / "hinted", tmp_path / "plain")

@@ -82,6 +82,19 @@ def test_the_data_report_comes_before_the_features(domains, tmp_path, monkeypatc
     features = next(i for i, line in enumerate(lines) if line.startswith("features: source"))
     assert report < features
     assert all(len(line) > 80 for line in lines if line.startswith("source: "))  # one line, never hard-wrapped
+    # a second run on the same folders computes nothing, and says where its features came from
+    again = cli_subprocess("adapt", source, target, *TINY, "--iters", "2", "--freeze-backbone", "--cache-dir", tmp_path / "cache",
+                           "--out", tmp_path / "run2")
+    assert again.returncode == 0, again.stderr
+    reused = [line for line in again.stderr.splitlines() if "reused from the cache" in line]
+    assert len(reused) >= 2 and reused[0].startswith("features: source: all ") and str(tmp_path / "cache") in reused[0]
+
+
+def test_export_reports_its_steps_piped(exported, tmp_path):
+    result = cli_subprocess("export", exported[0], "--onnx", "--output", tmp_path / "model.onnx")
+    assert result.returncode == 0, result.stderr
+    steps = [line for line in result.stderr.splitlines() if line.startswith("export: tracing, checking, verifying: step")]
+    assert [line.split(",")[2] for line in steps] == [" verifying: step 1 of 3", " verifying: step 2 of 3", " verifying: step 3 of 3"]
 
 
 def test_help_groups_every_option_in_panels():
@@ -294,3 +307,31 @@ def test_a_taken_run_directory_fails_before_the_data_report(domains, tmp_path):
     result = cli("adapt", *domains, *TINY, "--out", tmp_path / "run")
     assert_one_line_error(result, "already exists")
     assert result.stderr.count("\n") == 1 and (tmp_path / "run" / "keep.txt").read_text() == "the user's"
+
+
+def test_report_at_80_columns_cuts_no_figure(domains, tmp_path):
+    import os
+
+    source, target = domains
+    run = adapt_tiny(source, target, tmp_path / "run", "--iters", "6", "--eval-every", "2", "--eval-dir", target, "--log-every", "2",
+                     "--domain-labels", "go")
+    rows = read_jsonl(run / "metrics.jsonl")
+    narrow = cli_subprocess("report", run, "--no-plots", env={"COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    tables = [line for line in narrow.stdout.splitlines() if "│" in line or "┃" in line]
+    assert "…" not in narrow.stdout and tables and max(len(line) for line in tables) <= 80  # piped prose stays one line per sentence
+    assert f"{rows[-1]['loss_cls']:.3f}" in narrow.stdout and f"{rows[-1]['snd']:.4f}" in narrow.stdout
+    assert "left out at this width: " in narrow.stdout  # whole columns go, and the report says which
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess_report(run, env)
+    assert "left out" not in piped and "adv grad" in piped and "relabeled src/tgt" in piped  # piped: every column, however wide
+
+
+def subprocess_report(run, env):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "golabels_cli", "report", str(run), "--no-plots"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

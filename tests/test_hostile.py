@@ -147,6 +147,14 @@ def test_a_negative_bottleneck_in_safetensors_metadata_is_refused(shipped, domai
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_predict_on_a_missing_input_is_a_usage_error_that_writes_nothing(shipped, domains, tmp_path):
+    result = cli_subprocess("predict", shipped / "model.onnx", domains[1], tmp_path / "no-such-folder", timeout=60)
+    assert result.returncode == 2 and result.stdout == ""  # not even the CSV header: nothing was predicted
+    one_error_line(result, f"{tmp_path / 'no-such-folder'} does not exist")
+    one = cli_subprocess("predict", shipped / "model.onnx", next((domains[1] / "circle").iterdir()), timeout=60)
+    assert one.returncode == 0 and "predicted 1 image in" in one.stderr
+
+
 # ---- only regular files are opened -----------------------------------------------------------------
 
 

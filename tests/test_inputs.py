@@ -116,6 +116,9 @@ def test_pretrained_offline_fails_fast_with_hint(domains, tmp_path):
     assert result.returncode == 2, result.stderr
     error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert len(error) == 1 and "--weights" in error[0] and "--no-pretrained" in error[0]
+    # the library's words in whole sentences (or whole words and an ellipsis), never cut mid-word
+    cause = error[0].split(" (", 1)[1].split(") —")[0]
+    assert cause.endswith((".", "…")) or len(cause) < 150, cause
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
@@ -197,3 +200,15 @@ def test_pickled_or_corrupt_weights_are_refused(domains, tmp_path):
     data = (tmp_path / "w.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "cut.safetensors"), "cannot read weights")
+
+
+def test_a_long_library_message_is_cut_between_sentences_or_words_never_mid_word():
+    from golabels_cli.errors import reason
+
+    hub = OSError("An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local "
+                  "cache. Please check your connection and try again or make sure your Internet connection is on.")
+    assert reason(hub) == "An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local cache."
+    words = reason(ValueError("word " * 100))
+    assert words.endswith("word…") and len(words) <= 160
+    assert reason(ValueError("short")) == "short" and reason(KeyError()) == "KeyError"
+

@@ -12,7 +12,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from .. import __version__
 from ..checkpoint import torch_save_atomic, write_text_atomic
