@@ -259,3 +259,14 @@ def test_the_frozen_path_hint_changes_no_weight(domains, tmp_path, monkeypatch):
     plain = cli("adapt", source, target, *TINY, "--iters", "3", "--out", tmp_path / "plain")
     assert plain.exit_code == 0 and "--freeze-backbone would take" not in plain.stderr
     assert_same_weights(tmp_path / "hinted", tmp_path / "plain")
+
+
+def test_evaluating_during_training_changes_no_weight(domains, tmp_path):
+    """--eval-every's default now evaluates runs of 1000 iterations or more ten times: the evaluations
+    (validators, --eval-dir, BatchNorm re-estimates) must leave the training exactly as without them."""
+    source, target = domains
+    often = adapt_tiny(source, target, tmp_path / "often", "--iters", "6", "--eval-every", "2", "--eval-dir", target)
+    never = adapt_tiny(source, target, tmp_path / "never", "--iters", "6", "--eval-every", "0", "--eval-dir", target)
+    assert_same_weights(often, never)
+    assert [e["iter"] for e in json.loads((often / "summary.json").read_text())["evals"]] == [2, 4, 6]
+    assert json.loads((often / "summary.json").read_text())["eval_seconds"] > 0

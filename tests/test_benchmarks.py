@@ -1,7 +1,9 @@
 """The benchmark scripts' own logic on tiny data: the sweep's cells, resume and table; the toys."""
 
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -344,3 +346,17 @@ def test_peer_script_dry_run_tllib_rows_beside_golabels_rows(tmp_path):
     again = subprocess.run([*peer, "--tllib", tllib, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and " seed 0: " not in again.stderr  # every run re-read, none trained again
     assert again.stdout.split("### ")[1:] == done.stdout.split("### ")[1:]
+
+
+def test_eval_cost_reports_the_share_of_a_run_spent_evaluating(domains, tmp_path):
+    source, target = domains
+    tiny = "--backbone test_resnet --no-pretrained --image-size 32 --batch-size 4 --device cpu --workers 0 --iters 4 --eval-every 2"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "eval_cost.py"), str(source), str(target), "--run", tiny, "--out",
+                             str(tmp_path / "cost"), "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["iters"] == 4 and row["eval_every"] == 2 and row["evaluations"] == 2
+    assert 0 < row["eval_seconds"] < row["seconds"] and row["eval_share"] == round(row["eval_seconds"] / row["seconds"], 4)
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "eval_cost.py"), str(source), str(target), "--run", tiny, "--out",
+                            str(tmp_path / "cost")], capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "exists" in again.stderr  # never overwrites a measurement

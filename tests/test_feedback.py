@@ -165,6 +165,13 @@ def test_print_config_replays_to_the_same_run(domains, tmp_path):
     assert not (tmp_path / "run").exists() and printed.stderr == ""
     config = yaml.safe_load(printed.stdout)
     assert config["method"] == "dann" and config["iters"] == 2 and config["trade-off"] == 1.0
+    # every default filled in, the backbone's input size included; what only the run decides is named
+    assert config["lr-gamma"] == 10.0 and config["eval-every"] == 0 and config["workers"] == 0 and config["image-size"] == 32
+    assert config["cache-dir"] and [k for k, v in config.items() if v is None] == ["weights", "eval-dir", "logger"]
+    assert printed.stdout.startswith("# golabels adapt --config FILE replays this run") and "device auto:" in printed.stdout
+    own = cli("adapt", source, target, "--backbone", "test_resnet", "--no-pretrained", "--iters", "10000", "--print-config")
+    resolved = yaml.safe_load(own.stdout)
+    assert resolved["image-size"] == 160 and resolved["eval-every"] == 1000 and resolved["lr-gamma"] == 0.002  # test_resnet's own 160 px
     (tmp_path / "config.yaml").write_text(printed.stdout)
     result = cli("adapt", "--config", tmp_path / "config.yaml", "--out", tmp_path / "replay", "--quiet")
     assert result.exit_code == 0, result.stderr
