@@ -95,7 +95,7 @@ class AdaptConfig:
     weights: str | None = None
     eval_dir: str | None = None
     # validators (and --eval-dir) every N iterations; 0: at the end only. None: default_eval_every(),
-    # a tenth of the run, for a curve in results.png at a few percent of the run's time (issue 34).
+    # a tenth of the run, for a curve in results.png at under 5 % of the run's time (issue 34).
     eval_every: int | None = None
     val_split: float = 0.1  # fraction of each source class held out for src-acc and dev
     val_target_images: int = 2000  # target images the validators look at (a fixed random sample); 0: all
@@ -145,14 +145,17 @@ def _target_losses(method: str | None) -> bool:
 
 
 DEFAULT_EVALUATIONS = 10  # a curve of ten points in results.png
-MIN_EVAL_INTERVAL = 100  # iterations: a shorter run is evaluated at its end only (a test, a quick try)
+# Iterations between evaluations at least, so that they cost at most about 5 % of the run: one
+# evaluation (validators on 2000 target images and the held-out source, AdaBN) took as long as 4
+# steps on cached features and 33 steps of a trained ResNet-18 (benchmarks/RESULTS.md, issue 34).
+MIN_EVAL_INTERVAL = {"frozen": 100, "trained": 1000}
 
 
-def default_eval_every(iters: int) -> int:
-    """--eval-every when not given: a tenth of the run, or 0 (at the end only) when that would be
-    under MIN_EVAL_INTERVAL iterations."""
-    every = iters // DEFAULT_EVALUATIONS
-    return every if every >= MIN_EVAL_INTERVAL else 0
+def default_eval_every(iters: int, freeze_backbone: bool) -> int:
+    """--eval-every when not given: a tenth of the run, at least MIN_EVAL_INTERVAL iterations
+    apart; 0 (at the end only) for a run shorter than two such intervals."""
+    least = MIN_EVAL_INTERVAL["frozen" if freeze_backbone else "trained"]
+    return max(iters // DEFAULT_EVALUATIONS, least) if iters >= 2 * least else 0
 
 
 def default_cache_dir() -> Path:
@@ -264,7 +267,7 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
         cfg.head_start = DEFAULT_HEAD_START if fine_tuning_pretrained else 0
     if isinstance(cfg.iters, int) and cfg.iters > 0:  # a bad --iters is validate()'s to name
         if cfg.eval_every is None:
-            cfg.eval_every = default_eval_every(cfg.iters)
+            cfg.eval_every = default_eval_every(cfg.iters, bool(cfg.freeze_backbone))
         if cfg.lr_gamma is None:
             cfg.lr_gamma = cfg.resolved_lr_gamma()
     if cfg.workers is None:

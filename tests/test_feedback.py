@@ -178,6 +178,13 @@ def test_print_config_replays_to_the_same_run(domains, tmp_path):
     assert (tmp_path / "replay" / "config.yaml").read_text() == printed.stdout
 
 
+def test_eval_every_default_is_a_tenth_of_the_run_spaced_by_what_an_evaluation_costs():
+    from golabels_cli.config import default_eval_every
+
+    assert [default_eval_every(n, True) for n in (150, 200, 1000, 10000)] == [0, 100, 100, 1000]
+    assert [default_eval_every(n, False) for n in (1000, 2000, 3000, 10000, 50000)] == [0, 1000, 1000, 1000, 5000]
+
+
 def test_results_figure_is_left_in_every_finished_run(domains, tmp_path):
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "4", "--eval-every", "2", "--eval-dir", target)

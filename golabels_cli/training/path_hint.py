@@ -61,14 +61,17 @@ def _backbone_forward(t: Training, xs: torch.Tensor) -> tuple[float, torch.Tenso
 
 
 def _head_step(t: Training, features: torch.Tensor, repeats: int = 3) -> float:
-    """Seconds of a forward and backward pass of copies of the bottleneck, head and discriminator
-    on a step's worth of features (source and target rows), the fastest of `repeats`."""
+    """Seconds of an optimizer step of copies of the bottleneck, head and discriminator on a step's
+    worth of features (source and target rows), the fastest of `repeats`."""
     head = copy.deepcopy(torch.nn.Sequential(t.model.bottleneck, t.model.head)).train()
     disc = copy.deepcopy(t.disc).train() if t.disc is not None else None
+    params = [*head.parameters(), *(disc.parameters() if disc is not None else ())]
+    optimizer = torch.optim.SGD(params, lr=0.0, momentum=t.cfg.momentum, weight_decay=t.cfg.weight_decay, nesterov=True)
     rows = features.repeat(2 if t.uses_target else 1, 1)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
         hidden = head[0](rows)
         loss = F.cross_entropy(head[1](hidden), torch.zeros(len(rows), dtype=torch.long))
         if disc is not None:
@@ -76,6 +79,7 @@ def _head_step(t: Training, features: torch.Tensor, repeats: int = 3) -> float:
             logits = disc(hidden if _input_dim(disc) == hidden.shape[1] else torch.zeros(len(rows), _input_dim(disc)))[0]
             loss = loss + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         loss.backward()
+        optimizer.step()
         best = min(best, time.perf_counter() - started)
     return best
 
