@@ -241,6 +241,7 @@ def test_fine_tuning_on_a_cpu_points_to_the_frozen_path_after_the_first_step(dom
     finally:
         proc.kill()
     hint = seen[-1]
+    assert any(line.startswith("iter 1/200000 ") for line in seen)  # piped: a heartbeat from the first iteration on
     assert "this run fine-tunes the whole backbone on a CPU: its 199999 iterations left will take about" in hint, "".join(seen)
     assert "Press Ctrl-C and add --freeze-backbone" in hint
     assert not any(line.startswith("iter 2/") for line in seen)  # said after the first step
@@ -270,3 +271,39 @@ def test_evaluating_during_training_changes_no_weight(domains, tmp_path):
     assert_same_weights(often, never)
     assert [e["iter"] for e in json.loads((often / "summary.json").read_text())["evals"]] == [2, 4, 6]
     assert json.loads((often / "summary.json").read_text())["eval_seconds"] > 0
+
+
+def test_a_terminal_wraps_the_data_report_between_words_and_logs_read_as_plain_lines(domains, tmp_path):
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    source, target = domains
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "golabels_cli", "adapt", source, target, *TINY, "--iters", "2", "--out", tmp_path / "run"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=child, env={**os.environ, "COLUMNS": "60", "TERM": "xterm"})
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace")).replace("\r", "")
+    assert proc.returncode == 0
+    piped = cli("adapt", source, target, *TINY, "--iters", "2", "--out", tmp_path / "piped").stderr
+    report = next(line for line in piped.splitlines() if line.startswith("source: "))
+    assert len(report) > 60
+    start = screen.index("source: ")
+    shown = screen[start:start + 3 * len(report)].split("target: ")[0]
+    # golabels breaks the line itself, between words, at the terminal's width (a terminal left to
+    # wrap a long line cuts words at its edge)
+    lines = [line for line in shown.splitlines() if line.strip()]
+    assert len(lines) >= 2 and max(len(line) for line in lines) <= 60, lines
+    assert set(shown.split()) <= set(report.split()), (shown, report)
+    assert "INFO" not in screen and "WARNING" not in screen  # log lines read as the rest: plain, or "warning: ..."
