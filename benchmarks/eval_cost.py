@@ -1,7 +1,8 @@
 """What --eval-every's default costs: the share of a run's time spent evaluating, measured in the run.
 
-Each run is `golabels adapt SOURCE TARGET OPTIONS...` with --eval-every left at its default (a
-tenth of the run from 1000 iterations); its summary.json records the seconds of the whole training
+Each run is `golabels adapt SOURCE TARGET OPTIONS...`, --eval-every left at its default unless the
+options give it (a tenth of the run, at least 100 iterations apart on cached features and 1000
+when the backbone trains); its summary.json records the seconds of the whole training
 and of the evaluations in it (validators, --eval-dir, BatchNorm re-estimates), so the ratio comes
 from one run, on one machine, under one load. Prints one row per run and --json writes them all.
 

@@ -211,14 +211,19 @@ def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debu
 def _new_run(ctx: typer.Context, config: str | None, print_config: bool, output_flags: list[str], debug: bool) -> Callable | None:
     """adapt SOURCE TARGET: the config from --config and the flags given (which win), and the run
     to call; None when the config was printed or worker processes ran it (--devices)."""
-    from .config import build_config, load_yaml, to_yaml
+    from .config import build_config, load_yaml, recompute_derived, to_yaml
 
     given = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if k not in ("config", "json_", "print_config")}
     values: dict[str, Any] = load_yaml(config) if config else {}
     for name, value in given.items():
         if name not in values or _from_command_line(ctx, name):
             values[name] = value
-    cfg = build_config(values)  # every value checked before torch and timm load: a typo is refused in a second
+    recomputed = recompute_derived(values, {name for name in given if _from_command_line(ctx, name)}) if config else []
+    cfg = build_config(values)
+    if recomputed:
+        import logging
+
+        logging.getLogger("golabels").info("%s: computed again for the options given here, not read from %s", ", ".join(recomputed), config)  # every value checked before torch and timm load: a typo is refused in a second
     from .distributed import check_devices, launch_new_run, launched_by_torchrun
     from .training import adapt, resolve_config
 

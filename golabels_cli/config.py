@@ -242,6 +242,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+# Defaults config.yaml holds resolved that follow other options: replayed with one of those options
+# changed, the value is computed again (lr-gamma of the old --iters would decay the new run's lr
+# on the old run's length), unless it is given too.
+DERIVED = {"lr_gamma": ("iters", "schedule", "method"), "eval_every": ("iters", "freeze_backbone"), "image_size": ("backbone",)}
+
+
+def recompute_derived(values: dict[str, Any], changed: set[str]) -> list[str]:
+    """Clear in `values` (a --config file's, the command line's flags applied) each DERIVED value
+    one of whose options is in `changed` and which is not itself; returns their option names."""
+    cleared = [k for k, inputs in DERIVED.items() if k in values and k not in changed and changed & set(inputs)]
+    for key in cleared:
+        values[key] = None
+    return [option_name(k) for k in cleared]
+
+
 def build_config(values: dict[str, Any]) -> AdaptConfig:
     """An AdaptConfig from {field: value}, validated; paths made absolute so a replay finds them."""
     cfg = AdaptConfig(**{k: _number(v) if FIELDS[k].type.startswith("float") else v for k, v in values.items() if k in FIELDS})

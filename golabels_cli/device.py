@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
-
 from .choices import DEVICES
+from .errors import InputError
 
 
 def _mps_available() -> bool:

@@ -18,7 +18,7 @@ Replay a run, or continue one after Ctrl-C or a crash:
     golabels adapt --config runs/adapt/exp/config.yaml
     golabels adapt --resume runs/adapt/exp
 
-**Progress terms**: cls, the source's classification loss; adv, the discriminator's loss (about 0.69 when it cannot tell the domains apart); disc, its accuracy (0.5: aligned); relab s/t, the shares of source and target rows whose domain label was changed (not shown under fixed labels); tgt-loss, the losses on the target's predictions; lambda, the gradient reversal's weight.
+**Progress terms**: cls, the source's classification loss; adv, the discriminator's loss (about 0.69 when it cannot tell the domains apart); disc, its accuracy (0.5: aligned); relab s/t, the shares of source and target rows whose domain label was changed (not shown under fixed labels); tgt-loss, the losses on the target's predictions; tgt-acc, --eval-dir accuracy; lambda, the gradient reversal's weight.
 
 **Methods** (`--method`: an alignment term, losses on the target's predictions, or both joined by +, e.g. cdan-e+mcc; docs/methods.md says when to pick which)
 

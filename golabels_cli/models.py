@@ -71,8 +71,6 @@ class Classifier(nn.Module):
         return self.head(features), features
 
 
-
-
 class Discriminator(nn.Module):
     """Domain discriminator; forward() returns (logits [N], bridge output [N] or None).
 

@@ -15,12 +15,17 @@ from .console import VALIDATOR_NAMES, data_report_lines, fmt, stderr, stdout
 from .remedies import remedy_flags
 
 
-def _cut_at(table: Table, width: int) -> bool:
-    """Whether rich, laying the table out in `width` columns, would cut a cell short (its "…"):
-    tried, not predicted, as rich's own layout may shrink a column below its longest word."""
+def _render(table: Table, width: int) -> str:
     trial = Console(width=width, file=io.StringIO(), color_system=None)
     trial.print(table)
-    return "…" in trial.file.getvalue()
+    return trial.file.getvalue()
+
+
+def _cut_at(table: Table, width: int) -> bool:
+    """Whether rich, laying the table out in `width` columns, would cut a cell short (its "…",
+    beyond any a cell holds itself): tried, not predicted, as rich's own layout may shrink a
+    column below its longest word."""
+    return _render(table, width).count("…") > _render(table, 100_000).count("…")
 
 
 def fitted(build: Callable[[list[str]], Table], columns: list[str], least_telling: list[str], width: int | None = None) -> tuple[Table, list[str]]:

@@ -228,16 +228,19 @@ def test_fine_tuning_on_a_cpu_points_to_the_frozen_path_after_the_first_step(dom
     import sys
 
     source, target = domains
-    proc = subprocess.Popen([sys.executable, "-m", "golabels_cli", "adapt", source, target, *TINY, "--iters", "200000",
+    proc = subprocess.Popen([sys.executable, "-m", "golabels_cli", "adapt", source, target, *pretrained_tiny(tmp_path), "--iters", "200000",
                              "--out", tmp_path / "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     seen = []
     try:
-        for line in proc.stderr:
-            seen.append(line)
-            if "--freeze-backbone would take about" in line:
-                break
+        while not seen or "--freeze-backbone would take about" not in seen[-1]:
+            seen.append(lines.get(timeout=180))  # queue.Empty, not a hang, when no hint comes
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         proc.kill()
     hint = seen[-1]
@@ -254,12 +257,27 @@ def test_the_frozen_path_hint_changes_no_weight(domains, tmp_path, monkeypatch):
     source, target = domains
     monkeypatch.setattr(path_hint, "HINT_ABOVE_S", 0.0)
     monkeypatch.setattr(path_hint, "HINT_RATIO", 0.0)
-    hinted = cli("adapt", source, target, *TINY, "--iters", "3", "--out", tmp_path / "hinted")
+    tiny = pretrained_tiny(tmp_path)
+    hinted = cli("adapt", source, target, *tiny, "--iters", "3", "--out", tmp_path / "hinted")
     assert hinted.exit_code == 0 and "--freeze-backbone would take about" in hinted.stderr
     monkeypatch.setattr(path_hint, "HINT_ABOVE_S", float("inf"))
-    plain = cli("adapt", source, target, *TINY, "--iters", "3", "--out", tmp_path / "plain")
+    plain = cli("adapt", source, target, *tiny, "--iters", "3", "--out", tmp_path / "plain")
     assert plain.exit_code == 0 and "--freeze-backbone would take" not in plain.stderr
     assert_same_weights(tmp_path / "hinted", tmp_path / "plain")
+    # a backbone from random init has no features worth freezing: no hint, however slow the run
+    monkeypatch.setattr(path_hint, "HINT_ABOVE_S", 0.0)
+    scratch = cli("adapt", source, target, *TINY, "--iters", "2", "--out", tmp_path / "scratch")
+    assert scratch.exit_code == 0 and "--freeze-backbone would take" not in scratch.stderr
+
+
+def pretrained_tiny(folder):
+    """TINY with the backbone's weights from a local file: a "pretrained" backbone, as --weights makes one."""
+    from safetensors.torch import save_file
+
+    path = folder / "test_resnet.safetensors"
+    if not path.exists():
+        save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(path))
+    return [*(a for a in TINY if a != "--no-pretrained"), "--weights", str(path)]
 
 
 def test_evaluating_during_training_changes_no_weight(domains, tmp_path):

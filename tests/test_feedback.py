@@ -178,6 +178,22 @@ def test_print_config_replays_to_the_same_run(domains, tmp_path):
     assert (tmp_path / "replay" / "config.yaml").read_text() == printed.stdout
 
 
+def test_a_replayed_config_recomputes_what_follows_the_options_changed(domains, tmp_path):
+    source, target = domains
+    printed = cli("adapt", source, target, "--backbone", "test_resnet", "--no-pretrained", "--iters", "10000", "--print-config")
+    (tmp_path / "run.yaml").write_text(printed.stdout)
+    assert yaml.safe_load(printed.stdout)["lr-gamma"] == 0.002 and yaml.safe_load(printed.stdout)["eval-every"] == 1000
+    longer = cli("adapt", "--config", tmp_path / "run.yaml", "--iters", "20000", "--print-config")
+    assert longer.exit_code == 0, longer.stderr
+    config = yaml.safe_load(longer.stdout)
+    assert config["lr-gamma"] == 0.001 and config["eval-every"] == 2000 and config["image-size"] == 160
+    assert "lr-gamma, eval-every: computed again for the options given here" in longer.stderr
+    kept = cli("adapt", "--config", tmp_path / "run.yaml", "--iters", "20000", "--lr-gamma", "0.002", "--print-config")
+    assert yaml.safe_load(kept.stdout)["lr-gamma"] == 0.002  # given as well: kept
+    same = cli("adapt", "--config", tmp_path / "run.yaml", "--print-config")
+    assert same.stdout == printed.stdout and "computed again" not in same.stderr  # a plain replay changes nothing
+
+
 def test_eval_every_default_is_a_tenth_of_the_run_spaced_by_what_an_evaluation_costs():
     from golabels_cli.config import default_eval_every
 

@@ -350,7 +350,7 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
 def progress_terms(t: Training) -> tuple[str, ...]:
     """The progress line's figures that can change in this run (progress.RunStarted.terms)."""
     adversarial = ("adv", "disc", *(("relab",) if t.cfg.domain_labels != "fixed" else ())) if t.adversarial else ()
-    return ("cls", *adversarial, *(("tgt-loss",) if t.recipe.target_losses else ()))
+    return ("cls", *adversarial, *(("tgt-loss",) if t.recipe.target_losses else ()), *(("tgt-acc",) if t.eval_set else ()))
 
 
 def metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, torch.Tensor], window: int) -> dict[str, Any]:

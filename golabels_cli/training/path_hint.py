@@ -33,6 +33,8 @@ def frozen_path_hint(t: Training, xs: torch.Tensor, step_seconds: float, iters_l
     cfg = t.cfg
     if t.device.type != "cpu" or t.features is not None or step_seconds * iters_left < HINT_ABOVE_S:
         return None
+    if not (cfg.pretrained or cfg.weights):
+        return None  # a backbone from random init has no features worth freezing
     with torch.random.fork_rng(devices=[]):
         forward_s, features = _backbone_forward(t, xs)
         head_step_s = _head_step(t, features)

@@ -96,25 +96,31 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
 
 
 def results_files(run_dir: Path, summary: dict[str, Any], mosaic: Callable[[], list] | None = None) -> dict[str, str | None]:
-    """What the run leaves for a reader beside its model: results.png (with matplotlib), results.csv
-    (metrics.jsonl as a table) and target-mosaic.png (`mosaic()`'s target images with their predicted
-    labels). Each that cannot be written costs a warning, not the run; returns the names written."""
+    """What the run leaves for a reader beside its model: results.csv (metrics.jsonl as a table),
+    results.png (with matplotlib) and target-mosaic.png (`mosaic()`'s target images with their
+    predicted labels). Each that cannot be written costs a warning naming it, not the run, nor the
+    others; returns the names written (None for each that was not)."""
     from ..figures import write_target_mosaic
     from ..report import load_run, write_results_csv, write_results_figure
 
-    written: dict[str, str | None] = {"results_figure": None, "results_csv": None, "target_mosaic": None}
+    def attempt(name: str, write: Callable[[], Path | None]) -> str | None:
+        try:
+            path = write()
+        except Exception as exc:  # noqa: BLE001 - a plotting library's or a disk's failure of any kind
+            log.warning("%s not written (%s)", name, reason(exc))
+            return None
+        return path.name if path is not None else None
+
     try:
         record = load_run(run_dir)
-        record.summary = summary
-        written["results_csv"] = write_results_csv(record).name
-        path = write_results_figure(record)
-        written["results_figure"] = path.name if path is not None else None
-        if mosaic is not None:
-            path = write_target_mosaic(mosaic(), run_dir / TARGET_MOSAIC, f"target images and their predicted labels: {run_dir.name}")
-            written["target_mosaic"] = path.name if path is not None else None
-    except Exception as exc:  # noqa: BLE001 - a plotting library's or a disk's failure of any kind
-        log.warning("results.png, results.csv or %s not written (%s)", TARGET_MOSAIC, reason(exc))
-    return written
+    except Exception as exc:  # noqa: BLE001 - as above: the model is written, these are extras
+        log.warning("results.csv, results.png and %s not written (%s)", TARGET_MOSAIC, reason(exc))
+        return {"results_figure": None, "results_csv": None, "target_mosaic": None}
+    record.summary = summary
+    title = f"target images and their predicted labels: {run_dir.name}"
+    return {"results_csv": attempt("results.csv", lambda: write_results_csv(record)),
+            "results_figure": attempt("results.png", lambda: write_results_figure(record)),
+            "target_mosaic": attempt(TARGET_MOSAIC, lambda: write_target_mosaic(mosaic(), run_dir / TARGET_MOSAIC, title)) if mosaic else None}
 
 
 TARGET_MOSAIC = "target-mosaic.png"
