@@ -353,9 +353,10 @@ class StepProgress:
                 self.steps[what][2] = self.bar.add_task(what, total=total)
             else:
                 self.bar.update(task, completed=done)
-        elif unit == "steps" and done < (total or 0):  # piped: each phase as it starts, the slow ones say nothing else
-            sys.stderr.write(f"{what}: step {done + 1} of {total}, {now - started:.0f}s so far\n")
-            sys.stderr.flush()
+        elif unit == "steps":  # piped: each phase as it starts, the slow ones say nothing else
+            if done < (total or 0):
+                sys.stderr.write(f"{what}: step {done + 1} of {total}, {now - started:.0f}s so far\n")
+                sys.stderr.flush()
         elif done and now - last >= self.PLAIN_INTERVAL_S:
             self.steps[what][1] = now
             rate = done / max(now - started, 1e-9)

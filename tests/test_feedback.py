@@ -95,6 +95,7 @@ def test_export_reports_its_steps_piped(exported, tmp_path):
     assert result.returncode == 0, result.stderr
     steps = [line for line in result.stderr.splitlines() if line.startswith("export: tracing, checking, verifying: step")]
     assert [line.split(",")[2] for line in steps] == [" verifying: step 1 of 3", " verifying: step 2 of 3", " verifying: step 3 of 3"]
+    assert "images" not in " ".join(line for line in result.stderr.splitlines() if line.startswith("export: "))  # steps, not images
 
 
 def test_help_groups_every_option_in_panels():
