@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from .errors import AlreadyReported, InputError
 from .help import AdaptCommand, Command, Group
 from .examples import ADAPT_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
 from .progress import listening, tracked
+
+log = logging.getLogger("golabels")
 
 app = typer.Typer(
     name="golabels",
@@ -215,15 +218,14 @@ def _new_run(ctx: typer.Context, config: str | None, print_config: bool, output_
 
     given = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if k not in ("config", "json_", "print_config")}
     values: dict[str, Any] = load_yaml(config) if config else {}
+    on_command_line = {name for name in given if _from_command_line(ctx, name)}
     for name, value in given.items():
-        if name not in values or _from_command_line(ctx, name):
+        if name not in values or name in on_command_line:
             values[name] = value
-    recomputed = recompute_derived(values, {name for name in given if _from_command_line(ctx, name)}) if config else []
-    cfg = build_config(values)
+    recomputed = recompute_derived(values, on_command_line) if config else []
+    cfg = build_config(values)  # every value checked before torch and timm load: a typo is refused in a second
     if recomputed:
-        import logging
-
-        logging.getLogger("golabels").info("%s: computed again for the options given here, not read from %s", ", ".join(recomputed), config)  # every value checked before torch and timm load: a typo is refused in a second
+        log.info("%s: computed again for the options given here, not read from %s", ", ".join(recomputed), config)
     from .distributed import check_devices, launch_new_run, launched_by_torchrun
     from .training import adapt, resolve_config
 
@@ -401,7 +403,6 @@ def predict(
     debug: DebugOpt = False,
 ) -> None:
     """Predict labels for images; one row per image on stdout (CSV or JSON lines)."""
-    import logging
     import time
 
     # Only torch-free modules here: an .onnx model must run without PyTorch installed.
@@ -421,7 +422,6 @@ def predict(
     predictor = open_predictor(model, device)
     if top_k > len(predictor.classes):
         raise InputError(f"--top-k {top_k} is more than the model's {len(predictor.classes)} classes", f"pass --top-k {len(predictor.classes)} or less")
-    log = logging.getLogger("golabels")
     skipped: list[str] = []
 
     def on_skip(path: str, why: str) -> None:

@@ -192,17 +192,16 @@ def test_progress_terms_follow_the_recipe(domains, tmp_path):
     assert "tgt-loss" in line and " adv " not in line and "disc" not in line and "lambda" not in line
 
 
-def test_rich_progress_bar_on_a_tty(domains, tmp_path):
+def adapt_on_a_terminal(args: list, columns: int) -> tuple[int, str]:
+    """`golabels adapt ARGS` with stderr on a pseudo-terminal `columns` wide: its exit code and
+    what the terminal received."""
     import pty
     import subprocess
     import sys
 
-    source, target = domains
     main, child = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "golabels_cli", "adapt", source, target, *TINY, "--iters", "4", "--log-every", "2", "--out", tmp_path / "run"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=child, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"},
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "golabels_cli", "adapt", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=child, env={**os.environ, "COLUMNS": str(columns), "TERM": "xterm"})
     os.close(child)
     chunks = []
     while True:
@@ -214,8 +213,13 @@ def test_rich_progress_bar_on_a_tty(domains, tmp_path):
             break
         chunks.append(data)
     proc.wait(timeout=120)
-    screen = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def test_rich_progress_bar_on_a_tty(domains, tmp_path):
+    source, target = domains
+    code, screen = adapt_on_a_terminal([source, target, *TINY, "--iters", "4", "--log-every", "2", "--out", tmp_path / "run"], 200)
+    assert code == 0
     assert "it/s" in screen and "4/4" in screen and "disc" in screen and "progress terms:" in screen
     assert "━" in screen  # rich's bar
 
@@ -292,28 +296,12 @@ def test_evaluating_during_training_changes_no_weight(domains, tmp_path):
 
 
 def test_a_terminal_wraps_the_data_report_between_words_and_logs_read_as_plain_lines(domains, tmp_path):
-    import pty
     import re
-    import subprocess
-    import sys
 
     source, target = domains
-    main, child = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "golabels_cli", "adapt", source, target, *TINY, "--iters", "2", "--out", tmp_path / "run"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=child, env={**os.environ, "COLUMNS": "60", "TERM": "xterm"})
-    os.close(child)
-    chunks = []
-    while True:
-        try:
-            data = os.read(main, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=120)
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace")).replace("\r", "")
-    assert proc.returncode == 0
+    code, raw = adapt_on_a_terminal([source, target, *TINY, "--iters", "2", "--out", tmp_path / "run"], 60)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).replace("\r", "")
+    assert code == 0
     piped = cli("adapt", source, target, *TINY, "--iters", "2", "--out", tmp_path / "piped").stderr
     report = next(line for line in piped.splitlines() if line.startswith("source: "))
     assert len(report) > 60
