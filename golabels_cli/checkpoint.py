@@ -56,10 +56,17 @@ def _refuse_taken(out: Path, exist_ok: bool) -> None:
         raise _taken(out)
 
 
-def check_run_dir(out: str | Path | None, exist_ok: bool) -> None:
+def check_run_dir(out: str | Path | None, exist_ok: bool, inputs: dict[str, str | None] | None = None) -> None:
     """The checks claim_run_dir will make, made early and creating nothing: a run that cannot
-    write its directory fails before its data report and its slow first steps."""
+    write its directory fails before its data report and its slow first steps. A run directory
+    inside one of `inputs` ({what: folder}) is refused: the next scan of that folder would read
+    the run's own figures as images."""
     path = Path(out) if out is not None else Path("runs/adapt")
+    for what, folder in (inputs or {}).items():
+        if folder and is_inside(path, folder):
+            flag = f"--out {path}" if out is not None else f"the default run directory {path.absolute()}"
+            raise InputError(f"{flag} is inside {what} {folder}: its figures would be read as images",
+                             "pass an --out outside the image folders")
     if out is not None:
         _refuse_taken(path, exist_ok)
     existing = path.absolute()
@@ -68,6 +75,12 @@ def check_run_dir(out: str | Path | None, exist_ok: bool) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         what = "a file" if not existing.is_dir() else "a folder you cannot write to"
         raise InputError(f"cannot create the run directory {path} ({existing} is {what})", "pass --out in a folder you can write to")
+
+
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` (which need not exist yet) is `folder` or below it, links resolved."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, root]) == root
 
 
 def claim_run_dir(out: str | Path | None, exist_ok: bool, first_file: str = "config.yaml") -> Path:
@@ -112,6 +125,18 @@ def _writer_alive(tmp: Path) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be created in `folder`, found by creating one (os.access is no help on a
+    read-only mount, nor for root); None when it can."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        return (exc.strerror or reason(exc)).lower()  # not the probe's name: the folder is the point
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def remove_stale_temporaries(folder: Path, name: str = "*") -> None:
@@ -163,11 +188,26 @@ def torch_save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def save_model(model: torch.nn.Module, info: ModelInfo, path: str | Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=info.metadata())
+        tmp.write_bytes(_sorted_header(save(state, metadata=info.metadata())))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors bytes with the header's keys in one order: its writer emits the metadata in
+    hash-map order, which changes from process to process, so two identical runs' files would
+    differ and a checksum could not show that a replay matched. The tensors' bytes and offsets
+    are untouched; the header is padded with spaces to 8 bytes, as the format's writer does."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    meta = header.pop("__metadata__", None)
+    ordered = {**({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}),
+               **dict(sorted(header.items(), key=lambda item: (item[1]["data_offsets"], item[0])))}
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
 def model_path(run_or_model: str | Path) -> Path:

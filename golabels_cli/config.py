@@ -172,6 +172,7 @@ def default_workers() -> int:
 RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug", "resume")
 # What may change when a run is resumed: nothing that changes the weights it will end with.
 RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images", "devices", "logger")
+COMMAND_LINE_ONLY = ("resume", "json", "quiet", "debug")
 RUN_OPTION_TYPES = {"out": "str | None", "exist_ok": "bool", "json": "bool", "quiet": "bool", "debug": "bool", "resume": "str | None"}
 PATH_FIELDS = ("source", "target", "weights", "eval_dir", "cache_dir")
 FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
@@ -227,6 +228,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     values = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if name in COMMAND_LINE_ONLY:  # a config file is what to train; these say how one invocation runs
+            flag = "--resume RUN" if name == "resume" else f"--{name}"
+            raise InputError(f"{key!r} in {path} would be ignored: it is an option of the command line only",
+                             f"remove it from the file and pass {flag} to golabels adapt")
         if name not in known:
             close = difflib.get_close_matches(option_name(name), [option_name(k) for k in known], 3)
             hint = f"did you mean {', '.join(close)}?" if close else "see `golabels adapt --help`"

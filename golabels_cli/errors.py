@@ -48,6 +48,11 @@ def reason(exc: BaseException, limit: int = 160) -> str:
     return (head[:word] if word > 0 else head[:limit - 1]).rstrip(",;:") + "…"
 
 
+def plural(n: int, word: str) -> str:
+    """`1 image`, `2 images`: for the counts in messages."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 class AlreadyReported(GolabelsError):
     """A worker process failed and printed its own one-line error: leave with its exit code, silently."""
 

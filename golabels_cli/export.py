@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path, load_model, model_path, remove_stale_temporaries
+from .checkpoint import atomic_path, load_model, model_path, remove_stale_temporaries, unwritable
 from .errors import InputError, RunError, reason
 from .images import image_files, load_array
 from .model_info import ModelInfo
@@ -177,6 +177,12 @@ def export_onnx(
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create {output.parent} ({reason(exc)})", "pass an --output in a writable folder") from exc
+    why = unwritable(output.parent)  # before the tracing and verifying, not after them
+    if why is not None:
+        raise InputError(f"cannot write {output} ({why})", "pass an --output in a folder you can write to")
+    if output.exists():
+        log.warning("--exist-ok: replacing %s (%.1f MB, written %s)", output, output.stat().st_size / 1e6,
+                    time.strftime("%Y-%m-%d %H:%M", time.localtime(output.stat().st_mtime)))
 
     log.info("exporting %s to ONNX (opset %d, %s)", model_path(run_or_model), opset, f"batch {batch}" if batch else "dynamic batch")
     graph = InferenceGraph(model).eval()

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries
-from ..config import AdaptConfig, build_config, to_yaml
+from ..config import DERIVED, FIELDS, RESUME_OPTIONS, AdaptConfig, build_config, option_name, read_yaml_mapping, to_yaml
 from ..device import pick_device
 from ..distributed import env_rank, setup, shared, teardown
-from ..errors import InputError, reason
+from ..errors import InputError, plural, reason
 from ..progress import no_events
 from .build import build
 from .loop import train
-from .run_dir import CHECKPOINT_FILE, CHECKPOINT_FORMAT, truncate_metrics, write
+from .run_dir import CHECKPOINT_FILE, CHECKPOINT_FORMAT, RUN_FILES, set_aside_metrics, write
 from .state import LoopState, Progress, Training
 
 log = logging.getLogger("golabels")
@@ -36,18 +36,45 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     Every input is checked before the run directory is created, so bad input leaves nothing behind.
     """
     if env_rank() == 0:
-        check_run_dir(out, exist_ok)
+        check_run_dir(out, exist_ok, {"SOURCE": cfg.source, "TARGET": cfg.target, "--eval-dir": cfg.eval_dir})
     d = setup(pick_device(cfg.device).type)
     try:
         t = _shared(build, cfg, d, progress if d.main else no_events)
         run_dir = None
         if d.main:  # only rank 0 writes
+            if exist_ok and out is not None:
+                _say_replaced(Path(out))
             run_dir = claim_run_dir(out, exist_ok)
             write(run_dir / "config.yaml", to_yaml(cfg), None)
             write(run_dir / "metrics.jsonl", "", None)
         return train(t, run_dir, LoopState(), progress)
     finally:
         teardown()
+
+
+def _say_replaced(out: Path) -> None:
+    """--exist-ok into a used folder: which of its files this run replaces, and which it leaves."""
+    try:
+        names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return  # no folder yet (or unreadable: claiming it says why)
+    replaced = [n for n in RUN_FILES if n in names]
+    if not replaced:
+        return
+    rows = _rows(out / "metrics.jsonl")
+    shown = [f"{n} ({plural(rows, 'logged row')})" if n == "metrics.jsonl" and rows else n for n in replaced]
+    others = [n for n in names if n not in RUN_FILES]
+    log.warning("--exist-ok: this run replaces %s in %s%s", ", ".join(shown), out,
+                f"; {plural(len(others), 'other file')} there ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
+                f"{'is' if len(others) == 1 else 'are'} left as {'it is' if len(others) == 1 else 'they are'}" if others else "")
+
+
+def _rows(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
 
 
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = no_events) -> dict[str, Any]:
@@ -62,12 +89,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
-    try:
-        old = {**BEFORE_OPTIONS, "cdan_map": "randomized" if "rf" in (ckpt.get("multilinear") or {}) else "full"}
-        cfg = build_config({**old, **ckpt["config"], **(overrides or {})})
-        done = int(ckpt["loop"]["iteration"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path} is damaged ({reason(exc)})", "start the run again") from exc
+    cfg, done = _checked(ckpt, run_dir, path, overrides or {})
     if done >= cfg.iters and (run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file():
         raise InputError(f"run {run_dir} is already complete ({done} of {cfg.iters} iterations)", "evaluate or export it, or start a new run")
     # (done == iters without the model: the final writes failed, and resuming makes them again.)
@@ -78,10 +100,46 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
         if not t.dist.main:
             return train(t, None, state, no_events, rng=ckpt["rng"])
         remove_stale_temporaries(run_dir)
-        truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
+        set_aside_metrics(run_dir / "metrics.jsonl", state.iteration)
         return train(t, run_dir, state, progress, rng=ckpt["rng"])
     finally:
         teardown()
+
+
+# config.yaml of a run written before these were resolved when it started holds null for them,
+# where its checkpoint holds the value the run trained with.
+RESOLVED_IN_BUILD = (*DERIVED, "balance_source", "balance_target")
+
+
+def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[str, Any]) -> tuple[AdaptConfig, int]:
+    """The run's config and the checkpoint's iteration, once both are known to be the run's own:
+    read before anything in the run directory changes."""
+    old = {**BEFORE_OPTIONS, "cdan_map": "randomized" if "rf" in (ckpt.get("multilinear") or {}) else "full"}
+    try:
+        saved, done = ckpt["config"], ckpt["loop"]["iteration"]
+        cfg = build_config({**old, **saved, **overrides})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path} is damaged ({reason(exc)})", "start the run again") from exc
+    if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= cfg.iters:
+        raise InputError(f"{path} is damaged: it says it was saved at iteration {done!r}, and the run has {cfg.iters}",
+                         "start the run again")
+    config_yaml = run_dir / "config.yaml"
+    if not config_yaml.is_file():
+        raise InputError(f"{run_dir} holds no config.yaml beside its checkpoint", "restore it from a backup, or start a new run")
+    declared = {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(config_yaml).items()}
+    for key in sorted(set(saved) | set(declared)):
+        if key in RESUME_OPTIONS or key not in FIELDS:
+            continue
+        ours, theirs = declared.get(key, old.get(key)), saved.get(key, old.get(key))
+        if ours != theirs and not (ours is None and key in RESOLVED_IN_BUILD):
+            raise InputError(f"{config_yaml} says {option_name(key)}: {_shown(ours)} and {path.name} says {_shown(theirs)}: "
+                             "they are not of the same run", "restore the run's own config.yaml, or start a new run")
+    return cfg, done
+
+
+def _shown(value: Any) -> str:
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _shared(fn: Callable, *args):

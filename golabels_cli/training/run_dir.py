@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from .. import __version__
-from ..checkpoint import torch_save_atomic, write_text_atomic
+from ..checkpoint import atomic_path, torch_save_atomic, write_text_atomic
 from ..errors import RunError, reason
 from .runtime import environment, rng_state
 from .state import LoopState, Training
@@ -23,6 +23,9 @@ from .state import LoopState, Training
 log = logging.getLogger("golabels")
 CHECKPOINT_FORMAT = "golabels-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
+# Every file a run writes under its own name: what --exist-ok into a used folder replaces.
+RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT_FILE, "model.safetensors", "summary.json", "results.csv", "results.png",
+             "target-mosaic.png")
 
 
 def checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
@@ -196,14 +199,42 @@ def append(metrics: IO[str], row: dict[str, Any], run_dir: Path) -> None:
         raise RunError(f"cannot write {run_dir / 'metrics.jsonl'} ({reason(exc)})", "check the folder's free space") from exc
 
 
-def truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop rows logged after the checkpoint: the resumed run logs them again."""
-    rows = []
+def _write_lines(path: Path, lines: list[str], replace: bool = True) -> None:
+    with atomic_path(path, replace) as tmp:  # lines as read: a hostile line's bytes kept as they were
+        tmp.write_text("".join(lines), encoding="utf-8", errors="surrogateescape")
+
+
+def set_aside_metrics(path: Path, iteration: int) -> Path | None:
+    """Rows logged after the checkpoint (the resumed run logs them again), and lines a crash cut
+    short, are moved to metrics-after-ITERATION.jsonl beside it, never dropped; returns that file,
+    None when every row is kept."""
+    kept_rows, later = [], []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8", errors="surrogateescape").split("\n"):
+            if not line:
+                continue
             try:
-                if json.loads(line)["iter"] <= iteration:
-                    rows.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue  # a row cut short by a crash
-    write(path, "".join(rows), iteration)
+                keep = json.loads(line)["iter"] <= iteration
+            except (ValueError, KeyError, TypeError, RecursionError):
+                keep = False
+            (kept_rows if keep else later).append(line + "\n")
+    if not later:
+        return None
+    aside = path.with_name(f"metrics-after-{iteration}.jsonl")
+    n = 1
+    while True:
+        try:
+            _write_lines(aside, later, replace=False)
+            break
+        except FileExistsError:
+            n += 1
+            aside = path.with_name(f"metrics-after-{iteration}-{n}.jsonl")
+        except OSError as exc:
+            raise RunError(f"cannot write {aside} ({write_failure(exc, path.parent)})", kept(iteration, path.parent)) from exc
+    try:
+        _write_lines(path, kept_rows)
+    except OSError as exc:
+        raise RunError(f"cannot write {path} ({write_failure(exc, path.parent)})", kept(iteration, path.parent)) from exc
+    log.info("%d row%s of %s logged after iteration %d moved to %s: the resumed run logs them again",
+             len(later), "" if len(later) == 1 else "s", path.name, iteration, aside.name)
+    return aside
