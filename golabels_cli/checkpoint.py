@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from .errors import InputError, reason
+from .formats import json_text
 from .model_info import ModelInfo
 
 MODEL_FILE = "model.safetensors"
@@ -171,12 +172,12 @@ def atomic_path(path: str | Path, replace: bool = True) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str, replace: bool = True) -> None:
-    with atomic_path(path, replace) as tmp:
-        tmp.write_text(text)
+    with atomic_path(path, replace) as tmp:  # a name that is not UTF-8 written back as the bytes it was
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_text_atomic(path, json_text(data) + "\n")
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:

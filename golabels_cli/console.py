@@ -6,7 +6,6 @@ write to the terminal.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.text import Text
 
 from .errors import GolabelsError, plural, reason
+from .formats import json_text
 from .progress import DataRead, FrozenPathHint, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
 
 
@@ -93,7 +93,7 @@ def print_error(exc: BaseException) -> None:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(json_text(data) + "\n")
     sys.stdout.flush()
 
 

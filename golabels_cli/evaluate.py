@@ -9,6 +9,7 @@ import torch
 
 from .data import ImageSet, eval_loader, eval_transform, scan_labeled
 from .errors import InputError
+from .formats import csv_line
 from .progress import batch_size as batch_size_of
 from .progress import tracked
 
@@ -149,10 +150,7 @@ def _frozen_backbone_cache(run_or_model: str | Path) -> str | None:
 
 
 def confusion_csv(result: EvalResult) -> str:
-    def cell(s: str) -> str:
-        return '"' + s.replace('"', '""') + '"' if any(ch in s for ch in ',"\n') else s
-
-    lines = ["true\\predicted," + ",".join(cell(c) for c in result.predicted_classes)]
+    lines = [csv_line(["true\\predicted", *result.predicted_classes])]
     for name, row in zip(result.true_classes, result.confusion):
-        lines.append(cell(name) + "," + ",".join(str(v) for v in row))
-    return "\n".join(lines) + "\n"
+        lines.append(csv_line([name, *map(str, row)]))
+    return "".join(lines)

@@ -75,7 +75,7 @@ PREDICT_EPILOG = """
     golabels predict runs/adapt/exp img1.png img2.png --format jsonl
 
 `-0`: paths end with NUL, so any file name works. CSV columns: path, label, confidence (then top1_label, top1_probability, ... with --top-k).
-JSON lines are UTF-8: a file name that is not gets U+FFFD in `path` and its bytes in `path_base64`.
+JSON lines are UTF-8: a name that is not gets `\\xNN` escapes, its bytes in `path_base64` or `label_base64`.
 With an .onnx model only onnxruntime runs: PyTorch is not needed.
 """
 

@@ -11,21 +11,18 @@ is reported through `on_skip` and the others go on.
 
 from __future__ import annotations
 
-import base64
-import csv
-import io
-import json
 import logging
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
 from .errors import InputError, reason
+from .formats import csv_line, json_text
 from .images import image_files, is_image_name, load_array
 from .model_info import ModelInfo
 
@@ -258,7 +255,7 @@ def csv_header(k: int) -> str:
     columns = ["path", "label", "confidence"]
     for i in range(1, k + 1):
         columns += [f"top{i}_label", f"top{i}_probability"]
-    return _csv_line(columns)
+    return csv_line(columns)
 
 
 def csv_row(prediction: Prediction, classes: list[str], k: int) -> str:
@@ -266,25 +263,12 @@ def csv_row(prediction: Prediction, classes: list[str], k: int) -> str:
     cells = [prediction.path, classes[best], f"{prediction.probabilities[best]:.6f}"]
     for c in top_k(prediction.probabilities, k):
         cells += [classes[c], f"{prediction.probabilities[c]:.6f}"]
-    return _csv_line(cells)
+    return csv_line(cells)
 
 
 def jsonl_row(prediction: Prediction, classes: list[str], k: int) -> str:
     best = int(np.argmax(prediction.probabilities))
-    row = {"path": prediction.path, "label": classes[best], "confidence": round(float(prediction.probabilities[best]), 6)}
-    raw = os.fsencode(prediction.path)
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        # JSON text is UTF-8: a name that is not gets U+FFFD for its undecodable bytes, and the bytes themselves.
-        row["path"] = raw.decode("utf-8", "replace")
-        row["path_base64"] = base64.b64encode(raw).decode("ascii")
+    row: dict[str, Any] = {"path": prediction.path, "label": classes[best], "confidence": round(float(prediction.probabilities[best]), 6)}
     if k:
         row["top_k"] = [{"label": classes[c], "probability": round(float(prediction.probabilities[c]), 6)} for c in top_k(prediction.probabilities, k)]
-    return json.dumps(row, ensure_ascii=False) + "\n"
-
-
-def _csv_line(cells: list[str]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(cells)
-    return buffer.getvalue()
+    return json_text(row, indent=None, ensure_ascii=False) + "\n"

@@ -276,7 +276,7 @@ def test_jsonl_is_valid_utf8_with_the_raw_name_recoverable(shipped, domains, tmp
                              "--format", "jsonl"], capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout.decode("utf-8"))  # strict: raises on invalid UTF-8
-    assert row["path"].endswith("caf\ufffd.png") and base64.b64decode(row["path_base64"]) == raw
+    assert row["path"].endswith("caf\\xe9.png") and base64.b64decode(row["path_base64"]) == raw
 
 
 def test_predict_reads_nul_separated_paths_with_newlines_in_names(shipped, domains, tmp_path):

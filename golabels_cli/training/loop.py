@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import time
@@ -32,6 +31,7 @@ from ..checkpoint import save_model
 from ..data import ImageSet, train_loader, train_sampler, train_transform
 from ..distributed import all_mean, all_min, any_rank, shared
 from ..errors import Interrupted, RunError
+from ..formats import json_text
 from ..methods import grl_coeff
 from ..model_info import ModelInfo
 from ..progress import RowLogged, RunFinished, RunStarted, StepDone
@@ -341,7 +341,7 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
         raise RunError(f"cannot write {run_dir / 'model.safetensors'} ({write_failure(exc, run_dir)})", kept(run.saved_at, run_dir)) from exc
     result = summary(t, run_dir, state, seconds, (run.start, seconds - run.seconds_before))
     result.update(results_files(run_dir, result, lambda: target_predictions(t)))
-    write(run_dir / "summary.json", json.dumps(result, indent=2) + "\n", run.saved_at)
+    write(run_dir / "summary.json", json_text(result) + "\n", run.saved_at)
     run.tracker.finish(result)
     run.progress(RunFinished(result))
     return result
