@@ -124,9 +124,9 @@ def data_report_lines(report: dict[str, Any], held_out: int) -> list[str]:
         spread = f"fewest {per_class[small]} in {small!r}, most {per_class[big]} in {big!r}: imbalance {report['imbalance_ratio']:.1f}:1"
     return [
         f"source: {report['source_images']} images in {len(per_class)} classes ({spread}); {held_out} held out for validation; "
-        f"sizes {_size_text(report['source_sizes'])}" + (f"; {report['skipped']['source']} unreadable skipped" if report["skipped"]["source"] else ""),
+        f"sizes {_size_text(report['source_sizes'])}" + (f"; {report['skipped']['source']} skipped (warned above)" if report["skipped"]["source"] else ""),
         f"target: {report['target_images']} images; sizes {_size_text(report['target_sizes'])}"
-        + (f"; {report['skipped']['target']} unreadable skipped" if report["skipped"]["target"] else ""),
+        + (f"; {report['skipped']['target']} skipped (warned above)" if report["skipped"]["target"] else ""),
     ]
 
 

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from .remedies import IMBALANCE_WARNING, remedy_hint
-from .errors import InputError
-from .images import IMAGE_EXTENSIONS, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
+from .errors import InputError, reason
+from .images import IMAGE_EXTENSIONS, Scan, folder_identity, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
 from .progress import tracked
 
 log = logging.getLogger("golabels")
@@ -83,7 +83,9 @@ def _report(problems: list[tuple[Path, str]], role: str, skipped: list[tuple[Pat
     """What image_files could not take: folders it could not list, image names that are not regular files."""
     for path, why in problems:
         skipped.append((path, why))
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if why.startswith("another name of"):
+            log.warning("skipping %s image %s (%s)", role, path, why)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
             log.warning("skipping unreadable %s image %s (%s)", role, path, why)
         else:
             log.warning("skipping %s folder %s (%s)", role, path, why)
@@ -92,17 +94,16 @@ def _report(problems: list[tuple[Path, str]], role: str, skipped: list[tuple[Pat
 def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
     """A labeled folder: one sub-folder per class, images anywhere below it."""
     root = _check_dir(root, role)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise InputError(f"{role} folder {root} has no class sub-folders", f"lay it out as {root}/<class>/<image>")
+    skipped: list[tuple[Path, str]] = []
+    class_dirs, owners = _class_folders(root, role, skipped)
     loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if loose:
         log.warning("ignoring %d images directly in %s: only images inside class folders are labeled", len(loose), root)
-    skipped: list[tuple[Path, str]] = []
+    scan = Scan.once_per_file(owners)
     per_class = []
     for class_dir in class_dirs:
         problems: list[tuple[Path, str]] = []
-        files = sorted(image_files(class_dir, problems))
+        files = sorted(image_files(class_dir, problems, scan))
         _report(problems, role, skipped)
         if not files:
             raise InputError(f"class folder {class_dir} has no images", "add images or remove the folder")
@@ -118,12 +119,36 @@ def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
     return ImageSet(root, paths, labels, [d.name for d in class_dirs], skipped, [readable[p] for p in paths])
 
 
+def _class_folders(root: Path, role: str, skipped: list[tuple[Path, str]]) -> tuple[list[Path], dict[tuple[int, int], Path]]:
+    """The class folders of a labeled folder, by name, and {identity: folder}: a second link to a
+    class folder (c -> a) is not a class of its own, its images are a's (warned, in `skipped`)."""
+    owners: dict[tuple[int, int], Path] = {}
+    class_dirs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            key = folder_identity(folder)
+        except OSError as exc:
+            skipped.append((folder, reason(exc)))
+            log.warning("skipping %s folder %s (%s)", role, folder, reason(exc))
+            continue
+        if key in owners:
+            why = f"a link to class folder {owners[key].name}: not a class of its own, its images are {owners[key].name}'s"
+            skipped.append((folder, why))
+            log.warning("skipping %s folder %s (%s)", role, folder, why)
+            continue
+        owners[key] = folder
+        class_dirs.append(folder)
+    if not class_dirs:
+        raise InputError(f"{role} folder {root} has no class sub-folders", f"lay it out as {root}/<class>/<image>")
+    return class_dirs, owners
+
+
 def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
     """Any tree of images; its folder names are not read, and its order is by file name."""
     root = _check_dir(root, role)
     skipped: list[tuple[Path, str]] = []
     problems: list[tuple[Path, str]] = []
-    files = sorted(image_files(root, problems), key=lambda p: (p.name, str(p.relative_to(root))))
+    files = sorted(image_files(root, problems, Scan.once_per_file()), key=lambda p: (p.name, str(p.relative_to(root))))
     _report(problems, role, skipped)
     if not files:
         raise InputError(f"{role} folder {root} has no images", f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")

@@ -16,6 +16,7 @@ import math
 import os
 import stat
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,41 +50,82 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def image_files(folder: str | Path, problems: list[tuple[Path, str]] | None = None) -> list[Path]:
+@dataclass
+class Scan:
+    """What one scan of a folder tree has read, so that it reads each folder once and, where it
+    keeps `files`, counts each image file once by its resolved path. `owners`: the class folders of
+    a labeled scan ({identity: folder}), whose images are never another class's."""
+
+    folders: dict[tuple[int, int], Path] = field(default_factory=dict)
+    files: dict[str, Path] | None = None
+    owners: dict[tuple[int, int], Path] = field(default_factory=dict)
+
+    @classmethod
+    def once_per_file(cls, owners: dict[tuple[int, int], Path] | None = None) -> "Scan":
+        return cls(files={}, owners=owners or {})
+
+
+def folder_identity(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def image_files(folder: str | Path, problems: list[tuple[Path, str]] | None = None, scan: Scan | None = None) -> list[Path]:
     """Every image below `folder` (hidden files and folders skipped), in walk order.
 
-    Symbolic links are followed, each folder is read once (a link loop or a second link to a
-    folder already read is skipped), and a folder that can't be listed is reported in `problems`.
+    Symbolic links are followed and each folder is read once: a link loop, a link to a folder
+    that holds `folder`, a second link to a folder already read, and (with `scan.owners`) a link
+    into another class's folder are skipped and reported in `problems`, as is a folder that can't
+    be listed. With `scan.files`, an image reached again under another name is reported, not
+    returned: the first name that reaches it keeps it.
     """
     found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
+    scan = scan if scan is not None else Scan()
+    home = os.path.realpath(folder)
+    owner = scan.owners.get(folder_identity(folder)) if scan.owners else None
+
+    def report(path: Path, why: str) -> None:
+        if problems is not None:
+            problems.append((path, why))
 
     def unreadable(err: OSError) -> None:
-        if problems is not None:
-            problems.append((Path(err.filename or folder), reason(err)))
+        report(Path(err.filename or folder), reason(err))
 
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
         try:
-            st = os.stat(dirpath)
+            key = folder_identity(dirpath)
         except OSError as err:
             unreadable(err)
             dirnames[:] = []
             continue
-        if (st.st_dev, st.st_ino) in seen:
-            if problems is not None:
-                problems.append((Path(dirpath), "link to a folder already read (a loop?)"))
+        real = os.path.realpath(dirpath)
+        why = None
+        if key in scan.folders:
+            why = f"a link to {scan.folders[key]}, already read: each folder is read once"
+        elif key in scan.owners and scan.owners[key] != owner:
+            why = f"a link to class folder {scan.owners[key].name}: its images are that class's"
+        elif real != home and os.path.commonpath([real, home]) == real:
+            why = f"a link to {real}, which holds {folder}: a loop"
+        if why is not None:
+            report(Path(dirpath), why)
             dirnames[:] = []
             continue
-        seen.add((st.st_dev, st.st_ino))
+        scan.folders[key] = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if is_image_name(name):
-                path = Path(dirpath) / name
-                why = not_regular(path)
-                if why is None:
-                    found.append(path)
-                elif problems is not None:
-                    problems.append((path, why))
+            if not is_image_name(name):
+                continue
+            path = Path(dirpath) / name
+            why = not_regular(path)
+            if why is None and scan.files is not None:
+                resolved = os.path.realpath(path)
+                first = scan.files.setdefault(resolved, path)
+                if first != path:
+                    why = f"another name of {first}, already read: each image counts once"
+            if why is None:
+                found.append(path)
+            else:
+                report(path, why)
     return found
 
 
