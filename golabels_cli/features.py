@@ -21,6 +21,7 @@ import hashlib
 import logging
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +83,16 @@ def backbone_features(
     keys = [image_key(p) for p in images.paths]
     files = [folder / k[:2] / f"{k}.npy" for k in keys]
     rows: list[np.ndarray | None] = [None] * len(files)
+    dim = getattr(backbone, "num_features", None)
+    damaged: list[tuple[Path, str]] = []
     for i, f in enumerate(files):
-        try:
-            rows[i] = np.load(f, allow_pickle=False)
-        except (OSError, ValueError):
-            pass  # absent, or damaged by something outside golabels: computed again
+        rows[i], why = read_row(f, dim)
+        if why is not None:
+            damaged.append((f, why))
+    if damaged:
+        path, why = damaged[0]
+        log.warning("feature cache: %d entr%s damaged (%s: %s%s); computed again", len(damaged), "y" if len(damaged) == 1 else "ies",
+                    path, why, ", ..." if len(damaged) > 1 else "")
     missing = [i for i, r in enumerate(rows) if r is None]
     if not missing:
         log.info("%s: all %d reused from the cache in %s", what, len(files), folder.parent.parent)
@@ -112,6 +118,39 @@ def backbone_features(
                     done += 1
         backbone.train(was_training)
     return Features(torch.from_numpy(np.stack(rows)).float(), len(files) - len(missing), len(missing))
+
+
+def read_row(path: Path, dim: int | None) -> tuple[np.ndarray | None, str | None]:
+    """A cached row, read as untrusted input (anything can be written into a cache folder):
+    (row, None); (None, None) when absent; (None, why) when it is not a regular file, not a
+    float32 vector of `dim` values, or not finite. The header is checked before any data is read,
+    so a file claiming a huge shape allocates nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, reason(exc)
+    if not stat.S_ISREG(mode):
+        return None, "not a regular file"
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return None, f"a .npy file of format {version}"
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            if dtype != np.dtype("<f4") or len(shape) != 1 or (dim is not None and shape[0] != dim) or not 0 < shape[0] <= 1 << 20:
+                return None, f"a {dtype} array of shape {shape}, not {dim or 'N'} float32 values"
+            data = f.read(shape[0] * 4 + 1)
+    except (OSError, ValueError) as exc:
+        return None, reason(exc)
+    if len(data) != shape[0] * 4:
+        return None, f"{len(data)} bytes of data, not {shape[0] * 4}"
+    row = np.frombuffer(data, dtype="<f4").copy()
+    if not np.isfinite(row).all():
+        return None, "values that are not finite"
+    return row, None
 
 
 def _save_row(path: Path, row: np.ndarray) -> None:
