@@ -331,8 +331,10 @@ def demo(
     """Generate two digit domains; train source-only and adapted with golabels' defaults, evaluate both on the target, export to ONNX, predict."""
     from .demo import run_demo
 
-    if iters < 1 or seed < 0:
-        raise InputError("--iters must be positive and --seed non-negative")
+    from .config import MAX_SEED
+
+    if iters < 1 or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--iters must be positive and --seed in [0, {MAX_SEED}]")
     result = run_demo(out, iters=iters, device=device, seed=seed, progress_factory=lambda: AdaptProgress(quiet=quiet or json_),
                       say=(lambda s: None) if quiet or json_ else stderr.print)
     if json_:

@@ -372,22 +372,31 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
                          "see `golabels adapt --help` for each option's values")
 
 
+# The seeds the generators are given derive from --seed (seed * 1_000_003 + stream, times 7 for the
+# balanced draws) and must stay below 2^64; numpy's legacy seed takes 32 bits.
+MAX_SEED = 2**32 - 1
+
 # What one training step must hold at least: the input batch times a factor well below any CNN's
 # activations (a ResNet-50 keeps about 300 times its input for the backward pass).
 MIN_ACTIVATION_FACTOR = 16
 
 
-def _check_resources(cfg: AdaptConfig) -> None:
-    """Refuse an image size and batch whose activations cannot fit in this machine's memory."""
-    if cfg.image_size is None:
+def check_resources(cfg: AdaptConfig, input_size: tuple[int, int] | None = None) -> None:
+    """Refuse an image size and batch whose one training step cannot fit in this machine's memory:
+    checked when the options are read (with --image-size given) and again once the backbone gives
+    its own `input_size` (height, width). (--freeze-backbone's extraction passes 2 x --batch-size
+    images at once: the same bound holds.)"""
+    height, width = input_size or (cfg.image_size, cfg.image_size)
+    if height is None:
         return
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return
-    need = MIN_ACTIVATION_FACTOR * 2 * cfg.batch_size * 3 * cfg.image_size ** 2 * 4
+    need = MIN_ACTIVATION_FACTOR * 2 * cfg.batch_size * 3 * height * width * 4
     if need > memory:
-        raise InputError(f"--image-size {cfg.image_size} with --batch-size {cfg.batch_size} needs at least {need / 2**30:,.0f} GiB "
+        size = f"--image-size {cfg.image_size}" if cfg.image_size is not None else f"the backbone's input size {height}x{width}"
+        raise InputError(f"{size} with --batch-size {cfg.batch_size} needs at least {need / 2**30:,.0f} GiB "
                          f"for one training step, and this machine has {memory / 2**30:,.0f} GiB",
                          "lower --image-size (most backbones train at 224-384) or --batch-size")
 
@@ -450,11 +459,13 @@ def validate(cfg: AdaptConfig) -> None:
     for name in ("eval_every", "save_every", "seed", "val_target_images"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise InputError(f"--{option_name(name)} must be a non-negative integer")
+    if cfg.seed > MAX_SEED:
+        raise InputError(f"--seed must be at most {MAX_SEED}, got {cfg.seed}", "any seed in [0, 2^32) is as good as another")
     if cfg.workers is not None and cfg.workers < 0:
         raise InputError("--workers must be a non-negative integer")
     if cfg.image_size is not None and cfg.image_size < 8:
         raise InputError(f"--image-size must be an integer of at least 8, got {cfg.image_size!r}")
-    _check_resources(cfg)
+    check_resources(cfg)
     if cfg.lr <= 0:
         raise InputError(f"--lr must be positive, got {cfg.lr!r}")
     for name in ("trade_off", "bridge_g_weight", "bridge_d_weight", "rsl_weight", "weight_decay", "lr_decay", "grl_alpha", "backbone_lr_mult",

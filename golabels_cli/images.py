@@ -33,6 +33,19 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # Smaller images decode in full, so their pixels are exactly what timm's own pipeline sees.
 DRAFT_ABOVE, DRAFT_SIDE = 4096, 2048
 
+# Resizing scales the shorter side to the model's input size: a 2,000,000 x 1 image (2 KB on disk)
+# would become hundreds of millions of pixels. Images more elongated than this are skipped.
+MAX_ASPECT_RATIO = 100
+
+
+def shape_problem(size: tuple[int, int]) -> str | None:
+    """Why an image of `size` (width, height) is not taken, before any pixel is decoded; else None."""
+    width, height = size
+    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return f"{width}x{height} px: an aspect ratio beyond {MAX_ASPECT_RATIO}:1, which resizing would blow up"
+    return None
+
+
 # Sizes are handled above; PIL still refuses real decompression bombs (DecompressionBombError).
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
@@ -177,6 +190,8 @@ def inspect_image(path: str | Path) -> tuple[str | None, tuple[int, int] | None]
             return "empty file", None
         with Image.open(path) as img:
             size = img.size
+            if shape_problem(size):
+                return shape_problem(size), None
             if img.format == "JPEG":
                 img.draft(img.mode, (1, 1))
             img.load()
@@ -195,6 +210,8 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
     only huge ones are (DRAFT_ABOVE), so eval sees the same pixels as timm's own pipeline.
     """
     with _open_regular(path) as img:
+        if shape_problem(img.size):
+            raise ValueError(shape_problem(img.size))
         if img.format == "JPEG":
             side = min_side if min_side is not None else (DRAFT_SIDE if min(img.size) >= DRAFT_ABOVE else None)
             if side is not None and side < min(img.size):

@@ -27,6 +27,9 @@ from .errors import InputError
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # images.py's resampling filters
 CROP_MODES = ("center", "squash", "border")
 MAX_INPUT_SIDE = 8192
+# Images are resized to input size / crop_pct before the crop: timm's models use 0.75 to 1, and a
+# tiny one would resize every image to gigabytes.
+MIN_CROP_PCT = 0.25
 MODEL_FORMAT = "golabels-classifier/1"
 ONNX_FORMAT = "golabels-onnx/1"
 
@@ -72,8 +75,8 @@ class ModelInfo:
         if (cfg.get("crop_mode") or "center") not in CROP_MODES:
             raise bad("crop_mode", f"{cfg.get('crop_mode')!r} is not one of {', '.join(CROP_MODES)}"[:120])
         crop_pct = cfg.get("crop_pct") or 0.875
-        if not (isinstance(crop_pct, (int, float)) and math.isfinite(crop_pct) and 0 < crop_pct <= 1):
-            raise bad("crop_pct", f"must be in (0, 1], got {crop_pct!r}")
+        if not (isinstance(crop_pct, (int, float)) and math.isfinite(crop_pct) and MIN_CROP_PCT <= crop_pct <= 1):
+            raise bad("crop_pct", f"must be in [{MIN_CROP_PCT}, 1], got {crop_pct!r}")
         if not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 0:
             raise bad("bottleneck_dim", f"must be a non-negative integer, got {self.bottleneck_dim!r}")
         return self

@@ -82,6 +82,12 @@ def _onnx_predictor(path: Path, device: str) -> Predictor:
         raise InputError(f"{path} does not have golabels' inputs and outputs", "export it again with golabels export")
     input_name, fixed = inputs[0].name, inputs[0].shape[0]
     fixed = fixed if isinstance(fixed, int) and fixed > 0 else None
+    graph_size, claimed = list(inputs[0].shape[1:]), info.data_config["input_size"]
+    if len(graph_size) != 3 or any(isinstance(g, int) and g != c for g, c in zip(graph_size, claimed)):
+        # checked before any image is decoded at the claimed size: an edited 8192 px claim would cost gigabytes
+        raise InputError(f"{path} says its input is {'x'.join(map(str, claimed))} in its metadata and its graph takes "
+                         f"{'x'.join(map(str, graph_size))}", "the file was edited or damaged; export it again")
+
     def wrong_width(outputs) -> InputError:
         return InputError(f"{path} lists {len(info.classes)} classes in its metadata and its graph gives {outputs} outputs",
                           "the file was edited or damaged; export it again")

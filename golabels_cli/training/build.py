@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from ..config import AdaptConfig, resolve_balancing
+from ..config import AdaptConfig, check_resources, resolve_balancing
 from ..data import (ImageSet, class_counts, data_report, decode_all, imbalance_ratio, sample_indices, scan_labeled, scan_unlabeled,
                     stratified_split)
 from ..device import pick_device
@@ -60,6 +60,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events) ->
     spec = recipe.alignment
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.weights)
     data_config = resolve_data_config(backbone, cfg.image_size)
+    check_resources(cfg, tuple(data_config["input_size"][1:]))
     resolve_image_size(cfg, data_config)
     model = _classifier(cfg, backbone, len(source.classes), d).to(device)
     disc = None
