@@ -10,7 +10,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pickle
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +21,7 @@ import torch
 
 from .errors import InputError, reason
 from .formats import json_text
+from .images import require_regular
 from .model_info import ModelInfo
 
 MODEL_FILE = "model.safetensors"
@@ -215,10 +218,11 @@ def model_path(run_or_model: str | Path) -> Path:
     path = Path(run_or_model)
     if path.is_dir():
         path = path / MODEL_FILE
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise InputError(f"{run_or_model} holds no {MODEL_FILE}", "pass a finished run directory or a model file")
-    elif not path.is_file():
+    elif not os.path.lexists(path):
         raise InputError(f"{run_or_model} does not exist", "pass a run directory or a model.safetensors file")
+    require_regular(path, "model", "pass a run directory or a model.safetensors file")  # a FIFO would block for ever
     return path
 
 
@@ -251,7 +255,13 @@ def load_model(run_or_model: str | Path):
 
 def load_checkpoint(path: str | Path) -> dict:
     """A training checkpoint, loaded without unpickling arbitrary objects."""
+    require_regular(path, "checkpoint", "pass the run directory of a golabels adapt run")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on unpickling is not for golabels' users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"checkpoint {path} holds pickled Python objects, which golabels never unpickles: it could run any code",
+                         "it is not a golabels checkpoint; start the run again") from exc
     except Exception as exc:
         raise InputError(f"cannot load checkpoint {path} ({reason(exc)})", "it is damaged or not a golabels checkpoint") from exc

@@ -420,6 +420,10 @@ def validate(cfg: AdaptConfig) -> None:
     _check_types(cfg)
     if not cfg.source or not cfg.target:
         raise InputError("adapt needs a SOURCE and a TARGET folder", "golabels adapt SOURCE TARGET, or --config FILE")
+    if cfg.weights is not None:
+        from .images import require_regular  # PIL and numpy, no torch
+
+        require_regular(cfg.weights, "weights file", "pass a .safetensors or .pth state dict")  # before the folders are scanned
     _check_recipe(cfg.method)
     _choice("domain_labels", cfg.domain_labels, DOMAIN_LABEL_MODES)
     _choice("device", cfg.device, DEVICES)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import reason
+from .errors import InputError, reason
 
 log = logging.getLogger("golabels")
 
@@ -157,6 +157,13 @@ def not_regular(path: str | Path) -> str | None:
         return "a folder"
     kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
     return f"{kind}, not a regular file"
+
+
+def require_regular(path: str | Path, what: str, hint: str) -> None:
+    """InputError unless `path` is a regular file (after links): `what` names it in the message."""
+    why = not_regular(path)
+    if why is not None:
+        raise InputError(f"{what} {path} {'not found' if why.startswith('no such file') else 'is ' + why}", hint)
 
 
 def _open_regular(path: str | Path) -> Image.Image:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ from torch import nn
 
 from .choices import DISCRIMINATORS
 from .errors import InputError, reason
+from .images import require_regular
 
 log = logging.getLogger("golabels")
 
@@ -133,20 +136,28 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
         ) from exc
 
 
+WEIGHTS_HINT = "pass a .safetensors or .pth state dict"
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors, or from a torch file loaded with weights_only=True."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"weights file {path} not found", "check the path")
+    require_regular(path, "weights file", WEIGHTS_HINT)  # a FIFO or /dev/zero would block or never end
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or pickled arbitrary objects: all unusable alike
-        raise InputError(f"cannot read weights file {path} ({reason(exc)})", "pass a .safetensors or .pth state dict") from exc
+            with warnings.catch_warnings():  # torch's own advice on unpickling is not for golabels' users
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"weights file {path} holds pickled Python objects (a whole model, or a checkpoint with more than tensors), "
+                         "which golabels never unpickles: it could run any code",
+                         "save the state dict instead: torch.save(model.state_dict(), FILE), or a .safetensors file") from exc
+    except Exception as exc:  # corrupt or truncated: unusable alike
+        raise InputError(f"cannot read weights file {path} ({reason(exc)})", WEIGHTS_HINT) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

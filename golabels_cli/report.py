@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .checkpoint import atomic_path, write_text_atomic
 from .config import read_yaml_mapping
 from .errors import InputError, reason
@@ -93,6 +94,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
         for number, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
+            except RecursionError:
+                raise InputError(f"{metrics} is damaged: line {number} is nested too deeply to be a metrics row",
+                                 "restore the file, or pass another run") from None
             except ValueError:
                 if number == len(lines):
                     continue  # the last row, cut short by a crash
@@ -100,14 +104,32 @@ def load_run(run_dir: str | Path) -> RunRecord:
             if not _is_metrics_row(row):
                 raise InputError(f"{metrics} is damaged: line {number} is not a golabels metrics row", "restore the file, or pass another run")
             rows.append(row)
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the run in {run_dir} ({reason(exc)})", "check the files, or pass another run") from exc
-    if summary is not None and (not isinstance(summary, dict) or not isinstance(summary.get("evals"), list)):
-        raise InputError(f"{run_dir} was written by another version of golabels", "rerun it with this one")
+    summary = _read_summary(run_dir / "summary.json")
     config = {str(k).replace("-", "_"): v for k, v in config.items()}  # config.yaml spells keys as options
     return RunRecord(run_dir, config, rows, summary)
+
+
+def _read_summary(path: Path) -> dict | None:
+    """summary.json, None while the run has not finished; damaged and foreign ones told apart."""
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise InputError(f"{path} is damaged (nested too deeply)", "restore it, or resume the run to write it again") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is damaged ({reason(exc)})", "restore it, or pass another run") from exc
+    if not isinstance(summary, dict):
+        raise InputError(f"{path} is damaged (not a JSON object)", "restore it, or pass another run")
+    if not isinstance(summary.get("evals"), list):
+        version = summary.get("golabels_version")
+        if isinstance(version, str) and version != __version__:
+            raise InputError(f"{path} was written by golabels {version}, whose summary this one ({__version__}) cannot read",
+                             "report it with that version")
+        raise InputError(f"{path} is damaged (no list of evaluations)", "restore it, or pass another run")
+    return summary
 
 
 def spearman(x: list[float], y: list[float]) -> float:

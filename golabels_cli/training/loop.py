@@ -108,7 +108,23 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
     finally:
         run.close(completed)
         streams.close()
-    return finish(t, run)
+    return _finish_despite_a_signal(t, run)
+
+
+def _finish_despite_a_signal(t: Training, run: "Session") -> dict[str, Any]:
+    """finish(), which a first Ctrl-C or SIGTERM no longer stops: the training is done, and what is
+    left is seconds of writing. A second one stops at once, saying how to finish."""
+
+    def say(signal_name: str) -> None:
+        log.warning("%s after the last iteration: finishing the final writes (a second signal stops at once)", signal_name)
+
+    try:
+        with stop_requests(say if t.dist.main else None):
+            return finish(t, run)
+    except KeyboardInterrupt:
+        kept_at = f"the checkpoint of iteration {run.saved_at} is kept" if run.saved_at else "nothing was saved"
+        raise Interrupted(f"stopped at once during the final writes; {kept_at}",
+                          f"finish them with: golabels adapt --resume {run.run_dir}" if run.saved_at else "start the run again") from None
 
 
 @dataclass

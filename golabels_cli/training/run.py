@@ -4,6 +4,7 @@ an interrupted one from its checkpoint to the same final weights."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,7 +85,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     if not run_dir.is_dir():
         raise InputError(f"run directory {run_dir} does not exist", "pass the folder of the interrupted run")
     path = run_dir / CHECKPOINT_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"{run_dir} holds no {CHECKPOINT_FILE}", "the run stopped before its first save; start it again")
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

@@ -130,9 +130,9 @@ TARGET_MOSAIC = "target-mosaic.png"
 
 
 @contextmanager
-def stop_requests() -> Iterator[list[str]]:
+def stop_requests(first: Callable[[str], None] | None = None) -> Iterator[list[str]]:
     """The first SIGINT or SIGTERM asks the loop to stop after the step in progress (the list gets
-    the signal's name); a second one stops at once (KeyboardInterrupt)."""
+    the signal's name, and `first` is called with it); a second one stops at once (KeyboardInterrupt)."""
     requested: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield requested  # signal handlers can only be set in the main thread
@@ -142,6 +142,8 @@ def stop_requests() -> Iterator[list[str]]:
         if requested:
             raise KeyboardInterrupt
         requested.append("interrupted" if signum == signal.SIGINT else "terminated")
+        if first is not None:
+            first(requested[0])
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
