@@ -81,5 +81,36 @@ def adapt_tiny(source, target, out, *extra):
     return Path(out)
 
 
+def one_error_line(result, *words):
+    """The command's stderr holds exactly one `error:` line, with every word; no traceback."""
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
+def tree(root) -> dict[str, tuple[int, bytes]]:
+    """Every entry below `root` (links not followed): {relative path: (mode, content)}, to check
+    that a refused command changed and created nothing."""
+    import hashlib
+    import stat
+
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            content = b""
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    content = hashlib.sha256(f.read()).digest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.fsencode(os.readlink(path))
+            state[os.path.relpath(path, root)] = (st.st_mode, content)
+    return state
+
+
 def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]

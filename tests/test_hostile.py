@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import TINY, cli, cli_subprocess
+from conftest import TINY, cli, cli_subprocess, one_error_line
 
 from golabels_cli.checkpoint import atomic_path, claim_run_dir, write_text_atomic
 from golabels_cli.errors import InputError
@@ -25,16 +25,6 @@ from golabels_cli.errors import InputError
 def shipped(exported):
     """conftest's tiny finished run, holding its model.onnx: tests that change files copy them."""
     return exported[0]
-
-
-def one_error_line(result, *words):
-    """The command's stderr ends in exactly one `error:` line holding every word; no traceback."""
-    stderr = result.stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    return errors[0]
 
 
 # ---- configuration values ------------------------------------------------------------------------

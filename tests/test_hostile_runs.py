@@ -1,0 +1,245 @@
+"""The hostile-input matrix, round two (issue 35), for what golabels keeps on disk: run
+directories, resume, the feature cache, signals at the end of a run, byte-identical replays.
+Each refused case checks the exit code, one `error:` line naming the problem, and that no file
+was changed or created."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, cli, one_error_line, tree
+
+
+@pytest.fixture
+def shipped(exported):
+    return exported[0]
+
+
+@pytest.fixture
+def crashed(domains, tmp_path, monkeypatch):
+    """A run that crashed at iteration 7 of 8: its checkpoint is of iteration 4, and metrics.jsonl
+    also holds rows 5 and 6, which a resume must log again."""
+    from golabels_cli.training import loop
+
+    real, calls = loop.train_step, []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing)
+    run = tmp_path / "crashed"
+    result = cli("adapt", *domains, *TINY, "--iters", "8", "--save-every", "4", "--log-every", "1", "--eval-every", "0", "--out", run)
+    assert result.exit_code == 1 and "the checkpoint of iteration 4 is kept" in result.stderr, result.stderr
+    monkeypatch.undo()
+    return run
+
+
+def _edit_checkpoint(run: Path, change) -> None:
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    change(state)
+    torch.save(state, run / "checkpoint.pt")
+
+
+# ---- resume reads and checks every file before it changes one ------------------------------------
+
+
+@pytest.mark.parametrize("iteration", [-3, 99])
+def test_a_checkpoint_iteration_out_of_range_is_refused_before_metrics_change(crashed, iteration):
+    _edit_checkpoint(crashed, lambda s: s["loop"].update(iteration=iteration))
+    before = tree(crashed)
+    result = cli("adapt", "--resume", crashed)
+    assert result.exit_code == 2
+    one_error_line(result, "checkpoint.pt is damaged", f"saved at iteration {iteration}", "the run has 8")
+    assert tree(crashed) == before
+
+
+def test_a_checkpoint_of_another_method_is_refused_naming_the_difference(crashed):
+    _edit_checkpoint(crashed, lambda s: s["config"].update(method="dann"))
+    before = tree(crashed)
+    result = cli("adapt", "--resume", crashed)
+    assert result.exit_code == 2
+    one_error_line(result, "config.yaml says method: cdan-e", "checkpoint.pt says dann", "not of the same run")
+    assert tree(crashed) == before
+
+
+def test_an_edited_config_yaml_is_refused_not_ignored(crashed):
+    config = crashed / "config.yaml"
+    config.write_text(config.read_text().replace("\nlr: 0.01\n", "\nlr: 0.5\n"))
+    before = tree(crashed)
+    result = cli("adapt", "--resume", crashed)
+    assert result.exit_code == 2
+    one_error_line(result, "config.yaml says lr: 0.5", "checkpoint.pt says 0.01")
+    assert tree(crashed) == before
+
+
+def test_resume_moves_the_rows_it_discards_aside(crashed):
+    rows = (crashed / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(r)["iter"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    result = cli("adapt", "--resume", crashed)
+    assert result.exit_code == 0, result.stderr
+    assert "2 rows of metrics.jsonl logged after iteration 4 moved to metrics-after-4.jsonl" in result.stderr
+    assert (crashed / "metrics-after-4.jsonl").read_text() == "".join(rows[4:])  # byte for byte, not lost
+    assert [json.loads(r)["iter"] for r in (crashed / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+
+
+def test_resume_in_a_config_file_is_refused(shipped, domains, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"source: {domains[0]}\ntarget: {domains[1]}\nresume: {shipped}\n")
+    result = cli("adapt", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    one_error_line(result, "'resume'", "would be ignored", "--resume RUN")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+# ---- nothing overwritten without --exist-ok, and --exist-ok says what ---------------------------------
+
+
+@pytest.mark.parametrize("inside", ["source", "target"])
+def test_an_out_inside_the_image_folders_is_refused(copy_domains, inside):
+    source, target = copy_domains
+    folder = source if inside == "source" else target
+    before = tree(folder)
+    result = cli("adapt", source, target, *TINY, "--iters", "1", "--out", folder / "runs" / "exp")
+    assert result.exit_code == 2
+    one_error_line(result, f"is inside {inside.upper()}", "would be read as images")
+    assert tree(folder) == before
+
+
+def test_the_default_out_inside_the_source_is_refused(copy_domains):
+    source, target = copy_domains
+    before = tree(source)
+    result = cli("adapt", ".", target, *TINY, "--iters", "1", cwd=source)
+    assert result.exit_code == 2
+    one_error_line(result, "the default run directory", "is inside SOURCE")
+    assert tree(source) == before
+
+
+def test_exist_ok_says_what_it_replaces(shipped, domains, tmp_path):
+    run = Path(shutil.copytree(shipped, tmp_path / "run"))
+    (run / "notes.txt").write_text("mine")
+    rows = len((run / "metrics.jsonl").read_text().splitlines())
+    result = cli("adapt", *domains, *TINY, "--iters", "1", "--out", run, "--exist-ok")
+    assert result.exit_code == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "--exist-ok" in line)
+    for name in ("config.yaml", f"metrics.jsonl ({rows} logged row", "checkpoint.pt", "model.safetensors", "summary.json"):
+        assert name in warning, (name, warning)
+    assert "(model.onnx, notes.txt) are left as they are" in warning
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_export_into_a_folder_it_cannot_write_fails_before_tracing(shipped, tmp_path):
+    if os.geteuid() == 0:  # root writes through permission bits: a folder of a pseudo file system then
+        folder = Path("/sys")
+        if os.access(folder, os.W_OK) and not (folder / ".probe").exists():
+            try:
+                (folder / ".probe").write_text("")
+                pytest.skip("/sys is writable here")
+            except OSError:
+                pass
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+    result = cli("export", shipped, "--onnx", "-o", folder / "model.onnx")
+    assert result.exit_code == 2
+    one_error_line(result, f"cannot write {folder / 'model.onnx'}", "a folder you can write to")
+    assert "export:" not in result.stderr  # no tracing, checking or verifying was started
+    assert not (folder / "model.onnx").exists()
+
+
+# ---- the feature cache is untrusted input -------------------------------------------------------------
+
+
+def test_a_tampered_feature_cache_is_computed_again_with_a_warning(domains, tmp_path):
+    cache = tmp_path / "cache"
+    args = [*domains, *TINY, "--iters", "2", "--freeze-backbone", "--cache-dir", cache, "--quiet"]
+    assert cli("adapt", *args, "--out", tmp_path / "clean").exit_code == 0
+    rows = sorted(cache.rglob("*.npy"))
+    clean = [np.load(row) for row in rows[:4]]
+    rows[0].unlink()
+    os.mkfifo(rows[0])  # opened, it would block for ever
+    np.save(open(rows[1], "wb"), np.zeros(5, np.float32))  # another shape
+    nan = np.load(rows[2])
+    nan[0] = np.nan
+    np.save(open(rows[2], "wb"), nan)
+    rows[3].write_bytes(b"\x93NUMPY\x01\x00v\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }".ljust(117) + b"\n")
+    result = cli("adapt", *args[:-1], "--out", tmp_path / "tampered")
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: feature cache:")]
+    assert sum(int(line.split()[3]) for line in warnings) == 4 and all("computed again" in line for line in warnings), warnings
+    # computed again, in other batches: equal up to the order of the sums
+    assert all(row.is_file() and np.allclose(np.load(row), values, rtol=1e-4, atol=1e-5) for row, values in zip(rows, clean))
+
+
+# ---- a signal after the last step ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_signal_after_the_last_step_finishes_or_says_how_to(domains, tmp_path, monkeypatch, signals):
+    from golabels_cli.training import loop
+
+    real = loop.save_model
+
+    def signalled(*args, **kwargs):
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_model", signalled)
+    run = tmp_path / "run"
+    result = cli("adapt", *domains, *TINY, "--iters", "2", "--out", run)
+    assert "terminated after the last iteration: finishing the final writes" in result.stderr
+    if signals == 1:
+        assert result.exit_code == 0, result.stderr
+        assert (run / "model.safetensors").is_file() and (run / "summary.json").is_file()
+        return
+    assert result.exit_code == 130
+    one_error_line(result, "stopped at once during the final writes", "checkpoint of iteration 2 is kept",
+                   f"finish them with: golabels adapt --resume {run}")
+    assert not (run / "model.safetensors").exists()
+    monkeypatch.undo()
+    result = cli("adapt", "--resume", run, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert (run / "model.safetensors").is_file()
+
+
+# ---- damaged run files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda run: (run / "summary.json").write_text('{"evals": ['), ["summary.json is damaged"]),
+    (lambda run: (run / "summary.json").write_text("[1]"), ["summary.json is damaged (not a JSON object)"]),
+    (lambda run: (run / "summary.json").write_text('{"golabels_version": "9.0"}'), ["written by golabels 9.0"]),
+    (lambda run: (run / "metrics.jsonl").write_text('{"iter": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n" + '{"iter": 2}\n'),
+     ["metrics.jsonl is damaged: line 1 is nested too deeply"]),
+], ids=["summary-not-json", "summary-not-object", "summary-other-version", "metrics-nested"])
+def test_report_on_damaged_run_files_is_one_line(shipped, tmp_path, damage, words):
+    run = Path(shutil.copytree(shipped, tmp_path / "run"))
+    damage(run)
+    before = tree(run)
+    result = cli("report", run)
+    assert result.exit_code == 2
+    one_error_line(result, *words)
+    assert tree(run) == before
+
+
+# ---- reproducibility ----------------------------------------------------------------------------------
+
+
+def test_a_replayed_config_gives_a_byte_identical_model(shipped, tmp_path):
+    # in a new process: the safetensors writer's metadata order differs from process to process
+    result = subprocess.run([sys.executable, "-m", "golabels_cli", "adapt", "--config", str(shipped / "config.yaml"),
+                             "--out", str(tmp_path / "replay"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "replay" / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
