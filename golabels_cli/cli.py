@@ -192,7 +192,8 @@ def adapt(
 
 def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debug: bool) -> Callable | None:
     """adapt --resume: the run to call, or None when worker processes ran it (--devices)."""
-    from .config import RESUME_OPTIONS, run_config
+    from .config import RESUME_OPTIONS
+    from .yaml_files import run_config
     from .distributed import check_devices, launch, launched_by_torchrun, option_flags
     from .training import resume
 

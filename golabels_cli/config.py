@@ -19,7 +19,8 @@ import yaml
 # Torch-free on purpose: every value is checked before torch and timm load (choices.py).
 from .choices import (ALIGNMENT_TERMS, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS,
                       PRECISIONS, RECIPE_PARTS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SELECT_CHOICES, parse_recipe_name)
-from .errors import InputError, reason
+from .errors import InputError
+from .yaml_files import read_yaml_mapping
 from .trackers import check_logger
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
@@ -180,44 +181,6 @@ FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
 
 def option_name(key: str) -> str:
     return key.replace("_", "-")
-
-
-# A config is a flat mapping of a few dozen options: anything far larger is not one, and YAML's
-# aliases are refused because a kilobyte of nested aliases expands to gigabytes.
-MAX_YAML_BYTES = 1 << 20
-
-
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping: size-limited, no aliases; InputError naming the file otherwise."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            raise InputError(f"config file {path} not found", "pass the path of a YAML file")
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise InputError(f"config file {path} is larger than {MAX_YAML_BYTES >> 20} MiB", "a golabels config is a short mapping of option names to values")
-        text = path.read_text(encoding="utf-8")
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
-            raise InputError(f"config file {path} uses YAML aliases (*name)", "write each value out")
-        data = yaml.safe_load(text)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"config file {path} is not valid YAML ({reason(exc)})", "fix or regenerate it") from exc
-    except OSError as exc:
-        raise InputError(f"cannot read config file {path} ({reason(exc)})") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InputError(f"config file {path} must be a mapping of option names to values")
-    return data
-
-
-def run_config(folder: str | Path) -> dict[str, Any]:
-    """The config.yaml of the run directory `folder` as {field: value}; {} when it is absent or
-    cannot be read (the callers only look values up in it)."""
-    path = Path(folder) / "config.yaml"
-    try:
-        return {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path).items()} if path.is_file() else {}
-    except InputError:
-        return {}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -420,10 +383,6 @@ def validate(cfg: AdaptConfig) -> None:
     _check_types(cfg)
     if not cfg.source or not cfg.target:
         raise InputError("adapt needs a SOURCE and a TARGET folder", "golabels adapt SOURCE TARGET, or --config FILE")
-    if cfg.weights is not None:
-        from .images import require_regular  # PIL and numpy, no torch
-
-        require_regular(cfg.weights, "weights file", "pass a .safetensors or .pth state dict")  # before the folders are scanned
     _check_recipe(cfg.method)
     _choice("domain_labels", cfg.domain_labels, DOMAIN_LABEL_MODES)
     _choice("device", cfg.device, DEVICES)

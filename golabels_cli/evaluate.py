@@ -140,7 +140,7 @@ def _frozen_backbone_cache(run_or_model: str | Path) -> str | None:
     """The feature cache folder of a --freeze-backbone run ("" for the default one), None for
     any other model."""
     from .checkpoint import model_path
-    from .config import run_config
+    from .yaml_files import run_config
 
     values = run_config(model_path(run_or_model).parent)
     if values.get("freeze_backbone") is not True:

@@ -72,7 +72,7 @@ def default_output(run_or_model: str | Path) -> Path:
 
 def _run_source_folder(model_file: Path) -> Path | None:
     """The source folder recorded in the run's config.yaml, when the model sits in its run directory."""
-    from .config import run_config
+    from .yaml_files import run_config
 
     source = run_config(model_file.parent).get("source")
     return Path(source) if isinstance(source, str) and Path(source).is_dir() else None

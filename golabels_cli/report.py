@@ -32,7 +32,7 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import atomic_path, write_text_atomic
-from .config import read_yaml_mapping
+from .yaml_files import read_yaml_mapping
 from .errors import InputError, reason
 from .validators import DIRECTION
 

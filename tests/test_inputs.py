@@ -194,7 +194,7 @@ def test_pickled_or_corrupt_weights_are_refused(domains, tmp_path):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     torch.save({"conv1.0.weight": Evil()}, tmp_path / "evil.pth")
-    assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "evil.pth"), "cannot read weights")
+    assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "evil.pth"), "holds pickled Python objects")
     assert not (tmp_path / "pwned").exists()
     save_file(backbone_state("test_resnet"), str(tmp_path / "w.safetensors"))
     data = (tmp_path / "w.safetensors").read_bytes()

@@ -16,7 +16,8 @@ from ..errors import InputError
 from ..evaluate import labeled_for_model
 from ..features import backbone_features, model_key
 from ..methods import MultilinearMap, get_method, get_recipe
-from ..models import Classifier, check_backbone_name, create_backbone, resolve_data_config
+from ..images import require_regular
+from ..models import WEIGHTS_HINT, Classifier, check_backbone_name, create_backbone, resolve_data_config
 from ..progress import DataRead, no_events
 from ..remedies import IMBALANCE_WARNING, remedy_flags, remedy_hint
 from .runtime import seed_everything, speed_settings
@@ -53,6 +54,8 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events) ->
     goes to `progress` ("data") as soon as the folders are read, before any slow step."""
     device = _device(cfg, d)
     check_backbone_name(cfg.backbone)
+    if cfg.weights is not None:  # before the folders are scanned: a FIFO or /dev/zero would block or never end
+        require_regular(cfg.weights, "weights file", WEIGHTS_HINT)
     source, target, eval_set, validation, report = _folders(cfg, d, progress)
 
     seed_everything(cfg.seed)

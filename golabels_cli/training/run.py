@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries
-from ..config import DERIVED, FIELDS, RESUME_OPTIONS, AdaptConfig, build_config, option_name, read_yaml_mapping, to_yaml
+from ..config import DERIVED, FIELDS, RESUME_OPTIONS, AdaptConfig, build_config, option_name, to_yaml
+from ..yaml_files import read_yaml_mapping
 from ..device import pick_device
 from ..distributed import env_rank, setup, shared, teardown
 from ..errors import InputError, plural, reason
@@ -128,10 +129,10 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
     if not config_yaml.is_file():
         raise InputError(f"{run_dir} holds no config.yaml beside its checkpoint", "restore it from a backup, or start a new run")
     declared = {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(config_yaml).items()}
-    for key in sorted(set(saved) | set(declared)):
+    for key in sorted(set(saved) & set(declared)):  # a key one of them lacks: written by another golabels, no contradiction
         if key in RESUME_OPTIONS or key not in FIELDS:
             continue
-        ours, theirs = declared.get(key, old.get(key)), saved.get(key, old.get(key))
+        ours, theirs = declared[key], saved[key]
         if ours != theirs and not (ours is None and key in RESOLVED_IN_BUILD):
             raise InputError(f"{config_yaml} says {option_name(key)}: {_shown(ours)} and {path.name} says {_shown(theirs)}: "
                              "they are not of the same run", "restore the run's own config.yaml, or start a new run")
