@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # On x86_64 Linux with Python 3.11 these releases install from local wheels where pip is set up for it;
 # elsewhere pip takes the newest releases the ranges in pyproject.toml allow.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+# Test processes (pytest-xdist), one thread each (tests/conftest.py): the suite's subprocesses and
+# single-image steps leave a core idle half the time, so two take about 2/3 of one's wall time.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install clean
 
@@ -20,7 +23,7 @@ demo: install
 	$(BIN)/golabels demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,6 +1,12 @@
 import os
 import tempfile
 
+# Under pytest-xdist (`-n 2`) each worker is one process of a test suite run on two cores at once:
+# one thread each, or four threads fight for two cores and every step slows many-fold.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    os.environ.pop("COLUMNS", None)  # xdist sets its terminal's width here; the tests expect piped output's
 # Tests never reach a model hub: pretrained downloads must fail at once, not retry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GOLABELS_TEST", "1")
