@@ -97,6 +97,19 @@ def one_error_line(result, *words):
     return errors[0]
 
 
+def onnx_with_metadata(model: Path, out: Path, **changes) -> Path:
+    """A copy of the ONNX `model` at `out` with its golabels metadata changed as `changes` say."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta.update(changes)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, meta)
+    onnx.save_model(proto, str(out))
+    return out
+
+
 def tree(root) -> dict[str, tuple[int, bytes]]:
     """Every entry below `root` (links not followed): {relative path: (mode, content)}, to check
     that a refused command changed and created nothing."""

@@ -12,10 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import onnx
 import pytest
 
-from conftest import TINY, cli, cli_subprocess, one_error_line
+from conftest import TINY, cli, cli_subprocess, one_error_line, onnx_with_metadata
 
 from golabels_cli.checkpoint import atomic_path, claim_run_dir, write_text_atomic
 from golabels_cli.errors import InputError
@@ -95,17 +94,6 @@ def test_yaml_numbers_without_a_dot_still_read_as_numbers(domains, tmp_path):
 # ---- model files: metadata checked against the model -----------------------------------------------
 
 
-def _onnx_with(shipped, tmp_path, **changes):
-    model = onnx.load(str(shipped / "model.onnx"))
-    meta = {p.key: p.value for p in model.metadata_props}
-    meta.update(changes)
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, meta)
-    path = tmp_path / "edited.onnx"
-    onnx.save_model(model, str(path))
-    return path
-
-
 @pytest.mark.parametrize("changes,words", [
     ({"classes": json.dumps(["circle", "square", "triangle", "star"])}, "lists 4 classes in its metadata and its graph gives 3"),
     ({"std": json.dumps([0, 0, 0])}, "bad std"),
@@ -115,7 +103,7 @@ def _onnx_with(shipped, tmp_path, **changes):
     ({"classes": json.dumps(["a", "a", "b"])}, "names repeat"),
 ], ids=["classes", "std", "interpolation", "crop_mode", "input_size", "repeated-classes"])
 def test_edited_onnx_metadata_is_refused_naming_the_field(shipped, domains, tmp_path, changes, words):
-    path = _onnx_with(shipped, tmp_path, **changes)
+    path = onnx_with_metadata(shipped / "model.onnx", tmp_path / "edited.onnx", **changes)
     result = cli("predict", path, domains[1], "--device", "cpu")
     assert result.exit_code == 2 and result.stdout == ""
     one_error_line(result, words)

@@ -13,10 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import onnx
 import pytest
 
-from conftest import TINY, cli, cli_subprocess, one_error_line, tree
+from conftest import TINY, cli, cli_subprocess, onnx_with_metadata, one_error_line, tree
 
 LATIN1 = b"caf\xe9"  # "café" as Latin-1: not valid UTF-8
 
@@ -138,23 +137,12 @@ def test_a_batch_beyond_memory_is_refused_with_the_backbones_own_image_size(doma
     assert not (tmp_path / "run").exists()
 
 
-def _onnx_with(shipped, tmp_path, **changes):
-    model = onnx.load(str(shipped / "model.onnx"))
-    meta = {p.key: p.value for p in model.metadata_props}
-    meta.update(changes)
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, meta)
-    path = tmp_path / "edited.onnx"
-    onnx.save_model(model, str(path))
-    return path
-
-
 @pytest.mark.parametrize("changes,words", [
     ({"input_size": json.dumps([3, 8192, 8192])}, "says its input is 3x8192x8192 in its metadata and its graph takes 3x32x32"),
     ({"crop_pct": "0.000001"}, "bad crop_pct in its golabels metadata (must be in [0.25, 1]"),
 ], ids=["input-size", "crop-pct"])
 def test_onnx_sizes_are_checked_against_the_graph_before_any_image(shipped, domains, tmp_path, changes, words):
-    path = _onnx_with(shipped, tmp_path, **changes)
+    path = onnx_with_metadata(shipped / "model.onnx", tmp_path / "edited.onnx", **changes)
     result = cli_subprocess("predict", path, domains[1], timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     one_error_line(result, words)
