@@ -51,7 +51,7 @@ from golabels_cli.config import build_config
 from golabels_cli.data import ImageSet, InfiniteDraws, TrainImages, decode_for_training, scan_unlabeled, train_loader, train_transform
 from golabels_cli.images import image_files, load_rgb, resize_shorter, scale_size
 from golabels_cli.synthetic import make_two_domains
-from golabels_cli.evaluate import autocast
+from golabels_cli.inference import autocast
 from golabels_cli.methods import grad_reverse
 from golabels_cli.training import Training, build, train_step
 

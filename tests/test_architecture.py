@@ -85,6 +85,16 @@ def test_library_modules_never_import_the_command_line_or_its_console():
     assert not {k: v for k, v in offenders.items() if v}
 
 
+def test_training_and_inference_sit_below_the_commands_that_read_a_shipped_model():
+    """The flow docs/architecture.md draws: training writes a run, and eval, export and predict
+    read it; what both sides need (the forward pass over a loader, scoring) is inference.py's."""
+    commands = {"golabels_cli.evaluate", "golabels_cli.export", "golabels_cli.predict", "golabels_cli.demo"}
+    found = modules()
+    below = [name for name in found if name.startswith("golabels_cli.training") or name == "golabels_cli.inference"]
+    offenders = {name: sorted(imports(name, found[name], set(found)) & commands) for name in below}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
 def test_the_method_registry_is_what_the_cli_and_config_offer():
     """adapt's --help is literal text (it needs no PyTorch): its lists must be the registries'."""
     import dataclasses

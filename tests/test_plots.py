@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from golabels_cli import figures, report
-from golabels_cli.evaluate import EvalResult
+from golabels_cli.inference import EvalResult
 from golabels_cli.figures import confusion_name, write_confusion_figures, write_target_mosaic
 from golabels_cli.report import PLOTS, load_run, report_panels, results_panels, write_plots, write_results_csv, write_results_figure
 

@@ -13,7 +13,7 @@ from ..data import (ImageSet, class_counts, data_report, decode_all, imbalance_r
 from ..device import pick_device
 from ..distributed import SINGLE, Dist, lr_factor
 from ..errors import InputError
-from ..evaluate import labeled_for_model
+from ..inference import labeled_for_model
 from ..features import backbone_features, model_key
 from ..methods import MultilinearMap, get_method, get_recipe
 from ..images import require_regular

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..data import ImageSet, eval_loader, eval_transform
-from ..evaluate import predict_outputs
+from ..inference import predict_outputs
 from ..images import load_rgb
 from ..models import Classifier
 from .state import ROLE_NAMES, Training

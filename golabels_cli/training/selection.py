@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..data import ImageSet, eval_loader, eval_transform
-from ..evaluate import autocast, score
+from ..inference import autocast, score
 from ..label_shift import em_prior, shift_p_value, total_variation
 from ..progress import batch_size as batch_size_of
 from ..progress import tracked

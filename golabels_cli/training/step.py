@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..config import AdaptConfig
 from ..data import train_sampler
-from ..evaluate import autocast
+from ..inference import autocast
 from ..features import backbone_features, model_key
 from ..methods import Adversary, Batch, adversarial_loss
 from ..models import Classifier

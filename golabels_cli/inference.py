@@ -1,0 +1,114 @@
+"""A classifier's forward pass over a loader and its scoring on a labeled folder: what evaluation
+needs, below both the training loop (its evaluations, its target predictions) and `golabels eval`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .data import ImageSet, eval_loader, eval_transform, scan_labeled
+from .errors import InputError
+from .progress import batch_size as batch_size_of
+from .progress import tracked
+
+
+@dataclass
+class ClassResult:
+    name: str
+    images: int
+    correct: int
+    accuracy: float
+
+
+@dataclass
+class EvalResult:
+    images: int
+    accuracy: float  # top-1 over all images
+    mean_class_accuracy: float  # mean of per-class accuracies over the classes present
+    per_class: list[ClassResult]
+    confusion: list[list[int]]  # rows: the folder's classes (true), columns: the model's classes (predicted)
+    true_classes: list[str]
+    predicted_classes: list[str]
+    skipped: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def labeled_for_model(data_dir: str | Path, model_classes: list[str], role: str = "evaluation") -> tuple[ImageSet, list[int]]:
+    """Scan a labeled folder and map each of its classes to the model's class index, by name."""
+    images = scan_labeled(data_dir, role)
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [c for c in images.classes if c not in index]
+    if unknown:
+        raise InputError(
+            f"class {unknown[0]!r} in {data_dir} is not one the model knows"
+            + (f" (nor {', '.join(map(repr, unknown[1:4]))})" if len(unknown) > 1 else ""),
+            f"the model's classes are: {', '.join(model_classes[:10])}{' …' if len(model_classes) > 10 else ''}",
+        )
+    return images, [index[c] for c in images.classes]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in `dtype` on `device`, or nothing when dtype is None (fp32)."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def predict_outputs(model: torch.nn.Module, loader, device: torch.device, channels_last: bool = False,
+                    autocast_dtype: torch.dtype | None = None, what: str = "predicting") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, bottleneck features) of every batch of `loader`, in eval mode, as float32 on the
+    CPU; `what` names the step in the progress shown meanwhile."""
+    was_training = model.training
+    model.eval()
+    logits, features = [], []
+    for x, _ in tracked(loader, what, len(loader.dataset), batch_size_of):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, autocast_dtype):
+            out = model(x)
+        logits.append(out[0].float().cpu())
+        features.append(out[1].float().cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(features)
+
+
+def evaluate_images(
+    model: torch.nn.Module,
+    images: ImageSet,
+    to_model: list[int],
+    model_classes: list[str],
+    data_config: dict,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> EvalResult:
+    loader = eval_loader(images, eval_transform(data_config), batch_size, workers, pin=device.type == "cuda")
+    return score(images, to_model, model_classes, predict_outputs(model, loader, device, what="eval")[0].argmax(1))
+
+
+def score(images: ImageSet, to_model: list[int], model_classes: list[str], predicted: torch.Tensor) -> EvalResult:
+    """Accuracy, per-class accuracy and confusion of the predicted model classes of `images`."""
+    true_local = torch.tensor(images.labels)
+    true_model = torch.tensor(to_model)[true_local]
+    confusion = torch.zeros(len(images.classes), len(model_classes), dtype=torch.long)
+    confusion.index_put_((true_local, predicted), torch.ones_like(predicted), accumulate=True)
+    per_class = []
+    for c, name in enumerate(images.classes):
+        n = int(confusion[c].sum())
+        correct = int(confusion[c, to_model[c]])
+        per_class.append(ClassResult(name, n, correct, correct / n if n else 0.0))
+    correct_total = int((predicted == true_model).sum())
+    return EvalResult(
+        images=len(images),
+        accuracy=correct_total / len(images),
+        mean_class_accuracy=sum(r.accuracy for r in per_class) / len(per_class),
+        per_class=per_class,
+        confusion=confusion.tolist(),
+        true_classes=list(images.classes),
+        predicted_classes=list(model_classes),
+        skipped=len(images.skipped),
+    )
