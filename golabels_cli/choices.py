@@ -2,13 +2,16 @@
 
 `golabels adapt` checks its options against these before torch and timm load (a second or more
 on a CPU), so a misspelt value is refused as fast as a misspelt option. The modules that act on
-a name (methods/, domain_labels.py, models.py, validators.py) import their tuples from here, and
+a name (methods/, domain_labels.py, models.py) import their tuples from here (--select's values come
+from validators.py's table), and
 tests/test_architecture.py checks the registries against them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .validators import VALIDATORS  # torch-free until a validator runs
 
 # Alignment terms in the order --help lists them (the baseline last), each with the discriminator
 # of its reference code: --discriminator's default.
@@ -24,7 +27,7 @@ CDAN_MAPS = ("auto", "full", "randomized")
 SCHEDULES = ("reference", "scaled")
 REFERENCE_HORIZON = 10000  # iterations: the original CDAN code's max_iter for lambda
 REFERENCE_LR_GAMMA = 1e-3  # TLlib's and the original code's lr * (1 + 0.001 i) ** -0.75
-SELECT_CHOICES = ("last", "src-acc", "entropy", "im", "snd", "dev", "target-acc")
+SELECT_CHOICES = ("last", *(v.name for v in VALIDATORS))  # --select: the last snapshot, or the best by a validator
 FORWARDS = ("joint", "per-domain")
 BN_STATS = ("train", "target")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")

@@ -14,6 +14,7 @@ import typer
 from typing_extensions import Annotated
 
 from . import __version__
+from .choices import SELECT_CHOICES
 from .console import AdaptProgress, StepProgress, plural, print_error, print_json, setup_logging, stderr, stdout, usage_error_line
 from .errors import AlreadyReported, InputError
 from .help import AdaptCommand, Command, Group
@@ -130,7 +131,7 @@ def adapt(
     eval_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Labeled target folder, evaluated at the end (and every --eval-every).", show_default=False, rich_help_panel="Evaluation and selection")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only. Default: a tenth of --iters, at least 100 apart with --freeze-backbone and 1000 when the backbone trains (a curve in results.png for under 5% of the run's time); 0 for shorter runs.", show_default=False, rich_help_panel="Evaluation and selection")] = None,
     val_target_images: Annotated[int, typer.Option(help="Target images the validators look at (a fixed random sample); 0: all.", rich_help_panel="Evaluation and selection")] = 2000,
-    select: Annotated[str, typer.Option(help="Which evaluated snapshot becomes model.safetensors: last | src-acc | entropy | im | snd | dev | target-acc (the oracle; needs --eval-dir).", rich_help_panel="Evaluation and selection")] = "last",
+    select: Annotated[str, typer.Option(help=f"Which evaluated snapshot becomes model.safetensors: {' | '.join(SELECT_CHOICES)} (the oracle; needs --eval-dir).", rich_help_panel="Evaluation and selection")] = "last",
     bn_stats: Annotated[Optional[str], typer.Option(help="BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN). Default: target for the adversarial methods, train for source-only.", show_default=False, rich_help_panel="Evaluation and selection")] = None,
     log_every: Annotated[int, typer.Option(help="Write a metrics row every N iterations.", rich_help_panel="Evaluation and selection")] = 10,
     balance_source: Annotated[Optional[bool], typer.Option("--balance-source/--no-balance-source", help="Draw every source class equally often. Default: on for an adversarial method when the source is imbalanced above 3:1 (docs/label-shift.md).", show_default=False, rich_help_panel="Label shift")] = None,

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from .errors import GolabelsError, plural, reason
 from .formats import json_text
+from .validators import NAMES, is_evaluation_row
 from .progress import DataRead, FrozenPathHint, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
 
 
@@ -101,7 +102,7 @@ def fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-VALIDATOR_NAMES = {"src_acc": "src-acc", "entropy": "entropy", "im": "im", "snd": "snd", "dev": "dev", "target_acc": "target-acc"}
+VALIDATOR_NAMES = NAMES  # metrics key -> the name shown (validators.py's table)
 
 
 def _size_text(sizes: dict[str, list[int]] | None) -> str:
@@ -272,13 +273,13 @@ class AdaptProgress:
         if self.bar is not None:
             self.last_stats = self.stats_text(row)
             self.bar.update(self.task, stats=self.last_stats)
-            if "snd" in row:
+            if is_evaluation_row(row):
                 self.bar.console.print(self.eval_text(row), markup=False)
             return
         now = time.perf_counter()
-        if "snd" in row:
+        if is_evaluation_row(row):
             sys.stderr.write(self.eval_text(row) + "\n")
-        if now - self.last_plain >= self.PLAIN_INTERVAL_S or row["iter"] == self.total or "snd" in row:
+        if now - self.last_plain >= self.PLAIN_INTERVAL_S or row["iter"] == self.total or is_evaluation_row(row):
             self._plain_line(row["iter"], now, row)
 
     def _plain_line(self, it: int, now: float, row: dict[str, Any] | None) -> None:

@@ -34,10 +34,10 @@ from . import __version__
 from .checkpoint import atomic_path, write_text_atomic
 from .yaml_files import read_yaml_mapping
 from .errors import InputError, reason
-from .validators import DIRECTION
+from .validators import DIRECTION, LABEL_FREE, is_evaluation_row
 
 PLOTS = ("report-losses.png", "report-discriminator.png", "report-validators.png")
-VALIDATOR_KEYS = ("src_acc", "entropy", "im", "snd", "dev")
+VALIDATOR_KEYS = LABEL_FREE
 
 
 @dataclass
@@ -55,7 +55,7 @@ class RunRecord:
         """The evaluated snapshots: from summary.json, else the metrics rows that carry validators."""
         if self.summary is not None:
             return self.summary["evals"]
-        return [{k: v for k, v in row.items() if k in self.EVAL_KEYS or k in DIRECTION} for row in self.rows if "snd" in row]
+        return [{k: v for k, v in row.items() if k in self.EVAL_KEYS or k in DIRECTION} for row in self.rows if is_evaluation_row(row)]
 
     @property
     def finished(self) -> bool:

@@ -239,7 +239,7 @@ def _print_training(rows: list[dict], domain_labels: str | None = None) -> None:
 
 def _print_validators(evals: list[dict], selected: int | None) -> None:
     from .report import MIN_SNAPSHOTS, correlations
-    from .validators import DIRECTION
+    from .validators import DIRECTION, LEAST_TELLING_FIRST
 
     keys = [k for k in VALIDATOR_NAMES if any(e.get(k) is not None for e in evals)]
     oracle = "; target-acc: the oracle, from --eval-dir's labels" if "target_acc" in keys else ""
@@ -260,7 +260,7 @@ def _print_validators(evals: list[dict], selected: int | None) -> None:
         return table
 
     # Left out first at a narrow width: the reading and validators measured least telling (docs/selection.md).
-    _print_fitted(*fitted(build, list(names), [n for n in ("shift", "dev", "entropy", "im", "src-acc", "snd") if n in names]))
+    _print_fitted(*fitted(build, list(names), [n for n in ("shift", *LEAST_TELLING_FIRST) if n in names]))
     rho = {k: v for k, v in correlations(evals).items() if v is not None}
     if rho:
         stdout.print("Spearman correlation with target accuracy over these snapshots (validators oriented higher-is-better): "

@@ -37,6 +37,7 @@ from typing import Any
 
 from .choices import LOGGERS  # noqa: F401 - re-exported: --logger's values
 from .errors import InputError, reason
+from .validators import LABEL_FREE
 
 log = logging.getLogger("golabels")
 
@@ -50,8 +51,7 @@ TAGS = {
     "disc_acc": "discriminator/acc", "disc_acc_src": "discriminator/acc_src", "disc_acc_tgt": "discriminator/acc_tgt",
     "relabeled_src": "discriminator/relabeled_src", "relabeled_tgt": "discriminator/relabeled_tgt",
     "adv_grad_norm": "discriminator/adv_grad_norm",
-    "src_acc": "validators/src_acc", "entropy": "validators/entropy", "im": "validators/im", "snd": "validators/snd",
-    "dev": "validators/dev",
+    **{key: f"validators/{key}" for key in LABEL_FREE},
     "target_acc": "target/acc", "target_mean_class_acc": "target/mean_class_acc", "target_acc_train_bn": "target/acc_train_bn",
     "prior_shift": "target/prior_shift", "predicted_shift": "target/predicted_shift", "predicted_shift_p": "target/predicted_shift_p",
     "lr": "train/lr", "lambda": "train/lambda", "samples_per_step": "train/samples_per_step",

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where a validator runs: console and tables read the table below without it
+    import torch
 
-from .choices import SELECT_CHOICES  # noqa: F401 - --select's values, checked before torch loads
-
-# name in metrics.jsonl (and summary.json) -> True when a higher value is better
-DIRECTION = {"src_acc": True, "entropy": False, "im": True, "snd": True, "dev": False, "target_acc": True}
 SND_TEMPERATURE = 0.05
 
 
@@ -68,6 +65,9 @@ def information_maximization(probs: torch.Tensor) -> float:
 
 def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMPERATURE) -> float:
     """Higher when target samples form dense neighbourhoods (clusters) rather than being spread out."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
     if len(probs) < 2:
         return float("nan")
     z = F.normalize(probs.double(), dim=1)
@@ -83,6 +83,9 @@ def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMP
 def domain_density_ratio(source: torch.Tensor, target: torch.Tensor, query: torch.Tensor, steps: int = 100) -> torch.Tensor:
     """w(x) = p_target(x) / p_source(x) at each row of `query`, from an L2-regularized logistic
     regression separating `source` from `target` features (standardized; balanced by weighting)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
     x = torch.cat([source, target]).double()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-3)  # a feature dead on these samples must not explode elsewhere
     x = (x - mean) / std
@@ -107,6 +110,8 @@ def domain_density_ratio(source: torch.Tensor, target: torch.Tensor, query: torc
 
 def deep_embedded_validation(weights: torch.Tensor, losses: torch.Tensor) -> float:
     """DEV risk from density ratios and per-sample validation losses; lower is better."""
+    import torch
+
     weights, losses = weights.double(), losses.double()
     weighted = weights * losses
     var = weights.var()
@@ -126,20 +131,52 @@ class Outputs:
     target_features: torch.Tensor
 
 
+def _src_acc(out: Outputs, probs: torch.Tensor) -> float | None:
+    return accuracy(out.val_logits, out.val_labels) if out.val_logits is not None and len(out.val_logits) else None
+
+
+def _dev(out: Outputs, probs: torch.Tensor) -> float | None:
+    import torch.nn.functional as F  # noqa: N812
+
+    if out.val_logits is None or out.train_features is None or len(out.val_logits) < 2:
+        return None
+    ratio = domain_density_ratio(out.train_features, out.target_features, out.val_features)
+    return deep_embedded_validation(ratio, F.cross_entropy(out.val_logits.float(), out.val_labels, reduction="none"))
+
+
+@dataclass(frozen=True)
+class Validator:
+    key: str  # in metrics.jsonl, summary.json and --logger's tags
+    name: str  # --select's spelling, and the name tables, logs and plots show
+    higher_is_better: bool
+    compute: Callable[[Outputs, "torch.Tensor"], float | None] | None  # (outputs, target probabilities); None: the oracle
+    telling: int  # how telling it measured (docs/selection.md): a narrow table leaves out the least telling first
+
+
+# Every validator, once: --select's values, the tables, the logs, the plots and the trackers' tags
+# are derived from this table. target-acc is the oracle: the loop scores it from --eval-dir's labels.
+VALIDATORS = (
+    Validator("src_acc", "src-acc", True, _src_acc, 3),
+    Validator("entropy", "entropy", False, lambda out, probs: mean_entropy(probs), 1),
+    Validator("im", "im", True, lambda out, probs: information_maximization(probs), 2),
+    Validator("snd", "snd", True, lambda out, probs: soft_neighborhood_density(probs), 4),
+    Validator("dev", "dev", False, _dev, 0),
+    Validator("target_acc", "target-acc", True, None, 5),
+)
+LABEL_FREE = tuple(v.key for v in VALIDATORS if v.compute is not None)  # what an evaluation computes without target labels
+NAMES = {v.key: v.name for v in VALIDATORS}  # metrics key -> --select spelling
+DIRECTION = {v.key: v.higher_is_better for v in VALIDATORS}  # metrics key -> True when higher is better
+LEAST_TELLING_FIRST = tuple(v.name for v in sorted(VALIDATORS, key=lambda v: v.telling) if v.compute is not None)
+
+
+def is_evaluation_row(row: dict) -> bool:
+    """Whether a metrics row is one at an evaluated snapshot: only those hold validators (a run
+    written before a validator existed holds the others)."""
+    return any(key in row for key in LABEL_FREE)
+
+
 def compute_validators(out: Outputs) -> dict[str, float | None]:
-    """Every validator that the outputs allow (src-acc and dev need a held-out source split)."""
+    """Every label-free validator that the outputs allow (src-acc and dev need a held-out source split)."""
     probs = out.target_logits.float().softmax(1)
-    values: dict[str, float | None] = {
-        "src_acc": None,
-        "entropy": mean_entropy(probs),
-        "im": information_maximization(probs),
-        "snd": soft_neighborhood_density(probs),
-        "dev": None,
-    }
-    if out.val_logits is not None and len(out.val_logits):
-        values["src_acc"] = accuracy(out.val_logits, out.val_labels)
-        if out.train_features is not None and len(out.val_logits) >= 2:
-            ratio = domain_density_ratio(out.train_features, out.target_features, out.val_features)
-            losses = F.cross_entropy(out.val_logits.float(), out.val_labels, reduction="none")
-            values["dev"] = deep_embedded_validation(ratio, losses)
+    values = {v.key: v.compute(out, probs) for v in VALIDATORS if v.compute is not None}
     return {k: (None if v is None or not math.isfinite(v) else round(v, 6)) for k, v in values.items()}

@@ -108,7 +108,7 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
     from golabels_cli.methods import CDAN_MAPS, RECIPE_PARTS, REGISTRY, SCHEDULES, TARGET_LOSSES
     from golabels_cli.models import DISCRIMINATORS
     from golabels_cli.trackers import LOGGERS
-    from golabels_cli.validators import SELECT_CHOICES
+    from golabels_cli.choices import SELECT_CHOICES
 
     hints = typing.get_type_hints(cli.adapt, include_extras=True)
 
@@ -126,6 +126,22 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
         assert set(method.options) <= fields, method.name
     for mode in MODES:
         assert mode in ADAPT_EPILOG
+
+
+def test_every_list_of_validators_comes_from_the_one_table():
+    """Adding a validator is one row of validators.VALIDATORS: every other list is derived from it."""
+    import torch
+
+    from golabels_cli import choices, console, report, trackers
+    from golabels_cli.validators import LABEL_FREE, VALIDATORS, Outputs, compute_validators, is_evaluation_row
+
+    keys = [v.key for v in VALIDATORS]
+    assert choices.SELECT_CHOICES == ("last", *(v.name for v in VALIDATORS))
+    assert list(console.VALIDATOR_NAMES) == keys and report.VALIDATOR_KEYS == LABEL_FREE
+    assert all(trackers.TAGS[key] == f"validators/{key}" for key in LABEL_FREE)
+    logits = torch.randn(6, 3)
+    values = compute_validators(Outputs(logits, torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(6, 4), torch.randn(6, 4), logits, torch.randn(6, 4)))
+    assert tuple(values) == LABEL_FREE and is_evaluation_row({"iter": 1, **values}) and not is_evaluation_row({"iter": 1, "loss_cls": 1.0})
 
 
 def test_the_registries_are_the_torch_free_names_the_config_checks():
