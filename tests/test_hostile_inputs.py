@@ -195,3 +195,12 @@ def test_a_checkpoint_that_is_a_fifo_is_never_opened(shipped, tmp_path):
     assert result.returncode == 2
     one_error_line(result, "checkpoint", "is a FIFO, not a regular file")
     assert tree(run) == before
+
+
+def test_a_config_file_that_is_a_fifo_is_never_read(tmp_path):
+    os.mkfifo(tmp_path / "config.yaml")
+    before = tree(tmp_path)
+    result = cli_subprocess("adapt", "--config", tmp_path / "config.yaml", "--out", tmp_path / "run", timeout=60)
+    assert result.returncode == 2
+    one_error_line(result, "config.yaml is not a regular file")
+    assert tree(tmp_path) == before
