@@ -191,3 +191,16 @@ def test_every_target_loss_module_carries_its_formula():
         module = importlib.import_module(f"golabels_cli.methods.{name}")
         assert module.LOSS is loss
         assert module.__doc__ and f"L_{name} =" in module.__doc__, name
+
+
+def test_every_package_ships_in_the_wheel():
+    """pyproject's package list finds every package with an __init__.py (a plain list of the
+    top-level one shipped wheels without training/ and methods/)."""
+    import tomllib
+
+    import setuptools
+
+    root = PACKAGE.parent
+    include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    expected = {".".join(p.parent.relative_to(root).parts) for top in ("golabels", "golabels_cli") for p in (root / top).rglob("__init__.py")}
+    assert set(setuptools.find_packages(str(root), include=include)) == expected
