@@ -1,0 +1,145 @@
+"""golabels from Python: what the four commands do, as functions (docs/python.md).
+
+    import golabels
+
+    cfg = golabels.config("photos/studio", "photos/site", backbone="resnet50", iters=2000)
+    run = golabels.adapt(cfg, out="runs/site")              # -> Run(run_dir, summary)
+    result = golabels.evaluate(run.run_dir, "photos/site-labeled")
+    onnx = golabels.export_onnx(run.run_dir)                   # -> ExportResult (.path, ...)
+    for p in golabels.predict(onnx.path, ["new/"]):            # -> Label(path, label, confidence, ...)
+        print(p.path, p.label)
+
+Every function checks its inputs as the command does and raises golabels_cli.errors.InputError
+(bad input) or RunError (the run failed) with the same one-line message; nothing is printed but
+the log of the "golabels" logger. `import golabels` loads no torch until a function needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from .config import FIELDS, AdaptConfig, build_config, load_yaml
+from .errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .export import ExportResult
+    from .inference import EvalResult
+
+log = logging.getLogger("golabels")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run: its directory and its summary.json's figures."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "model.safetensors"
+
+    @property
+    def target_acc(self) -> float | None:
+        """Accuracy on --eval-dir's labels, when the run had them."""
+        return self.summary.get("target_acc")
+
+
+@dataclass(frozen=True)
+class Label:
+    """One image's prediction."""
+
+    path: str
+    label: str
+    confidence: float
+    probabilities: "np.ndarray"  # [classes], in the model's class order
+    classes: list[str]
+
+
+def config(source: str | Path | None = None, target: str | Path | None = None, **options: Any) -> AdaptConfig:
+    """An adapt config from Python names (`batch_size=4`, `freeze_backbone=True`), every default
+    filled in and every value checked, as `golabels adapt SOURCE TARGET --batch-size 4` would."""
+    unknown = sorted(set(options) - set(FIELDS))
+    if unknown:
+        raise InputError(f"unknown option {unknown[0]!r}", "pass AdaptConfig's field names, e.g. batch_size=4")
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    return build_config({**values, **({"source": str(source)} if source is not None else {}),
+                         **({"target": str(target)} if target is not None else {})})
+
+
+def load_config(path: str | Path, **options: Any) -> AdaptConfig:
+    """The config of a YAML file (a run's config.yaml replays that run), `options` applied on top."""
+    values = {k: v for k, v in load_yaml(path).items() if k in FIELDS}
+    return config(**{**values, **options})
+
+
+def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Callable[[Any], None] | None = None) -> Run:
+    """Train on cfg.source (labeled) and cfg.target (unlabeled) into `out` (default runs/adapt/exp,
+    exp2, ...; never overwritten unless `exist_ok`). `progress` receives golabels_cli.progress's
+    events (RunStarted, StepDone, RowLogged, ...) as the run goes."""
+    from .progress import no_events
+    from .training import adapt as train_new
+
+    summary = train_new(cfg, out, exist_ok, progress or no_events)
+    return Run(Path(summary["run_dir"]), summary)
+
+
+def resume(run_dir: str | Path, progress: Callable[[Any], None] | None = None, **overrides: Any) -> Run:
+    """Continue an interrupted run to its own --iters; only what leaves the weights as they would
+    be may change (device, workers, save_every, ...)."""
+    from .config import RESUME_OPTIONS
+    from .progress import no_events
+    from .training import resume as train_on
+
+    refused = sorted(set(overrides) - set(RESUME_OPTIONS))
+    if refused:
+        raise InputError(f"{refused[0]} can't change on resume: a resumed run keeps its own config",
+                         f"only {', '.join(RESUME_OPTIONS)} may change")
+    summary = train_on(run_dir, overrides, progress or no_events)
+    return Run(Path(summary["run_dir"]), summary)
+
+
+def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> "EvalResult":
+    """Accuracy, per-class accuracy and the confusion matrix of a run's model on a labeled folder."""
+    from .evaluate import evaluate as evaluate_model
+
+    return evaluate_model(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
+
+
+def export_onnx(run_or_model: str | Path, output: str | Path | None = None, opset: int = 18, batch: int | None = None,
+                verify: bool = True, exist_ok: bool = False) -> "ExportResult":
+    """model.onnx beside the model (or `output`), its classes and preprocessing in its metadata,
+    verified against PyTorch; never replaces a file unless `exist_ok`."""
+    from .export import export_onnx as export_model
+
+    return export_model(run_or_model, output, opset=opset, batch=batch, verify=verify, exist_ok=exist_ok)
+
+
+def predict(model: str | Path, images: Iterable[str | Path], device: str = "auto", batch_size: int = 32, workers: int = 0,
+            on_skip: Callable[[str, str], None] | None = None) -> Iterator[Label]:
+    """Labels for image files and folders (recursive), in input order, from a run directory, a
+    model.safetensors or a model.onnx (onnxruntime only: no torch). An image that cannot be read
+    goes to `on_skip(path, why)` (default: a warning) and the others go on."""
+    from .predict import iter_inputs, open_predictor, predict_batches
+
+    images = [str(p) for p in images]
+    if batch_size < 1 or workers < 0:
+        raise InputError("batch_size must be positive and workers non-negative")
+    if "-" in images:
+        raise InputError("'-' reads paths from stdin on the command line only", "pass the paths themselves")
+
+    def warn(path: str, why: str) -> None:
+        log.warning("cannot read %s (%s): no prediction for it", path, why)
+
+    skip = on_skip or warn
+    predictor = open_predictor(model, device)
+    paths = iter_inputs(images, None, skip)  # no "-": stdin is never read
+    for batch in predict_batches(predictor, paths, batch_size, workers, skip):
+        for p in batch:
+            best = int(p.probabilities.argmax())
+            yield Label(p.path, predictor.classes[best], float(p.probabilities[best]), p.probabilities, predictor.classes)
