@@ -82,9 +82,13 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     """Train on cfg.source (labeled) and cfg.target (unlabeled) into `out` (default runs/adapt/exp,
     exp2, ...; never overwritten unless `exist_ok`). `progress` receives golabels_cli.progress's
     events (RunStarted, StepDone, RowLogged, ...) as the run goes."""
+    from .distributed import launched_by_torchrun
     from .progress import no_events
     from .training import adapt as train_new
 
+    if cfg.devices > 1 and not launched_by_torchrun():
+        raise InputError(f"devices={cfg.devices} starts worker processes, which golabels.adapt does not",
+                         f"run golabels adapt --devices {cfg.devices}, or this script under torchrun")
     summary = train_new(cfg, out, exist_ok, progress or no_events)
     return Run(Path(summary["run_dir"]), summary)
 

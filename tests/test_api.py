@@ -34,6 +34,8 @@ def test_the_functions_check_their_inputs_as_the_commands_do(domains, tmp_path):
         golabels.config(*domains, momentum=5.0)
     with pytest.raises(golabels.InputError, match="lr can't change on resume"):
         golabels.resume(tmp_path, lr=0.1)
+    with pytest.raises(golabels.InputError, match="starts worker processes"):
+        golabels.adapt(golabels.config(*domains, devices=2, device="cpu"), out=tmp_path / "run")
     with pytest.raises(golabels.InputError, match="stdin"):
         list(golabels.predict(tmp_path, ["-"]))
 
