@@ -17,7 +17,7 @@ the log of the "golabels" logger. `import golabels` loads no torch until a funct
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -57,8 +57,8 @@ class Label:
     path: str
     label: str
     confidence: float
-    probabilities: "np.ndarray"  # [classes], in the model's class order
-    classes: list[str]
+    probabilities: "np.ndarray" = field(repr=False)  # [classes], in the model's class order
+    classes: list[str] = field(repr=False)
 
 
 def config(source: str | Path | None = None, target: str | Path | None = None, **options: Any) -> AdaptConfig:
