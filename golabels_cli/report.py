@@ -32,7 +32,7 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import atomic_path, write_text_atomic
-from .yaml_files import read_yaml_mapping
+from .yaml_files import read_config_fields
 from .errors import InputError, reason
 from .validators import DIRECTION, LABEL_FREE, is_evaluation_row
 
@@ -87,7 +87,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     metrics, config_path = run_dir / "metrics.jsonl", run_dir / "config.yaml"
     if not metrics.is_file() or not config_path.is_file():
         raise InputError(f"{run_dir} is not a golabels run directory (no metrics.jsonl or config.yaml)", "pass a folder written by golabels adapt")
-    config = read_yaml_mapping(config_path)
+    config = read_config_fields(config_path)
     try:
         lines = metrics.read_text().splitlines()
         rows = []
@@ -107,7 +107,6 @@ def load_run(run_dir: str | Path) -> RunRecord:
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the run in {run_dir} ({reason(exc)})", "check the files, or pass another run") from exc
     summary = _read_summary(run_dir / "summary.json")
-    config = {str(k).replace("-", "_"): v for k, v in config.items()}  # config.yaml spells keys as options
     return RunRecord(run_dir, config, rows, summary)
 
 

@@ -40,11 +40,16 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_config_fields(path: str | Path) -> dict[str, Any]:
+    """A config file as {field: value}: config.yaml spells its keys as options (batch-size)."""
+    return {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path).items()}
+
+
 def run_config(folder: str | Path) -> dict[str, Any]:
     """The config.yaml of the run directory `folder` as {field: value}; {} when it is absent or
     cannot be read (the callers only look values up in it)."""
     path = Path(folder) / "config.yaml"
     try:
-        return {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path).items()} if path.is_file() else {}
+        return read_config_fields(path) if path.is_file() else {}
     except InputError:
         return {}

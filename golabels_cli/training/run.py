@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ..checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries
 from ..config import DERIVED, FIELDS, RESUME_OPTIONS, AdaptConfig, build_config, option_name, to_yaml
-from ..yaml_files import read_yaml_mapping
+from ..yaml_files import read_config_fields
 from ..device import pick_device
 from ..distributed import env_rank, setup, shared, teardown
 from ..errors import InputError, plural, reason
@@ -128,7 +128,7 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
     config_yaml = run_dir / "config.yaml"
     if not config_yaml.is_file():
         raise InputError(f"{run_dir} holds no config.yaml beside its checkpoint", "restore it from a backup, or start a new run")
-    declared = {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(config_yaml).items()}
+    declared = read_config_fields(config_yaml)
     for key in sorted(set(saved) & set(declared)):  # a key one of them lacks: written by another golabels, no contradiction
         if key in RESUME_OPTIONS or key not in FIELDS:
             continue
