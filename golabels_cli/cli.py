@@ -14,10 +14,10 @@ import typer
 from typing_extensions import Annotated
 
 from . import __version__
-from .choices import SELECT_CHOICES
 from .console import AdaptProgress, StepProgress, plural, print_error, print_json, setup_logging, stderr, stdout, usage_error_line
 from .errors import AlreadyReported, InputError
-from .help import AdaptCommand, Command, Group
+from .help import AdaptCommand, Command, Group, with_declared_options
+from .options import AdaptConfig, RunOptions
 from .examples import ADAPT_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
 from .progress import listening, tracked
 
@@ -87,88 +87,22 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or wa
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps. auto picks CUDA, then MPS, else CPU.")]
 
+
 @app.command(epilog=ADAPT_EPILOG, cls=AdaptCommand)
 @guarded
-def adapt(
-    ctx: typer.Context,
-    source: Annotated[Optional[Path], typer.Argument(metavar="SOURCE", help="Labeled source folder, `SOURCE/<class>/<image>` (required unless --config or --resume gives it).", show_default=False)] = None,
-    target: Annotated[Optional[Path], typer.Argument(metavar="TARGET", help="Unlabeled target folder: any tree of images; sub-folder names are never read (required unless --config or --resume gives it).", show_default=False)] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Square input size; default: the backbone's own.", show_default=False, rich_help_panel="Data")] = None,
-    val_split: Annotated[float, typer.Option(help="Fraction of each source class held out for the src-acc and dev validators.", rich_help_panel="Data")] = 0.1,
-    min_crop: Annotated[float, typer.Option(help="Smallest area fraction of the random resized crop.", rich_help_panel="Data")] = 0.08,
-    hflip: Annotated[float, typer.Option(help="Horizontal flip probability (0 for digits or text).", rich_help_panel="Data")] = 0.5,
-    method: Annotated[Optional[str], typer.Option(help="An alignment term (cdan-e | cdan | dann | dann-e | gvb | asan | source-only), losses on the target's predictions (mcc | bnm | im), or both joined by + (cdan-e+bnm). Default: cdan-e+bnm with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).", show_default=False, rich_help_panel="Method and Go-labels")] = None,
-    domain_labels: Annotated[str, typer.Option(help="fixed | go | soft | zero-out: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).", rich_help_panel="Method and Go-labels")] = "fixed",
-    trade_off: Annotated[Optional[float], typer.Option(help="Weight of the adversarial loss, a mean over source and target rows (TLlib's and the original CDAN code's scale; the paper's Eq. 2 sums the two domains' means: 2). Default: 2 with a pretrained backbone (--pretrained or --weights, frozen or fine-tuned), 1 from random init.", show_default=False, rich_help_panel="Method and Go-labels")] = None,
-    schedule: Annotated[str, typer.Option(help="reference: the reversal coefficient and lr decay of the original code, on absolute iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the end).", rich_help_panel="Method and Go-labels")] = "scaled",
-    grl_alpha: Annotated[float, typer.Option(help="Steepness of the reversal coefficient's ramp 2 / (1 + exp(-alpha x progress)) - 1.", rich_help_panel="Method and Go-labels")] = 10.0,
-    forward: Annotated[str, typer.Option(help="joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code) | per-domain: one pass per domain, each with its own statistics (GVB's and ASAN's code).", rich_help_panel="Method and Go-labels")] = "joint",
-    cdan_map: Annotated[str, typer.Option(help="cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 dims), or auto (full up to 4096 dims, randomized above).", rich_help_panel="Method and Go-labels")] = "auto",
-    discriminator: Annotated[Optional[str], typer.Option(help="batchnorm (TLlib's Linear-BN-ReLU) | dropout (the original code's Linear-ReLU-Dropout). Default: dropout for gvb and asan, batchnorm otherwise.", show_default=False, rich_help_panel="Method and Go-labels")] = None,
-    disc_hidden: Annotated[int, typer.Option(help="Width of the discriminator's hidden layers.", rich_help_panel="Method and Go-labels")] = 1024,
-    bridge_g_weight: Annotated[float, typer.Option(help="gvb: weight of the classifier bridge penalty (GVB's lambda).", rich_help_panel="Method and Go-labels")] = 1.0,
-    bridge_d_weight: Annotated[float, typer.Option(help="gvb: weight of the discriminator bridge penalty (GVB's mu).", rich_help_panel="Method and Go-labels")] = 1.0,
-    rsl_weight: Annotated[float, typer.Option(help="asan: weight of the relevance spectral alignment loss.", rich_help_panel="Method and Go-labels")] = 1e-3,
-    rsl_k: Annotated[int, typer.Option(help="asan: how many of the smallest source singular values are shrunk.", rich_help_panel="Method and Go-labels")] = 11,
-    target_loss_weight: Annotated[float, typer.Option(help="mcc, bnm, im: weight of the losses on the target's predictions.", rich_help_panel="Method and Go-labels")] = 1.0,
-    mcc_temperature: Annotated[float, typer.Option(help="mcc: softmax temperature of the class-confusion matrix (the paper's 2.5 read 2-4 points lower on Office-31; 3.5 collapsed).", rich_help_panel="Method and Go-labels")] = 2.0,
-    backbone: Annotated[str, typer.Option(help="Any timm model name.", rich_help_panel="Training")] = "resnet50",
-    iters: Annotated[int, typer.Option(help="Training iterations.", rich_help_panel="Training")] = 10000,
-    batch_size: Annotated[int, typer.Option(help="Images per domain per step (source and target each).", rich_help_panel="Training")] = 32,
-    lr: Annotated[float, typer.Option(help="Learning rate of the new layers; a pretrained backbone gets --backbone-lr-mult times it.", rich_help_panel="Training")] = 0.01,
-    backbone_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier of a pretrained backbone (a backbone from random init trains at --lr).", rich_help_panel="Training")] = 0.1,
-    momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).", rich_help_panel="Training")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.", rich_help_panel="Training")] = 1e-3,
-    lr_gamma: Annotated[Optional[float], typer.Option(help="The lr decays as lr x (1 + gamma x i)^-lr_decay. Default: 20 / --iters with --schedule scaled, 0.001 with reference or with a loss on the target's predictions (mcc, bnm, im).", show_default=False, rich_help_panel="Training")] = None,
-    lr_decay: Annotated[float, typer.Option(help="The exponent of that decay.", rich_help_panel="Training")] = 0.75,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (downloaded).", rich_help_panel="Training")] = True,
-    weights: Annotated[Optional[str], typer.Option(metavar="FILE", help="Local timm state dict (.safetensors or .pth) for the backbone.", show_default=False, rich_help_panel="Training")] = None,
-    freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--no-freeze-bn", help="Fine-tuning: the backbone's BatchNorm layers keep their pretrained statistics (eval mode) while its weights train. Default: on for a pretrained backbone (batch statistics of augmented crops cost 17-19 points on Office-31, docs/performance.md).", show_default=False, rich_help_panel="Training")] = None,
-    head_start: Annotated[Optional[int], typer.Option(help="Fine-tuning: steps fitting the bottleneck and head to the source on the frozen backbone's cached features before the first fine-tuning step (not counted in --iters). Default 0: measured no gain.", show_default=False, rich_help_panel="Training")] = None,
-    bottleneck_dim: Annotated[int, typer.Option(help="Width of the bottleneck (Linear, BatchNorm, ReLU) between the backbone and the head.", rich_help_panel="Training")] = 256,
-    seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights on CPU.", rich_help_panel="Training")] = 0,
-    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).", rich_help_panel="Training")] = False,
-    eval_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Labeled target folder, evaluated at the end (and every --eval-every).", show_default=False, rich_help_panel="Evaluation and selection")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only. Default: a tenth of --iters, at least 100 apart with --freeze-backbone and 1000 when the backbone trains (a curve in results.png for under 5% of the run's time); 0 for shorter runs.", show_default=False, rich_help_panel="Evaluation and selection")] = None,
-    val_target_images: Annotated[int, typer.Option(help="Target images the validators look at (a fixed random sample); 0: all.", rich_help_panel="Evaluation and selection")] = 2000,
-    select: Annotated[str, typer.Option(help=f"Which evaluated snapshot becomes model.safetensors: {' | '.join(SELECT_CHOICES)} (the oracle; needs --eval-dir).", rich_help_panel="Evaluation and selection")] = "last",
-    bn_stats: Annotated[Optional[str], typer.Option(help="BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN). Default: target for the adversarial methods, train for source-only.", show_default=False, rich_help_panel="Evaluation and selection")] = None,
-    log_every: Annotated[int, typer.Option(help="Write a metrics row every N iterations.", rich_help_panel="Evaluation and selection")] = 10,
-    balance_source: Annotated[Optional[bool], typer.Option("--balance-source/--no-balance-source", help="Draw every source class equally often. Default: on for an adversarial method when the source is imbalanced above 3:1 (docs/label-shift.md).", show_default=False, rich_help_panel="Label shift")] = None,
-    balance_target: Annotated[Optional[bool], typer.Option("--balance-target/--no-balance-target", help="Draw the target's classes equally often, by the model's current pseudo-labels (refreshed every --refresh-every). Default: as --balance-source, in runs longer than --refresh-every.", show_default=False, rich_help_panel="Label shift")] = None,
-    label_shift_weights: Annotated[bool, typer.Option("--label-shift-weights", help="Weight source images by the target's class prior, estimated from predictions, over the source's (refreshed every --refresh-every). Measured unreliable: up to 5 points above source-only on two long-tailed tasks, up to 15 below on others (docs/label-shift.md).", rich_help_panel="Label shift")] = False,
-    refresh_every: Annotated[int, typer.Option(help="Iterations between re-estimates of the target's pseudo-labels and class prior (--balance-target, --label-shift-weights).", rich_help_panel="Label shift")] = 100,
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp16 (CUDA, with loss scaling) | fp32.", rich_help_panel="Performance")] = "auto",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps. auto picks CUDA, then MPS, else CPU.", rich_help_panel="Performance")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False, rich_help_panel="Performance")] = None,
-    cache_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.", show_default=False, rich_help_panel="Performance")] = None,
-    cache_images: Annotated[bool, typer.Option("--cache-images", help="Keep decoded, resized training images in memory (when they fit).", rich_help_panel="Performance")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the classifier (faster steps after a slow first one).", rich_help_panel="Performance")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="On CUDA: deterministic cuDNN kernels, no autotuning (slower).", rich_help_panel="Performance")] = False,
-    devices: Annotated[int, typer.Option(help="Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.", rich_help_panel="Performance")] = 1,
-    lr_scaling: Annotated[str, typer.Option(help="How --lr follows the effective batch over processes: none | linear | sqrt.", rich_help_panel="Performance")] = "none",
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="With several CUDA processes: BatchNorm statistics over all of them (SyncBatchNorm).", rich_help_panel="Performance")] = False,
-    logger: Annotated[Optional[str], typer.Option(help="tensorboard (event files in RUN/tensorboard) | mlflow (a run in $MLFLOW_TRACKING_URI): the metrics rows, the config and the final figures there too. Each needs its extra: pip install 'golabels[tensorboard]'.", show_default=False, rich_help_panel="Run directory and output")] = None,
-    save_every: Annotated[int, typer.Option(help="Save the full training state every N iterations (0: at the end only).", rich_help_panel="Run directory and output")] = 500,
-    resume: Annotated[Optional[str], typer.Option(metavar="RUN", help="Continue the interrupted run in this directory, with its own config.", show_default=False, rich_help_panel="Run directory and output")] = None,
-    out: Annotated[Optional[str], typer.Option(metavar="DIR", help="Run directory; default: runs/adapt/exp, exp2, ...", show_default=False, rich_help_panel="Run directory and output")] = None,
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow writing into an existing --out directory.", rich_help_panel="Run directory and output")] = False,
-    config: Annotated[Optional[str], typer.Option(metavar="FILE", help="YAML file of options (keys are option names); flags given here win.", show_default=False, rich_help_panel="Run directory and output")] = None,
-    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config.yaml (what --config replays) and exit without training.", rich_help_panel="Run directory and output")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Write one JSON document to stdout and nothing else.", rich_help_panel="Run directory and output")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr; errors still shown.", rich_help_panel="Run directory and output")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.", rich_help_panel="Run directory and output")] = False,
-) -> None:
+@with_declared_options(AdaptConfig, RunOptions)
+def adapt(ctx: typer.Context, **options: Any) -> None:
     """Train a classifier on SOURCE that works on TARGET. Writes a run directory with the model."""
     from .distributed import env_rank, rank_error
 
+    json_, quiet, debug = options["json"], options["quiet"], options["debug"]
     rank = env_rank()
     if rank > 0:
         quiet = True  # rank 0 shows progress, warnings and the results; the others speak only of their own failures
         setup_logging(quiet=True, debug=debug)
     output_flags = [*(["--json"] if json_ else []), *(["--quiet"] if quiet else []), *(["--debug"] if debug else [])]
-    run = (_resumed_run(ctx, resume, output_flags, debug) if resume is not None
-           else _new_run(ctx, config, print_config, output_flags, debug))
+    run = (_resumed_run(ctx, options["resume"], output_flags, debug) if options["resume"] is not None
+           else _new_run(ctx, options["config"], options["print_config"], output_flags, debug))
     if run is None:
         return  # the config was printed, or worker processes ran it
     progress = AdaptProgress(quiet=quiet)
@@ -198,7 +132,7 @@ def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debu
     from .distributed import check_devices, launch, launched_by_torchrun, option_flags
     from .training import resume
 
-    changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*RESUME_OPTIONS, "resume", "json_", "quiet", "debug")]
+    changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*RESUME_OPTIONS, "resume", "json", "quiet", "debug")]
     if changed:
         name = changed[0].upper() if changed[0] in ("source", "target") else "--" + changed[0].replace("_", "-")
         raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
@@ -218,7 +152,7 @@ def _new_run(ctx: typer.Context, config: str | None, print_config: bool, output_
     to call; None when the config was printed or worker processes ran it (--devices)."""
     from .config import build_config, load_yaml, recompute_derived, to_yaml
 
-    given = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if k not in ("config", "json_", "print_config")}
+    given = {k: v for k, v in ctx.params.items() if k not in ("config", "json", "print_config")}
     values: dict[str, Any] = load_yaml(config) if config else {}
     on_command_line = {name for name in given if _from_command_line(ctx, name)}
     for name, value in given.items():

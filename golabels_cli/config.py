@@ -1,4 +1,5 @@
-"""Every `adapt` default in one place, the YAML format of `config.yaml`, and CLI overrides.
+"""Reading, resolving and checking an AdaptConfig (declared in options.py): the YAML format of
+`config.yaml`, the defaults that follow other options, and CLI overrides.
 
 Keys in YAML are the CLI option names (`batch-size`; `batch_size` is accepted too). A run's
 `config.yaml` holds the fully resolved training config, so `golabels adapt --config` replays it.
@@ -10,140 +11,18 @@ import dataclasses
 import difflib
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 # Torch-free on purpose: every value is checked before torch and timm load (choices.py).
-from .choices import (ALIGNMENT_TERMS, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS,
-                      PRECISIONS, RECIPE_PARTS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SELECT_CHOICES, parse_recipe_name)
+from .choices import ALIGNMENT_TERMS, RECIPE_PARTS, parse_recipe_name
 from .errors import InputError
+from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, FIELDS, FROZEN_BACKBONE_METHOD, PRETRAINED_TRADE_OFF, RUN_FIELDS,
+                      TRAINED_BACKBONE_METHOD, AdaptConfig, declaration, default_workers, option_name, recipe_or_none)
 from .yaml_files import read_yaml_mapping
 from .trackers import check_logger
-DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
-DEFAULT_HEAD_START = 0
-PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned
-FROZEN_BACKBONE_METHOD = "cdan-e+bnm"  # --method's default with --freeze-backbone (issue 33)
-TRAINED_BACKBONE_METHOD = "cdan-e"  # --method's default when the backbone trains (issue 22)
-
-
-@dataclass
-class AdaptConfig:
-    source: str | None = None
-    target: str | None = None
-    backbone: str = "resnet50"
-    # A recipe (methods/recipe.py). None: FROZEN_BACKBONE_METHOD with --freeze-backbone, where a
-    # loss on the target's predictions beside CDAN+E was measured 7.0 and 5.3 points above CDAN+E
-    # alone on Office-31 (issue 33); TRAINED_BACKBONE_METHOD when the backbone trains, where the
-    # losses on predictions are not measured yet (benchmarks/RESULTS.md).
-    method: str | None = None
-    # fixed, not go: with CDAN+E, Go-labels lost to fixed labels on Office-31 on every measured
-    # recipe and were level on digits (benchmarks/RESULTS.md, issue 22); --domain-labels go to use them.
-    domain_labels: str = "fixed"
-    iters: int = 10000
-    batch_size: int = 32  # per domain: each step sees batch_size source + batch_size target images
-    lr: float = 0.01  # new layers; the pretrained backbone gets lr * backbone_lr_mult
-    backbone_lr_mult: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    # reference: lambda's horizon is 10000 iterations and gamma 0.001 whatever --iters (the original
-    # CDAN code, TLlib); scaled: both follow --iters (horizon = iters, gamma = 20 / iters).
-    schedule: str = "scaled"
-    lr_gamma: float | None = None  # lr * (1 + gamma * i) ** -lr_decay; None: resolved_lr_gamma()
-    lr_decay: float = 0.75
-    grl_alpha: float = 10.0
-    # joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code);
-    # per-domain: one pass per domain, each normalized with its own batch statistics (GVB's, ASAN's code).
-    forward: str = "joint"
-    # BatchNorm running statistics the model is evaluated and shipped with: train (training's running
-    # averages, over source+target batches) or target (re-estimated on the target sample, AdaBN).
-    # None: target for the adversarial methods, train for source-only, which reads no target image,
-    # and with --sync-bn (measured: benchmarks/RESULTS.md, "--bn-stats").
-    bn_stats: str | None = None
-    # Fine-tuning only (not --freeze-backbone). freeze_bn: the backbone's BatchNorm layers keep their
-    # pretrained running statistics (eval mode) while its weights train. head_start: iterations that
-    # fit the bottleneck and head on the frozen backbone's cached features, with the source's labels,
-    # before the first fine-tuning step (LP-FT, Kumar et al. 2022): a random head's gradients then
-    # do not distort the pretrained features. Not counted in --iters.
-    # None: freeze_bn on and head_start 0 when fine-tuning a pretrained backbone, off otherwise
-    # (measured: benchmarks/RESULTS.md, issue 23).
-    freeze_bn: bool | None = None
-    head_start: int | None = None
-    # auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 | fp16 (CUDA, with loss scaling) | fp32.
-    precision: str = "auto"
-    cdan_map: str = "auto"  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 4096 dims)
-    discriminator: str | None = None  # batchnorm | dropout; None: the method's reference (Method.reference_discriminator)
-    # Weight of the adversarial loss (the mean over source and target rows). None: 2 with a
-    # pretrained backbone, frozen (issue 22) or fine-tuned with its BatchNorm statistics kept
-    # (issue 23); 1 for a backbone trained from random init (digits, issue 22). benchmarks/RESULTS.md.
-    trade_off: float | None = None
-    bridge_g_weight: float = 1.0  # gvb: weight of the classifier bridge's mean |output|
-    bridge_d_weight: float = 1.0  # gvb: weight of the discriminator bridge's mean |output|
-    rsl_weight: float = 1e-3  # asan: weight of the relevance spectral alignment loss
-    rsl_k: int = 11  # asan: how many of the smallest source singular values are shrunk
-    target_loss_weight: float = 1.0  # mcc, bnm, im: weight of the losses on the target's predictions
-    # mcc: softmax temperature. 2.0, not the MCC paper's and TLlib's 2.5: on Office-31 (frozen lite0,
-    # 5 seeds) 2.0 read 2.4 and 4.0 points above 2.5, and 3.5 collapsed below source-only (issue 33).
-    mcc_temperature: float = 2.0
-    bottleneck_dim: int = 256
-    disc_hidden: int = 1024
-    image_size: int | None = None  # None: the backbone's own input size
-    min_crop: float = 0.08  # RandomResizedCrop's smallest area fraction
-    hflip: float = 0.5
-    pretrained: bool = True
-    weights: str | None = None
-    eval_dir: str | None = None
-    # validators (and --eval-dir) every N iterations; 0: at the end only. None: default_eval_every(),
-    # a tenth of the run, for a curve in results.png at under 5 % of the run's time (issue 34).
-    eval_every: int | None = None
-    val_split: float = 0.1  # fraction of each source class held out for src-acc and dev
-    val_target_images: int = 2000  # target images the validators look at (a fixed random sample); 0: all
-    select: str = "last"  # which evaluated snapshot becomes model.safetensors (validators.py)
-    log_every: int = 10
-    save_every: int = 500  # full training state to checkpoint.pt every N iterations; 0: at the end only
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None  # None: min(8, cpus - 1)
-    freeze_backbone: bool = False  # train on backbone features computed once and cached (features.py)
-    cache_dir: str | None = None  # feature cache; None: $GOLABELS_CACHE or ~/.cache/golabels
-    cache_images: bool = False  # keep decoded, resized training images in memory
-    compile: bool = False  # torch.compile the classifier
-    deterministic: bool = False  # no cudnn.benchmark; deterministic cuDNN kernels (CUDA only)
-    devices: int = 1  # local data-parallel processes (docs/scaling.md); batch_size stays per process
-    lr_scaling: str = "none"  # none | linear | sqrt: lr multiplied by 1, world or sqrt(world)
-    sync_bn: bool = False  # SyncBatchNorm in the classifier across processes (CUDA)
-    # None: decided by resolve_balancing once the source folder is counted (docs/label-shift.md).
-    balance_source: bool | None = None  # class-balanced source sampling
-    balance_target: bool | None = None  # target sampling balanced by the current pseudo-labels
-    label_shift_weights: bool = False  # source losses re-weighted by the estimated target class prior
-    refresh_every: int = 100  # iterations between re-estimates of the target's pseudo-labels and prior
-    logger: str | None = None  # tensorboard | mlflow: the run's figures in an experiment tracker too (trackers.py)
-
-    def resolved_lr_gamma(self) -> float:
-        # TLlib's gamma = 1e-3 over 20000 iterations; scaling keeps the final lr at the same fraction.
-        # A recipe with losses on the target's predictions keeps the reference decay whatever
-        # --schedule says: at 1000 iterations the scaled one (lr at 0.10x by the end, not 0.59x)
-        # cost MCC 5-11 points on Office-31, BNM up to 1 (benchmarks/RESULTS.md, issue 33).
-        if self.lr_gamma is not None:
-            return self.lr_gamma
-        if self.schedule == "reference" or _target_losses(self.method):
-            return REFERENCE_LR_GAMMA
-        return 20.0 / max(self.iters, 1)
-
-    def grl_horizon(self) -> int:
-        """The iteration at which the reversal coefficient reaches 0.99 (with grl_alpha 10)."""
-        return REFERENCE_HORIZON if self.schedule == "reference" else self.iters
-
-    def resolved_workers(self) -> int:
-        return self.workers if self.workers is not None else default_workers()
-
-
-def _target_losses(method: str | None) -> bool:
-    recipe = _recipe_or_none(method)
-    return recipe is not None and bool(recipe.target_losses)
-
 
 DEFAULT_EVALUATIONS = 10  # a curve of ten points in results.png
 # Iterations between evaluations at least, so that they cost at most about 5 % of the run: one
@@ -164,23 +43,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GOLABELS_CACHE") or Path.home() / ".cache" / "golabels").expanduser().absolute()
 
 
-def default_workers() -> int:
-    """Loader processes when not given: one core left to the main process, at most 8."""
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
-
-
-# Options that shape the output of one invocation, not the training: never stored in config.yaml.
-RUN_OPTIONS = ("out", "exist_ok", "json", "quiet", "debug", "resume")
+# Options that shape one invocation, not the training (options.RunOptions), that a config file may hold.
+RUN_OPTIONS = tuple(name for name in RUN_FIELDS if name not in ("config", "print_config"))
 # What may change when a run is resumed: nothing that changes the weights it will end with.
 RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images", "devices", "logger")
 COMMAND_LINE_ONLY = ("resume", "json", "quiet", "debug")
-RUN_OPTION_TYPES = {"out": "str | None", "exist_ok": "bool", "json": "bool", "quiet": "bool", "debug": "bool", "resume": "str | None"}
+RUN_OPTION_TYPES = {name: RUN_FIELDS[name].type for name in RUN_OPTIONS}
 PATH_FIELDS = ("source", "target", "weights", "eval_dir", "cache_dir")
-FIELDS = {f.name: f for f in dataclasses.fields(AdaptConfig)}
-
-
-def option_name(key: str) -> str:
-    return key.replace("_", "-")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -231,7 +100,7 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
     _check_types(cfg)
     if cfg.method is None:
         cfg.method = FROZEN_BACKBONE_METHOD if cfg.freeze_backbone else TRAINED_BACKBONE_METHOD
-    method = _recipe_or_none(cfg.method)  # an unknown one is left to validate(), after what it checks first
+    method = recipe_or_none(cfg.method)  # an unknown one is left to validate(), after what it checks first
     for name in PATH_FIELDS:
         value = getattr(cfg, name)
         if value is not None:
@@ -272,7 +141,7 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
     with. A run too short to reach its first target estimate (at --refresh-every) draws the target
     as it is, where asking for --balance-target explicitly is refused. Returns the flags it turned
     on."""
-    recipe = _recipe_or_none(cfg.method)
+    recipe = recipe_or_none(cfg.method)
     on = imbalanced and recipe is not None and recipe.adversarial
     chosen = []
     if cfg.balance_source is None:
@@ -284,13 +153,6 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
         if cfg.balance_target:
             chosen.append("--balance-target")
     return chosen
-
-
-def _recipe_or_none(name: Any):
-    try:
-        return parse_recipe_name(name)
-    except (ValueError, TypeError):  # TypeError: a value of another type (a YAML list), refused by validate()
-        return None
 
 
 def _check_recipe(name: str) -> None:
@@ -384,20 +246,14 @@ def validate(cfg: AdaptConfig) -> None:
     if not cfg.source or not cfg.target:
         raise InputError("adapt needs a SOURCE and a TARGET folder", "golabels adapt SOURCE TARGET, or --config FILE")
     _check_recipe(cfg.method)
-    _choice("domain_labels", cfg.domain_labels, DOMAIN_LABEL_MODES)
-    _choice("device", cfg.device, DEVICES)
-    _choice("select", cfg.select, SELECT_CHOICES)
-    _choice("lr_scaling", cfg.lr_scaling, LR_SCALINGS)
-    _choice("schedule", cfg.schedule, SCHEDULES)
-    _choice("cdan_map", cfg.cdan_map, CDAN_MAPS)
-    _choice("forward", cfg.forward, FORWARDS)
-    _choice("bn_stats", cfg.bn_stats, BN_STATS)
+    for name, f in FIELDS.items():  # None is left to the checks below: each field's default says when it may be
+        choices = declaration(f).choices
+        if choices and getattr(cfg, name) is not None:
+            _choice(name, getattr(cfg, name), choices)
     if cfg.bn_stats == "target" and cfg.sync_bn:
         raise InputError("--bn-stats target re-estimates BatchNorm on one process, where --sync-bn's layers would wait for the others",
                          "use --bn-stats train with --sync-bn")
-    _choice("precision", cfg.precision, PRECISIONS)
     if cfg.logger is not None:
-        _choice("logger", cfg.logger, LOGGERS)
         check_logger(cfg.logger)
     if cfg.head_start < 0:  # types are checked above
         raise InputError(f"--head-start must be a non-negative integer, got {cfg.head_start!r}")
@@ -412,7 +268,6 @@ def validate(cfg: AdaptConfig) -> None:
     if cfg.forward == "per-domain" and cfg.devices > 1:
         raise InputError("forward: per-domain runs two forward passes a step, which DDP's gradient hooks do not allow",
                          "use forward: joint with --devices above 1")
-    _choice("discriminator", cfg.discriminator, DISCRIMINATORS)
     for name in ("iters", "batch_size", "bottleneck_dim", "disc_hidden", "log_every", "devices", "refresh_every"):
         value = getattr(cfg, name)
         if value < 1:  # types are checked above: these are integers

@@ -5,7 +5,16 @@ argument its metavar in the usage line and the panel alike (RUN_OR_MODEL, DIR); 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from typing import Any, Callable, Optional
+
+import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+from typing_extensions import Annotated
+
+from .options import PANELS, declaration, option_name
 
 # A value option's metavar by its Python type, where the option does not name one itself.
 TYPE_METAVARS = {int: "N", float: "NUMBER"}
@@ -58,3 +67,42 @@ class Group(TyperGroup):
         params = super().get_params(ctx)
         name_what_to_type(params)
         return params
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _parameter(f: dataclasses.Field) -> inspect.Parameter:
+    """One typer parameter from a declared field (options.Option)."""
+    spec = declaration(f)
+    kinds = [k.strip() for k in f.type.split("|")]
+    annotation = Optional[_TYPES[kinds[0]]] if "None" in kinds else _TYPES[kinds[0]]
+    shown = f.default is not None  # an option decided from others says how in its help
+    if spec.argument:
+        info = typer.Argument(metavar=f.name.upper(), help=spec.text(), show_default=False)
+    else:
+        name = "--" + option_name(f.name)
+        flag = f"{name}/--no-{option_name(f.name)}" if kinds[0] == "bool" and f.default is not False else name
+        info = typer.Option(flag, *([spec.short] if spec.short else []), help=spec.text(), metavar=spec.metavar,
+                            show_default=shown, rich_help_panel=spec.panel)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=Annotated[annotation, info])
+
+
+def with_declared_options(*declarations: type) -> Callable:
+    """Decorate `fn(ctx, **options)`: typer reads one parameter per field of the dataclasses
+    `declarations` (options.py), arguments first, options in the order of their --help panels."""
+    fields = [f for declared in declarations for f in dataclasses.fields(declared)]
+    fields.sort(key=lambda f: (not declaration(f).argument, PANELS.index(declaration(f).panel) if declaration(f).panel else -1))
+    ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    signature = inspect.Signature([ctx, *(_parameter(f) for f in fields)])
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def command(ctx: typer.Context, **options: Any) -> Any:
+            return fn(ctx, **options)
+
+        command.__signature__ = signature
+        command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        return command
+
+    return decorate

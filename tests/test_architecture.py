@@ -101,7 +101,8 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
     import typing
 
     from golabels_cli import cli
-    from golabels_cli.config import BN_STATS, FORWARDS, PRECISIONS, AdaptConfig
+    from golabels_cli.choices import BN_STATS, FORWARDS, PRECISIONS
+    from golabels_cli.config import AdaptConfig
     from golabels_cli.device import DEVICES
     from golabels_cli.domain_labels import MODES
     from golabels_cli.examples import ADAPT_EPILOG
@@ -204,3 +205,44 @@ def test_every_package_ships_in_the_wheel():
     include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     expected = {".".join(p.parent.relative_to(root).parts) for top in ("golabels", "golabels_cli") for p in (root / top).rglob("__init__.py")}
     assert set(setuptools.find_packages(str(root), include=include)) == expected
+
+
+def test_every_adapt_option_is_generated_from_its_declaration():
+    """Adding an adapt option is one field of options.AdaptConfig (or RunOptions): the command's
+    parameters, defaults, help and panels are generated from it, and config.validate checks its
+    declared choices."""
+    import dataclasses
+
+    import pytest
+    from typer.main import get_command
+
+    from golabels_cli.choices import RECIPE_PARTS
+    from golabels_cli.cli import app
+    from golabels_cli.config import build_config
+    from golabels_cli.errors import InputError
+    from golabels_cli.options import AdaptConfig, RunOptions, declaration
+
+    command = get_command(app).commands["adapt"]
+    params = {p.name: p for p in command.params}
+    declared = [*dataclasses.fields(AdaptConfig), *dataclasses.fields(RunOptions)]
+    assert set(params) - {"help"} == {f.name for f in declared}
+    for f in declared:
+        spec, param = declaration(f), params[f.name]
+        assert param.default == f.default and param.help == spec.text(), f.name
+        assert getattr(param, "rich_help_panel", None) == spec.panel, f.name
+        assert all(choice in spec.text() for choice in spec.choices), f.name  # every choice is offered in --help
+        assert set(spec.methods) <= set(RECIPE_PARTS) and all(part in param.help for part in spec.methods), f.name
+    for f in dataclasses.fields(AdaptConfig):
+        if declaration(f).choices:
+            with pytest.raises(InputError, match=f"unknown {f.name.replace('_', '-')} 'no-such-value'"):
+                build_config({"source": "s", "target": "t", "method": "cdan-e", f.name: "no-such-value"})
+
+
+def test_a_methods_own_options_are_the_ones_declared_for_it():
+    from golabels_cli.methods import REGISTRY, TARGET_LOSSES, get_recipe
+    from golabels_cli.options import options_of
+
+    for name, part in (*REGISTRY.items(), *TARGET_LOSSES.items()):
+        assert part.options == options_of(name), name
+    assert get_recipe("cdan-e+mcc").options == ("target_loss_weight", "mcc_temperature")
+    assert get_recipe("gvb+bnm").options == ("bridge_g_weight", "bridge_d_weight", "target_loss_weight")

@@ -69,7 +69,7 @@ class Method:
     extra_loss: ExtraLossInputs -> a scalar added to the total loss (logged as loss_extra), or None.
     bridged_head, discriminator_bridge, spectral_discriminator: the model's variants (models.py).
     reference_discriminator: the discriminator of the method's reference code (--discriminator's default).
-    options: the config keys only this method reads, with their defaults in AdaptConfig.
+    options: the config keys only this method reads (options.options_of: declared with their field).
     """
 
     name: str

@@ -16,6 +16,7 @@ Shapes: f [N, F], g [N, C] -> D's input [N, F * C] (or [N, 1024] randomized); s,
 
 import torch
 
+from ..options import options_of
 from .adversarial import ExtraLossInputs, Method, entropy_weights
 
 
@@ -42,5 +43,5 @@ METHOD = Method(
     extra_loss=spectral_loss,
     spectral_discriminator=True,
     reference_discriminator="dropout",
-    options=("rsl_weight", "rsl_k"),
+    options=options_of("asan"),
 )

@@ -14,6 +14,7 @@ Shapes: z [B, C] -> scalar.
 import torch
 import torch.nn.functional as F
 
+from ..options import options_of
 from .recipe import TargetLoss
 
 
@@ -26,4 +27,5 @@ LOSS = TargetLoss(
     name="bnm",
     summary="batch nuclear-norm maximization on the target's predictions (Cui et al. 2020)",
     loss=lambda logits, options: batch_nuclear_norm(logits),
+    options=options_of("bnm"),
 )

@@ -17,6 +17,7 @@ Shapes: g [N, C] -> D's input [N, C]; w [N].
 import torch
 import torch.nn.functional as F
 
+from ..options import options_of
 from .adversarial import ExtraLossInputs, Method, grad_reverse
 
 
@@ -44,5 +45,5 @@ METHOD = Method(
     bridged_head=True,
     discriminator_bridge=True,
     reference_discriminator="dropout",
-    options=("bridge_g_weight", "bridge_d_weight"),
+    options=options_of("gvb"),
 )

@@ -13,6 +13,7 @@ Shapes: z [B, C] -> scalar.
 import torch
 import torch.nn.functional as F
 
+from ..options import options_of
 from .adversarial import entropy
 from .recipe import TargetLoss
 
@@ -26,4 +27,5 @@ LOSS = TargetLoss(
     name="im",
     summary="information maximization on the target's predictions (SHOT, Liang et al. 2020)",
     loss=lambda logits, options: information_maximization(logits),
+    options=options_of("im"),
 )

@@ -16,6 +16,7 @@ Shapes: z [B, C] -> scalar.
 import torch
 import torch.nn.functional as F
 
+from ..options import options_of
 from .adversarial import entropy
 from .recipe import TargetLoss
 
@@ -34,5 +35,5 @@ LOSS = TargetLoss(
     name="mcc",
     summary="minimum class confusion on the target's predictions (Jin et al. 2020); no discriminator",
     loss=lambda logits, options: minimum_class_confusion(logits, options["mcc_temperature"]),
-    options=("mcc_temperature",),
+    options=options_of("mcc"),
 )

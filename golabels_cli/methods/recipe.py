@@ -26,7 +26,7 @@ class TargetLoss:
     """A loss on the target's predictions.
 
     loss: (target logits [B, C], the loss's own options) -> a scalar to minimize.
-    options: the config keys only this loss reads, with their defaults in AdaptConfig.
+    options: the config keys this loss reads beyond the shared ones (options.options_of).
     """
 
     name: str
@@ -56,10 +56,7 @@ class Recipe:
     @property
     def options(self) -> tuple[str, ...]:
         """The config keys the recipe's parts read beyond the shared ones."""
-        extra = [name for loss in self.target_losses for name in loss.options]
-        if self.target_losses:
-            extra.insert(0, "target_loss_weight")
-        return (*self.alignment.options, *extra)
+        return tuple(dict.fromkeys((*self.alignment.options, *(name for loss in self.target_losses for name in loss.options))))
 
     def target_loss(self, target_logits: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
         """The unweighted sum of the recipe's target losses (0 without any)."""
