@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from golabels_cli.images import IMAGE_EXTENSIONS  # noqa: E402
+from golabels.hooks import IMAGE_EXTENSIONS  # noqa: E402
 
 MIN_PER_CLASS = 5
 

@@ -3,7 +3,7 @@
 Builds a golabels classifier on the backbone (pretrained from --weights, or random init; the
 bottleneck and head are random, the head scaled so that probabilities are peaked as a trained
 model's are: export and speed don't depend on what the weights learned), saves it the way a run
-does, exports it with `golabels_cli.export.export_onnx` (which verifies it), then times PyTorch
+does, exports it with `golabels.export_onnx` (which verifies it), then times PyTorch
 eval and onnxruntime on the same batch, alternating, on this machine's CPU.
 
     python benchmarks/onnx_speed.py --backbone tf_efficientnet_lite0 \\
@@ -28,10 +28,8 @@ import onnxruntime as ort
 import torch
 import yaml
 
-from golabels_cli.checkpoint import save_model
-from golabels_cli.export import export_onnx, verification_batch
-from golabels_cli.model_info import ModelInfo
-from golabels_cli.models import Classifier, create_backbone, resolve_data_config
+from golabels import export_onnx
+from golabels.hooks import Classifier, ModelInfo, create_backbone, resolve_data_config, save_model, verification_batch
 
 
 def main() -> None:

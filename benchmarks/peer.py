@@ -57,10 +57,7 @@ from torch.optim import SGD  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from golabels_cli.data import scan_labeled  # noqa: E402
-from golabels_cli.device import pick_device  # noqa: E402
-from golabels_cli.features import backbone_features, model_key  # noqa: E402
-from golabels_cli.models import create_backbone, resolve_data_config  # noqa: E402
+from golabels.hooks import backbone_features, create_backbone, model_key, pick_device, resolve_data_config, scan_labeled  # noqa: E402
 
 # The runtime shims applied to make TLlib import and run here, one line each (filled by load_tllib as it applies them).
 PEER_PATCHES: list[str] = []

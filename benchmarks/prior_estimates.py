@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from golabels_cli.data import class_counts, scan_labeled
-from golabels_cli.label_shift import SHIFT_WARNING
-from golabels_cli.label_shift import total_variation as tv
+from golabels.hooks import SHIFT_WARNING, class_counts, scan_labeled
+from golabels.hooks import total_variation as tv
 
 
 def class_shares(folder: Path, classes: list[str]) -> list[float]:

@@ -26,22 +26,19 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from golabels_cli.config import build_config  # noqa: E402
-from golabels_cli.training import LoopState, build  # noqa: E402
-from golabels_cli.training.selection import validate  # noqa: E402
-from golabels_cli.training.target_estimate import eval_shift, warn_on_label_shift  # noqa: E402
+import golabels  # noqa: E402
+from golabels.hooks import LoopState, build, eval_shift, validate_snapshot, warn_on_label_shift  # noqa: E402
 
 
 def reading(run: Path) -> dict:
     """The last evaluation of the run's shipped model, and whether the warning fires on it."""
-    cfg = build_config({k.replace("-", "_"): v for k, v in yaml.safe_load((run / "config.yaml").read_text()).items()})
+    cfg = golabels.load_config(run / "config.yaml")
     cfg.cache_images = False
     t = build(cfg)
     t.model.load_state_dict(load_file(str(run / "model.safetensors")))
-    scores = {"iter": cfg.iters, **validate(t, LoopState())}
+    scores = {"iter": cfg.iters, **validate_snapshot(t, LoopState())}
     fired = []
     handler = logging.Handler()
     handler.emit = lambda record: fired.append(record.getMessage())

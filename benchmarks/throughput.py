@@ -47,13 +47,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from golabels_cli.config import build_config
-from golabels_cli.data import ImageSet, InfiniteDraws, TrainImages, decode_for_training, scan_unlabeled, train_loader, train_transform
-from golabels_cli.images import image_files, load_rgb, resize_shorter, scale_size
-from golabels_cli.synthetic import make_two_domains
-from golabels_cli.inference import autocast
-from golabels_cli.methods import grad_reverse
-from golabels_cli.training import Training, build, train_step
+import golabels
+from golabels.hooks import (ImageSet, InfiniteDraws, TrainImages, Training, autocast, build, decode_for_training, grad_reverse, image_files,
+                            load_rgb, make_two_domains, resize_shorter, scale_size, scan_unlabeled, train_step, train_transform)
 
 
 def sync(device: torch.device) -> None:
@@ -84,7 +80,7 @@ def make_training(args, folder: Path, **overrides) -> Training:
     values = dict(source=str(folder / "source"), target=str(folder / "target"), backbone=args.backbone, image_size=args.image_size,
                   pretrained=False, weights=args.weights, batch_size=args.batch, device=args.device, workers=0, seed=0,
                   cache_dir=str(folder / "cache"), method="cdan-e", domain_labels="go")
-    return build(build_config({**values, **overrides}))
+    return build(golabels.config(**{**values, **overrides}))
 
 
 def adapt_stepper(t: Training, xs, ys, xt):
@@ -202,7 +198,7 @@ def step_fits(t: Training, size: int, classes: int):
 
 def predict_rate(model: Path, device: str, paths: list[str], batch: int, workers: int) -> tuple[float, str]:
     """Images/s of golabels predict's library path (decode, preprocess, run) over `paths`, and its backend."""
-    from golabels_cli.predict import open_predictor, predict_batches
+    from golabels.hooks import open_predictor, predict_batches
 
     predictor = open_predictor(str(model), device)
     list(predict_batches(predictor, paths[:batch], batch, workers))  # warm-up: sessions, kernels
@@ -353,15 +349,13 @@ def main() -> None:
 
         jpegs = jpeg_folder(folder, args.real_dir) if "h" in args.figures or "j" in args.figures else []
         if "h" in args.figures:
-            from golabels_cli.checkpoint import save_model
-            from golabels_cli.export import export_onnx
-            from golabels_cli.model_info import ModelInfo
+            from golabels.hooks import ModelInfo, save_model
 
             model_dir = folder / "model"
             model_dir.mkdir()
             save_model(t.model, ModelInfo(args.backbone, t.source.classes, t.data_config, t.cfg.bottleneck_dim, "cdan-e", "fixed"),
                        model_dir / "model.safetensors")
-            export_onnx(model_dir / "model.safetensors", model_dir / "model.onnx", verify=False)
+            golabels.export_onnx(model_dir / "model.safetensors", model_dir / "model.onnx", verify=False)
             photos = [str(p) for p in jpegs]
             photos = (photos * (512 // len(photos) + 1))[:512] if device.type == "cuda" else photos
             rates = {}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from golabels_cli.methods import Adversary, Batch, adversarial_loss, get_method, grl_coeff
+from golabels.hooks import Adversary, Batch, adversarial_loss, get_method, grl_coeff
 
 VARIANTS = (("source-only", None), ("dann", "fixed"), ("dann", "go"))
 

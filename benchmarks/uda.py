@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import dataclasses
 import json
 import logging
 import os
@@ -38,14 +39,13 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from golabels_cli.config import FIELDS, build_config  # noqa: E402
-from golabels_cli.errors import InputError  # noqa: E402
-from golabels_cli.methods import get_recipe  # noqa: E402
-from golabels_cli.remedies import REMEDIES as ADAPT_REMEDIES  # noqa: E402
-from golabels_cli.console import setup_logging  # noqa: E402
-from golabels_cli.report import VALIDATOR_KEYS, correlations, spearman  # noqa: E402
-from golabels_cli.training import adapt, resume  # noqa: E402
-from golabels_cli.validators import oriented  # noqa: E402
+import golabels  # noqa: E402
+from golabels import InputError  # noqa: E402
+from golabels.hooks import LABEL_FREE as VALIDATOR_KEYS  # noqa: E402
+from golabels.hooks import REMEDIES as ADAPT_REMEDIES  # noqa: E402
+from golabels.hooks import correlations, oriented, parse_method, spearman  # noqa: E402
+
+FIELDS = {f.name for f in dataclasses.fields(golabels.AdaptConfig)}
 
 
 @dataclass
@@ -83,7 +83,7 @@ def cells(tasks: list[str], methods: list[str], labels: list[str], seeds: int, r
 def unlabeled(method: str) -> bool:
     """A recipe with no discriminator: --domain-labels does nothing in it, so it is one cell per seed."""
     try:
-        return not get_recipe(method).adversarial
+        return not parse_method(method).adversarial
     except ValueError:
         raise SystemExit(f"uda.py: unknown --methods entry {method!r}") from None
 
@@ -115,7 +115,7 @@ def set_option(item: str) -> tuple[str, object]:
 
 
 def cell_config(cell: Cell, root: Path, options: dict):
-    return build_config({
+    return golabels.config(**{
         **options, "source": str(root / cell.source), "target": str(root / cell.target), "eval_dir": str(root / cell.target),
         "method": cell.method, "domain_labels": cell.labels or "fixed", "seed": cell.seed, **remedy_options(cell.remedy),
     })
@@ -144,10 +144,10 @@ def run_cell(cell: Cell, root: Path, out: Path, options: dict, wait: bool = True
         if (done := finished(run_dir)) is not None:
             return done
         if (run_dir / "checkpoint.pt").is_file():
-            return resume(run_dir)
+            return golabels.resume(run_dir).summary
         if run_dir.exists():
             shutil.rmtree(run_dir)  # stopped before its first checkpoint: this sweep's own folder, nothing to keep
-        return adapt(cell_config(cell, root, options), out=run_dir)
+        return golabels.adapt(cell_config(cell, root, options), out=run_dir).summary
 
 
 def mean_std(values: list[float]) -> str:
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--table-only", action="store_true", help="tabulate the cells already finished; run nothing")
     args = parser.parse_args(argv)
 
-    setup_logging(quiet=True)
+    logging.getLogger("golabels").setLevel(logging.ERROR)  # the table is the output; errors still show
     root, out = Path(args.root), Path(args.out)
     tasks, methods, labels = args.tasks.split(","), args.methods.split(","), args.domain_labels.split(",")
     remedies = [r for r in args.remedies.split(",") if r]

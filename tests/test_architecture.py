@@ -246,3 +246,24 @@ def test_a_methods_own_options_are_the_ones_declared_for_it():
         assert part.options == options_of(name), name
     assert get_recipe("cdan-e+mcc").options == ("target_loss_weight", "mcc_temperature")
     assert get_recipe("gvb+bnm").options == ("bridge_g_weight", "bridge_d_weight", "target_loss_weight")
+
+
+def test_benchmarks_use_only_the_public_api_and_the_documented_hooks():
+    """A benchmark imports names from `golabels` (the API) and `golabels.hooks` only, each one in
+    that module's __all__ and each hook documented in docs/python.md: nothing else in golabels_cli
+    is a contract, so moving it breaks no benchmark."""
+    import golabels
+    import golabels.hooks
+
+    root = PACKAGE.parent
+    allowed = {"golabels": set(golabels.__all__), "golabels.hooks": set(golabels.hooks.__all__)}
+    offenders = []
+    for path in sorted((root / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("golabels"):
+                offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in allowed.get(node.module, ())]
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("golabels") and a.name not in allowed]
+    assert not offenders, offenders
+    documented = (root / "docs" / "python.md").read_text()
+    assert not [name for name in golabels.hooks.__all__ if f"`{name}`" not in documented and f"`{name}(" not in documented]
