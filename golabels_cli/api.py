@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .config import FIELDS, AdaptConfig, build_config, load_yaml
 from .errors import InputError
+from . import run_files
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,14 +36,19 @@ log = logging.getLogger("golabels")
 
 @dataclass(frozen=True)
 class Run:
-    """A finished run: its directory and its summary.json's figures."""
+    """A finished run: its directory and its summary.json's figures. Under torchrun only rank 0
+    writes the run: the other processes get run_dir None and an empty summary."""
 
-    run_dir: Path
+    run_dir: Path | None
     summary: dict[str, Any]
 
+    @classmethod
+    def of(cls, summary: dict[str, Any]) -> "Run":
+        return cls(Path(summary["run_dir"]) if summary.get("run_dir") else None, summary)
+
     @property
-    def model_path(self) -> Path:
-        return self.run_dir / "model.safetensors"
+    def model_path(self) -> Path | None:
+        return self.run_dir / run_files.MODEL if self.run_dir is not None else None
 
     @property
     def target_acc(self) -> float | None:
@@ -78,6 +84,15 @@ def load_config(path: str | Path, **options: Any) -> AdaptConfig:
     return config(**{**values, **options})
 
 
+def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
+    """A copy of cfg as the run will write it to config.yaml (`adapt --print-config`): the defaults
+    that follow the source folder (balancing) and the backbone (its input size) resolved. Reads
+    the source folder; trains nothing."""
+    from .training import resolve_config as resolved
+
+    return resolved(cfg)
+
+
 def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Callable[[Any], None] | None = None) -> Run:
     """Train on cfg.source (labeled) and cfg.target (unlabeled) into `out` (default runs/adapt/exp,
     exp2, ...; never overwritten unless `exist_ok`). `progress` receives golabels_cli.progress's
@@ -89,8 +104,7 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     if cfg.devices > 1 and not launched_by_torchrun():
         raise InputError(f"devices={cfg.devices} starts worker processes, which golabels.adapt does not",
                          f"run golabels adapt --devices {cfg.devices}, or this script under torchrun")
-    summary = train_new(cfg, out, exist_ok, progress or no_events)
-    return Run(Path(summary["run_dir"]), summary)
+    return Run.of(train_new(cfg, out, exist_ok, progress or no_events))
 
 
 def resume(run_dir: str | Path, progress: Callable[[Any], None] | None = None, **overrides: Any) -> Run:
@@ -104,8 +118,7 @@ def resume(run_dir: str | Path, progress: Callable[[Any], None] | None = None, *
     if refused:
         raise InputError(f"{refused[0]} can't change on resume: a resumed run keeps its own config",
                          f"only {', '.join(RESUME_OPTIONS)} may change")
-    summary = train_on(run_dir, overrides, progress or no_events)
-    return Run(Path(summary["run_dir"]), summary)
+    return Run.of(train_on(run_dir, overrides, progress or no_events))
 
 
 def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> "EvalResult":

@@ -23,8 +23,8 @@ from .errors import InputError, reason
 from .formats import json_text
 from .images import require_regular
 from .model_info import ModelInfo
+from . import run_files
 
-MODEL_FILE = "model.safetensors"
 
 
 def _unwritable(path: Path, exc: OSError) -> InputError:
@@ -87,7 +87,7 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
     return os.path.commonpath([real, root]) == root
 
 
-def claim_run_dir(out: str | Path | None, exist_ok: bool, first_file: str = "config.yaml") -> Path:
+def claim_run_dir(out: str | Path | None, exist_ok: bool, first_file: str = run_files.CONFIG) -> Path:
     """Claim `out` for one process: a new folder, or an empty one, unless `exist_ok`.
 
     The claim is `first_file` created empty with O_EXCL inside the folder (the caller then writes
@@ -217,9 +217,9 @@ def _sorted_header(data: bytes) -> bytes:
 def model_path(run_or_model: str | Path) -> Path:
     path = Path(run_or_model)
     if path.is_dir():
-        path = path / MODEL_FILE
+        path = path / run_files.MODEL
         if not os.path.lexists(path):
-            raise InputError(f"{run_or_model} holds no {MODEL_FILE}", "pass a finished run directory or a model file")
+            raise InputError(f"{run_or_model} holds no {run_files.MODEL}", "pass a finished run directory or a model file")
     elif not os.path.lexists(path):
         raise InputError(f"{run_or_model} does not exist", "pass a run directory or a model.safetensors file")
     require_regular(path, "model", "pass a run directory or a model.safetensors file")  # a FIFO would block for ever

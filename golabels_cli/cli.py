@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -108,7 +107,7 @@ def adapt(ctx: typer.Context, **options: Any) -> None:
     progress = AdaptProgress(quiet=quiet)
     try:
         with _steps_shown(quiet, adapt=progress):
-            summary = run(progress=progress)
+            summary = run(progress=progress).summary
     except Exception as exc:
         reported = rank_error(exc, rank)
         try:
@@ -129,8 +128,8 @@ def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debu
     """adapt --resume: the run to call, or None when worker processes ran it (--devices)."""
     from .config import RESUME_OPTIONS
     from .yaml_files import run_config
+    from .api import resume
     from .distributed import check_devices, launch, launched_by_torchrun, option_flags
-    from .training import resume
 
     changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*RESUME_OPTIONS, "resume", "json", "quiet", "debug")]
     if changed:
@@ -144,7 +143,7 @@ def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debu
     if devices > 1 and not launched_by_torchrun():
         launch(devices, ["adapt", "--resume", run_dir, *option_flags({**overrides, "devices": devices}), *output_flags], debug)
         return None
-    return functools.partial(resume, run_dir, overrides)
+    return functools.partial(resume, run_dir, **overrides)
 
 
 def _new_run(ctx: typer.Context, config: str | None, print_config: bool, output_flags: list[str], debug: bool) -> Callable | None:
@@ -162,8 +161,8 @@ def _new_run(ctx: typer.Context, config: str | None, print_config: bool, output_
     cfg = build_config(values)  # every value checked before torch and timm load: a typo is refused in a second
     if recomputed:
         log.info("%s: computed again for the options given here, not read from %s", ", ".join(recomputed), config)
+    from .api import adapt, resolve_config
     from .distributed import check_devices, launch_new_run, launched_by_torchrun
-    from .training import adapt, resolve_config
 
     if print_config:
         sys.stdout.write(to_yaml(resolve_config(cfg)))
@@ -205,17 +204,12 @@ def eval_(
     debug: DebugOpt = False,
 ) -> None:
     """Top-1 and mean per-class accuracy, a per-class table and the confusion matrix on a labeled folder."""
-    from .checkpoint import remove_stale_temporaries, write_text_atomic
+    from .api import evaluate
     from .config import default_workers
-    from .errors import RunError, reason
-    from .evaluate import confusion_csv, evaluate
+    from .evaluate import check_new_file, write_confusion_csv, write_confusion_plots
 
     if confusion:
-        folder = Path(confusion).parent
-        if Path(confusion).exists():
-            raise InputError(f"{confusion} already exists", "choose another --confusion file or remove it")
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise InputError(f"--confusion {confusion}: {folder} is not a folder you can write to", "create it, or pass a path in one")
+        check_new_file(confusion, "--confusion")
     if workers is None:
         workers = default_workers()  # as adapt: the images decode beside the model
     if batch_size < 1 or workers < 0:
@@ -223,26 +217,10 @@ def eval_(
     with _steps_shown(quiet):
         result = evaluate(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
     if confusion:
-        remove_stale_temporaries(Path(confusion).parent, Path(confusion).name)
-        try:
-            write_text_atomic(confusion, confusion_csv(result), replace=False)
-        except FileExistsError:
-            raise InputError(f"{confusion} was created by another process during the evaluation; it is left as it is",
-                             "choose another --confusion file") from None
-        except OSError as exc:
-            raise RunError(f"cannot write {confusion} ({reason(exc)})", "check the folder's permissions and free space") from exc
-    figures: list[Path] | None = []
-    if plots:
-        from .checkpoint import model_path
-        from .figures import write_confusion_figures
-
-        folder = model_path(run_or_model).parent
-        try:
-            figures = write_confusion_figures(result, folder, data_dir, f"{run_or_model} on {data_dir}")
-        except OSError as exc:
-            raise RunError(f"cannot write the confusion matrices into {folder} ({reason(exc)})", "check the folder's permissions") from exc
-        if figures is None:
-            stderr.print("no confusion-matrix figures: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
+        write_confusion_csv(result, confusion)
+    figures = write_confusion_plots(result, run_or_model, data_dir) if plots else []
+    if figures is None:
+        stderr.print("no confusion-matrix figures: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
     if json_:
         print_json({**result.to_dict(), **({"confusion_figures": [str(f) for f in figures or []]} if plots else {})})
     else:
@@ -309,7 +287,7 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Export an adapted model to ONNX, with its classes and preprocessing in the file, verified against PyTorch."""
-    from .export import export_onnx
+    from .api import export_onnx
 
     if batch is not None and dynamic_batch:
         raise InputError("--batch and --dynamic-batch exclude each other", "pass one of them")

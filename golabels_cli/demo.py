@@ -6,15 +6,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from . import api
 from .checkpoint import claim_run_dir, next_run_dir, write_json_atomic, write_text_atomic
-from .config import build_config
 from .errors import InputError
-from .export import export_onnx
 from .images import image_files
 from .predict import csv_header, csv_row, open_predictor, predict_batches
 from .synthetic import make_digit_domains
-from .progress import no_events
-from .training import adapt
 
 DEMO_BACKBONE = "test_resnet"
 DEMO_ITERS = 1000
@@ -58,11 +55,11 @@ def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Call
     )
     result: dict[str, Any] = {"data": {"source": str(source), "target": str(target)}, "seed": seed}
     for key, options in (("source_only", {"method": "source-only"}), ("adapted", {})):
-        cfg = build_config({**common, **options})
+        cfg = api.config(**common, **options)
         say(f"adapt --method {cfg.method}" + ("" if options else f" --domain-labels {cfg.domain_labels} (golabels' defaults)"))
         progress = progress_factory()
         try:
-            summary = adapt(cfg, out=root / ("source-only" if options else "adapted"), progress=progress or no_events)
+            summary = api.adapt(cfg, out=root / ("source-only" if options else "adapted"), progress=progress).summary
         finally:
             if progress is not None:
                 progress.close()
@@ -71,7 +68,7 @@ def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Call
     result["gain"] = result["adapted"]["target_acc"] - result["source_only"]["target_acc"]
 
     say("golabels export --onnx, then golabels predict with the ONNX file on the target images")
-    exported = export_onnx(result["adapted"]["run_dir"])
+    exported = api.export_onnx(result["adapted"]["run_dir"])
     result["export"] = {"onnx": exported.path, "max_abs_diff": exported.max_abs_diff}
     result["predict"] = _predict_to_csv(exported.path, target, root / "predictions.csv")
     write_json_atomic(root / RESULT_FILE, result)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import AlreadyReported, GolabelsError, InputError, Interrupted, RunError, reason
+from . import run_files
 
 # torch is imported where a collective runs, not here: `adapt` asks env_rank() and rank_error()
 # before its options are checked, and a bad value is refused before torch loads.
@@ -239,7 +240,7 @@ def launch_new_run(config_yaml: str, devices: int, out: str | None, exist_ok: bo
     from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="golabels-launch-") as tmp:
-        config = Path(tmp) / "config.yaml"
+        config = Path(tmp) / run_files.CONFIG
         config.write_text(config_yaml)
         args = ["adapt", "--config", str(config)]
         if out:

@@ -3,10 +3,12 @@ name (the forward pass and the scoring are inference.py's, which training uses t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from .errors import InputError, RunError, reason
 from .formats import csv_line
 from .inference import EvalResult, evaluate_images, labeled_for_model, score
 
@@ -44,6 +46,42 @@ def _frozen_backbone_cache(run_or_model: str | Path) -> str | None:
         return None
     folder = values.get("cache_dir")
     return folder if isinstance(folder, str) else ""
+
+
+def check_new_file(path: str | Path, option: str) -> None:
+    """Before any work: `path` is free, in a folder this user can write to (nothing is overwritten)."""
+    folder = Path(path).parent
+    if Path(path).exists():
+        raise InputError(f"{path} already exists", f"choose another {option} file or remove it")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: {folder} is not a folder you can write to", "create it, or pass a path in one")
+
+
+def write_confusion_csv(result: EvalResult, path: str | Path) -> None:
+    """The confusion matrix as CSV at `path`, atomically, never over a file another process made meanwhile."""
+    from .checkpoint import remove_stale_temporaries, write_text_atomic
+
+    remove_stale_temporaries(Path(path).parent, Path(path).name)
+    try:
+        write_text_atomic(path, confusion_csv(result), replace=False)
+    except FileExistsError:
+        raise InputError(f"{path} was created by another process during the evaluation; it is left as it is",
+                         "choose another --confusion file") from None
+    except OSError as exc:
+        raise RunError(f"cannot write {path} ({reason(exc)})", "check the folder's permissions and free space") from exc
+
+
+def write_confusion_plots(result: EvalResult, run_or_model: str | Path, data_dir: str | Path) -> list[Path] | None:
+    """`eval --plots`: the two confusion-matrix PNGs beside the model (run_files.confusion_figures);
+    None without matplotlib."""
+    from .checkpoint import model_path
+    from .figures import write_confusion_figures
+
+    folder = model_path(run_or_model).parent
+    try:
+        return write_confusion_figures(result, folder, data_dir, f"{run_or_model} on {data_dir}")
+    except OSError as exc:
+        raise RunError(f"cannot write the confusion matrices into {folder} ({reason(exc)})", "check the folder's permissions") from exc
 
 
 def confusion_csv(result: EvalResult) -> str:

@@ -29,6 +29,7 @@ from .errors import InputError, RunError, reason
 from .images import image_files, load_array
 from .model_info import ModelInfo
 from .progress import phases, tracked
+from . import run_files
 
 log = logging.getLogger("golabels")
 
@@ -67,7 +68,7 @@ class InferenceGraph(nn.Module):
 
 def default_output(run_or_model: str | Path) -> Path:
     path = Path(run_or_model)
-    return path / "model.onnx" if path.is_dir() else path.with_suffix(".onnx")
+    return path / run_files.ONNX_MODEL if path.is_dir() else path.with_suffix(".onnx")
 
 
 def _run_source_folder(model_file: Path) -> Path | None:

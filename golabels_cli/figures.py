@@ -11,6 +11,7 @@ from typing import Any
 
 from .checkpoint import atomic_path
 from .report import pyplot
+from . import run_files
 
 # ---- confusion matrices -----------------------------------------------------------------------
 
@@ -98,8 +99,7 @@ def write_confusion_figures(result, folder: Path, data_dir: str | Path, title: s
     figures = [_png(plt, _confusion_figure(plt, result, title, normalized)) for normalized in (True, False)]
     name = confusion_name(data_dir)
     for n in range(1, 100_000):
-        stem = f"confusion-{name}" if n == 1 else f"confusion-{name}-{n}"
-        paths = [folder / f"{stem}.png", folder / f"{stem}-counts.png"]
+        paths = [folder / file for file in run_files.confusion_figures(name, n)]
         if any(p.exists() for p in paths):
             continue
         # Each file is linked into place only if its name is free (atomic_path(replace=False)), so

@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from . import run_files
 from .checkpoint import atomic_path, write_text_atomic
 from .yaml_files import read_config_fields
 from .errors import InputError, reason
 from .validators import DIRECTION, LABEL_FREE, is_evaluation_row
 
-PLOTS = ("report-losses.png", "report-discriminator.png", "report-validators.png")
+PLOTS = run_files.REPORT_PLOTS
 VALIDATOR_KEYS = LABEL_FREE
 
 
@@ -84,9 +85,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run directory {run_dir} does not exist", "pass a folder written by golabels adapt")
-    metrics, config_path = run_dir / "metrics.jsonl", run_dir / "config.yaml"
+    metrics, config_path = run_dir / run_files.METRICS, run_dir / run_files.CONFIG
     if not metrics.is_file() or not config_path.is_file():
-        raise InputError(f"{run_dir} is not a golabels run directory (no metrics.jsonl or config.yaml)", "pass a folder written by golabels adapt")
+        raise InputError(f"{run_dir} is not a golabels run directory (no {run_files.METRICS} or {run_files.CONFIG})", "pass a folder written by golabels adapt")
     config = read_config_fields(config_path)
     try:
         lines = metrics.read_text().splitlines()
@@ -106,7 +107,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
             rows.append(row)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the run in {run_dir} ({reason(exc)})", "check the files, or pass another run") from exc
-    summary = _read_summary(run_dir / "summary.json")
+    summary = _read_summary(run_dir / run_files.SUMMARY)
     return RunRecord(run_dir, config, rows, summary)
 
 
@@ -173,8 +174,6 @@ def correlations(evals: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
-RESULTS_FIGURE = "results.png"
-RESULTS_CSV = "results.csv"
 
 # The curves of each panel: (metrics key, legend label).
 LOSS_SERIES = (("loss_cls", "classification (source)"), ("loss_adv", "adversarial (discriminator BCE)"),
@@ -308,7 +307,7 @@ def write_results_figure(record: RunRecord) -> Path | None:
     fig = _grid(plt, shown, _selected(record), columns=4, width=4.2, height=3.4, title_width=34)
     fig.suptitle(f"{record.config.get('method')} + {record.config.get('domain_labels')} domain labels: {record.run_dir.name}")
     fig.tight_layout()
-    path = record.run_dir / RESULTS_FIGURE
+    path = record.run_dir / run_files.RESULTS_FIGURE
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -381,6 +380,6 @@ def write_results_csv(record: RunRecord) -> Path:
     writer = csv.DictWriter(text, columns, extrasaction="ignore", restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    path = record.run_dir / RESULTS_CSV
+    path = record.run_dir / run_files.RESULTS_CSV
     write_text_atomic(path, text.getvalue())
     return path

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .console import VALIDATOR_NAMES, data_report_lines, fmt, stderr, stdout
 from .remedies import remedy_flags
+from . import run_files
 
 
 def _render(table: Table, width: int) -> str:
@@ -159,7 +160,7 @@ def _print_overview(record) -> None:
                          f"(resume with golabels adapt --resume {record.run_dir})")
     if summary is not None:
         sel = summary["selected"]
-        overview.add_row("model.safetensors", f"iteration {sel['iter']} (--select {sel['by']})")
+        overview.add_row(run_files.MODEL, f"iteration {sel['iter']} (--select {sel['by']})")
         if summary["target_acc"] is not None:
             overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
     remedies = remedy_flags(cfg)

@@ -37,6 +37,7 @@ from typing import Any
 
 from .choices import LOGGERS  # noqa: F401 - re-exported: --logger's values
 from .errors import InputError, reason
+from . import run_files
 from .validators import LABEL_FREE
 
 log = logging.getLogger("golabels")
@@ -104,7 +105,7 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         self.config = config
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resumed_at + 1 if resumed_at else None)
+        self.writer = SummaryWriter(log_dir=str(run_dir / run_files.TENSORBOARD), purge_step=resumed_at + 1 if resumed_at else None)
 
     def log_row(self, row: dict[str, Any]) -> None:
         for key, value in scalars(row).items():

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError, reason
+from . import run_files
 
 
 # A config is a flat mapping of a few dozen options: anything far larger is not one, and YAML's
@@ -48,7 +49,7 @@ def read_config_fields(path: str | Path) -> dict[str, Any]:
 def run_config(folder: str | Path) -> dict[str, Any]:
     """The config.yaml of the run directory `folder` as {field: value}; {} when it is absent or
     cannot be read (the callers only look values up in it)."""
-    path = Path(folder) / "config.yaml"
+    path = Path(folder) / run_files.CONFIG
     try:
         return read_config_fields(path) if path.is_file() else {}
     except InputError:

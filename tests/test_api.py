@@ -50,3 +50,22 @@ def test_adapt_returns_the_run_and_load_config_replays_it(domains, tmp_path):
         golabels.adapt(cfg, out=tmp_path / "run")
     labels = list(golabels.predict(run.run_dir, [domains[1]], device="cpu"))
     assert len(labels) == 24 and all(label.label in labels[0].classes for label in labels)
+
+
+def test_a_run_resolves_its_config_once_and_never_changes_the_callers(domains, tmp_path):
+    """build() resolves on a copy (training/resolve.py): the config passed in keeps its unset
+    defaults, and the run's config.yaml is the resolved config the model was built from."""
+    import dataclasses
+
+    from golabels_cli.config import to_yaml
+    from golabels_cli.training import build
+
+    source, target = domains
+    cfg = golabels.config(source, target, backbone="test_resnet", pretrained=False, batch_size=4, iters=2, device="cpu", workers=0)
+    before = dataclasses.asdict(cfg)
+    t = build(cfg)
+    assert dataclasses.asdict(cfg) == before and cfg.image_size is None and cfg.balance_source is None
+    assert t.cfg is not cfg and t.cfg.image_size == t.data_config["input_size"][1] and t.cfg.balance_source is False
+    run = golabels.adapt(cfg, out=tmp_path / "run")
+    assert dataclasses.asdict(cfg) == before
+    assert (run.run_dir / "config.yaml").read_text() == to_yaml(t.cfg)

@@ -267,3 +267,38 @@ def test_benchmarks_use_only_the_public_api_and_the_documented_hooks():
     assert not offenders, offenders
     documented = (root / "docs" / "python.md").read_text()
     assert not [name for name in golabels.hooks.__all__ if f"`{name}`" not in documented and f"`{name}(" not in documented]
+
+
+def test_a_run_directorys_file_names_are_spelled_in_run_files_only():
+    """Every module names a run's files through run_files (docstrings, comments and help texts may
+    mention them): renaming one is one edit."""
+    import re
+
+    names = re.compile(r"""["'](config\.yaml|metrics\.jsonl|checkpoint\.pt|model\.safetensors|summary\.json|results\.csv|results\.png|"""
+                       r"""target-mosaic\.png|model\.onnx|tensorboard|report-\w+\.png)["']""")
+    offenders = []
+    for name, path in modules().items():
+        if name in ("golabels_cli.run_files", "golabels_cli.choices", "golabels_cli.trackers"):  # --logger's values are tool names
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and names.fullmatch(repr(node.value)):
+                offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_layers_library_then_command_engines_then_api_then_front_ends():
+    """docs/architecture.md's layers: the library (config, data, models, methods, inference,
+    training, ...) imports no command module; the commands' engines (evaluate, export, predict)
+    import the library only; the API imports both; the front ends (cli, demo) run training, eval
+    and export through the API, never through training/ itself."""
+    found = modules()
+    graph = {name: imports(name, path, set(found)) for name, path in found.items()}
+    engines = {f"golabels_cli.{m}" for m in ("evaluate", "export", "predict")}
+    front = {f"golabels_cli.{m}" for m in ("cli", "console", "tables", "help", "examples", "demo", "__main__")}
+    commands = engines | front | {"golabels_cli.api"}
+    library = set(found) - commands
+    assert not {n: sorted(graph[n] & commands) for n in library if graph[n] & commands}
+    assert not {n: sorted(graph[n] & (commands - engines)) for n in engines if graph[n] & (commands - engines)}
+    assert not graph["golabels_cli.api"] & front
+    training = {n for n in found if n.startswith("golabels_cli.training")}
+    assert not {n: sorted(graph[n] & training) for n in front if graph[n] & training}

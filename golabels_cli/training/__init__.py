@@ -1,7 +1,8 @@
 """Training a run: build it from its config, run the loop, write the run directory.
 
     run.py            adapt() and resume(): the two ways in
-    build.py          every input checked; model, discriminator, optimizer, feature cache
+    resolve.py        the config resolved once: device, folders, the defaults that follow them, every input checked
+    build.py          model, discriminator, optimizer, feature cache, from the resolved config
     loop.py           the loop, top to bottom, and its window of metrics
     step.py           one optimizer step; the learning rate; the head start
     selection.py      evaluating a snapshot (validators, --eval-dir, --bn-stats) and --select
@@ -12,7 +13,8 @@
     state.py          Training (what a run is made of) and LoopState (where its loop is)
 """
 
-from .build import build, resolve_config
+from .build import build
+from .resolve import resolve_config
 from .loop import train
 from .run import adapt, resume
 from .runtime import Speed, environment, speed_settings

@@ -28,6 +28,7 @@ from typing import IO, Any, Callable, Iterator
 import torch
 
 from ..checkpoint import save_model
+from .. import run_files
 from ..data import ImageSet, train_loader, train_sampler, train_transform
 from ..distributed import all_mean, all_min, any_rank, shared
 from ..errors import Interrupted, RunError
@@ -36,7 +37,7 @@ from ..methods import grl_coeff
 from ..model_info import ModelInfo
 from ..progress import RowLogged, RunFinished, RunStarted, StepDone
 from ..trackers import Tracker
-from .run_dir import (CHECKPOINT_FILE, append, checkpoint, kept, open_metrics, results_files, save_checkpoint, stop_requests, summary, write,
+from .run_dir import (append, checkpoint, kept, open_metrics, results_files, save_checkpoint, stop_requests, summary, write,
                       write_failure)
 from .runtime import set_rng_state
 from .selection import keep_if_selected, target_batchnorm, validate
@@ -88,7 +89,7 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
                     if stopping:
                         raise Interrupted(
                             f"{stop[0] if stop else 'interrupted'} at iteration {it} of {cfg.iters}; "
-                            f"the training state is saved in {(run_dir or Path('RUN')) / CHECKPOINT_FILE}",
+                            f"the training state is saved in {(run_dir or Path('RUN')) / run_files.CHECKPOINT}",
                             f"resume with: golabels adapt --resume {run_dir}",
                         )
             run.check_finite(cfg.iters)
@@ -263,7 +264,7 @@ class Session:
             t.disc.train()
         start = state.iteration
         seconds_before, started = state.seconds, time.perf_counter()
-        metrics = open_metrics(run_dir / "metrics.jsonl") if main else None
+        metrics = open_metrics(run_dir / run_files.METRICS) if main else None
         tracker = Tracker(cfg.logger if main else None, run_dir, dataclasses.asdict(cfg), start)
         return cls(t, run_dir, state, progress, domain, Window.restored(state, device), first_bad, start or None, start,
                    seconds_before, started, metrics, tracker)
@@ -325,7 +326,7 @@ class Session:
             state.sums = {**{k: float(v) for k, v in window_sums.items()}, "samples": float(window_samples)}
             state.window = self.window.steps
             state.seconds = self.seconds
-            save_checkpoint(checkpoint(self.t, state), self.run_dir / CHECKPOINT_FILE, self.saved_at, self.run_dir)
+            save_checkpoint(checkpoint(self.t, state), self.run_dir / run_files.CHECKPOINT, self.saved_at, self.run_dir)
         self.saved_at = iteration
 
     def close(self, completed: bool) -> None:
@@ -352,12 +353,12 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
     with target_batchnorm(t, keep=True):  # the statistics the evaluations were scored with
         pass
     try:
-        save_model(t.model, info, run_dir / "model.safetensors")
+        save_model(t.model, info, run_dir / run_files.MODEL)
     except Exception as exc:  # OSError, or safetensors' own error type for a failed write
-        raise RunError(f"cannot write {run_dir / 'model.safetensors'} ({write_failure(exc, run_dir)})", kept(run.saved_at, run_dir)) from exc
+        raise RunError(f"cannot write {run_dir / run_files.MODEL} ({write_failure(exc, run_dir)})", kept(run.saved_at, run_dir)) from exc
     result = summary(t, run_dir, state, seconds, (run.start, seconds - run.seconds_before))
     result.update(results_files(run_dir, result, lambda: target_predictions(t)))
-    write(run_dir / "summary.json", json_text(result) + "\n", run.saved_at)
+    write(run_dir / run_files.SUMMARY, json_text(result) + "\n", run.saved_at)
     run.tracker.finish(result)
     run.progress(RunFinished(result))
     return result

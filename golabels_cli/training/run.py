@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries
+from .. import run_files
 from ..config import DERIVED, FIELDS, RESUME_OPTIONS, AdaptConfig, build_config, option_name, to_yaml
 from ..yaml_files import read_config_fields
 from ..device import pick_device
@@ -17,7 +18,7 @@ from ..errors import InputError, plural, reason
 from ..progress import no_events
 from .build import build
 from .loop import train
-from .run_dir import CHECKPOINT_FILE, CHECKPOINT_FORMAT, RUN_FILES, set_aside_metrics, write
+from .run_dir import CHECKPOINT_FORMAT, set_aside_metrics, write
 from .state import LoopState, Progress, Training
 
 log = logging.getLogger("golabels")
@@ -39,16 +40,17 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     """
     if env_rank() == 0:
         check_run_dir(out, exist_ok, {"SOURCE": cfg.source, "TARGET": cfg.target, "--eval-dir": cfg.eval_dir})
-    d = setup(pick_device(cfg.device).type)
+    device = pick_device(cfg.device)
+    d = setup(device.type)
     try:
-        t = _shared(build, cfg, d, progress if d.main else no_events)
+        t = _shared(build, cfg, d, progress if d.main else no_events, device)
         run_dir = None
         if d.main:  # only rank 0 writes
             if exist_ok and out is not None:
                 _say_replaced(Path(out))
             run_dir = claim_run_dir(out, exist_ok)
-            write(run_dir / "config.yaml", to_yaml(cfg), None)
-            write(run_dir / "metrics.jsonl", "", None)
+            write(run_dir / run_files.CONFIG, to_yaml(t.cfg), None)
+            write(run_dir / run_files.METRICS, "", None)
         return train(t, run_dir, LoopState(), progress)
     finally:
         teardown()
@@ -60,12 +62,12 @@ def _say_replaced(out: Path) -> None:
         names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     except OSError:
         return  # no folder yet (or unreadable: claiming it says why)
-    replaced = [n for n in RUN_FILES if n in names]
+    replaced = [n for n in run_files.RUN_FILES if n in names]
     if not replaced:
         return
-    rows = _rows(out / "metrics.jsonl")
-    shown = [f"{n} ({plural(rows, 'logged row')})" if n == "metrics.jsonl" and rows else n for n in replaced]
-    others = [n for n in names if n not in RUN_FILES]
+    rows = _rows(out / run_files.METRICS)
+    shown = [f"{n} ({plural(rows, 'logged row')})" if n == run_files.METRICS and rows else n for n in replaced]
+    others = [n for n in names if n not in run_files.RUN_FILES]
     log.warning("--exist-ok: this run replaces %s in %s%s", ", ".join(shown), out,
                 f"; {plural(len(others), 'other file')} there ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
                 f"{'is' if len(others) == 1 else 'are'} left as {'it is' if len(others) == 1 else 'they are'}" if others else "")
@@ -85,24 +87,25 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run directory {run_dir} does not exist", "pass the folder of the interrupted run")
-    path = run_dir / CHECKPOINT_FILE
+    path = run_dir / run_files.CHECKPOINT
     if not os.path.lexists(path):
-        raise InputError(f"{run_dir} holds no {CHECKPOINT_FILE}", "the run stopped before its first save; start it again")
+        raise InputError(f"{run_dir} holds no {run_files.CHECKPOINT}", "the run stopped before its first save; start it again")
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
     cfg, done = _checked(ckpt, run_dir, path, overrides or {})
-    if done >= cfg.iters and (run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file():
+    if done >= cfg.iters and (run_dir / run_files.MODEL).is_file() and (run_dir / run_files.SUMMARY).is_file():
         raise InputError(f"run {run_dir} is already complete ({done} of {cfg.iters} iterations)", "evaluate or export it, or start a new run")
     # (done == iters without the model: the final writes failed, and resuming makes them again.)
-    d = setup(pick_device(cfg.device).type)
+    device = pick_device(cfg.device)
+    d = setup(device.type)
     try:
-        t = _shared(build, cfg, d, progress if d.main else no_events)
+        t = _shared(build, cfg, d, progress if d.main else no_events, device)
         state = _restore(t, run_dir, ckpt, path)
         if not t.dist.main:
             return train(t, None, state, no_events, rng=ckpt["rng"])
         remove_stale_temporaries(run_dir)
-        set_aside_metrics(run_dir / "metrics.jsonl", state.iteration)
+        set_aside_metrics(run_dir / run_files.METRICS, state.iteration)
         return train(t, run_dir, state, progress, rng=ckpt["rng"])
     finally:
         teardown()
@@ -125,9 +128,9 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
     if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= cfg.iters:
         raise InputError(f"{path} is damaged: it says it was saved at iteration {done!r}, and the run has {cfg.iters}",
                          "start the run again")
-    config_yaml = run_dir / "config.yaml"
+    config_yaml = run_dir / run_files.CONFIG
     if not config_yaml.is_file():
-        raise InputError(f"{run_dir} holds no config.yaml beside its checkpoint", "restore it from a backup, or start a new run")
+        raise InputError(f"{run_dir} holds no {run_files.CONFIG} beside its checkpoint", "restore it from a backup, or start a new run")
     declared = read_config_fields(config_yaml)
     for key in sorted(set(saved) & set(declared)):  # a key one of them lacks: written by another golabels, no contradiction
         if key in RESUME_OPTIONS or key not in FIELDS:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from .. import __version__
+from .. import run_files
 from ..checkpoint import atomic_path, torch_save_atomic, write_text_atomic
 from ..errors import RunError, reason
 from .runtime import environment, rng_state
@@ -22,10 +23,6 @@ from .state import LoopState, Training
 
 log = logging.getLogger("golabels")
 CHECKPOINT_FORMAT = "golabels-checkpoint/1"
-CHECKPOINT_FILE = "checkpoint.pt"
-# Every file a run writes under its own name: what --exist-ok into a used folder replaces.
-RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT_FILE, "model.safetensors", "summary.json", "results.csv", "results.png",
-             "target-mosaic.png")
 
 
 def checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
@@ -117,16 +114,14 @@ def results_files(run_dir: Path, summary: dict[str, Any], mosaic: Callable[[], l
     try:
         record = load_run(run_dir)
     except Exception as exc:  # noqa: BLE001 - as above: the model is written, these are extras
-        log.warning("results.csv, results.png and %s not written (%s)", TARGET_MOSAIC, reason(exc))
+        log.warning("%s, %s and %s not written (%s)", run_files.RESULTS_CSV, run_files.RESULTS_FIGURE, run_files.TARGET_MOSAIC, reason(exc))
         return {"results_figure": None, "results_csv": None, "target_mosaic": None}
     record.summary = summary
     title = f"target images and their predicted labels: {run_dir.name}"
-    return {"results_csv": attempt("results.csv", lambda: write_results_csv(record)),
-            "results_figure": attempt("results.png", lambda: write_results_figure(record)),
-            "target_mosaic": attempt(TARGET_MOSAIC, lambda: write_target_mosaic(mosaic(), run_dir / TARGET_MOSAIC, title)) if mosaic else None}
+    return {"results_csv": attempt(run_files.RESULTS_CSV, lambda: write_results_csv(record)),
+            "results_figure": attempt(run_files.RESULTS_FIGURE, lambda: write_results_figure(record)),
+            "target_mosaic": attempt(run_files.TARGET_MOSAIC, lambda: write_target_mosaic(mosaic(), run_dir / run_files.TARGET_MOSAIC, title)) if mosaic else None}
 
-
-TARGET_MOSAIC = "target-mosaic.png"
 
 
 @contextmanager
@@ -198,7 +193,7 @@ def append(metrics: IO[str], row: dict[str, Any], run_dir: Path) -> None:
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
     except OSError as exc:
-        raise RunError(f"cannot write {run_dir / 'metrics.jsonl'} ({reason(exc)})", "check the folder's free space") from exc
+        raise RunError(f"cannot write {run_dir / run_files.METRICS} ({reason(exc)})", "check the folder's free space") from exc
 
 
 def _write_lines(path: Path, lines: list[str], replace: bool = True) -> None:
@@ -222,7 +217,7 @@ def set_aside_metrics(path: Path, iteration: int) -> Path | None:
             (kept_rows if keep else later).append(line + "\n")
     if not later:
         return None
-    aside = path.with_name(f"metrics-after-{iteration}.jsonl")
+    aside = path.with_name(run_files.metrics_set_aside(iteration))
     n = 1
     while True:
         try:
@@ -230,7 +225,7 @@ def set_aside_metrics(path: Path, iteration: int) -> Path | None:
             break
         except FileExistsError:
             n += 1
-            aside = path.with_name(f"metrics-after-{iteration}-{n}.jsonl")
+            aside = path.with_name(run_files.metrics_set_aside(iteration, n))
         except OSError as exc:
             raise RunError(f"cannot write {aside} ({write_failure(exc, path.parent)})", kept(iteration, path.parent)) from exc
     try:

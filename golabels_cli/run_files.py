@@ -1,0 +1,34 @@
+"""The files of a run directory, each named once: what `adapt` writes, and what `resume`,
+`report`, `eval`, `export` and the Python API read there. Torch-free.
+
+A new output file is a name here (in RUN_FILES when `adapt --exist-ok` may replace it) and its
+writer beside the others in training/run_dir.py (`results_files`).
+"""
+
+from __future__ import annotations
+
+CONFIG = "config.yaml"  # the resolved config: `adapt --config` replays it
+METRICS = "metrics.jsonl"  # one JSON row per --log-every iterations, and one per evaluation
+CHECKPOINT = "checkpoint.pt"  # the whole training state: `adapt --resume`
+MODEL = "model.safetensors"  # the selected snapshot, with its ModelInfo metadata
+SUMMARY = "summary.json"  # the run's figures, written last: its presence means the run finished
+RESULTS_CSV = "results.csv"  # metrics.jsonl as a table
+RESULTS_FIGURE = "results.png"
+TARGET_MOSAIC = "target-mosaic.png"  # target images with their predicted labels
+ONNX_MODEL = "model.onnx"  # `golabels export`'s default output, beside the model
+TENSORBOARD = "tensorboard"  # --logger tensorboard's event files (a folder)
+REPORT_PLOTS = ("report-losses.png", "report-discriminator.png", "report-validators.png")  # `golabels report`
+
+# Every file a run writes under its own name: what `adapt --exist-ok` into a used folder replaces.
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, MODEL, SUMMARY, RESULTS_CSV, RESULTS_FIGURE, TARGET_MOSAIC)
+
+
+def metrics_set_aside(iteration: int, n: int = 1) -> str:
+    """Where a resume moves the metrics rows logged after its checkpoint: never overwritten (-2, -3, ...)."""
+    return f"metrics-after-{iteration}.jsonl" if n == 1 else f"metrics-after-{iteration}-{n}.jsonl"
+
+
+def confusion_figures(name: str, n: int = 1) -> tuple[str, str]:
+    """`eval --plots`' two files for a folder named `name`: normalized and in image counts (-2, -3, ... when taken)."""
+    stem = f"confusion-{name}" if n == 1 else f"confusion-{name}-{n}"
+    return f"{stem}.png", f"{stem}-counts.png"
