@@ -23,6 +23,7 @@ from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, FIELDS, FROZEN_BACK
                       TRAINED_BACKBONE_METHOD, AdaptConfig, declaration, default_workers, option_name, recipe_or_none)
 from .yaml_files import read_yaml_mapping
 from .trackers import check_logger
+from .validators import NEED_HELD_OUT_SOURCE
 
 DEFAULT_EVALUATIONS = 10  # a curve of ten points in results.png
 # Iterations between evaluations at least, so that they cost at most about 5 % of the run: one
@@ -317,7 +318,7 @@ def validate(cfg: AdaptConfig) -> None:
     if cfg.balance_target and not parse_recipe_name(cfg.method).uses_target:
         raise InputError("--balance-target draws the target batches, and --method source-only trains on none",
                          "use a --method that trains on the target, or leave --balance-target out")
-    if cfg.select in ("src-acc", "dev") and not cfg.val_split:
+    if cfg.select in NEED_HELD_OUT_SOURCE and not cfg.val_split:
         raise InputError(f"--select {cfg.select} needs held-out source images", "use --val-split above 0 (default 0.1)")
 
 

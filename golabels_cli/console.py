@@ -22,7 +22,6 @@ from .validators import NAMES, is_evaluation_row
 from .progress import DataRead, FrozenPathHint, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
 
 
-
 def _console(stream_is_stderr: bool) -> Console:
     """On a terminal, lines wrap between words at its width; piped, a line stays one line (a log
     file, grep) and tables take the width they need, not rich's 80 columns, unless $COLUMNS says."""
@@ -100,9 +99,6 @@ def print_json(data: Any) -> None:
 
 def fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
-
-
-VALIDATOR_NAMES = NAMES  # metrics key -> the name shown (validators.py's table)
 
 
 def _size_text(sizes: dict[str, list[int]] | None) -> str:
@@ -253,7 +249,7 @@ class AdaptProgress:
 
     @staticmethod
     def eval_text(row: dict[str, Any]) -> str:
-        parts = [f"{name} {fmt(row.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key in row and key != "target_acc"]
+        parts = [f"{name} {fmt(row.get(key), '.4f')}" for key, name in NAMES.items() if key in row and key != "target_acc"]
         if row.get("predicted_shift") is not None:  # the reading the label-shift warning uses
             parts.append(f"| label shift {row['predicted_shift']:.3f} (predicted class shares, target vs. source; docs/label-shift.md)")
         if "target_acc" in row:

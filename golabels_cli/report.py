@@ -38,7 +38,6 @@ from .errors import InputError, reason
 from .validators import DIRECTION, LABEL_FREE, is_evaluation_row
 
 PLOTS = run_files.REPORT_PLOTS
-VALIDATOR_KEYS = LABEL_FREE
 
 
 @dataclass
@@ -166,7 +165,7 @@ def correlations(evals: list[dict[str, Any]]) -> dict[str, float | None]:
     accuracy over the evaluated snapshots (None under MIN_SNAPSHOTS); 1 means the validator ranks
     them exactly as the labels do."""
     out: dict[str, float | None] = {}
-    for key in VALIDATOR_KEYS:
+    for key in LABEL_FREE:
         pairs = [(e[key] if DIRECTION[key] else -e[key], e["target_acc"]) for e in evals
                  if e.get(key) is not None and e.get("target_acc") is not None]
         rho = spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= MIN_SNAPSHOTS else math.nan
@@ -182,9 +181,9 @@ DISC_SERIES = (("disc_acc", "all"), ("disc_acc_src", "source"), ("disc_acc_tgt",
 RELABELED_SERIES = (("relabeled_src", "source"), ("relabeled_tgt", "target"))
 # report-*.png: which panels each file holds (a file none of whose panels can be drawn is not written).
 REPORT_FILES = {PLOTS[0]: ("losses",), PLOTS[1]: ("discriminator", "relabeled", "adv_grad_norm"),
-                PLOTS[2]: (*VALIDATOR_KEYS, "target_acc")}
+                PLOTS[2]: (*LABEL_FREE, "target_acc")}
 # results.png leaves out the gradient norm: a diagnostic for `golabels report`, not a result.
-RESULTS_PANELS = ("losses", "discriminator", "relabeled", *VALIDATOR_KEYS, "target_acc")
+RESULTS_PANELS = ("losses", "discriminator", "relabeled", *LABEL_FREE, "target_acc")
 
 
 def pyplot():
@@ -236,7 +235,7 @@ def panels(record: RunRecord) -> list[Panel]:
                                 ylabel="fraction of the batch", fraction=True))
     candidates.append(Panel("adv_grad_norm", "adversarial gradient reaching the features\n(after trade-off and reversal)",
                             lines((("adv_grad_norm", "norm"),), rows), ylabel="norm", legend=False))
-    for key in (*VALIDATOR_KEYS, "target_acc"):
+    for key in (*LABEL_FREE, "target_acc"):
         name = "target accuracy (oracle, --eval-dir)" if key == "target_acc" else key.replace("_", "-")
         candidates.append(Panel(key, f"{name}\n{'higher' if DIRECTION[key] else 'lower'} is better", lines(((key, name),), evals),
                                 snapshots=True, legend=False))

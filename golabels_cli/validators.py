@@ -151,21 +151,23 @@ class Validator:
     higher_is_better: bool
     compute: Callable[[Outputs, "torch.Tensor"], float | None] | None  # (outputs, target probabilities); None: the oracle
     telling: int  # how telling it measured (docs/selection.md): a narrow table leaves out the least telling first
+    held_out_source: bool = False  # reads the held-out source split (--val-split): --select by it needs one
 
 
 # Every validator, once: --select's values, the tables, the logs, the plots and the trackers' tags
 # are derived from this table. target-acc is the oracle: the loop scores it from --eval-dir's labels.
 VALIDATORS = (
-    Validator("src_acc", "src-acc", True, _src_acc, 3),
+    Validator("src_acc", "src-acc", True, _src_acc, 3, held_out_source=True),
     Validator("entropy", "entropy", False, lambda out, probs: mean_entropy(probs), 1),
     Validator("im", "im", True, lambda out, probs: information_maximization(probs), 2),
     Validator("snd", "snd", True, lambda out, probs: soft_neighborhood_density(probs), 4),
-    Validator("dev", "dev", False, _dev, 0),
+    Validator("dev", "dev", False, _dev, 0, held_out_source=True),
     Validator("target_acc", "target-acc", True, None, 5),
 )
 LABEL_FREE = tuple(v.key for v in VALIDATORS if v.compute is not None)  # what an evaluation computes without target labels
 NAMES = {v.key: v.name for v in VALIDATORS}  # metrics key -> --select spelling
 DIRECTION = {v.key: v.higher_is_better for v in VALIDATORS}  # metrics key -> True when higher is better
+NEED_HELD_OUT_SOURCE = tuple(v.name for v in VALIDATORS if v.held_out_source)  # --select values that need --val-split above 0
 LEAST_TELLING_FIRST = tuple(v.name for v in sorted(VALIDATORS, key=lambda v: v.telling) if v.compute is not None)
 
 

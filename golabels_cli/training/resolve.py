@@ -22,6 +22,7 @@ from ..inference import labeled_for_model
 from ..models import WEIGHTS_HINT, check_backbone_name, resolve_data_config
 from ..progress import DataRead, no_events
 from ..remedies import IMBALANCE_WARNING, remedy_flags, remedy_hint
+from ..validators import NEED_HELD_OUT_SOURCE
 from .state import Progress, Validation
 
 log = logging.getLogger("golabels")
@@ -109,7 +110,7 @@ def _folders(cfg: AdaptConfig, d: Dist, progress: Progress) -> Folders:
         log.warning(warning)
     progress(DataRead(report, len(val_idx)))
     source = scanned.subset(train_idx, keep_skipped=True)
-    if cfg.select in ("src-acc", "dev") and len(val_idx) < 2:
+    if cfg.select in NEED_HELD_OUT_SOURCE and len(val_idx) < 2:
         raise InputError(f"--select {cfg.select} needs held-out source images, and --val-split {cfg.val_split} holds out {len(val_idx)}",
                          "raise --val-split, or select by another validator")
     for role, images in (("source", source), ("target", target)):
