@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .choices import (BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
+from .choices import (ALIGNMENT_TERMS, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
                       REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SELECT_CHOICES, TARGET_LOSS_NAMES, parse_recipe_name)
 
 # The --help panels, in the order they are shown.
@@ -79,7 +79,7 @@ class AdaptConfig:
     # loss on the target's predictions beside CDAN+E was measured 7.0 and 5.3 points above CDAN+E
     # alone on Office-31 (issue 33); TRAINED_BACKBONE_METHOD when the backbone trains, where the
     # losses on predictions are not measured yet (benchmarks/RESULTS.md).
-    method: str | None = option(None, METHOD, "An alignment term (cdan-e | cdan | dann | dann-e | gvb | asan | source-only), losses on the target's predictions (mcc | bnm | im), or both joined by + (cdan-e+bnm). Default: cdan-e+bnm with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
+    method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions ({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + (cdan-e+bnm). Default: cdan-e+bnm with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
     # fixed, not go: with CDAN+E, Go-labels lost to fixed labels on Office-31 on every measured
     # recipe and were level on digits (benchmarks/RESULTS.md, issue 22); --domain-labels go to use them.
     domain_labels: str = option('fixed', METHOD, "{choices}: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).", choices=DOMAIN_LABEL_MODES)
