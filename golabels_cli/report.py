@@ -88,6 +88,14 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if not metrics.is_file() or not config_path.is_file():
         raise InputError(f"{run_dir} is not a golabels run directory (no {run_files.METRICS} or {run_files.CONFIG})", "pass a folder written by golabels adapt")
     config = read_config_fields(config_path)
+    rows = read_metrics_rows(metrics)
+    summary = _read_summary(run_dir / run_files.SUMMARY)
+    return RunRecord(run_dir, config, rows, summary)
+
+
+def read_metrics_rows(metrics: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows, each checked (InputError naming the first damaged line; a last line
+    cut short by a crash is left out)."""
     try:
         lines = metrics.read_text().splitlines()
         rows = []
@@ -105,9 +113,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
                 raise InputError(f"{metrics} is damaged: line {number} is not a golabels metrics row", "restore the file, or pass another run")
             rows.append(row)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the run in {run_dir} ({reason(exc)})", "check the files, or pass another run") from exc
-    summary = _read_summary(run_dir / run_files.SUMMARY)
-    return RunRecord(run_dir, config, rows, summary)
+        raise InputError(f"cannot read the run in {metrics.parent} ({reason(exc)})", "check the files, or pass another run") from exc
+    return rows
 
 
 def _read_summary(path: Path) -> dict | None:

@@ -3,6 +3,8 @@ directories, resume, the feature cache, signals at the end of a run, byte-identi
 Each refused case checks the exit code, one `error:` line naming the problem, and that no file
 was changed or created."""
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -91,6 +93,13 @@ def test_resume_moves_the_rows_it_discards_aside(crashed):
     assert "2 rows of metrics.jsonl logged after iteration 4 moved to metrics-after-4.jsonl" in result.stderr
     assert (crashed / "metrics-after-4.jsonl").read_text() == "".join(rows[4:])  # byte for byte, not lost
     assert [json.loads(r)["iter"] for r in (crashed / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+    # results.csv is written from the rows in memory: both sessions' rows, as a reader of the files gets them
+    from golabels_cli.report import load_run, results_table
+
+    table = list(csv.DictReader(io.StringIO((crashed / "results.csv").read_text())))
+    columns, expected = results_table(load_run(crashed))
+    assert [row["iter"] for row in table] == [str(i) for i in range(1, 9)]
+    assert table == [{c: "" if row.get(c) is None else str(row[c]) for c in columns} for row in expected]
 
 
 def test_resume_in_a_config_file_is_refused(shipped, domains, tmp_path):

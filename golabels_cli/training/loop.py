@@ -37,7 +37,7 @@ from ..methods import grl_coeff
 from ..model_info import ModelInfo
 from ..progress import RowLogged, RunFinished, RunStarted, StepDone
 from ..trackers import Tracker
-from .run_dir import (append, checkpoint, kept, open_metrics, results_files, save_checkpoint, stop_requests, summary, write,
+from .run_dir import (append, checkpoint, kept, logged_rows, open_metrics, results_files, save_checkpoint, stop_requests, summary, write,
                       write_failure)
 from .runtime import set_rng_state
 from .selection import keep_if_selected, target_batchnorm, validate
@@ -253,6 +253,7 @@ class Session:
     started: float
     metrics: IO[str] | None
     tracker: Tracker
+    rows: list[dict[str, Any]] | None  # every row logged, earlier sessions' too (rank 0): results.csv and results.png
 
     @classmethod
     def begin(cls, t: Training, run_dir: Path | None, state: LoopState, progress: Progress) -> "Session":
@@ -265,9 +266,10 @@ class Session:
         start = state.iteration
         seconds_before, started = state.seconds, time.perf_counter()
         metrics = open_metrics(run_dir / run_files.METRICS) if main else None
+        rows = (logged_rows(run_dir) if start else []) if main else None
         tracker = Tracker(cfg.logger if main else None, run_dir, dataclasses.asdict(cfg), start)
         return cls(t, run_dir, state, progress, domain, Window.restored(state, device), first_bad, start or None, start,
-                   seconds_before, started, metrics, tracker)
+                   seconds_before, started, metrics, tracker, rows)
 
     @property
     def seconds(self) -> float:
@@ -307,7 +309,9 @@ class Session:
             warn_on_label_shift(t, state, it, scores)
             keep_if_selected(t, state, it, scores)
         if main:
-            append(self.metrics, row, self.run_dir)
+            logged = append(self.metrics, row, self.run_dir)
+            if self.rows is not None:
+                self.rows.append(logged)
             self.tracker.log_row(row)
         self.progress(RowLogged(row))
         state.last_row = row
@@ -357,7 +361,7 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
     except Exception as exc:  # OSError, or safetensors' own error type for a failed write
         raise RunError(f"cannot write {run_dir / run_files.MODEL} ({write_failure(exc, run_dir)})", kept(run.saved_at, run_dir)) from exc
     result = summary(t, run_dir, state, seconds, (run.start, seconds - run.seconds_before))
-    result.update(results_files(run_dir, result, lambda: target_predictions(t)))
+    result.update(results_files(run_dir, result, dataclasses.asdict(cfg), run.rows, lambda: target_predictions(t)))
     write(run_dir / run_files.SUMMARY, json_text(result) + "\n", run.saved_at)
     run.tracker.finish(result)
     run.progress(RunFinished(result))

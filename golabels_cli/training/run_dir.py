@@ -17,7 +17,7 @@ from typing import IO, Any, Callable, Iterator
 from .. import __version__
 from .. import run_files
 from ..checkpoint import atomic_path, torch_save_atomic, write_text_atomic
-from ..errors import RunError, reason
+from ..errors import InputError, RunError, reason
 from .runtime import environment, rng_state
 from .state import LoopState, Training
 
@@ -95,13 +95,15 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
     }
 
 
-def results_files(run_dir: Path, summary: dict[str, Any], mosaic: Callable[[], list] | None = None) -> dict[str, str | None]:
-    """What the run leaves for a reader beside its model: results.csv (metrics.jsonl as a table),
-    results.png (with matplotlib) and target-mosaic.png (`mosaic()`'s target images with their
+def results_files(run_dir: Path, summary: dict[str, Any], config: dict[str, Any], rows: list[dict[str, Any]] | None,
+                  mosaic: Callable[[], list] | None = None) -> dict[str, str | None]:
+    """What the run leaves for a reader beside its model: results.csv (its metrics rows as a
+    table) and results.png (with matplotlib), from the rows in memory (None: they could not be
+    read back at a resume), and target-mosaic.png (`mosaic()`'s target images with their
     predicted labels). Each that cannot be written costs a warning naming it, not the run, nor the
     others; returns the names written (None for each that was not)."""
     from ..figures import write_target_mosaic
-    from ..report import load_run, write_results_csv, write_results_figure
+    from ..report import RunRecord, write_results_csv, write_results_figure
 
     def attempt(name: str, write: Callable[[], Path | None]) -> str | None:
         try:
@@ -111,15 +113,10 @@ def results_files(run_dir: Path, summary: dict[str, Any], mosaic: Callable[[], l
             return None
         return path.name if path is not None else None
 
-    try:
-        record = load_run(run_dir)
-    except Exception as exc:  # noqa: BLE001 - as above: the model is written, these are extras
-        log.warning("%s, %s and %s not written (%s)", run_files.RESULTS_CSV, run_files.RESULTS_FIGURE, run_files.TARGET_MOSAIC, reason(exc))
-        return {"results_figure": None, "results_csv": None, "target_mosaic": None}
-    record.summary = summary
+    record = RunRecord(run_dir, config, rows, summary) if rows is not None else None
     title = f"target images and their predicted labels: {run_dir.name}"
-    return {"results_csv": attempt(run_files.RESULTS_CSV, lambda: write_results_csv(record)),
-            "results_figure": attempt(run_files.RESULTS_FIGURE, lambda: write_results_figure(record)),
+    return {"results_csv": attempt(run_files.RESULTS_CSV, lambda: write_results_csv(record)) if record else None,
+            "results_figure": attempt(run_files.RESULTS_FIGURE, lambda: write_results_figure(record)) if record else None,
             "target_mosaic": attempt(run_files.TARGET_MOSAIC, lambda: write_target_mosaic(mosaic(), run_dir / run_files.TARGET_MOSAIC, title)) if mosaic else None}
 
 
@@ -188,12 +185,28 @@ def open_metrics(path: Path) -> IO[str]:
         raise RunError(f"cannot write {path} ({reason(exc)})", "check the folder's permissions and free space") from exc
 
 
-def append(metrics: IO[str], row: dict[str, Any], run_dir: Path) -> None:
+def append(metrics: IO[str], row: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Log `row`; returns it as a reader of the file gets it back (lists for tuples, ...)."""
+    line = json.dumps(row)
     try:
-        metrics.write(json.dumps(row) + "\n")
+        metrics.write(line + "\n")
         metrics.flush()
     except OSError as exc:
         raise RunError(f"cannot write {run_dir / run_files.METRICS} ({reason(exc)})", "check the folder's free space") from exc
+    return json.loads(line)
+
+
+def logged_rows(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The rows a resumed run's earlier sessions logged (metrics.jsonl once its later rows are set
+    aside), for its results.csv and results.png; None, with a warning, when they cannot be read:
+    the run goes on, and those two files are not written."""
+    from ..report import read_metrics_rows
+
+    try:
+        return read_metrics_rows(run_dir / run_files.METRICS)
+    except InputError as exc:
+        log.warning("%s and %s will not be written: %s", run_files.RESULTS_CSV, run_files.RESULTS_FIGURE, exc.message)
+        return None
 
 
 def _write_lines(path: Path, lines: list[str], replace: bool = True) -> None:
