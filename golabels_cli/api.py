@@ -142,7 +142,7 @@ def predict(model: str | Path, images: Iterable[str | Path], device: str = "auto
     """Labels for image files and folders (recursive), in input order, from a run directory, a
     model.safetensors or a model.onnx (onnxruntime only: no torch). An image that cannot be read
     goes to `on_skip(path, why)` (default: a warning) and the others go on."""
-    from .predict import iter_inputs, open_predictor, predict_batches
+    from .predict import iter_inputs, open_predictor, predict_batches, warn_skipped
 
     images = [str(p) for p in images]
     if batch_size < 1 or workers < 0:
@@ -150,10 +150,7 @@ def predict(model: str | Path, images: Iterable[str | Path], device: str = "auto
     if "-" in images:
         raise InputError("'-' reads paths from stdin on the command line only", "pass the paths themselves")
 
-    def warn(path: str, why: str) -> None:
-        log.warning("cannot read %s (%s): no prediction for it", path, why)
-
-    skip = on_skip or warn
+    skip = on_skip or warn_skipped
     predictor = open_predictor(model, device)
     paths = iter_inputs(images, None, skip)  # no "-": stdin is never read
     for batch in predict_batches(predictor, paths, batch_size, workers, skip):

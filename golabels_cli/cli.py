@@ -323,7 +323,7 @@ def predict(
 
     # Only torch-free modules here: an .onnx model must run without PyTorch installed.
     from .errors import RunError
-    from .predict import csv_header, csv_row, iter_inputs, jsonl_row, open_predictor, predict_batches
+    from .predict import csv_header, csv_row, iter_inputs, jsonl_row, open_predictor, predict_batches, warn_skipped
 
     if not inputs:
         raise InputError("no inputs given", "pass image files, folders, or - to read paths from stdin")
@@ -342,7 +342,7 @@ def predict(
 
     def on_skip(path: str, why: str) -> None:
         skipped.append(path)
-        log.warning("cannot read %s (%s): no prediction for it", path, why)
+        warn_skipped(path, why)
 
     out = sys.stdout.buffer
     rows, started, header = 0, time.perf_counter(), False

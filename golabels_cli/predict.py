@@ -32,6 +32,11 @@ STDIN = "-"
 MODEL_KINDS = "a run directory, a model.safetensors or a .onnx file"
 
 
+def warn_skipped(path: str, why: str) -> None:
+    """An input that cannot be read: the other images go on (the command and the API alike)."""
+    log.warning("cannot read %s (%s): no prediction for it", path, why)
+
+
 @dataclass
 class Predictor:
     info: ModelInfo
