@@ -72,9 +72,9 @@ TRAINED_BACKBONE_METHOD = "cdan-e"  # --method's default when the backbone train
 class AdaptConfig:
     """What to train: every value config.yaml holds (keys are the option names)."""
 
-    source: str | None = option(None, None, 'Labeled source folder, `SOURCE/<class>/<image>` (required unless --config or --resume gives it).', argument=True)
-    target: str | None = option(None, None, 'Unlabeled target folder: any tree of images; sub-folder names are never read (required unless --config or --resume gives it).', argument=True)
-    backbone: str = option('resnet50', TRAINING, 'Any timm model name.')
+    source: str | None = option(None, None, "Labeled source folder, `SOURCE/<class>/<image>` (required unless --config or --resume gives it).", argument=True)
+    target: str | None = option(None, None, "Unlabeled target folder: any tree of images; sub-folder names are never read (required unless --config or --resume gives it).", argument=True)
+    backbone: str = option("resnet50", TRAINING, "Any timm model name.")
     # A recipe (methods/recipe.py). None: FROZEN_BACKBONE_METHOD with --freeze-backbone, where a
     # loss on the target's predictions beside CDAN+E was measured 7.0 and 5.3 points above CDAN+E
     # alone on Office-31 (issue 33); TRAINED_BACKBONE_METHOD when the backbone trains, where the
@@ -82,22 +82,22 @@ class AdaptConfig:
     method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions ({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + (cdan-e+bnm). Default: cdan-e+bnm with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
     # fixed, not go: with CDAN+E, Go-labels lost to fixed labels on Office-31 on every measured
     # recipe and were level on digits (benchmarks/RESULTS.md, issue 22); --domain-labels go to use them.
-    domain_labels: str = option('fixed', METHOD, "{choices}: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).", choices=DOMAIN_LABEL_MODES)
-    iters: int = option(10000, TRAINING, 'Training iterations.')
-    batch_size: int = option(32, TRAINING, 'Images per domain per step (source and target each).')  # per domain: each step sees batch_size source + batch_size target images
-    lr: float = option(0.01, TRAINING, 'Learning rate of the new layers; a pretrained backbone gets --backbone-lr-mult times it.')  # new layers; the pretrained backbone gets lr * backbone_lr_mult
-    backbone_lr_mult: float = option(0.1, TRAINING, 'Learning-rate multiplier of a pretrained backbone (a backbone from random init trains at --lr).')
-    momentum: float = option(0.9, TRAINING, 'SGD momentum (Nesterov).')
-    weight_decay: float = option(0.001, TRAINING, 'SGD weight decay.')
+    domain_labels: str = option("fixed", METHOD, "{choices}: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).", choices=DOMAIN_LABEL_MODES)
+    iters: int = option(10000, TRAINING, "Training iterations.")
+    batch_size: int = option(32, TRAINING, "Images per domain per step (source and target each).")
+    lr: float = option(0.01, TRAINING, "Learning rate of the new layers; a pretrained backbone gets --backbone-lr-mult times it.")
+    backbone_lr_mult: float = option(0.1, TRAINING, "Learning-rate multiplier of a pretrained backbone (a backbone from random init trains at --lr).")
+    momentum: float = option(0.9, TRAINING, "SGD momentum (Nesterov).")
+    weight_decay: float = option(0.001, TRAINING, "SGD weight decay.")
     # reference: lambda's horizon is 10000 iterations and gamma 0.001 whatever --iters (the original
     # CDAN code, TLlib); scaled: both follow --iters (horizon = iters, gamma = 20 / iters).
-    schedule: str = option('scaled', METHOD, 'reference: the reversal coefficient and lr decay of the original code, on absolute iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the end).', choices=SCHEDULES)
+    schedule: str = option("scaled", METHOD, "reference: the reversal coefficient and lr decay of the original code, on absolute iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the end).", choices=SCHEDULES)
     lr_gamma: float | None = option(None, TRAINING, "The lr decays as lr x (1 + gamma x i)^-lr_decay. Default: 20 / --iters with --schedule scaled, 0.001 with reference or with a loss on the target's predictions (mcc, bnm, im).")  # lr * (1 + gamma * i) ** -lr_decay; None: resolved_lr_gamma()
-    lr_decay: float = option(0.75, TRAINING, 'The exponent of that decay.')
+    lr_decay: float = option(0.75, TRAINING, "The exponent of that decay.")
     grl_alpha: float = option(10.0, METHOD, "Steepness of the reversal coefficient's ramp 2 / (1 + exp(-alpha x progress)) - 1.")
     # joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code);
     # per-domain: one pass per domain, each normalized with its own batch statistics (GVB's, ASAN's code).
-    forward: str = option('joint', METHOD, "joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code) | per-domain: one pass per domain, each with its own statistics (GVB's and ASAN's code).", choices=FORWARDS)
+    forward: str = option("joint", METHOD, "joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code) | per-domain: one pass per domain, each with its own statistics (GVB's and ASAN's code).", choices=FORWARDS)
     # BatchNorm running statistics the model is evaluated and shipped with: train (training's running
     # averages, over source+target batches) or target (re-estimated on the target sample, AdaBN).
     # None: target for the adversarial methods, train for source-only, which reads no target image,
@@ -113,54 +113,54 @@ class AdaptConfig:
     freeze_bn: bool | None = option(None, TRAINING, "Fine-tuning: the backbone's BatchNorm layers keep their pretrained statistics (eval mode) while its weights train. Default: on for a pretrained backbone (batch statistics of augmented crops cost 17-19 points on Office-31, docs/performance.md).")
     head_start: int | None = option(None, TRAINING, "Fine-tuning: steps fitting the bottleneck and head to the source on the frozen backbone's cached features before the first fine-tuning step (not counted in --iters). Default 0: measured no gain.")
     # auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 | fp16 (CUDA, with loss scaling) | fp32.
-    precision: str = option('auto', PERFORMANCE, 'auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp16 (CUDA, with loss scaling) | fp32.', choices=PRECISIONS)
-    cdan_map: str = option('auto', METHOD, "cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 dims), or auto (full up to 4096 dims, randomized above).", choices=CDAN_MAPS)  # CDAN's f (x) g: full, randomized (1024 dims), auto (full up to 4096 dims)
+    precision: str = option("auto", PERFORMANCE, "auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp16 (CUDA, with loss scaling) | fp32.", choices=PRECISIONS)
+    cdan_map: str = option("auto", METHOD, "cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 dims), or auto (full up to 4096 dims, randomized above).", choices=CDAN_MAPS)
     discriminator: str | None = option(None, METHOD, "batchnorm (TLlib's Linear-BN-ReLU) | dropout (the original code's Linear-ReLU-Dropout). Default: dropout for gvb and asan, batchnorm otherwise.", choices=DISCRIMINATORS)  # batchnorm | dropout; None: the method's reference (Method.reference_discriminator)
     # Weight of the adversarial loss (the mean over source and target rows). None: 2 with a
     # pretrained backbone, frozen (issue 22) or fine-tuned with its BatchNorm statistics kept
     # (issue 23); 1 for a backbone trained from random init (digits, issue 22). benchmarks/RESULTS.md.
     trade_off: float | None = option(None, METHOD, "Weight of the adversarial loss, a mean over source and target rows (TLlib's and the original CDAN code's scale; the paper's Eq. 2 sums the two domains' means: 2). Default: 2 with a pretrained backbone (--pretrained or --weights, frozen or fine-tuned), 1 from random init.")
-    bridge_g_weight: float = option(1.0, METHOD, "weight of the classifier bridge penalty (GVB's lambda).", methods=("gvb",))  # gvb: weight of the classifier bridge's mean |output|
-    bridge_d_weight: float = option(1.0, METHOD, "weight of the discriminator bridge penalty (GVB's mu).", methods=("gvb",))  # gvb: weight of the discriminator bridge's mean |output|
-    rsl_weight: float = option(0.001, METHOD, 'weight of the relevance spectral alignment loss.', methods=("asan",))  # asan: weight of the relevance spectral alignment loss
-    rsl_k: int = option(11, METHOD, 'how many of the smallest source singular values are shrunk.', methods=("asan",))  # asan: how many of the smallest source singular values are shrunk
-    target_loss_weight: float = option(1.0, METHOD, "weight of the losses on the target's predictions.", methods=TARGET_LOSS_NAMES)  # mcc, bnm, im: weight of the losses on the target's predictions
+    bridge_g_weight: float = option(1.0, METHOD, "weight of the classifier bridge penalty (GVB's lambda).", methods=("gvb",))
+    bridge_d_weight: float = option(1.0, METHOD, "weight of the discriminator bridge penalty (GVB's mu).", methods=("gvb",))
+    rsl_weight: float = option(0.001, METHOD, "weight of the relevance spectral alignment loss.", methods=("asan",))
+    rsl_k: int = option(11, METHOD, "how many of the smallest source singular values are shrunk.", methods=("asan",))
+    target_loss_weight: float = option(1.0, METHOD, "weight of the losses on the target's predictions.", methods=TARGET_LOSS_NAMES)
     # mcc: softmax temperature. 2.0, not the MCC paper's and TLlib's 2.5: on Office-31 (frozen lite0,
     # 5 seeds) 2.0 read 2.4 and 4.0 points above 2.5, and 3.5 collapsed below source-only (issue 33).
     mcc_temperature: float = option(2.0, METHOD, "softmax temperature of the class-confusion matrix (the paper's 2.5 read 2-4 points lower on Office-31; 3.5 collapsed).", methods=("mcc",))
-    bottleneck_dim: int = option(256, TRAINING, 'Width of the bottleneck (Linear, BatchNorm, ReLU) between the backbone and the head.')
+    bottleneck_dim: int = option(256, TRAINING, "Width of the bottleneck (Linear, BatchNorm, ReLU) between the backbone and the head.")
     disc_hidden: int = option(1024, METHOD, "Width of the discriminator's hidden layers.")
-    image_size: int | None = option(None, DATA, "Square input size; default: the backbone's own.")  # None: the backbone's own input size
-    min_crop: float = option(0.08, DATA, 'Smallest area fraction of the random resized crop.')  # RandomResizedCrop's smallest area fraction
-    hflip: float = option(0.5, DATA, 'Horizontal flip probability (0 for digits or text).')
+    image_size: int | None = option(None, DATA, "Square input size; default: the backbone's own.")
+    min_crop: float = option(0.08, DATA, "Smallest area fraction of the random resized crop.")
+    hflip: float = option(0.5, DATA, "Horizontal flip probability (0 for digits or text).")
     pretrained: bool = option(True, TRAINING, "Start from timm's pretrained weights (downloaded).")
-    weights: str | None = option(None, TRAINING, 'Local timm state dict (.safetensors or .pth) for the backbone.', metavar='FILE')
-    eval_dir: str | None = option(None, EVALUATION, 'Labeled target folder, evaluated at the end (and every --eval-every).', metavar='DIR')
+    weights: str | None = option(None, TRAINING, "Local timm state dict (.safetensors or .pth) for the backbone.", metavar="FILE")
+    eval_dir: str | None = option(None, EVALUATION, "Labeled target folder, evaluated at the end (and every --eval-every).", metavar="DIR")
     # validators (and --eval-dir) every N iterations; 0: at the end only. None: default_eval_every(),
     # a tenth of the run, for a curve in results.png at under 5 % of the run's time (issue 34).
     eval_every: int | None = option(None, EVALUATION, "Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only. Default: a tenth of --iters, at least 100 apart with --freeze-backbone and 1000 when the backbone trains (a curve in results.png for under 5% of the run's time); 0 for shorter runs.")
-    val_split: float = option(0.1, DATA, 'Fraction of each source class held out for the src-acc and dev validators.')  # fraction of each source class held out for src-acc and dev
-    val_target_images: int = option(2000, EVALUATION, 'Target images the validators look at (a fixed random sample); 0: all.')  # target images the validators look at (a fixed random sample); 0: all
-    select: str = option('last', EVALUATION, 'Which evaluated snapshot becomes model.safetensors: {choices} (the oracle; needs --eval-dir).', choices=SELECT_CHOICES)  # which evaluated snapshot becomes model.safetensors (validators.py)
-    log_every: int = option(10, EVALUATION, 'Write a metrics row every N iterations.')
-    save_every: int = option(500, OUTPUT, 'Save the full training state every N iterations (0: at the end only).')  # full training state to checkpoint.pt every N iterations; 0: at the end only
-    seed: int = option(0, TRAINING, 'Random seed; same seed, same weights on CPU.')
-    device: str = option('auto', PERFORMANCE, '{choices}. auto picks CUDA, then MPS, else CPU.', choices=DEVICES)
-    workers: int | None = option(None, PERFORMANCE, 'Loader processes; default min(8, CPUs - 1).')  # None: min(8, cpus - 1)
-    freeze_backbone: bool = option(False, TRAINING, 'Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).')  # train on backbone features computed once and cached (features.py)
-    cache_dir: str | None = option(None, PERFORMANCE, 'Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.', metavar='DIR')  # feature cache; None: $GOLABELS_CACHE or ~/.cache/golabels
-    cache_images: bool = option(False, PERFORMANCE, 'Keep decoded, resized training images in memory (when they fit).')  # keep decoded, resized training images in memory
-    compile: bool = option(False, PERFORMANCE, 'torch.compile the classifier (faster steps after a slow first one).')  # torch.compile the classifier
-    deterministic: bool = option(False, PERFORMANCE, 'On CUDA: deterministic cuDNN kernels, no autotuning (slower).')  # no cudnn.benchmark; deterministic cuDNN kernels (CUDA only)
-    devices: int = option(1, PERFORMANCE, 'Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.')  # local data-parallel processes (docs/scaling.md); batch_size stays per process
-    lr_scaling: str = option('none', PERFORMANCE, 'How --lr follows the effective batch over processes: {choices}.', choices=LR_SCALINGS)  # none | linear | sqrt: lr multiplied by 1, world or sqrt(world)
-    sync_bn: bool = option(False, PERFORMANCE, 'With several CUDA processes: BatchNorm statistics over all of them (SyncBatchNorm).')  # SyncBatchNorm in the classifier across processes (CUDA)
+    val_split: float = option(0.1, DATA, "Fraction of each source class held out for the src-acc and dev validators.")
+    val_target_images: int = option(2000, EVALUATION, "Target images the validators look at (a fixed random sample); 0: all.")
+    select: str = option("last", EVALUATION, "Which evaluated snapshot becomes model.safetensors: {choices} (the oracle; needs --eval-dir).", choices=SELECT_CHOICES)
+    log_every: int = option(10, EVALUATION, "Write a metrics row every N iterations.")
+    save_every: int = option(500, OUTPUT, "Save the full training state every N iterations (0: at the end only).")
+    seed: int = option(0, TRAINING, "Random seed; same seed, same weights on CPU.")
+    device: str = option("auto", PERFORMANCE, "{choices}. auto picks CUDA, then MPS, else CPU.", choices=DEVICES)
+    workers: int | None = option(None, PERFORMANCE, "Loader processes; default min(8, CPUs - 1).")
+    freeze_backbone: bool = option(False, TRAINING, "Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).")
+    cache_dir: str | None = option(None, PERFORMANCE, "Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.", metavar="DIR")
+    cache_images: bool = option(False, PERFORMANCE, "Keep decoded, resized training images in memory (when they fit).")
+    compile: bool = option(False, PERFORMANCE, "torch.compile the classifier (faster steps after a slow first one).")
+    deterministic: bool = option(False, PERFORMANCE, "On CUDA: deterministic cuDNN kernels, no autotuning (slower).")
+    devices: int = option(1, PERFORMANCE, "Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.")
+    lr_scaling: str = option("none", PERFORMANCE, "How --lr follows the effective batch over processes: {choices}.", choices=LR_SCALINGS)
+    sync_bn: bool = option(False, PERFORMANCE, "With several CUDA processes: BatchNorm statistics over all of them (SyncBatchNorm).")
     # None: decided by resolve_balancing once the source folder is counted (docs/label-shift.md).
-    balance_source: bool | None = option(None, LABEL_SHIFT, 'Draw every source class equally often. Default: on for an adversarial method when the source is imbalanced above 3:1 (docs/label-shift.md).')  # class-balanced source sampling
-    balance_target: bool | None = option(None, LABEL_SHIFT, "Draw the target's classes equally often, by the model's current pseudo-labels (refreshed every --refresh-every). Default: as --balance-source, in runs longer than --refresh-every.")  # target sampling balanced by the current pseudo-labels
-    label_shift_weights: bool = option(False, LABEL_SHIFT, "Weight source images by the target's class prior, estimated from predictions, over the source's (refreshed every --refresh-every). Measured unreliable: up to 5 points above source-only on two long-tailed tasks, up to 15 below on others (docs/label-shift.md).")  # source losses re-weighted by the estimated target class prior
-    refresh_every: int = option(100, LABEL_SHIFT, "Iterations between re-estimates of the target's pseudo-labels and class prior (--balance-target, --label-shift-weights).")  # iterations between re-estimates of the target's pseudo-labels and prior
-    logger: str | None = option(None, OUTPUT, "tensorboard (event files in RUN/tensorboard) | mlflow (a run in $MLFLOW_TRACKING_URI): the metrics rows, the config and the final figures there too. Each needs its extra: pip install 'golabels[tensorboard]'.", choices=LOGGERS)  # tensorboard | mlflow: the run's figures in an experiment tracker too (trackers.py)
+    balance_source: bool | None = option(None, LABEL_SHIFT, "Draw every source class equally often. Default: on for an adversarial method when the source is imbalanced above 3:1 (docs/label-shift.md).")
+    balance_target: bool | None = option(None, LABEL_SHIFT, "Draw the target's classes equally often, by the model's current pseudo-labels (refreshed every --refresh-every). Default: as --balance-source, in runs longer than --refresh-every.")
+    label_shift_weights: bool = option(False, LABEL_SHIFT, "Weight source images by the target's class prior, estimated from predictions, over the source's (refreshed every --refresh-every). Measured unreliable: up to 5 points above source-only on two long-tailed tasks, up to 15 below on others (docs/label-shift.md).")
+    refresh_every: int = option(100, LABEL_SHIFT, "Iterations between re-estimates of the target's pseudo-labels and class prior (--balance-target, --label-shift-weights).")
+    logger: str | None = option(None, OUTPUT, "tensorboard (event files in RUN/tensorboard) | mlflow (a run in $MLFLOW_TRACKING_URI): the metrics rows, the config and the final figures there too. Each needs its extra: pip install 'golabels[tensorboard]'.", choices=LOGGERS)
 
 
     def resolved_lr_gamma(self) -> float:
