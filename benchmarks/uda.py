@@ -43,7 +43,7 @@ import golabels  # noqa: E402
 from golabels import InputError  # noqa: E402
 from golabels.hooks import LABEL_FREE as VALIDATOR_KEYS  # noqa: E402
 from golabels.hooks import REMEDIES as ADAPT_REMEDIES  # noqa: E402
-from golabels.hooks import correlations, oriented, parse_method, spearman  # noqa: E402
+from golabels.hooks import correlations, oriented, parse_method, setup_logging, spearman  # noqa: E402
 
 FIELDS = {f.name for f in dataclasses.fields(golabels.AdaptConfig)}
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--table-only", action="store_true", help="tabulate the cells already finished; run nothing")
     args = parser.parse_args(argv)
 
-    logging.getLogger("golabels").setLevel(logging.ERROR)  # the table is the output; errors still show
+    setup_logging(quiet=True)  # the table is the output; errors still show, one line each
     root, out = Path(args.root), Path(args.out)
     tasks, methods, labels = args.tasks.split(","), args.methods.split(","), args.domain_labels.split(",")
     remedies = [r for r in args.remedies.split(",") if r]

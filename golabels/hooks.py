@@ -7,6 +7,7 @@ Importing this module loads PyTorch.
 """
 
 from golabels_cli.checkpoint import save_model
+from golabels_cli.console import setup_logging
 from golabels_cli.choices import parse_recipe_name as parse_method
 from golabels_cli.data import (ImageSet, InfiniteDraws, TrainImages, class_counts, decode_for_training, scan_labeled, scan_unlabeled,
                                train_transform)
@@ -43,4 +44,6 @@ __all__ = [
     "LABEL_FREE", "oriented", "correlations", "spearman", "SHIFT_WARNING", "total_variation",
     # prediction without the command line's output
     "open_predictor", "predict_batches",
+    # golabels' one-line log handler on stderr, as the commands set it up
+    "setup_logging",
 ]

@@ -21,7 +21,7 @@ BASELINE = "source-only"
 TARGET_LOSS_NAMES = ("mcc", "bnm", "im")  # losses on the target's predictions
 RECIPE_PARTS = (*ALIGNMENT_TERMS, *TARGET_LOSS_NAMES)
 
-DOMAIN_LABEL_MODES = ("go", "fixed", "soft", "zero-out")
+DOMAIN_LABEL_MODES = ("fixed", "go", "soft", "zero-out")  # the default first, as --help lists them
 DISCRIMINATORS = ("batchnorm", "dropout")
 CDAN_MAPS = ("auto", "full", "randomized")
 SCHEDULES = ("reference", "scaled")

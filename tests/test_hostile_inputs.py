@@ -135,6 +135,9 @@ def test_a_batch_beyond_memory_is_refused_with_the_backbones_own_image_size(doma
     assert result.exit_code == 2
     one_error_line(result, "the backbone's input size 160x160 with --batch-size 100000000000 needs at least")
     assert not (tmp_path / "run").exists()
+    # --print-config only writes the config down: it may be meant for a larger machine
+    printed = cli("adapt", *domains, *tiny, "--batch-size", "100000000000", "--print-config")
+    assert printed.exit_code == 0 and "batch-size: 100000000000" in printed.stdout and "image-size: 160" in printed.stdout
 
 
 @pytest.mark.parametrize("changes,words", [

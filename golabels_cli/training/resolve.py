@@ -67,20 +67,24 @@ def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
     check_backbone_name(cfg.backbone)
     cfg = copy.copy(cfg)
     resolve_balancing(cfg, imbalance_ratio(class_counts(scan_labeled(cfg.source, "source"))) > IMBALANCE_WARNING)
-    _resolve_input_size(cfg)
+    _resolve_input_size(cfg, check_memory=False)  # a config may be written here to run on a larger machine
     return cfg
 
 
-def _resolve_input_size(cfg: AdaptConfig) -> None:
+def _resolve_input_size(cfg: AdaptConfig, check_memory: bool = True) -> None:
     """--image-size left to the backbone: its own input size, written down (a square one: the only
     kind --image-size can give back; the same data config either way); and whether one training
-    step at that size fits in memory. The backbone is made on the meta device: no weights, no time."""
+    step at the input size fits in this machine's memory. The backbone is made on the meta device:
+    no weights, no time."""
     import timm
 
-    with torch.device("meta"):
-        backbone = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
-    _, height, width = resolve_data_config(backbone, cfg.image_size)["input_size"]
-    check_resources(cfg, (height, width))
+    height = width = cfg.image_size
+    if cfg.image_size is None:
+        with torch.device("meta"):
+            backbone = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+        _, height, width = resolve_data_config(backbone, None)["input_size"]
+    if check_memory:
+        check_resources(cfg, (height, width))
     if cfg.image_size is None and height == width:
         cfg.image_size = height
 

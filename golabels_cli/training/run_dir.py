@@ -17,7 +17,7 @@ from typing import IO, Any, Callable, Iterator
 from .. import __version__
 from .. import run_files
 from ..checkpoint import atomic_path, torch_save_atomic, write_text_atomic
-from ..errors import InputError, RunError, reason
+from ..errors import RunError, reason
 from .runtime import environment, rng_state
 from .state import LoopState, Training
 
@@ -204,8 +204,8 @@ def logged_rows(run_dir: Path) -> list[dict[str, Any]] | None:
 
     try:
         return read_metrics_rows(run_dir / run_files.METRICS)
-    except InputError as exc:
-        log.warning("%s and %s will not be written: %s", run_files.RESULTS_CSV, run_files.RESULTS_FIGURE, exc.message)
+    except Exception as exc:  # noqa: BLE001 - as for the figures themselves: extras, never the run's failure
+        log.warning("%s and %s will not be written (%s)", run_files.RESULTS_CSV, run_files.RESULTS_FIGURE, reason(exc))
         return None
 
 
