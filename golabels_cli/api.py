@@ -16,7 +16,6 @@ the log of the "golabels" logger. `import golabels` loads no torch until a funct
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
 
     from .export import ExportResult
     from .inference import EvalResult
-
-log = logging.getLogger("golabels")
 
 
 @dataclass(frozen=True)

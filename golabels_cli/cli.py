@@ -16,7 +16,7 @@ from . import __version__
 from .console import AdaptProgress, StepProgress, plural, print_error, print_json, setup_logging, stderr, stdout, usage_error_line
 from .errors import AlreadyReported, InputError
 from .help import AdaptCommand, Command, Group, with_declared_options
-from .options import AdaptConfig, RunOptions
+from .options import RUN_FIELDS, AdaptConfig, RunOptions, declaration
 from .examples import ADAPT_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
 from .progress import listening, tracked
 
@@ -81,9 +81,10 @@ def _from_command_line(ctx: typer.Context, name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON document to stdout and nothing else.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr; errors still shown.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+# The other commands' output flags, as adapt's (options.RunOptions) declare them.
+JsonOpt = Annotated[bool, typer.Option("--json", help=declaration(RUN_FIELDS["json"]).help)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=declaration(RUN_FIELDS["quiet"]).help)]
+DebugOpt = Annotated[bool, typer.Option("--debug", help=declaration(RUN_FIELDS["debug"]).help)]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps. auto picks CUDA, then MPS, else CPU.")]
 
 

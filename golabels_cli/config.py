@@ -20,7 +20,7 @@ import yaml
 from .choices import ALIGNMENT_TERMS, RECIPE_PARTS, parse_recipe_name
 from .errors import InputError
 from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, FIELDS, FROZEN_BACKBONE_METHOD, PRETRAINED_TRADE_OFF, RUN_FIELDS,
-                      TRAINED_BACKBONE_METHOD, AdaptConfig, declaration, default_workers, option_name, recipe_or_none)
+                      TRAINED_BACKBONE_METHOD, AdaptConfig, declaration, default_workers, option_name, recipe_or_none, value_kind)
 from .yaml_files import read_yaml_mapping
 from .trackers import check_logger
 from .validators import NEED_HELD_OUT_SOURCE
@@ -181,10 +181,9 @@ _KINDS = {"str": "a string", "int": "an integer", "float": "a finite number", "b
 
 def _check_type(name: str, value: Any, annotation: str) -> None:
     """Strictly: a bool is not an integer, "false" is not a bool, a number must be finite."""
-    kinds = [k.strip() for k in annotation.split("|")]
-    if value is None and "None" in kinds:
+    kind, optional = value_kind(annotation)
+    if value is None and optional:
         return
-    kind = kinds[0]
     ok = {
         "str": isinstance(value, str),
         "int": isinstance(value, int) and not isinstance(value, bool),

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from typing_extensions import Annotated
 
-from .options import PANELS, declaration, option_name
+from .options import PANELS, declaration, option_name, value_kind
 
 # A value option's metavar by its Python type, where the option does not name one itself.
 TYPE_METAVARS = {int: "N", float: "NUMBER"}
@@ -75,14 +75,14 @@ _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 def _parameter(f: dataclasses.Field) -> inspect.Parameter:
     """One typer parameter from a declared field (options.Option)."""
     spec = declaration(f)
-    kinds = [k.strip() for k in f.type.split("|")]
-    annotation = Optional[_TYPES[kinds[0]]] if "None" in kinds else _TYPES[kinds[0]]
+    kind, optional = value_kind(f.type)
+    annotation = Optional[_TYPES[kind]] if optional else _TYPES[kind]
     shown = f.default is not None  # an option decided from others says how in its help
     if spec.argument:
         info = typer.Argument(metavar=f.name.upper(), help=spec.text(), show_default=False)
     else:
         name = "--" + option_name(f.name)
-        flag = f"{name}/--no-{option_name(f.name)}" if kinds[0] == "bool" and f.default is not False else name
+        flag = f"{name}/--no-{option_name(f.name)}" if kind == "bool" and f.default is not False else name
         info = typer.Option(flag, *([spec.short] if spec.short else []), help=spec.text(), metavar=spec.metavar,
                             show_default=shown, rich_help_panel=spec.panel)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=Annotated[annotation, info])

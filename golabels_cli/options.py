@@ -61,6 +61,12 @@ def option_name(key: str) -> str:
     return key.replace("_", "-")
 
 
+def value_kind(annotation: str) -> tuple[str, bool]:
+    """A field's annotation ("int | None") as its kind ("int") and whether None is allowed."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    return kinds[0], "None" in kinds
+
+
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
 PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned

@@ -120,7 +120,6 @@ def results_files(run_dir: Path, summary: dict[str, Any], config: dict[str, Any]
             "target_mosaic": attempt(run_files.TARGET_MOSAIC, lambda: write_target_mosaic(mosaic(), run_dir / run_files.TARGET_MOSAIC, title)) if mosaic else None}
 
 
-
 @contextmanager
 def stop_requests(first: Callable[[str], None] | None = None) -> Iterator[list[str]]:
     """The first SIGINT or SIGTERM asks the loop to stop after the step in progress (the list gets
