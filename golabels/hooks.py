@@ -6,7 +6,7 @@ in golabels_cli is internal and may change without notice; a benchmark imports o
 Importing this module loads PyTorch.
 """
 
-from golabels_cli.checkpoint import save_model
+from golabels_cli.checkpoint import load_model, save_model
 from golabels_cli.console import setup_logging
 from golabels_cli.choices import parse_recipe_name as parse_method
 from golabels_cli.data import (ImageSet, InfiniteDraws, TrainImages, class_counts, decode_for_training, scan_labeled, scan_unlabeled,
@@ -19,12 +19,13 @@ from golabels_cli.inference import autocast
 from golabels_cli.label_shift import SHIFT_WARNING, total_variation
 from golabels_cli.methods import Adversary, Batch, adversarial_loss, get_method, grad_reverse, grl_coeff
 from golabels_cli.model_info import ModelInfo
-from golabels_cli.models import Classifier, create_backbone, resolve_data_config
+from golabels_cli.models import Classifier, HeadEnsemble, create_backbone, resolve_data_config
 from golabels_cli.predict import open_predictor, predict_batches
 from golabels_cli.remedies import REMEDIES
 from golabels_cli.report import correlations, spearman
 from golabels_cli.synthetic import make_two_domains
 from golabels_cli.training import LoopState, Training, build, train_step
+from golabels_cli.training.search import candidate_record, pick as search_pick
 from golabels_cli.training.selection import validate as validate_snapshot
 from golabels_cli.training.target_estimate import eval_shift, warn_on_label_shift
 from golabels_cli.validators import LABEL_FREE, oriented
@@ -35,13 +36,15 @@ __all__ = [
     "ImageSet", "TrainImages", "InfiniteDraws", "decode_for_training", "train_transform", "make_two_domains",
     # models and features: the backbone a run builds, its cached features, a model file without training
     "create_backbone", "resolve_data_config", "backbone_features", "model_key", "Classifier", "ModelInfo", "save_model",
-    "verification_batch", "pick_device", "autocast",
+    "verification_batch", "pick_device", "autocast", "load_model", "HeadEnsemble",
     # one training step: a run's wiring without its loop, to time or probe it
     "build", "Training", "train_step", "LoopState", "validate_snapshot", "eval_shift", "warn_on_label_shift",
     # the methods: an adversarial loss for a model of your own (the toy problems)
     "parse_method", "get_method", "Adversary", "Batch", "adversarial_loss", "grad_reverse", "grl_coeff", "REMEDIES",
     # validators and label shift: the figures a sweep compares
     "LABEL_FREE", "oriented", "correlations", "spearman", "SHIFT_WARNING", "total_variation",
+    # --method auto: what the search keeps of a candidate run, and its rule for what ships
+    "candidate_record", "search_pick",
     # prediction without the command line's output
     "open_predictor", "predict_batches",
     # golabels' one-line log handler on stderr, as the commands set it up

@@ -227,11 +227,11 @@ def model_path(run_or_model: str | Path) -> Path:
 
 
 def load_model(run_or_model: str | Path):
-    """(Classifier in eval mode, ModelInfo) from a run directory or a model.safetensors file."""
+    """(Classifier, or HeadEnsemble, in eval mode, ModelInfo) from a run directory or a model.safetensors file."""
     from safetensors import safe_open
 
     from .methods import get_recipe
-    from .models import Classifier, create_backbone
+    from .models import Classifier, HeadEnsemble, create_backbone
 
     path = model_path(run_or_model)
     try:
@@ -241,11 +241,19 @@ def load_model(run_or_model: str | Path):
     except Exception as exc:
         raise InputError(f"cannot read model {path} ({reason(exc)})", "the file is damaged; re-run or re-export") from exc
     info = ModelInfo.from_metadata(meta, path)
-    try:
-        bridged = get_recipe(info.method).alignment.bridged_head
-    except ValueError:  # a method of a newer golabels: its head is told by the weights
-        bridged = "head.bridge.weight" in state
-    model = Classifier(create_backbone(info.backbone, pretrained=False), len(info.classes), info.bottleneck_dim, bridged=bridged)
+
+    def head(method: str, prefix: str = "") -> Classifier:
+        try:
+            bridged = get_recipe(method).alignment.bridged_head
+        except ValueError:  # a method of a newer golabels: its head is told by the weights
+            bridged = f"{prefix}head.bridge.weight" in state
+        return Classifier(backbone, len(info.classes), info.bottleneck_dim, bridged=bridged)
+
+    backbone = create_backbone(info.backbone, pretrained=False)
+    if info.members is None:
+        model = head(info.method)
+    else:
+        model = HeadEnsemble(backbone, [head(m, f"members.{i}.") for i, m in enumerate(info.members)])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -21,6 +21,15 @@ BASELINE = "source-only"
 TARGET_LOSS_NAMES = ("mcc", "bnm", "im")  # losses on the target's predictions
 RECIPE_PARTS = (*ALIGNMENT_TERMS, *TARGET_LOSS_NAMES)
 
+# --method auto: a recipe search on the frozen backbone's cached features (search.py). Its
+# candidates by default, in the order they train: the adapted recipes golabels ships, then the
+# floor; and how the shipped model is chosen from them without target labels (--search-pick):
+# the candidates' heads averaged on the one backbone, or the candidate a validator scores best.
+AUTO_METHOD = "auto"
+SEARCH_RECIPES = ("cdan-e+bnm", "cdan-e+mcc", "mcc", "bnm", "source-only")
+ENSEMBLE = "ensemble"
+SEARCH_PICKS = (ENSEMBLE, *(v.name for v in VALIDATORS if v.compute is not None))
+
 DOMAIN_LABEL_MODES = ("fixed", "go", "soft", "zero-out")  # the default first, as --help lists them
 DISCRIMINATORS = ("batchnorm", "dropout")
 CDAN_MAPS = ("auto", "full", "randomized")
@@ -53,6 +62,22 @@ class RecipeName:
     def uses_target(self) -> bool:
         """The run draws target batches: for the discriminator, the target losses or both."""
         return self.adversarial or bool(self.target_losses)
+
+
+def parse_search_recipes(text: str) -> tuple[str, ...]:
+    """--search-recipes' value (recipes joined by ","), each in its one spelling; ValueError saying
+    what is wrong (a bad recipe, one named twice, fewer than two)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("an empty --search-recipes")
+    names = [p.strip() for p in text.split(",")]
+    if AUTO_METHOD in names:
+        raise ValueError("--search-recipes lists recipes, and auto is the search itself")
+    recipes = tuple(parse_recipe_name(n).name for n in names)
+    if len(set(recipes)) != len(recipes):
+        raise ValueError(f"--search-recipes names {next(r for r in recipes if recipes.count(r) > 1)!r} twice")
+    if len(recipes) < 2:
+        raise ValueError("--search-recipes needs two recipes at least: a search of one is --method " + recipes[0])
+    return recipes
 
 
 def parse_recipe_name(name: str) -> RecipeName:

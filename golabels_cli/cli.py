@@ -120,9 +120,9 @@ def adapt(ctx: typer.Context, **options: Any) -> None:
     finally:
         progress.close()
     if rank == 0:  # the results, once
-        from .tables import print_adapt_summary
+        from .tables import print_adapt_summary, print_search_summary
 
-        (print_json if json_ else print_adapt_summary)(summary)
+        (print_json if json_ else print_search_summary if "search" in summary else print_adapt_summary)(summary)
 
 
 def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debug: bool) -> Callable | None:
@@ -377,9 +377,13 @@ def report(
     debug: DebugOpt = False,
 ) -> None:
     """Summarize a run: data, losses, discriminator accuracy, relabeled fractions, validators; PNG plots with matplotlib."""
-    from .tables import print_report
-    from .report import load_run, write_plots
+    from .tables import print_report, print_search_report
+    from .report import is_search, load_run, load_search, write_plots
 
+    if is_search(run_dir):
+        search = load_search(run_dir)
+        (print_json if json_ else print_search_report)(search.to_dict() if json_ else search)
+        return
     record = load_run(run_dir)
     written = write_plots(record) if plots else []
     if json_:

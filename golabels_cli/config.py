@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 
 # Torch-free on purpose: every value is checked before torch and timm load (choices.py).
-from .choices import ALIGNMENT_TERMS, RECIPE_PARTS, parse_recipe_name
+from .choices import ALIGNMENT_TERMS, AUTO_METHOD, RECIPE_PARTS, SEARCH_RECIPES, parse_recipe_name, parse_search_recipes
 from .errors import InputError
-from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, FIELDS, FROZEN_BACKBONE_METHOD, PRETRAINED_TRADE_OFF, RUN_FIELDS,
+from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, DEFAULT_SEARCH_PICK, FIELDS, FROZEN_BACKBONE_METHOD, PRETRAINED_TRADE_OFF, RUN_FIELDS,
                       TRAINED_BACKBONE_METHOD, AdaptConfig, declaration, default_workers, option_name, recipe_or_none, value_kind)
 from .yaml_files import read_yaml_mapping
 from .trackers import check_logger
@@ -101,6 +101,11 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
     _check_types(cfg)
     if cfg.method is None:
         cfg.method = FROZEN_BACKBONE_METHOD if cfg.freeze_backbone else TRAINED_BACKBONE_METHOD
+    if cfg.method == AUTO_METHOD:
+        # What follows the recipe (the discriminator, --bn-stats, --lr-gamma) is resolved for each
+        # candidate (search.candidate_config); a value given here applies to every candidate.
+        cfg.search_recipes = cfg.search_recipes if cfg.search_recipes is not None else ",".join(SEARCH_RECIPES)
+        cfg.search_pick = cfg.search_pick if cfg.search_pick is not None else DEFAULT_SEARCH_PICK
     method = recipe_or_none(cfg.method)  # an unknown one is left to validate(), after what it checks first
     for name in PATH_FIELDS:
         value = getattr(cfg, name)
@@ -121,7 +126,7 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
     if isinstance(cfg.iters, int) and cfg.iters > 0:  # a bad --iters is validate()'s to name
         if cfg.eval_every is None:
             cfg.eval_every = default_eval_every(cfg.iters, bool(cfg.freeze_backbone))
-        if cfg.lr_gamma is None:
+        if cfg.lr_gamma is None and method is not None:
             cfg.lr_gamma = cfg.resolved_lr_gamma()
     if cfg.workers is None:
         cfg.workers = default_workers()
@@ -142,6 +147,8 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
     with. A run too short to reach its first target estimate (at --refresh-every) draws the target
     as it is, where asking for --balance-target explicitly is refused. Returns the flags it turned
     on."""
+    if cfg.method == AUTO_METHOD:
+        return []  # each candidate decides for its own recipe
     recipe = recipe_or_none(cfg.method)
     on = imbalanced and recipe is not None and recipe.adversarial
     chosen = []
@@ -156,7 +163,31 @@ def resolve_balancing(cfg: AdaptConfig, imbalanced: bool) -> list[str]:
     return chosen
 
 
-def _check_recipe(name: str) -> None:
+def _check_search(cfg: AdaptConfig) -> None:
+    """--method auto and its options: recipes that can be searched, on the cached features."""
+    if cfg.method != AUTO_METHOD:
+        for name in ("search_recipes", "search_pick"):
+            if getattr(cfg, name) is not None:
+                raise InputError(f"--{option_name(name)} applies to --method {AUTO_METHOD}, and this run's --method is {cfg.method}",
+                                 f"add --method {AUTO_METHOD}, or leave --{option_name(name)} out")
+        return
+    parts = [part.strip() for part in cfg.search_recipes.split(",")]
+    for part in parts:
+        if part != AUTO_METHOD:
+            _check_recipe(part, "--search-recipes")
+    try:
+        parse_search_recipes(cfg.search_recipes)
+    except ValueError as exc:
+        raise InputError(str(exc), "e.g. --search-recipes cdan-e+bnm,mcc,source-only") from None
+    if not cfg.freeze_backbone:
+        raise InputError(f"--method {AUTO_METHOD} trains every candidate recipe on the frozen backbone's cached features, "
+                         "and this run trains the backbone", f"add --freeze-backbone, or choose one --method")
+    if cfg.select != "last":
+        raise InputError(f"--select {cfg.select} picks a snapshot within one run, and --method {AUTO_METHOD} picks among runs "
+                         "by --search-pick", "leave --select out with --method auto")
+
+
+def _check_recipe(name: str, flag: str = "--method") -> None:
     """--method: one alignment term and/or losses on the target's predictions, joined by "+"."""
     try:
         parse_recipe_name(name)
@@ -165,8 +196,10 @@ def _check_recipe(name: str) -> None:
         if bad is not None:
             close = difflib.get_close_matches(bad.strip(), RECIPE_PARTS, 2, 0.4)
             hint = f"did you mean {' or '.join(close)}?" if close else f"choose from {', '.join(RECIPE_PARTS)}, joined by +"
-            raise InputError(f"unknown method {bad.strip()!r}", hint) from None
-        raise InputError(str(exc), "e.g. --method cdan-e, --method mcc or --method cdan-e+mcc") from None
+            what = "method" if flag == "--method" else f"recipe in {flag}"
+            raise InputError(f"unknown {what} {bad.strip()!r}", hint if close or flag != "--method" else f"{hint}, or {AUTO_METHOD}") from None
+        raise InputError(str(exc) if flag == "--method" else f"{flag}: {exc}",
+                         "e.g. --method cdan-e, --method mcc, --method cdan-e+mcc or --method auto") from None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -245,7 +278,8 @@ def validate(cfg: AdaptConfig) -> None:
     _check_types(cfg)
     if not cfg.source or not cfg.target:
         raise InputError("adapt needs a SOURCE and a TARGET folder", "golabels adapt SOURCE TARGET, or --config FILE")
-    _check_recipe(cfg.method)
+    if cfg.method != AUTO_METHOD:
+        _check_recipe(cfg.method)
     for name, f in FIELDS.items():  # None is left to the checks below: each field's default says when it may be
         choices = declaration(f).choices
         if choices and getattr(cfg, name) is not None:
@@ -314,7 +348,8 @@ def validate(cfg: AdaptConfig) -> None:
         flag = "--balance-target" if cfg.balance_target else "--label-shift-weights"
         raise InputError(f"{flag} acts from the first target estimate, at iteration --refresh-every {cfg.refresh_every}, "
                          f"and the run has {cfg.iters} iterations", "lower --refresh-every")
-    if cfg.balance_target and not parse_recipe_name(cfg.method).uses_target:
+    _check_search(cfg)
+    if cfg.balance_target and cfg.method != AUTO_METHOD and not parse_recipe_name(cfg.method).uses_target:
         raise InputError("--balance-target draws the target batches, and --method source-only trains on none",
                          "use a --method that trains on the target, or leave --balance-target out")
     if cfg.select in NEED_HELD_OUT_SOURCE and not cfg.val_split:
@@ -326,8 +361,24 @@ RESOLVED_AT_RUN_TIME = ("# golabels adapt --config FILE replays this run. Every 
                         "#   device auto: CUDA if present, then MPS, else the CPU; precision auto: bf16 autocast on CUDA, fp32 elsewhere\n")
 
 
+def _candidate_lines(cfg: AdaptConfig) -> list[str]:
+    """What each candidate of --method auto resolves for its recipe (balancing: from the source folder)."""
+    lines = []
+    for recipe in parse_search_recipes(cfg.search_recipes):
+        values = {**dataclasses.asdict(cfg), "method": recipe, "search_recipes": None, "search_pick": None, "balance_target": None}
+        c = build_config(values)
+        parsed = parse_recipe_name(recipe)
+        disc = f"discriminator {c.discriminator}, trade-off {c.trade_off:g}" if parsed.adversarial else "no discriminator"
+        lines.append(f"{recipe}: {disc}, lr-gamma {c.lr_gamma:g}, bn-stats {c.bn_stats}")
+    return lines
+
+
 def to_yaml(cfg: AdaptConfig) -> str:
     data = {option_name(k): v for k, v in dataclasses.asdict(cfg).items()}
     unresolved = [f"{option_name(k)} null: decided from the source folder's class counts" for k in ("balance_source", "balance_target")
-                  if data[option_name(k)] is None]
+                  if data[option_name(k)] is None and cfg.method != AUTO_METHOD]
+    if cfg.method == AUTO_METHOD:
+        unresolved.append(f"method {AUTO_METHOD}: each of search-recipes runs in RUN/candidates/<recipe> with these options; what is null "
+                          "here is resolved for each recipe as --method <recipe> would:")
+        unresolved += [f"  {line}" for line in _candidate_lines(cfg)]
     return RESOLVED_AT_RUN_TIME + "".join(f"#   {line}\n" for line in unresolved) + yaml.safe_dump(data, sort_keys=False)

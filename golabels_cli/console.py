@@ -19,7 +19,7 @@ from rich.text import Text
 from .errors import GolabelsError, plural, reason
 from .formats import json_text
 from .validators import NAMES, is_evaluation_row
-from .progress import DataRead, FrozenPathHint, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
+from .progress import CandidateStarted, DataRead, FrozenPathHint, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
 
 
 def _console(stream_is_stderr: bool) -> Console:
@@ -179,12 +179,19 @@ class AdaptProgress:
         self.last_stats = ""  # the figures of the newest metrics row, shown under the bar
         self.last_row: dict[str, Any] | None = None
         self.terms: tuple[str, ...] = tuple(LEGEND)
+        self.data_shown = False  # a search's candidates read the same folders: their report once
 
     def __call__(self, event: RunEvent) -> None:
         if self.quiet:
             return
         if isinstance(event, DataRead):
-            self._data(event)
+            if not self.data_shown:
+                self._data(event)
+            self.data_shown = True
+        elif isinstance(event, CandidateStarted):
+            self.close()
+            left = f"; the search has about {duration(event.seconds_left)} left" if event.seconds_left is not None else ""
+            stderr.print(f"--method auto: candidate {event.index + 1} of {event.total}, {event.recipe}{left}", markup=False, style="bold")
         elif isinstance(event, RunStarted):
             self._start(event)
         elif isinstance(event, FrozenPathHint):

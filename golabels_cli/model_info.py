@@ -12,6 +12,7 @@ ONNX metadata (`metadata_props`, every value a string) is flat so that plain Pyt
     crop_pct          resize so that the crop covers this fraction, then center crop
     crop_mode         center | squash | border (timm's eval modes)
     backbone, method, domain_labels, golabels_version
+    members           JSON list of recipes, one head each, of an ensemble (--method auto); absent for one head
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ MAX_INPUT_SIDE = 8192
 # Images are resized to input size / crop_pct before the crop: timm's models use 0.75 to 1, and a
 # tiny one would resize every image to gigabytes.
 MIN_CROP_PCT = 0.25
+MAX_MEMBERS = 16  # heads of an ensemble: a file claiming more is not one golabels wrote
 MODEL_FORMAT = "golabels-classifier/1"
 ONNX_FORMAT = "golabels-onnx/1"
 
@@ -43,6 +45,7 @@ class ModelInfo:
     method: str
     domain_labels: str
     version: str = __version__
+    members: list[str] | None = None  # an ensemble's recipes, one head each (--method auto); None: one head
 
     def check(self, path: Path) -> "ModelInfo":
         """Every field a loader trusts, checked: a damaged or edited file is refused naming the field,
@@ -79,6 +82,9 @@ class ModelInfo:
             raise bad("crop_pct", f"must be in [{MIN_CROP_PCT}, 1], got {crop_pct!r}")
         if not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 0:
             raise bad("bottleneck_dim", f"must be a non-negative integer, got {self.bottleneck_dim!r}")
+        if self.members is not None and not (isinstance(self.members, list) and 2 <= len(self.members) <= MAX_MEMBERS
+                                             and all(isinstance(m, str) and m for m in self.members)):
+            raise bad("members", f"must be a list of 2 to {MAX_MEMBERS} recipe names")
         return self
 
     def metadata(self) -> dict[str, str]:
@@ -92,6 +98,7 @@ class ModelInfo:
             "method": self.method,
             "domain_labels": self.domain_labels,
             "golabels_version": self.version,
+            **({"members": json.dumps(self.members)} if self.members is not None else {}),
         }
 
     @classmethod
@@ -107,6 +114,7 @@ class ModelInfo:
                 method=meta["method"],
                 domain_labels=meta["domain_labels"],
                 version=meta.get("golabels_version", "?"),
+                members=json.loads(meta["members"]) if "members" in meta else None,
             )
         except (KeyError, ValueError) as exc:
             raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it from its run") from exc
@@ -129,6 +137,7 @@ class ModelInfo:
             "domain_labels": self.domain_labels,
             "bottleneck_dim": str(self.bottleneck_dim),
             "golabels_version": self.version,
+            **({"members": json.dumps(self.members)} if self.members is not None else {}),
         }
 
     @classmethod
@@ -153,6 +162,7 @@ class ModelInfo:
                 method=meta["method"],
                 domain_labels=meta["domain_labels"],
                 version=meta.get("golabels_version", "?"),
+                members=json.loads(meta["members"]) if "members" in meta else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it: golabels export RUN_DIR --onnx") from exc

@@ -74,6 +74,43 @@ class Classifier(nn.Module):
         return self.head(features), features
 
 
+class HeadEnsemble(nn.Module):
+    """Several adapted heads (bottleneck and head, each trained by another recipe) on one backbone
+    that runs once (--method auto --search-pick ensemble). forward() returns (log of the members'
+    mean softmax, their bottleneck features side by side): a softmax of those logits is the mean
+    of the members' probabilities, so eval, export and predict read it as any classifier's."""
+
+    def __init__(self, backbone: nn.Module, members: list[Classifier]):
+        super().__init__()
+        self.backbone = backbone
+        self.members = nn.ModuleList(_head_of(m) for m in members)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.classify(self.backbone(x))
+
+    def classify(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [member(backbone_features) for member in self.members]
+        probabilities = torch.stack([logits.float().softmax(1) for logits, _ in outputs]).mean(0)
+        # The floor keeps a class no member gives any probability finite (softmax of it stays ~0).
+        return probabilities.clamp_min(1e-30).log(), torch.cat([features for _, features in outputs], 1)
+
+
+class _Head(nn.Module):
+    """A Classifier without its backbone: the part a member of a HeadEnsemble keeps."""
+
+    def __init__(self, bottleneck: nn.Module, head: nn.Module):
+        super().__init__()
+        self.bottleneck, self.head = bottleneck, head
+
+    def forward(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.bottleneck(backbone_features)
+        return self.head(features), features
+
+
+def _head_of(model: Classifier) -> _Head:
+    return _Head(model.bottleneck, model.head)
+
+
 class Discriminator(nn.Module):
     """Domain discriminator; forward() returns (logits [N], bridge output [N] or None).
 

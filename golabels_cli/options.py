@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .choices import (ALIGNMENT_TERMS, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
-                      REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SELECT_CHOICES, TARGET_LOSS_NAMES, parse_recipe_name)
+from .choices import (ALIGNMENT_TERMS, AUTO_METHOD, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
+                      REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SEARCH_PICKS, SEARCH_RECIPES, SELECT_CHOICES, TARGET_LOSS_NAMES,
+                      parse_recipe_name)
 
 # The --help panels, in the order they are shown.
 DATA, METHOD, TRAINING, EVALUATION, LABEL_SHIFT, PERFORMANCE, OUTPUT = PANELS = (
@@ -67,11 +68,14 @@ def value_kind(annotation: str) -> tuple[str, bool]:
     return kinds[0], "None" in kinds
 
 
+ENSEMBLE_HELP = ("ensemble (the adapted candidates' heads on the one backbone, their probabilities averaged; source-only is "
+                 "left out) | a validator's name (the candidate it scores best: " + " | ".join(SEARCH_PICKS[1:]) + ").")
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
 PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned
 FROZEN_BACKBONE_METHOD = "cdan-e+bnm"  # --method's default with --freeze-backbone (issue 33)
 TRAINED_BACKBONE_METHOD = "cdan-e"  # --method's default when the backbone trains (issue 22)
+DEFAULT_SEARCH_PICK = "ensemble"  # --search-pick's default (issue 42, benchmarks/RESULTS.md)
 
 
 @dataclass
@@ -85,7 +89,11 @@ class AdaptConfig:
     # loss on the target's predictions beside CDAN+E was measured 7.0 and 5.3 points above CDAN+E
     # alone on Office-31 (issue 33); TRAINED_BACKBONE_METHOD when the backbone trains, where the
     # losses on predictions are not measured yet (benchmarks/RESULTS.md).
-    method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions ({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + (cdan-e+bnm). Default: cdan-e+bnm with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
+    method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions ({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + (cdan-e+bnm); {AUTO_METHOD}: train each of --search-recipes on the cached features and let the target's own data choose (--freeze-backbone). Default: cdan-e+bnm with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
+    # --method auto only (search.py); None: SEARCH_RECIPES and DEFAULT_SEARCH_PICK, resolved into
+    # config.yaml by an auto run and left out (null) of every other run's.
+    search_recipes: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: the candidate recipes, joined by commas, each a run of its own under RUN/candidates/. Default: {','.join(SEARCH_RECIPES)}.", metavar="LIST")
+    search_pick: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: how the shipped model is chosen without target labels: {ENSEMBLE_HELP} Default: {DEFAULT_SEARCH_PICK}.", choices=SEARCH_PICKS)
     # fixed, not go: with CDAN+E, Go-labels lost to fixed labels on Office-31 on every measured
     # recipe and were level on digits (benchmarks/RESULTS.md, issue 22); --domain-labels go to use them.
     domain_labels: str = option("fixed", METHOD, "{choices}: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).", choices=DOMAIN_LABEL_MODES)

@@ -118,11 +118,22 @@ class RowLogged:
 
 
 @dataclass(frozen=True)
+class CandidateStarted:
+    """--method auto: a candidate recipe's run starts (or resumes); its own events follow."""
+
+    index: int  # from 0
+    total: int
+    recipe: str
+    run_dir: str
+    seconds_left: float | None  # the whole search's, at the pace of the candidates done so far; None before the first
+
+
+@dataclass(frozen=True)
 class RunFinished:
     summary: dict[str, Any]  # summary.json's document, as written
 
 
-RunEvent = Union[DataRead, RunStarted, FrozenPathHint, StepDone, RowLogged, RunFinished]
+RunEvent = Union[DataRead, RunStarted, FrozenPathHint, StepDone, RowLogged, RunFinished, CandidateStarted]
 RunListener = Callable[[RunEvent], None]
 
 

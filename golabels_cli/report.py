@@ -33,6 +33,7 @@ from typing import Any
 from . import __version__
 from . import run_files
 from .checkpoint import atomic_path, write_text_atomic
+from .choices import AUTO_METHOD, parse_search_recipes
 from .yaml_files import read_config_fields
 from .errors import InputError, reason
 from .validators import DIRECTION, LABEL_FREE, is_evaluation_row
@@ -91,6 +92,54 @@ def load_run(run_dir: str | Path) -> RunRecord:
     rows = read_metrics_rows(metrics)
     summary = _read_summary(run_dir / run_files.SUMMARY)
     return RunRecord(run_dir, config, rows, summary)
+
+
+@dataclass
+class SearchRecord:
+    """A --method auto run: its config, each candidate's run (None until it starts) and, once
+    it has finished, its summary (the pick and every candidate's figures)."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    candidates: list[tuple[str, RunRecord | None]]
+    summary: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "finished": self.summary is not None, "config": self.config, "summary": self.summary,
+                "candidates": [{"recipe": recipe, "run": record.to_dict() if record else None} for recipe, record in self.candidates]}
+
+
+def is_search(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a --method auto search (its config.yaml says so)."""
+    path = Path(run_dir) / run_files.CONFIG
+    try:
+        return path.is_file() and read_config_fields(path).get("method") == AUTO_METHOD
+    except InputError:
+        return False  # load_run names what is wrong with it
+
+
+def load_search(run_dir: str | Path) -> SearchRecord:
+    run_dir = Path(run_dir)
+    config = read_config_fields(run_dir / run_files.CONFIG)
+    try:
+        recipes = parse_search_recipes(config.get("search_recipes"))
+    except ValueError as exc:
+        raise InputError(f"{run_dir / run_files.CONFIG} has a bad search-recipes ({exc})", "restore the search's own config.yaml") from None
+    candidates = []
+    for recipe in recipes:
+        folder = run_dir / run_files.SEARCH_CANDIDATES / recipe
+        started = (folder / run_files.METRICS).is_file() and (folder / run_files.CONFIG).is_file()
+        candidates.append((recipe, load_run(folder) if started else None))
+    summary = None
+    path = run_dir / run_files.SUMMARY
+    if path.is_file():
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise InputError(f"{path} is damaged ({reason(exc)})", "restore it, or resume the search to write it again") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("search"), dict):
+            raise InputError(f"{path} is damaged (no search in it)", "restore it, or resume the search to write it again")
+    return SearchRecord(run_dir, config, candidates, summary)
 
 
 def read_metrics_rows(metrics: Path) -> list[dict[str, Any]]:

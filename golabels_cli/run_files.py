@@ -17,6 +17,7 @@ RESULTS_FIGURE = "results.png"
 TARGET_MOSAIC = "target-mosaic.png"  # target images with their predicted labels
 ONNX_MODEL = "model.onnx"  # `golabels export`'s default output, beside the model
 TENSORBOARD = "tensorboard"  # --logger tensorboard's event files (a folder)
+SEARCH_CANDIDATES = "candidates"  # --method auto: a run directory per candidate recipe, under this folder
 REPORT_PLOTS = ("report-losses.png", "report-discriminator.png", "report-validators.png")  # `golabels report`
 
 # Every file a run writes under its own name: what `adapt --exist-ok` into a used folder replaces.

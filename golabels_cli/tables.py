@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .console import data_report_lines, fmt, stderr, stdout
 from .remedies import remedy_flags
+from .validators import LEAST_TELLING_FIRST
 from .validators import NAMES as VALIDATOR_NAMES  # metrics key -> the name shown
 from . import run_files
 
@@ -272,3 +273,79 @@ def _print_validators(evals: list[dict], selected: int | None) -> None:
     elif scored >= 2:
         stdout.print(f"Spearman correlation with target accuracy: not shown from {scored} snapshots ({MIN_SNAPSHOTS} or more "
                      "needed: a smaller --eval-every gives more)", markup=False)
+
+
+def _candidate_table(title: str, rows: list[dict[str, Any]], shipped: str | None, members: list[str]) -> tuple[Table, list[str]]:
+    """One row per candidate of --method auto: its validators at its last evaluation, its --eval-dir
+    accuracy (the oracle, when given) and its seconds; the shipped ones marked."""
+    keys = [k for k in VALIDATOR_NAMES if k != "target_acc"]
+    oracle = any(r.get("target_acc") is not None for r in rows)
+
+    def build(columns: list[str]) -> Table:
+        table = Table(title=title)
+        table.add_column("recipe", overflow="fold")
+        table.add_column("shipped", no_wrap=True)
+        for name in columns:
+            table.add_column(name, justify="right", no_wrap=True)
+        if oracle:
+            table.add_column("target-acc", justify="right", no_wrap=True)
+        table.add_column("seconds", justify="right", no_wrap=True)
+        for r in rows:
+            mark = "yes" if r["recipe"] == shipped else "in the ensemble" if shipped == "ensemble" and r["recipe"] in members else ""
+            values = r.get("validators") or {}
+            cells = [fmt(values.get(k), ".4f") for k in keys if VALIDATOR_NAMES[k] in columns]
+            acc = [fmt(r.get("target_acc"), ".4f")] if oracle else []
+            seconds = f"{r['seconds']:.0f}" if isinstance(r.get("seconds"), (int, float)) else r.get("status", "")
+            table.add_row(r["recipe"], mark, *cells, *acc, seconds)
+        return table
+
+    return fitted(build, [VALIDATOR_NAMES[k] for k in keys], [n for n in LEAST_TELLING_FIRST if n != "target-acc"])
+
+
+def print_search_summary(summary: dict[str, Any]) -> None:
+    """adapt --method auto's result: what ships and why, and every candidate beside it."""
+    search = summary["search"]
+    table = _two_columns(f"golabels adapt --method auto: {summary['run_dir']}")
+    table.add_row("shipped", search["why"] + f" (--search-pick {search['pick']})")
+    table.add_row("backbone", summary["backbone"])
+    table.add_row("iterations", f"{summary['iters']} per candidate; {summary['seconds']:.1f}s of training over "
+                  f"{len(search['candidates'])} candidates on {summary['device']}")
+    if summary.get("target_acc") is not None:
+        reference = (f"; source-only {search['source_only_acc']:.4f}" if search.get("source_only_acc") is not None else "")
+        table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; "
+                      f"--eval-dir labels, never used to choose){reference}")
+    table.add_row("candidates", f"{run_files.SEARCH_CANDIDATES}/<recipe> in {summary['run_dir']}: each a run of its own (golabels report)")
+    stdout.print(table)
+    _print_fitted(*_candidate_table("candidates (validators at each one's last evaluation)", search["candidates"],
+                                    search["shipped"], search["members"]))
+
+
+def print_search_report(record) -> None:
+    """`golabels report` of a --method auto run: the search's state, or its result."""
+    overview = _two_columns(f"golabels report: {record.run_dir}")
+    cfg, summary = record.config, record.summary
+    overview.add_row("method", f"auto over {cfg.get('search_recipes')}, --search-pick {cfg.get('search_pick')}, backbone {cfg.get('backbone')}")
+    if summary is None:
+        done = sum(1 for _, run in record.candidates if run is not None and run.finished)
+        overview.add_row("status", f"not finished: {done} of {len(record.candidates)} candidates done "
+                         f"(resume with golabels adapt --resume {record.run_dir})")
+    else:
+        search = summary["search"]
+        overview.add_row("status", f"finished: {summary['iters']} iterations per candidate, {summary['seconds']:.0f}s of training")
+        if summary.get("environment"):
+            overview.add_row("environment", environment_line(summary["environment"]))
+        overview.add_row(run_files.MODEL, search["why"])
+        if summary.get("target_acc") is not None:
+            overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
+    stdout.print(overview)
+    if summary is not None:
+        rows, shipped, members = summary["search"]["candidates"], summary["search"]["shipped"], summary["search"]["members"]
+    else:
+        rows, shipped, members = [], None, []
+        for recipe, run in record.candidates:
+            last = run.evals[-1] if run is not None and run.finished and run.evals else {}
+            status = "done" if run is not None and run.finished else f"at {run.iteration}" if run is not None else "not started"
+            rows.append({"recipe": recipe, "validators": last, "target_acc": (run.summary or {}).get("target_acc") if run else None,
+                         "seconds": (run.summary or {}).get("seconds") if run else None, "status": status})
+    _print_fitted(*_candidate_table("candidates (validators at each one's last evaluation)", rows, shipped, members))
+    stdout.print(f"each candidate's own report: golabels report {record.run_dir}/{run_files.SEARCH_CANDIDATES}/<recipe>", markup=False)

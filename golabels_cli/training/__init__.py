@@ -1,6 +1,7 @@
 """Training a run: build it from its config, run the loop, write the run directory.
 
-    run.py            adapt() and resume(): the two ways in
+    search.py         adapt() and resume(): a run, or with --method auto a search over recipes
+    run.py            one run: adapt() starts it, resume() continues it
     resolve.py        the config resolved once: device, folders, the defaults that follow them, every input checked
     build.py          model, discriminator, optimizer, feature cache, from the resolved config
     loop.py           the loop, top to bottom, and its window of metrics
@@ -16,7 +17,7 @@
 from .build import build
 from .resolve import resolve_config
 from .loop import train
-from .run import adapt, resume
+from .search import adapt, resume
 from .runtime import Speed, environment, speed_settings
 from .state import LoopState, Training
 from .step import fit_head, train_step

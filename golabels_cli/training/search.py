@@ -1,0 +1,277 @@
+"""--method auto: several recipes trained on the frozen backbone's cached features, and the
+target's own data choosing what ships, since no recipe wins every task (issue 42).
+
+    RUN/config.yaml                 method: auto, search-recipes, search-pick: what a replay needs
+    RUN/candidates/<recipe>/        one complete run per candidate: exactly the run that
+                                    `golabels adapt --method <recipe>` with the same options makes
+    RUN/model.safetensors           the shipped model (below)
+    RUN/summary.json                the search: every candidate's validators, accuracy and seconds,
+                                    the pick and why; written last: its presence means it finished
+
+--search-pick ensemble ships the adapted candidates' heads on the one backbone, their
+probabilities averaged (models.HeadEnsemble: one backbone pass); a validator's name ships the
+candidate that validator scores best at its last evaluation (the first of equals, in
+--search-recipes' order). source-only is the floor and the reference: it never joins the ensemble,
+and a validator may pick it. Nothing about the choice reads target labels; --eval-dir, when
+given, only reports each candidate's accuracy and the shipped model's.
+
+An interrupted search resumes where it stopped: a finished candidate (its summary.json) is read,
+an interrupted one continues from its checkpoint, the others start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import run_files
+from ..checkpoint import check_run_dir, claim_run_dir, load_model, save_model
+from ..choices import AUTO_METHOD, ENSEMBLE, parse_recipe_name, parse_search_recipes
+from ..config import AdaptConfig, build_config, to_yaml
+from ..errors import InputError, Interrupted, RunError, reason
+from ..model_info import ModelInfo
+from ..progress import CandidateStarted, RunFinished, no_events
+from ..validators import LABEL_FREE, better
+from ..yaml_files import run_config
+from . import run
+from .run_dir import write
+from .state import Progress
+
+log = logging.getLogger("golabels")
+
+CANDIDATES = run_files.SEARCH_CANDIDATES
+
+
+def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Progress = no_events) -> dict[str, Any]:
+    """A new run (run.adapt), or with --method auto a new search; returns its summary."""
+    if cfg.method == AUTO_METHOD:
+        return adapt_search(cfg, out, exist_ok, progress)
+    return run.adapt(cfg, out, exist_ok, progress)
+
+
+def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = no_events) -> dict[str, Any]:
+    """An interrupted run continued (run.resume), or an interrupted search; returns its summary."""
+    run_dir = Path(run_dir)
+    declared = run_config(run_dir) if run_dir.is_dir() else {}
+    if declared.get("method") != AUTO_METHOD:
+        return run.resume(run_dir, overrides, progress)
+    try:
+        cfg = build_config({**declared, **(overrides or {})})
+    except InputError as exc:
+        raise InputError(f"{run_dir / run_files.CONFIG} cannot be resumed ({exc.message})", "restore the search's own config.yaml") from None
+    return resume_search(run_dir, cfg, overrides or {}, progress)
+
+
+def candidate_config(cfg: AdaptConfig, recipe: str) -> AdaptConfig:
+    """The config of one candidate: the search's options with --method RECIPE, everything that
+    follows the recipe (discriminator, --bn-stats, --lr-gamma, balancing) resolved for it as a run
+    of that recipe would resolve it."""
+    values = {**dataclasses.asdict(cfg), "method": recipe, "search_recipes": None, "search_pick": None}
+    if not parse_recipe_name(recipe).uses_target:
+        values["balance_target"] = None  # source-only draws no target batch to balance
+    return build_config(values)
+
+
+def candidate_dir(run_dir: Path, recipe: str) -> Path:
+    return run_dir / CANDIDATES / recipe
+
+
+def adapt_search(cfg: AdaptConfig, out: str | Path | None, exist_ok: bool, progress: Progress = no_events) -> dict[str, Any]:
+    """A new search into `out` (as adapt's run directory: never overwritten unless exist_ok).
+    Every candidate's config is checked before the directory is made."""
+    check_run_dir(out, exist_ok, {"SOURCE": cfg.source, "TARGET": cfg.target, "--eval-dir": cfg.eval_dir})
+    for recipe in parse_search_recipes(cfg.search_recipes):
+        candidate_config(cfg, recipe)
+    run_dir = claim_run_dir(out, exist_ok)
+    if exist_ok and (run_dir / CANDIDATES).exists():
+        raise InputError(f"{run_dir} already holds a search's {CANDIDATES}/", f"resume it with golabels adapt --resume {run_dir}, "
+                         "or pass another --out")
+    write(run_dir / run_files.CONFIG, to_yaml(cfg), None)
+    return run_search(cfg, run_dir, {}, progress)
+
+
+def resume_search(run_dir: Path, cfg: AdaptConfig, overrides: dict[str, Any], progress: Progress = no_events) -> dict[str, Any]:
+    """Continue a search: the finished candidates read, the interrupted one resumed, the rest run."""
+    if (run_dir / run_files.SUMMARY).is_file() and (run_dir / run_files.MODEL).is_file():
+        raise InputError(f"search {run_dir} is already complete", "evaluate or export it, or start a new run")
+    return run_search(cfg, run_dir, overrides, progress)
+
+
+def run_search(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    recipes = parse_search_recipes(cfg.search_recipes)
+    started = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    pace: dict[bool, float] = {}  # seconds per iteration of the candidates trained so far, with and without a discriminator
+    for i, recipe in enumerate(recipes):
+        folder = candidate_dir(run_dir, recipe)
+        summary = _finished(folder)
+        if summary is None:
+            progress(CandidateStarted(i, len(recipes), recipe, str(folder), _seconds_left(recipes[i:], cfg.iters, pace)))
+            try:
+                if (folder / run_files.CHECKPOINT).is_file():
+                    summary = run.resume(folder, overrides, progress)
+                else:
+                    _clear_unstarted(folder)
+                    summary = run.adapt(candidate_config(dataclasses.replace(cfg, **overrides), recipe), folder, False, progress)
+            except Interrupted as exc:
+                raise Interrupted(f"{exc.message} (candidate {recipe}, {i + 1} of {len(recipes)})",
+                                  f"resume the search with: golabels adapt --resume {run_dir}") from None
+            except RunError as exc:
+                raise RunError(f"candidate {recipe} of the search failed: {exc.message}",
+                               f"{exc.hint}; or leave it out with --search-recipes" if exc.hint else None) from None
+        adversarial = parse_recipe_name(recipe).adversarial
+        if summary.get("seconds") and not summary.get("resumed_at"):
+            pace[adversarial] = summary["seconds"] / max(summary["iters"], 1)
+        records.append(candidate_record(recipe, folder, summary))
+    return _finish(cfg, run_dir, records, time.perf_counter() - started, overrides, progress)
+
+
+def _finished(folder: Path) -> dict[str, Any] | None:
+    """A candidate's summary when it finished (summary.json and model.safetensors), else None."""
+    path = folder / run_files.SUMMARY
+    if not (path.is_file() and (folder / run_files.MODEL).is_file()):
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} cannot be read ({reason(exc)})", "restore it, or remove that candidate's folder to train it again") from exc
+    if not isinstance(summary, dict) or not isinstance(summary.get("evals"), list):
+        raise InputError(f"{path} is not a golabels summary", "restore it, or remove that candidate's folder to train it again")
+    return summary
+
+
+def _clear_unstarted(folder: Path) -> None:
+    """A candidate stopped before its first checkpoint leaves only what adapt writes first: the
+    search's own files, nothing to keep. Anything else in the folder is not ours to remove."""
+    if not folder.exists():
+        return
+    names = {p.name for p in folder.iterdir()}
+    if names - set(run_files.RUN_FILES) or not folder.is_dir() or folder.is_symlink():
+        raise InputError(f"{folder} holds files the search did not write ({', '.join(sorted(names - set(run_files.RUN_FILES))[:3])})",
+                         "move them away, then resume")
+    shutil.rmtree(folder)
+
+
+def _seconds_left(recipes: tuple[str, ...], iters: int, pace: dict[bool, float]) -> float | None:
+    """The search's remaining time at the pace its candidates have shown, each at the pace of the
+    candidates like it (with a discriminator or without); None before any has finished."""
+    if not pace:
+        return None
+    fallback = max(pace.values())
+    return sum(pace.get(parse_recipe_name(r).adversarial, fallback) * iters for r in recipes)
+
+
+def candidate_record(recipe: str, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """What the search keeps of a candidate: its validators at its last evaluation (the model it
+    shipped), its --eval-dir accuracy when given, and its seconds."""
+    last = summary["evals"][-1] if summary["evals"] else {}
+    return {"recipe": recipe, "run_dir": str(folder), "validators": {k: last.get(k) for k in LABEL_FREE},
+            "target_acc": summary.get("target_acc"), "target_mean_class_acc": summary.get("target_mean_class_acc"),
+            "seconds": summary.get("seconds")}
+
+
+def pick(records: list[dict[str, Any]], rule: str) -> tuple[str, list[str], str]:
+    """(what ships: ENSEMBLE or a recipe, the recipes whose heads it holds, why in words)."""
+    if rule == ENSEMBLE:
+        members = [r["recipe"] for r in records if parse_recipe_name(r["recipe"]).uses_target]
+        if len(members) >= 2:
+            return ENSEMBLE, members, f"the mean of {len(members)} adapted candidates' probabilities ({', '.join(members)})"
+        if members:
+            return members[0], members, f"{members[0]}, the one adapted candidate (an ensemble needs two)"
+        return records[0]["recipe"], [records[0]["recipe"]], "no candidate adapts to the target: the first ships"
+    best = None
+    for r in records:
+        if better(rule.replace("-", "_"), r["validators"].get(rule.replace("-", "_")), best and best["validators"][rule.replace("-", "_")]):
+            best = r
+    if best is None:
+        first = records[0]["recipe"]
+        return first, [first], f"{rule} could not be computed for any candidate: the first, {first}, ships"
+    value = best["validators"][rule.replace("-", "_")]
+    return best["recipe"], [best["recipe"]], f"{best['recipe']} has the best {rule} of the {len(records)} candidates ({value:.4f})"
+
+
+def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], seconds: float, overrides: dict[str, Any],
+            progress: Progress) -> dict[str, Any]:
+    """model.safetensors (the pick) and summary.json, the search's last writes."""
+    shipped, members, why = pick(records, cfg.search_pick)
+    model_file = run_dir / run_files.MODEL
+    if shipped == ENSEMBLE:
+        _save_ensemble(cfg, [candidate_dir(run_dir, m) for m in members], members, model_file)
+    else:
+        _copy_model(candidate_dir(run_dir, shipped) / run_files.MODEL, model_file)
+    log.info("--method auto ships %s", why)
+    first = json.loads((Path(records[0]["run_dir"]) / run_files.SUMMARY).read_text())
+    accuracy = _shipped_accuracy(cfg, run_dir, records, shipped, overrides)
+    reference = next((r for r in records if not parse_recipe_name(r["recipe"]).uses_target), None)
+    summary = {
+        "golabels_version": first.get("golabels_version"),
+        "environment": first.get("environment"),
+        "run_dir": str(run_dir),
+        "backbone": cfg.backbone,
+        "method": AUTO_METHOD,
+        "domain_labels": cfg.domain_labels,
+        "iters": cfg.iters,
+        "seconds": round(sum(r["seconds"] or 0.0 for r in records), 2),  # training, over every candidate and session
+        "session_seconds": round(seconds, 2),
+        "device": first.get("device"),
+        "classes": first.get("classes"),
+        "images": first.get("images"),
+        "skipped": first.get("skipped"),
+        "target_acc": accuracy[0] if accuracy else None,
+        "target_mean_class_acc": accuracy[1] if accuracy else None,
+        "search": {"pick": cfg.search_pick, "shipped": shipped, "members": members, "why": why,
+                   "source_only_acc": reference["target_acc"] if reference else None, "candidates": records},
+    }
+    from ..formats import json_text
+
+    write(run_dir / run_files.SUMMARY, json_text(summary) + "\n", None)
+    progress(RunFinished(summary))
+    return summary
+
+
+def _copy_model(source: Path, path: Path) -> None:
+    from ..checkpoint import atomic_path
+
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _save_ensemble(cfg: AdaptConfig, folders: list[Path], members: list[str], path: Path) -> None:
+    """The members' heads on their one backbone, as one model file."""
+    import torch
+
+    from ..models import HeadEnsemble
+
+    loaded = [load_model(f) for f in folders]
+    backbone = loaded[0][0].backbone
+    reference = backbone.state_dict()
+    for (model, _), folder in zip(loaded[1:], folders[1:]):
+        theirs = model.backbone.state_dict()
+        if theirs.keys() != reference.keys() or not all(torch.equal(theirs[k], reference[k]) for k in reference):
+            raise RunError(f"candidate {folder.name} ships another backbone than {folders[0].name}",
+                           "their heads cannot share one; pass --search-pick with a validator")
+    info = loaded[0][1]
+    ensemble = HeadEnsemble(backbone, [m for m, _ in loaded])
+    save_model(ensemble, ModelInfo(info.backbone, info.classes, info.data_config, info.bottleneck_dim, AUTO_METHOD, cfg.domain_labels,
+                                   members=members), path)
+
+
+def _shipped_accuracy(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], shipped: str,
+                      overrides: dict[str, Any]) -> tuple[float, float] | None:
+    """The shipped model's --eval-dir accuracy: a candidate's own, or the ensemble's, evaluated on
+    the cached features."""
+    if not cfg.eval_dir:
+        return None
+    if shipped != ENSEMBLE:
+        record = next(r for r in records if r["recipe"] == shipped)
+        return record["target_acc"], record["target_mean_class_acc"]
+    from ..evaluate import evaluate
+
+    result = evaluate(run_dir, cfg.eval_dir, device=overrides.get("device", cfg.device), batch_size=2 * cfg.batch_size, workers=0)
+    return result.accuracy, result.mean_class_accuracy
+
