@@ -182,9 +182,9 @@ def _check_search(cfg: AdaptConfig) -> None:
     if not cfg.freeze_backbone:
         raise InputError(f"--method {AUTO_METHOD} trains every candidate recipe on the frozen backbone's cached features, "
                          "and this run trains the backbone", f"add --freeze-backbone, or choose one --method")
-    if cfg.select != "last":
-        raise InputError(f"--select {cfg.select} picks a snapshot within one run, and --method {AUTO_METHOD} picks among runs "
-                         "by --search-pick", "leave --select out with --method auto")
+    if cfg.devices > 1:
+        raise InputError(f"--method {AUTO_METHOD} trains its candidates one after another in one process, on cached features",
+                         "leave --devices out: a step on cached features is too small to share")
 
 
 def _check_recipe(name: str, flag: str = "--method") -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from .errors import InputError, RunError, reason
 from .formats import csv_line
-from .inference import EvalResult, evaluate_images, labeled_for_model, score
+from .inference import EvalResult, evaluate_cached, evaluate_images, labeled_for_model
 
 
 def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> EvalResult:
@@ -24,15 +22,7 @@ def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto
     cache = _frozen_backbone_cache(run_or_model)
     if cache is None:
         return evaluate_images(model, images, to_model, info.classes, info.data_config, dev, batch_size, workers)
-    # The run never changed its backbone: its cached features are the backbone's output (eval mode,
-    # eval transform), and only images not seen before go through it.
-    from .features import backbone_features, model_key
-
-    key = model_key(info.backbone, model.backbone, info.data_config)
-    features = backbone_features(images, model.backbone, key, info.data_config, dev, cache, batch_size, workers, "eval: features")
-    with torch.no_grad():
-        logits = torch.cat([model.classify(chunk.to(dev))[0].float().cpu() for chunk in features.values.split(batch_size)])
-    return score(images, to_model, info.classes, logits.argmax(1))
+    return evaluate_cached(model, info, images, to_model, dev, cache, batch_size, workers)
 
 
 def _frozen_backbone_cache(run_or_model: str | Path) -> str | None:

@@ -90,6 +90,20 @@ def evaluate_images(
     return score(images, to_model, model_classes, predict_outputs(model, loader, device, what="eval")[0].argmax(1))
 
 
+def evaluate_cached(model: torch.nn.Module, info, images: ImageSet, to_model: list[int], device: torch.device, cache_dir: str,
+                    batch_size: int = 64, workers: int = 0) -> EvalResult:
+    """evaluate_images() of a model whose backbone never trained (--freeze-backbone): its cached
+    features are the backbone's output (eval mode, eval transform), and only images not seen
+    before go through it."""
+    from .features import backbone_features, model_key
+
+    key = model_key(info.backbone, model.backbone, info.data_config)
+    features = backbone_features(images, model.backbone, key, info.data_config, device, cache_dir, batch_size, workers, "eval: features")
+    with torch.no_grad():
+        logits = torch.cat([model.classify(chunk.to(device))[0].float().cpu() for chunk in features.values.split(batch_size)])
+    return score(images, to_model, info.classes, logits.argmax(1))
+
+
 def score(images: ImageSet, to_model: list[int], model_classes: list[str], predicted: torch.Tensor) -> EvalResult:
     """Accuracy, per-class accuracy and confusion of the predicted model classes of `images`."""
     true_local = torch.tensor(images.labels)

@@ -92,7 +92,7 @@ class AdaptConfig:
     method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions ({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + (cdan-e+bnm); {AUTO_METHOD}: train each of --search-recipes on the cached features and let the target's own data choose (--freeze-backbone). Default: cdan-e+bnm with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
     # --method auto only (search.py); None: SEARCH_RECIPES and DEFAULT_SEARCH_PICK, resolved into
     # config.yaml by an auto run and left out (null) of every other run's.
-    search_recipes: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: the candidate recipes, joined by commas, each a run of its own under RUN/candidates/. Default: {','.join(SEARCH_RECIPES)}.", metavar="LIST")
+    search_recipes: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: the candidate recipes, joined by commas, each a run of its own under RUN/candidates/. Default: {', '.join(SEARCH_RECIPES)}.", metavar="LIST")
     search_pick: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: how the shipped model is chosen without target labels: {ENSEMBLE_HELP} Default: {DEFAULT_SEARCH_PICK}.", choices=SEARCH_PICKS)
     # fixed, not go: with CDAN+E, Go-labels lost to fixed labels on Office-31 on every measured
     # recipe and were level on digits (benchmarks/RESULTS.md, issue 22); --domain-labels go to use them.

@@ -360,3 +360,52 @@ def test_eval_cost_reports_the_share_of_a_run_spent_evaluating(domains, tmp_path
     again = subprocess.run([sys.executable, str(BENCHMARKS / "eval_cost.py"), str(source), str(target), "--run", tiny, "--out",
                             str(tmp_path / "cost")], capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "exists" in again.stderr  # never overwrites a measurement
+
+
+def test_make_domains_writes_each_corruption_once_and_the_same_bytes_again(tmp_path):
+    import shutil
+
+    make_domains = load("make_domains")
+    make_two_domains(tmp_path, per_class=2, size=32, seed=3)
+    made = make_domains.main(["--root", str(tmp_path), "--domains", "target", "--severities", "1,2"])
+    assert [p.name for p in made] == [f"target-{k}-{s}" for k in make_domains.KINDS for s in (1, 2)]
+    originals = sorted(p.relative_to(tmp_path / "target").with_suffix(".jpg") for p in (tmp_path / "target").rglob("*.png"))
+    for folder in made:
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*.jpg")) == originals  # same classes, same names
+    noisy = tmp_path / "target-noise-2"
+    first = {p: p.read_bytes() for p in noisy.rglob("*.jpg")}
+    stamp = next(iter(first)).stat().st_mtime_ns
+    make_domains.main(["--root", str(tmp_path), "--domains", "target", "--kinds", "noise", "--severities", "2"])
+    assert next(iter(first)).stat().st_mtime_ns == stamp  # a finished domain is left as it is
+    shutil.rmtree(noisy)
+    make_domains.main(["--root", str(tmp_path), "--domains", "target", "--kinds", "noise", "--severities", "2"])
+    assert {p: p.read_bytes() for p in noisy.rglob("*.jpg")} == first  # noise seeded by the path
+    with pytest.raises(SystemExit, match="unknown kind"):
+        make_domains.main(["--root", str(tmp_path), "--domains", "target", "--kinds", "fog"])
+
+
+def test_recipe_search_applies_each_rule_as_the_search_ships_it(tmp_path):
+    from conftest import cli
+
+    uda, recipe_search = load("uda"), load("recipe_search")
+    source, target = make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
+    common = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--batch-size", "4", "--device", "cpu",
+              "--workers", "0"]
+    uda.main(["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "mcc,bnm,source-only", "--seeds", "2",
+              "--out", str(tmp_path / "sweep"), "--iters", "6", "--freeze-backbone", "--cache-dir", str(tmp_path / "cache"), "--quiet",
+              *common])
+    text = recipe_search.main(["--sweep", str(tmp_path / "sweep"), "--root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
+                               "--tasks", "source:target", "--seeds", "2", "--recipes", "mcc,bnm,source-only", "--default", "mcc"])
+    header = [c.strip() for c in text.splitlines()[0].split("|")[1:-1]]
+    assert header[:5] == ["task", "seeds", "mcc", "bnm", "source-only"] and "pick: ensemble" in header and "pick: snd" in header
+    results = json.loads((tmp_path / "sweep" / "search.json").read_text())["source:target"]
+    assert results["seeds"] == 2 and len(results["rules"]["ensemble"]) == 2
+    # The product's own search with the sweep's options ships, for seed 0, what the benchmark measured.
+    result = cli("adapt", source, target, *common, "--iters", "6", "--freeze-backbone", "--cache-dir", tmp_path / "cache",
+                 "--method", "auto", "--search-recipes", "mcc,bnm,source-only", "--eval-dir", target, "--no-balance-source",
+                 "--no-balance-target", "--eval-every", "0", "--out", tmp_path / "auto", "--quiet", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["target_acc"] == pytest.approx(results["rules"]["ensemble"][0])
+    assert [c["target_acc"] for c in summary["search"]["candidates"]] == [results["candidates"][r][0] for r in ("mcc", "bnm", "source-only")]
+    assert "| ensemble |" in text  # the acceptance table, against --default

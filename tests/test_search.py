@@ -185,7 +185,7 @@ def test_the_ensemble_exports_verifies_and_predicts_as_one_model(searched, domai
     (["--freeze-backbone", "--method", "auto", "--search-recipes", "mcc,bogus"], "unknown recipe in --search-recipes 'bogus'"),
     (["--freeze-backbone", "--method", "auto", "--search-recipes", "mcc,auto"], "auto is the search itself"),
     (["--freeze-backbone", "--method", "auto", "--search-pick", "target-acc"], "unknown search-pick 'target-acc'"),
-    (["--freeze-backbone", "--method", "auto", "--select", "im", "--eval-every", "2"], "--method auto picks among runs"),
+    (["--freeze-backbone", "--method", "auto", "--devices", "2"], "one after another in one process"),
 ])
 def test_bad_search_options_are_one_line_errors_and_create_nothing(domains, tmp_path, args, message):
     source, target = domains

@@ -167,9 +167,10 @@ def _seconds_left(recipes: tuple[str, ...], iters: int, pace: dict[bool, float])
 
 
 def candidate_record(recipe: str, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """What the search keeps of a candidate: its validators at its last evaluation (the model it
-    shipped), its --eval-dir accuracy when given, and its seconds."""
-    last = summary["evals"][-1] if summary["evals"] else {}
+    """What the search keeps of a candidate: its validators at the evaluation of the snapshot it
+    shipped (the last, or --select's), its --eval-dir accuracy when given, and its seconds."""
+    shipped = (summary.get("selected") or {}).get("iter")
+    last = next((e for e in summary["evals"] if e.get("iter") == shipped), summary["evals"][-1] if summary["evals"] else {})
     return {"recipe": recipe, "run_dir": str(folder), "validators": {k: last.get(k) for k in LABEL_FREE},
             "target_acc": summary.get("target_acc"), "target_mean_class_acc": summary.get("target_mean_class_acc"),
             "seconds": summary.get("seconds")}
@@ -270,8 +271,12 @@ def _shipped_accuracy(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, A
     if shipped != ENSEMBLE:
         record = next(r for r in records if r["recipe"] == shipped)
         return record["target_acc"], record["target_mean_class_acc"]
-    from ..evaluate import evaluate
+    from ..device import pick_device
+    from ..inference import evaluate_cached, labeled_for_model
 
-    result = evaluate(run_dir, cfg.eval_dir, device=overrides.get("device", cfg.device), batch_size=2 * cfg.batch_size, workers=0)
+    model, info = load_model(run_dir)
+    images, to_model = labeled_for_model(cfg.eval_dir, info.classes, "eval")
+    device = pick_device(overrides.get("device", cfg.device))
+    result = evaluate_cached(model.to(device), info, images, to_model, device, overrides.get("cache_dir", cfg.cache_dir), 2 * cfg.batch_size)
     return result.accuracy, result.mean_class_accuracy
 
