@@ -31,6 +31,10 @@ MAX_INPUT_SIDE = 8192
 # Images are resized to input size / crop_pct before the crop: timm's models use 0.75 to 1, and a
 # tiny one would resize every image to gigabytes.
 MIN_CROP_PCT = 0.25
+# Normalization divides pixels in [0, 1] by std: every timm model's is 0.2 to 0.5, and one near
+# zero turns the confidences into inf and NaN.
+MIN_STD = 1e-3
+MAX_MEAN = 10.0
 MAX_MEMBERS = 16  # heads of an ensemble: a file claiming more is not one golabels wrote
 MODEL_FORMAT = "golabels-classifier/1"
 ONNX_FORMAT = "golabels-onnx/1"
@@ -71,14 +75,18 @@ class ModelInfo:
             raise bad("input_size", f"must be [3, height, width], each side 1 to {MAX_INPUT_SIDE}, got {size!r}"[:120])
         if not finite(cfg.get("mean"), 3):
             raise bad("mean", "must be 3 finite numbers")
-        if not finite(cfg.get("std"), 3) or min(cfg["std"]) <= 0:
-            raise bad("std", "must be 3 finite positive numbers")
+        if not finite(cfg.get("std"), 3) or min(cfg["std"]) < MIN_STD or max(map(abs, cfg["mean"])) > MAX_MEAN:
+            what = "std" if not finite(cfg.get("std"), 3) or min(cfg["std"]) < MIN_STD else "mean"
+            raise bad(what, f"std must be 3 finite numbers of at least {MIN_STD:g} and mean within ±{MAX_MEAN:g}: "
+                            "pixels divided by less would overflow the confidences")
         if cfg.get("interpolation", "bilinear") not in INTERPOLATIONS:
             raise bad("interpolation", f"{cfg.get('interpolation')!r} is not one of {', '.join(INTERPOLATIONS)}"[:120])
         if (cfg.get("crop_mode") or "center") not in CROP_MODES:
             raise bad("crop_mode", f"{cfg.get('crop_mode')!r} is not one of {', '.join(CROP_MODES)}"[:120])
-        crop_pct = cfg.get("crop_pct") or 0.875
-        if not (isinstance(crop_pct, (int, float)) and math.isfinite(crop_pct) and MIN_CROP_PCT <= crop_pct <= 1):
+        crop_pct = cfg.get("crop_pct")
+        crop_pct = 0.875 if crop_pct is None else crop_pct  # absent: timm's default; present, even 0, it must be in range
+        if not (isinstance(crop_pct, (int, float)) and not isinstance(crop_pct, bool) and math.isfinite(crop_pct)
+                and MIN_CROP_PCT <= crop_pct <= 1):
             raise bad("crop_pct", f"must be in [{MIN_CROP_PCT}, 1], got {crop_pct!r}")
         if not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 0:
             raise bad("bottleneck_dim", f"must be a non-negative integer, got {self.bottleneck_dim!r}")

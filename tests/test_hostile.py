@@ -101,7 +101,10 @@ def test_yaml_numbers_without_a_dot_still_read_as_numbers(domains, tmp_path):
     ({"crop_mode": "zoom"}, "bad crop_mode"),
     ({"input_size": json.dumps([3, 0, 32])}, "bad input_size"),
     ({"classes": json.dumps(["a", "a", "b"])}, "names repeat"),
-], ids=["classes", "std", "interpolation", "crop_mode", "input_size", "repeated-classes"])
+    ({"crop_pct": "0"}, "bad crop_pct"),  # 0 is not "absent": it must be in range like any other value
+    ({"std": json.dumps([1e-300, 0.2, 0.2])}, "bad std"),  # finite and positive, yet the confidences would be NaN
+    ({"mean": json.dumps([1e300, 0, 0])}, "bad mean"),
+], ids=["classes", "std", "interpolation", "crop_mode", "input_size", "repeated-classes", "crop_pct-0", "std-tiny", "mean-huge"])
 def test_edited_onnx_metadata_is_refused_naming_the_field(shipped, domains, tmp_path, changes, words):
     path = onnx_with_metadata(shipped / "model.onnx", tmp_path / "edited.onnx", **changes)
     result = cli("predict", path, domains[1], "--device", "cpu")
