@@ -49,11 +49,12 @@ CONFIG_CASES = [
 def test_bad_config_values_exit_2_before_a_run_directory_exists(domains, tmp_path, text, words):
     source, target = domains
     config = tmp_path / "config.yaml"
-    # A tiny valid run, then the bad line (PyYAML keeps a repeated key's last value): a value let
-    # through costs seconds, not a default run.
-    tiny = (f"source: {source}\ntarget: {target}\nbackbone: test_resnet\npretrained: false\nimage-size: 32\n"
-            "device: cpu\nworkers: 0\nbatch-size: 4\niters: 1\n")
-    config.write_text(text if text.startswith("[") else tiny + text)
+    # A tiny valid run, its line for the bad key replaced by the bad line (a key given twice is
+    # refused): a value let through costs seconds, not a default run.
+    tiny = [f"source: {source}", f"target: {target}", "backbone: test_resnet", "pretrained: false", "image-size: 32",
+            "device: cpu", "workers: 0", "batch-size: 4", "iters: 1"]
+    bad_key = text.split(":")[0]
+    config.write_text(text if text.startswith("[") else "".join(f"{line}\n" for line in tiny if line.split(":")[0] != bad_key) + text)
     result = cli("adapt", "--config", config, "--out", tmp_path / "run")
     assert result.exit_code == 2
     one_error_line(result, words)
