@@ -16,6 +16,7 @@ the log of the "golabels" logger. `import golabels` loads no torch until a funct
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -90,6 +91,19 @@ def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
     return resolved(cfg)
 
 
+def _checked_config(cfg: Any) -> AdaptConfig:
+    """cfg checked as the command line checks its options, however it was made (by config(),
+    by hand, or changed since): a checked copy; InputError before anything is created."""
+    if not isinstance(cfg, AdaptConfig):
+        raise InputError(f"adapt takes an AdaptConfig, got {type(cfg).__name__}", "make one with golabels.config(SOURCE, TARGET, ...)")
+    return build_config(dataclasses.asdict(cfg))
+
+
+def _count(name: str, value: Any, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise InputError(f"{name} must be an integer of at least {least}, got {value!r}")
+
+
 def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Callable[[Any], None] | None = None) -> Run:
     """Train on cfg.source (labeled) and cfg.target (unlabeled) into `out` (default runs/adapt/exp,
     exp2, ...; never overwritten unless `exist_ok`). `progress` receives golabels_cli.progress's
@@ -98,6 +112,7 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     from .progress import no_events
     from .training import adapt as train_new
 
+    cfg = _checked_config(cfg)
     if cfg.devices > 1 and not launched_by_torchrun():
         raise InputError(f"devices={cfg.devices} starts worker processes, which golabels.adapt does not",
                          f"run golabels adapt --devices {cfg.devices}, or this script under torchrun")
@@ -122,6 +137,9 @@ def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto
     """Accuracy, per-class accuracy and the confusion matrix of a run's model on a labeled folder."""
     from .evaluate import evaluate as evaluate_model
 
+    _count("batch_size", batch_size, 1)
+    _count("workers", workers, 0)
+    _device_name(device)
     return evaluate_model(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
 
 
@@ -131,19 +149,39 @@ def export_onnx(run_or_model: str | Path, output: str | Path | None = None, opse
     verified against PyTorch; never replaces a file unless `exist_ok`."""
     from .export import export_onnx as export_model
 
+    _count("opset", opset, 1)
+    if batch is not None:
+        _count("batch", batch, 1)
     return export_model(run_or_model, output, opset=opset, batch=batch, verify=verify, exist_ok=exist_ok)
 
 
-def predict(model: str | Path, images: Iterable[str | Path], device: str = "auto", batch_size: int = 32, workers: int = 0,
+def _device_name(device: Any) -> None:
+    from .choices import DEVICES
+
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}", f"pass one of {', '.join(DEVICES)}")
+
+
+def predict(model: str | Path, images: str | Path | Iterable[str | Path], device: str = "auto", batch_size: int = 32, workers: int = 0,
             on_skip: Callable[[str, str], None] | None = None) -> Iterator[Label]:
     """Labels for image files and folders (recursive), in input order, from a run directory, a
-    model.safetensors or a model.onnx (onnxruntime only: no torch). An image that cannot be read
+    model.safetensors or a model.onnx (onnxruntime only: no torch). `images` is one path, or an
+    iterable of paths. An image that cannot be read
     goes to `on_skip(path, why)` (default: a warning) and the others go on."""
     from .predict import iter_inputs, open_predictor, predict_batches, warn_skipped
 
-    images = [str(p) for p in images]
-    if batch_size < 1 or workers < 0:
-        raise InputError("batch_size must be positive and workers non-negative")
+    if isinstance(images, (str, Path)):
+        images = [images]  # one path, not its characters
+    try:
+        images = [str(p) if isinstance(p, (str, Path)) else p for p in images]
+    except TypeError:
+        raise InputError(f"images must be a path or an iterable of paths, got {type(images).__name__}") from None
+    wrong = next((p for p in images if not isinstance(p, str)), None)
+    if wrong is not None:
+        raise InputError(f"images must be paths (str or Path), got {type(wrong).__name__} {wrong!r}"[:160])
+    _count("batch_size", batch_size, 1)
+    _count("workers", workers, 0)
+    _device_name(device)
     if "-" in images:
         raise InputError("'-' reads paths from stdin on the command line only", "pass the paths themselves")
 

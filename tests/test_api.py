@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import golabels
+from golabels_cli.errors import InputError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "python.md"
 
@@ -69,3 +70,61 @@ def test_a_run_resolves_its_config_once_and_never_changes_the_callers(domains, t
     run = golabels.adapt(cfg, out=tmp_path / "run")
     assert dataclasses.asdict(cfg) == before
     assert (run.run_dir / "config.yaml").read_text() == to_yaml(t.cfg)
+
+
+TINY_OPTIONS = dict(backbone="test_resnet", pretrained=False, image_size=32, device="cpu", workers=0, batch_size=4, iters=2)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"iters": -5}, "--iters must be a positive integer"),
+    ({"target_loss_weight": -3}, "--target-loss-weight must be a non-negative number"),
+    ({"method": "bogus"}, "unknown method 'bogus'"),
+    ({"lr": float("nan")}, "lr must be a finite number"),
+    ({"batch_size": True}, "batch-size must be an integer"),
+], ids=["iters", "target-loss-weight", "method", "lr-nan", "bool-batch"])
+def test_adapt_checks_a_config_changed_after_it_was_made(domains, tmp_path, change, words):
+    from conftest import tree
+
+    cfg = golabels.config(*domains, **TINY_OPTIONS)
+    for name, value in change.items():
+        setattr(cfg, name, value)
+    before = tree(tmp_path)
+    with pytest.raises(InputError, match=re.escape(words)):
+        golabels.adapt(cfg, out=tmp_path / "run")
+    assert tree(tmp_path) == before  # nothing created: not config.yaml, not metrics.jsonl
+
+
+def test_a_hand_built_config_trains_like_a_made_one(domains, tmp_path):
+    source, target = domains
+    run = golabels.adapt(golabels.AdaptConfig(source=str(source), target=str(target), **TINY_OPTIONS), out=tmp_path / "run")
+    assert run.summary["method"] == "cdan-e" and run.model_path.is_file()
+    with pytest.raises(InputError, match="adapt takes an AdaptConfig"):
+        golabels.adapt({"source": str(source)}, out=tmp_path / "other")
+
+
+def test_evaluate_export_and_predict_check_their_arguments(exported, domains, tmp_path):
+    from conftest import tree
+
+    run, target = exported[0], domains[1]
+    before = tree(run)
+    for call, words in [
+        (lambda: golabels.evaluate(run, target, batch_size=0), "batch_size must be an integer of at least 1, got 0"),
+        (lambda: golabels.evaluate(run, target, workers=-1), "workers must be an integer of at least 0, got -1"),
+        (lambda: golabels.evaluate(run, target, device="gpu"), "unknown device 'gpu'"),
+        (lambda: golabels.export_onnx(run, tmp_path / "m.onnx", opset="18"), "opset must be an integer of at least 1, got '18'"),
+        (lambda: golabels.export_onnx(run, tmp_path / "m.onnx", batch=0), "batch must be an integer of at least 1, got 0"),
+        (lambda: list(golabels.predict(run, [target], batch_size=0)), "batch_size must be an integer of at least 1"),
+        (lambda: list(golabels.predict(run, [3])), "images must be paths (str or Path), got int 3"),
+        (lambda: list(golabels.predict(run, 3)), "images must be a path or an iterable of paths, got int"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(words)):
+            call()
+    assert tree(run) == before and not (tmp_path / "m.onnx").exists()
+
+
+def test_predict_takes_one_path_as_one_path(exported, domains):
+    """A string is one path, never its characters: "/" once walked the whole filesystem."""
+    run, target = exported[0], domains[1]
+    one = [p.path for p in golabels.predict(run, str(target))]
+    assert one == [p.path for p in golabels.predict(run, [target])] and len(one) == 24
+    assert [p.path for p in golabels.predict(run, target)] == one  # a Path too
