@@ -56,6 +56,9 @@ def guarded(fn: Callable) -> Callable:
         debug = bool(kwargs.get("debug"))
         setup_logging(quiet=bool(kwargs.get("quiet")), debug=debug)
         try:
+            if sys.stdout is None:  # started with stdout closed (`>&-`): Python then has none
+                raise InputError("standard output is closed: the results would have nowhere to go",
+                                 "leave it open, or send it to a file (> results.txt) or to /dev/null")
             return fn(*args, **kwargs)
         except typer.Exit:
             raise

@@ -150,20 +150,50 @@ def iter_inputs(inputs: Iterable[str], stdin: BinaryIO, on_skip: Callable[[str, 
     and the others go on. What a folder holds that is not a regular file goes to on_skip."""
     for item in inputs:
         if item == STDIN:
-            for raw in (_split_nul(stdin) if null else stdin):
+            empty = 0
+            for raw in (_split_nul(stdin) if null else _lines(stdin)):
                 # Paths are bytes on POSIX; fsdecode keeps non-UTF-8 names intact (surrogateescape).
                 line = os.fsdecode(raw if null else raw.rstrip(b"\r\n"))
                 if line.strip():
+                    empty = 0
                     yield from _expand(line, on_skip)
+                    continue
+                empty += 1
+                if empty > MAX_EMPTY_ENTRIES:
+                    raise InputError(f"stdin gave {MAX_EMPTY_ENTRIES:,} empty {'entries' if null else 'lines'} in a row and no path "
+                                     "(is it /dev/zero?)", "pipe in file paths, one per line (or NUL-separated with -0)")
         else:
             yield from _expand(item, on_skip)
+
+
+# No path is longer than this (Linux's PATH_MAX): a longer line is not one, and reading it whole
+# would let an endless stream without a newline (/dev/zero) take all memory.
+MAX_PATH_BYTES = 4096
+MAX_EMPTY_ENTRIES = 1 << 16
+
+
+def _too_long() -> InputError:
+    return InputError(f"a line of stdin is longer than any path ({MAX_PATH_BYTES} bytes)",
+                      "pipe in file paths, one per line (or NUL-separated with -0)")
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes]:
+    while line := stream.readline(MAX_PATH_BYTES + 2):  # a path, then \r\n at most
+        if len(line.rstrip(b"\r\n")) > MAX_PATH_BYTES:
+            raise _too_long()
+        yield line
 
 
 def _split_nul(stream: BinaryIO) -> Iterator[bytes]:
     pending = b""
     while chunk := stream.read(1 << 16):
         *done, pending = (pending + chunk).split(b"\0")
-        yield from done
+        for entry in done:
+            if len(entry) > MAX_PATH_BYTES:
+                raise _too_long()
+            yield entry
+        if len(pending) > MAX_PATH_BYTES:
+            raise _too_long()
     if pending:
         yield pending
 
