@@ -223,6 +223,9 @@ def model_path(run_or_model: str | Path) -> Path:
     elif not os.path.lexists(path):
         raise InputError(f"{run_or_model} does not exist", "pass a run directory or a model.safetensors file")
     require_regular(path, "model", "pass a run directory or a model.safetensors file")  # a FIFO would block for ever
+    if path.suffix.lower() == ".onnx":
+        raise InputError(f"{path} is an ONNX model, which golabels predict runs; this command reads the PyTorch model",
+                         f"pass its run directory or its {run_files.MODEL}")
     return path
 
 

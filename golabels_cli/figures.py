@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_path
+from .formats import printable
 from .report import pyplot
 from . import run_files
 
@@ -27,6 +28,7 @@ def confusion_name(data_dir: str | Path) -> str:
 
 
 def _short(name: str, limit: int = 24) -> str:
+    name = printable(name)
     return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
@@ -96,7 +98,7 @@ def write_confusion_figures(result, folder: Path, data_dir: str | Path, title: s
     if plt is None:
         return None
     folder = Path(folder)
-    figures = [_png(plt, _confusion_figure(plt, result, title, normalized)) for normalized in (True, False)]
+    figures = [_png(plt, _confusion_figure(plt, result, printable(title), normalized)) for normalized in (True, False)]
     name = confusion_name(data_dir)
     for n in range(1, 100_000):
         paths = [folder / file for file in run_files.confusion_figures(name, n)]
@@ -143,7 +145,7 @@ def write_target_mosaic(items: list[tuple[Any, str, float]], path: Path, title: 
         # Each image fitted into the same white square: an even grid whatever their shapes.
         ax.imshow(np.asarray(ImageOps.pad(image.convert("RGB"), (224, 224), color=(255, 255, 255))))
         ax.set_title(f"{_short(str(label), 22)} {confidence:.2f}", fontsize=10)
-    fig.suptitle(title)
+    fig.suptitle(printable(title))
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

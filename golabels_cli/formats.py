@@ -11,9 +11,11 @@ list, null for each name that needed none). Torch-free: predict uses it with onn
 from __future__ import annotations
 
 import base64
+import math
 import csv
 import io
 import json
+import re
 from typing import Any
 
 
@@ -51,11 +53,14 @@ def _b64(raw: bytes | None) -> str | None:
 
 
 def utf8_safe(data: Any) -> Any:
-    """`data` (dicts, lists, scalars) with every name made valid UTF-8 as the module says."""
+    """`data` (dicts, lists, scalars) with every name made valid UTF-8 as the module says, and
+    every non-finite number as null."""
     if isinstance(data, str):
         return escaped(data)
     if isinstance(data, (list, tuple)):
         return [utf8_safe(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None  # NaN and infinities are not JSON: a reader's strict parser would refuse the document
     if not isinstance(data, dict):
         return data
     out: dict[Any, Any] = {}
@@ -72,4 +77,10 @@ def utf8_safe(data: Any) -> Any:
 def json_text(data: Any, indent: int | None = 2, ensure_ascii: bool = True) -> str:
     """JSON that is valid UTF-8 whatever names `data` holds (see utf8_safe); ASCII by default,
     which any terminal's encoding can print."""
-    return json.dumps(utf8_safe(data), indent=indent, ensure_ascii=ensure_ascii)
+    return json.dumps(utf8_safe(data), indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+
+
+def printable(text: str) -> str:
+    """A name as a figure can draw it: control characters (a class folder named with \r) written
+    as their escapes, which no font lacks a glyph for."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

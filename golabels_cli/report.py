@@ -36,6 +36,7 @@ from .checkpoint import atomic_path, write_text_atomic
 from .choices import AUTO_METHOD, parse_search_recipes
 from .yaml_files import read_config_fields
 from .errors import InputError, reason
+from .formats import printable
 from .validators import DIRECTION, LABEL_FREE, is_evaluation_row
 
 PLOTS = run_files.REPORT_PLOTS
@@ -360,7 +361,7 @@ def write_results_figure(record: RunRecord) -> Path | None:
     if plt is None or not shown:
         return None
     fig = _grid(plt, shown, _selected(record), columns=4, width=4.2, height=3.4, title_width=34)
-    fig.suptitle(f"{record.config.get('method')} + {record.config.get('domain_labels')} domain labels: {record.run_dir.name}")
+    fig.suptitle(printable(f"{record.config.get('method')} + {record.config.get('domain_labels')} domain labels: {record.run_dir.name}"))
     fig.tight_layout()
     path = record.run_dir / run_files.RESULTS_FIGURE
     with atomic_path(path) as tmp:
@@ -377,7 +378,7 @@ def write_plots(record: RunRecord) -> list[Path] | None:
         return None
     by_name = {p.name: p for p in panels(record)}
     selected = _selected(record)
-    title = f"{record.config.get('method')} + {record.config.get('domain_labels')} ({record.run_dir.name})"
+    title = printable(f"{record.config.get('method')} + {record.config.get('domain_labels')} ({record.run_dir.name})")
     written = []
     for file, names in report_panels(record).items():
         shown = [by_name[n] for n in names]

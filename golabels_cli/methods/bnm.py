@@ -19,8 +19,13 @@ from .recipe import TargetLoss
 
 
 def batch_nuclear_norm(logits: torch.Tensor) -> torch.Tensor:
+    probabilities = F.softmax(logits, dim=1)
+    # A diverged step's NaN would stop the SVD with its own error: the loss is NaN instead, so the
+    # loop's check names the divergence (no host sync: the test stays on the device).
+    diverged = ~torch.isfinite(probabilities).all()
     # svdvals' gradient U V^T is defined even where singular values repeat (unlike full SVD's).
-    return -torch.linalg.svdvals(F.softmax(logits, dim=1)).mean()
+    loss = -torch.linalg.svdvals(torch.nan_to_num(probabilities)).mean()
+    return torch.where(diverged, torch.full_like(loss, float("nan")), loss)
 
 
 LOSS = TargetLoss(

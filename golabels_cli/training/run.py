@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ..choices import parse_recipe_name
 from ..checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries
 from .. import run_files
 from ..config import DERIVED, FIELDS, RESUME_OPTIONS, AdaptConfig, build_config, option_name, to_yaml
@@ -38,6 +39,11 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
 
     Every input is checked before the run directory is created, so bad input leaves nothing behind.
     """
+    recipe = parse_recipe_name(cfg.method)
+    if cfg.domain_labels != "fixed" and not recipe.adversarial:
+        # Refused for new runs only: a checkpoint saved before this check still resumes.
+        raise InputError(f"--domain-labels {cfg.domain_labels} sets the targets of a discriminator, and --method {cfg.method} has none",
+                         "leave --domain-labels out" + (f", or add an alignment term (--method cdan-e+{cfg.method})" if recipe.uses_target else ""))
     if env_rank() == 0:
         check_run_dir(out, exist_ok, {"SOURCE": cfg.source, "TARGET": cfg.target, "--eval-dir": cfg.eval_dir})
     device = pick_device(cfg.device)

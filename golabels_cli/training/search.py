@@ -72,8 +72,11 @@ def candidate_config(cfg: AdaptConfig, recipe: str) -> AdaptConfig:
     follows the recipe (discriminator, --bn-stats, --lr-gamma, balancing) resolved for it as a run
     of that recipe would resolve it."""
     values = {**dataclasses.asdict(cfg), "method": recipe, "search_recipes": None, "search_pick": None}
-    if not parse_recipe_name(recipe).uses_target:
+    parsed = parse_recipe_name(recipe)
+    if not parsed.uses_target:
         values["balance_target"] = None  # source-only draws no target batch to balance
+    if not parsed.adversarial:
+        values["domain_labels"] = "fixed"  # --domain-labels acts on a discriminator, which this one has none of
     return build_config(values)
 
 
