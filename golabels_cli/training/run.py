@@ -16,8 +16,10 @@ from ..yaml_files import read_config_fields
 from ..device import pick_device
 from ..distributed import env_rank, setup, shared, teardown
 from ..errors import InputError, plural, reason
+from ..images import not_regular
 from ..progress import no_events
 from .build import build
+from .checkpoint_schema import check_checkpoint_state, check_selected_model
 from .loop import train
 from .run_dir import CHECKPOINT_FORMAT, set_aside_metrics, write
 from .state import LoopState, Progress, Training
@@ -96,6 +98,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     path = run_dir / run_files.CHECKPOINT
     if not os.path.lexists(path):
         raise InputError(f"{run_dir} holds no {run_files.CHECKPOINT}", "the run stopped before its first save; start it again")
+    check_run_files(run_dir)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
@@ -117,6 +120,20 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
         teardown()
 
 
+def check_run_files(run_dir: Path) -> None:
+    """Every file of the run that resume reads or appends to is a regular file of its own: a FIFO
+    would block the run for ever (opening metrics.jsonl to append waits for a reader), a link
+    would have the run write into a file outside its folder. Checked before anything changes."""
+    for name in run_files.RUN_FILES:
+        path = run_dir / name
+        if not os.path.lexists(path):
+            continue
+        why = "a link" if path.is_symlink() else not_regular(path)
+        if why is not None:
+            raise InputError(f"{path} is {why}: golabels writes its run files itself, as regular files",
+                             "restore the run's own file, or start a new run")
+
+
 # config.yaml of a run written before these were resolved when it started holds null for them,
 # where its checkpoint holds the value the run trained with.
 RESOLVED_IN_BUILD = (*DERIVED, "balance_source", "balance_target")
@@ -134,6 +151,7 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
     if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= cfg.iters:
         raise InputError(f"{path} is damaged: it says it was saved at iteration {done!r}, and the run has {cfg.iters}",
                          "start the run again")
+    check_checkpoint_state(ckpt, path)
     config_yaml = run_dir / run_files.CONFIG
     if not config_yaml.is_file():
         raise InputError(f"{run_dir} holds no {run_files.CONFIG} beside its checkpoint", "restore it from a backup, or start a new run")
@@ -180,6 +198,7 @@ def _restore(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path) -> Lo
             # checkpoints written before golabels stored base_lr: the config gives the same value
             group.setdefault("base_lr", base_lr)
             group["initial_lr"] = group["base_lr"] * t.lr_scale
+        check_selected_model(ckpt.get("selected_model") or {}, t.model, path)
         t.selected_weights = ckpt.get("selected_model") or None
         if t.grad_scaler is not None and ckpt.get("grad_scaler"):
             t.grad_scaler.load_state_dict(ckpt["grad_scaler"])

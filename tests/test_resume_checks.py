@@ -1,0 +1,84 @@
+"""What resume reads is checked before it changes anything: every field of checkpoint.pt's inner
+state, and every run file as a regular file of the run's own (issue 44, items 1 and 3). Each in a
+real process: exit 2, one error line, the folder byte for byte as it was."""
+
+import os
+
+import pytest
+import torch
+
+from conftest import TINY, cli, cli_subprocess, one_error_line, tree
+
+
+@pytest.fixture
+def interrupted(domains, tmp_path):
+    """A run stopped after iteration 4 of 8, with a checkpoint, a selected snapshot and evaluations."""
+    from golabels_cli import training
+    from golabels_cli.config import build_config
+    from golabels_cli.errors import Interrupted
+    from golabels_cli.progress import StepDone
+
+    source, target = domains
+    cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
+                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 8, "eval_every": 2, "select": "im"})
+
+    def interrupt(event):
+        if isinstance(event, StepDone) and event.iter == 4:
+            os.kill(os.getpid(), __import__("signal").SIGINT)
+
+    with pytest.raises(Interrupted):
+        training.adapt(cfg, out=tmp_path / "run", progress=interrupt)
+    return tmp_path / "run"
+
+
+def edit(run, change):
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    change(state)
+    torch.save(state, run / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c["rng"].__setitem__("torch", torch.zeros(3, dtype=torch.uint8)), "its rng is not a set of generator states"),
+    (lambda c: c["rng"].__setitem__("python", (3, (1, 2), None)), "its rng is not a set of generator states"),
+    (lambda c: c["rng"]["numpy"].__setitem__("keys", torch.zeros(3, dtype=torch.int64)), "its rng is not a set of generator states"),
+    (lambda c: c["loop"].__setitem__("evals", "zzz"), "its loop state's evals must be a list of evaluations"),
+    (lambda c: c["loop"].__setitem__("sums", {"loss_cls": "x"}), "its loop state's sums must be a mapping of names to numbers"),
+    (lambda c: c["loop"].__setitem__("seconds", -1.0), "its loop state's seconds must be a non-negative number"),
+    (lambda c: c["loop"].__setitem__("extra", 1), "its loop state holds an unknown field 'extra'"),
+    (lambda c: c.__setitem__("selected_model", {"head.weight": torch.zeros(2)}), "its selected_model does not fit the run's model"),
+    (lambda c: c.__setitem__("model", {"head.weight": "x"}), "its model must map names to tensors"),
+], ids=["torch-rng", "python-rng", "numpy-rng", "evals", "sums", "seconds", "unknown", "selected", "model"])
+def test_a_checkpoint_with_a_wrong_inner_state_is_refused_before_anything_changes(interrupted, change, words):
+    edit(interrupted, change)
+    before = tree(interrupted)
+    result = cli_subprocess("adapt", "--resume", interrupted)
+    assert result.returncode == 2, result.stderr
+    one_error_line(result, "checkpoint.pt is damaged", words)
+    assert tree(interrupted) == before
+
+
+def test_the_interrupted_run_itself_still_resumes(interrupted):
+    result = cli("adapt", "--resume", interrupted, "--quiet")
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "config.yaml", "results.csv"])
+def test_a_fifo_in_place_of_a_run_file_is_refused_not_waited_on(interrupted, name):
+    (interrupted / name).unlink(missing_ok=True)
+    os.mkfifo(interrupted / name)
+    before = tree(interrupted)
+    result = cli_subprocess("adapt", "--resume", interrupted, timeout=60)  # it waited for a reader for ever
+    assert result.returncode == 2, result.stderr
+    one_error_line(result, name)
+    assert tree(interrupted) == before
+
+
+def test_a_link_in_place_of_a_run_file_is_refused(interrupted, tmp_path):
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text("the user's own file\n")
+    (interrupted / "metrics.jsonl").unlink()
+    (interrupted / "metrics.jsonl").symlink_to(outside)
+    result = cli_subprocess("adapt", "--resume", interrupted)
+    assert result.returncode == 2
+    one_error_line(result, "metrics.jsonl is a link")
+    assert outside.read_text() == "the user's own file\n"  # never appended to
