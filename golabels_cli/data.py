@@ -83,7 +83,7 @@ def _report(problems: list[tuple[Path, str]], role: str, skipped: list[tuple[Pat
     """What image_files could not take: folders it could not list, image names that are not regular files."""
     for path, why in problems:
         skipped.append((path, why))
-        if why.startswith("another name of"):
+        if why.startswith(("another name of", "a link to an image of")):
             log.warning("skipping %s image %s (%s)", role, path, why)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             log.warning("skipping unreadable %s image %s (%s)", role, path, why)
@@ -124,7 +124,10 @@ def _class_folders(root: Path, role: str, skipped: list[tuple[Path, str]]) -> tu
     class folder (c -> a) is not a class of its own, its images are a's (warned, in `skipped`)."""
     owners: dict[tuple[int, int], Path] = {}
     class_dirs = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    # Real folders first, then links: a link to a class folder (alink -> zcat) never takes the
+    # class from the folder it names, whatever the two names sort.
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: (p.is_symlink(), p.name))
+    for folder in folders:
         try:
             key = folder_identity(folder)
         except OSError as exc:
@@ -138,6 +141,7 @@ def _class_folders(root: Path, role: str, skipped: list[tuple[Path, str]]) -> tu
             continue
         owners[key] = folder
         class_dirs.append(folder)
+    class_dirs.sort(key=lambda p: p.name)  # classes are the folder names, sorted
     if not class_dirs:
         raise InputError(f"{role} folder {root} has no class sub-folders", f"lay it out as {root}/<class>/<image>")
     return class_dirs, owners

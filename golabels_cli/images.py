@@ -89,8 +89,10 @@ def image_files(folder: str | Path, problems: list[tuple[Path, str]] | None = No
     Symbolic links are followed and each folder is read once: a link loop, a link to a folder
     that holds `folder`, a second link to a folder already read, and (with `scan.owners`) a link
     into another class's folder are skipped and reported in `problems`, as is a folder that can't
-    be listed. With `scan.files`, an image reached again under another name is reported, not
-    returned: the first name that reaches it keeps it.
+    be listed; so is (with `scan.owners`) a link to an image that really lives in another class's
+    folder: it counts in its own class, whatever the names sort. With `scan.files`, an image
+    reached again under another name is reported, not returned: the first name that reaches it
+    keeps it.
     """
     found: list[Path] = []
     scan = scan if scan is not None else Scan()
@@ -130,6 +132,10 @@ def image_files(folder: str | Path, problems: list[tuple[Path, str]] | None = No
                 continue
             path = Path(dirpath) / name
             why = not_regular(path)
+            if why is None and scan.owners and path.is_symlink():
+                real_owner = _class_of(os.path.realpath(path), scan.owners)
+                if real_owner is not None and real_owner != owner:
+                    why = f"a link to an image of class folder {real_owner.name}: it counts there, by where it really is"
             if why is None and scan.files is not None:
                 resolved = os.path.realpath(path)
                 first = scan.files.setdefault(resolved, path)
@@ -140,6 +146,18 @@ def image_files(folder: str | Path, problems: list[tuple[Path, str]] | None = No
             else:
                 report(path, why)
     return found
+
+
+def _class_of(real_path: str, owners: dict[tuple[int, int], Path]) -> Path | None:
+    """The class folder (of `owners`) that really holds the file at `real_path`, if any does."""
+    for parent in Path(real_path).parents:
+        try:
+            found = owners.get(folder_identity(parent))
+        except OSError:
+            return None
+        if found is not None:
+            return found
+    return None
 
 
 def not_regular(path: str | Path) -> str | None:
