@@ -24,13 +24,17 @@ source-only:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import dataclasses
 import json
 import logging
 import os
 import shutil
+import signal
 import statistics
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +237,62 @@ def validator_table(results: dict[tuple, list[dict]], tasks: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def stop_after_the_cell():
+    """SIGINT and SIGTERM stop the sweep after the running cell (golabels saves a cell's state on
+    the first one, and finishes a cell that is writing its results); the list gets the signal's
+    name. A second one stops at once. Handlers are set only in the main thread, and put back."""
+    requested: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append("SIGINT" if signum == signal.SIGINT else "SIGTERM")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def done_cells(results: dict) -> int:
+    return sum(map(len, results.values()))
+
+
+def stop_sweep(signal_name: str, where: str) -> None:
+    """One line on stderr saying how to go on, and exit 130 (interrupted, the state saved)."""
+    print(f"uda.py: stopped by {signal_name} {where}; run the same command again to resume the sweep", file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
+def sweep(todo: list[Cell], root: Path, out: Path, options: dict, table_only: bool, stop: list[str], results: dict):
+    """(cell, summary) of each cell as it finishes: run, resumed or read; a cell another sweep is
+    running comes last (side-by-side sweeps share the work). A signal stops the sweep after the
+    running cell, with one line saying how to go on."""
+    busy = []
+    for wait, batch in ((False, todo), (True, busy)):
+        for cell in batch:
+            if stop:
+                stop_sweep(stop[0], f"after {done_cells(results)} cells; no new cell started")
+            try:
+                summary = finished(cell.run_dir(out)) if table_only else run_cell(cell, root, out, options, wait=wait)
+            except (golabels.Interrupted, KeyboardInterrupt) as exc:
+                kept = "its state is saved" if isinstance(exc, golabels.Interrupted) else "its newest checkpoint is kept"
+                stop_sweep(stop[0] if stop else "SIGINT", f"during cell {cell.run_dir(out)}: {kept}")
+            if summary is None:
+                if not table_only:
+                    busy.append(cell)
+                continue
+            yield cell, summary
+    if stop:  # during the last cell's final writes: it finished, and the table follows
+        print(f"uda.py: {stop[0]} during the last cell's final writes: every cell is done", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="folder holding one sub-folder per domain")
@@ -288,17 +348,11 @@ def main(argv: list[str] | None = None) -> str:
             raise SystemExit(f"uda.py: {exc}") from None
     results: dict[tuple, list[dict]] = {}
     started = time.perf_counter()
-    busy = []  # cells another sweep is running: done last, so that side-by-side sweeps share the work
-    for wait, batch in ((False, todo), (True, busy)):
-        for cell in batch:
-            summary = finished(cell.run_dir(out)) if args.table_only else run_cell(cell, root, out, options, wait=wait)
-            if summary is None:
-                if not args.table_only:
-                    busy.append(cell)
-                continue
+    with stop_after_the_cell() as stop:
+        for cell, summary in sweep(todo, root, out, options, args.table_only, stop, results):
             results.setdefault((cell.task, cell.method, cell.labels, cell.remedy), []).append(summary)
             if not args.quiet:
-                done = sum(map(len, results.values()))
+                done = done_cells(results)
                 print(f"[{done}/{len(todo)}] {cell.task} {cell.method} {cell.labels or ''} {cell.remedy} seed {cell.seed}: "
                       f"target top-1 {100 * summary['target_acc']:.2f} % ({summary['seconds']:.0f} s)", flush=True)
     text = table(results, tasks, methods, labels, remedies)

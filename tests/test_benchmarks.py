@@ -409,3 +409,57 @@ def test_recipe_search_applies_each_rule_as_the_search_ships_it(tmp_path):
     assert summary["target_acc"] == pytest.approx(results["rules"]["ensemble"][0])
     assert [c["target_acc"] for c in summary["search"]["candidates"]] == [results["candidates"][r][0] for r in ("mcc", "bnm", "source-only")]
     assert "| ensemble |" in text  # the acceptance table, against --default
+
+
+def test_a_sweep_stops_on_sigterm_with_the_running_cell_resumable(tmp_path):
+    import signal
+    import time
+
+    make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
+    args = [sys.executable, str(BENCHMARKS / "uda.py"), "--root", str(tmp_path / "data"), "--tasks", "source:target",
+            "--methods", "source-only,dann", "--domain-labels", "fixed", "--seeds", "3", "--out", str(tmp_path / "sweep"),
+            "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--iters", "300",
+            "--batch-size", "4", "--device", "cpu", "--workers", "0", "--set", "save-every=50"]
+    env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)}
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "sweep").rglob("checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert time.monotonic() - started < 30  # after the running step, not after the sweep
+    lines = [line for line in stderr.splitlines() if line.startswith("uda.py: stopped by SIGTERM")]
+    assert len(lines) == 1 and "run the same command again to resume the sweep" in lines[0] and "Traceback" not in stderr, stderr
+    assert len(list((tmp_path / "sweep").rglob("summary.json"))) < 6
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 6
+
+
+def test_a_signal_during_a_cells_final_writes_stops_the_sweep_after_it(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from golabels_cli.training import loop
+
+    uda = load("uda")
+    make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
+    real, calls = loop.finish, []
+
+    def finish_while_signalled(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by golabels' final-writes handler, and passed on to the sweep's
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "finish", finish_while_signalled)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        uda.main(["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "source-only,dann", "--domain-labels",
+                  "fixed", "--seeds", "2", "--out", str(tmp_path / "sweep"), "--backbone", "test_resnet", "--no-pretrained",
+                  "--image-size", "32", "--iters", "2", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet"])
+    assert stopped.value.code == 130
+    assert "stopped by SIGTERM after 1 cells; no new cell started" in capsys.readouterr().err
+    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 1  # the cell finished its writes; none started after it
+    assert signal.getsignal(signal.SIGTERM) == previous  # the sweep's handler is put back

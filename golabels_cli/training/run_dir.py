@@ -123,7 +123,11 @@ def results_files(run_dir: Path, summary: dict[str, Any], config: dict[str, Any]
 @contextmanager
 def stop_requests(first: Callable[[str], None] | None = None) -> Iterator[list[str]]:
     """The first SIGINT or SIGTERM asks the loop to stop after the step in progress (the list gets
-    the signal's name, and `first` is called with it); a second one stops at once (KeyboardInterrupt)."""
+    the signal's name, and `first` is called with it); a second one stops at once (KeyboardInterrupt).
+
+    A handler the caller had installed (a script that runs several runs, such as a sweep) hears of
+    the first signal too, so that it is not lost when it arrives during a run: Python's own
+    handlers are not called (the run already stops, or finishes, as asked)."""
     requested: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield requested  # signal handlers can only be set in the main thread
@@ -135,8 +139,12 @@ def stop_requests(first: Callable[[str], None] | None = None) -> Iterator[list[s
         requested.append("interrupted" if signum == signal.SIGINT else "terminated")
         if first is not None:
             first(requested[0])
+        caller = previous.get(signum)
+        if callable(caller) and caller is not signal.default_int_handler:
+            caller(signum, frame)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
+    previous.update({s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)})
     try:
         yield requested
     finally:
