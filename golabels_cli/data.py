@@ -25,7 +25,8 @@ from torchvision import transforms
 
 from .remedies import IMBALANCE_WARNING, remedy_hint
 from .errors import InputError, reason
-from .images import IMAGE_EXTENSIONS, Scan, folder_identity, image_files, inspect_image, load_rgb, resize_shorter, scale_size, to_array
+from .images import (IMAGE_EXTENSIONS, Scan, folder_identity, image_files, inspect_image, load_rgb, once_per_folder, resize_shorter, scale_size,
+                     to_array)
 from .progress import tracked
 
 log = logging.getLogger("golabels")
@@ -91,6 +92,7 @@ def _report(problems: list[tuple[Path, str]], role: str, skipped: list[tuple[Pat
             log.warning("skipping %s folder %s (%s)", role, path, why)
 
 
+@once_per_folder
 def scan_labeled(root: str | Path, role: str = "source") -> ImageSet:
     """A labeled folder: one sub-folder per class, images anywhere below it."""
     root = _check_dir(root, role)
@@ -147,6 +149,7 @@ def _class_folders(root: Path, role: str, skipped: list[tuple[Path, str]]) -> tu
     return class_dirs, owners
 
 
+@once_per_folder
 def scan_unlabeled(root: str | Path, role: str = "target") -> ImageSet:
     """Any tree of images; its folder names are not read, and its order is by file name."""
     root = _check_dir(root, role)

@@ -11,6 +11,9 @@ normalize with the data config's mean and std. A test compares it with timm's tr
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import logging
 import math
 import os
@@ -18,6 +21,7 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -57,6 +61,37 @@ _RESAMPLE = {
     "hamming": Image.Resampling.HAMMING,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+
+# Scans shared by the runs of one process that read the same folders (the candidates of
+# --method auto): each folder is listed and its images checked, and warned about, once.
+_shared_scans: contextvars.ContextVar[dict | None] = contextvars.ContextVar("golabels_shared_scans", default=None)
+
+
+@contextlib.contextmanager
+def shared_scans() -> Iterator[None]:
+    token = _shared_scans.set({})
+    try:
+        yield
+    finally:
+        _shared_scans.reset(token)
+
+
+def once_per_folder(scan):
+    """The scan's result kept for the same folder and role inside shared_scans()."""
+
+    @functools.wraps(scan)
+    def wrapper(root: str | Path, role: str = scan.__defaults__[0]):
+        memo = _shared_scans.get()
+        if memo is None:
+            return scan(root, role)
+        key = (scan.__name__, os.path.abspath(root), role)
+        if key not in memo:
+            memo[key] = scan(root, role)
+        return memo[key]
+
+    return wrapper
+
 
 
 def is_image_name(name: str) -> bool:

@@ -34,6 +34,7 @@ from ..checkpoint import check_run_dir, claim_run_dir, load_model, save_model
 from ..choices import AUTO_METHOD, ENSEMBLE, parse_recipe_name, parse_search_recipes
 from ..config import AdaptConfig, build_config, to_yaml
 from ..errors import InputError, Interrupted, RunError, reason
+from ..images import shared_scans
 from ..model_info import ModelInfo
 from ..progress import CandidateStarted, RunFinished, no_events
 from ..validators import LABEL_FREE, better
@@ -106,6 +107,11 @@ def resume_search(run_dir: Path, cfg: AdaptConfig, overrides: dict[str, Any], pr
 
 
 def run_search(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    with shared_scans():  # the candidates read the same folders: listed and checked once
+        return _run_candidates(cfg, run_dir, overrides, progress)
+
+
+def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
     recipes = parse_search_recipes(cfg.search_recipes)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
