@@ -149,9 +149,9 @@ def export_onnx(run_or_model: str | Path, output: str | Path | None = None, opse
     verified against PyTorch; never replaces a file unless `exist_ok`."""
     from .export import export_onnx as export_model
 
-    _count("opset", opset, 1)
-    if batch is not None:
-        _count("batch", batch, 1)
+    for name, value in (("opset", opset), ("batch", batch)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):  # the range is export's to name
+            raise InputError(f"{name} must be an integer, got {value!r}")
     return export_model(run_or_model, output, opset=opset, batch=batch, verify=verify, exist_ok=exist_ok)
 
 
