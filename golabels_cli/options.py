@@ -73,7 +73,10 @@ ENSEMBLE_HELP = ("ensemble (the adapted candidates' heads on the one backbone, t
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
 PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned
-FROZEN_BACKBONE_METHOD = "cdan-e+bnm"  # --method's default with --freeze-backbone (issue 33)
+FROZEN_BACKBONE_METHOD = "auto"  # --method's default with --freeze-backbone (issue 42; cdan-e+bnm since issue 33 before it)
+# What --method auto's default candidates cost against one adversarial run on cached features:
+# 2.3x in wall time, 2.3-2.5x in training seconds (benchmarks/RESULTS.md, issue 42).
+SEARCH_COST = 2.5
 TRAINED_BACKBONE_METHOD = "cdan-e"  # --method's default when the backbone trains (issue 22)
 DEFAULT_SEARCH_PICK = "ensemble"  # --search-pick's default (issue 42, benchmarks/RESULTS.md)
 
@@ -85,11 +88,12 @@ class AdaptConfig:
     source: str | None = option(None, None, "Labeled source folder, `SOURCE/<class>/<image>` (required unless --config or --resume gives it).", argument=True)
     target: str | None = option(None, None, "Unlabeled target folder: any tree of images; sub-folder names are never read (required unless --config or --resume gives it).", argument=True)
     backbone: str = option("resnet50", TRAINING, "Any timm model name.")
-    # A recipe (methods/recipe.py). None: FROZEN_BACKBONE_METHOD with --freeze-backbone, where a
-    # loss on the target's predictions beside CDAN+E was measured 7.0 and 5.3 points above CDAN+E
-    # alone on Office-31 (issue 33); TRAINED_BACKBONE_METHOD when the backbone trains, where the
-    # losses on predictions are not measured yet (benchmarks/RESULTS.md).
-    method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions ({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + (cdan-e+bnm); {AUTO_METHOD}: train each of --search-recipes on the cached features and let the target's own data choose (--freeze-backbone). Default: cdan-e+bnm with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
+    # A recipe (methods/recipe.py), or auto. None: FROZEN_BACKBONE_METHOD with --freeze-backbone,
+    # where the ensemble of the search's adapted candidates was within one std of the best
+    # candidate on each of 8 tasks and above every single recipe on their mean (issue 42);
+    # TRAINED_BACKBONE_METHOD when the backbone trains, where a search costs several fine-tunings
+    # and the losses on predictions are not measured yet (benchmarks/RESULTS.md).
+    method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions ({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + (cdan-e+bnm); {AUTO_METHOD}: train each of --search-recipes on the cached features and let the target's own data choose (--freeze-backbone). Default: auto with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
     # --method auto only (search.py); None: SEARCH_RECIPES and DEFAULT_SEARCH_PICK, resolved into
     # config.yaml by an auto run and left out (null) of every other run's.
     search_recipes: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: the candidate recipes, joined by commas, each a run of its own under RUN/candidates/. Default: {', '.join(SEARCH_RECIPES)}.", metavar="LIST")

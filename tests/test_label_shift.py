@@ -220,7 +220,7 @@ def test_adapt_with_balanced_source_sampling(domains, tmp_path):
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "4", "--balance-source")
     assert yaml.safe_load((run / "config.yaml").read_text())["balance-source"] is True
     frozen = adapt_tiny(source, target, tmp_path / "frozen", "--iters", "4", "--balance-source", "--freeze-backbone",
-                        "--balance-target", "--label-shift-weights", "--refresh-every", "2")
+                        "--method", "cdan-e+bnm", "--balance-target", "--label-shift-weights", "--refresh-every", "2")
     assert (frozen / "model.safetensors").is_file()
     summary = json.loads((frozen / "summary.json").read_text())
     assert summary["target_estimate"]["iter"] == 2 and sum(summary["target_estimate"]["pseudo_label_counts"]) == 24
@@ -395,7 +395,7 @@ def test_bbse_sees_through_a_miscalibrated_classifier_where_em_does_not():
 
 
 # the confusion of a sample of the training source (nothing held out), of cached features, of the held-out split
-@pytest.mark.parametrize("args", [["--val-split", "0"], ["--val-split", "0", "--freeze-backbone"], ["--val-split", "0.25"]])
+@pytest.mark.parametrize("args", [["--val-split", "0"], ["--val-split", "0", "--freeze-backbone", "--method", "cdan-e+bnm"], ["--val-split", "0.25"]])
 def test_label_shift_weights_follow_the_smoothed_bbse_estimate(domains, tmp_path, monkeypatch, args):
     import json
 

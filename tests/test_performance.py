@@ -40,7 +40,7 @@ def test_cuda_settings_are_not_applied_on_cpu(domains):
 def test_freeze_backbone_reuses_its_cache_and_notices_changed_files(copy_domains, tmp_path):
     source, target = copy_domains
     cache = tmp_path / "cache"
-    args = ("--freeze-backbone", "--cache-dir", cache, "--iters", "8", "--eval-dir", source)
+    args = ("--freeze-backbone", "--method", "cdan-e+bnm", "--cache-dir", cache, "--iters", "8", "--eval-dir", source)
 
     first = json.loads(cli("adapt", source, target, *TINY, *args, "--out", tmp_path / "a", "--json").stdout)
     # the source's training split (21) and held-out split (3), the target (24)

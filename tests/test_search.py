@@ -179,7 +179,8 @@ def test_the_ensemble_exports_verifies_and_predicts_as_one_model(searched, domai
 
 @pytest.mark.parametrize("args, message", [
     (["--method", "auto"], "--method auto trains every candidate recipe on the frozen backbone's cached features"),
-    (["--freeze-backbone", "--search-pick", "im"], "--search-pick applies to --method auto"),
+    (["--freeze-backbone", "--method", "mcc", "--search-pick", "im"], "--search-pick applies to --method auto"),
+    (["--search-recipes", "mcc,bnm"], "--search-recipes applies to --method auto, and this run's --method is cdan-e"),
     (["--freeze-backbone", "--method", "auto", "--search-recipes", "mcc,mcc"], "names 'mcc' twice"),
     (["--freeze-backbone", "--method", "auto", "--search-recipes", "mcc"], "needs two recipes at least"),
     (["--freeze-backbone", "--method", "auto", "--search-recipes", "mcc,bogus"], "unknown recipe in --search-recipes 'bogus'"),

@@ -21,6 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..choices import AUTO_METHOD
+from ..options import FROZEN_BACKBONE_METHOD, SEARCH_COST, TRAINED_BACKBONE_METHOD
 from ..progress import FrozenPathHint
 from .state import Training
 
@@ -41,7 +43,9 @@ def frozen_path_hint(t: Training, xs: torch.Tensor, step_seconds: float, iters_l
     images = len(t.source) + len(t.target) + (len(t.validation.source_val) if t.validation.source_val else 0) \
         + (len(t.eval_set[0]) if t.eval_set else 0)
     features_s = images * forward_s / len(xs)
-    frozen_s = features_s + cfg.iters * head_step_s
+    # The frozen path's default is a search (--method auto): its candidates cost about SEARCH_COST runs.
+    runs = SEARCH_COST if cfg.method == TRAINED_BACKBONE_METHOD and FROZEN_BACKBONE_METHOD == AUTO_METHOD else 1.0
+    frozen_s = features_s + cfg.iters * head_step_s * runs
     if step_seconds * iters_left < HINT_RATIO * frozen_s:
         return None
     return FrozenPathHint(step_seconds * iters_left, iters_left, frozen_s, features_s, images, cfg.iters)
