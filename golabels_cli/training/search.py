@@ -171,8 +171,10 @@ def _seconds_left(recipes: tuple[str, ...], iters: int, pace: dict[bool, float])
     candidates like it (with a discriminator or without); None before any has finished."""
     if not pace:
         return None
-    fallback = max(pace.values())
-    return sum(pace.get(parse_recipe_name(r).adversarial, fallback) * iters for r in recipes)
+    # A kind not yet seen: a step on cached features without a discriminator took a quarter of
+    # one with CDAN+E's (benchmarks/RESULTS.md, figure (k): 3.12 against 13.22 ms).
+    guess = {True: pace.get(True, pace.get(False, 0.0) * 4), False: pace.get(False, pace.get(True, 0.0) / 4)}
+    return sum(guess[parse_recipe_name(r).adversarial] * iters for r in recipes)
 
 
 def candidate_record(recipe: str, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
