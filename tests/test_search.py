@@ -143,14 +143,19 @@ def test_adapt_and_report_show_every_candidate_and_the_pick(searched):
     assert data["summary"]["search"]["shipped"] == "ensemble"
 
 
-def test_report_of_an_unfinished_search_says_where_it_is(searched, tmp_path):
+def unfinished(searched, cut):
+    """A copy of the search as if it had stopped before its last candidate started."""
     import shutil
 
-    cut = tmp_path / "cut"
     shutil.copytree(searched, cut)
     for name in ("summary.json", "model.safetensors"):
         (cut / name).unlink()
     shutil.rmtree(cut / "candidates" / "source-only")
+    return cut
+
+
+def test_report_of_an_unfinished_search_says_where_it_is(searched, tmp_path):
+    cut = unfinished(searched, tmp_path / "cut")
     result = cli("report", cut)
     assert result.exit_code == 0, result.stderr
     out = " ".join(result.stdout.split())
@@ -197,13 +202,7 @@ def test_bad_search_options_are_one_line_errors_and_create_nothing(domains, tmp_
 
 
 def test_a_search_folder_holding_foreign_files_is_not_emptied(searched, tmp_path):
-    import shutil
-
-    cut = tmp_path / "cut"
-    shutil.copytree(searched, cut)
-    for name in ("summary.json", "model.safetensors"):
-        (cut / name).unlink()
-    shutil.rmtree(cut / "candidates" / "source-only")
+    cut = unfinished(searched, tmp_path / "cut")
     (cut / "candidates" / "source-only").mkdir()
     (cut / "candidates" / "source-only" / "notes.txt").write_text("mine")
     before = tree(cut)
