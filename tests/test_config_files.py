@@ -3,8 +3,7 @@ before anything is created."""
 
 import pytest
 
-from conftest import TINY, cli, tree
-from test_inputs import assert_one_line_error
+from conftest import TINY, cli_subprocess, one_error_line, tree
 
 
 @pytest.mark.parametrize("text, words", [
@@ -17,8 +16,9 @@ def test_a_config_file_yaml_would_read_silently_wrong_is_refused(domains, tmp_pa
     source, target = domains
     (tmp_path / "c.yaml").write_text(text)
     before = tree(tmp_path)
-    result = cli("adapt", source, target, *TINY, "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
-    assert_one_line_error(result, *words)
+    result = cli_subprocess("adapt", source, target, *TINY, "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
+    assert result.returncode == 2
+    one_error_line(result, *words)
     assert tree(tmp_path) == before
 
 

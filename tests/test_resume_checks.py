@@ -3,6 +3,7 @@ state, and every run file as a regular file of the run's own (issue 44, items 1 
 real process: exit 2, one error line, the folder byte for byte as it was."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ import torch
 from conftest import TINY, cli, cli_subprocess, one_error_line, tree
 
 
-@pytest.fixture
-def interrupted(domains, tmp_path):
+@pytest.fixture(scope="module")
+def stopped_run(domains, tmp_path_factory):
     """A run stopped after iteration 4 of 8, with a checkpoint, a selected snapshot and evaluations."""
     from golabels_cli import training
     from golabels_cli.config import build_config
@@ -26,9 +27,18 @@ def interrupted(domains, tmp_path):
         if isinstance(event, StepDone) and event.iter == 4:
             os.kill(os.getpid(), __import__("signal").SIGINT)
 
+    run = tmp_path_factory.mktemp("stopped") / "run"
     with pytest.raises(Interrupted):
-        training.adapt(cfg, out=tmp_path / "run", progress=interrupt)
-    return tmp_path / "run"
+        training.adapt(cfg, out=run, progress=interrupt)
+    return run
+
+
+@pytest.fixture
+def interrupted(stopped_run, tmp_path):
+    """A copy of the stopped run of this test's own."""
+    import shutil
+
+    return Path(shutil.copytree(stopped_run, tmp_path / "run"))
 
 
 def edit(run, change):
@@ -82,3 +92,12 @@ def test_a_link_in_place_of_a_run_file_is_refused(interrupted, tmp_path):
     assert result.returncode == 2
     one_error_line(result, "metrics.jsonl is a link")
     assert outside.read_text() == "the user's own file\n"  # never appended to
+
+
+@pytest.mark.parametrize("name", ["summary.json", "metrics.jsonl"])
+def test_report_refuses_a_fifo_in_place_of_a_run_file(interrupted, name):
+    (interrupted / name).unlink(missing_ok=True)
+    os.mkfifo(interrupted / name)
+    result = cli_subprocess("report", interrupted, "--no-plots", timeout=60)  # a read would wait for a writer for ever
+    assert result.returncode == 2
+    one_error_line(result, f"{name} is a FIFO")

@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY, adapt_tiny, cli, cli_subprocess, one_error_line, tree
-from test_inputs import assert_one_line_error
+from conftest import TINY, adapt_tiny, cli_subprocess, one_error_line, tree
 
 
 def test_a_class_named_with_a_carriage_return_is_drawn_without_a_font_warning(domains, tmp_path):
@@ -24,15 +23,18 @@ def test_a_class_named_with_a_carriage_return_is_drawn_without_a_font_warning(do
 
 
 def test_a_huge_target_loss_weight_is_named_a_divergence(domains, tmp_path):
-    result = cli("adapt", *domains, *TINY, "--iters", "4", "--method", "bnm", "--target-loss-weight", "1e308", "--out", tmp_path / "run")
-    assert_one_line_error(result, "training diverged at iteration", "loss_target = nan", code=1)
+    result = cli_subprocess("adapt", *domains, *TINY, "--iters", "4", "--method", "bnm", "--target-loss-weight", "1e308",
+                            "--out", tmp_path / "run")
+    assert result.returncode == 1
+    one_error_line(result, "training diverged at iteration", "loss_target = nan")
 
 
 @pytest.mark.parametrize("method, hint", [("mcc", "--method cdan-e+mcc"), ("source-only", "leave --domain-labels out")])
 def test_domain_labels_without_a_discriminator_are_refused(domains, tmp_path, method, hint):
     before = tree(tmp_path)
-    result = cli("adapt", *domains, *TINY, "--method", method, "--domain-labels", "go", "--out", tmp_path / "run")
-    assert_one_line_error(result, f"--domain-labels go sets the targets of a discriminator, and --method {method} has none", hint)
+    result = cli_subprocess("adapt", *domains, *TINY, "--method", method, "--domain-labels", "go", "--out", tmp_path / "run")
+    assert result.returncode == 2
+    one_error_line(result, f"--domain-labels go sets the targets of a discriminator, and --method {method} has none", hint)
     assert tree(tmp_path) == before
 
 
@@ -41,8 +43,8 @@ def test_report_json_stays_strict_json_whatever_summary_json_holds(domains, tmp_
     summary = json.loads((run / "summary.json").read_text())
     summary["target_acc"] = float("nan")
     (run / "summary.json").write_text(json.dumps(summary))  # Python writes NaN, which is not JSON
-    result = cli("report", run, "--json", "--no-plots")
-    assert result.exit_code == 0, result.stderr
+    result = cli_subprocess("report", run, "--json", "--no-plots")
+    assert result.returncode == 0, result.stderr
 
     def refuse(constant):
         raise ValueError(constant)
@@ -54,6 +56,7 @@ def test_report_json_stays_strict_json_whatever_summary_json_holds(domains, tmp_
 def test_eval_and_export_of_an_onnx_file_say_it_is_for_predict(exported, domains, tmp_path):
     run, _ = exported
     for args in (["eval", run / "model.onnx", domains[1]], ["export", run / "model.onnx", "--output", tmp_path / "m.onnx"]):
-        result = cli(*args)
-        assert_one_line_error(result, "is an ONNX model, which golabels predict runs", "pass its run directory or its model.safetensors")
+        result = cli_subprocess(*args)
+        assert result.returncode == 2
+        one_error_line(result, "is an ONNX model, which golabels predict runs", "pass its run directory or its model.safetensors")
     assert not (tmp_path / "m.onnx").exists()
