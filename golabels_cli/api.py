@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from .config import FIELDS, AdaptConfig, build_config, load_yaml
+from .choices import DEVICES
+from .config import FIELDS, AdaptConfig, build_config, check_choice, load_yaml
 from .errors import InputError
 from . import run_files
 
@@ -139,7 +140,7 @@ def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto
 
     _count("batch_size", batch_size, 1)
     _count("workers", workers, 0)
-    _device_name(device)
+    check_choice("device", device, DEVICES)
     return evaluate_model(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
 
 
@@ -153,13 +154,6 @@ def export_onnx(run_or_model: str | Path, output: str | Path | None = None, opse
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):  # the range is export's to name
             raise InputError(f"{name} must be an integer, got {value!r}")
     return export_model(run_or_model, output, opset=opset, batch=batch, verify=verify, exist_ok=exist_ok)
-
-
-def _device_name(device: Any) -> None:
-    from .choices import DEVICES
-
-    if device not in DEVICES:
-        raise InputError(f"unknown device {device!r}", f"pass one of {', '.join(DEVICES)}")
 
 
 def predict(model: str | Path, images: str | Path | Iterable[str | Path], device: str = "auto", batch_size: int = 32, workers: int = 0,
@@ -181,7 +175,7 @@ def predict(model: str | Path, images: str | Path | Iterable[str | Path], device
         raise InputError(f"images must be paths (str or Path), got {type(wrong).__name__} {wrong!r}"[:160])
     _count("batch_size", batch_size, 1)
     _count("workers", workers, 0)
-    _device_name(device)
+    check_choice("device", device, DEVICES)
     if "-" in images:
         raise InputError("'-' reads paths from stdin on the command line only", "pass the paths themselves")
 

@@ -202,7 +202,8 @@ def _check_recipe(name: str, flag: str = "--method") -> None:
                          "e.g. --method cdan-e, --method mcc, --method cdan-e+mcc or --method auto") from None
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """InputError unless `value` is one of `choices`, with a did-you-mean hint."""
     if value not in choices:
         close = difflib.get_close_matches(str(value), choices, 2, 0.4)
         hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(choices)}"
@@ -283,7 +284,7 @@ def validate(cfg: AdaptConfig) -> None:
     for name, f in FIELDS.items():  # None is left to the checks below: each field's default says when it may be
         choices = declaration(f).choices
         if choices and getattr(cfg, name) is not None:
-            _choice(name, getattr(cfg, name), choices)
+            check_choice(name, getattr(cfg, name), choices)
     if cfg.bn_stats == "target" and cfg.sync_bn:
         raise InputError("--bn-stats target re-estimates BatchNorm on one process, where --sync-bn's layers would wait for the others",
                          "use --bn-stats train with --sync-bn")
@@ -361,12 +362,24 @@ RESOLVED_AT_RUN_TIME = ("# golabels adapt --config FILE replays this run. Every 
                         "#   device auto: CUDA if present, then MPS, else the CPU; precision auto: bf16 autocast on CUDA, fp32 elsewhere\n")
 
 
+def candidate_config(cfg: AdaptConfig, recipe: str) -> AdaptConfig:
+    """The config of one candidate of --method auto: the search's options with --method RECIPE,
+    everything that follows the recipe (discriminator, --bn-stats, --lr-gamma, balancing) resolved
+    for it as a run of that recipe would resolve it."""
+    values = {**dataclasses.asdict(cfg), "method": recipe, "search_recipes": None, "search_pick": None}
+    parsed = parse_recipe_name(recipe)
+    if not parsed.uses_target:
+        values["balance_target"] = None  # source-only draws no target batch to balance
+    if not parsed.adversarial:
+        values["domain_labels"] = "fixed"  # --domain-labels acts on a discriminator, which this one has none of
+    return build_config(values)
+
+
 def _candidate_lines(cfg: AdaptConfig) -> list[str]:
     """What each candidate of --method auto resolves for its recipe (balancing: from the source folder)."""
     lines = []
     for recipe in parse_search_recipes(cfg.search_recipes):
-        values = {**dataclasses.asdict(cfg), "method": recipe, "search_recipes": None, "search_pick": None, "balance_target": None}
-        c = build_config(values)
+        c = candidate_config(cfg, recipe)
         parsed = parse_recipe_name(recipe)
         disc = f"discriminator {c.discriminator}, trade-off {c.trade_off:g}" if parsed.adversarial else "no discriminator"
         lines.append(f"{recipe}: {disc}, lr-gamma {c.lr_gamma:g}, bn-stats {c.bn_stats}")

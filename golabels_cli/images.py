@@ -93,7 +93,6 @@ def once_per_folder(scan):
     return wrapper
 
 
-
 def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 

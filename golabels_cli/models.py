@@ -102,9 +102,7 @@ class _Head(nn.Module):
         super().__init__()
         self.bottleneck, self.head = bottleneck, head
 
-    def forward(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.bottleneck(backbone_features)
-        return self.head(features), features
+    forward = Classifier.classify  # (logits, bottleneck features), as the whole classifier computes them
 
 
 def _head_of(model: Classifier) -> _Head:

@@ -38,7 +38,7 @@ from .choices import AUTO_METHOD, parse_search_recipes
 from .yaml_files import read_config_fields
 from .errors import InputError, reason
 from .formats import printable
-from .images import not_regular
+from .images import require_regular
 from .validators import DIRECTION, LABEL_FREE, is_evaluation_row
 
 PLOTS = run_files.REPORT_PLOTS
@@ -90,9 +90,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
         raise InputError(f"run directory {run_dir} does not exist", "pass a folder written by golabels adapt")
     metrics, config_path = run_dir / run_files.METRICS, run_dir / run_files.CONFIG
     for path in (metrics, config_path, run_dir / run_files.SUMMARY):
-        why = not_regular(path) if os.path.lexists(path) else None
-        if why is not None:  # a FIFO would block the read for ever; a folder is no file of a run
-            raise InputError(f"{path} is {why}", "golabels writes its run files as regular files: restore the run's own file")
+        if os.path.lexists(path):  # a FIFO would block the read for ever; a folder is no file of a run
+            require_regular(path, "run file", "golabels writes its run files as regular files: restore the run's own file")
     if not metrics.is_file() or not config_path.is_file():
         raise InputError(f"{run_dir} is not a golabels run directory (no {run_files.METRICS} or {run_files.CONFIG})", "pass a folder written by golabels adapt")
     config = read_config_fields(config_path)

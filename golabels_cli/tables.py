@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .console import data_report_lines, fmt, stderr, stdout
 from .remedies import remedy_flags
-from .validators import LEAST_TELLING_FIRST
+from .validators import LABEL_FREE, LEAST_TELLING_FIRST
 from .validators import NAMES as VALIDATOR_NAMES  # metrics key -> the name shown
 from . import run_files
 
@@ -278,7 +278,7 @@ def _print_validators(evals: list[dict], selected: int | None) -> None:
 def _candidate_table(title: str, rows: list[dict[str, Any]], shipped: str | None, members: list[str]) -> tuple[Table, list[str]]:
     """One row per candidate of --method auto: its validators at its last evaluation, its --eval-dir
     accuracy (the oracle, when given) and its seconds; the shipped ones marked."""
-    keys = [k for k in VALIDATOR_NAMES if k != "target_acc"]
+    keys = LABEL_FREE
     oracle = any(r.get("target_acc") is not None for r in rows)
 
     def build(columns: list[str]) -> Table:

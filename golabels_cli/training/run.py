@@ -16,7 +16,7 @@ from ..yaml_files import read_config_fields
 from ..device import pick_device
 from ..distributed import env_rank, setup, shared, teardown
 from ..errors import InputError, plural, reason
-from ..images import not_regular
+from ..images import require_regular
 from ..progress import no_events
 from .build import build
 from .checkpoint_schema import check_checkpoint_state, check_selected_model
@@ -128,10 +128,10 @@ def check_run_files(run_dir: Path) -> None:
         path = run_dir / name
         if not os.path.lexists(path):
             continue
-        why = "a link" if path.is_symlink() else not_regular(path)
-        if why is not None:
-            raise InputError(f"{path} is {why}: golabels writes its run files itself, as regular files",
-                             "restore the run's own file, or start a new run")
+        hint = "golabels writes its run files itself, as regular files: restore the run's own file, or start a new run"
+        if path.is_symlink():
+            raise InputError(f"{path} is a link", hint)
+        require_regular(path, "run file", hint)
 
 
 # config.yaml of a run written before these were resolved when it started holds null for them,

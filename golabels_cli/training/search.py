@@ -32,12 +32,13 @@ from typing import Any
 from .. import run_files
 from ..checkpoint import check_run_dir, claim_run_dir, load_model, save_model
 from ..choices import AUTO_METHOD, ENSEMBLE, parse_recipe_name, parse_search_recipes
-from ..config import AdaptConfig, build_config, to_yaml
+from ..config import AdaptConfig, build_config, candidate_config, to_yaml
 from ..errors import InputError, Interrupted, RunError, reason
+from ..formats import json_text
 from ..images import shared_scans
 from ..model_info import ModelInfo
 from ..progress import CandidateStarted, RunFinished, no_events
-from ..validators import LABEL_FREE, better
+from ..validators import LABEL_FREE, better, metric_key
 from ..yaml_files import run_config
 from . import run
 from .run_dir import write
@@ -66,19 +67,6 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     except InputError as exc:
         raise InputError(f"{run_dir / run_files.CONFIG} cannot be resumed ({exc.message})", "restore the search's own config.yaml") from None
     return resume_search(run_dir, cfg, overrides or {}, progress)
-
-
-def candidate_config(cfg: AdaptConfig, recipe: str) -> AdaptConfig:
-    """The config of one candidate: the search's options with --method RECIPE, everything that
-    follows the recipe (discriminator, --bn-stats, --lr-gamma, balancing) resolved for it as a run
-    of that recipe would resolve it."""
-    values = {**dataclasses.asdict(cfg), "method": recipe, "search_recipes": None, "search_pick": None}
-    parsed = parse_recipe_name(recipe)
-    if not parsed.uses_target:
-        values["balance_target"] = None  # source-only draws no target batch to balance
-    if not parsed.adversarial:
-        values["domain_labels"] = "fixed"  # --domain-labels acts on a discriminator, which this one has none of
-    return build_config(values)
 
 
 def candidate_dir(run_dir: Path, recipe: str) -> Path:
@@ -115,6 +103,7 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
     recipes = parse_search_recipes(cfg.search_recipes)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
+    first: dict[str, Any] | None = None  # the first candidate's summary: what the candidates share (data, environment)
     pace: dict[bool, float] = {}  # seconds per iteration of the candidates trained so far, with and without a discriminator
     for i, recipe in enumerate(recipes):
         folder = candidate_dir(run_dir, recipe)
@@ -137,7 +126,8 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
         if summary.get("seconds") and not summary.get("resumed_at"):
             pace[adversarial] = summary["seconds"] / max(summary["iters"], 1)
         records.append(candidate_record(recipe, folder, summary))
-    return _finish(cfg, run_dir, records, time.perf_counter() - started, overrides, progress)
+        first = first or summary
+    return _finish(cfg, run_dir, records, first, time.perf_counter() - started, overrides, progress)
 
 
 def _finished(folder: Path) -> dict[str, Any] | None:
@@ -196,19 +186,20 @@ def pick(records: list[dict[str, Any]], rule: str) -> tuple[str, list[str], str]
         if members:
             return members[0], members, f"{members[0]}, the one adapted candidate (an ensemble needs two)"
         return records[0]["recipe"], [records[0]["recipe"]], "no candidate adapts to the target: the first ships"
+    key = metric_key(rule)
     best = None
     for r in records:
-        if better(rule.replace("-", "_"), r["validators"].get(rule.replace("-", "_")), best and best["validators"][rule.replace("-", "_")]):
+        if better(key, r["validators"].get(key), best["validators"][key] if best else None):
             best = r
     if best is None:
         first = records[0]["recipe"]
         return first, [first], f"{rule} could not be computed for any candidate: the first, {first}, ships"
-    value = best["validators"][rule.replace("-", "_")]
+    value = best["validators"][key]
     return best["recipe"], [best["recipe"]], f"{best['recipe']} has the best {rule} of the {len(records)} candidates ({value:.4f})"
 
 
-def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], seconds: float, overrides: dict[str, Any],
-            progress: Progress) -> dict[str, Any]:
+def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], first: dict[str, Any], seconds: float,
+            overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """model.safetensors (the pick) and summary.json, the search's last writes."""
     shipped, members, why = pick(records, cfg.search_pick)
     model_file = run_dir / run_files.MODEL
@@ -217,7 +208,6 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], seco
     else:
         _copy_model(candidate_dir(run_dir, shipped) / run_files.MODEL, model_file)
     log.info("--method auto ships %s", why)
-    first = json.loads((Path(records[0]["run_dir"]) / run_files.SUMMARY).read_text())
     accuracy = _shipped_accuracy(cfg, run_dir, records, shipped, overrides)
     reference = next((r for r in records if not parse_recipe_name(r["recipe"]).uses_target), None)
     summary = {
@@ -239,8 +229,6 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], seco
         "search": {"pick": cfg.search_pick, "shipped": shipped, "members": members, "why": why,
                    "source_only_acc": reference["target_acc"] if reference else None, "candidates": records},
     }
-    from ..formats import json_text
-
     write(run_dir / run_files.SUMMARY, json_text(summary) + "\n", None)
     progress(RunFinished(summary))
     return summary
