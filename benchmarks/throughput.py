@@ -17,6 +17,11 @@
         eager, and after how many iterations compiling has paid for itself
     (k) with --freeze-backbone, a step of a recipe without a discriminator (--method mcc) vs. one of
         CDAN+E (golabels' adversarial default), on the same cached-feature batch
+    (l) the training loader's CPU milliseconds per image, all in one process (--workers 0), side
+        by side on the same images (--real-dir, else the synthetic ones): (i) per-image PIL
+        augmentation decoding the files (--augment per-image), (ii) the same from decoded images
+        in memory (--cache-images), (iii) decoded images with the batch stage on --device
+        (--augment batched, the default); target: (iii) at least 5x fewer than (i)
     (j) JPEG decoding on --device (torchvision.io.decode_jpeg, batched, then the resize to the
         training size) vs. the training loader's images/s with --workers CPU processes: whether
         decoding on the GPU would feed it faster (on a CPU device: decode_jpeg on the CPU)
@@ -48,8 +53,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import golabels
-from golabels.hooks import (ImageSet, InfiniteDraws, TrainImages, Training, autocast, build, decode_for_training, grad_reverse, image_files,
-                            load_rgb, make_two_domains, resize_shorter, scale_size, scan_unlabeled, train_step, train_transform)
+from golabels.hooks import (ImageSet, InfiniteDraws, TrainImages, Training, autocast, batch_loader, build, decode_all, decode_for_training, decode_images,
+                            device_batches, grad_reverse, image_files, load_rgb, loader_crop, make_two_domains, resize_shorter, scale_size,
+                            scan_unlabeled, train_step, train_transform)
 
 
 def sync(device: torch.device) -> None:
@@ -159,6 +165,35 @@ def loader_rate(dataset: Dataset, batch: int, workers: int, batches: int) -> flo
     return batches * batch / (time.perf_counter() - started)
 
 
+def loader_cpu_ms(batches, batch: int, count: int) -> float:
+    """CPU milliseconds (every thread of this process) per image over `count` batches, after one."""
+    next(batches)
+    started = time.process_time()
+    for _ in range(count):
+        next(batches)
+    return (time.process_time() - started) * 1000 / (count * batch)
+
+
+def loader_figure(images: ImageSet, data_config: dict, device: torch.device, batch: int, count: int) -> tuple[float, float, float]:
+    """(l): CPU ms per training image of the three loaders, as the loop would draw them."""
+    def per_image(decoded) -> float:
+        dataset = TrainImages(images, train_transform(data_config, 0.08, 0.5), data_config, decoded)
+        loader = DataLoader(dataset, batch_size=batch, sampler=InfiniteDraws(len(images), 0, 0), drop_last=True)
+        return loader_cpu_ms(iter(loader), batch, count)
+
+    from_files = per_image(None)
+    from_memory = per_image(decode_all(images, data_config))
+    decoded = decode_images(images, data_config, None, "decoding")
+    loader = batch_loader(images, decoded, 0.08, 0.5, batch, 0, 0, 0, device.type == "cuda", crop_to=loader_crop(device, data_config))
+
+    def on_device():
+        for x, _ in device_batches(loader, device, data_config):
+            sync(device)  # the batch is ready, as the step would need it
+            yield x
+
+    return from_files, from_memory, loader_cpu_ms(on_device(), batch, count)
+
+
 def largest_batch(fits, start: int, limit: int) -> int:
     """The largest batch in [1, limit] for which fits(batch) holds, assuming it holds for every
     smaller one: doubled from `start` until it fails or reaches `limit`, then bisected; 0 if none."""
@@ -255,7 +290,7 @@ def main() -> None:
     parser.add_argument("--real-dir", help="a folder of JPEG photos for (e)")
     parser.add_argument("--upscale", type=int, default=1000, help="shorter side of the (e) copies, px")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of one adapt step")
-    parser.add_argument("--figures", default="abcdefghijk", help="which figures to measure, e.g. 'e' for the decoding one alone")
+    parser.add_argument("--figures", default="abcdefghijkl", help="which figures to measure, e.g. 'e' for the decoding one alone")
     parser.add_argument("--max-batch", type=int, default=1024, help="(g): the largest batch per domain tried")
     args = parser.parse_args()
 
@@ -387,6 +422,14 @@ def main() -> None:
             print(f"(j) {len(photos)} {w}x{h} JPEGs: decode_jpeg + resize on {device.type} {on_device:.0f} img/s, the training loader "
                   f"(decode, resize, random crop, flip) {loader:.0f} img/s with {args.workers} workers: ratio {on_device / loader:.2f} "
                   f"(> 1 on a GPU: decoding there could feed it faster)")
+
+        if "l" in args.figures:
+            images = scan_unlabeled(args.real_dir) if args.real_dir else scan_unlabeled(folder / "source")
+            count = max(2, min(8, len(images) // B))
+            files, memory, batched = loader_figure(images, t.data_config, device, B, count)
+            print(f"(l) loader CPU ms per image over {count} batches of {B} ({len(images)} images, one process): (i) per-image from the files "
+                  f"{files:.2f}, (ii) per-image from memory {memory:.2f}, (iii) batched on {device.type} {batched:.2f}: "
+                  f"(i)/(iii) {files / batched:.1f}x (target >= 5x)")
 
         if args.profile:
             from torch.profiler import ProfilerActivity, profile

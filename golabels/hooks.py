@@ -9,9 +9,11 @@ Importing this module loads PyTorch.
 from golabels_cli.checkpoint import load_model, save_model
 from golabels_cli.console import setup_logging
 from golabels_cli.choices import parse_recipe_name as parse_method
-from golabels_cli.data import (ImageSet, InfiniteDraws, TrainImages, class_counts, decode_for_training, scan_labeled, scan_unlabeled,
+from golabels_cli.data import (ImageSet, InfiniteDraws, TrainImages, class_counts, decode_all, decode_for_training, scan_labeled, scan_unlabeled,
                                train_transform)
+from golabels_cli.decoded import decode_images
 from golabels_cli.device import pick_device
+from golabels_cli.device_batches import batch_loader, device_batches, loader_crop
 from golabels_cli.export import verification_batch
 from golabels_cli.features import backbone_features, model_key
 from golabels_cli.images import IMAGE_EXTENSIONS, image_files, load_rgb, resize_shorter, scale_size
@@ -34,6 +36,8 @@ __all__ = [
     # data: the folders a run reads, as it reads them
     "IMAGE_EXTENSIONS", "image_files", "load_rgb", "resize_shorter", "scale_size", "scan_labeled", "scan_unlabeled", "class_counts",
     "ImageSet", "TrainImages", "InfiniteDraws", "decode_for_training", "train_transform", "make_two_domains",
+    # the batched training data path: images decoded once, batches augmented on the device
+    "decode_all", "decode_images", "batch_loader", "device_batches", "loader_crop",
     # models and features: the backbone a run builds, its cached features, a model file without training
     "create_backbone", "resolve_data_config", "backbone_features", "model_key", "Classifier", "ModelInfo", "save_model",
     "verification_batch", "pick_device", "autocast", "load_model", "HeadEnsemble",

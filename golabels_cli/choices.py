@@ -38,6 +38,7 @@ REFERENCE_HORIZON = 10000  # iterations: the original CDAN code's max_iter for l
 REFERENCE_LR_GAMMA = 1e-3  # TLlib's and the original code's lr * (1 + 0.001 i) ** -0.75
 SELECT_CHOICES = ("last", *(v.name for v in VALIDATORS))  # --select: the last snapshot, or the best by a validator
 FORWARDS = ("joint", "per-domain")
+AUGMENTS = ("batched", "per-image")  # --augment: where training images are cropped (device_batches.py, data.py)
 BN_STATS = ("train", "target")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -412,7 +412,7 @@ class EvalImages(Dataset):
         return self.transform(load_rgb(self.images.paths[i])), label
 
 
-def _ignore_interrupts(worker_id: int) -> None:
+def ignore_interrupts(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group: the main process saves and stops the workers, which
     # must not die first (the step in progress would fail before the state is saved).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -441,7 +441,7 @@ def train_loader(images: ImageSet, transform, data_config: dict, batch_size: int
         drop_last=True,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 and pin else None,  # a GPU step is short: keep more batches ready
-        worker_init_fn=_ignore_interrupts if workers > 0 else None,
+        worker_init_fn=ignore_interrupts if workers > 0 else None,
     )
 
 
@@ -454,7 +454,7 @@ def decode_all(images: ImageSet, data_config: dict, memory_fraction: float = 0.5
         with Image.open(path) as img:
             w, h = img.size
         need += 3 * side * max(side, int(side * max(w, h) / max(1, min(w, h))))
-    free = _free_memory()
+    free = free_memory()
     memory_fraction /= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each local process keeps its own copy
     if free is not None and need > memory_fraction * free:
         log.warning("--cache-images: the %d images would take %.1f GB, more than half the %.1f GB free; reading them from disk",
@@ -466,7 +466,7 @@ def decode_all(images: ImageSet, data_config: dict, memory_fraction: float = 0.5
     return decoded
 
 
-def _free_memory() -> int | None:
+def free_memory() -> int | None:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -475,4 +475,4 @@ def _free_memory() -> int | None:
 
 def eval_loader(images: ImageSet, transform, batch_size: int, workers: int, pin: bool = False):
     return DataLoader(EvalImages(images, transform), batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
-                      worker_init_fn=_ignore_interrupts if workers > 0 else None)
+                      worker_init_fn=ignore_interrupts if workers > 0 else None)

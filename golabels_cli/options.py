@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .choices import (ALIGNMENT_TERMS, AUTO_METHOD, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
+from .choices import (ALIGNMENT_TERMS, AUGMENTS, AUTO_METHOD, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
                       REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SEARCH_PICKS, SEARCH_RECIPES, SELECT_CHOICES, TARGET_LOSS_NAMES,
                       parse_recipe_name)
 
@@ -167,7 +167,10 @@ class AdaptConfig:
     workers: int | None = option(None, PERFORMANCE, "Loader processes; default min(8, CPUs - 1).")
     freeze_backbone: bool = option(False, TRAINING, "Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).")
     cache_dir: str | None = option(None, PERFORMANCE, "Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.", metavar="DIR")
-    cache_images: bool = option(False, PERFORMANCE, "Keep decoded, resized training images in memory (when they fit).")
+    # batched (issue 43): the loader's per-image work is a copy, so it feeds a GPU step from a few
+    # cores; per-image: the path of runs saved before it (run.BEFORE_OPTIONS), kept for them.
+    augment: str = option("batched", PERFORMANCE, "batched: training images decoded once (in memory when they fit, else in a disk cache beside the features), then cropped, flipped and normalized a whole batch at a time on the device | per-image: decoded and augmented one image at a time with PIL in the loader processes (how runs saved before this option trained).", choices=AUGMENTS)
+    cache_images: bool = option(False, PERFORMANCE, "--augment per-image: keep decoded, resized training images in memory (when they fit).")
     compile: bool = option(False, PERFORMANCE, "torch.compile the classifier (faster steps after a slow first one).")
     deterministic: bool = option(False, PERFORMANCE, "On CUDA: deterministic cuDNN kernels, no autotuning (slower).")
     devices: int = option(1, PERFORMANCE, "Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.")

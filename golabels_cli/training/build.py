@@ -9,6 +9,7 @@ import torch
 
 from ..config import AdaptConfig
 from ..data import ImageSet, decode_all
+from ..decoded import decode_images
 from ..distributed import SINGLE, Dist, lr_factor
 from ..features import backbone_features, model_key
 from ..methods import MultilinearMap, get_method, get_recipe
@@ -52,6 +53,9 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
         t.grad_scaler = torch.amp.GradScaler(device.type)
     if cfg.freeze_backbone:
         t.features = _cached_features(t)
+    elif cfg.augment == "batched":
+        t.decoded = {"source": decode_images(source, data_config, cfg.cache_dir, "decoding the source", t.workers or 1),
+                     "target": decode_images(target, data_config, cfg.cache_dir, "decoding the target", t.workers or 1) if t.uses_target else None}
     elif cfg.cache_images:
         t.decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if t.uses_target else None}
     return t

@@ -30,6 +30,7 @@ import torch
 from ..checkpoint import save_model
 from .. import run_files
 from ..data import ImageSet, train_loader, train_sampler, train_transform
+from ..device_batches import batch_loader, device_batches, loader_crop
 from ..distributed import all_mean, all_min, any_rank, shared
 from ..errors import Interrupted, RunError
 from ..formats import json_text
@@ -164,6 +165,9 @@ def open_streams(t: Training, state: LoopState) -> Streams:
     if t.features is not None:
         batches = functools.partial(_feature_stream, t)
         trained: torch.nn.Module = Classify(t.model)
+    elif cfg.augment == "batched":
+        batches = functools.partial(_device_stream, t)
+        trained = t.model
     else:
         batches = functools.partial(_image_stream, t, train_transform(t.data_config, cfg.min_crop, cfg.hflip))
         trained = t.model
@@ -199,6 +203,14 @@ def _image_stream(t: Training, transform, images: ImageSet, stream: int, first_s
     return iter(train_loader(images, transform, t.data_config, cfg.batch_size, cfg.seed, stream, t.workers, t.speed.pin_memory,
                              first_step * cfg.batch_size, decoded.get("source" if stream == 0 else "target"), t.dist.rank,
                              t.dist.world, balance_by))
+
+
+def _device_stream(t: Training, images: ImageSet, stream: int, first_step: int, balance_by: list[int] | None) -> Iterator:
+    cfg = t.cfg
+    loader = batch_loader(images, t.decoded["source" if stream == 0 else "target"], cfg.min_crop, cfg.hflip, cfg.batch_size, cfg.seed,
+                          stream, t.workers, t.speed.pin_memory, first_step * cfg.batch_size, t.dist.rank, t.dist.world, balance_by,
+                          crop_to=loader_crop(t.device, t.data_config))
+    return device_batches(loader, t.device, t.data_config, t.speed.channels_last)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 
 from ..config import AdaptConfig
 from ..data import ImageSet
+from ..decoded import DecodedImages
 from ..distributed import SINGLE, Dist, lr_factor
 from ..features import Features
 from ..methods import Method, MultilinearMap, Recipe, get_recipe
@@ -61,7 +62,8 @@ class Training:
     speed: Speed
     dist: Dist = SINGLE
     features: dict[str, Features] | None = None  # --freeze-backbone: "source", "target", "eval", "source_val"
-    decoded: dict[str, list[np.ndarray] | None] | None = None  # --cache-images: "source", "target"
+    # "source", "target": DecodedImages (--augment batched), or arrays (--augment per-image --cache-images)
+    decoded: dict[str, DecodedImages | list[np.ndarray] | None] | None = None
     selected_weights: dict[str, torch.Tensor] | None = None  # --select: the best snapshot's model state so far
     grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
 
