@@ -10,11 +10,13 @@
         fp32, contiguous NCHW, plain SGD, a host sync per step for its meters), same model and batch;
         target >= 2x on a GPU, where golabels' fast path applies (on a CPU both are the same fp32 step)
     (g) peak memory of an adapt step at --batch + --batch (CUDA), and the largest batch per domain
-        that fits: doubled from --batch until out of memory, then bisected (at most --max-batch)
+        that fits: doubled from --batch until out of memory, then bisected (at most --max-batch; no
+        new size tried after --g-seconds)
     (h) `golabels predict` images/s on --device vs. on the CPU, with PyTorch and with onnxruntime
         (its CUDA provider where installed), on the photos of --real-dir (or the synthetic images)
-    (i) --compile: the first compiled step's seconds (the compilation), then the step time against
-        eager, and after how many iterations compiling has paid for itself
+    (i) --compile: for each of --compile-modes (default; reduce-overhead, which adds CUDA graphs),
+        the first compiled step's seconds (the compilation), then the step time against eager, and
+        after how many iterations compiling has paid for itself
     (k) with --freeze-backbone, a step of a recipe without a discriminator (--method mcc) vs. one of
         CDAN+E (golabels' adversarial default), on the same cached-feature batch
     (l) the training loader's CPU milliseconds per image, all in one process (--workers 0), side
@@ -89,9 +91,12 @@ def make_training(args, folder: Path, **overrides) -> Training:
     return build(golabels.config(**{**values, **overrides}))
 
 
-def adapt_stepper(t: Training, xs, ys, xt):
+def adapt_stepper(t: Training, xs, ys, xt, compile_mode: str | None = None):
     domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]).to(t.device)
-    forward = torch.compile(t.model) if t.speed.compile else t.model
+    if compile_mode is not None:
+        forward = torch.compile(t.model, mode=None if compile_mode == "default" else compile_mode)
+    else:
+        forward = torch.compile(t.model) if t.speed.compile else t.model
     return lambda: train_step(t, forward, t.disc, xs, ys, xt, domain, 1.0)
 
 
@@ -194,21 +199,28 @@ def loader_figure(images: ImageSet, data_config: dict, device: torch.device, bat
     return from_files, from_memory, loader_cpu_ms(on_device(), batch, count)
 
 
-def largest_batch(fits, start: int, limit: int) -> int:
-    """The largest batch in [1, limit] for which fits(batch) holds, assuming it holds for every
-    smaller one: doubled from `start` until it fails or reaches `limit`, then bisected; 0 if none."""
+def largest_batch(fits, start: int, limit: int, seconds: float = float("inf")) -> tuple[int, bool]:
+    """(batch, exact): the largest batch in [1, limit] for which fits(batch) holds, assuming it
+    holds for every smaller one: doubled from `start` until it fails or reaches `limit`, then
+    bisected; 0 if none. No new try starts after `seconds`: then the largest batch known to fit,
+    and exact False."""
+    deadline = time.monotonic() + seconds
     good = 0  # the largest batch known to fit (0: none yet)
     batch = max(1, min(start, limit))
     while fits(batch):
         good = batch
         if batch == limit:
-            return good
+            return good, True
+        if time.monotonic() > deadline:
+            return good, False
         batch = min(2 * batch, limit)
     bad = batch  # the smallest known not to
     while bad - good > 1:
+        if time.monotonic() > deadline:
+            return good, False
         middle = (good + bad) // 2
         good, bad = (middle, bad) if fits(middle) else (good, middle)
-    return good
+    return good, True
 
 
 def step_fits(t: Training, size: int, classes: int):
@@ -292,6 +304,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of one adapt step")
     parser.add_argument("--figures", default="abcdefghijkl", help="which figures to measure, e.g. 'e' for the decoding one alone")
     parser.add_argument("--max-batch", type=int, default=1024, help="(g): the largest batch per domain tried")
+    parser.add_argument("--g-seconds", type=float, default=20.0, help="(g): no new batch size is tried after this many seconds")
+    parser.add_argument("--compile-modes", default="default,reduce-overhead",
+                        help="(i): torch.compile modes to time against eager (reduce-overhead: with CUDA graphs)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -378,8 +393,8 @@ def main() -> None:
                 peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak at batch {B} + {B}"
             else:
                 peak = "peak memory n/a on the CPU"
-            fits = largest_batch(step_fits(t, args.image_size, len(t.source.classes)), B, args.max_batch)
-            limit = " (the --max-batch tried)" if fits == args.max_batch else ""
+            fits, exact = largest_batch(step_fits(t, args.image_size, len(t.source.classes)), B, args.max_batch, args.g_seconds)
+            limit = " (the --max-batch tried)" if fits == args.max_batch else "" if exact else f" at least (--g-seconds {args.g_seconds:g} spent)"
             print(f"(g) {peak}; largest batch per domain that fits: {fits}{limit}")
 
         jpegs = jpeg_folder(folder, args.real_dir) if "h" in args.figures or "j" in args.figures else []
@@ -403,15 +418,19 @@ def main() -> None:
 
         if "i" in args.figures:
             eager = make_training(args, folder, compile=False)
-            compiled = make_training(args, folder, compile=True)
-            eager_step, compiled_step = adapt_stepper(eager, xs, ys, xt), adapt_stepper(compiled, xs, ys, xt)
-            first = timed(compiled_step, device)
-            t_eager, t_compiled = alternate(eager_step, compiled_step, device, args.steps, args.warmup)
-            gain = t_eager - t_compiled
-            pays = f"pays for itself after {first / gain:.0f} iterations" if gain > 0 else "never pays for itself at this size"
-            print(f"(i) --compile: first step {first:.1f} s (compiling), then {t_compiled * 1000:.1f} ms vs eager {t_eager * 1000:.1f} ms: "
-                  f"speedup {t_eager / t_compiled:.2f}x; {pays}")
-            del eager, compiled
+            eager_step = adapt_stepper(eager, xs, ys, xt)
+            for mode in args.compile_modes.split(","):  # a line each, as soon as measured: gpu.sh's cap may end the section
+                torch._dynamo.reset()
+                compiled = make_training(args, folder)
+                compiled_step = adapt_stepper(compiled, xs, ys, xt, compile_mode=mode)
+                first = timed(compiled_step, device)
+                t_eager, t_compiled = alternate(eager_step, compiled_step, device, args.steps, args.warmup)
+                gain = t_eager - t_compiled
+                pays = f"pays for itself after {first / gain:.0f} iterations" if gain > 0 else "never pays for itself at this size"
+                print(f"(i) --compile, mode {mode}: first step {first:.1f} s (compiling), then {t_compiled * 1000:.1f} ms vs eager "
+                      f"{t_eager * 1000:.1f} ms: speedup {t_eager / t_compiled:.2f}x; {pays}", flush=True)
+                del compiled
+            del eager
 
         if "j" in args.figures:
             photos = jpegs

@@ -282,7 +282,8 @@ def sweep(todo: list[Cell], root: Path, out: Path, options: dict, table_only: bo
             try:
                 summary = finished(cell.run_dir(out)) if table_only else run_cell(cell, root, out, options, wait=wait)
             except (golabels.Interrupted, KeyboardInterrupt) as exc:
-                kept = "its state is saved" if isinstance(exc, golabels.Interrupted) else "its newest checkpoint is kept"
+                # golabels says what it kept: the state saved, or (before training began) nothing written
+                kept = exc.message.split("; ", 1)[-1] if isinstance(exc, golabels.Interrupted) else "its newest checkpoint is kept"
                 stop_sweep(stop[0] if stop else "SIGINT", f"during cell {cell.run_dir(out)}: {kept}")
             if summary is None:
                 if not table_only:

@@ -67,11 +67,14 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     table.add_row("method", f"{summary['method']} with {summary['domain_labels']} domain labels{bn}")
     table.add_row("backbone", summary["backbone"])
     where = summary["device"] + (f", {summary['processes']} processes" if summary.get("processes", 1) > 1 else "")
+    speed = f"{summary['images_per_s']:.0f} images/s on {where}"
+    if summary.get("train_images_per_s") is not None:  # summaries written before it have none
+        speed += f"; the steps alone {summary['train_images_per_s']:.0f} images/s, evaluating {summary['eval_seconds']:.1f}s"
     if summary.get("resumed_at"):
         table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s over several sessions; this one: iterations "
-                      f"{summary['resumed_at'] + 1}-{summary['iters']} in {summary['session_seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
+                      f"{summary['resumed_at'] + 1}-{summary['iters']} in {summary['session_seconds']:.1f}s ({speed})")
     else:
-        table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({summary['images_per_s']:.0f} images/s on {where})")
+        table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({speed})")
     images, skipped = summary["images"], summary["skipped"]
     table.add_row("images", f"source {images['source']}, target {images['target']}" + (f", eval {images['eval']}" if images["eval"] else ""))
     if any(skipped.values()):

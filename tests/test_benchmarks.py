@@ -125,16 +125,16 @@ def test_toy_problems_and_table():
 
 
 def test_throughput_script_runs_its_figures(tmp_path):
-    # A smoke run of benchmarks/throughput.py (what gpu.sh runs on a GPU), so that a change of the
-    # training step's signature cannot break it unnoticed.
+    # A smoke run of benchmarks/throughput.py's figures that gpu.sh does not run, so that a change of
+    # the training step's signature cannot break them unnoticed.
     import subprocess
 
     result = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--backbone", "test_resnet", "--image-size", "32",
-                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "abdfik"],
+                             "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "4", "--workers", "0", "--figures", "dk"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    for figure in ("(a) adapt step", "(b) step time go", "(d) full iteration", "(f) golabels' DANN step", "(i) --compile: first step",
-                   "(k) --freeze-backbone step: mcc"):
+    # the figures gpu.sh runs are checked by its dry run (test_gpu_script_dry_run_on_the_cpu_writes_every_figure)
+    for figure in ("(d) full iteration", "(k) --freeze-backbone step: mcc"):
         assert figure in result.stdout, result.stdout
 
 
@@ -147,29 +147,48 @@ def test_largest_batch_search_finds_the_edge():
             tried.append(batch)
             return batch <= edge
 
-        assert throughput.largest_batch(fits, 32, 1024) == edge
+        assert throughput.largest_batch(fits, 32, 1024) == (edge, True)
         assert len(tried) <= 25
-    assert throughput.largest_batch(lambda b: True, 32, 200) == 200
-    assert throughput.largest_batch(lambda b: False, 32, 200) == 0
+    assert throughput.largest_batch(lambda b: True, 32, 200) == (200, True)
+    assert throughput.largest_batch(lambda b: False, 32, 200) == (0, True)
+    # bounded in time (issue 43): no new size is tried after the seconds given
+    import time
+
+    def slow(batch):
+        time.sleep(0.05)
+        return batch <= 700
+
+    started = time.monotonic()
+    found, exact = throughput.largest_batch(slow, 32, 1024, seconds=0.12)
+    assert not exact and 32 <= found <= 700 and time.monotonic() - started < 0.5
 
 
 def test_gpu_script_dry_run_on_the_cpu_writes_every_figure(tmp_path):
     """benchmarks/gpu.sh as a session lent a GPU runs it, on a tiny model on the CPU: every section
-    runs and leaves its line in $OUT/results.md, so that the GPU's minutes are not lost to a typo."""
+    runs and leaves its line in $OUT/results.md, so that the GPU's minutes are not lost to a typo;
+    and its sections' caps fit one device call (issue 43: at most 360 s)."""
     import os
+    import re
     import subprocess
 
     out = tmp_path / "out"
     env = {**os.environ, "DEVICE": "cpu", "BACKBONES": "test_resnet", "SIZE": "32", "BATCH": "4", "STEPS": "1", "ITERS": "3",
-           "WORKERS": "0", "FIGURES": "ghj", "MAX_BATCH": "8", "DEMO_ITERS": "1", "OUT": str(out), "PYTHON": sys.executable}
+           "DDP_ITERS": "2", "WORKERS": "0", "MAX_BATCH": "8", "DEMO_ITERS": "1", "COMPILE_MODES": "default", "CAP_SCALE": "4",
+           "OUT": str(out), "PYTHON": sys.executable}
     result = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     table = (out / "results.md").read_text()
-    for line in ("demo: {'source_only'", "- test_resnet (g) peak memory n/a on the CPU; largest batch per domain that fits: 8",
-                 "- test_resnet (h) predict on", "onnxruntime (CPUExecutionProvider)", "- test_resnet (j) ", "- end to end (test_resnet, 3 iterations)",
+    for line in ("demo: {'source_only'", "- test_resnet (a) adapt step", "- test_resnet (b) step time go", "- test_resnet (f) golabels' DANN",
+                 "- test_resnet (g) peak memory n/a on the CPU; largest batch per domain that fits: 8",
+                 "- test_resnet (i) --compile, mode default: first step", "- test_resnet (h) predict on", "onnxruntime (CPUExecutionProvider)",
+                 "- test_resnet (l) loader CPU ms per image", "- end to end (test_resnet, 3 iterations): per-image from the JPEGs",
                  "- data parallel, plain:", "- data parallel, --devices 1:", "exit 0"):
         assert line in table, (line, table)
-    assert "== 3. end to end" in (out / "gpu.log").read_text()
+    assert "reached its cap" not in table
+    script = (BENCHMARKS / "gpu.sh").read_text()
+    caps = [int(c) for c in re.findall(r"^\s*(?:section|figures) (\d+) ", script, re.M)]
+    per_backbone = [int(c) for c in re.findall(r"^  figures (\d+) \"\$backbone\"", script, re.M)]
+    assert len(per_backbone) == 3 and sum(caps) + sum(per_backbone) == 355 <= 360  # two backbones by default
 
 
 def test_prior_estimates_reads_finished_runs_and_resumes(domains, tmp_path, capsys):
@@ -463,3 +482,35 @@ def test_a_signal_during_a_cells_final_writes_stops_the_sweep_after_it(tmp_path,
     assert "stopped by SIGTERM after 1 cells; no new cell started" in capsys.readouterr().err
     assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 1  # the cell finished its writes; none started after it
     assert signal.getsignal(signal.SIGTERM) == previous  # the sweep's handler is put back
+
+
+def test_a_signal_while_a_cell_reads_its_folders_stops_the_sweep_at_once(tmp_path, monkeypatch, capsys):
+    """Issue 43: a signal outside a cell's training loop (here while it checks its images) is not
+    lost: the sweep stops before the cell trains, and the rerun does the whole sweep."""
+    import signal
+
+    from golabels_cli import data
+
+    uda = load("uda")
+    make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
+    real, calls = data._keep_readable, []
+
+    def signalled_while_reading(*a, **k):
+        if list((tmp_path / "sweep").rglob("summary.json")) and not calls:  # the second cell's first folder
+            calls.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(data, "_keep_readable", signalled_while_reading)
+    args = ["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "source-only", "--seeds", "3", "--out",
+            str(tmp_path / "sweep"), "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--iters", "2",
+            "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet"]
+    with pytest.raises(SystemExit) as stopped:
+        uda.main(args)
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "uda.py: stopped by SIGTERM during cell" in err and "nothing was written" in err and "Traceback" not in err
+    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 1 and len(list((tmp_path / "sweep").iterdir())) >= 1
+    monkeypatch.setattr(data, "_keep_readable", real)
+    uda.main(args)
+    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 3

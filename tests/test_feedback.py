@@ -332,6 +332,28 @@ def test_a_resumed_run_times_its_own_session(domains, tmp_path):
     assert "this one: iterations 4-8" in " ".join(captured.get().split())
 
 
+def test_the_summary_times_the_training_steps_apart_from_evaluating_and_saving(domains, tmp_path, monkeypatch):
+    """train_images_per_s is over the steps alone (issue 43): a slow evaluation and slow
+    checkpoint writes lower images_per_s, not it."""
+    import time
+
+    from golabels_cli import training
+    from golabels_cli.config import build_config
+    from golabels_cli.training import loop
+
+    real_validate, real_save = loop.validate, loop.save_checkpoint
+    monkeypatch.setattr(loop, "validate", lambda *a: (time.sleep(1.0), real_validate(*a))[1])
+    monkeypatch.setattr(loop, "save_checkpoint", lambda *a: (time.sleep(0.5), real_save(*a))[1])
+    source, target = domains
+    cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
+                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 8, "eval_every": 4, "save_every": 2})
+    summary = training.adapt(cfg, out=tmp_path / "run")
+    assert summary["eval_seconds"] >= 2.0  # two evaluations
+    assert summary["step_seconds"] <= summary["session_seconds"] - summary["eval_seconds"] - 1.5  # three checkpoints before the end
+    assert summary["train_images_per_s"] == pytest.approx(8 * 8 / summary["step_seconds"], rel=0.05)
+    assert summary["train_images_per_s"] > summary["images_per_s"]
+
+
 def test_a_taken_run_directory_fails_before_the_data_report(domains, tmp_path):
     from test_inputs import assert_one_line_error
 

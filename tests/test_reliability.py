@@ -332,3 +332,32 @@ def test_resume_finishes_a_run_whose_final_writes_failed(domains, tmp_path, befo
     again = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
+
+
+def test_a_signal_before_the_first_step_is_not_lost(domains, tmp_path):
+    """Issue 43: SIGTERM while the folders are read stops at once, writing nothing; one while the
+    loaders start (after the run directory exists) stops the run after its first step, resumable."""
+    from golabels_cli import training
+    from golabels_cli.config import build_config
+    from golabels_cli.errors import Interrupted
+    from golabels_cli.progress import DataRead, RunStarted
+
+    source, target = domains
+    cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
+                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 6})
+
+    def signal_on(kind):
+        def listener(event):
+            if isinstance(event, kind):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return listener
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped:
+        training.adapt(cfg, out=tmp_path / "early", progress=signal_on(DataRead))
+    assert stopped.value.message == "terminated before training began; nothing was written" and not (tmp_path / "early").exists()
+    with pytest.raises(Interrupted) as stopped:
+        training.adapt(cfg, out=tmp_path / "starting", progress=signal_on(RunStarted))
+    assert "terminated at iteration 1 of 6" in stopped.value.message and checkpoint_iteration(tmp_path / "starting") == 1
+    assert signal.getsignal(signal.SIGTERM) == previous
+    assert training.resume(tmp_path / "starting")["iters"] == 6

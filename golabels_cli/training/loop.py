@@ -16,6 +16,7 @@ broken is saved.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -55,15 +56,23 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
     """Train from state.iteration to cfg.iters; returns the summary. With several processes every
     rank runs the loop on its own batches; only rank 0 (run_dir not None) evaluates and writes."""
     cfg, d = t.cfg, t.dist
-    streams = open_streams(t, state)
-    if rng is not None:
-        set_rng_state(rng, t.device)  # after the loaders: creating one draws from the global generator
-    progress(RunStarted(str(run_dir) if run_dir else None, cfg.iters, state.iteration, str(t.device), t.source.classes, d.world,
-                        progress_terms(t)))
-    run = Session.begin(t, run_dir, state, progress)
+    signals = contextlib.ExitStack()
+    # From here on a signal stops the run after a step: one during the head start or while the
+    # loaders start is not lost, it stops the run after its first step.
+    stop = signals.enter_context(stop_requests())
+    try:
+        streams = open_streams(t, state)
+        if rng is not None:
+            set_rng_state(rng, t.device)  # after the loaders: creating one draws from the global generator
+        progress(RunStarted(str(run_dir) if run_dir else None, cfg.iters, state.iteration, str(t.device), t.source.classes, d.world,
+                            progress_terms(t)))
+        run = Session.begin(t, run_dir, state, progress)
+    except BaseException:
+        signals.close()
+        raise
     completed = False
     try:
-        with stop_requests() as stop:
+        with signals:
             for step in range(state.iteration, cfg.iters):
                 it = step + 1
                 if (cfg.balance_target or cfg.label_shift_weights) and step and step % cfg.refresh_every == 0:
@@ -266,6 +275,8 @@ class Session:
     metrics: IO[str] | None
     tracker: Tracker
     rows: list[dict[str, Any]] | None  # every row logged, earlier sessions' too (rank 0): results.csv and results.png
+    eval_seconds_before: float = 0.0  # state.eval_seconds when this session began
+    save_seconds: float = 0.0  # this session's writing of checkpoints
 
     @classmethod
     def begin(cls, t: Training, run_dir: Path | None, state: LoopState, progress: Progress) -> "Session":
@@ -281,12 +292,17 @@ class Session:
         rows = (logged_rows(run_dir) if start else []) if main else None
         tracker = Tracker(cfg.logger if main else None, run_dir, dataclasses.asdict(cfg), start)
         return cls(t, run_dir, state, progress, domain, Window.restored(state, device), first_bad, start or None, start,
-                   seconds_before, started, metrics, tracker, rows)
+                   seconds_before, started, metrics, tracker, rows, state.eval_seconds)
 
     @property
     def seconds(self) -> float:
         """Training time of the run so far, over all its sessions."""
         return self.seconds_before + time.perf_counter() - self.started
+
+    def step_seconds(self, session_seconds: float) -> float:
+        """Of this session's seconds, those of the training steps alone (their batches included):
+        without evaluating and without writing checkpoints."""
+        return session_seconds - (self.state.eval_seconds - self.eval_seconds_before) - self.save_seconds
 
     def add(self, it: int, losses: torch.Tensor, stats: dict[str, torch.Tensor], images: int) -> None:
         self.first_bad = torch.minimum(self.first_bad, torch.where(torch.isfinite(losses), math.inf, float(it)))
@@ -342,7 +358,9 @@ class Session:
             state.sums = {**{k: float(v) for k, v in window_sums.items()}, "samples": float(window_samples)}
             state.window = self.window.steps
             state.seconds = self.seconds
+            started = time.perf_counter()
             save_checkpoint(checkpoint(self.t, state), self.run_dir / run_files.CHECKPOINT, self.saved_at, self.run_dir)
+            self.save_seconds += time.perf_counter() - started
         self.saved_at = iteration
 
     def close(self, completed: bool) -> None:
@@ -357,6 +375,8 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
     it was scored with as model.safetensors, the summary and its figure. Returns the summary."""
     cfg, state, run_dir = t.cfg, run.state, run.run_dir
     seconds = run.seconds
+    session_seconds = seconds - run.seconds_before
+    step_seconds = run.step_seconds(session_seconds)  # before the final save, which is not of the session's seconds either
     if not t.dist.main:
         return {}
     info = ModelInfo(cfg.backbone, t.source.classes, t.data_config, cfg.bottleneck_dim, cfg.method, cfg.domain_labels)
@@ -372,7 +392,7 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
         save_model(t.model, info, run_dir / run_files.MODEL)
     except Exception as exc:  # OSError, or safetensors' own error type for a failed write
         raise RunError(f"cannot write {run_dir / run_files.MODEL} ({write_failure(exc, run_dir)})", kept(run.saved_at, run_dir)) from exc
-    result = summary(t, run_dir, state, seconds, (run.start, seconds - run.seconds_before))
+    result = summary(t, run_dir, state, seconds, (run.start, session_seconds, step_seconds))
     result.update(results_files(run_dir, result, dataclasses.asdict(cfg), run.rows, lambda: target_predictions(t)))
     write(run_dir / run_files.SUMMARY, json_text(result) + "\n", run.saved_at)
     run.tracker.finish(result)

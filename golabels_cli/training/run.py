@@ -21,7 +21,7 @@ from ..progress import no_events
 from .build import build
 from .checkpoint_schema import check_checkpoint_state, check_selected_model
 from .loop import train
-from .run_dir import CHECKPOINT_FORMAT, set_aside_metrics, write
+from .run_dir import CHECKPOINT_FORMAT, set_aside_metrics, stop_at_once, write
 from .state import LoopState, Progress, Training
 
 log = logging.getLogger("golabels")
@@ -51,7 +51,8 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     device = pick_device(cfg.device)
     d = setup(device.type)
     try:
-        t = _shared(build, cfg, d, progress if d.main else no_events, device)
+        with stop_at_once("nothing was written", "start the run again"):
+            t = _shared(build, cfg, d, progress if d.main else no_events, device)
         run_dir = None
         if d.main:  # only rank 0 writes
             if exist_ok and out is not None:
@@ -109,7 +110,8 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     device = pick_device(cfg.device)
     d = setup(device.type)
     try:
-        t = _shared(build, cfg, d, progress if d.main else no_events, device)
+        with stop_at_once(f"the run is as it was (iteration {done})", f"resume with: golabels adapt --resume {run_dir}"):
+            t = _shared(build, cfg, d, progress if d.main else no_events, device)
         state = _restore(t, run_dir, ckpt, path)
         if not t.dist.main:
             return train(t, None, state, no_events, rng=ckpt["rng"])

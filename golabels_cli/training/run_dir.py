@@ -17,7 +17,7 @@ from typing import IO, Any, Callable, Iterator
 from .. import __version__
 from .. import run_files
 from ..checkpoint import atomic_path, torch_save_atomic, write_text_atomic
-from ..errors import RunError, reason
+from ..errors import Interrupted, RunError, reason
 from .runtime import environment, rng_state
 from .state import LoopState, Training
 
@@ -45,10 +45,10 @@ def checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
 
 
 def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, session: tuple[int, float]) -> dict[str, Any]:
-    """summary.json's figures. `session`: the iteration this process started at (> 0 when resumed)
-    and its own seconds."""
+    """summary.json's figures. `session`: the iteration this process started at (> 0 when resumed),
+    its own seconds, and of those the training steps' alone."""
     cfg = t.cfg
-    first, session_seconds = session
+    first, session_seconds, step_seconds = session
     images_per_step = cfg.batch_size * (2 if t.uses_target else 1) * t.dist.world
     eval_images = t.eval_set[0] if t.eval_set else None
     selected = next((e for e in state.evals if e["iter"] == state.selected.get("iter")), {})
@@ -66,8 +66,12 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
         "eval_seconds": round(state.eval_seconds, 2),  # of those, evaluating (--eval-every and the end)
         # this session's throughput: a resumed run's earlier sessions may have run elsewhere
         "images_per_s": round((cfg.iters - first) * images_per_step / max(session_seconds, 1e-9), 1),
+        # over the training steps alone (their batches' loading included; evaluating and checkpoints not):
+        # what throughput.py's step figures measure
+        "train_images_per_s": round((cfg.iters - first) * images_per_step / max(step_seconds, 1e-9), 1),
         "resumed_at": first or None,
         "session_seconds": round(session_seconds, 2),
+        "step_seconds": round(step_seconds, 2),
         "device": str(t.device),
         "processes": t.dist.world,
         "effective_batch": cfg.batch_size * t.dist.world,  # per domain, over all processes
@@ -147,6 +151,31 @@ def stop_requests(first: Callable[[str], None] | None = None) -> Iterator[list[s
     previous.update({s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)})
     try:
         yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def stop_at_once(what: str, hint: str) -> Iterator[None]:
+    """SIGINT or SIGTERM stops at once (Interrupted: `what` says what was kept, `hint` how to go on):
+    for the work before a run's first step (reading the folders, decoding images, computing
+    features), which writes nothing a stop could leave half-done. A handler the caller had
+    installed hears of it too, as with stop_requests, so that a sweep stops after this run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        caller = previous.get(signum)
+        if callable(caller) and caller is not signal.default_int_handler:
+            caller(signum, frame)
+        raise Interrupted(f"{'interrupted' if signum == signal.SIGINT else 'terminated'} before training began; {what}", hint)
+
+    previous: dict[int, Any] = {}
+    previous.update({s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)})
+    try:
+        yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
