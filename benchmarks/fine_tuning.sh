@@ -43,29 +43,42 @@ sweep() {  # recipe, extra uda.py arguments
   # shellcheck disable=SC2046
   $PY benchmarks/uda.py --root "$ROOT" --tasks "$TASKS" --methods source-only,cdan-e --domain-labels fixed --seeds "$SEEDS" \
     --backbone "$BACKBONE" "${init[@]}" --image-size "$SIZE" --iters "$ITERS" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --device "$DEVICE" \
-    --workers "$WORKERS" --cache-images --out "$OUT/$recipe" $(recipe_args "$recipe") "$@"
+    --workers "$WORKERS" --out "$OUT/$recipe" $(recipe_args "$recipe") "$@"
 }
 
 IFS=, read -ra recipes <<< "$RECIPES"
 for r in "${recipes[@]}"; do recipe_args "$r" > /dev/null || exit 2; done
 mkdir -p "$OUT"
 status=0
-if [ "$DEADLINE" -gt 0 ]; then
-  # Seed by seed over the recipes, so that a deadline leaves whole seeds of every recipe.
-  ( for seed in $(seq "$SEEDS"); do for r in "${recipes[@]}"; do SEEDS=$seed sweep "$r" --quiet || exit 1; done; done ) \
-    > "$OUT/sweep.log" 2>&1 &
-  pid=$!
-  end=$((SECONDS + DEADLINE))
-  while (( SECONDS < end )) && kill -0 "$pid" 2>/dev/null; do sleep 5; done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "== deadline ($DEADLINE s): stopping; unfinished cells are left out of the tables"
-    pkill -TERM -P "$pid"; kill -TERM "$pid"
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  fi
-  wait "$pid" || status=$?
+# Seed by seed over the recipes, so that a deadline leaves whole seeds of every recipe; in the
+# background, so that a signal to this script is handled at once (bash runs a trap only between
+# foreground commands).
+( for seed in $(seq "$SEEDS"); do for r in "${recipes[@]}"; do SEEDS=$seed sweep "$r" --quiet || exit 1; done; done ) \
+  > "$OUT/sweep.log" 2>&1 &
+pid=$!
+stop_sweep() {  # the running uda.py saves its cell and exits 130, and the loop with it: no new cell starts
+  pkill -TERM -P "$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null  # (no uda.py running: between two, the loop itself)
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  wait "$pid" 2>/dev/null
+}
+on_signal() {
+  trap - TERM INT
+  stop_sweep
+  echo "fine_tuning.sh: stopped by $1; the running cell saved its state; run the same command again to resume" >&2
+  exit 130
+}
+trap 'on_signal SIGTERM' TERM
+trap 'on_signal SIGINT' INT
+end=$((SECONDS + DEADLINE))
+while kill -0 "$pid" 2>/dev/null && { [ "$DEADLINE" -eq 0 ] || (( SECONDS < end )); }; do sleep 1 & wait $!; done
+if kill -0 "$pid" 2>/dev/null; then
+  echo "== deadline ($DEADLINE s): stopping; unfinished cells are left out of the tables"
+  stop_sweep
+  status=1
 else
-  for seed in $(seq "$SEEDS"); do for r in "${recipes[@]}"; do SEEDS=$seed sweep "$r" --quiet || status=1; done; done
+  wait "$pid" || status=$?
 fi
+trap - TERM INT
 for r in "${recipes[@]}"; do
   echo "== $r: $BACKBONE at $SIZE px, $ITERS iterations ($SECONDS s so far)"
   sweep "$r" --table-only --quiet

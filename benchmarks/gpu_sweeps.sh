@@ -27,26 +27,38 @@ DIGITS_METHODS=${DIGITS_METHODS:-source-only,dann,cdan-e}
 
 office=(--root "$OFFICE" --tasks amazon:webcam,webcam:amazon --methods source-only,dann,cdan-e --domain-labels fixed,go
         --seeds "$SEEDS" --backbone "$OFFICE_BACKBONE" "${init[@]}" ${OFFICE_SIZE:+--image-size "$OFFICE_SIZE"} --iters "$OFFICE_ITERS" --device "$DEVICE"
-        --workers "$OFFICE_WORKERS" --cache-images --out "$RUNS/office")
+        --workers "$OFFICE_WORKERS" --out "$RUNS/office")
 digits=(--root "$DIGITS" --tasks mnist:usps --methods "$DIGITS_METHODS" --domain-labels fixed,go --seeds "$SEEDS"
         --backbone "$DIGITS_BACKBONE" --no-pretrained --image-size 32 --hflip 0 --min-crop 0.6 --iters "$DIGITS_ITERS"
-        --device "$DEVICE" --workers 1 --cache-images --out "$RUNS/digits")
+        --device "$DEVICE" --workers 1 --out "$RUNS/digits")
 mkdir -p "$RUNS/logs"
 pids=()
 for i in $(seq "$OFFICE_PROCS"); do $PY benchmarks/uda.py "${office[@]}" > "$RUNS/logs/office-$i.log" 2>&1 & pids+=($!); done
 for i in $(seq "$DIGITS_PROCS"); do $PY benchmarks/uda.py "${digits[@]}" > "$RUNS/logs/digits-$i.log" 2>&1 & pids+=($!); done
-end=$((SECONDS + DEADLINE))
-while (( SECONDS < end )) && [ -n "$(jobs -rp)" ]; do sleep 5; done
-status=0
-if [ -n "$(jobs -rp)" ]; then
-  echo "== deadline ($DEADLINE s): stopping the sweeps; unfinished cells are left out of the tables"
-  kill $(jobs -rp)  # adapt saves its state on SIGTERM; only this script's sweeps are stopped
+stop_sweeps() {  # SIGTERM to this script's sweeps: each saves its running cell's state and exits
+  kill $(jobs -rp) 2>/dev/null
   for _ in $(seq 30); do [ -z "$(jobs -rp)" ] && break; sleep 1; done
   [ -z "$(jobs -rp)" ] || kill -9 $(jobs -rp)
   wait
+}
+on_signal() {  # a signal to this script (bash runs a trap only between foreground commands: hence `sleep & wait`)
+  trap - TERM INT
+  stop_sweeps
+  echo "gpu_sweeps.sh: stopped by $1; the running cells saved their state; run the same command again to resume" >&2
+  exit 130
+}
+trap 'on_signal SIGTERM' TERM
+trap 'on_signal SIGINT' INT
+end=$((SECONDS + DEADLINE))
+while (( SECONDS < end )) && [ -n "$(jobs -rp)" ]; do sleep 1 & wait $!; done
+status=0
+if [ -n "$(jobs -rp)" ]; then
+  echo "== deadline ($DEADLINE s): stopping the sweeps; unfinished cells are left out of the tables"
+  stop_sweeps
 else
   for pid in "${pids[@]}"; do wait "$pid" || status=1; done  # a sweep that failed on its own
 fi
+trap - TERM INT
 echo "== Office-31, full fine-tuning of $OFFICE_BACKBONE, $OFFICE_ITERS iterations ($SECONDS s so far)"
 $PY benchmarks/uda.py "${office[@]}" --table-only --quiet
 echo "== MNIST -> USPS from scratch, $DIGITS_BACKBONE at 32 px, $DIGITS_ITERS iterations"
