@@ -196,3 +196,42 @@ def device_batches(loader: DataLoader, device: torch.device, data_config: dict, 
         upcoming = augment(next(batches), device, size, mean, std, channels_last)
         yield ready
         ready = upcoming
+
+
+class DecodedCenterCrops(Dataset):
+    """Evaluation's input from decoded images: the center crop of each, uint8 CHW. The decoded
+    image is eval's resize (decoded.py), so with a square input and timm's center crop this is
+    eval_transform's crop pixel for pixel; normalize_like_eval makes the rest bit-identical."""
+
+    def __init__(self, sources: list[tuple[DecodedImages, int]], labels: list[int] | None, size: tuple[int, int]):
+        self.sources, self.labels, self.size = sources, labels, size
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        decoded, j = self.sources[i]
+        array = decoded[j]
+        height, width = self.size
+        top, left = int(round((array.shape[0] - height) / 2.0)), int(round((array.shape[1] - width) / 2.0))  # as images.resize_and_crop
+        crop = np.ascontiguousarray(array[top:top + height, left:left + width].transpose(2, 0, 1))
+        return torch.from_numpy(crop), self.labels[i] if self.labels is not None else -1
+
+
+def center_crops_fit(data_config: dict) -> bool:
+    """Whether a center crop of the decoded images is eval's crop exactly: a square input, timm's
+    center crop mode, and a scale size that covers the input (crop_pct <= 1)."""
+    _, height, width = data_config["input_size"]
+    return height == width and (data_config.get("crop_mode") or "center") == "center" and (data_config.get("crop_pct") or 0.875) <= 1.0
+
+
+def normalize_like_eval(data_config: dict, device: torch.device):
+    """x (uint8 [B, 3, h, w] on the device) -> (x / 255 - mean) / std in float32, the operations of
+    images.to_array in its order: the same values it computes."""
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(data_config["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0).sub_(mean).div_(std)
+
+    return prepare

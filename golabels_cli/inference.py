@@ -58,14 +58,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 @torch.no_grad()
 def predict_outputs(model: torch.nn.Module, loader, device: torch.device, channels_last: bool = False,
-                    autocast_dtype: torch.dtype | None = None, what: str = "predicting") -> tuple[torch.Tensor, torch.Tensor]:
+                    autocast_dtype: torch.dtype | None = None, what: str = "predicting", prepare=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, bottleneck features) of every batch of `loader`, in eval mode, as float32 on the
-    CPU; `what` names the step in the progress shown meanwhile."""
+    CPU; `what` names the step in the progress shown meanwhile; `prepare`, applied to each batch
+    on the device (a loader of uint8 images normalized there)."""
     was_training = model.training
     model.eval()
     logits, features = [], []
     for x, _ in tracked(loader, what, len(loader.dataset), batch_size_of):
         x = x.to(device, non_blocking=True)
+        if prepare is not None:
+            x = prepare(x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, autocast_dtype):

@@ -141,3 +141,26 @@ def test_an_unknown_augment_is_one_line(domains, tmp_path):
     result = cli("adapt", source, target, *TINY, "--augment", "gpu", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "unknown augment 'gpu' — choose one of batched, per-image" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluation_from_the_decoded_images_equals_evaluation_from_the_files(domains, tmp_path):
+    """Issue 43 item 3: a run's validators and --eval-dir accuracy come from its decoded images,
+    cropped and normalized on the device: the same inputs, to the bit, as eval_transform's."""
+    from golabels_cli.config import build_config
+    from golabels_cli.data import eval_loader, eval_transform
+    from golabels_cli.training import build
+    from golabels_cli.training.outputs import image_loader
+
+    source, target = domains
+    t = build(build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False,
+                            "image_size": 32, "device": "cpu", "workers": 0, "batch_size": 4, "iters": 4, "eval_dir": str(target)}))
+    images = t.eval_set[0]
+    loader, prepare = image_loader(t, images, 8)
+    assert prepare is not None  # the --eval-dir folder is the target: every image is decoded already
+    from_decoded = torch.cat([prepare(x) for x, _ in loader])
+    from_files = torch.cat([x for x, _ in eval_loader(images, eval_transform(t.data_config), 8, 0)])
+    assert torch.equal(from_decoded, from_files)
+    assert [y for _, ys in loader for y in ys.tolist()] == images.labels
+    per_image = build(build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False,
+                                    "image_size": 32, "device": "cpu", "workers": 0, "batch_size": 4, "iters": 4, "augment": "per-image"}))
+    assert image_loader(per_image, images, 8)[1] is None  # nothing decoded: from the files

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch.utils.data import DataLoader
 
 from ..data import ImageSet, eval_loader, eval_transform
+from ..decoded import DecodedImages
+from ..device_batches import DecodedCenterCrops, center_crops_fit, normalize_like_eval
 from ..inference import predict_outputs
 from ..images import load_rgb
 from ..models import Classifier
@@ -20,8 +23,30 @@ def outputs(model: Classifier, inputs: torch.Tensor | ImageSet, t: Training, wha
     """(logits, bottleneck features) on the CPU, of cached backbone features or of images."""
     if isinstance(inputs, torch.Tensor):
         return tuple(v.float().cpu() for v in model.classify(inputs.to(t.device)))
-    loader = eval_loader(inputs, eval_transform(t.data_config), 2 * t.cfg.batch_size, t.workers, pin=t.speed.pin_memory)
-    return predict_outputs(model, loader, t.device, t.speed.channels_last, t.speed.autocast, what)
+    loader, prepare = image_loader(t, inputs, 2 * t.cfg.batch_size)
+    return predict_outputs(model, loader, t.device, t.speed.channels_last, t.speed.autocast, what, prepare)
+
+
+def image_loader(t: Training, images: ImageSet, batch_size: int) -> tuple[DataLoader, Callable | None]:
+    """(loader, prepare) of eval-transformed images: from the run's decoded training images
+    (--augment batched) when it holds every one of them and their center crop is eval's, the
+    normalization then done on the device by `prepare`; else decoded from the files."""
+    decoded = {k: v for k, v in (t.decoded or {}).items() if isinstance(v, DecodedImages)}
+    if decoded and center_crops_fit(t.data_config):
+        where = {str(p): (decoded[role], i) for role, folder in (("source", t.source), ("target", t.target)) if role in decoded
+                 for i, p in enumerate(folder.paths)}
+        sources = [where.get(str(p)) for p in images.paths]
+        if all(s is not None for s in sources):
+            dataset = DecodedCenterCrops(sources, images.labels, tuple(t.data_config["input_size"][-2:]))
+            loader = DataLoader(dataset, batch_size=batch_size, num_workers=t.workers if not decoded_in_memory(decoded) else 0,
+                                pin_memory=t.speed.pin_memory)
+            return loader, normalize_like_eval(t.data_config, t.device)
+    return eval_loader(images, eval_transform(t.data_config), batch_size, t.workers, pin=t.speed.pin_memory), None
+
+
+def decoded_in_memory(decoded: dict[str, DecodedImages]) -> bool:
+    # in memory a crop is a copy: loader processes would cost more to start than they save
+    return all(d.in_memory for d in decoded.values())
 
 
 def role_outputs(t: Training, role: str, images: ImageSet, indices: list[int] | None = None):

@@ -8,13 +8,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..data import ImageSet, eval_loader, eval_transform
+from ..data import ImageSet
 from ..inference import autocast, score
 from ..label_shift import em_prior, shift_p_value, total_variation
 from ..progress import batch_size as batch_size_of
 from ..progress import tracked
 from ..validators import Outputs, better, compute_validators, metric_key
-from .outputs import class_counts, role_outputs
+from .outputs import class_counts, image_loader, role_outputs
 from .state import LoopState, Training
 from .target_estimate import source_prior, trained_prior
 
@@ -132,11 +132,13 @@ def _forward_target_sample(t: Training) -> None:
             if len(values[start:start + batch]) > 1:  # BatchNorm needs two rows
                 t.model.classify(values[start:start + batch].to(t.device))
         return
-    loader = eval_loader(t.target.subset(sample), eval_transform(t.data_config), batch, t.workers, pin=t.speed.pin_memory)
+    loader, prepare = image_loader(t, t.target.subset(sample), batch)
     for x, _ in tracked(loader, "BatchNorm statistics of the target", len(sample), batch_size_of):
         if len(x) < 2:
             continue
         x = x.to(t.device, non_blocking=True)
+        if prepare is not None:
+            x = prepare(x)
         if t.speed.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(t.device, t.speed.autocast):
