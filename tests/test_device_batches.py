@@ -164,3 +164,40 @@ def test_evaluation_from_the_decoded_images_equals_evaluation_from_the_files(dom
     per_image = build(build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False,
                                     "image_size": 32, "device": "cpu", "workers": 0, "batch_size": 4, "iters": 4, "augment": "per-image"}))
     assert image_loader(per_image, images, 8)[1] is None  # nothing decoded: from the files
+
+
+@pytest.mark.parametrize("method", ["cdan-e", "cdan-e+mcc", "dann", "bnm"])
+def test_a_training_step_reads_nothing_back_to_the_host(domains, method, monkeypatch):
+    """Issue 43 item 2: no host synchronisation inside a step (on a GPU, each would stall the queue
+    of launches): no tensor is read as a Python number, a bool, a list or an array while the batch
+    stage and train_step run. Checked on the CPU by counting the Python-level reads."""
+    from golabels_cli.config import build_config
+    from golabels_cli.training import LoopState, build
+    from golabels_cli.training.loop import Window, open_streams
+    from golabels_cli.training.step import train_step
+
+    source, target = domains
+    t = build(build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False,
+                            "image_size": 32, "device": "cpu", "workers": 0, "batch_size": 4, "iters": 4, "method": method}))
+    domain, window = torch.cat([torch.ones(4), torch.zeros(4)]), Window.empty(t.device)
+    reads = []
+
+    def counting(fn):  # fn, counting the reads made while it runs
+        def counted(*a, **k):
+            with pytest.MonkeyPatch.context() as patch:
+                for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+                    real = getattr(torch.Tensor, name)
+                    patch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k: (reads.append(_name), _real(self, *a, **k))[1])
+                return fn(*a, **k)
+        return counted
+
+    import golabels_cli.device_batches as stage
+
+    monkeypatch.setattr(stage, "augment", counting(stage.augment))  # the batch stage on the device (the loader's draws are the host's own)
+    streams = open_streams(t, LoopState())
+    for _ in range(2):
+        xs, ys, xt = streams.next()
+        *losses, stats = counting(train_step)(t, streams.forward, streams.disc, xs, ys, xt, domain, 0.5)
+        counting(window.add)(torch.stack(losses).float(), stats, len(xs) + len(xt))  # the metrics window: summed on the device
+    streams.close()
+    assert reads == []
