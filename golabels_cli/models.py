@@ -14,8 +14,10 @@ norm enforces), so its default discriminator is `dropout`, as is GVB's.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -160,15 +162,50 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
         backbone = timm.create_model(name, pretrained=False, num_classes=0)
         load_backbone_weights(backbone, weights)
         return backbone
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=0)
+    hub = hub_unreachable()
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        with _hub_offline(hub is not None):  # unreachable: the local cache only, instead of a minute of retries
+            return timm.create_model(name, pretrained=True, num_classes=0)
     except (OSError, RuntimeError, ValueError) as exc:
-        if not pretrained:
-            raise
-        raise InputError(
-            f"cannot fetch pretrained weights for {name} ({reason(exc)})",
-            "pass --weights FILE with a local timm state dict, or --no-pretrained to start from random init",
-        ) from exc
+        why = f"{hub}, and they are not in the local cache" if hub else reason(exc)
+        raise InputError(f"cannot fetch pretrained weights for {name} ({why})",
+                         "pass --weights FILE with a local timm state dict, or --no-pretrained to start from random init") from exc
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the model hub cannot be reached (offline asked for, or no connection to it within
+    `timeout` seconds), or None. Behind a proxy the hub's own client knows best: not probed."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host} cannot be reached: {reason(exc)}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """huggingface_hub's offline mode for the block (it reads the flag at each call)."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 WEIGHTS_HINT = "pass a .safetensors or .pth state dict"
