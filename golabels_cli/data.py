@@ -221,9 +221,11 @@ def shared_images(source: ImageSet, target: ImageSet) -> int:
     return sum(os.path.realpath(p) in real for p in target.paths)
 
 
-def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: str = remedy_hint([])) -> dict:
+def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: str | None = remedy_hint([])) -> dict:
     """What the source and target folders hold, and what looks wrong with them (`warnings`).
-    Sizes are [smallest, median, largest]; the imbalance ratio is largest / smallest class."""
+    Sizes are [smallest, median, largest]; the imbalance ratio is largest / smallest class.
+    `hint`: the end of the imbalance warning, for the recipe that runs; None: a recipe the
+    source's imbalance does not concern (no discriminator), which is not warned about it."""
     counts = class_counts(source)
     held = [0] * len(source.classes)
     for i in held_out:
@@ -234,7 +236,7 @@ def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: s
     if few:
         warnings.append(f"source class{'es' if len(few) > 1 else ''} with fewer than {FEW_IMAGES} images: {', '.join(few[:8])}"
                         + (" …" if len(few) > 8 else "") + "; the classifier barely sees them")
-    if ratio > IMBALANCE_WARNING:
+    if ratio > IMBALANCE_WARNING and hint is not None:
         big, small = counts.index(max(counts)), counts.index(min(counts))
         warnings.append(f"source classes are imbalanced {ratio:.1f}:1 ({source.classes[big]!r} {counts[big]} images, "
                         f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes; {hint}")

@@ -77,6 +77,18 @@ def shared_scans() -> Iterator[None]:
         _shared_scans.reset(token)
 
 
+def first_time(key: object) -> bool:
+    """False when `key` was seen before inside the same shared_scans() (the candidates of one
+    search say a warning about the folders once), else True, and it is seen from now on."""
+    memo = _shared_scans.get()
+    if memo is None:
+        return True
+    if ("said", key) in memo:
+        return False
+    memo[("said", key)] = True
+    return True
+
+
 def once_per_folder(scan):
     """The scan's result kept for the same folder and role inside shared_scans()."""
 

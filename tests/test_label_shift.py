@@ -491,3 +491,40 @@ def test_the_warning_needs_enough_held_out_images_to_trust_the_model():
     assert wilson_lower_bound(1.0, 3) == pytest.approx(0.4385, abs=1e-4)
     assert wilson_lower_bound(0.97, 300) == pytest.approx(0.944, abs=1e-3)
     assert wilson_lower_bound(0.5, 0) == 0.0
+
+
+def test_the_imbalance_warning_fits_the_recipe_that_runs(tmp_path):
+    """Issue 45 item 7: the source-imbalance warning names what the run itself does about it, and
+    stays silent for recipes without a discriminator, whose training it does not concern."""
+    import subprocess
+    import sys
+
+    from golabels_cli.synthetic import make_two_domains
+
+    source, target = make_two_domains(tmp_path / "data", per_class=12, size=32, seed=2)
+    for extra in sorted(next(p for p in source.iterdir() if p.is_dir()).iterdir())[3:]:  # one class of 3 against 12: 4:1
+        extra.unlink()
+    base = [sys.executable, "-m", "golabels_cli", "adapt", str(source), str(target), "--backbone", "test_resnet", "--no-pretrained",
+            "--image-size", "32", "--iters", "2", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--refresh-every", "1"]
+
+    def warning(*extra):
+        done = subprocess.run([*base, *extra, "--out", str(tmp_path / "runs" / "_".join(extra).replace("-", ""))], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stderr.splitlines() if "source classes are imbalanced" in line]
+        assert len(lines) <= 1
+        return lines[0] if lines else None
+
+    assert "this run uses --balance-source --balance-target, the default on a source imbalanced above 3:1" in warning("--method", "cdan-e")
+    assert warning("--method", "mcc") is None
+    # the other cases in-process: the hint the warning ends with, as resolve makes it
+    from golabels_cli.config import build_config, resolve_balancing
+    from golabels_cli.training.resolve import _imbalance_hint
+
+    def hint(**options):
+        cfg = build_config({"source": str(source), "target": str(target), "iters": 2, "refresh_every": 1, **options})
+        return _imbalance_hint(cfg, resolve_balancing(cfg, True))
+
+    assert hint(method="cdan-e", balance_source=False, balance_target=False).startswith("try --balance-source --balance-target")
+    assert hint(method="dann", balance_source=True).startswith("this run uses --balance-source --balance-target (--balance-target by default")
+    assert all(hint(method=recipe) is None for recipe in ("source-only", "bnm", "im", "mcc"))
+    assert hint(method="cdan-e+mcc") is not None

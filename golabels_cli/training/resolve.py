@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
+from ..choices import AUTO_METHOD, parse_recipe_name
 from ..config import AdaptConfig, check_resources, resolve_balancing
 from ..data import ImageSet, class_counts, data_report, imbalance_ratio, sample_indices, scan_labeled, scan_unlabeled, stratified_split
 from ..device import pick_device
 from ..distributed import SINGLE, Dist
 from ..errors import InputError
-from ..images import require_regular
+from ..images import first_time, require_regular
 from ..inference import labeled_for_model
 from ..models import WEIGHTS_HINT, check_backbone_name, resolve_data_config
 from ..progress import DataRead, no_events
@@ -99,6 +100,16 @@ def _device(cfg: AdaptConfig, d: Dist, device: torch.device) -> torch.device:
     return device
 
 
+def _imbalance_hint(cfg: AdaptConfig, by_default: list[str]) -> str | None:
+    """The end of the imbalance warning for the recipe that runs: what it already uses, or what to
+    try; None for a recipe without a discriminator, whose training the imbalance does not pull
+    (what was measured, docs/label-shift.md, is adversarial alignment's)."""
+    if cfg.method == AUTO_METHOD:  # each candidate says it for itself
+        return None
+    recipe = parse_recipe_name(cfg.method)
+    return remedy_hint(remedy_flags(cfg), by_default) if recipe.adversarial else None
+
+
 def _folders(cfg: AdaptConfig, d: Dist, progress: Progress) -> Folders:
     """The run's folders, each checked, and --balance-source/--balance-target resolved in `cfg` (a
     copy) from the source's class counts; the report goes to `progress` before anything slow."""
@@ -109,9 +120,10 @@ def _folders(cfg: AdaptConfig, d: Dist, progress: Progress) -> Folders:
     eval_set = labeled_for_model(cfg.eval_dir, scanned.classes, "eval") if cfg.eval_dir else None
     train_idx, val_idx = stratified_split(scanned.labels, cfg.val_split, cfg.seed)
     by_default = resolve_balancing(cfg, imbalance_ratio(class_counts(scanned)) > IMBALANCE_WARNING)
-    report = data_report(scanned, target, val_idx, remedy_hint(remedy_flags(cfg), by_default))
+    report = data_report(scanned, target, val_idx, _imbalance_hint(cfg, by_default))
     for warning in report["warnings"]:
-        log.warning(warning)
+        if first_time(warning):  # the candidates of a search say it once
+            log.warning(warning)
     progress(DataRead(report, len(val_idx)))
     source = scanned.subset(train_idx, keep_skipped=True)
     if cfg.select in NEED_HELD_OUT_SOURCE and len(val_idx) < 2:
