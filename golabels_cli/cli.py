@@ -314,7 +314,7 @@ def predict(
     model: Annotated[str, typer.Argument(help="A run directory, a model.safetensors or a .onnx file.", show_default=False)],
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)] = None,
     format_: Annotated[str, typer.Option("--format", help="csv | jsonl.")] = "csv",
-    top_k: Annotated[int, typer.Option(help="Add the K most probable labels with their probabilities.")] = 0,
+    top_k: Annotated[int, typer.Option(help="Add the next most probable labels, ranks 2 to K, with their probabilities (CSV: top2_label, top2_probability, ...; JSONL: top_k, all K).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding threads; default min(8, CPUs).", show_default=False)] = None,
     null: Annotated[bool, typer.Option("--null", "-0", help="With -: paths on stdin end with NUL, not newline (find -print0), so any name works.")] = False,

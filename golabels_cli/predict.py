@@ -293,16 +293,17 @@ def top_k(probabilities: np.ndarray, k: int) -> list[int]:
 
 
 def csv_header(k: int) -> str:
+    """label and confidence are the most probable class: --top-k adds the next ones, ranks 2 to k."""
     columns = ["path", "label", "confidence"]
-    for i in range(1, k + 1):
+    for i in range(2, k + 1):
         columns += [f"top{i}_label", f"top{i}_probability"]
     return csv_line(columns)
 
 
 def csv_row(prediction: Prediction, classes: list[str], k: int) -> str:
-    best = int(np.argmax(prediction.probabilities))
-    cells = [prediction.path, classes[best], f"{prediction.probabilities[best]:.6f}"]
-    for c in top_k(prediction.probabilities, k):
+    ranked = top_k(prediction.probabilities, max(k, 1))
+    cells = [prediction.path]
+    for c in ranked:
         cells += [classes[c], f"{prediction.probabilities[c]:.6f}"]
     return csv_line(cells)
 
