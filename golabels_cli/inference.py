@@ -3,7 +3,7 @@ needs, below both the training loop (its evaluations, its target predictions) an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,14 @@ class ClassResult:
 
 
 @dataclass
+class ConfusedPair:
+    true: str
+    predicted: str
+    images: int
+    share: float  # of the true class's images
+
+
+@dataclass
 class EvalResult:
     images: int
     accuracy: float  # top-1 over all images
@@ -32,6 +40,7 @@ class EvalResult:
     true_classes: list[str]
     predicted_classes: list[str]
     skipped: int
+    most_confused: list[ConfusedPair] = field(default_factory=list)  # the largest off-diagonal cells, largest first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,4 +137,18 @@ def score(images: ImageSet, to_model: list[int], model_classes: list[str], predi
         true_classes=list(images.classes),
         predicted_classes=list(model_classes),
         skipped=len(images.skipped),
+        most_confused=most_confused(confusion, list(images.classes), list(model_classes)),
     )
+
+
+MOST_CONFUSED = 5
+
+
+def most_confused(confusion: torch.Tensor, true_classes: list[str], predicted_classes: list[str], n: int = MOST_CONFUSED) -> list[ConfusedPair]:
+    """The n largest cells of the confusion outside its diagonal (a true class predicted as another
+    class), largest first, ties by name; cells of no image are left out."""
+    cells = [(int(confusion[t, p]), true, predicted) for t, true in enumerate(true_classes) for p, predicted in enumerate(predicted_classes)
+             if predicted != true and confusion[t, p] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    totals = confusion.sum(1).tolist()
+    return [ConfusedPair(true, predicted, count, round(count / totals[true_classes.index(true)], 6)) for count, true, predicted in cells[:n]]

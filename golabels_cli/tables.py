@@ -113,6 +113,15 @@ def print_eval(result, title: str) -> None:
     stdout.print(f"top-1 accuracy {result.accuracy:.4f} on {result.images} images; mean per-class accuracy {result.mean_class_accuracy:.4f}")
     if result.skipped:
         stdout.print(f"{result.skipped} unreadable image{'s' if result.skipped != 1 else ''} skipped")
+    if result.most_confused:
+        confused = Table(title=f"most confused (the {len(result.most_confused)} largest mistakes)")
+        for name in ("true", "predicted as"):
+            confused.add_column(name, overflow="fold")
+        for name in ("images", "of the class"):
+            confused.add_column(name, justify="right", no_wrap=True)
+        for pair in result.most_confused:
+            confused.add_row(pair.true, pair.predicted, str(pair.images), f"{pair.share:.1%}")
+        stdout.print(confused)
     if len(result.predicted_classes) <= 12:
         confusion = Table(title="confusion (rows: true, columns: predicted)")
         confusion.add_column("", overflow="fold")

@@ -27,6 +27,13 @@ def test_eval_reports_accuracy_per_class_and_confusion(domains, tmp_path):
     # The same numbers as a table for people, and the same file is never overwritten.
     table = cli("eval", run / "model.safetensors", target, "--device", "cpu")
     assert table.exit_code == 0 and "circle" in table.stdout and "mean per-class accuracy" in table.stdout
+    # the largest mistakes, in the JSON and in the table (issue 45 item 9)
+    mistakes = {(r[0], c): int(v) for r in rows[1:] for c, v in zip(rows[0][1:], r[1:]) if r[0] != c and int(v)}
+    confused = report["most_confused"]
+    assert [(p["true"], p["predicted"]) for p in confused] == sorted(mistakes, key=lambda k: (-mistakes[k], k))[:5]
+    assert all(p["images"] == mistakes[(p["true"], p["predicted"])] and p["share"] == round(p["images"] / 8, 6) for p in confused)
+    if confused:
+        assert "most confused" in table.stdout and f"{confused[0]['images'] / 8:.1%}" in table.stdout
     again = cli("eval", run, target, "--confusion", tmp_path / "conf.csv")
     assert again.exit_code == 2 and "already exists" in again.stderr
 
@@ -93,3 +100,15 @@ def test_help_and_version():
     for method in METHODS:  # every method on a line of its own, with what it is
         assert any(line.strip().lstrip("•-* ").startswith(f"{method}: ") for line in text.splitlines()), method
     assert "did you mean gvb" in cli("adapt", "a", "b", "--method", "gbv").stderr
+
+
+def test_most_confused_pairs_are_the_largest_mistakes_by_name():
+    import torch
+
+    from golabels_cli.inference import most_confused
+
+    confusion = torch.tensor([[5, 3, 0, 1], [2, 6, 2, 0], [0, 4, 4, 0]])  # rows: true a b c; columns: predicted a b c d
+    pairs = most_confused(confusion, ["a", "b", "c"], ["a", "b", "c", "d"], n=4)
+    assert [(p.true, p.predicted, p.images) for p in pairs] == [("c", "b", 4), ("a", "b", 3), ("b", "a", 2), ("b", "c", 2)]
+    assert pairs[0].share == 0.5
+    assert most_confused(torch.eye(3, dtype=torch.long), ["a", "b", "c"], ["a", "b", "c"]) == []
