@@ -301,7 +301,8 @@ def export(
         print_json(result.to_dict())
         return
     stdout.print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, opset {result.opset}, "
-                 f"{'batch ' + str(result.batch) if result.batch else 'dynamic batch'}, {result.classes} classes) in {result.seconds:.1f}s")
+                 f"{'batch ' + str(result.batch) if result.batch else 'dynamic batch'}, {result.classes} classes) in {result.seconds:.1f}s: "
+                 + ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in result.phase_seconds.items()))
     if result.max_abs_diff is None:
         stdout.print("not verified (--no-verify)")
     else:

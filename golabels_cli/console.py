@@ -338,7 +338,8 @@ class StepProgress:
             seconds = now - started
             # A step shorter than QUIET_BELOW_S needed no feedback, and a line would crowd out what
             # matters (a bad input's one-line error after a quick scan).
-            if self.closing and not shown_by_adapt and seconds >= self.QUIET_BELOW_S:
+            # Phases ("steps") end in a result that times each of them: one elapsed time per phase.
+            if self.closing and not shown_by_adapt and seconds >= self.QUIET_BELOW_S and unit != "steps":
                 rate = f" ({done / max(seconds, 1e-9):.0f}/s)" if unit == "images" else ""
                 stderr.print(f"{what}: {plural(done, unit[:-1])} in {seconds:.1f}s{rate}", markup=False)
             return

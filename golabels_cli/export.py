@@ -17,7 +17,7 @@ import io
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ class ExportResult:
     verified_on: str | None
     bytes: int
     seconds: float
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # loading, tracing, checking, verifying: of `seconds`
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,20 +189,27 @@ def export_onnx(
     log.info("exporting %s to ONNX (opset %d, %s)", model_path(run_or_model), opset, f"batch {batch}" if batch else "dynamic batch")
     graph = InferenceGraph(model).eval()
     x, described = verification_batch(model_path(run_or_model), info, batch or VERIFY_IMAGES)
+    laps = {"loading": time.perf_counter() - started}  # one elapsed time per phase, shown once, in the result
     # tracing, checking and verifying take seconds to a minute with nothing of their own to count
     with phases("export: tracing, checking, verifying", 3 if verify else 2) as advance:
+
+        def done(phase: str) -> None:
+            laps[phase] = time.perf_counter() - started - sum(laps.values())
+            advance()
+
         proto = _export_proto(graph, torch.from_numpy(x), opset, dynamic=batch is None)
         onnx.helper.set_model_props(proto, info.onnx_metadata())
         proto.doc_string = f"{info.backbone} adapted by golabels {info.version} ({info.method}, {info.domain_labels} domain labels)"
-        advance()
-        max_diff = _write_checked(proto, output, exist_ok, verify, graph, x, batch, described, advance)
+        done("tracing")
+        max_diff = _write_checked(proto, output, exist_ok, verify, graph, x, batch, described, done)
     return ExportResult(
         path=str(output), opset=opset, batch=batch, classes=len(info.classes), max_abs_diff=max_diff,
         verified_on=described if verify else None, bytes=output.stat().st_size, seconds=time.perf_counter() - started,
+        phase_seconds={k: round(v, 2) for k, v in laps.items()},
     )
 
 
-def _write_checked(proto, output: Path, exist_ok: bool, verify: bool, graph, x, batch: int | None, described: str, advance) -> float | None:
+def _write_checked(proto, output: Path, exist_ok: bool, verify: bool, graph, x, batch: int | None, described: str, done) -> float | None:
     """The graph to `output` (atomically), checked, and verified against PyTorch when `verify`:
     its max |probability difference| (None unverified). Nothing is left at `output` on failure."""
     import onnx
@@ -213,11 +221,11 @@ def _write_checked(proto, output: Path, exist_ok: bool, verify: bool, graph, x, 
         with atomic_path(output, replace=exist_ok) as tmp:
             onnx.save_model(proto, str(tmp))
             onnx.checker.check_model(str(tmp), full_check=True)
-            advance()
+            done("checking")
             if verify:
                 session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
                 max_diff = _compare(session, graph, [x] if batch is not None else [x, x[:1]])
-                advance()
+                done("verifying")
                 log.debug("onnxruntime vs. PyTorch on %s: max |probability difference| %.2e", described, max_diff)
                 if not max_diff <= VERIFY_TOLERANCE:
                     raise RunError(

@@ -69,6 +69,19 @@ def test_export_is_checked_self_describing_and_equal_to_pytorch(exported, domain
         np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
 
 
+def test_export_times_each_phase_once(exported, tmp_path):
+    """Issue 45 item 9: one elapsed time per phase, in the result (stdout and --json), and no
+    second total on stderr that disagrees with it."""
+    run, report = exported
+    assert list(report["phase_seconds"]) == ["loading", "tracing", "checking", "verifying"]
+    assert 0 < sum(report["phase_seconds"].values()) <= report["seconds"] + 0.05
+    done = subprocess.run([sys.executable, "-m", "golabels_cli", "export", str(run), "--onnx", "--output", str(tmp_path / "m.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r" in [0-9.]+s: loading [0-9.]+s, tracing [0-9.]+s, checking [0-9.]+s, verifying [0-9.]+s$", done.stdout.splitlines()[0])
+    assert not re.search(r"steps? in [0-9.]+s", done.stderr)
+
+
 def test_export_never_overwrites_and_exist_ok_replaces(exported, tmp_path):
     run, _ = exported
     out = tmp_path / "ship" / "classifier.onnx"
