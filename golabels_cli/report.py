@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import __version__
 from . import run_files
@@ -321,7 +321,7 @@ def _draw(ax, panel: Panel, selected: int | None, width: int) -> None:
     titles never meet."""
     import textwrap
 
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     for label, points in panel.series:
         if panel.snapshots:
@@ -330,13 +330,24 @@ def _draw(ax, panel: Panel, selected: int | None, width: int) -> None:
             ax.plot(*zip(*points), label=label)
     title = "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in panel.title.split("\n"))
     ax.set(xlabel="iteration", ylabel=panel.ylabel, title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no iteration 2.5 on a short run
+    # At most 5 ticks (no iteration 2.5 on a short run), thousands as "20k": at any run length a
+    # panel's tick labels stay apart (10 ticks of "10000" ran into one another).
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True, steps=[1, 2, 2.5, 5, 10]))
+    ax.xaxis.set_major_formatter(FuncFormatter(iteration_label))
     if panel.fraction:
         ax.set_ylim(-0.02, 1.02)
     if panel.legend:
         ax.legend(fontsize="small")
     if panel.snapshots and selected is not None:
         ax.axvline(selected, color="gray", linestyle="--", linewidth=1)
+
+
+def iteration_label(value: float, _position=None) -> str:
+    """An iteration on an axis: 800, 2.5k, 20k, 1.2M."""
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.4g}{suffix}"
+    return f"{value:.0f}"
 
 
 def _grid(plt, shown: list[Panel], selected: int | None, columns: int, width: float, height: float, title_width: int):
@@ -356,18 +367,26 @@ def _selected(record: RunRecord) -> int | None:
     return ((record.summary or {}).get("selected") or {}).get("iter")
 
 
+def results_figure(plt, record: RunRecord):
+    """results.png's figure (laid out), or None when no panel has a curve to draw."""
+    shown = [p for p in panels(record) if p.name in RESULTS_PANELS]
+    if not shown:
+        return None
+    fig = _grid(plt, shown, _selected(record), columns=4, width=4.2, height=3.4, title_width=34)
+    fig.suptitle(printable(f"{record.config.get('method')} + {record.config.get('domain_labels')} domain labels: {record.run_dir.name}"))
+    fig.tight_layout()
+    return fig
+
+
 def write_results_figure(record: RunRecord) -> Path | None:
     """results.png in the run directory: losses, the discriminator's accuracy, the relabeled
     fractions (not under fixed domain labels), and each validator (with the oracle target accuracy
     when --eval-dir was given) over the iterations, on one page; only the panels with a curve to
     draw. Returns its path; None without matplotlib, or when no panel has 2 points."""
     plt = pyplot()
-    shown = [p for p in panels(record) if p.name in RESULTS_PANELS]
-    if plt is None or not shown:
+    fig = results_figure(plt, record) if plt is not None else None
+    if fig is None:
         return None
-    fig = _grid(plt, shown, _selected(record), columns=4, width=4.2, height=3.4, title_width=34)
-    fig.suptitle(printable(f"{record.config.get('method')} + {record.config.get('domain_labels')} domain labels: {record.run_dir.name}"))
-    fig.tight_layout()
     path = record.run_dir / run_files.RESULTS_FIGURE
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -375,16 +394,11 @@ def write_results_figure(record: RunRecord) -> Path | None:
     return path
 
 
-def write_plots(record: RunRecord) -> list[Path] | None:
-    """The report's PNGs in the run directory (each written atomically), those with a panel to
-    draw: returns their paths; None without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        return None
+def report_figures(plt, record: RunRecord) -> Iterator[tuple[str, Any]]:
+    """(file name, figure laid out) of each report PNG that has a panel to draw."""
     by_name = {p.name: p for p in panels(record)}
     selected = _selected(record)
     title = printable(f"{record.config.get('method')} + {record.config.get('domain_labels')} ({record.run_dir.name})")
-    written = []
     for file, names in report_panels(record).items():
         shown = [by_name[n] for n in names]
         if file == PLOTS[0]:
@@ -397,6 +411,17 @@ def write_plots(record: RunRecord) -> list[Path] | None:
             fig = _grid(plt, shown, selected, columns=len(shown), width=3.4, height=3.6, title_width=26)
             fig.suptitle(f"validators: {title}" + (f" — selected iteration {selected}" if selected is not None else ""))
         fig.tight_layout()
+        yield file, fig
+
+
+def write_plots(record: RunRecord) -> list[Path] | None:
+    """The report's PNGs in the run directory (each written atomically), those with a panel to
+    draw: returns their paths; None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    written = []
+    for file, fig in report_figures(plt, record):
         path = record.run_dir / file
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

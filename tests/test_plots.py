@@ -261,3 +261,28 @@ def test_without_matplotlib_figures_are_none_and_results_csv_still_written(tmp_p
     assert write_target_mosaic([(None, "a", 1.0)], tmp_path / "m.png", "t") is None
     assert write_results_csv(record).is_file()
     assert not list(tmp_path.glob("*.png")) and not list(record.run_dir.glob("*.png"))
+
+
+@pytest.mark.parametrize("iters", [10, 1000, 100000])
+def test_no_tick_labels_overlap_at_any_run_length(tmp_path, iters):
+    """Issue 45 item 6: results.png and the report's PNGs, laid out as written, for runs of 10,
+    1000 and 100000 iterations: on every axis no two tick labels' boxes meet."""
+    pytest.importorskip("matplotlib")
+    step = max(1, iters // 500)
+    record = fake_run(tmp_path / "run", iters=tuple(range(step, iters + 1, step)), evals_at=tuple(range(iters // 10 or 1, iters + 1, iters // 10 or 1)))
+    plt = report.pyplot()
+    figures = [("results.png", report.results_figure(plt, record)), *report.report_figures(plt, record)]
+    assert len(figures) >= 3  # results.png and at least two report PNGs
+    for name, fig in figures:
+        fig.set_dpi(110)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            if not ax.axison:
+                continue
+            for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+                boxes = sorted((t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()), key=lambda b: (b.x0, b.y0))
+                for a, b in zip(boxes, boxes[1:]):
+                    assert not a.overlaps(b), (name, ax.get_title(), [t.get_text() for t in labels])
+        plt.close(fig)
+    assert report.iteration_label(100000) == "100k" and report.iteration_label(2500) == "2.5k" and report.iteration_label(800) == "800"
