@@ -286,3 +286,19 @@ def test_no_tick_labels_overlap_at_any_run_length(tmp_path, iters):
                     assert not a.overlaps(b), (name, ax.get_title(), [t.get_text() for t in labels])
         plt.close(fig)
     assert report.iteration_label(100000) == "100k" and report.iteration_label(2500) == "2.5k" and report.iteration_label(800) == "800"
+
+
+def test_the_mosaic_shows_every_predicted_class_and_the_models_doubts():
+    """Issue 45 item 6: not the first 16 images by name (16 frames of one class on a camera-style
+    folder): the least confident first, then each predicted class in turn."""
+    from golabels_cli.training.outputs import mosaic_choice
+
+    predicted = [0] * 50 + [1] * 10 + [2] * 4  # a folder dominated by class 0
+    confidence = [0.99 - j / 1000 for j in range(64)]
+    confidence[55], confidence[3] = 0.2, 0.3  # two doubts
+    chosen = mosaic_choice(predicted, confidence, 16)
+    assert len(chosen) == len(set(chosen)) == 16
+    assert chosen[:2] == [55, 3]  # the least confident lead
+    assert {predicted[j] for j in chosen} == {0, 1, 2}
+    assert sum(predicted[j] == 2 for j in chosen) == 4 and sum(predicted[j] == 0 for j in chosen) <= 7
+    assert mosaic_choice([0, 1], [0.9, 0.8], 16) == [1, 0]  # fewer images than places: all of them

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import ImageSet, eval_loader, eval_transform
+from ..data import ImageSet, eval_loader, eval_transform, sample_indices
 from ..decoded import DecodedImages
 from ..device_batches import DecodedCenterCrops, center_crops_fit, normalize_like_eval
 from ..inference import predict_outputs
@@ -64,13 +64,19 @@ def class_counts(logits: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 MOSAIC_IMAGES = 16
+MOSAIC_POOL = 4  # times MOSAIC_IMAGES: the images predicted to choose the mosaic's from
+MOSAIC_LEAST_CONFIDENT = 4
 
 
 @torch.no_grad()
 def target_predictions(t: Training) -> list[tuple[Any, str, float]]:
-    """(image, predicted class, probability) of the first MOSAIC_IMAGES of the validators' fixed
-    random sample of the target, by the model as it is now (the shipped one, in eval mode)."""
-    indices = t.validation.target_sample[:MOSAIC_IMAGES] or list(range(min(MOSAIC_IMAGES, len(t.target))))
+    """(image, predicted class, probability) of MOSAIC_IMAGES target images, by the model as it is
+    now (the shipped one, in eval mode): chosen from a seeded random pool of the validators' target
+    sample by mosaic_choice, so that the mosaic shows every predicted class and the model's doubts,
+    not 16 neighbouring frames of one camera."""
+    sample = t.validation.target_sample or list(range(len(t.target)))
+    pool = sample_indices(len(sample), MOSAIC_POOL * MOSAIC_IMAGES, t.cfg.seed, 5)
+    indices = [sample[i] for i in pool]
     was_training = t.model.training
     t.model.eval()
     try:
@@ -78,7 +84,25 @@ def target_predictions(t: Training) -> list[tuple[Any, str, float]]:
     finally:
         t.model.train(was_training)
     confidence, predicted = probabilities.max(1)
-    return [(_thumbnail(t.target.paths[i]), t.source.classes[int(c)], float(p)) for i, c, p in zip(indices, predicted, confidence)]
+    chosen = mosaic_choice(predicted.tolist(), confidence.tolist(), MOSAIC_IMAGES)
+    return [(_thumbnail(t.target.paths[indices[j]]), t.source.classes[int(predicted[j])], float(confidence[j])) for j in chosen]
+
+
+def mosaic_choice(predicted: list[int], confidence: list[float], n: int, least_confident: int = MOSAIC_LEAST_CONFIDENT) -> list[int]:
+    """n positions of the pool: the `least_confident` predictions first, then the others stratified
+    by predicted class (each class in turn, its images from the most confident down), so that a
+    class the model predicts often cannot fill the mosaic alone."""
+    order = sorted(range(len(predicted)), key=lambda j: (confidence[j], j))
+    chosen = order[:min(least_confident, n)]
+    by_class: dict[int, list[int]] = {}
+    for j in sorted(order[len(chosen):], key=lambda j: (-confidence[j], j)):
+        by_class.setdefault(predicted[j], []).append(j)
+    queues = [by_class[c] for c in sorted(by_class, key=lambda c: (-len(by_class[c]), c))]
+    while len(chosen) < n and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop(0))
+    return chosen
 
 
 def _thumbnail(path) -> Any:

@@ -118,7 +118,7 @@ def results_files(run_dir: Path, summary: dict[str, Any], config: dict[str, Any]
         return path.name if path is not None else None
 
     record = RunRecord(run_dir, config, rows, summary) if rows is not None else None
-    title = f"target images and their predicted labels: {run_dir.name}"
+    title = f"target images and their predicted labels, the least confident first: {run_dir.name}"
     return {"results_csv": attempt(run_files.RESULTS_CSV, lambda: write_results_csv(record)) if record else None,
             "results_figure": attempt(run_files.RESULTS_FIGURE, lambda: write_results_figure(record)) if record else None,
             "target_mosaic": attempt(run_files.TARGET_MOSAIC, lambda: write_target_mosaic(mosaic(), run_dir / run_files.TARGET_MOSAIC, title)) if mosaic else None}
