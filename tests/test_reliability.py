@@ -77,6 +77,8 @@ def test_ctrl_c_midway_then_resume_equals_an_uninterrupted_run(domains, tmp_path
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 130, stderr
     assert f"golabels adapt --resume {interrupted}" in stderr and "Traceback" not in stderr
+    # answered at once, before the step in progress ends (issue 45 item 4)
+    assert "warning: Ctrl-C: stopping after the step in progress, then saving the training state; Ctrl-C again stops at once" in stderr
     stopped_at = checkpoint_iteration(interrupted)
     assert 25 <= stopped_at < 60 and not (interrupted / "model.safetensors").exists()
 
@@ -96,7 +98,7 @@ def test_sigterm_saves_and_exits_130(domains, tmp_path):
     wait_for_row(out / "metrics.jsonl", 6, process)
     process.terminate()
     _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 130 and "terminated at iteration" in stderr
+    assert process.returncode == 130 and "terminated at iteration" in stderr and "warning: SIGTERM: stopping after the step in progress" in stderr
     assert checkpoint_iteration(out) >= 6
 
 

@@ -59,7 +59,7 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
     signals = contextlib.ExitStack()
     # From here on a signal stops the run after a step: one during the head start or while the
     # loaders start is not lost, it stops the run after its first step.
-    stop = signals.enter_context(stop_requests())
+    stop = signals.enter_context(stop_requests(_acknowledge if d.main else None))
     try:
         streams = open_streams(t, state)
         if rng is not None:
@@ -120,6 +120,13 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
         run.close(completed)
         streams.close()
     return _finish_despite_a_signal(t, run)
+
+
+def _acknowledge(signal_name: str) -> None:
+    """A first Ctrl-C or SIGTERM is answered at once: a step can take a minute on a CPU."""
+    key = "Ctrl-C" if signal_name == "interrupted" else "SIGTERM"
+    log.warning("%s: stopping after the step in progress, then saving the training state; %s again stops at once "
+                "(the newest checkpoint is kept)", key, key)
 
 
 def _finish_despite_a_signal(t: Training, run: "Session") -> dict[str, Any]:
