@@ -363,3 +363,48 @@ def test_a_signal_before_the_first_step_is_not_lost(domains, tmp_path):
     assert "terminated at iteration 1 of 6" in stopped.value.message and checkpoint_iteration(tmp_path / "starting") == 1
     assert signal.getsignal(signal.SIGTERM) == previous
     assert training.resume(tmp_path / "starting")["iters"] == 6
+
+
+def test_a_second_ctrl_c_stops_within_a_second_even_inside_a_long_computation(domains, tmp_path):
+    """Issue 45 item 4: Python runs its signal handlers only between bytecodes, so a second Ctrl-C
+    during one long C-level computation (a CPU step of a large backbone) used to wait for it. Here a
+    step runs a 30-second matrix power; the second Ctrl-C must end the process within a few seconds,
+    with one line and the newest checkpoint intact."""
+    source, target = domains
+    out = tmp_path / "run"
+    slow = (
+        "import sys, torch\n"
+        "from golabels_cli.training import loop\n"
+        "real = loop.train_step\n"
+        "calls = []\n"
+        "def slow_step(t, *a, **k):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 5:\n"
+        "        print('long computation', file=sys.stderr, flush=True)\n"
+        "        torch.linalg.matrix_power(torch.randn(2000, 2000), 2**62 - 1)  # a minute in one C call\n"
+        "    return real(t, *a, **k)\n"
+        "loop.train_step = slow_step\n"
+        "from golabels_cli.cli import main\n"
+        "sys.argv = ['golabels'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", slow, "adapt", str(source), str(target), *RUN, "--save-every", "2", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # into the long computation of step 5 (the checkpoint of iteration 4 is written)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.5)
+    started = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - started < 5, stderr
+    assert process.returncode == 130, stderr
+    assert "Ctrl-C: stopping after the step in progress" in stderr and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: stopped at once during a long computation; the checkpoint of iteration 4 is kept — "
+                      f"resume with: golabels adapt --resume {out}"], stderr
+    assert checkpoint_iteration(out) == 4
+    assert cli("adapt", "--resume", out, "--json").exit_code == 0

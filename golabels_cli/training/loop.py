@@ -59,7 +59,15 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
     signals = contextlib.ExitStack()
     # From here on a signal stops the run after a step: one during the head start or while the
     # loaders start is not lost, it stops the run after its first step.
-    stop = signals.enter_context(stop_requests(_acknowledge if d.main else None))
+    began: list[Session] = []  # the session, once begun: what a stop at once says is kept
+
+    def stopped_at_once() -> str:
+        saved = began[0].saved_at if began else None
+        kept_at = f"the checkpoint of iteration {saved} is kept" if saved else "nothing was saved"
+        then = f"resume with: golabels adapt --resume {run_dir}" if saved else "start the run again"
+        return f"error: stopped at once during a long computation; {kept_at} — {then}"
+
+    stop = signals.enter_context(stop_requests(at_once=stopped_at_once, acknowledge=_acknowledge if d.main else None))
     try:
         streams = open_streams(t, state)
         if rng is not None:
@@ -67,6 +75,7 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
         progress(RunStarted(str(run_dir) if run_dir else None, cfg.iters, state.iteration, str(t.device), t.source.classes, d.world,
                             progress_terms(t)))
         run = Session.begin(t, run_dir, state, progress)
+        began.append(run)
     except BaseException:
         signals.close()
         raise
