@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -24,6 +25,8 @@ from .formats import json_text
 from .images import require_regular
 from .model_info import ModelInfo
 from . import run_files
+
+log = logging.getLogger("golabels")
 
 
 
@@ -215,9 +218,13 @@ def _sorted_header(data: bytes) -> bytes:
 
 
 def model_path(run_or_model: str | Path) -> Path:
+    """The model file of a run directory or a model file: model.safetensors, or the checkpoint.pt
+    of a run that stopped before its end (load_model takes its weights)."""
     path = Path(run_or_model)
     if path.is_dir():
         path = path / run_files.MODEL
+        if not os.path.lexists(path) and os.path.lexists(path.parent / run_files.CHECKPOINT):
+            return path.parent / run_files.CHECKPOINT
         if not os.path.lexists(path):
             raise InputError(f"{run_or_model} holds no {run_files.MODEL}", "pass a finished run directory or a model file")
     elif not os.path.lexists(path):
@@ -237,6 +244,8 @@ def load_model(run_or_model: str | Path):
     from .models import Classifier, HeadEnsemble, create_backbone
 
     path = model_path(run_or_model)
+    if path.name == run_files.CHECKPOINT:
+        return checkpoint_model(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -261,6 +270,31 @@ def load_model(run_or_model: str | Path):
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise InputError(f"model {path} does not match its own metadata ({reason(exc)})", "the file is damaged") from exc
+    return model.eval(), info
+
+
+def checkpoint_model(path: Path):
+    """(Classifier in eval mode, ModelInfo) of the weights in a stopped run's checkpoint.pt, as they
+    were at its last save (with training's BatchNorm statistics: --bn-stats target re-estimates
+    them only when the run finishes). Says which iteration it is."""
+    from .methods import get_recipe
+    from .models import Classifier, create_backbone, resolve_data_config
+
+    ckpt = load_checkpoint(path)
+    try:
+        cfg, classes, done = ckpt["config"], list(ckpt["classes"]), int(ckpt["loop"]["iteration"])
+        backbone = create_backbone(cfg["backbone"], pretrained=False)
+        info = ModelInfo(cfg["backbone"], classes, resolve_data_config(backbone, cfg.get("image_size")), cfg["bottleneck_dim"],
+                         cfg["method"], cfg["domain_labels"]).check(path)
+        model = Classifier(backbone, len(classes), info.bottleneck_dim, bridged=get_recipe(info.method).alignment.bridged_head)
+        model.load_state_dict(ckpt["model"], strict=True)
+    except InputError:
+        raise
+    except Exception as exc:  # a key missing, a shape that does not fit: unusable alike
+        raise InputError(f"{path} is not a checkpoint golabels can take a model from ({reason(exc)})", "pass a finished run") from exc
+    bn = " (with training's BatchNorm statistics: --bn-stats target re-estimates them at the end)" if cfg.get("bn_stats") == "target" else ""
+    log.warning("%s holds no %s: the run stopped at iteration %d of %d; using the weights of iteration %d from %s%s",
+                path.parent, run_files.MODEL, done, cfg["iters"], done, run_files.CHECKPOINT, bn)
     return model.eval(), info
 
 

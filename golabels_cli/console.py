@@ -304,7 +304,8 @@ def frozen_path_text(hint: FrozenPathHint) -> str:
     return (f"this run fine-tunes the whole backbone on a CPU: its {plural(hint.iters_left, 'iteration')} left will take about "
             f"{duration(hint.seconds_left)} at the first step's pace. --freeze-backbone would take about {duration(hint.frozen_seconds)} (the features of "
             f"{plural(hint.images, 'image')} once, about {duration(hint.features_seconds)}, then {hint.iters} steps on them; measured on "
-            "this run's first batch). Press Ctrl-C and add --freeze-backbone to train that way (docs/performance.md).")
+            "this run's first batch). To train that way, press Ctrl-C and start a new run with --freeze-backbone added (a resumed run "
+            "keeps its own options; docs/performance.md).")
 
 
 class StepProgress:

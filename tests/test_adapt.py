@@ -250,7 +250,7 @@ def test_fine_tuning_on_a_cpu_points_to_the_frozen_path_after_the_first_step(dom
     hint = seen[-1]
     assert any(line.startswith("iter 1/200000 ") for line in seen)  # piped: a heartbeat from the first iteration on
     assert "this run fine-tunes the whole backbone on a CPU: its 199999 iterations left will take about" in hint, "".join(seen)
-    assert "Press Ctrl-C and add --freeze-backbone" in hint
+    assert "press Ctrl-C and start a new run with --freeze-backbone added" in hint  # resume keeps the options: advice that works
     assert not any(line.startswith("iter 2/") for line in seen)  # said after the first step
     assert proc.returncode == 130
 

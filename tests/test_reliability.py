@@ -408,3 +408,42 @@ def test_a_second_ctrl_c_stops_within_a_second_even_inside_a_long_computation(do
                       f"resume with: golabels adapt --resume {out}"], stderr
     assert checkpoint_iteration(out) == 4
     assert cli("adapt", "--resume", out, "--json").exit_code == 0
+
+
+def test_a_stopped_run_can_be_evaluated_and_exported_from_its_checkpoint(domains, tmp_path):
+    """Issue 45 item 4: eval, export and predict take a run that stopped before its end (a
+    checkpoint, no model.safetensors), saying which iteration's weights they use; resuming it later
+    still finishes it."""
+    from golabels_cli import training
+    from golabels_cli.config import build_config
+    from golabels_cli.errors import Interrupted
+    from golabels_cli.progress import StepDone
+
+    source, target = domains
+    cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
+                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 8})
+
+    def interrupt(event):
+        if isinstance(event, StepDone) and event.iter == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        training.adapt(cfg, out=run, progress=interrupt)
+    assert not (run / "model.safetensors").exists()
+    evaluated = subprocess.run([sys.executable, "-m", "golabels_cli", "eval", str(run), str(target), "--device", "cpu", "--workers", "0",
+                                "--json"], capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"warning: {run} holds no model.safetensors: the run stopped at iteration 3 of 8; using the weights of iteration 3" in evaluated.stderr
+    assert json.loads(evaluated.stdout)["images"] == 24
+    exported = cli("export", run, "--onnx", "--output", tmp_path / "cut.onnx", "--json")
+    assert exported.exit_code == 0, exported.stderr
+    assert json.loads(exported.stdout)["max_abs_diff"] <= 1e-4
+    # the checkpoint's weights are those that were saved: the same predictions as a model built from it
+    from golabels_cli.checkpoint import load_checkpoint, load_model
+
+    model, info = load_model(run)
+    assert info.classes == ["circle", "square", "triangle"]
+    saved = load_checkpoint(run / "checkpoint.pt")["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert cli("adapt", "--resume", run, "--json").exit_code == 0 and (run / "model.safetensors").exists()
