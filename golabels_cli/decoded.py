@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 from .checkpoint import atomic_path, remove_stale_temporaries
 from .data import ImageSet, free_memory
 from .errors import InputError, reason
-from .features import cache_root, image_key
+from .features import cache_root, image_key, read_npy
 from .images import MAX_ASPECT_RATIO, load_rgb, resize_shorter, scale_size
 from .progress import tracked
 
@@ -117,34 +116,16 @@ def _longer_side(size: tuple[int, int], side: int) -> int:
 
 
 def read_entry(path: Path, side: int) -> tuple[np.ndarray | None, str | None]:
-    """A cached image, read as untrusted input: (array, None); (None, None) when absent; (None, why)
-    when it is not a regular file or not a uint8 array of shape (h, w, 3) whose shorter side is
-    `side`. The header is checked before any data is read."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, reason(exc)
-    if not stat.S_ISREG(mode):
-        return None, "not a regular file"
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                return None, f"a .npy file of format {version}"
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
-            if (dtype != np.dtype("u1") or fortran or len(shape) != 3 or shape[2] != 3 or min(shape[:2]) != side
-                    or max(shape[:2]) > side * MAX_ASPECT_RATIO):
-                return None, f"a {dtype} array of shape {shape}, not an image of shorter side {side}"
-            size = shape[0] * shape[1] * 3
-            data = f.read(size + 1)
-    except (OSError, ValueError) as exc:
-        return None, reason(exc)
-    if len(data) != size:
-        return None, f"{len(data)} bytes of data, not {size}"
-    return np.frombuffer(data, dtype=np.uint8).reshape(shape), None
+    """A cached image, read as untrusted input (features.read_npy): (array, None); (None, None)
+    when absent; (None, why) when it is not a uint8 array of shape (h, w, 3) whose shorter side is `side`."""
+
+    def image(shape, fortran, dtype) -> str | None:
+        if (dtype != np.dtype("u1") or fortran or len(shape) != 3 or shape[2] != 3 or min(shape[:2]) != side
+                or max(shape[:2]) > side * MAX_ASPECT_RATIO):
+            return f"a {dtype} array of shape {shape}, not an image of shorter side {side}"
+        return None
+
+    return read_npy(path, image)
 
 
 def _save_entry(path: Path, array: np.ndarray) -> None:

@@ -123,8 +123,24 @@ def backbone_features(
 def read_row(path: Path, dim: int | None) -> tuple[np.ndarray | None, str | None]:
     """A cached row, read as untrusted input (anything can be written into a cache folder):
     (row, None); (None, None) when absent; (None, why) when it is not a regular file, not a
-    float32 vector of `dim` values, or not finite. The header is checked before any data is read,
-    so a file claiming a huge shape allocates nothing."""
+    float32 vector of `dim` values, or not finite."""
+
+    def vector(shape, fortran, dtype) -> str | None:
+        if dtype != np.dtype("<f4") or len(shape) != 1 or (dim is not None and shape[0] != dim) or not 0 < shape[0] <= 1 << 20:
+            return f"a {dtype} array of shape {shape}, not {dim or 'N'} float32 values"
+        return None
+
+    row, why = read_npy(path, vector)
+    if row is not None and not np.isfinite(row).all():
+        return None, "values that are not finite"
+    return (row.copy() if row is not None else None), why
+
+
+def read_npy(path: Path, refuse) -> tuple[np.ndarray | None, str | None]:
+    """A .npy cache entry read as untrusted input: (array, None); (None, None) when absent; (None,
+    why) when it is not a regular file, not a .npy file, is cut short, or `refuse(shape, fortran,
+    dtype)` names what is wrong with its header. The header is checked before any data is read,
+    so a file claiming a huge shape allocates nothing. The array is read-only."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -139,18 +155,17 @@ def read_row(path: Path, dim: int | None) -> tuple[np.ndarray | None, str | None
             if version not in ((1, 0), (2, 0)):
                 return None, f"a .npy file of format {version}"
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-            if dtype != np.dtype("<f4") or len(shape) != 1 or (dim is not None and shape[0] != dim) or not 0 < shape[0] <= 1 << 20:
-                return None, f"a {dtype} array of shape {shape}, not {dim or 'N'} float32 values"
-            data = f.read(shape[0] * 4 + 1)
+            shape, fortran, dtype = read_header(f)
+            why = refuse(shape, fortran, dtype)
+            if why is not None:
+                return None, why
+            size = int(np.prod(shape)) * dtype.itemsize
+            data = f.read(size + 1)
     except (OSError, ValueError) as exc:
         return None, reason(exc)
-    if len(data) != shape[0] * 4:
-        return None, f"{len(data)} bytes of data, not {shape[0] * 4}"
-    row = np.frombuffer(data, dtype="<f4").copy()
-    if not np.isfinite(row).all():
-        return None, "values that are not finite"
-    return row, None
+    if len(data) != size:
+        return None, f"{len(data)} bytes of data, not {size}"
+    return np.frombuffer(data, dtype=dtype).reshape(shape), None
 
 
 def _save_row(path: Path, row: np.ndarray) -> None:
