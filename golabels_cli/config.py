@@ -48,6 +48,9 @@ def default_cache_dir() -> Path:
 RUN_OPTIONS = tuple(name for name in RUN_FIELDS if name not in ("config", "print_config"))
 # What may change when a run is resumed: nothing that changes the weights it will end with.
 RESUME_OPTIONS = ("device", "workers", "save_every", "cache_dir", "cache_images", "devices", "logger")
+# What may change on resume although it changes the weights: the run's length (never below the
+# iteration reached), with the schedule that follows it (DERIVED) computed again for the new length.
+RESUME_LENGTH = ("iters",)
 COMMAND_LINE_ONLY = ("resume", "json", "quiet", "debug")
 RUN_OPTION_TYPES = {name: RUN_FIELDS[name].type for name in RUN_OPTIONS}
 PATH_FIELDS = ("source", "target", "weights", "eval_dir", "cache_dir")
@@ -93,6 +96,24 @@ def recompute_derived(values: dict[str, Any], changed: set[str]) -> list[str]:
     for key in cleared:
         values[key] = None
     return [option_name(k) for k in cleared]
+
+
+def follow_new_length(values: dict[str, Any]) -> list[str]:
+    """`values`, a run's saved config, for a resume with another --iters: each DERIVED value that
+    follows --iters and holds its default for the old length is cleared, to be computed again for
+    the new one; a value the user gave (anything else) stays. Returns the cleared option names."""
+    cleared = []
+    for key, inputs in DERIVED.items():
+        if "iters" not in inputs or values.get(key) is None:
+            continue
+        try:
+            default = getattr(build_config({**values, key: None}), key)
+        except InputError:  # the old config needs the value as it is
+            continue
+        if default == values[key]:
+            values[key] = None
+            cleared.append(option_name(key))
+    return cleared
 
 
 def build_config(values: dict[str, Any]) -> AdaptConfig:
@@ -309,7 +330,7 @@ def validate(cfg: AdaptConfig) -> None:
             raise InputError(f"--{option_name(name)} must be a positive integer, got {value!r}")
     if cfg.batch_size < 2:
         raise InputError("--batch-size must be at least 2", "BatchNorm needs two samples per domain")
-    for name in ("eval_every", "save_every", "seed", "val_target_images"):
+    for name in ("eval_every", "save_every", "seed", "val_target_images", "threads"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise InputError(f"--{option_name(name)} must be a non-negative integer")
     if cfg.seed > MAX_SEED:

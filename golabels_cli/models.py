@@ -290,3 +290,8 @@ def resolve_data_config(backbone: nn.Module, image_size: int | None) -> dict:
         "crop_pct": float(cfg["crop_pct"]),
         "crop_mode": str(cfg.get("crop_mode", "center")),
     }
+
+
+def input_width(module: nn.Module) -> int:
+    """The input width of a module's first Linear layer (a discriminator's, a head's)."""
+    return next(m for m in module.modules() if isinstance(m, nn.Linear)).in_features

@@ -165,6 +165,9 @@ class AdaptConfig:
     seed: int = option(0, TRAINING, "Random seed; same seed, same weights on CPU.")
     device: str = option("auto", PERFORMANCE, "{choices}. auto picks CUDA, then MPS, else CPU.", choices=DEVICES)
     workers: int | None = option(None, PERFORMANCE, "Loader processes; default min(8, CPUs - 1).")
+    # None: training/threads.py decides when the run starts, and config.yaml holds the number
+    # (0 when it is torch's default), so a resume or replay runs its steps as the run did.
+    threads: int | None = option(None, PERFORMANCE, "CPU threads of the training steps; 0: torch's default (OMP_NUM_THREADS, else one per core). Default: with --freeze-backbone on a CPU, the fewest threads within 5% of the fastest on the head's step, measured when the run starts (a small step gains little from more threads and loses several times its speed when other work shares the cores; docs/performance.md); otherwise, and when OMP_NUM_THREADS is set, torch's default. The number is written to config.yaml.")
     freeze_backbone: bool = option(False, TRAINING, "Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).")
     cache_dir: str | None = option(None, PERFORMANCE, "Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.", metavar="DIR")
     # batched (issue 43): the loader's per-image work is a copy, so it feeds a GPU step from a few

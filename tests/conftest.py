@@ -7,6 +7,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     os.environ.pop("COLUMNS", None)  # xdist sets its terminal's width here; the tests expect piped output's
+# A thread count set for the tests: --freeze-backbone runs would otherwise measure theirs (--threads),
+# and two runs a test compares could differ by the count they measured.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 # Tests never reach a model hub: pretrained downloads must fail at once, not retry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GOLABELS_TEST", "1")

@@ -3,6 +3,7 @@ made, the feature cache filled. Nothing is written to the run directory here."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -17,6 +18,7 @@ from ..models import Classifier, create_backbone, resolve_data_config
 from ..progress import no_events
 from .resolve import resolve_run
 from .runtime import seed_everything, speed_settings
+from .threads import resolve_threads
 from .state import ROLE_NAMES, Progress, Training
 
 log = logging.getLogger("golabels")
@@ -42,6 +44,9 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
     if spec.conditioned:
         multilinear = MultilinearMap(cfg.bottleneck_dim, len(source.classes), torch.Generator().manual_seed(cfg.seed), cfg.cdan_map).to(device)
 
+    # Measured before anything slow (the features), so the probe sees the machine the steps will run on.
+    cfg = dataclasses.replace(cfg, threads=resolve_threads(cfg, device, torch.nn.Sequential(model.bottleneck, model.head),
+                                                           disc if spec.adversarial else None, model.backbone.num_features))
     speed = speed_settings(device, cfg)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -51,6 +56,8 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
     t = Training(cfg, device, source, target, eval_set, validation, report, data_config, model, disc, multilinear, optimizer, speed, d)
     if speed.loss_scaling:
         t.grad_scaler = torch.amp.GradScaler(device.type)
+    if not cfg.freeze_backbone and device.type == "cpu" and (cfg.pretrained or cfg.weights):
+        t.frozen_key = model_key(cfg.backbone, model.backbone, data_config)
     if cfg.freeze_backbone:
         t.features = _cached_features(t)
     elif cfg.augment == "batched":

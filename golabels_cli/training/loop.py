@@ -48,6 +48,7 @@ from .step import Classify, feature_batches, fit_head, set_lr, train_step
 from .outputs import target_predictions
 from .path_hint import frozen_path_hint
 from .target_estimate import estimate_target, warn_on_label_shift
+from .threads import step_threads
 
 log = logging.getLogger("golabels")
 
@@ -81,7 +82,7 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
         raise
     completed = False
     try:
-        with signals:
+        with signals, step_threads(cfg.threads):
             for step in range(state.iteration, cfg.iters):
                 it = step + 1
                 if (cfg.balance_target or cfg.label_shift_weights) and step and step % cfg.refresh_every == 0:

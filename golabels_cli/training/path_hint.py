@@ -6,7 +6,7 @@ data: the step that just ran gives the fine-tuning ETA, and one forward pass of 
 the same source batch, plus a copied head and discriminator trained one step on its features,
 give what the frozen path would take:
 
-    frozen ~ images x (forward seconds / batch) + iters x (step seconds on features)
+    frozen ~ images not in the feature cache x (forward seconds / batch) + iters x (step seconds on features)
 
 The measurement touches nothing the run keeps: the backbone runs in eval mode without gradients,
 the head and discriminator are copies, and the random generators are restored after it, so the
@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..choices import AUTO_METHOD
+from ..features import cached_count
+from ..models import input_width
 from ..options import FROZEN_BACKBONE_METHOD, SEARCH_COST, TRAINED_BACKBONE_METHOD
 from ..progress import FrozenPathHint
 from .state import Training
@@ -40,8 +42,9 @@ def frozen_path_hint(t: Training, xs: torch.Tensor, step_seconds: float, iters_l
     with torch.random.fork_rng(devices=[]):
         forward_s, features = _backbone_forward(t, xs)
         head_step_s = _head_step(t, features)
-    images = len(t.source) + len(t.target) + (len(t.validation.source_val) if t.validation.source_val else 0) \
-        + (len(t.eval_set[0]) if t.eval_set else 0)
+    sets = [t.source, t.target, *([t.validation.source_val] if t.validation.source_val else []), *([t.eval_set[0]] if t.eval_set else [])]
+    # what the cache already holds for these weights (an earlier --freeze-backbone run) is not computed again
+    images = sum(len(images) - (cached_count(images, t.frozen_key, cfg.cache_dir) if t.frozen_key else 0) for images in sets)
     features_s = images * forward_s / len(xs)
     # The frozen path's default is a search (--method auto): its candidates cost about SEARCH_COST runs.
     runs = SEARCH_COST if cfg.method == TRAINED_BACKBONE_METHOD and FROZEN_BACKBONE_METHOD == AUTO_METHOD else 1.0
@@ -82,14 +85,9 @@ def _head_step(t: Training, features: torch.Tensor, repeats: int = 3) -> float:
         loss = F.cross_entropy(head[1](hidden), torch.zeros(len(rows), dtype=torch.long))
         if disc is not None:
             # CDAN's discriminator reads features x predictions: sized like the bottleneck's here, a lower bound
-            logits = disc(hidden if _input_dim(disc) == hidden.shape[1] else torch.zeros(len(rows), _input_dim(disc)))[0]
+            logits = disc(hidden if input_width(disc) == hidden.shape[1] else torch.zeros(len(rows), input_width(disc)))[0]
             loss = loss + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         loss.backward()
         optimizer.step()
         best = min(best, time.perf_counter() - started)
     return best
-
-
-def _input_dim(disc: torch.nn.Module) -> int:
-    first = next(m for m in disc.modules() if isinstance(m, torch.nn.Linear))
-    return first.in_features

@@ -25,6 +25,7 @@ from ..progress import DataRead, no_events
 from ..remedies import IMBALANCE_WARNING, remedy_flags, remedy_hint
 from ..validators import NEED_HELD_OUT_SOURCE
 from .state import Progress, Validation
+from .threads import threads_without_measuring
 
 log = logging.getLogger("golabels")
 
@@ -69,6 +70,11 @@ def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
     cfg = copy.copy(cfg)
     resolve_balancing(cfg, imbalance_ratio(class_counts(scan_labeled(cfg.source, "source"))) > IMBALANCE_WARNING)
     _resolve_input_size(cfg, check_memory=False)  # a config may be written here to run on a larger machine
+    # null: measured when the run starts; the device as auto would pick it here, without the checks
+    # pick_device makes (a config may be written here for a GPU machine)
+    device = torch.device("cpu" if cfg.device == "auto" and not (torch.cuda.is_available() or torch.backends.mps.is_available())
+                          else "cuda" if cfg.device == "auto" else cfg.device)
+    cfg.threads = threads_without_measuring(cfg, device)
     return cfg
 
 

@@ -22,6 +22,7 @@ from ..checkpoint import atomic_path, torch_save_atomic, write_text_atomic
 from ..errors import Interrupted, RunError, reason
 from .runtime import environment, rng_state
 from .state import LoopState, Training
+from .threads import threads_used
 
 log = logging.getLogger("golabels")
 CHECKPOINT_FORMAT = "golabels-checkpoint/1"
@@ -74,6 +75,7 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
         "resumed_at": first or None,
         "session_seconds": round(session_seconds, 2),
         "step_seconds": round(step_seconds, 2),
+        "threads": threads_used(cfg.threads),  # of the training steps
         "device": str(t.device),
         "processes": t.dist.world,
         "effective_batch": cfg.batch_size * t.dist.world,  # per domain, over all processes
