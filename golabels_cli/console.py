@@ -6,6 +6,7 @@ write to the terminal.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sys
@@ -165,9 +166,14 @@ class AdaptProgress:
     """The progress callback for adapt(): a live bar on a TTY, plain periodic lines otherwise."""
 
     PLAIN_INTERVAL_S = 10.0
+    # The rate and ETA are over the last RECENT_S seconds: the first steps (allocations, a probe,
+    # the hint's measurement) and a change of pace (other work on the cores) would otherwise skew
+    # the estimate for the whole run.
+    RECENT_S = 30.0
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
+        self.recent: collections.deque[tuple[float, int]] = collections.deque()  # (time, iteration), oldest first
         self.live = stderr.is_terminal and not quiet
         self.bar: Progress | None = None
         self.task = None
@@ -210,6 +216,7 @@ class AdaptProgress:
         self.total = event.iters
         self.first_iter = self.last_iter = event.start
         self.started = self.last_plain = time.perf_counter()
+        self.recent.clear()
         self.terms = event.terms
         stderr.print(f"adapting on {event.device}; run directory: {event.run_dir}"
                      + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""), markup=False)
@@ -220,24 +227,35 @@ class AdaptProgress:
         if self.live:
             self.bar = _TwoLineProgress(
                 TextColumn("adapt"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
                 console=stderr, transient=False,
             )
             self.bar.start()
-            self.task = self.bar.add_task("adapt", total=self.total, completed=self.first_iter, speed="", stats="")
+            self.task = self.bar.add_task("adapt", total=self.total, completed=self.first_iter, speed="", eta="?", stats="")
 
     def _data(self, event: DataRead) -> None:
         for line in data_report_lines(event.report, event.held_out):
             stderr.print(line, markup=False)
 
     def _speed(self, it: int, now: float) -> float:
-        return (it - self.first_iter) / max(now - self.started, 1e-9)
+        """Iterations per second over the last RECENT_S seconds (since the start, before that)."""
+        recent = self.recent
+        if not recent or now - recent[-1][0] >= 0.25:  # a few samples a second are enough
+            recent.append((now, it))
+        while len(recent) > 2 and now - recent[1][0] >= self.RECENT_S:
+            recent.popleft()
+        then, done = recent[0] if len(recent) > 1 else (self.started, self.first_iter)
+        return (it - done) / max(now - then, 1e-9)
+
+    def _eta(self, it: int, speed: float) -> str:
+        return duration((self.total - it) / speed) if speed > 0 else "?"
 
     def _step(self, it: int) -> None:
         self.last_iter = it
         now = time.perf_counter()
         if self.bar is not None:
-            self.bar.update(self.task, completed=it, speed=f"{self._speed(it, now):.2f} it/s")
+            speed = self._speed(it, now)
+            self.bar.update(self.task, completed=it, speed=f"{speed:.2f} it/s", eta=self._eta(it, speed))
         elif it == self.first_iter + 1 or now - self.last_plain >= self.PLAIN_INTERVAL_S:
             # piped: a heartbeat from the first iteration on, whatever --log-every says
             self._plain_line(it, now, self.last_row)
@@ -288,7 +306,7 @@ class AdaptProgress:
     def _plain_line(self, it: int, now: float, row: dict[str, Any] | None) -> None:
         self.last_plain = now
         speed = self._speed(it, now)
-        text = f"iter {it}/{self.total} {speed:.2f} it/s eta {duration((self.total - it) / max(speed, 1e-9))}"
+        text = f"iter {it}/{self.total} {speed:.2f} it/s eta {self._eta(it, speed)}"
         if row is not None:
             text += f" lr {row['lr']:.2e}" + (f" lambda {row['lambda']:.3f}" if "adv" in self.terms else "") + f" {self.stats_text(row)}"
         sys.stderr.write(text + "\n")
@@ -302,9 +320,10 @@ class AdaptProgress:
 
 def frozen_path_text(hint: FrozenPathHint) -> str:
     return (f"this run fine-tunes the whole backbone on a CPU: its {plural(hint.iters_left, 'iteration')} left will take about "
-            f"{duration(hint.seconds_left)} at the first step's pace. --freeze-backbone would take about {duration(hint.frozen_seconds)} (the features of "
-            f"{plural(hint.images, 'image')} once, about {duration(hint.features_seconds)}, then {hint.iters} steps on them; measured on "
-            "this run's first batch). To train that way, press Ctrl-C and start a new run with --freeze-backbone added (a resumed run "
+            f"{duration(hint.seconds_left)} at the first step's pace. --freeze-backbone would take about {duration(hint.frozen_seconds)} ("
+            + (f"the features of {plural(hint.images, 'image')} once, about {duration(hint.features_seconds)}" if hint.images
+               else "the features are all in the cache")
+            + f", then {hint.iters} steps on them; measured on this run's first batch). To train that way, press Ctrl-C and start a new run with --freeze-backbone added (a resumed run "
             "keeps its own options; docs/performance.md).")
 
 

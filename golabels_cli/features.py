@@ -65,6 +65,17 @@ class Features:
     computed: int  # rows computed by this call
 
 
+def cache_files(images: ImageSet, key: str, cache_dir: str | None) -> list[Path]:
+    """Where the cache keeps each image's features for the backbone `key`."""
+    folder = cache_root(cache_dir) / "features" / key
+    return [folder / k[:2] / f"{k}.npy" for k in map(image_key, images.paths)]
+
+
+def cached_count(images: ImageSet, key: str, cache_dir: str | None) -> int:
+    """How many of the images have features in the cache (present; read and checked only when used)."""
+    return sum(f.is_file() for f in cache_files(images, key, cache_dir))
+
+
 @torch.no_grad()
 def backbone_features(
     images: ImageSet,
@@ -79,9 +90,7 @@ def backbone_features(
 ) -> Features:
     """The backbone's eval-mode output for every image, from the cache where present; `what`
     names the step in the progress shown while the others are computed."""
-    folder = cache_root(cache_dir) / "features" / key
-    keys = [image_key(p) for p in images.paths]
-    files = [folder / k[:2] / f"{k}.npy" for k in keys]
+    files = cache_files(images, key, cache_dir)
     rows: list[np.ndarray | None] = [None] * len(files)
     dim = getattr(backbone, "num_features", None)
     damaged: list[tuple[Path, str]] = []
@@ -95,7 +104,7 @@ def backbone_features(
                     path, why, ", ..." if len(damaged) > 1 else "")
     missing = [i for i, r in enumerate(rows) if r is None]
     if not missing:
-        log.info("%s: all %d reused from the cache in %s", what, len(files), folder.parent.parent)
+        log.info("%s: all %d reused from the cache in %s", what, len(files), cache_root(cache_dir))
     if missing:
         for shard in {files[i].parent for i in missing}:
             if shard.is_dir():

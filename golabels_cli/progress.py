@@ -103,7 +103,7 @@ class FrozenPathHint:
     iters_left: int
     frozen_seconds: float  # --freeze-backbone: the features once, then every iteration on them
     features_seconds: float
-    images: int  # whose features the frozen path computes
+    images: int  # whose features the frozen path computes (those not in the cache)
     iters: int
 
 

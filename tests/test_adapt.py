@@ -274,6 +274,21 @@ def test_the_frozen_path_hint_changes_no_weight(domains, tmp_path, monkeypatch):
     assert scratch.exit_code == 0 and "--freeze-backbone would take" not in scratch.stderr
 
 
+def test_the_frozen_path_hint_counts_only_the_features_not_in_the_cache(domains, tmp_path, monkeypatch):
+    from golabels_cli.training import path_hint
+
+    source, target = domains
+    monkeypatch.setattr(path_hint, "HINT_ABOVE_S", 0.0)
+    monkeypatch.setattr(path_hint, "HINT_RATIO", 0.0)
+    tiny = [*pretrained_tiny(tmp_path), "--cache-dir", tmp_path / "cache", "--iters", "2"]
+    before = cli("adapt", source, target, *tiny, "--out", tmp_path / "before")
+    assert before.exit_code == 0 and "(the features of 48 images once, about" in before.stderr, before.stderr
+    frozen = cli("adapt", source, target, *tiny, "--freeze-backbone", "--method", "dann", "--out", tmp_path / "frozen")
+    assert frozen.exit_code == 0, frozen.stderr
+    after = cli("adapt", source, target, *tiny, "--out", tmp_path / "after")
+    assert after.exit_code == 0 and "(the features are all in the cache, then 2 steps on them" in after.stderr, after.stderr
+
+
 def pretrained_tiny(folder):
     """TINY with the backbone's weights from a local file: a "pretrained" backbone, as --weights makes one."""
     from safetensors.torch import save_file

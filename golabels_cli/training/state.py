@@ -66,6 +66,9 @@ class Training:
     decoded: dict[str, DecodedImages | list[np.ndarray] | None] | None = None
     selected_weights: dict[str, torch.Tensor] | None = None  # --select: the best snapshot's model state so far
     grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
+    # fine-tuning a pretrained backbone on a CPU: the feature cache's key for its weights as loaded,
+    # which --freeze-backbone would compute features with (the frozen-path hint counts what is cached)
+    frozen_key: str | None = None
 
     @functools.cached_property
     def recipe(self) -> Recipe:
