@@ -17,13 +17,15 @@ the log of the "golabels" logger. `import golabels` loads no torch until a funct
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .choices import DEVICES
 from .config import FIELDS, AdaptConfig, build_config, check_choice, load_yaml
-from .errors import InputError
+from .errors import GolabelsError, InputError
 from . import run_files
 
 if TYPE_CHECKING:
@@ -31,6 +33,48 @@ if TYPE_CHECKING:
 
     from .export import ExportResult
     from .inference import EvalResult
+
+
+# The commands' messages name flags; a caller of these functions passes arguments. Only the names
+# the functions take are translated (an AdaptConfig field, out, exist_ok, ...).
+_API_ARGUMENTS = {*FIELDS, "out", "exist_ok", "output", "batch", "opset", "top_k", "device", "batch_size", "workers"}
+_RESUME_COMMAND = re.compile(r"golabels adapt --resume (\S+)")
+_FLAG = re.compile(r"--(no-)?([a-z][a-z0-9-]*)(?: (N|FILE|DIR|LIST|[0-9][0-9.e-]*)\b)?")
+
+
+def api_words(text: str) -> str:
+    """A command's message as the functions' caller reads it: `--exist-ok` -> `exist_ok=True`,
+    `--iters 2000` -> `iters=2000`, `--iters must be` -> `iters must be`, `golabels adapt --resume RUN` -> `golabels.resume('RUN')`."""
+    text = _RESUME_COMMAND.sub(lambda m: f"golabels.resume({m.group(1).rstrip('.,;')!r})", text)
+
+    def argument(m: re.Match) -> str:
+        negated, name, value = m.group(1), m.group(2).replace("-", "_"), m.group(3)
+        if name not in _API_ARGUMENTS:
+            return m.group(0)
+        if value is None:
+            kind = FIELDS[name].type if name in FIELDS else ("bool" if name == "exist_ok" else "")
+            if not kind.startswith("bool"):
+                return name
+            value = "False" if negated else "True"
+        return f"{name}={value}"
+
+    return _FLAG.sub(argument, text)
+
+
+def _in_api_words(fn: Callable) -> Callable:
+    """fn raising its errors' messages and hints in argument names (api_words), same type, same cause."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GolabelsError as exc:
+            exc.message = api_words(exc.message)
+            exc.hint = api_words(exc.hint) if exc.hint else exc.hint
+            exc.args = (exc.message,)
+            raise
+
+    return wrapped
 
 
 @dataclass(frozen=True)
@@ -66,6 +110,7 @@ class Label:
     classes: list[str] = field(repr=False)
 
 
+@_in_api_words
 def config(source: str | Path | None = None, target: str | Path | None = None, **options: Any) -> AdaptConfig:
     """An adapt config from Python names (`batch_size=4`, `freeze_backbone=True`), every default
     filled in and every value checked, as `golabels adapt SOURCE TARGET --batch-size 4` would."""
@@ -77,12 +122,14 @@ def config(source: str | Path | None = None, target: str | Path | None = None, *
                          **({"target": str(target)} if target is not None else {})})
 
 
+@_in_api_words
 def load_config(path: str | Path, **options: Any) -> AdaptConfig:
     """The config of a YAML file (a run's config.yaml replays that run), `options` applied on top."""
     values = {k: v for k, v in load_yaml(path).items() if k in FIELDS}
     return config(**{**values, **options})
 
 
+@_in_api_words
 def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
     """A copy of cfg as the run will write it to config.yaml (`adapt --print-config`): the defaults
     that follow the source folder (balancing) and the backbone (its input size) resolved. Reads
@@ -105,6 +152,7 @@ def _count(name: str, value: Any, least: int) -> None:
         raise InputError(f"{name} must be an integer of at least {least}, got {value!r}")
 
 
+@_in_api_words
 def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Callable[[Any], None] | None = None) -> Run:
     """Train on cfg.source (labeled) and cfg.target (unlabeled) into `out` (default runs/adapt/exp,
     exp2, ...; never overwritten unless `exist_ok`). `progress` receives golabels_cli.progress's
@@ -120,20 +168,23 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     return Run.of(train_new(cfg, out, exist_ok, progress or no_events))
 
 
+@_in_api_words
 def resume(run_dir: str | Path, progress: Callable[[Any], None] | None = None, **overrides: Any) -> Run:
-    """Continue an interrupted run to its own --iters; only what leaves the weights as they would
-    be may change (device, workers, save_every, ...)."""
-    from .config import RESUME_OPTIONS
+    """Continue an interrupted run to its own iters, or to `iters=N` (not below the iteration it
+    reached; the schedule then follows the new length); otherwise only what leaves the weights as
+    they would be may change (device, workers, save_every, ...)."""
+    from .config import RESUME_LENGTH, RESUME_OPTIONS
     from .progress import no_events
     from .training import resume as train_on
 
-    refused = sorted(set(overrides) - set(RESUME_OPTIONS))
+    refused = sorted(set(overrides) - set(RESUME_OPTIONS) - set(RESUME_LENGTH))
     if refused:
         raise InputError(f"{refused[0]} can't change on resume: a resumed run keeps its own config",
-                         f"only {', '.join(RESUME_OPTIONS)} may change")
+                         f"only {', '.join((*RESUME_OPTIONS, *RESUME_LENGTH))} may change")
     return Run.of(train_on(run_dir, overrides, progress or no_events))
 
 
+@_in_api_words
 def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> "EvalResult":
     """Accuracy, per-class accuracy and the confusion matrix of a run's model on a labeled folder."""
     from .evaluate import evaluate as evaluate_model
@@ -144,6 +195,7 @@ def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto
     return evaluate_model(run_or_model, data_dir, device=device, batch_size=batch_size, workers=workers)
 
 
+@_in_api_words
 def export_onnx(run_or_model: str | Path, output: str | Path | None = None, opset: int = 18, batch: int | None = None,
                 verify: bool = True, exist_ok: bool = False) -> "ExportResult":
     """model.onnx beside the model (or `output`), its classes and preprocessing in its metadata,

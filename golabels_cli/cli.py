@@ -130,17 +130,18 @@ def adapt(ctx: typer.Context, **options: Any) -> None:
 
 def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debug: bool) -> Callable | None:
     """adapt --resume: the run to call, or None when worker processes ran it (--devices)."""
-    from .config import RESUME_OPTIONS
+    from .config import RESUME_LENGTH, RESUME_OPTIONS
     from .yaml_files import run_config
     from .api import resume
     from .distributed import check_devices, launch, launched_by_torchrun, option_flags
 
-    changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*RESUME_OPTIONS, "resume", "json", "quiet", "debug")]
+    may_change = (*RESUME_OPTIONS, *RESUME_LENGTH)
+    changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*may_change, "resume", "json", "quiet", "debug")]
     if changed:
         name = changed[0].upper() if changed[0] in ("source", "target") else "--" + changed[0].replace("_", "-")
         raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
-                         f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may change; start a new run to change more")
-    overrides = {k: ctx.params[k] for k in RESUME_OPTIONS if _from_command_line(ctx, k)}
+                         f"only {', '.join('--' + o.replace('_', '-') for o in may_change)} may change; start a new run to change more")
+    overrides = {k: ctx.params[k] for k in may_change if _from_command_line(ctx, k)}
     saved = run_config(run_dir)  # {} when it can't be read: resume then says why
     devices = overrides.get("devices", 1 if launched_by_torchrun() else saved.get("devices", 1))  # torchrun decides
     check_devices(devices, overrides.get("device", saved.get("device", "auto")))

@@ -107,8 +107,10 @@ def verification_batch(model_file: Path, info: ModelInfo, n: int) -> tuple[np.nd
 @contextlib.contextmanager
 def _exporter_quiet():
     """The exporter reports its steps on stdout, which belongs to the command's results, and logs
-    warnings (with tracebacks) that say nothing actionable; golabels reports what matters itself."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    warnings (with tracebacks) that say nothing actionable, and its graph passes log each step at
+    INFO ("Removed 146 unused nodes"), which a Python caller's logging.basicConfig(level=INFO)
+    would show; golabels reports what matters itself. With the golabels logger at DEBUG they all show."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir", "onnx")]
     levels = [logger.level for logger in loggers]
     captured = io.StringIO()
     try:

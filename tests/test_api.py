@@ -21,6 +21,27 @@ def test_the_documented_example_runs_as_it_is(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("runs/example ") and lines[1].startswith("accuracy ")
     assert (tmp_path / "runs" / "example" / "model.onnx").is_file() and lines[2].split()[1] in ("circle", "square", "triangle")
+    assert "(chance 0.333)" in lines[1]
+    again = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr  # a user runs an example twice
+    assert "Removed" not in again.stderr and "onnx_ir" not in again.stderr  # the exporter's INFO lines stay quiet
+
+
+def test_the_functions_speak_of_arguments_not_flags(domains, tmp_path):
+    import golabels
+    from golabels_cli.api import api_words
+
+    source, target = domains
+    cfg = golabels.config(source, target, backbone="test_resnet", pretrained=False, image_size=32, device="cpu", workers=0,
+                          batch_size=4, iters=2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("")
+    with pytest.raises(golabels.InputError) as caught:
+        golabels.adapt(cfg, out=tmp_path / "run")
+    assert "pass another out, or exist_ok=True" in str(caught.value) and "--" not in str(caught.value)
+    assert api_words("resume with: golabels adapt --resume runs/x") == "resume with: golabels.resume('runs/x')"
+    assert api_words("pass --iters 4 or more, or --no-balance-source") == "pass iters=4 or more, or balance_source=False"
+    assert api_words("rerun with --debug") == "rerun with --debug"  # not an argument: left as it is
 
 
 def test_import_golabels_loads_no_torch():
@@ -76,8 +97,8 @@ TINY_OPTIONS = dict(backbone="test_resnet", pretrained=False, image_size=32, dev
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"iters": -5}, "--iters must be a positive integer"),
-    ({"target_loss_weight": -3}, "--target-loss-weight must be a non-negative number"),
+    ({"iters": -5}, "iters must be a positive integer"),
+    ({"target_loss_weight": -3}, "target_loss_weight must be a non-negative number"),
     ({"method": "bogus"}, "unknown method 'bogus'"),
     ({"lr": float("nan")}, "lr must be a finite number"),
     ({"batch_size": True}, "batch-size must be an integer"),
@@ -112,7 +133,7 @@ def test_evaluate_export_and_predict_check_their_arguments(exported, domains, tm
         (lambda: golabels.evaluate(run, target, workers=-1), "workers must be an integer of at least 0, got -1"),
         (lambda: golabels.evaluate(run, target, device="gpu"), "unknown device 'gpu'"),
         (lambda: golabels.export_onnx(run, tmp_path / "m.onnx", opset="18"), "opset must be an integer, got '18'"),
-        (lambda: golabels.export_onnx(run, tmp_path / "m.onnx", batch=0), "--batch must be positive, not 0"),
+        (lambda: golabels.export_onnx(run, tmp_path / "m.onnx", batch=0), "batch must be positive, not 0"),
         (lambda: list(golabels.predict(run, [target], batch_size=0)), "batch_size must be an integer of at least 1"),
         (lambda: list(golabels.predict(run, [3])), "images must be paths (str or Path), got int 3"),
         (lambda: list(golabels.predict(run, 3)), "images must be a path or an iterable of paths, got int"),

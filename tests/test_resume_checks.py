@@ -101,3 +101,43 @@ def test_report_refuses_a_fifo_in_place_of_a_run_file(interrupted, name):
     result = cli_subprocess("report", interrupted, "--no-plots", timeout=60)  # a read would wait for a writer for ever
     assert result.returncode == 2
     one_error_line(result, f"{name} is a FIFO")
+
+
+def test_resume_may_shorten_or_lengthen_a_run_and_its_schedule_follows(interrupted):
+    import json
+
+    import yaml
+
+    result = cli_subprocess("adapt", "--resume", interrupted, "--iters", "6", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "resuming at iteration 4 with --iters 6 (was 8): the schedule follows the new length" in result.stderr
+    config = yaml.safe_load((interrupted / "config.yaml").read_text())
+    assert config["iters"] == 6 and config["lr-gamma"] == pytest.approx(20 / 6)  # the lr decays over the new length
+    summary = json.loads((interrupted / "summary.json").read_text())
+    assert summary["iters"] == 6 and summary["resumed_at"] == 4
+    again = cli("adapt", "--resume", interrupted, "--iters", "9")  # a finished run is never overwritten
+    assert again.exit_code == 2
+    one_error_line(again, "is complete (6 iterations)", "start a new run with --iters 9")
+
+
+def test_resume_refuses_a_length_below_the_iteration_reached(interrupted):
+    before = tree(interrupted)
+    result = cli_subprocess("adapt", "--resume", interrupted, "--iters", "3")
+    assert result.returncode == 2
+    one_error_line(result, "--iters 3 is below the iteration the run reached (4 of 8)", "pass --iters 4 or more")
+    assert tree(interrupted) == before
+
+
+def test_a_run_stopped_after_its_length_changed_resumes(interrupted):
+    from golabels_cli import api
+    from golabels_cli.errors import Interrupted
+    from golabels_cli.progress import StepDone
+
+    def interrupt(event):
+        if isinstance(event, StepDone) and event.iter == 6:
+            os.kill(os.getpid(), __import__("signal").SIGINT)
+
+    with pytest.raises(Interrupted):
+        api.resume(interrupted, iters=10, progress=interrupt)
+    finished = api.resume(interrupted)
+    assert finished.summary["iters"] == 10 and finished.summary["resumed_at"] == 6

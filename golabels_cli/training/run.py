@@ -11,7 +11,7 @@ from typing import Any, Callable
 from ..choices import parse_recipe_name
 from ..checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries
 from .. import run_files
-from ..config import DERIVED, FIELDS, RESUME_OPTIONS, AdaptConfig, build_config, option_name, to_yaml
+from ..config import DERIVED, FIELDS, RESUME_LENGTH, RESUME_OPTIONS, AdaptConfig, build_config, follow_new_length, option_name, to_yaml
 from ..yaml_files import read_config_fields
 from ..device import pick_device
 from ..distributed import env_rank, setup, shared, teardown
@@ -31,9 +31,9 @@ log = logging.getLogger("golabels")
 # the balancing options existed on the folders as they are, before --schedule, --discriminator and
 # --cdan-map with the scaled schedule, BatchNorm discriminators and CDAN's map randomized above
 # 4096 dimensions (whose buffers their checkpoint holds), and before --freeze-bn and --head-start
-# with the backbone's batch statistics and no head start, and before --augment with per-image augmentation.
+# with the backbone's batch statistics and no head start, and before --augment with per-image augmentation, and before --threads with torch's default count.
 BEFORE_OPTIONS = {"val_split": 0.0, "balance_source": False, "balance_target": False, "schedule": "scaled", "discriminator": "batchnorm",
-                  "bn_stats": "train", "freeze_bn": False, "head_start": 0, "augment": "per-image"}
+                  "bn_stats": "train", "freeze_bn": False, "head_start": 0, "augment": "per-image", "threads": 0}
 
 
 def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Progress = no_events) -> dict[str, Any]:
@@ -117,6 +117,11 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
             return train(t, None, state, no_events, rng=ckpt["rng"])
         remove_stale_temporaries(run_dir)
         set_aside_metrics(run_dir / run_files.METRICS, state.iteration)
+        if read_config_fields(run_dir / run_files.CONFIG).get("iters") != t.cfg.iters:
+            # --iters changed: config.yaml says the length the run now has (a replay makes this run)
+            log.info("resuming at iteration %d with --iters %d (was %s): the schedule follows the new length", done, t.cfg.iters,
+                     ckpt["config"].get("iters"))
+            write(run_dir / run_files.CONFIG, to_yaml(t.cfg), done)
         return train(t, run_dir, state, progress, rng=ckpt["rng"])
     finally:
         teardown()
@@ -147,7 +152,11 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
     old = {**BEFORE_OPTIONS, "cdan_map": "randomized" if "rf" in (ckpt.get("multilinear") or {}) else "full"}
     try:
         saved, done = ckpt["config"], ckpt["loop"]["iteration"]
-        cfg = build_config({**old, **saved, **overrides})
+        values = {**old, **saved}
+        if "iters" in overrides and overrides["iters"] != values.get("iters"):
+            _check_new_length(run_dir, overrides["iters"], done, values.get("iters"))
+            follow_new_length(values)  # the schedule follows the new length, unless the run was given its own
+        cfg = build_config({**values, **overrides})
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path} is damaged ({reason(exc)})", "start the run again") from exc
     if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= cfg.iters:
@@ -158,14 +167,29 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
     if not config_yaml.is_file():
         raise InputError(f"{run_dir} holds no {run_files.CONFIG} beside its checkpoint", "restore it from a backup, or start a new run")
     declared = read_config_fields(config_yaml)
+    # A resume that changed the length rewrites config.yaml before its next save: either may be the newer.
+    length_changed = declared.get("iters") != saved.get("iters")
     for key in sorted(set(saved) & set(declared)):  # a key one of them lacks: written by another golabels, no contradiction
-        if key in RESUME_OPTIONS or key not in FIELDS:
+        if key in RESUME_OPTIONS or key in RESUME_LENGTH or (length_changed and key in DERIVED) or key not in FIELDS:
             continue
         ours, theirs = declared[key], saved[key]
         if ours != theirs and not (ours is None and key in RESOLVED_IN_BUILD):
             raise InputError(f"{config_yaml} says {option_name(key)}: {_shown(ours)} and {path.name} says {_shown(theirs)}: "
                              "they are not of the same run", "restore the run's own config.yaml, or start a new run")
     return cfg, done
+
+
+def _check_new_length(run_dir: Path, iters: Any, done: Any, before: Any) -> None:
+    """--iters on resume: not below the iteration reached, and never for a finished run (its
+    model.safetensors and summary.json would be overwritten)."""
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        return  # build_config says what is wrong with it
+    if isinstance(done, int) and iters < done:
+        raise InputError(f"--iters {iters} is below the iteration the run reached ({done} of {before})",
+                         f"pass --iters {done} or more to resume {run_dir}")
+    if (run_dir / run_files.MODEL).is_file() and (run_dir / run_files.SUMMARY).is_file():
+        raise InputError(f"run {run_dir} is complete ({before} iterations): a longer run would overwrite its model",
+                         f"start a new run with --iters {iters}")
 
 
 def _shown(value: Any) -> str:
