@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-from .remedies import IMBALANCE_WARNING, remedy_hint
+from .remedies import IMBALANCE_WARNING, remedy_hint, small_target_warning
 from .errors import InputError, reason
 from .images import (IMAGE_EXTENSIONS, Scan, folder_identity, image_files, inspect_image, load_rgb, once_per_folder, resize_shorter, scale_size,
                      to_array)
@@ -221,11 +221,14 @@ def shared_images(source: ImageSet, target: ImageSet) -> int:
     return sum(os.path.realpath(p) in real for p in target.paths)
 
 
-def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: str | None = remedy_hint([])) -> dict:
+def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: str | None = remedy_hint([]),
+                small_target_hint: str | None = None) -> dict:
     """What the source and target folders hold, and what looks wrong with them (`warnings`).
     Sizes are [smallest, median, largest]; the imbalance ratio is largest / smallest class.
     `hint`: the end of the imbalance warning, for the recipe that runs; None: a recipe the
-    source's imbalance does not concern (no discriminator), which is not warned about it."""
+    source's imbalance does not concern (no discriminator), which is not warned about it.
+    `small_target_hint`: the end of the warning for a target too small to adapt on; None: a
+    recipe that does not adapt to the target."""
     counts = class_counts(source)
     held = [0] * len(source.classes)
     for i in held_out:
@@ -240,6 +243,9 @@ def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: s
         big, small = counts.index(max(counts)), counts.index(min(counts))
         warnings.append(f"source classes are imbalanced {ratio:.1f}:1 ({source.classes[big]!r} {counts[big]} images, "
                         f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes; {hint}")
+    small = small_target_warning(len(target), small_target_hint)
+    if small:
+        warnings.append(small)
     shared = shared_images(source, target)
     if shared:
         where = ("the target folder is the source folder" if os.path.realpath(source.root) == os.path.realpath(target.root)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..choices import AUTO_METHOD, parse_recipe_name
+from ..choices import AUTO_METHOD, BASELINE, parse_recipe_name
 from ..config import AdaptConfig, check_resources, resolve_balancing
 from ..data import ImageSet, class_counts, data_report, imbalance_ratio, sample_indices, scan_labeled, scan_unlabeled, stratified_split
 from ..device import pick_device
@@ -116,6 +116,12 @@ def _imbalance_hint(cfg: AdaptConfig, by_default: list[str]) -> str | None:
     return remedy_hint(remedy_flags(cfg), by_default) if recipe.adversarial else None
 
 
+def _small_target_hint(cfg: AdaptConfig) -> str | None:
+    """The end of the small-target warning for the recipe that runs; None for one that does not
+    adapt (source-only). A search's adapting candidates all say the same, once (first_time)."""
+    return f"add target images, or train --method {BASELINE}" if parse_recipe_name(cfg.method).uses_target else None
+
+
 def _folders(cfg: AdaptConfig, d: Dist, progress: Progress) -> Folders:
     """The run's folders, each checked, and --balance-source/--balance-target resolved in `cfg` (a
     copy) from the source's class counts; the report goes to `progress` before anything slow."""
@@ -126,7 +132,7 @@ def _folders(cfg: AdaptConfig, d: Dist, progress: Progress) -> Folders:
     eval_set = labeled_for_model(cfg.eval_dir, scanned.classes, "eval") if cfg.eval_dir else None
     train_idx, val_idx = stratified_split(scanned.labels, cfg.val_split, cfg.seed)
     by_default = resolve_balancing(cfg, imbalance_ratio(class_counts(scanned)) > IMBALANCE_WARNING)
-    report = data_report(scanned, target, val_idx, _imbalance_hint(cfg, by_default))
+    report = data_report(scanned, target, val_idx, _imbalance_hint(cfg, by_default), _small_target_hint(cfg))
     for warning in report["warnings"]:
         if first_time(warning):  # the candidates of a search say it once
             log.warning(warning)

@@ -33,11 +33,12 @@ from .. import run_files
 from ..checkpoint import check_run_dir, claim_run_dir, load_model, save_model
 from ..choices import AUTO_METHOD, ENSEMBLE, parse_recipe_name, parse_search_recipes
 from ..config import AdaptConfig, build_config, candidate_config, to_yaml
-from ..errors import InputError, Interrupted, RunError, reason
+from ..errors import InputError, Interrupted, RunError, plural, reason
 from ..formats import json_text
 from ..images import shared_scans
 from ..model_info import ModelInfo
 from ..progress import CandidateStarted, RunFinished, no_events
+from ..remedies import SMALL_TARGET, SMALL_TARGET_LOSS
 from ..validators import LABEL_FREE, better, metric_key
 from ..yaml_files import run_config
 from . import run
@@ -180,8 +181,14 @@ def candidate_record(recipe: str, folder: Path, summary: dict[str, Any]) -> dict
             "seconds": summary.get("seconds")}
 
 
-def pick(records: list[dict[str, Any]], rule: str) -> tuple[str, list[str], str]:
-    """(what ships: ENSEMBLE or a recipe, the recipes whose heads it holds, why in words)."""
+def pick(records: list[dict[str, Any]], rule: str, target_images: int | None = None) -> tuple[str, list[str], str]:
+    """(what ships: ENSEMBLE or a recipe, the recipes whose heads it holds, why in words). A
+    target of fewer than SMALL_TARGET images ships the source-only candidate when there is one:
+    adapting on so few lost to it on every task measured, whatever the rule would pick."""
+    baseline = next((r["recipe"] for r in records if not parse_recipe_name(r["recipe"]).uses_target), None)
+    if target_images is not None and target_images < SMALL_TARGET and baseline is not None:
+        return baseline, [baseline], (f"{baseline}: the target holds {plural(target_images, 'image')}, fewer than {SMALL_TARGET}, "
+                                      f"too few to adapt on ({SMALL_TARGET_LOSS})")
     if rule == ENSEMBLE:
         members = [r["recipe"] for r in records if parse_recipe_name(r["recipe"]).uses_target]
         if len(members) >= 2:
@@ -204,7 +211,7 @@ def pick(records: list[dict[str, Any]], rule: str) -> tuple[str, list[str], str]
 def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], first: dict[str, Any], seconds: float,
             overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """model.safetensors (the pick) and summary.json, the search's last writes."""
-    shipped, members, why = pick(records, cfg.search_pick)
+    shipped, members, why = pick(records, cfg.search_pick, (first.get("images") or {}).get("target"))
     model_file = run_dir / run_files.MODEL
     if shipped == ENSEMBLE:
         _save_ensemble(cfg, [candidate_dir(run_dir, m) for m in members], members, model_file)
