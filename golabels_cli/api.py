@@ -16,6 +16,7 @@ the log of the "golabels" logger. `import golabels` loads no torch until a funct
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import re
@@ -61,14 +62,21 @@ def api_words(text: str) -> str:
     return _FLAG.sub(argument, text)
 
 
+# Set while a command of the CLI runs (cli.guarded): its errors keep the flags the user typed.
+command_line: contextvars.ContextVar[bool] = contextvars.ContextVar("golabels_command_line", default=False)
+
+
 def _in_api_words(fn: Callable) -> Callable:
-    """fn raising its errors' messages and hints in argument names (api_words), same type, same cause."""
+    """fn raising its errors' messages and hints in argument names (api_words), same type, same
+    cause; as they are when a CLI command calls it."""
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except GolabelsError as exc:
+            if command_line.get():
+                raise
             exc.message = api_words(exc.message)
             exc.hint = api_words(exc.hint) if exc.hint else exc.hint
             exc.args = (exc.message,)

@@ -53,8 +53,11 @@ def guarded(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .api import command_line
+
         debug = bool(kwargs.get("debug"))
         setup_logging(quiet=bool(kwargs.get("quiet")), debug=debug)
+        in_command = command_line.set(True)
         try:
             if sys.stdout is None:  # started with stdout closed (`>&-`): Python then has none
                 raise InputError("standard output is closed: the results would have nowhere to go",
@@ -75,6 +78,8 @@ def guarded(fn: Callable) -> Callable:
             if not isinstance(exc, AlreadyReported):
                 print_error(exc)
             raise typer.Exit(getattr(exc, "exit_code", 1))
+        finally:
+            command_line.reset(in_command)
 
     return wrapper
 
