@@ -45,8 +45,14 @@ def test_slow_steps_print_progress_lines_without_a_terminal(five_hundred, comman
 
 def test_a_quick_step_prints_nothing(five_hundred):
     source, target, run = five_hundred
+    from golabels_cli.console import StepProgress
+
     shown = cli_subprocess("eval", run, target, "--device", "cpu", "--workers", "0")
-    assert shown.returncode == 0 and "images in" not in shown.stderr  # well under QUIET_BELOW_S
+    assert shown.returncode == 0, shown.stderr
+    # well under QUIET_BELOW_S on an idle machine; on a loaded one the closing line may come, and
+    # then only because the step took that long
+    closing = re.search(r"^eval: 501 images in ([0-9.]+)s", shown.stderr, re.M)
+    assert closing is None or float(closing.group(1)) >= StepProgress.QUIET_BELOW_S - 0.05, shown.stderr
 
 
 def test_periodic_lines_name_the_step_and_its_eta(capsys, monkeypatch):
