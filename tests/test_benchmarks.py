@@ -557,3 +557,30 @@ def test_a_sweep_script_stops_on_sigterm_and_resumes(tmp_path, script):
     if script == "fine_tuning.sh":  # (gpu_sweeps.sh's own test runs it whole; its sweeps are uda.py's, resumable as above)
         again = subprocess.run(["bash", str(BENCHMARKS / script)], env=env, capture_output=True, text=True, timeout=900)
         assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_default_length_runs_the_default_on_small_targets_and_tabulates(tmp_path):
+    """benchmarks/default_length.py: a small target is N linked images of the domain (the same N
+    for a size and seed, whatever the order of runs), each cell the frozen default with its
+    search's source-only candidate beside it."""
+    from safetensors.torch import save_file
+    import timm
+
+    source, target = make_two_domains(tmp_path / "data", per_class=6, size=32, seed=0)
+    weights = tmp_path / "w.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(weights))
+    script = load("default_length")
+    first = script.small_target(target, 4, 1, tmp_path / "a")
+    again = script.small_target(target, 4, 1, tmp_path / "b")
+    assert len(list(first.iterdir())) == 4
+    assert sorted(os.stat(p).st_ino for p in first.iterdir()) == sorted(os.stat(p).st_ino for p in again.iterdir())
+    out = tmp_path / "out"
+    command = [sys.executable, str(BENCHMARKS / "default_length.py"), "small-target", "--root", str(tmp_path / "data"),
+               "--tasks", f"{source.name}:{target.name}", "--sizes", "2", "--iters", "2", "--seeds", "1", "--backbone", "test_resnet",
+               "--weights", str(weights), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "GOLABELS_TEST": "1"})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "2" / f"{source.name}-{target.name}-0" / "summary.json").read_text())
+    assert summary["search"]["shipped"] == "source-only"  # 2 target images: too few to adapt on
+    row = next(line for line in result.stdout.splitlines() if line.startswith(f"| {source.name} → {target.name} | 2 | 1 |"))
+    assert "| +0.00 | 0/1 |" in row
