@@ -19,8 +19,8 @@ import yaml
 # Torch-free on purpose: every value is checked before torch and timm load (choices.py).
 from .choices import ALIGNMENT_TERMS, AUTO_METHOD, RECIPE_PARTS, SEARCH_RECIPES, parse_recipe_name, parse_search_recipes
 from .errors import InputError
-from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, DEFAULT_SEARCH_PICK, FIELDS, FROZEN_BACKBONE_METHOD, PRETRAINED_TRADE_OFF, RUN_FIELDS,
-                      TRAINED_BACKBONE_METHOD, AdaptConfig, declaration, default_workers, option_name, recipe_or_none, value_kind)
+from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, DEFAULT_SEARCH_PICK, FIELDS, FROZEN_BACKBONE_METHOD, FROZEN_ITERS,
+                      PRETRAINED_TRADE_OFF, RUN_FIELDS, TRAINED_BACKBONE_METHOD, TRAINED_ITERS, AdaptConfig, declaration, default_workers, option_name, recipe_or_none, value_kind)
 from .yaml_files import read_yaml_mapping
 from .trackers import check_logger
 from .validators import NEED_HELD_OUT_SOURCE
@@ -122,6 +122,8 @@ def build_config(values: dict[str, Any]) -> AdaptConfig:
     _check_types(cfg)
     if cfg.method is None:
         cfg.method = FROZEN_BACKBONE_METHOD if cfg.freeze_backbone else TRAINED_BACKBONE_METHOD
+    if cfg.iters is None:
+        cfg.iters = FROZEN_ITERS if cfg.freeze_backbone else TRAINED_ITERS
     if cfg.method == AUTO_METHOD:
         # What follows the recipe (the discriminator, --bn-stats, --lr-gamma) is resolved for each
         # candidate (search.candidate_config); a value given here applies to every candidate.

@@ -78,6 +78,11 @@ FROZEN_BACKBONE_METHOD = "auto"  # --method's default with --freeze-backbone (is
 # 2.3x in wall time, 2.3-2.5x in training seconds (benchmarks/RESULTS.md, issue 42).
 SEARCH_COST = 2.5
 TRAINED_BACKBONE_METHOD = "cdan-e"  # --method's default when the backbone trains (issue 22)
+# --iters' defaults: on cached features the search at 1000 iterations was within one std of 2000,
+# 5000 and 10000 on Office-31 amazon <-> webcam, 5 seeds (benchmarks/RESULTS.md, issue 45), at a
+# tenth of 10000's time; a backbone that trains keeps the length of the reference recipes.
+FROZEN_ITERS = 1000
+TRAINED_ITERS = 10000
 DEFAULT_SEARCH_PICK = "ensemble"  # --search-pick's default (issue 42, benchmarks/RESULTS.md)
 
 
@@ -101,7 +106,8 @@ class AdaptConfig:
     # fixed, not go: with CDAN+E, Go-labels lost to fixed labels on Office-31 on every measured
     # recipe and were level on digits (benchmarks/RESULTS.md, issue 22); --domain-labels go to use them.
     domain_labels: str = option("fixed", METHOD, "{choices}: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).", choices=DOMAIN_LABEL_MODES)
-    iters: int = option(10000, TRAINING, "Training iterations.")
+    # None: FROZEN_ITERS with --freeze-backbone, TRAINED_ITERS when the backbone trains.
+    iters: int | None = option(None, TRAINING, "Training iterations. Default: 1000 with --freeze-backbone (longer measured no better; benchmarks/RESULTS.md, issue 45), 10000 when the backbone trains.")
     batch_size: int = option(32, TRAINING, "Images per domain per step (source and target each).")
     lr: float = option(0.01, TRAINING, "Learning rate of the new layers; a pretrained backbone gets --backbone-lr-mult times it.")
     backbone_lr_mult: float = option(0.1, TRAINING, "Learning-rate multiplier of a pretrained backbone (a backbone from random init trains at --lr).")

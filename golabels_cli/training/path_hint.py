@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..choices import AUTO_METHOD
 from ..features import cached_count
 from ..models import input_width
-from ..options import FROZEN_BACKBONE_METHOD, SEARCH_COST, TRAINED_BACKBONE_METHOD
+from ..options import FROZEN_BACKBONE_METHOD, FROZEN_ITERS, SEARCH_COST, TRAINED_BACKBONE_METHOD, TRAINED_ITERS
 from ..progress import FrozenPathHint
 from .state import Training
 
@@ -48,10 +48,12 @@ def frozen_path_hint(t: Training, xs: torch.Tensor, step_seconds: float, iters_l
     features_s = images * forward_s / len(xs)
     # The frozen path's default is a search (--method auto): its candidates cost about SEARCH_COST runs.
     runs = SEARCH_COST if cfg.method == TRAINED_BACKBONE_METHOD and FROZEN_BACKBONE_METHOD == AUTO_METHOD else 1.0
-    frozen_s = features_s + cfg.iters * head_step_s * runs
+    # The new run with --freeze-backbone added runs its own default length unless --iters was given.
+    frozen_iters = FROZEN_ITERS if cfg.iters == TRAINED_ITERS else cfg.iters
+    frozen_s = features_s + frozen_iters * head_step_s * runs
     if step_seconds * iters_left < HINT_RATIO * frozen_s:
         return None
-    return FrozenPathHint(step_seconds * iters_left, iters_left, frozen_s, features_s, images, cfg.iters)
+    return FrozenPathHint(step_seconds * iters_left, iters_left, frozen_s, features_s, images, frozen_iters)
 
 
 def _backbone_forward(t: Training, xs: torch.Tensor) -> tuple[float, torch.Tensor]:
