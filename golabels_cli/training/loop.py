@@ -129,7 +129,8 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
     finally:
         run.close(completed)
         streams.close()
-    return _finish_despite_a_signal(t, run)
+    with step_threads(cfg.threads):  # the final evaluation and BatchNorm pass share the steps' machine
+        return _finish_despite_a_signal(t, run)
 
 
 def _acknowledge(signal_name: str) -> None:
