@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # The commands' messages name flags; a caller of these functions passes arguments. Only the names
 # the functions take are translated (an AdaptConfig field, out, exist_ok, ...).
-_API_ARGUMENTS = {*FIELDS, "out", "exist_ok", "output", "batch", "opset", "top_k", "device", "batch_size", "workers"}
+_API_ARGUMENTS = {*FIELDS, "out", "exist_ok", "output", "batch", "opset", "top_k"}
 _RESUME_COMMAND = re.compile(r"golabels adapt --resume (\S+)")
 _FLAG = re.compile(r"--(no-)?([a-z][a-z0-9-]*)(?: (N|FILE|DIR|LIST|[0-9][0-9.e-]*)\b)?")
 

@@ -20,7 +20,8 @@ import yaml
 from .choices import ALIGNMENT_TERMS, AUTO_METHOD, RECIPE_PARTS, SEARCH_RECIPES, parse_recipe_name, parse_search_recipes
 from .errors import InputError
 from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, DEFAULT_SEARCH_PICK, FIELDS, FROZEN_BACKBONE_METHOD, FROZEN_ITERS,
-                      PRETRAINED_TRADE_OFF, RUN_FIELDS, TRAINED_BACKBONE_METHOD, TRAINED_ITERS, AdaptConfig, declaration, default_workers, option_name, recipe_or_none, value_kind)
+                      PRETRAINED_TRADE_OFF, RUN_FIELDS, TRAINED_BACKBONE_METHOD, TRAINED_ITERS, AdaptConfig, declaration,
+                      default_workers, option_name, recipe_or_none, value_kind)
 from .yaml_files import read_yaml_mapping
 from .trackers import check_logger
 from .validators import NEED_HELD_OUT_SOURCE

@@ -55,7 +55,13 @@ log = logging.getLogger("golabels")
 
 def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progress, rng: dict | None = None) -> dict[str, Any]:
     """Train from state.iteration to cfg.iters; returns the summary. With several processes every
-    rank runs the loop on its own batches; only rank 0 (run_dir not None) evaluates and writes."""
+    rank runs the loop on its own batches; only rank 0 (run_dir not None) evaluates and writes.
+    The steps, the evaluations and the final BatchNorm pass run on the run's --threads."""
+    with step_threads(t.cfg.threads):
+        return _train(t, run_dir, state, progress, rng)
+
+
+def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progress, rng: dict | None) -> dict[str, Any]:
     cfg, d = t.cfg, t.dist
     signals = contextlib.ExitStack()
     # From here on a signal stops the run after a step: one during the head start or while the
@@ -82,7 +88,7 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
         raise
     completed = False
     try:
-        with signals, step_threads(cfg.threads):
+        with signals:
             for step in range(state.iteration, cfg.iters):
                 it = step + 1
                 if (cfg.balance_target or cfg.label_shift_weights) and step and step % cfg.refresh_every == 0:
@@ -129,8 +135,7 @@ def train(t: Training, run_dir: Path | None, state: LoopState, progress: Progres
     finally:
         run.close(completed)
         streams.close()
-    with step_threads(cfg.threads):  # the final evaluation and BatchNorm pass share the steps' machine
-        return _finish_despite_a_signal(t, run)
+    return _finish_despite_a_signal(t, run)
 
 
 def _acknowledge(signal_name: str) -> None:

@@ -31,7 +31,8 @@ log = logging.getLogger("golabels")
 # the balancing options existed on the folders as they are, before --schedule, --discriminator and
 # --cdan-map with the scaled schedule, BatchNorm discriminators and CDAN's map randomized above
 # 4096 dimensions (whose buffers their checkpoint holds), and before --freeze-bn and --head-start
-# with the backbone's batch statistics and no head start, and before --augment with per-image augmentation, and before --threads with torch's default count.
+# with the backbone's batch statistics and no head start, before --augment with per-image augmentation,
+# and before --threads with torch's default count.
 BEFORE_OPTIONS = {"val_split": 0.0, "balance_source": False, "balance_target": False, "schedule": "scaled", "discriminator": "batchnorm",
                   "bn_stats": "train", "freeze_bn": False, "head_start": 0, "augment": "per-image", "threads": 0}
 

@@ -64,8 +64,9 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     if declared.get("method") != AUTO_METHOD:
         return run.resume(run_dir, overrides, progress)
     if (overrides or {}).get("iters", declared.get("iters")) != declared.get("iters"):
-        raise InputError(f"--iters can't change on resume of a --method {AUTO_METHOD} search: its candidates are compared at one length "
-                         f"({declared.get('iters')} iterations)", f"start a new search with --iters {overrides['iters']} (the features are cached)")
+        raise InputError(f"--iters can't change on resume of a --method {AUTO_METHOD} search: its candidates are compared at one "
+                         f"length ({declared.get('iters')} iterations)",
+                         f"start a new search with --iters {overrides['iters']} (the features are cached)")
     try:
         cfg = build_config({**declared, **(overrides or {})})
     except InputError as exc:
