@@ -40,6 +40,7 @@ disk. Each comparison alternates its two variants step by step and reports media
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -57,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset
 import golabels
 from golabels.hooks import (ImageSet, InfiniteDraws, TrainImages, Training, autocast, batch_loader, build, decode_all, decode_for_training, decode_images,
                             device_batches, grad_reverse, image_files, load_rgb, loader_crop, make_two_domains, resize_shorter, scale_size,
-                            scan_unlabeled, train_step, train_transform)
+                            scan_unlabeled, step_of, train_transform)
 
 
 def sync(device: torch.device) -> None:
@@ -92,12 +93,12 @@ def make_training(args, folder: Path, **overrides) -> Training:
 
 
 def adapt_stepper(t: Training, xs, ys, xt, compile_mode: str | None = None):
-    domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]).to(t.device)
     if compile_mode is not None:
         forward = torch.compile(t.model, mode=None if compile_mode == "default" else compile_mode)
     else:
         forward = torch.compile(t.model) if t.speed.compile else t.model
-    return lambda: train_step(t, forward, t.disc, xs, ys, xt, domain, 1.0)
+    step = step_of(t, forward)
+    return lambda: step(xs, ys, xt, 1.0)
 
 
 def supervised_stepper(t: Training, x, y):
@@ -344,8 +345,7 @@ def main() -> None:
             frozen = make_training(args, folder, freeze_backbone=True)
             dim = frozen.features["source"].values.shape[1]
             fs, ft = (torch.randn(B, dim, generator=gen) for _ in range(2))
-            domain = torch.cat([torch.ones(B), torch.zeros(B)]).to(device)
-            frozen_step = lambda: train_step(frozen, frozen.model.classify, frozen.disc, fs, ys, ft, domain, 1.0)  # noqa: E731
+            frozen_step = functools.partial(step_of(frozen), fs, ys, ft, 1.0)
             t_full, t_frozen = alternate(adapt, frozen_step, device, args.steps, args.warmup)
             print(f"(d) full iteration {t_full * 1000:.1f} ms, --freeze-backbone {t_frozen * 1000:.2f} ms: {t_full / t_frozen:.0f}x faster (target >= 30x)")
 
@@ -354,10 +354,8 @@ def main() -> None:
             frozen_cdan = make_training(args, folder, freeze_backbone=True, method="cdan-e", domain_labels="fixed")
             dim = frozen_mcc.features["source"].values.shape[1]
             fs, ft = (torch.randn(B, dim, generator=gen) for _ in range(2))
-            domain = torch.cat([torch.ones(B), torch.zeros(B)]).to(device)
-            t_mcc, t_cdan = alternate(lambda: train_step(frozen_mcc, frozen_mcc.model.classify, None, fs, ys, ft, domain, 1.0),
-                                      lambda: train_step(frozen_cdan, frozen_cdan.model.classify, frozen_cdan.disc, fs, ys, ft, domain, 1.0),
-                                      device, args.steps, args.warmup)
+            t_mcc, t_cdan = alternate(functools.partial(step_of(frozen_mcc), fs, ys, ft, 1.0),
+                                      functools.partial(step_of(frozen_cdan), fs, ys, ft, 1.0), device, args.steps, args.warmup)
             print(f"(k) --freeze-backbone step: mcc {t_mcc * 1000:.2f} ms (no discriminator), cdan-e {t_cdan * 1000:.2f} ms "
                   f"({len(t.source.classes)} classes): cdan-e / mcc {t_cdan / t_mcc:.1f}x")
             del frozen_mcc, frozen_cdan

@@ -19,14 +19,14 @@ from golabels_cli.features import backbone_features, model_key
 from golabels_cli.images import IMAGE_EXTENSIONS, image_files, load_rgb, resize_shorter, scale_size
 from golabels_cli.inference import autocast
 from golabels_cli.label_shift import SHIFT_WARNING, total_variation
-from golabels_cli.methods import Adversary, Batch, adversarial_loss, get_method, grad_reverse, grl_coeff
+from golabels_cli.methods import Adversary, Batch, Objective, StepOutput, TargetLoss, adversarial_loss, get_method, grad_reverse, grl_coeff
 from golabels_cli.model_info import ModelInfo
 from golabels_cli.models import Classifier, HeadEnsemble, create_backbone, resolve_data_config
 from golabels_cli.predict import open_predictor, predict_batches
 from golabels_cli.remedies import REMEDIES
 from golabels_cli.report import correlations, spearman
 from golabels_cli.synthetic import make_two_domains
-from golabels_cli.training import LoopState, Training, build, train_step
+from golabels_cli.training import LoopState, Step, Training, build, step_of
 from golabels_cli.training.search import candidate_record, pick as search_pick
 from golabels_cli.training.selection import validate as validate_snapshot
 from golabels_cli.training.target_estimate import eval_shift, warn_on_label_shift
@@ -42,9 +42,9 @@ __all__ = [
     "create_backbone", "resolve_data_config", "backbone_features", "model_key", "Classifier", "ModelInfo", "save_model",
     "verification_batch", "pick_device", "autocast", "load_model", "HeadEnsemble",
     # one training step: a run's wiring without its loop, to time or probe it
-    "build", "Training", "train_step", "LoopState", "validate_snapshot", "eval_shift", "warn_on_label_shift",
-    # the methods: an adversarial loss for a model of your own (the toy problems)
-    "parse_method", "get_method", "Adversary", "Batch", "adversarial_loss", "grad_reverse", "grl_coeff", "REMEDIES",
+    "build", "Training", "Step", "step_of", "LoopState", "validate_snapshot", "eval_shift", "warn_on_label_shift",
+    # the methods: a recipe's objective or an adversarial loss for a model of your own (the toy problems)
+    "parse_method", "get_method", "Objective", "StepOutput", "TargetLoss", "Adversary", "Batch", "adversarial_loss", "grad_reverse", "grl_coeff", "REMEDIES",
     # validators and label shift: the figures a sweep compares
     "LABEL_FREE", "oriented", "correlations", "spearman", "SHIFT_WARNING", "total_variation",
     # --method auto: what the search keeps of a candidate run, and its rule for what ships

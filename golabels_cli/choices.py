@@ -18,8 +18,10 @@ from .validators import VALIDATORS  # torch-free until a validator runs
 ALIGNMENT_TERMS = {"cdan-e": "batchnorm", "cdan": "batchnorm", "dann": "batchnorm", "dann-e": "batchnorm",
                    "gvb": "dropout", "asan": "dropout", "source-only": "batchnorm"}
 BASELINE = "source-only"
-TARGET_LOSS_NAMES = ("mcc", "bnm", "im")  # losses on the target's predictions
-RECIPE_PARTS = (*ALIGNMENT_TERMS, *TARGET_LOSS_NAMES)
+# Losses on the target (methods/recipe.py), each the module that defines its `LOSS`: adding one is
+# that module and its line here (methods/registry.py imports it when a recipe names it).
+TARGET_LOSSES = {"mcc": "golabels_cli.methods.mcc", "bnm": "golabels_cli.methods.bnm", "im": "golabels_cli.methods.im"}
+TARGET_LOSS_NAMES = tuple(TARGET_LOSSES)  # as --help lists them
 
 # --method auto: a recipe search on the frozen backbone's cached features (search.py). Its
 # candidates by default, in the order they train: the adapted recipes golabels ships, then the
@@ -65,6 +67,11 @@ class RecipeName:
         return self.adversarial or bool(self.target_losses)
 
 
+def recipe_parts() -> tuple[str, ...]:
+    """Every name a `--method` value may join with "+": the alignment terms, then the target losses."""
+    return (*ALIGNMENT_TERMS, *TARGET_LOSSES)
+
+
 def parse_search_recipes(text: str) -> tuple[str, ...]:
     """--search-recipes' value (recipes joined by ","), each in its one spelling; ValueError saying
     what is wrong (a bad recipe, one named twice, fewer than two)."""
@@ -87,7 +94,7 @@ def parse_recipe_name(name: str) -> RecipeName:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("an empty --method")
     parts = [p.strip() for p in name.split("+")]
-    unknown = [p for p in parts if p not in RECIPE_PARTS]
+    unknown = [p for p in parts if p not in recipe_parts()]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}")
     if len(set(parts)) != len(parts):
@@ -97,5 +104,5 @@ def parse_recipe_name(name: str) -> RecipeName:
         raise ValueError(f"--method {name!r} names two alignment terms ({aligned[0]} and {aligned[1]}); a recipe has at most one")
     if BASELINE in aligned and len(parts) > 1:
         raise ValueError(f"{BASELINE} trains on no target image, so no loss on the target's predictions can join it")
-    losses = tuple(p for p in parts if p in TARGET_LOSS_NAMES)
+    losses = tuple(p for p in parts if p in TARGET_LOSSES)
     return RecipeName("+".join([*aligned, *losses]), aligned[0] if aligned else BASELINE, losses)

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 # Torch-free on purpose: every value is checked before torch and timm load (choices.py).
-from .choices import ALIGNMENT_TERMS, AUTO_METHOD, RECIPE_PARTS, SEARCH_RECIPES, parse_recipe_name, parse_search_recipes
+from .choices import ALIGNMENT_TERMS, AUTO_METHOD, SEARCH_RECIPES, parse_recipe_name, parse_search_recipes, recipe_parts
 from .errors import InputError
 from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, DEFAULT_SEARCH_PICK, FIELDS, FROZEN_BACKBONE_METHOD, FROZEN_ITERS,
                       PRETRAINED_TRADE_OFF, RUN_FIELDS, TRAINED_BACKBONE_METHOD, TRAINED_ITERS, AdaptConfig, declaration,
@@ -216,10 +216,10 @@ def _check_recipe(name: str, flag: str = "--method") -> None:
     try:
         parse_recipe_name(name)
     except ValueError as exc:
-        bad = next((p for p in name.split("+") if p.strip() not in RECIPE_PARTS), None)
+        bad = next((p for p in name.split("+") if p.strip() not in recipe_parts()), None)
         if bad is not None:
-            close = difflib.get_close_matches(bad.strip(), RECIPE_PARTS, 2, 0.4)
-            hint = f"did you mean {' or '.join(close)}?" if close else f"choose from {', '.join(RECIPE_PARTS)}, joined by +"
+            close = difflib.get_close_matches(bad.strip(), recipe_parts(), 2, 0.4)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"choose from {', '.join(recipe_parts())}, joined by +"
             what = "method" if flag == "--method" else f"recipe in {flag}"
             raise InputError(f"unknown {what} {bad.strip()!r}", hint if close or flag != "--method" else f"{hint}, or {AUTO_METHOD}") from None
         raise InputError(str(exc) if flag == "--method" else f"{flag}: {exc}",

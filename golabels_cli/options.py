@@ -250,3 +250,8 @@ RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
 def options_of(part: str) -> tuple[str, ...]:
     """The config keys a --method part (gvb, mcc, ...) reads beyond the shared ones, in field order."""
     return tuple(name for name, f in FIELDS.items() if part in declaration(f).methods)
+
+
+def option_defaults(keys: tuple[str, ...]) -> dict[str, Any]:
+    """The declared defaults of these config keys."""
+    return {key: FIELDS[key].default for key in keys}

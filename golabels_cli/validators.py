@@ -47,26 +47,28 @@ def better(name: str, new: float | None, old: float | None) -> bool:
     return old is None or oriented(name, new) > oriented(name, old)
 
 
-def _entropy(probs: torch.Tensor) -> torch.Tensor:
-    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-
-
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean())
 
 
 def mean_entropy(probs: torch.Tensor) -> float:
-    return float(_entropy(probs).mean())
+    from .entropy import entropy
+
+    return float(entropy(probs).mean())
 
 
 def information_maximization(probs: torch.Tensor) -> float:
-    return float(_entropy(probs.mean(0)) - _entropy(probs).mean())
+    from .entropy import entropy
+
+    return float(entropy(probs.mean(0)) - entropy(probs).mean())
 
 
 def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMPERATURE) -> float:
     """Higher when target samples form dense neighbourhoods (clusters) rather than being spread out."""
     import torch
     import torch.nn.functional as F  # noqa: N812
+
+    from .entropy import entropy
 
     if len(probs) < 2:
         return float("nan")
@@ -76,7 +78,7 @@ def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMP
         sim = z[start:start + 1024] @ z.T / temperature
         rows = torch.arange(len(sim))
         sim[rows, rows + start] = -math.inf  # a sample is not its own neighbour
-        total += float(_entropy(sim.softmax(1)).sum())
+        total += float(entropy(sim.softmax(1)).sum())
     return total / len(z)
 
 

@@ -106,7 +106,8 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
     from golabels_cli.device import DEVICES
     from golabels_cli.domain_labels import MODES
     from golabels_cli.examples import ADAPT_EPILOG
-    from golabels_cli.methods import CDAN_MAPS, RECIPE_PARTS, REGISTRY, SCHEDULES, TARGET_LOSSES
+    from golabels_cli.choices import recipe_parts
+    from golabels_cli.methods import CDAN_MAPS, REGISTRY, SCHEDULES, TARGET_LOSSES
     from golabels_cli.models import DISCRIMINATORS
     from golabels_cli.trackers import LOGGERS
     from golabels_cli.choices import SELECT_CHOICES
@@ -116,7 +117,7 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
     def listed(name: str) -> str:
         return hints[name].__metadata__[0].help
 
-    for name, choices in (("method", RECIPE_PARTS), ("domain_labels", MODES), ("select", SELECT_CHOICES), ("discriminator", DISCRIMINATORS),
+    for name, choices in (("method", recipe_parts()), ("domain_labels", MODES), ("select", SELECT_CHOICES), ("discriminator", DISCRIMINATORS),
                           ("cdan_map", CDAN_MAPS), ("schedule", SCHEDULES), ("forward", FORWARDS), ("bn_stats", BN_STATS),
                           ("precision", PRECISIONS), ("device", DEVICES), ("logger", LOGGERS)):
         for choice in choices:
@@ -227,7 +228,7 @@ def test_every_adapt_option_is_generated_from_its_declaration():
     import pytest
     from typer.main import get_command
 
-    from golabels_cli.choices import RECIPE_PARTS
+    from golabels_cli.choices import recipe_parts
     from golabels_cli.cli import app
     from golabels_cli.config import build_config
     from golabels_cli.errors import InputError
@@ -242,7 +243,7 @@ def test_every_adapt_option_is_generated_from_its_declaration():
         assert param.default == f.default and param.help == spec.text(), f.name
         assert getattr(param, "rich_help_panel", None) == spec.panel, f.name
         assert all(choice in spec.text() for choice in spec.choices), f.name  # every choice is offered in --help
-        assert set(spec.methods) <= set(RECIPE_PARTS) and all(part in param.help for part in spec.methods), f.name
+        assert set(spec.methods) <= set(recipe_parts()) and all(part in param.help for part in spec.methods), f.name
     for f in dataclasses.fields(AdaptConfig):
         if declaration(f).choices:
             with pytest.raises(InputError, match=f"unknown {f.name.replace('_', '-')} 'no-such-value'"):

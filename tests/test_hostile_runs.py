@@ -31,7 +31,7 @@ def crashed(domains, tmp_path, monkeypatch):
     also holds rows 5 and 6, which a resume must log again."""
     from golabels_cli.training import loop
 
-    real, calls = loop.train_step, []
+    real, calls = loop.Step.__call__, []
 
     def crashing(*args, **kwargs):
         calls.append(1)
@@ -39,7 +39,7 @@ def crashed(domains, tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", crashing)
+    monkeypatch.setattr(loop.Step, "__call__", crashing)
     run = tmp_path / "crashed"
     result = cli("adapt", *domains, *TINY, "--iters", "8", "--save-every", "4", "--log-every", "1", "--eval-every", "0", "--out", run)
     assert result.exit_code == 1 and "the checkpoint of iteration 4 is kept" in result.stderr, result.stderr

@@ -305,13 +305,13 @@ def test_target_estimates_refresh_the_target_sampler_and_source_weights(domains,
 
     monkeypatch.setattr(data.BalancedDraws, "__init__", spy)
     weights_seen = []
-    real_step = loop.train_step
+    real_step = loop.Step.__call__
 
     def step_spy(*args):
         weights_seen.append(None if args[-1] is None else args[-1].tolist())
         return real_step(*args)
 
-    monkeypatch.setattr(loop, "train_step", step_spy)
+    monkeypatch.setattr(loop.Step, "__call__", step_spy)
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", *SHIFT_RUN)
     summary = json.loads((run / "summary.json").read_text())

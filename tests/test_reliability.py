@@ -375,7 +375,7 @@ def test_a_second_ctrl_c_stops_within_a_second_even_inside_a_long_computation(do
     slow = (
         "import sys, torch\n"
         "from golabels_cli.training import loop\n"
-        "real = loop.train_step\n"
+        "real = loop.Step.__call__\n"
         "calls = []\n"
         "def slow_step(t, *a, **k):\n"
         "    calls.append(1)\n"
@@ -383,7 +383,7 @@ def test_a_second_ctrl_c_stops_within_a_second_even_inside_a_long_computation(do
         "        print('long computation', file=sys.stderr, flush=True)\n"
         "        torch.linalg.matrix_power(torch.randn(2000, 2000), 2**62 - 1)  # a minute in one C call\n"
         "    return real(t, *a, **k)\n"
-        "loop.train_step = slow_step\n"
+        "loop.Step.__call__ = slow_step\n"
         "from golabels_cli.cli import main\n"
         "sys.argv = ['golabels'] + sys.argv[1:]\n"
         "main()\n"

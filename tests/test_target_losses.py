@@ -1,6 +1,7 @@
 """Losses on the target's predictions (MCC, BNM, IM): their formulas, the recipes that combine them
 with an alignment term, and runs of those recipes end to end (adapt, eval, export, predict, resume)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import TINY, adapt_tiny, cli, cli_subprocess, read_jsonl
-from golabels_cli.methods import TARGET_LOSSES, get_recipe
+from golabels_cli.methods import TARGET_LOSSES, StepOutput, get_recipe
 from golabels_cli.methods.bnm import batch_nuclear_norm
 from golabels_cli.methods.im import information_maximization
 from golabels_cli.methods.mcc import minimum_class_confusion
@@ -61,7 +62,7 @@ def test_im_is_mean_entropy_minus_entropy_of_the_mean():
 @pytest.mark.parametrize("name", sorted(TARGET_LOSSES))
 def test_every_target_loss_sends_a_gradient_to_the_logits(name):
     logits = torch.randn(8, 5, requires_grad=True)
-    TARGET_LOSSES[name].loss(logits, {"mcc_temperature": 2.5}).backward()
+    TARGET_LOSSES[name].loss(StepOutput(torch.randn(8, 4), logits, torch.zeros(0, dtype=torch.long)), {"mcc_temperature": 2.5}).backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
@@ -92,14 +93,15 @@ def test_a_bad_recipe_is_one_line_and_exit_2(domains, tmp_path, method, says):
 
 def test_a_loss_only_recipe_draws_target_batches_and_builds_no_discriminator(domains, monkeypatch):
     from golabels_cli.config import build_config
-    from golabels_cli.training import build, loop
+    from golabels_cli.training import build, loop, step_of
+    from golabels_cli.training.state import LOSS_KEYS
     from golabels_cli.training.state import LoopState
 
     source, target = domains
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
                         "device": "cpu", "workers": 0, "batch_size": 4, "iters": 2, "method": "mcc"})
     t = build(cfg)
-    assert t.disc is None and t.multilinear is None and not t.adversarial and t.uses_target
+    assert t.disc is None and t.multilinear is None and not t.recipe.adversarial and t.recipe.uses_target
     # the optimizer trains the classifier alone
     model_params = {id(p) for p in t.model.parameters()}
     assert all(id(p) in model_params for g in t.optimizer.param_groups for p in g["params"])
@@ -108,16 +110,16 @@ def test_a_loss_only_recipe_draws_target_batches_and_builds_no_discriminator(dom
         xs, ys, xt = streams.next()
         assert xt is not None and xt.shape == xs.shape
         seen = {}
-        real = t.recipe.target_loss
+        (part,) = t.objective.target_losses
 
-        def spy(logits, options):
-            seen["rows"] = len(logits)
-            return real(logits, options)
+        def spy(out, options):
+            seen["rows"] = len(out.target_logits)
+            return part.loss(out, options)
 
-        monkeypatch.setattr(type(t.recipe), "target_loss", lambda self, logits, options: spy(logits, options))
-        cls_loss, adv, extra, target_loss, stats = loop.train_step(t, streams.forward, streams.disc, xs, ys, xt, torch.ones(8), 0.5)
+        step = step_of(t, streams.step.forward, dataclasses.replace(t.objective, target_losses=(dataclasses.replace(part, loss=spy),)))
+        logged = step(xs, ys, xt, 0.5)
         assert seen["rows"] == 4  # the target rows only
-        assert float(adv) == 0 and float(target_loss) > 0 and stats == {}
+        assert float(logged["loss_adv"]) == 0 and float(logged["loss_target"]) > 0 and set(logged) == set(LOSS_KEYS)
     finally:
         streams.close()
 

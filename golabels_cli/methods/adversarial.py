@@ -36,6 +36,7 @@ from torch import nn
 
 from ..choices import CDAN_MAPS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES  # noqa: F401 - re-exported
 from ..domain_labels import domain_targets
+from ..entropy import entropy
 from ..models import DISCRIMINATORS, Discriminator
 
 # --cdan-map auto: the full map up to this size (256 x 16 classes), the randomized one above it.
@@ -158,11 +159,6 @@ class MultilinearMap(nn.Module):
         if self.randomized:
             return (f @ self.rf) * (g @ self.rg) / math.sqrt(RANDOMIZED_DIM)
         return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """H(p) over the last dimension. Shapes: [N, C] -> [N], [C] -> scalar."""
-    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
 
 
 def entropy_weights(probs: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,6 @@ def batch_nuclear_norm(logits: torch.Tensor) -> torch.Tensor:
 LOSS = TargetLoss(
     name="bnm",
     summary="batch nuclear-norm maximization on the target's predictions (Cui et al. 2020)",
-    loss=lambda logits, options: batch_nuclear_norm(logits),
+    loss=lambda out, options: batch_nuclear_norm(out.target_logits),
     options=options_of("bnm"),
 )

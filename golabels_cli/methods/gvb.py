@@ -17,6 +17,7 @@ Shapes: g [N, C] -> D's input [N, C]; w [N].
 import torch
 import torch.nn.functional as F
 
+from ..entropy import entropy
 from ..options import options_of
 from .adversarial import ExtraLossInputs, Method, grad_reverse
 
@@ -25,7 +26,7 @@ def gvb_weights(probs: torch.Tensor, coeff: float) -> torch.Tensor:
     """GVB's sample weights exp(-H(g)), normalized to mean 1 in each half of the batch (source,
     target); the entropy's gradient into the classifier is reversed, as in the original."""
     p = grad_reverse(probs, coeff)
-    w = torch.exp((p * torch.log(p.clamp_min(1e-12))).sum(1))
+    w = torch.exp(-entropy(p))
     n = len(w) // 2
     return torch.cat([w[:n] / w[:n].sum().detach() * n, w[n:] / w[n:].sum().detach() * (len(w) - n)])
 

@@ -13,8 +13,8 @@ Shapes: z [B, C] -> scalar.
 import torch
 import torch.nn.functional as F
 
+from ..entropy import entropy
 from ..options import options_of
-from .adversarial import entropy
 from .recipe import TargetLoss
 
 
@@ -26,6 +26,6 @@ def information_maximization(logits: torch.Tensor) -> torch.Tensor:
 LOSS = TargetLoss(
     name="im",
     summary="information maximization on the target's predictions (SHOT, Liang et al. 2020)",
-    loss=lambda logits, options: information_maximization(logits),
+    loss=lambda out, options: information_maximization(out.target_logits),
     options=options_of("im"),
 )

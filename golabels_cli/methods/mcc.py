@@ -16,8 +16,8 @@ Shapes: z [B, C] -> scalar.
 import torch
 import torch.nn.functional as F
 
+from ..entropy import entropy
 from ..options import options_of
-from .adversarial import entropy
 from .recipe import TargetLoss
 
 
@@ -34,6 +34,6 @@ def minimum_class_confusion(logits: torch.Tensor, temperature: float) -> torch.T
 LOSS = TargetLoss(
     name="mcc",
     summary="minimum class confusion on the target's predictions (Jin et al. 2020); no discriminator",
-    loss=lambda logits, options: minimum_class_confusion(logits, options["mcc_temperature"]),
+    loss=lambda out, options: minimum_class_confusion(out.target_logits, options["mcc_temperature"]),
     options=options_of("mcc"),
 )

@@ -1,13 +1,15 @@
-"""A recipe: an optional alignment term (a `Method` with a discriminator) plus zero or more losses
-on the target's predictions, written on the command line as one `--method` value joined by "+":
+"""A recipe: an optional alignment term plus zero or more losses on the target, written on the
+command line as one `--method` value joined by "+":
 
     cdan-e          the alignment term alone (golabels' recipes before class-confusion losses)
     mcc             a loss on the target's predictions alone: no discriminator is built
     cdan-e+mcc      both: L = L_cls + trade_off * L_adv + target_loss_weight * L_mcc
 
-A loss on predictions reads the target rows' logits z [B, C] of each step and nothing else; Go-labels
-(--domain-labels) act on the alignment term's discriminator only. Adding such a loss is one module
-defining a `TargetLoss` and its line in methods/__init__.py's TARGET_LOSSES.
+A target loss reads the step's whole output (StepOutput: features, logits, the source
+rows' labels), so a loss on the target's predictions, its features or pseudo-labels made from
+them is one module defining a `TargetLoss` as `LOSS`, and its line in choices.TARGET_LOSSES.
+Go-labels (--domain-labels) act on the alignment term's discriminator only. The objective
+(objective.py) is the recipe built with its weights and modules.
 """
 
 from __future__ import annotations
@@ -17,57 +19,92 @@ from typing import Any, Callable
 
 import torch
 
-from ..choices import parse_recipe_name
+from ..choices import RecipeName, parse_recipe_name
 from .adversarial import Method
 
 
 @dataclass(frozen=True)
-class TargetLoss:
-    """A loss on the target's predictions.
+class StepOutput:
+    """What one step's forward pass gives the objective: the rows of a source batch, then (if the
+    recipe uses the target) as many target rows.
 
-    loss: (target logits [B, C], the loss's own options) -> a scalar to minimize.
+    features: bottleneck features [N, F]; logits [N, C]; source_labels [B] (B <= N source rows);
+    row_weights [N] (or [B] without target rows) multiply each row's loss, or None.
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    source_labels: torch.Tensor
+    row_weights: torch.Tensor | None = None
+
+    @property
+    def sources(self) -> int:
+        return len(self.source_labels)
+
+    @property
+    def has_target(self) -> bool:
+        return len(self.logits) > self.sources
+
+    @property
+    def domain(self) -> torch.Tensor:
+        """The raw domain labels: 1 for the source rows, 0 for the target rows. Shape [N]."""
+        n = len(self.logits)
+        return (torch.arange(n, device=self.logits.device) < self.sources).float()
+
+    @property
+    def target_logits(self) -> torch.Tensor:
+        return self.logits[self.sources:].float()
+
+    @property
+    def target_features(self) -> torch.Tensor:
+        return self.features[self.sources:]
+
+
+@dataclass(frozen=True)
+class TargetLoss:
+    """A loss on the target.
+
+    loss: (the step's output, the loss's own options) -> a scalar to minimize; most read
+        `out.target_logits` [B, C], a loss on features `out.target_features` [B, F].
     options: the config keys this loss reads beyond the shared ones (options.options_of).
     """
 
     name: str
     summary: str  # one line: --help and the docs
-    loss: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]
+    loss: Callable[[StepOutput, dict[str, Any]], torch.Tensor]
     options: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """What `--method` names: the alignment term (source-only's spec when there is none: no
-    discriminator) and the losses on the target's predictions, in the order given."""
+    """What `--method` names (its `names`, the torch-free parse that also says whether it is
+    adversarial and uses the target): the alignment term (source-only's spec when there is none:
+    no discriminator) and the losses on the target, in the order given."""
 
-    name: str
+    names: RecipeName
     alignment: Method
     target_losses: tuple[TargetLoss, ...] = ()
 
     @property
+    def name(self) -> str:
+        return self.names.name
+
+    @property
     def adversarial(self) -> bool:
-        return self.alignment.adversarial
+        return self.names.adversarial
 
     @property
     def uses_target(self) -> bool:
-        """The run draws target batches: for the discriminator, the target losses or both."""
-        return self.adversarial or bool(self.target_losses)
+        return self.names.uses_target
 
     @property
     def options(self) -> tuple[str, ...]:
         """The config keys the recipe's parts read beyond the shared ones."""
         return tuple(dict.fromkeys((*self.alignment.options, *(name for loss in self.target_losses for name in loss.options))))
 
-    def target_loss(self, target_logits: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-        """The unweighted sum of the recipe's target losses (0 without any)."""
-        total = torch.zeros((), device=target_logits.device)
-        for part in self.target_losses:
-            total = total + part.loss(target_logits.float(), options)
-        return total
 
-
-def parse_recipe(name: str, methods: dict[str, Method], losses: dict[str, TargetLoss]) -> Recipe:
+def parse_recipe(name: str, methods: dict[str, Method], losses) -> Recipe:
     """The recipe a `--method` value names, its parts looked up in the registries; ValueError
     saying what is wrong with it (choices.parse_recipe_name, which the config checks without torch)."""
     parsed = parse_recipe_name(name)
-    return Recipe(parsed.name, methods[parsed.alignment], tuple(losses[p] for p in parsed.target_losses))
+    return Recipe(parsed, methods[parsed.alignment], tuple(losses[p] for p in parsed.target_losses))

@@ -5,7 +5,7 @@
     resolve.py        the config resolved once: device, folders, the defaults that follow them, every input checked
     build.py          model, discriminator, optimizer, feature cache, from the resolved config
     loop.py           the loop, top to bottom, and its window of metrics
-    step.py           one optimizer step; the learning rate; the head start
+    step.py           one optimizer step (forward, objective, backward); the learning rate; the head start
     selection.py      evaluating a snapshot (validators, --eval-dir, --bn-stats) and --select
     target_estimate.py  pseudo-labels and class prior of the target; the label-shift warning
     outputs.py        the model's outputs on the run's image sets
@@ -20,7 +20,7 @@ from .loop import train
 from .search import adapt, resume
 from .runtime import Speed, environment, speed_settings
 from .state import LoopState, Training
-from .step import fit_head, train_step
+from .step import Step, fit_head, step_of
 
-__all__ = ["LoopState", "Speed", "Training", "adapt", "build", "environment", "fit_head", "resolve_config", "resume", "speed_settings",
-           "train", "train_step"]
+__all__ = ["LoopState", "Speed", "Step", "Training", "adapt", "build", "environment", "fit_head", "resolve_config", "resume",
+           "speed_settings", "step_of", "train"]

@@ -13,7 +13,7 @@ from ..data import ImageSet, decode_all
 from ..decoded import decode_images
 from ..distributed import SINGLE, Dist, lr_factor
 from ..features import backbone_features, model_key
-from ..methods import MultilinearMap, get_method, get_recipe
+from ..methods import MultilinearMap, Objective, get_method, get_recipe
 from ..models import Classifier, create_backbone, resolve_data_config
 from ..progress import no_events
 from .resolve import resolve_run
@@ -53,19 +53,24 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
     torch.backends.cudnn.benchmark = speed.cudnn_benchmark
     torch.backends.cudnn.deterministic = cfg.deterministic
     optimizer = _optimizer(cfg, model, disc if spec.adversarial else None, d, speed.fused_optimizer)
-    t = Training(cfg, device, source, target, eval_set, validation, report, data_config, model, disc, multilinear, optimizer, speed, d)
-    if speed.loss_scaling:
-        t.grad_scaler = torch.amp.GradScaler(device.type)
+    objective = Objective(spec, disc if spec.adversarial else None, multilinear, model.head, recipe.target_losses, cfg.trade_off,
+                          cfg.target_loss_weight, cfg.domain_labels, {name: getattr(cfg, name) for name in recipe.options})
+    frozen_key = None
     if not cfg.freeze_backbone and device.type == "cpu" and (cfg.pretrained or cfg.weights):
-        t.frozen_key = model_key(cfg.backbone, model.backbone, data_config)
+        frozen_key = model_key(cfg.backbone, model.backbone, data_config)
+    workers = cfg.resolved_workers()
+    features = decoded = None
     if cfg.freeze_backbone:
-        t.features = _cached_features(t)
+        sets = {"source": source, **({"source_val": validation.source_val} if validation.source_val else {}),
+                "target": target, **({"eval": eval_set[0]} if eval_set else {})}
+        features = _cached_features(cfg, model.backbone, data_config, device, workers, sets)
     elif cfg.augment == "batched":
-        t.decoded = {"source": decode_images(source, data_config, cfg.cache_dir, "decoding the source", t.workers or 1),
-                     "target": decode_images(target, data_config, cfg.cache_dir, "decoding the target", t.workers or 1) if t.uses_target else None}
+        decoded = {"source": decode_images(source, data_config, cfg.cache_dir, "decoding the source", workers or 1),
+                   "target": decode_images(target, data_config, cfg.cache_dir, "decoding the target", workers or 1) if recipe.uses_target else None}
     elif cfg.cache_images:
-        t.decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if t.uses_target else None}
-    return t
+        decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if recipe.uses_target else None}
+    return Training(cfg, device, source, target, eval_set, validation, report, data_config, model, disc, multilinear, objective, optimizer,
+                    speed, d, features, decoded, torch.amp.GradScaler(device.type) if speed.loss_scaling else None, frozen_key)
 
 
 def _classifier(cfg: AdaptConfig, backbone: torch.nn.Module, classes: int, d: Dist) -> torch.nn.Module:
@@ -109,12 +114,10 @@ def _optimizer(cfg: AdaptConfig, model: Classifier, disc: torch.nn.Module | None
                            **({"fused": True} if fused else {}))
 
 
-def _cached_features(t: Training) -> dict:
+def _cached_features(cfg: AdaptConfig, backbone: torch.nn.Module, data_config: dict, device: torch.device, workers: int,
+                     sets: dict[str, ImageSet]) -> dict:
     """--freeze-backbone: the backbone's features of every image set of the run, from the cache or computed."""
-    cfg, model = t.cfg, t.model
-    key = model_key(cfg.backbone, model.backbone, t.data_config)
-    sets: dict[str, ImageSet] = {"source": t.source, **({"source_val": t.validation.source_val} if t.validation.source_val else {}),
-                                 "target": t.target, **({"eval": t.eval_set[0]} if t.eval_set else {})}
-    return {role: backbone_features(images, model.backbone, key, t.data_config, t.device, cfg.cache_dir, 2 * cfg.batch_size,
-                                    t.workers, f"features: {ROLE_NAMES[role]}")
+    key = model_key(cfg.backbone, backbone, data_config)
+    return {role: backbone_features(images, backbone, key, data_config, device, cfg.cache_dir, 2 * cfg.batch_size, workers,
+                                    f"features: {ROLE_NAMES[role]}")
             for role, images in sets.items()}

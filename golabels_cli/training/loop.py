@@ -44,7 +44,7 @@ from .run_dir import (append, checkpoint, kept, logged_rows, open_metrics, resul
 from .runtime import set_rng_state
 from .selection import keep_if_selected, target_batchnorm, validate
 from .state import LOSS_KEYS, STAT_KEYS, LoopState, Progress, Training
-from .step import Classify, feature_batches, fit_head, set_lr, train_step
+from .step import Classify, Step, feature_batches, fit_head, set_lr, step_of
 from .outputs import target_predictions
 from .path_hint import frozen_path_hint
 from .target_estimate import estimate_target, warn_on_label_shift
@@ -98,8 +98,8 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                 coeff = grl_coeff(step, cfg.grl_horizon(), cfg.grl_alpha)
                 step_started = time.perf_counter()
                 xs, ys, xt = streams.next()
-                *losses, stats = train_step(t, streams.forward, streams.disc, xs, ys, xt, run.domain, coeff, streams.class_weights)
-                run.add(it, torch.stack(losses).float(), stats, len(xs) + (len(xt) if xt is not None else 0))
+                logged = streams.step(xs, ys, xt, coeff, streams.class_weights)
+                run.add(it, logged, len(xs) + (len(xt) if xt is not None else 0))
                 progress(StepDone(it))
                 if step == run.start and d.main and (hint := frozen_path_hint(t, xs, time.perf_counter() - step_started, cfg.iters - it)):
                     progress(hint)
@@ -170,8 +170,7 @@ class Streams:
     batches: Callable[[ImageSet, int, int, list[int] | None], Iterator]  # (images, stream, first step, balance by)
     source: Iterator
     target: Iterator | None
-    forward: Callable
-    disc: torch.nn.Module | None
+    step: Step  # the forward pass and the objective, DDP-wrapped or compiled as this process runs them
     class_weights: torch.Tensor | None  # --label-shift-weights: of the source classes
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -206,17 +205,18 @@ def open_streams(t: Training, state: LoopState) -> Streams:
     if start == 0 and cfg.head_start:
         fit_head(t)
     source = batches(t.source, 0, start, t.source.labels if cfg.balance_source else None)
-    target = batches(t.target, 1, start, _target_balance(t, state)) if t.uses_target else None
+    target = batches(t.target, 1, start, _target_balance(t, state)) if t.recipe.uses_target else None
     class_weights = torch.tensor(state.class_weights, device=t.device) if cfg.label_shift_weights and state.class_weights else None
-    disc = t.disc
+    objective = t.objective
     if d.enabled:
         # DDP averages the gradients over ranks in backward; the modules it wraps stay the ones saved.
         ids = [t.device.index] if t.device.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)
-        if t.adversarial:
-            disc = torch.nn.parallel.DistributedDataParallel(t.disc, device_ids=ids)
+        if objective.adversarial:
+            objective = dataclasses.replace(objective, discriminator=torch.nn.parallel.DistributedDataParallel(t.disc, device_ids=ids))
     forward = torch.compile(trained) if t.speed.compile and t.features is None else trained
-    return Streams(t, batches, source, target, forward, disc, class_weights)
+    step = step_of(t, forward, objective)
+    return Streams(t, batches, source, target, step, class_weights)
 
 
 def _target_balance(t: Training, state: LoopState) -> list[int] | None:
@@ -263,11 +263,9 @@ class Window:
     def empty(cls, device: torch.device) -> "Window":
         return cls({k: torch.zeros((), device=device) for k in STAT_KEYS}, 0, torch.zeros((), device=device))
 
-    def add(self, losses: torch.Tensor, stats: dict[str, torch.Tensor], images: int) -> None:
+    def add(self, logged: dict[str, torch.Tensor], images: int) -> None:
         self.samples += images
-        for k, v in zip(LOSS_KEYS, losses):
-            self.sums[k] += v
-        for k, v in stats.items():
+        for k, v in logged.items():
             self.sums[k] += v
         self.steps += 1
 
@@ -288,7 +286,6 @@ class Session:
     run_dir: Path | None
     state: LoopState
     progress: Progress
-    domain: torch.Tensor  # the raw domain labels of a step's rows: 1 source, then 0 target
     window: Window
     first_bad: torch.Tensor  # the first iteration each loss was not finite (inf: not yet), on the device
     saved_at: int | None
@@ -304,7 +301,6 @@ class Session:
     @classmethod
     def begin(cls, t: Training, run_dir: Path | None, state: LoopState, progress: Progress) -> "Session":
         cfg, device, main = t.cfg, t.device, t.dist.main
-        domain = torch.cat([torch.ones(cfg.batch_size), torch.zeros(cfg.batch_size)]).to(device)
         first_bad = torch.full((len(LOSS_KEYS),), math.inf, device=device)
         t.model.train()
         if t.disc is not None:
@@ -314,7 +310,7 @@ class Session:
         metrics = open_metrics(run_dir / run_files.METRICS) if main else None
         rows = (logged_rows(run_dir) if start else []) if main else None
         tracker = Tracker(cfg.logger if main else None, run_dir, dataclasses.asdict(cfg), start)
-        return cls(t, run_dir, state, progress, domain, Window.restored(state, device), first_bad, start or None, start,
+        return cls(t, run_dir, state, progress, Window.restored(state, device), first_bad, start or None, start,
                    seconds_before, started, metrics, tracker, rows, state.eval_seconds)
 
     @property
@@ -327,9 +323,11 @@ class Session:
         without evaluating and without writing checkpoints."""
         return session_seconds - (self.state.eval_seconds - self.eval_seconds_before) - self.save_seconds
 
-    def add(self, it: int, losses: torch.Tensor, stats: dict[str, torch.Tensor], images: int) -> None:
+    def add(self, it: int, logged: dict[str, torch.Tensor], images: int) -> None:
+        """A step's logged losses and statistics (Step's), into the window and the check for a non-finite loss."""
+        losses = torch.stack([logged[k] for k in LOSS_KEYS]).float()
         self.first_bad = torch.minimum(self.first_bad, torch.where(torch.isfinite(losses), math.inf, float(it)))
-        self.window.add(losses, stats, images)
+        self.window.add(logged, images)
 
     def check_finite(self, iteration: int) -> None:
         """A loss that was not finite since the last check stops every rank at the same iteration."""
@@ -403,12 +401,12 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
     if not t.dist.main:
         return {}
     info = ModelInfo(cfg.backbone, t.source.classes, t.data_config, cfg.bottleneck_dim, cfg.method, cfg.domain_labels)
-    if cfg.select != "last" and t.selected_weights is None:
+    if cfg.select != "last" and state.selected_weights is None:
         log.warning("--select %s could not be computed at any evaluated snapshot: model.safetensors holds the last iteration's weights", cfg.select)
         state.selected = {"iter": cfg.iters, "value": None}
     run.save(cfg.iters)
-    if t.selected_weights is not None:
-        t.model.load_state_dict(t.selected_weights)  # training is over: the model becomes the selected snapshot
+    if state.selected_weights is not None:
+        t.model.load_state_dict(state.selected_weights)  # training is over: the model becomes the selected snapshot
     with target_batchnorm(t, keep=True):  # the statistics the evaluations were scored with
         pass
     try:
@@ -425,16 +423,16 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
 
 def progress_terms(t: Training) -> tuple[str, ...]:
     """The progress line's figures that can change in this run (progress.RunStarted.terms)."""
-    adversarial = ("adv", "disc", *(("relab",) if t.cfg.domain_labels != "fixed" else ())) if t.adversarial else ()
+    adversarial = ("adv", "disc", *(("relab",) if t.cfg.domain_labels != "fixed" else ())) if t.recipe.adversarial else ()
     return ("cls", *adversarial, *(("tgt-loss",) if t.recipe.target_losses else ()), *(("tgt-acc",) if t.eval_set else ()))
 
 
 def metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, torch.Tensor], window: int) -> dict[str, Any]:
     values = {k: float(v) / window for k, v in sums.items()}  # one host sync per logged row
     row = {"iter": it, **{k: round(v, 6) for k, v in values.items()}, "lr": lr, "lambda": round(coeff, 6)}
-    if not t.adversarial:
+    if not t.recipe.adversarial:
         row.update({k: None for k in STAT_KEYS if k not in ("loss_cls", "loss_adv", "loss_target")})
-    elif t.method.extra_loss is None:
+    elif t.recipe.alignment.extra_loss is None:
         row["loss_extra"] = None
     if not t.recipe.target_losses:
         row["loss_target"] = None

@@ -78,7 +78,7 @@ def _head_step(t: Training, features: torch.Tensor, repeats: int = 3) -> float:
     disc = copy.deepcopy(t.disc).train() if t.disc is not None else None
     params = [*head.parameters(), *(disc.parameters() if disc is not None else ())]
     optimizer = torch.optim.SGD(params, lr=0.0, momentum=t.cfg.momentum, weight_decay=t.cfg.weight_decay, nesterov=True)
-    rows = features.repeat(2 if t.uses_target else 1, 1)
+    rows = features.repeat(2 if t.recipe.uses_target else 1, 1)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()

@@ -226,10 +226,9 @@ def _restore(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path) -> Lo
             group.setdefault("base_lr", base_lr)
             group["initial_lr"] = group["base_lr"] * t.lr_scale
         check_selected_model(ckpt.get("selected_model") or {}, t.model, path)
-        t.selected_weights = ckpt.get("selected_model") or None
         if t.grad_scaler is not None and ckpt.get("grad_scaler"):
             t.grad_scaler.load_state_dict(ckpt["grad_scaler"])
-        state = LoopState(**ckpt["loop"])
+        state = LoopState(**ckpt["loop"], selected_weights=ckpt.get("selected_model") or None)
         if state.pseudo_labels is not None and len(state.pseudo_labels) != len(t.target):
             state.pseudo_labels = None  # of another target folder: --balance-target draws uniformly until the next estimate
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

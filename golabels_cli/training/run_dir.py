@@ -39,11 +39,11 @@ def checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
         "model": t.model.state_dict(),
         "discriminator": t.disc.state_dict() if t.disc is not None else {},
         "multilinear": t.multilinear.state_dict() if t.multilinear is not None else {},
-        "selected_model": t.selected_weights or {},
+        "selected_model": state.selected_weights or {},
         "optimizer": t.optimizer.state_dict(),
         **({"grad_scaler": t.grad_scaler.state_dict()} if t.grad_scaler is not None else {}),
         "rng": rng_state(t.device),
-        "loop": dataclasses.asdict(state),
+        "loop": state.saved(),
     }
 
 
@@ -52,7 +52,7 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
     its own seconds, and of those the training steps' alone."""
     cfg = t.cfg
     first, session_seconds, step_seconds = session
-    images_per_step = cfg.batch_size * (2 if t.uses_target else 1) * t.dist.world
+    images_per_step = cfg.batch_size * (2 if t.recipe.uses_target else 1) * t.dist.world
     eval_images = t.eval_set[0] if t.eval_set else None
     selected = next((e for e in state.evals if e["iter"] == state.selected.get("iter")), {})
     skipped = [("source", t.source), ("target", t.target)] + ([("eval", eval_images)] if eval_images else [])

@@ -156,4 +156,4 @@ def keep_if_selected(t: Training, state: LoopState, it: int, scores: dict[str, A
         if value is None:
             return  # a validator that could not be computed never selects
         state.selected = {"iter": it, "value": value}
-        t.selected_weights = {k: v.detach().to("cpu", copy=True) for k, v in t.model.state_dict().items()}
+        state.selected_weights = {k: v.detach().to("cpu", copy=True) for k, v in t.model.state_dict().items()}

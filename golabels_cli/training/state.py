@@ -1,8 +1,9 @@
-"""What a run is made of (Training, built once from the config) and where its loop is (LoopState,
-saved in every checkpoint)."""
+"""What a run is made of (Training, built once from the config and frozen after) and where its loop
+is (LoopState: everything that changes while it trains, saved in every checkpoint)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from ..data import ImageSet
 from ..decoded import DecodedImages
 from ..distributed import SINGLE, Dist, lr_factor
 from ..features import Features
-from ..methods import Method, MultilinearMap, Recipe, get_recipe
+from ..methods import MultilinearMap, Objective, Recipe, get_recipe
 from ..models import Classifier
 from ..progress import RunListener
 from .runtime import Speed
@@ -43,9 +44,11 @@ class Validation:
     train_sample: list[int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Training:
-    """Everything built from a config before anything is written: inputs checked, model made."""
+    """Everything built from a config before anything is written: inputs checked, model, objective
+    and optimizer made. Frozen: what changes while the run trains (the weights inside the model
+    and optimizer aside) is the LoopState's."""
 
     cfg: AdaptConfig
     device: torch.device
@@ -58,13 +61,13 @@ class Training:
     model: Classifier
     disc: torch.nn.Module | None  # None: a recipe of target losses alone builds no discriminator
     multilinear: MultilinearMap | None
+    objective: Objective  # the recipe's loss, with the discriminator, map, weights and domain-label mode
     optimizer: torch.optim.Optimizer
     speed: Speed
     dist: Dist = SINGLE
     features: dict[str, Features] | None = None  # --freeze-backbone: "source", "target", "eval", "source_val"
     # "source", "target": DecodedImages (--augment batched), or arrays (--augment per-image --cache-images)
     decoded: dict[str, DecodedImages | list[np.ndarray] | None] | None = None
-    selected_weights: dict[str, torch.Tensor] | None = None  # --select: the best snapshot's model state so far
     grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
     # fine-tuning a pretrained backbone on a CPU: the feature cache's key for its weights as loaded,
     # which --freeze-backbone would compute features with (the frozen-path hint counts what is cached)
@@ -73,25 +76,6 @@ class Training:
     @functools.cached_property
     def recipe(self) -> Recipe:
         return get_recipe(self.cfg.method)
-
-    @property
-    def method(self) -> Method:
-        """The recipe's alignment term (source-only's spec when it has none)."""
-        return self.recipe.alignment
-
-    @property
-    def adversarial(self) -> bool:
-        return self.recipe.adversarial
-
-    @property
-    def uses_target(self) -> bool:
-        """Steps draw target batches: for a discriminator, for losses on the target's predictions, or both."""
-        return self.recipe.uses_target
-
-    @functools.cached_property
-    def method_options(self) -> dict[str, Any]:
-        """The options only the run's recipe reads (GVB's bridge weights, ASAN's spectral loss, MCC's temperature)."""
-        return {name: getattr(self.cfg, name) for name in self.recipe.options}
 
     @property
     def lr_scale(self) -> float:
@@ -128,3 +112,11 @@ class LoopState:
     target_estimate: dict[str, Any] = field(default_factory=dict)  # {"iter", "target_prior", "pseudo_label_counts"}
     seconds: float = 0.0  # training time of earlier sessions of this run
     eval_seconds: float = 0.0  # of that time, spent evaluating (validators, --eval-dir, BatchNorm re-estimates)
+    # --select: the best snapshot's model state so far (the checkpoint's "selected_model", not "loop")
+    selected_weights: dict[str, torch.Tensor] | None = None
+
+    def saved(self) -> dict[str, Any]:
+        """The checkpoint's "loop" entry: every field but the selected weights, saved beside it."""
+        loop = dataclasses.asdict(dataclasses.replace(self, selected_weights=None))
+        del loop["selected_weights"]
+        return loop

@@ -1,9 +1,10 @@
-"""One training step, its learning rate, the batches of cached features it may train on, and the
+"""One training step (forward, objective, backward), its learning rate, the batches of cached features it may train on, and the
 head start that fits the head before the first step."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -13,8 +14,9 @@ from ..config import AdaptConfig
 from ..data import train_sampler
 from ..inference import autocast
 from ..features import backbone_features, model_key
-from ..methods import Adversary, Batch, adversarial_loss
+from ..methods import Objective, StepOutput
 from ..models import Classifier
+from .runtime import Speed
 from .state import Training
 
 log = logging.getLogger("golabels")
@@ -29,54 +31,61 @@ def set_lr(optimizer: torch.optim.Optimizer, cfg: AdaptConfig, step: int, scale:
     return cfg.lr * scale * factor
 
 
-def train_step(t: Training, forward: Callable, disc: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None,
-               domain: torch.Tensor, coeff: float, source_class_weights: torch.Tensor | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step on a source batch (and a target batch):
-    CE + trade_off * L_adv + L_extra + target_loss_weight * L_target, each source image weighted by
-    its class's weight in CE and L_adv if `source_class_weights`. Returns the detached losses
-    (cls, adv, extra, target) and statistics, still on the device (no host sync)."""
-    cfg, device = t.cfg, t.device
-    xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
-    x = torch.cat([xs, xt.to(device, non_blocking=True)]) if xt is not None else xs
-    if x.dim() == 4 and t.speed.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(device, t.speed.autocast):
-        if xt is not None and cfg.forward == "per-domain":
-            # BatchNorm normalizes each domain's batch with that domain's own statistics.
-            (logits_s, features_s), (logits_t, features_t) = forward(x[: len(xs)]), forward(x[len(xs):])
-            logits, features = torch.cat([logits_s, logits_t]), torch.cat([features_s, features_t])
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step, as the loop runs it: the forward pass (DDP-wrapped or compiled as the
+    loop made it), the objective (methods/objective.py: every loss term and its weight), the
+    optimizer and the settings of the device. It knows no method."""
+
+    forward: Callable  # images or cached features -> (logits, features)
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    speed: Speed
+    per_domain: bool = False  # --forward per-domain: one pass per domain, BatchNorm on each domain's own batch
+    grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None, coeff: float,
+                 source_class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """A step on a source batch (and a target batch), each source image weighted by its class's
+        weight if `source_class_weights`. Returns the objective's detached losses and statistics,
+        still on the device (no host sync)."""
+        device = self.device
+        xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
+        x = torch.cat([xs, xt.to(device, non_blocking=True)]) if xt is not None else xs
+        if x.dim() == 4 and self.speed.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, self.speed.autocast):
+            if xt is not None and self.per_domain:
+                (logits_s, features_s), (logits_t, features_t) = self.forward(x[: len(xs)]), self.forward(x[len(xs):])
+                logits, features = torch.cat([logits_s, logits_t]), torch.cat([features_s, features_t])
+            else:
+                logits, features = self.forward(x)
+            row_weights = None
+            if source_class_weights is not None:
+                row_weights = source_class_weights[ys]
+                if xt is not None:
+                    row_weights = torch.cat([row_weights, torch.ones(len(logits) - len(ys), device=device)])
+            probe: dict[str, torch.Tensor] = {}
+            loss, logged = self.objective(StepOutput(features, logits, ys, row_weights), coeff, probe)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.step(self.optimizer)  # skipped when a gradient overflowed; the scale then shrinks
+            self.grad_scaler.update()
         else:
-            logits, features = forward(x)
-        row_weights = None
-        if source_class_weights is None:
-            loss_cls = F.cross_entropy(logits[: len(ys)].float(), ys)
-        else:
-            source_weights = source_class_weights[ys]
-            loss_cls = (source_weights * F.cross_entropy(logits[: len(ys)].float(), ys, reduction="none")).mean()
-            if xt is not None:
-                row_weights = torch.cat([source_weights, torch.ones(len(logits) - len(ys), device=device)])
-        probe: dict[str, torch.Tensor] = {}
-        zero = torch.zeros((), device=device)
-        loss_adv, loss_extra, loss_target, stats = zero, zero, zero, {}
-        if xt is not None and t.adversarial:
-            adversary = Adversary(t.method, disc, t.multilinear, t.model.head, t.method_options)
-            loss_adv, loss_extra, stats = adversarial_loss(adversary, Batch(features, logits, domain, row_weights), cfg.domain_labels,
-                                                           coeff, probe)
-        if xt is not None and t.recipe.target_losses:
-            loss_target = t.recipe.target_loss(logits[len(ys):], t.method_options)
-        loss = loss_cls + cfg.trade_off * loss_adv + loss_extra + cfg.target_loss_weight * loss_target
-    t.optimizer.zero_grad(set_to_none=True)
-    if t.grad_scaler is not None:
-        t.grad_scaler.scale(loss).backward()
-        t.grad_scaler.step(t.optimizer)  # skipped when a gradient overflowed; the scale then shrinks
-        t.grad_scaler.update()
-    else:
-        loss.backward()
-        t.optimizer.step()
-    if "norm" in probe:
-        stats["adv_grad_norm"] = probe["norm"]
-    return loss_cls.detach(), loss_adv.detach(), loss_extra.detach(), loss_target.detach(), stats
+            loss.backward()
+            self.optimizer.step()
+        if "norm" in probe:
+            logged["adv_grad_norm"] = probe["norm"]
+        return logged
+
+
+def step_of(t: Training, forward: Callable | None = None, objective: Objective | None = None) -> Step:
+    """The step of a built run: the model's forward (the head's alone on cached features) and the
+    run's objective unless others are given (the loop's DDP-wrapped or compiled ones)."""
+    forward = forward or (t.model.classify if t.features is not None else t.model)
+    return Step(forward, objective or t.objective, t.optimizer, t.device, t.speed, t.cfg.forward == "per-domain", t.grad_scaler)
 
 
 class Classify(torch.nn.Module):

@@ -1,0 +1,106 @@
+"""A recipe as one object: the loss a training step minimizes, built once, usable in any loop.
+
+    L = CE(source logits, source labels) + trade_off * L_adv + L_extra + target_loss_weight * L_target
+
+L_adv and L_extra are the alignment term's (adversarial.py: its discriminator's loss under the
+domain targets of `domain_labels`, and its own extra loss); L_target is the sum of the recipe's
+losses on the target (recipe.py), each reading the step's whole output. With per-row weights
+(--label-shift-weights) each source row weighs its class's weight in CE and L_adv.
+
+    objective = Objective.of("cdan-e+mcc", num_classes=31, feature_dim=256)
+    optimizer = torch.optim.SGD([*model.parameters(), *objective.parameters()], lr=0.01, momentum=0.9)
+    for step, ((xs, ys), (xt, _)) in enumerate(zip(source, target)):
+        logits, features = model(torch.cat([xs, xt]))
+        loss, logged = objective(StepOutput(features, logits, ys), grl_coeff(step, 1000))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+The step of golabels' own loop (training/step.py) is that call between its forward and backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..options import option_defaults
+from .adversarial import Adversary, Batch, Method, MultilinearMap, adversarial_loss
+from .recipe import StepOutput
+from .registry import get_recipe
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss of a recipe, its parts and weights fixed at construction.
+
+    alignment: the alignment term's spec (source-only's: no discriminator); discriminator,
+    multilinear (CDAN's map) and head (GVB's bridge) the modules it reads; target_losses the
+    recipe's losses on the target; trade_off and target_loss_weight their weights; domain_labels
+    the discriminator's targets (domain_labels.MODES); options the parts' own options by config key.
+    """
+
+    alignment: Method
+    discriminator: nn.Module | None = None
+    multilinear: MultilinearMap | None = None
+    head: nn.Module | None = None
+    target_losses: tuple = ()
+    trade_off: float = 1.0
+    target_loss_weight: float = 1.0
+    domain_labels: str = "fixed"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, recipe: str, num_classes: int, feature_dim: int, head: nn.Module | None = None, *, trade_off: float = 1.0,
+           target_loss_weight: float = 1.0, domain_labels: str = "fixed", cdan_map: str = "auto", **options: Any) -> "Objective":
+        """The objective of a --method value (e.g. "cdan-e+mcc") with a new discriminator of the
+        method's reference kind; `options` override the parts' own options' defaults (e.g.
+        mcc_temperature=2.5). For a loop outside golabels."""
+        spec = get_recipe(recipe)
+        disc = multilinear = None
+        if spec.adversarial:
+            disc = spec.alignment.discriminator(spec.alignment.discriminator_input_dim(feature_dim, num_classes, cdan_map))
+            if spec.alignment.conditioned:
+                multilinear = MultilinearMap(feature_dim, num_classes, cdan_map=cdan_map)
+        unknown = set(options) - set(spec.options)
+        if unknown:
+            raise ValueError(f"{recipe} reads no option {sorted(unknown)[0]!r}; its own: {', '.join(spec.options) or 'none'}")
+        values = {**option_defaults(spec.options), **options}
+        return cls(spec.alignment, disc, multilinear, head, spec.target_losses, trade_off, target_loss_weight, domain_labels, values)
+
+    @property
+    def adversarial(self) -> bool:
+        return self.alignment.adversarial
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """What the objective trains besides the model: the discriminator's parameters."""
+        return iter(self.discriminator.parameters() if self.adversarial else ())
+
+    def __call__(self, out: StepOutput, coeff: float, probe: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(L, logged): the loss to minimize and its detached parts (loss_cls, loss_adv,
+        loss_extra, loss_target) and statistics (adversarial.adversarial_loss's), all on the
+        device. `coeff` is the reversal coefficient (adversarial.grl_coeff); after backward,
+        `probe["norm"]` holds the adversarial gradient's norm."""
+        source_logits = out.logits[: out.sources].float()
+        if out.row_weights is None:
+            loss_cls = F.cross_entropy(source_logits, out.source_labels)
+        else:
+            per_row = F.cross_entropy(source_logits, out.source_labels, reduction="none")
+            loss_cls = (out.row_weights[: out.sources] * per_row).mean()
+        zero = torch.zeros((), device=out.logits.device)
+        loss_adv, loss_extra, loss_target, stats = zero, zero, zero, {}
+        if out.has_target and self.adversarial:
+            adversary = Adversary(self.alignment, self.discriminator, self.multilinear, self.head, self.options)
+            batch = Batch(out.features, out.logits, out.domain, out.row_weights)
+            loss_adv, loss_extra, stats = adversarial_loss(adversary, batch, self.domain_labels, coeff, probe)
+        if out.has_target and self.target_losses:
+            for part in self.target_losses:
+                loss_target = loss_target + part.loss(out, self.options)
+        loss = loss_cls + self.trade_off * loss_adv + loss_extra + self.target_loss_weight * loss_target
+        logged = {"loss_cls": loss_cls.detach(), "loss_adv": loss_adv.detach(), "loss_extra": loss_extra.detach(),
+                  "loss_target": loss_target.detach(), **stats}
+        return loss, logged
