@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 # single-image steps leave a core idle half the time, so two take about 2/3 of one's wall time.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/golabels: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+
+# pyproject.toml's [tool.ruff]: pyflakes, pycodestyle, lines of at most 140 characters
+lint: install
+	$(BIN)/ruff check golabels_cli golabels tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -84,7 +84,8 @@ def table(out: Path) -> str:
             if not auto:
                 continue
             diff = [a - b for a, b in zip(auto, floor)]
-            rows.append(f"| {task.replace('-', ' → ')} | {cell.name} | {len(auto)} | {_cell(auto)} | {_cell(floor)} | {_cell(diff, '+.2f')} "
+            rows.append(f"| {task.replace('-', ' → ')} | {cell.name} | {len(auto)} | {_cell(auto)} | {_cell(floor)} | "
+                        f"{_cell(diff, '+.2f')} "
                         f"| {sum(d < 0 for d in diff)}/{len(diff)} | {statistics.mean(seconds):.0f} |")
     return "\n".join(rows)
 

@@ -26,7 +26,8 @@ def measure(source: str, target: str, options: list[str], out: Path) -> dict:
     command = [sys.executable, "-m", "golabels_cli", "adapt", source, target, *options, "--out", str(out), "--json", "--quiet"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"error: {shlex.join(options)} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
+        raise SystemExit(f"error: {shlex.join(options)} failed: "
+                         f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
     summary = json.loads(result.stdout)
     config = (out / "config.yaml").read_text()
     every = next(int(line.split(":")[1]) for line in config.splitlines() if line.startswith("eval-every:"))

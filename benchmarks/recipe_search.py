@@ -123,7 +123,8 @@ def table(results: dict, recipes: list[str], default: str | None) -> str:
 def _acceptance(results: dict, recipes: list[str], default: str) -> str:
     """Per rule: on how many tasks it is at or above the best single candidate's mean minus that
     candidate's std, and at or above source-only's mean; its mean over tasks against today's default."""
-    lines = ["", f"| rule | tasks ≥ best candidate − 1 std | tasks ≥ source-only | mean − {default} (points) |", "| --- | --- | --- | --- |"]
+    lines = ["", f"| rule | tasks ≥ best candidate − 1 std | tasks ≥ source-only | mean − {default} (points) |",
+             "| --- | --- | --- | --- |"]
     for rule in next(iter(results.values()))["rules"]:
         within = floor = 0
         gaps = []

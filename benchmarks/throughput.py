@@ -56,7 +56,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import golabels
-from golabels.hooks import (ImageSet, InfiniteDraws, TrainImages, Training, autocast, batch_loader, build, decode_all, decode_for_training, decode_images,
+from golabels.hooks import (ImageSet, InfiniteDraws, TrainImages, Training, autocast, batch_loader, build, decode_all, decode_for_training,
+                            decode_images,
                             device_batches, grad_reverse, image_files, load_rgb, loader_crop, make_two_domains, resize_shorter, scale_size,
                             scan_unlabeled, step_of, train_transform)
 
@@ -123,7 +124,8 @@ def reference_stepper(t: Training, xs, ys, xt):
     forward of the joint batch in NCHW, cross-entropy plus the discriminator's BCE through the
     gradient reversal, torch.optim.SGD without the fused kernel, and `.item()` on the losses and the
     domain accuracy each step (its AverageMeters). The model and discriminator are golabels' own."""
-    params = [{"params": t.model.backbone.parameters(), "lr": 0.001}, {"params": [*t.model.bottleneck.parameters(), *t.model.head.parameters()]},
+    params = [{"params": t.model.backbone.parameters(), "lr": 0.001},
+              {"params": [*t.model.bottleneck.parameters(), *t.model.head.parameters()]},
               {"params": t.disc.parameters()}]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-3, nesterov=True)
     domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]).to(t.device)
@@ -327,7 +329,8 @@ def main() -> None:
             supervised = supervised_stepper(t, torch.cat([xs, xt]), torch.cat([ys, ys]))
             t_adapt, t_sup = alternate(adapt, supervised, device, args.steps, args.warmup)
             adapt_rate = 2 * B / t_adapt
-            print(f"(a) adapt step {adapt_rate:.1f} img/s, supervised step {2 * B / t_sup:.1f} img/s: ratio {t_sup / t_adapt:.3f} (target >= 0.90)")
+            print(f"(a) adapt step {adapt_rate:.1f} img/s, supervised step {2 * B / t_sup:.1f} img/s: ratio {t_sup / t_adapt:.3f} (target "
+                  ">= 0.90)")
 
         if "b" in args.figures:
             fixed = make_training(args, folder, domain_labels="fixed", compile=args.compile)
@@ -347,7 +350,8 @@ def main() -> None:
             fs, ft = (torch.randn(B, dim, generator=gen) for _ in range(2))
             frozen_step = functools.partial(step_of(frozen), fs, ys, ft, 1.0)
             t_full, t_frozen = alternate(adapt, frozen_step, device, args.steps, args.warmup)
-            print(f"(d) full iteration {t_full * 1000:.1f} ms, --freeze-backbone {t_frozen * 1000:.2f} ms: {t_full / t_frozen:.0f}x faster (target >= 30x)")
+            print(f"(d) full iteration {t_full * 1000:.1f} ms, --freeze-backbone {t_frozen * 1000:.2f} ms: {t_full / t_frozen:.0f}x faster "
+                  "(target >= 30x)")
 
         if "k" in args.figures:
             frozen_mcc = make_training(args, folder, freeze_backbone=True, method="mcc")
@@ -378,8 +382,10 @@ def main() -> None:
         if "f" in args.figures:
             ours = make_training(args, folder, method="dann", domain_labels="fixed", compile=args.compile)
             reference = make_training(args, folder, method="dann", domain_labels="fixed", device=args.device)
-            t_ours, t_ref = alternate(adapt_stepper(ours, xs, ys, xt), reference_stepper(reference, xs, ys, xt), device, args.steps, args.warmup)
-            print(f"(f) golabels' DANN step {2 * B / t_ours:.1f} img/s, TLlib-style step {2 * B / t_ref:.1f} img/s: ratio {t_ref / t_ours:.2f} "
+            t_ours, t_ref = alternate(adapt_stepper(ours, xs, ys, xt), reference_stepper(reference, xs, ys, xt), device, args.steps,
+                                      args.warmup)
+            print(f"(f) golabels' DANN step {2 * B / t_ours:.1f} img/s, TLlib-style step {2 * B / t_ref:.1f} img/s: ratio "
+                  f"{t_ref / t_ours:.2f} "
                   f"(target >= 2 on a GPU)")
             del ours, reference
 
@@ -392,7 +398,8 @@ def main() -> None:
             else:
                 peak = "peak memory n/a on the CPU"
             fits, exact = largest_batch(step_fits(t, args.image_size, len(t.source.classes)), B, args.max_batch, args.g_seconds)
-            limit = " (the --max-batch tried)" if fits == args.max_batch else "" if exact else f" at least (--g-seconds {args.g_seconds:g} spent)"
+            limit = (" (the --max-batch tried)" if fits == args.max_batch
+                     else "" if exact else f" at least (--g-seconds {args.g_seconds:g} spent)")
             print(f"(g) {peak}; largest batch per domain that fits: {fits}{limit}")
 
         jpegs = jpeg_folder(folder, args.real_dir) if "h" in args.figures or "j" in args.figures else []
@@ -444,7 +451,8 @@ def main() -> None:
             images = scan_unlabeled(args.real_dir) if args.real_dir else scan_unlabeled(folder / "source")
             count = max(2, min(8, len(images) // B))
             files, memory, batched = loader_figure(images, t.data_config, device, B, count)
-            print(f"(l) loader CPU ms per image over {count} batches of {B} ({len(images)} images, one process): (i) per-image from the files "
+            print(f"(l) loader CPU ms per image over {count} batches of {B} ({len(images)} images, one process): (i) per-image from the "
+                  "files "
                   f"{files:.2f}, (ii) per-image from memory {memory:.2f}, (iii) batched on {device.type} {batched:.2f}: "
                   f"(i)/(iii) {files / batched:.1f}x (target >= 5x)")
 

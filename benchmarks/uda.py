@@ -318,10 +318,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--eval-every", type=int, default=0, help="validators (and target accuracy) every N iterations")
     parser.add_argument("--val-split", type=float, default=0.1)
     parser.add_argument("--select", default="last")
-    parser.add_argument("--remedies", default="", help="comma-separated remedies (adapt's on/off options joined by +), each a row with the last --domain-labels mode")
+    parser.add_argument("--remedies", default="", help="comma-separated remedies (adapt's on/off options joined by +), each a row with the "
+                                                       "last --domain-labels mode")
     parser.add_argument("--refresh-every", type=int, help="adapt --refresh-every for --balance-target / --label-shift-weights")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
-                        help="any other adapt option for every cell, as in config.yaml (repeatable): --set schedule=reference --set trade-off=2")
+                        help="any other adapt option for every cell, as in config.yaml (repeatable): --set schedule=reference --set "
+                             "trade-off=2")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="tabulate the cells already finished; run nothing")
     args = parser.parse_args(argv)

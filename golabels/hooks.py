@@ -9,8 +9,8 @@ Importing this module loads PyTorch.
 from golabels_cli.checkpoint import load_model, save_model
 from golabels_cli.console import setup_logging
 from golabels_cli.choices import parse_recipe_name as parse_method
-from golabels_cli.data import (ImageSet, InfiniteDraws, TrainImages, class_counts, decode_all, decode_for_training, scan_labeled, scan_unlabeled,
-                               train_transform)
+from golabels_cli.data import (ImageSet, InfiniteDraws, TrainImages, class_counts, decode_all, decode_for_training, scan_labeled,
+                               scan_unlabeled, train_transform)
 from golabels_cli.decoded import decode_images
 from golabels_cli.device import pick_device
 from golabels_cli.device_batches import batch_loader, device_batches, loader_crop
@@ -44,7 +44,8 @@ __all__ = [
     # one training step: a run's wiring without its loop, to time or probe it
     "build", "Training", "Step", "step_of", "LoopState", "validate_snapshot", "eval_shift", "warn_on_label_shift",
     # the methods: a recipe's objective or an adversarial loss for a model of your own (the toy problems)
-    "parse_method", "get_method", "Objective", "StepOutput", "TargetLoss", "Adversary", "Batch", "adversarial_loss", "grad_reverse", "grl_coeff", "REMEDIES",
+    "parse_method", "get_method", "Objective", "StepOutput", "TargetLoss", "Adversary", "Batch", "adversarial_loss", "grad_reverse",
+    "grl_coeff", "REMEDIES",
     # validators and label shift: the figures a sweep compares
     "LABEL_FREE", "oriented", "correlations", "spearman", "SHIFT_WARNING", "total_variation",
     # --method auto: what the search keeps of a candidate run, and its rule for what ships

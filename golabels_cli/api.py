@@ -1,4 +1,5 @@
-"""golabels from Python: what the four commands do, as functions (docs/python.md).
+"""golabels from Python: what the six commands do, as functions (docs/python.md); the command line
+(cli.py) and the demo call these.
 
     import golabels
 
@@ -8,6 +9,9 @@
     onnx = golabels.export_onnx(run.run_dir)                   # -> ExportResult (.path, ...)
     for p in golabels.predict(onnx.path, ["new/"]):            # -> Label(path, label, confidence, ...)
         print(p.path, p.label)
+    report = golabels.report(run.run_dir)                      # -> Report(record, plots)
+
+`golabels demo` is these calls on generated digits.
 
 Every function checks its inputs as the command does and raises golabels_cli.errors.InputError
 (bad input) or RunError (the run failed) with the same one-line message; nothing is printed but
@@ -22,7 +26,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 
 from .choices import DEVICES
 from .config import FIELDS, AdaptConfig, build_config, check_choice, load_yaml
@@ -116,6 +120,27 @@ class Label:
     confidence: float
     probabilities: "np.ndarray" = field(repr=False)  # [classes], in the model's class order
     classes: list[str] = field(repr=False)
+    backend: str = field(default="", repr=False)  # what computed it: "onnxruntime (CPUExecutionProvider)", "torch (cpu)", ...
+
+
+@dataclass(frozen=True)
+class Report:
+    """A run's report: `record` (report.RunRecord, or report.SearchRecord for a --method auto run),
+    and the report-*.png figures written (None: matplotlib is not installed; [] when not asked)."""
+
+    record: Any
+    plots: list[Path] | None = None
+
+    @property
+    def is_search(self) -> bool:
+        from .report import SearchRecord
+
+        return isinstance(self.record, SearchRecord)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.is_search:
+            return self.record.to_dict()
+        return {**self.record.to_dict(), "plots": None if self.plots is None else [str(p) for p in self.plots]}
 
 
 @_in_api_words
@@ -216,13 +241,15 @@ def export_onnx(run_or_model: str | Path, output: str | Path | None = None, opse
     return export_model(run_or_model, output, opset=opset, batch=batch, verify=verify, exist_ok=exist_ok)
 
 
+@_in_api_words
 def predict(model: str | Path, images: str | Path | Iterable[str | Path], device: str = "auto", batch_size: int = 32, workers: int = 0,
-            on_skip: Callable[[str, str], None] | None = None) -> Iterator[Label]:
+            on_skip: Callable[[str, str], None] | None = None, paths_from: BinaryIO | None = None, null: bool = False) -> Iterator[Label]:
     """Labels for image files and folders (recursive), in input order, from a run directory, a
     model.safetensors or a model.onnx (onnxruntime only: no torch). `images` is one path, or an
-    iterable of paths. An image that cannot be read
+    iterable of paths; with `paths_from` (a binary stream: the command line's stdin), "-" among
+    them reads paths from it, one per line (per NUL with `null`). An image that cannot be read
     goes to `on_skip(path, why)` (default: a warning) and the others go on."""
-    from .predict import iter_inputs, open_predictor, predict_batches, warn_skipped
+    from .predict import iter_inputs, open_predictor, warn_skipped
 
     if isinstance(images, (str, Path)):
         images = [images]  # one path, not its characters
@@ -236,13 +263,30 @@ def predict(model: str | Path, images: str | Path | Iterable[str | Path], device
     _count("batch_size", batch_size, 1)
     _count("workers", workers, 0)
     check_choice("device", device, DEVICES)
-    if "-" in images:
+    if "-" in images and paths_from is None:
         raise InputError("'-' reads paths from stdin on the command line only", "pass the paths themselves")
+    return _labels(open_predictor(model, device), iter_inputs(images, paths_from, on_skip or warn_skipped, null=null), batch_size, workers,
+                   on_skip or warn_skipped)
 
-    skip = on_skip or warn_skipped
-    predictor = open_predictor(model, device)
-    paths = iter_inputs(images, None, skip)  # no "-": stdin is never read
+
+def _labels(predictor, paths: Iterator[str], batch_size: int, workers: int, skip: Callable[[str, str], None]) -> Iterator[Label]:
+    from .predict import predict_batches
+
     for batch in predict_batches(predictor, paths, batch_size, workers, skip):
         for p in batch:
             best = int(p.probabilities.argmax())
-            yield Label(p.path, predictor.classes[best], float(p.probabilities[best]), p.probabilities, predictor.classes)
+            yield Label(p.path, predictor.classes[best], float(p.probabilities[best]), p.probabilities, predictor.classes,
+                        predictor.backend)
+
+
+@_in_api_words
+def report(run_dir: str | Path, plots: bool = False) -> Report:
+    """A run's record as `golabels report` shows it (its summary, metrics, validators; a search's
+    candidates), and with `plots` its report-*.png figures written into the run directory."""
+    from .report import is_search, load_run, load_search
+    from .results import write_plots
+
+    if is_search(run_dir):
+        return Report(load_search(run_dir))
+    record = load_run(run_dir)
+    return Report(record, write_plots(record) if plots else [])

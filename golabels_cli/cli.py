@@ -203,9 +203,14 @@ def _steps_shown(quiet: bool, closing: bool = True, adapt: AdaptProgress | None 
 @guarded
 def eval_(
     run_or_model: Annotated[str, typer.Argument(help="A run directory or a model.safetensors file.", show_default=False)],
-    data_dir: Annotated[str, typer.Argument(metavar="DIR", help="Labeled folder, `DIR/<class>/<image>`; classes matched by name.", show_default=False)],
-    confusion: Annotated[Optional[str], typer.Option(metavar="FILE", help="Write the confusion matrix to this CSV file (never overwritten).", show_default=False)] = None,
-    plots: Annotated[bool, typer.Option("--plots", help="Also draw the confusion matrix beside the model, normalized and in image counts: confusion-FOLDER.png and confusion-FOLDER-counts.png, never overwritten (-2, -3, ...; needs matplotlib).")] = False,
+    data_dir: Annotated[str, typer.Argument(metavar="DIR", help="Labeled folder, `DIR/<class>/<image>`; classes matched by name.",
+                                            show_default=False)],
+    confusion: Annotated[Optional[str], typer.Option(metavar="FILE",
+                                                     help="Write the confusion matrix to this CSV file (never overwritten).",
+                                                     show_default=False)] = None,
+    plots: Annotated[bool, typer.Option("--plots", help="Also draw the confusion matrix beside the model, normalized and in image counts: "
+                                                        "confusion-FOLDER.png and confusion-FOLDER-counts.png, never overwritten (-2, -3, "
+                                                        "...; needs matplotlib).")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
     device: DeviceOpt = "auto",
@@ -244,7 +249,9 @@ def eval_(
 @app.command(epilog=DEMO_EPILOG, cls=Command)
 @guarded
 def demo(
-    out: Annotated[Optional[str], typer.Option(metavar="DIR", help="Folder for the data and runs; default: runs/demo/exp, exp2, ...", show_default=False)] = None,
+    out: Annotated[Optional[str],
+                   typer.Option(metavar="DIR", help="Folder for the data and runs; default: runs/demo/exp, exp2, ...",
+                                show_default=False)] = None,
     iters: Annotated[int, typer.Option(help="Iterations of each run.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of both runs' training (the demo's images are the same for every seed).")] = 0,
     device: DeviceOpt = "cpu",
@@ -252,10 +259,10 @@ def demo(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Generate two digit domains; train source-only and adapted with golabels' defaults, evaluate both on the target, export to ONNX, predict."""
+    """Generate two digit domains; train source-only and adapted with golabels' defaults, evaluate both on the target, export to ONNX, predict."""  # noqa: E501 - --help's text
     from .demo import run_demo
 
-    from .config import MAX_SEED
+    from .options import MAX_SEED
 
     if iters < 1 or not 0 <= seed <= MAX_SEED:
         raise InputError(f"--iters must be positive and --seed in [0, {MAX_SEED}]")
@@ -275,8 +282,10 @@ def demo(
                      f"against the features on the unlabeled target images (adversarial weight {ad['recipe']['trade_off']:g}){bn}; "
                      "the target's labels were read only to score both runs")
         stdout.print(f"runs: {result['source_only']['run_dir']} and {result['adapted']['run_dir']}")
-        stdout.print(f"exported {result['export']['onnx']} (max |probability difference| vs. PyTorch {result['export']['max_abs_diff']:.1e}); "
-                     f"its predictions on the target: {result['predict']['csv']} ({result['predict']['rows']} rows, accuracy {result['predict']['target_acc']:.3f})")
+        stdout.print(f"exported {result['export']['onnx']} (max |probability difference| vs. PyTorch "
+                     f"{result['export']['max_abs_diff']:.1e}); "
+                     f"its predictions on the target: {result['predict']['csv']} ({result['predict']['rows']} rows, accuracy "
+                     f"{result['predict']['target_acc']:.3f})")
         stdout.print(f"try:  golabels eval {result['adapted']['run_dir']} {result['data']['target']}")
         stdout.print(f"      golabels predict {result['export']['onnx']} {result['data']['target']} --top-k 2")
 
@@ -286,11 +295,14 @@ def demo(
 def export(
     run_or_model: Annotated[str, typer.Argument(help="A run directory or a model.safetensors file.", show_default=False)],
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format, so the default).")] = False,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE", help="The .onnx file; default: model.onnx beside the model.", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE", help="The .onnx file; default: model.onnx beside the "
+                                                                                         "model.", show_default=False)] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
-    batch: Annotated[Optional[int], typer.Option(help="Fix the batch size in the graph (some runtimes need it).", show_default=False)] = None,
+    batch: Annotated[Optional[int],
+                     typer.Option(help="Fix the batch size in the graph (some runtimes need it).", show_default=False)] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Any batch size (the default).")] = False,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the graph and compare onnxruntime with PyTorch (max |diff| <= 1e-4).")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the graph and compare onnxruntime with PyTorch (max |diff| <= "
+                                                                      "1e-4).")] = True,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Replace an existing output file.")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -307,7 +319,8 @@ def export(
         print_json(result.to_dict())
         return
     stdout.print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, opset {result.opset}, "
-                 f"{'batch ' + str(result.batch) if result.batch else 'dynamic batch'}, {result.classes} classes) in {result.seconds:.1f}s: "
+                 f"{'batch ' + str(result.batch) if result.batch else 'dynamic batch'}, {result.classes} classes) in "
+                 f"{result.seconds:.1f}s: "
                  + ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in result.phase_seconds.items()))
     if result.max_abs_diff is None:
         stdout.print("not verified (--no-verify)")
@@ -319,12 +332,15 @@ def export(
 @guarded
 def predict(
     model: Annotated[str, typer.Argument(help="A run directory, a model.safetensors or a .onnx file.", show_default=False)],
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)] = None,
+    inputs: Annotated[Optional[list[str]],
+                      typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)] = None,
     format_: Annotated[str, typer.Option("--format", help="csv | jsonl.")] = "csv",
-    top_k: Annotated[int, typer.Option(help="Add the next most probable labels, ranks 2 to K, with their probabilities (CSV: top2_label, top2_probability, ...; JSONL: top_k, all K).")] = 0,
+    top_k: Annotated[int, typer.Option(help="Add the next most probable labels, ranks 2 to K, with their probabilities (CSV: top2_label, "
+                                            "top2_probability, ...; JSONL: top_k, all K).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding threads; default min(8, CPUs).", show_default=False)] = None,
-    null: Annotated[bool, typer.Option("--null", "-0", help="With -: paths on stdin end with NUL, not newline (find -print0), so any name works.")] = False,
+    null: Annotated[bool, typer.Option("--null", "-0", help="With -: paths on stdin end with NUL, not newline (find -print0), so any name "
+                                                            "works.")] = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -333,8 +349,9 @@ def predict(
     import time
 
     # Only torch-free modules here: an .onnx model must run without PyTorch installed.
+    from .api import predict as predict_labels
     from .errors import RunError
-    from .predict import csv_header, csv_row, iter_inputs, jsonl_row, open_predictor, predict_batches, warn_skipped
+    from .predict import csv_header, csv_row, jsonl_row, warn_skipped
 
     if not inputs:
         raise InputError("no inputs given", "pass image files, folders, or - to read paths from stdin")
@@ -346,32 +363,32 @@ def predict(
     if missing:  # a typo on the command line: before any work, and before the CSV header
         raise InputError(f"{missing[0]} does not exist" + (f" (nor {len(missing) - 1} more of the inputs)" if len(missing) > 1 else ""),
                          "pass image files, folders, or - to read paths from stdin")
-    predictor = open_predictor(model, device)
-    if top_k > len(predictor.classes):
-        raise InputError(f"--top-k {top_k} is more than the model's {len(predictor.classes)} classes", f"pass --top-k {len(predictor.classes)} or less")
     skipped: list[str] = []
 
     def on_skip(path: str, why: str) -> None:
         skipped.append(path)
         warn_skipped(path, why)
 
-    out = sys.stdout.buffer
-    rows, started, header = 0, time.perf_counter(), False
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    paths = iter_inputs(inputs, sys.stdin.buffer, on_skip, null=null)
+    labels = predict_labels(model, inputs, device, batch_size, n_workers, on_skip, paths_from=sys.stdin.buffer, null=null)
+    out = sys.stdout.buffer
+    rows, started, backend = 0, time.perf_counter(), ""
     with _steps_shown(quiet, closing=False):  # the closing line is the log's below, which names the backend
-        for batch in tracked(predict_batches(predictor, paths, batch_size, n_workers, on_skip), "predict", None, len):
-            text = "" if header or format_ != "csv" else csv_header(top_k)
-            header = True
-            for prediction in batch:
-                text += (csv_row if format_ == "csv" else jsonl_row)(prediction, predictor.classes, top_k)
-            rows += len(batch)
+        for label in tracked(labels, "predict", None):
+            if not rows:
+                if top_k > len(label.classes):
+                    raise InputError(f"--top-k {top_k} is more than the model's {len(label.classes)} classes",
+                                     f"pass --top-k {len(label.classes)} or less")
+                out.write(csv_header(top_k).encode() if format_ == "csv" else b"")
+                backend = label.backend
+            text = (csv_row if format_ == "csv" else jsonl_row)(label, label.classes, top_k)
+            rows += 1
             out.write(text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names come back as they were
-            out.flush()
+            out.flush()  # a row as soon as it is known: the next command of a pipeline reads it
     if rows == 0 and not skipped:
         raise InputError("no images found in the inputs", "pass image files or folders that hold images")
     seconds = time.perf_counter() - started
-    log.info("predicted %s in %.1fs (%.1f images/s) with %s", plural(rows, "image"), seconds, rows / max(seconds, 1e-9), predictor.backend)
+    log.info("predicted %s in %.1fs (%.1f images/s) with %s", plural(rows, "image"), seconds, rows / max(seconds, 1e-9), backend)
     if skipped:
         written = f"the other {plural(rows, 'row')} {'was' if rows == 1 else 'were'} written" if rows else "no row was written"
         raise RunError(f"{len(skipped)} of {plural(rows + len(skipped), 'input')} could not be read; {written}", "see the warnings above")
@@ -380,26 +397,24 @@ def predict(
 @app.command(epilog=REPORT_EPILOG, cls=Command)
 @guarded
 def report(
-    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="A run directory written by golabels adapt (finished, interrupted or running).", show_default=False)],
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="A run directory written by golabels adapt (finished, interrupted or "
+                                                               "running).", show_default=False)],
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write report-*.png into the run directory (needs matplotlib).")] = True,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Summarize a run: data, losses, discriminator accuracy, relabeled fractions, validators; PNG plots with matplotlib."""
+    from .api import report as load_report
     from .tables import print_report, print_search_report
-    from .report import is_search, load_run, load_search, write_plots
 
-    if is_search(run_dir):
-        search = load_search(run_dir)
-        (print_json if json_ else print_search_report)(search.to_dict() if json_ else search)
-        return
-    record = load_run(run_dir)
-    written = write_plots(record) if plots else []
+    result = load_report(run_dir, plots=plots)
     if json_:
-        print_json({**record.to_dict(), "plots": None if written is None else [str(p) for p in written]})
+        print_json(result.to_dict())
+    elif result.is_search:
+        print_search_report(result.record)
     else:
-        print_report(record, written, plots and not quiet)
+        print_report(result.record, result.plots, plots and not quiet)
 
 
 def main() -> None:

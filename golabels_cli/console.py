@@ -57,7 +57,8 @@ class _ConsoleHandler(logging.Handler):
     """Log records as the rest of golabels' lines read: info plain, `warning: ...`, `error: ...`;
     through the stderr console, so a live progress bar stays below them."""
 
-    PREFIX = {logging.DEBUG: "debug: ", logging.INFO: "", logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+    PREFIX = {logging.DEBUG: "debug: ", logging.INFO: "", logging.WARNING: "warning: ", logging.ERROR: "error: ",
+              logging.CRITICAL: "error: "}
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -122,7 +123,8 @@ def data_report_lines(report: dict[str, Any], held_out: int) -> list[str]:
         spread = f"fewest {per_class[small]} in {small!r}, most {per_class[big]} in {big!r}: imbalance {report['imbalance_ratio']:.1f}:1"
     return [
         f"source: {report['source_images']} images in {len(per_class)} classes ({spread}); {held_out} held out for validation; "
-        f"sizes {_size_text(report['source_sizes'])}" + (f"; {report['skipped']['source']} skipped (warned above)" if report["skipped"]["source"] else ""),
+        f"sizes {_size_text(report['source_sizes'])}"
+        + (f"; {report['skipped']['source']} skipped (warned above)" if report["skipped"]["source"] else ""),
         f"target: {report['target_images']} images; sizes {_size_text(report['target_sizes'])}"
         + (f"; {report['skipped']['target']} skipped (warned above)" if report["skipped"]["target"] else ""),
     ]
@@ -323,7 +325,8 @@ def frozen_path_text(hint: FrozenPathHint) -> str:
             f"{duration(hint.seconds_left)} at the first step's pace. --freeze-backbone would take about {duration(hint.frozen_seconds)} ("
             + (f"the features of {plural(hint.images, 'image')} once, about {duration(hint.features_seconds)}" if hint.images
                else "the features are all in the cache")
-            + f", then {hint.iters} steps on them; measured on this run's first batch). To train that way, press Ctrl-C and start a new run with --freeze-backbone added (a resumed run "
+            + f", then {hint.iters} steps on them; measured on this run's first batch). To train that way, press Ctrl-C and start a new "
+              "run with --freeze-backbone added (a resumed run "
             "keeps its own options; docs/performance.md).")
 
 

@@ -25,8 +25,8 @@ from torchvision import transforms
 
 from .remedies import IMBALANCE_WARNING, remedy_hint, small_target_warning
 from .errors import InputError, reason
-from .images import (IMAGE_EXTENSIONS, Scan, folder_identity, image_files, inspect_image, load_rgb, once_per_folder, resize_shorter, scale_size,
-                     to_array)
+from .images import (IMAGE_EXTENSIONS, Scan, folder_identity, image_files, inspect_image, load_rgb, once_per_folder, resize_shorter,
+                     scale_size, to_array)
 from .progress import tracked
 
 log = logging.getLogger("golabels")
@@ -47,11 +47,9 @@ class ImageSet:
     def subset(self, indices: list[int], keep_skipped: bool = False) -> "ImageSet":
         """The images at `indices`, in that order (the skipped files stay with one subset only)."""
         return ImageSet(
-            self.root,
-            [self.paths[i] for i in indices],
+            self.root, [self.paths[i] for i in indices],
             [self.labels[i] for i in indices] if self.labels is not None else None,
-            self.classes,
-            self.skipped if keep_skipped else [],
+            self.classes, self.skipped if keep_skipped else [],
             [self.sizes[i] for i in indices] if self.sizes is not None else None,
         )
 
@@ -242,7 +240,8 @@ def data_report(source: ImageSet, target: ImageSet, held_out: list[int], hint: s
     if ratio > IMBALANCE_WARNING and hint is not None:
         big, small = counts.index(max(counts)), counts.index(min(counts))
         warnings.append(f"source classes are imbalanced {ratio:.1f}:1 ({source.classes[big]!r} {counts[big]} images, "
-                        f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes; {hint}")
+                        f"{source.classes[small]!r} {counts[small]}); adversarial alignment can pull target images onto the large classes; "
+                        f"{hint}")
     small = small_target_warning(len(target), small_target_hint)
     if small:
         warnings.append(small)

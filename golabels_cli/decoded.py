@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_path, remove_stale_temporaries
+from .files import atomic_path, remove_stale_temporaries
 from .data import ImageSet, free_memory
 from .errors import InputError, reason
 from .features import cache_root, image_key, read_npy
@@ -107,7 +107,8 @@ def decode_images(images: ImageSet, data_config: dict, cache_dir: str | None, wh
 
 
 def config_key(data_config: dict) -> str:
-    return hashlib.sha256(json.dumps([FORMAT, scale_size(data_config), data_config.get("interpolation", "bilinear")]).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps([FORMAT, scale_size(data_config),
+                                      data_config.get("interpolation", "bilinear")]).encode()).hexdigest()[:32]
 
 
 def _longer_side(size: tuple[int, int], side: int) -> int:

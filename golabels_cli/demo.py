@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import api
-from .checkpoint import claim_run_dir, next_run_dir, write_json_atomic, write_text_atomic
+from .files import claim_run_dir, next_run_dir, write_json_atomic, write_text_atomic
 from .errors import InputError
-from .images import image_files
-from .predict import csv_header, csv_row, open_predictor, predict_batches
+from .predict import csv_header, csv_row
 from .synthetic import make_digit_domains
 
 DEMO_BACKBONE = "test_resnet"
@@ -76,13 +75,11 @@ def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Call
 
 
 def _predict_to_csv(onnx_path: str, target: Path, csv_path: Path) -> dict[str, Any]:
-    """Label the target folder with the ONNX model; its folder names give the demo's accuracy."""
-    predictor = open_predictor(onnx_path, device="cpu")
+    """golabels predict's CSV of the target's images; its accuracy from their folder names."""
     lines, correct, rows = [csv_header(0)], 0, 0
-    for batch in predict_batches(predictor, (str(p) for p in image_files(target)), batch_size=64):
-        for prediction in batch:
-            lines.append(csv_row(prediction, predictor.classes, 0))
-            correct += Path(prediction.path).parent.name == predictor.classes[int(prediction.probabilities.argmax())]
-            rows += 1
+    for label in api.predict(onnx_path, target, device="cpu", batch_size=64):
+        lines.append(csv_row(label, label.classes, 0))
+        correct += Path(label.path).parent.name == label.label
+        rows += 1
     write_text_atomic(csv_path, "".join(lines))
     return {"csv": str(csv_path), "rows": rows, "target_acc": correct / max(rows, 1)}

@@ -56,7 +56,10 @@ def crop_box(height: int, width: int, seed: int, min_crop: float, hflip: float) 
             break
     if box is None:
         ratio = width / height
-        w, h = (width, round(width / RATIO[0])) if ratio < RATIO[0] else (round(height * RATIO[1]), height) if ratio > RATIO[1] else (width, height)
+        if ratio < RATIO[0]:
+            w, h = width, round(width / RATIO[0])
+        else:
+            w, h = (round(height * RATIO[1]), height) if ratio > RATIO[1] else (width, height)
         w, h = min(w, width), min(h, height)
         top, left = (height - h) // 2, (width - w) // 2
         box = (left, top, left + w, top + h)
@@ -175,7 +178,8 @@ def loader_crop(device: torch.device, data_config: dict) -> tuple[int, int] | No
     return tuple(data_config["input_size"][-2:]) if device.type == "cpu" else None
 
 
-def device_batches(loader: DataLoader, device: torch.device, data_config: dict, channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def device_batches(loader: DataLoader, device: torch.device, data_config: dict,
+                   channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches augmented on `device`. On an accelerator one ahead: the next batch's
     copy and crop are queued before the current one is handed to the step. On a CPU into two
     alternating buffers: a fresh 19 MB batch each step costs more in page faults than the

@@ -192,8 +192,8 @@ def launch(nproc: int, worker_args: list[str], debug: bool = False) -> None:
             raise AlreadyReported(2) from None
         failed = sorted((r, f) for r, f in exc.failures.items() if r in causes)
         hows = [f"rank {r} " + (f"killed by signal {-f.exitcode}" if f.exitcode < 0 else f"exit code {f.exitcode}") for r, f in failed]
-        raise RunError(f"{len(failed)} of {nproc} worker processes failed ({', '.join(hows)}; their errors are above) and the job was stopped",
-                       "fix the cause, then resume from the last checkpoint or start again") from None
+        raise RunError(f"{len(failed)} of {nproc} worker processes failed ({', '.join(hows)}; their errors are above) and the job was "
+                       "stopped", "fix the cause, then resume from the last checkpoint or start again") from None
     except Exception as exc:
         if type(exc).__name__ == "SignalException":
             # Ctrl-C or SIGTERM reached the launcher: torch's agent passed it on to the workers and
@@ -217,7 +217,9 @@ def check_devices(devices: int, device: str) -> None:
         raise InputError(f"--devices {devices} under torchrun, which started {os.environ.get('LOCAL_WORLD_SIZE')} processes here",
                          "leave --devices out when starting golabels with torchrun")
     if devices > 1 and device in ("cuda", "auto") and torch.cuda.is_available() and devices > torch.cuda.device_count():
-        raise InputError(f"--devices {devices} but only {torch.cuda.device_count()} CUDA GPUs are visible", f"pass --devices {torch.cuda.device_count()} or less")
+        raise InputError(f"--devices {devices} but only {torch.cuda.device_count()} CUDA GPUs are visible", "pass --devices "
+                                                                                                            f"{torch.cuda.device_count()} "
+                                                                                                            "or less")
     if devices > 1 and device == "mps":
         raise InputError("--devices above 1 is not supported on Apple MPS", "use --device cpu or cuda")
 

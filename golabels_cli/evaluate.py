@@ -49,7 +49,7 @@ def check_new_file(path: str | Path, option: str) -> None:
 
 def write_confusion_csv(result: EvalResult, path: str | Path) -> None:
     """The confusion matrix as CSV at `path`, atomically, never over a file another process made meanwhile."""
-    from .checkpoint import remove_stale_temporaries, write_text_atomic
+    from .files import remove_stale_temporaries, write_text_atomic
 
     remove_stale_temporaries(Path(path).parent, Path(path).name)
     try:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path, load_model, model_path, remove_stale_temporaries, unwritable
+from .checkpoint import load_model, model_path
+from .files import atomic_path, remove_stale_temporaries, unwritable
 from .errors import InputError, RunError, reason
 from .images import image_files, load_array
 from .model_info import ModelInfo
@@ -101,7 +102,8 @@ def verification_batch(model_file: Path, info: ModelInfo, n: int) -> tuple[np.nd
             arrays.append(arrays[len(arrays) % len(arrays)])
         return np.stack(arrays[:n]), described
     shape = (n, *info.data_config["input_size"])
-    return np.random.default_rng(0).standard_normal(shape, dtype=np.float32), f"{n} random inputs (the run's source folder is not available)"
+    inputs = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    return inputs, f"{n} random inputs (the run's source folder is not available)"
 
 
 @contextlib.contextmanager
@@ -140,7 +142,8 @@ def _export_proto(graph: nn.Module, example: torch.Tensor, opset: int, dynamic: 
     # Below its native opset the exporter converts the graph, and keeps the native one if it can't.
     actual = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if actual != opset:
-        raise RunError(f"this model cannot be expressed in ONNX opset {opset}; the exporter needs {actual}", f"pass --opset {actual} or higher")
+        raise RunError(f"this model cannot be expressed in ONNX opset {opset}; the exporter needs {actual}", f"pass --opset {actual} or "
+                                                                                                             "higher")
     return proto
 
 
@@ -168,7 +171,8 @@ def export_onnx(
     if batch is not None and batch < 1:
         raise InputError(f"--batch must be positive, not {batch}", "or pass --dynamic-batch")
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
-        raise InputError(f"--opset {opset} is out of range", f"this onnx supports 11 to {onnx.defs.onnx_opset_version()}; the default is {DEFAULT_OPSET}")
+        raise InputError(f"--opset {opset} is out of range", f"this onnx supports 11 to {onnx.defs.onnx_opset_version()}; the default is "
+                                                             f"{DEFAULT_OPSET}")
     output = Path(output) if output is not None else default_output(run_or_model)
     if output.suffix != ".onnx":
         raise InputError(f"--output {output} does not end in .onnx", "name the file *.onnx")
@@ -231,7 +235,8 @@ def _write_checked(proto, output: Path, exist_ok: bool, verify: bool, graph, x, 
                 log.debug("onnxruntime vs. PyTorch on %s: max |probability difference| %.2e", described, max_diff)
                 if not max_diff <= VERIFY_TOLERANCE:
                     raise RunError(
-                        f"the ONNX model's probabilities differ from PyTorch's by {max_diff:.2e} (more than {VERIFY_TOLERANCE:.0e}); nothing was written",
+                        f"the ONNX model's probabilities differ from PyTorch's by {max_diff:.2e} (more than {VERIFY_TOLERANCE:.0e}); "
+                        "nothing was written",
                         "try another --opset, or rerun with --debug and report the backbone",
                     )
     except onnx.checker.ValidationError as exc:
@@ -239,5 +244,6 @@ def _write_checked(proto, output: Path, exist_ok: bool, verify: bool, graph, x, 
     except FileExistsError as exc:  # created by another process while this one exported
         raise InputError(f"{output} already exists", "pass another --output, or --exist-ok to replace it") from exc
     except OSError as exc:
-        raise RunError(f"cannot write {output} ({reason(exc)}); nothing was written", "check the folder's permissions and free space") from exc
+        raise RunError(f"cannot write {output} ({reason(exc)}); nothing was written",
+                       "check the folder's permissions and free space") from exc
     return max_diff

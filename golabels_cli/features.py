@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path, remove_stale_temporaries
+from .files import atomic_path, remove_stale_temporaries
 from .config import default_cache_dir
 from .data import ImageSet, eval_loader, eval_transform
 from .errors import InputError, reason

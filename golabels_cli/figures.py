@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_path
+from .files import atomic_path
 from .formats import printable
-from .report import pyplot
+from .results import pyplot
 from . import run_files
 
 # ---- confusion matrices -----------------------------------------------------------------------

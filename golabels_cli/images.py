@@ -219,7 +219,8 @@ def not_regular(path: str | Path) -> str | None:
         return None
     if stat.S_ISDIR(mode):
         return "a folder"
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
     return f"{kind}, not a regular file"
 
 

@@ -144,11 +144,13 @@ def score(images: ImageSet, to_model: list[int], model_classes: list[str], predi
 MOST_CONFUSED = 5
 
 
-def most_confused(confusion: torch.Tensor, true_classes: list[str], predicted_classes: list[str], n: int = MOST_CONFUSED) -> list[ConfusedPair]:
+def most_confused(confusion: torch.Tensor, true_classes: list[str], predicted_classes: list[str],
+                  n: int = MOST_CONFUSED) -> list[ConfusedPair]:
     """The n largest cells of the confusion outside its diagonal (a true class predicted as another
     class), largest first, ties by name; cells of no image are left out."""
     cells = [(int(confusion[t, p]), true, predicted) for t, true in enumerate(true_classes) for p, predicted in enumerate(predicted_classes)
              if predicted != true and confusion[t, p] > 0]
     cells.sort(key=lambda c: (-c[0], c[1], c[2]))
     totals = confusion.sum(1).tolist()
-    return [ConfusedPair(true, predicted, count, round(count / totals[true_classes.index(true)], 6)) for count, true, predicted in cells[:n]]
+    return [ConfusedPair(true, predicted, count, round(count / totals[true_classes.index(true)], 6))
+            for count, true, predicted in cells[:n]]

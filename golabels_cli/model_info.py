@@ -112,7 +112,8 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> "ModelInfo":
         if meta.get("format") != MODEL_FORMAT:
-            raise InputError(f"{path} is not a golabels model (format {meta.get('format')!r})", "pass a run directory or its model.safetensors")
+            raise InputError(f"{path} is not a golabels model (format {meta.get('format')!r})", "pass a run directory or its "
+                                                                                                "model.safetensors")
         try:
             info = cls(
                 backbone=meta["backbone"],

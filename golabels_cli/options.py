@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .choices import (ALIGNMENT_TERMS, AUGMENTS, AUTO_METHOD, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
+from .choices import (ALIGNMENT_TERMS, AUGMENTS, AUTO_METHOD, BASELINE, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES,
+                      FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
                       REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SEARCH_PICKS, SEARCH_RECIPES, SELECT_CHOICES, TARGET_LOSS_NAMES,
                       parse_recipe_name)
 
@@ -34,6 +35,9 @@ class Option:
     methods: the --method parts that alone read it (named first in its help); each method's module
         takes its options from here (options_of), so a method's option is declared once, and
         without torch.
+    minimum, maximum: the range of a number (None: unbounded), each bound excluded when
+        open_min / open_max; config.validate refuses a value outside it, saying `range_text()`
+        and `range_hint`.
     """
 
     help: str
@@ -43,6 +47,26 @@ class Option:
     argument: bool = False
     short: str | None = None
     methods: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    open_min: bool = False
+    open_max: bool = False
+    range_hint: str | None = None
+
+    def in_range(self, value: float) -> bool:
+        low_ok = self.minimum is None or (value > self.minimum if self.open_min else value >= self.minimum)
+        high_ok = self.maximum is None or (value < self.maximum if self.open_max else value <= self.maximum)
+        return low_ok and high_ok
+
+    def range_text(self, kind: str) -> str:
+        """What a value must be, for its error: "a positive integer", "in [0, 1)", ..."""
+        low, high = self.minimum, self.maximum
+        if high is None:
+            if kind == "int":
+                return {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer of at least {low}")
+            return "positive" if low == 0 and self.open_min else "a non-negative number" if low == 0 else f"at least {low:g}"
+        shown = str if kind == "int" else (lambda v: f"{v:g}")
+        return f"in {'(' if self.open_min else '['}{shown(low)}, {shown(high)}{')' if self.open_max else ']'}"
 
     def text(self) -> str:
         text = self.help.replace("{choices}", " | ".join(self.choices))
@@ -84,49 +108,79 @@ TRAINED_BACKBONE_METHOD = "cdan-e"  # --method's default when the backbone train
 FROZEN_ITERS = 1000
 TRAINED_ITERS = 10000
 DEFAULT_SEARCH_PICK = "ensemble"  # --search-pick's default (issue 42, benchmarks/RESULTS.md)
+# The seeds the generators are given derive from --seed (seed * 1_000_003 + stream, times 7 for the
+# balanced draws) and must stay below 2^64; numpy's legacy seed takes 32 bits.
+MAX_SEED = 2**32 - 1
+POSITIVE = {"minimum": 1}  # an integer of at least 1
+COUNT = {"minimum": 0}  # an integer of at least 0, or a non-negative number
 
 
 @dataclass
 class AdaptConfig:
     """What to train: every value config.yaml holds (keys are the option names)."""
 
-    source: str | None = option(None, None, "Labeled source folder, `SOURCE/<class>/<image>` (required unless --config or --resume gives it).", argument=True)
-    target: str | None = option(None, None, "Unlabeled target folder: any tree of images; sub-folder names are never read (required unless --config or --resume gives it).", argument=True)
+    source: str | None = option(None, None, "Labeled source folder, `SOURCE/<class>/<image>` (required unless --config or --resume gives "
+                                            "it).", argument=True)
+    target: str | None = option(None, None, "Unlabeled target folder: any tree of images; sub-folder names are never read (required unless "
+                                            "--config or --resume gives it).", argument=True)
     backbone: str = option("resnet50", TRAINING, "Any timm model name.")
     # A recipe (methods/recipe.py), or auto. None: FROZEN_BACKBONE_METHOD with --freeze-backbone,
     # where the ensemble of the search's adapted candidates was within one std of the best
     # candidate on each of 8 tasks and above every single recipe on their mean (issue 42);
     # TRAINED_BACKBONE_METHOD when the backbone trains, where a search costs several fine-tunings
     # and the losses on predictions are not measured yet (benchmarks/RESULTS.md).
-    method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions ({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + (cdan-e+bnm); {AUTO_METHOD}: train each of --search-recipes on the cached features and let the target's own data choose (--freeze-backbone). Default: auto with --freeze-backbone, cdan-e when the backbone trains (docs/methods.md).")
+    method: str | None = option(None, METHOD, f"An alignment term ({' | '.join(ALIGNMENT_TERMS)}), losses on the target's predictions "
+                                              f"({' | '.join(TARGET_LOSS_NAMES)}), or both joined by + ({SEARCH_RECIPES[0]}); "
+                                              f"{AUTO_METHOD}: train each of --search-recipes on the cached features and let the target's "
+                                              f"own data choose (--freeze-backbone). Default: {FROZEN_BACKBONE_METHOD} with "
+                                              f"--freeze-backbone, {TRAINED_BACKBONE_METHOD} when the backbone trains (docs/methods.md).")
     # --method auto only (search.py); None: SEARCH_RECIPES and DEFAULT_SEARCH_PICK, resolved into
     # config.yaml by an auto run and left out (null) of every other run's.
-    search_recipes: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: the candidate recipes, joined by commas, each a run of its own under RUN/candidates/. Default: {', '.join(SEARCH_RECIPES)}.", metavar="LIST")
-    search_pick: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: how the shipped model is chosen without target labels: {ENSEMBLE_HELP} Default: {DEFAULT_SEARCH_PICK}.", choices=SEARCH_PICKS)
+    search_recipes: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: the candidate recipes, joined by commas, each a run of its "
+                                                      f"own under RUN/candidates/. Default: {', '.join(SEARCH_RECIPES)}.", metavar="LIST")
+    search_pick: str | None = option(None, METHOD, f"--method {AUTO_METHOD}: how the shipped model is chosen without target labels: "
+                                                   f"{ENSEMBLE_HELP} Default: {DEFAULT_SEARCH_PICK}.", choices=SEARCH_PICKS)
     # fixed, not go: with CDAN+E, Go-labels lost to fixed labels on Office-31 on every measured
     # recipe and were level on digits (benchmarks/RESULTS.md, issue 22); --domain-labels go to use them.
-    domain_labels: str = option("fixed", METHOD, "{choices}: the discriminator's targets (go: Go-labels; docs/method.md says where they gained).", choices=DOMAIN_LABEL_MODES)
+    domain_labels: str = option("fixed", METHOD, "{choices}: the discriminator's targets (go: Go-labels; docs/method.md says where they "
+                                                 "gained).", choices=DOMAIN_LABEL_MODES)
     # None: FROZEN_ITERS with --freeze-backbone, TRAINED_ITERS when the backbone trains.
-    iters: int | None = option(None, TRAINING, "Training iterations. Default: 1000 with --freeze-backbone (longer measured no better; benchmarks/RESULTS.md, issue 45), 10000 when the backbone trains.")
-    batch_size: int = option(32, TRAINING, "Images per domain per step (source and target each).")
-    lr: float = option(0.01, TRAINING, "Learning rate of the new layers; a pretrained backbone gets --backbone-lr-mult times it.")
-    backbone_lr_mult: float = option(0.1, TRAINING, "Learning-rate multiplier of a pretrained backbone (a backbone from random init trains at --lr).")
-    momentum: float = option(0.9, TRAINING, "SGD momentum (Nesterov).")
-    weight_decay: float = option(0.001, TRAINING, "SGD weight decay.")
+    iters: int | None = option(None, TRAINING, "Training iterations. Default: 1000 with --freeze-backbone (longer measured no better; "
+                                               "benchmarks/RESULTS.md, issue 45), 10000 when the backbone trains.", **POSITIVE)
+    batch_size: int = option(32, TRAINING, "Images per domain per step (source and target each).", minimum=2, range_hint="BatchNorm needs "
+                                                                                                                         "two samples per "
+                                                                                                                         "domain")
+    lr: float = option(0.01, TRAINING, "Learning rate of the new layers; a pretrained backbone gets --backbone-lr-mult times it.",
+                       minimum=0, open_min=True)
+    backbone_lr_mult: float = option(0.1, TRAINING, "Learning-rate multiplier of a pretrained backbone (a backbone from random init trains "
+                                                    "at --lr).", **COUNT)
+    momentum: float = option(0.9, TRAINING, "SGD momentum (Nesterov).", minimum=0, maximum=1, open_max=True,
+                             range_hint="SGD's momentum; the default is 0.9")
+    weight_decay: float = option(0.001, TRAINING, "SGD weight decay.", **COUNT)
     # reference: lambda's horizon is 10000 iterations and gamma 0.001 whatever --iters (the original
     # CDAN code, TLlib); scaled: both follow --iters (horizon = iters, gamma = 20 / iters).
-    schedule: str = option("scaled", METHOD, "reference: the reversal coefficient and lr decay of the original code, on absolute iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the end).", choices=SCHEDULES)
-    lr_gamma: float | None = option(None, TRAINING, "The lr decays as lr x (1 + gamma x i)^-lr_decay. Default: 20 / --iters with --schedule scaled, 0.001 with reference or with a loss on the target's predictions (mcc, bnm, im).")  # lr * (1 + gamma * i) ** -lr_decay; None: resolved_lr_gamma()
-    lr_decay: float = option(0.75, TRAINING, "The exponent of that decay.")
-    grl_alpha: float = option(10.0, METHOD, "Steepness of the reversal coefficient's ramp 2 / (1 + exp(-alpha x progress)) - 1.")
+    schedule: str = option("scaled", METHOD, "reference: the reversal coefficient and lr decay of the original code, on absolute "
+                                             "iterations (lambda 0.46 at 1000); scaled: both stretched to --iters (lambda 0.99 at the "
+                                             "end).", choices=SCHEDULES)
+    lr_gamma: float | None = option(None, TRAINING, "The lr decays as lr x (1 + gamma x i)^-lr_decay. Default: 20 / --iters with "
+                                                    "--schedule scaled, 0.001 with reference or with a loss on the target's predictions "
+                                                    f"({', '.join(TARGET_LOSS_NAMES)}).",
+                                                    **COUNT)  # lr * (1 + gamma * i) ** -lr_decay; None: resolved_lr_gamma()
+    lr_decay: float = option(0.75, TRAINING, "The exponent of that decay.", **COUNT)
+    grl_alpha: float = option(10.0, METHOD, "Steepness of the reversal coefficient's ramp 2 / (1 + exp(-alpha x progress)) - 1.", **COUNT)
     # joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code);
     # per-domain: one pass per domain, each normalized with its own batch statistics (GVB's, ASAN's code).
-    forward: str = option("joint", METHOD, "joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN code) | per-domain: one pass per domain, each with its own statistics (GVB's and ASAN's code).", choices=FORWARDS)
+    forward: str = option("joint", METHOD, "joint: source and target in one forward pass, BatchNorm over both (TLlib, the original CDAN "
+                                           "code) | per-domain: one pass per domain, each with its own statistics (GVB's and ASAN's code).",
+                                           choices=FORWARDS)
     # BatchNorm running statistics the model is evaluated and shipped with: train (training's running
     # averages, over source+target batches) or target (re-estimated on the target sample, AdaBN).
     # None: target for the adversarial methods, train for source-only, which reads no target image,
     # and with --sync-bn (measured: benchmarks/RESULTS.md, "--bn-stats").
-    bn_stats: str | None = option(None, EVALUATION, "BatchNorm statistics the model is evaluated and shipped with: train (training's running averages) | target (re-estimated on the target images at each evaluation and at the end: AdaBN). Default: target for the adversarial methods, train for source-only.", choices=BN_STATS)
+    bn_stats: str | None = option(None, EVALUATION, "BatchNorm statistics the model is evaluated and shipped with: train (training's "
+                                                    "running averages) | target (re-estimated on the target images at each evaluation and "
+                                                    "at the end: AdaBN). Default: target for the adversarial methods, train for "
+                                                    f"{BASELINE}.", choices=BN_STATS)
     # Fine-tuning only (not --freeze-backbone). freeze_bn: the backbone's BatchNorm layers keep their
     # pretrained running statistics (eval mode) while its weights train. head_start: iterations that
     # fit the bottleneck and head on the frozen backbone's cached features, with the source's labels,
@@ -134,63 +188,108 @@ class AdaptConfig:
     # do not distort the pretrained features. Not counted in --iters.
     # None: freeze_bn on and head_start 0 when fine-tuning a pretrained backbone, off otherwise
     # (measured: benchmarks/RESULTS.md, issue 23).
-    freeze_bn: bool | None = option(None, TRAINING, "Fine-tuning: the backbone's BatchNorm layers keep their pretrained statistics (eval mode) while its weights train. Default: on for a pretrained backbone (batch statistics of augmented crops cost 17-19 points on Office-31, docs/performance.md).")
-    head_start: int | None = option(None, TRAINING, "Fine-tuning: steps fitting the bottleneck and head to the source on the frozen backbone's cached features before the first fine-tuning step (not counted in --iters). Default 0: measured no gain.")
+    freeze_bn: bool | None = option(None, TRAINING, "Fine-tuning: the backbone's BatchNorm layers keep their pretrained statistics (eval "
+                                                    "mode) while its weights train. Default: on for a pretrained backbone (batch "
+                                                    "statistics of augmented crops cost 17-19 points on Office-31, docs/performance.md).")
+    head_start: int | None = option(None, TRAINING, "Fine-tuning: steps fitting the bottleneck and head to the source on the frozen "
+                                                    "backbone's cached features before the first fine-tuning step (not counted in "
+                                                    "--iters). Default 0: measured no gain.", **COUNT)
     # auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 | fp16 (CUDA, with loss scaling) | fp32.
-    precision: str = option("auto", PERFORMANCE, "auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp16 (CUDA, with loss scaling) | fp32.", choices=PRECISIONS)
-    cdan_map: str = option("auto", METHOD, "cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 dims), or auto (full up to 4096 dims, randomized above).", choices=CDAN_MAPS)
-    discriminator: str | None = option(None, METHOD, "batchnorm (TLlib's Linear-BN-ReLU) | dropout (the original code's Linear-ReLU-Dropout). Default: dropout for gvb and asan, batchnorm otherwise.", choices=DISCRIMINATORS)  # batchnorm | dropout; None: the method's reference (Method.reference_discriminator)
+    precision: str = option("auto", PERFORMANCE, "auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp16 (CUDA, with loss scaling) | "
+                                                 "fp32.", choices=PRECISIONS)
+    cdan_map: str = option("auto", METHOD, "cdan, cdan-e, asan: the discriminator's input f (x) g as the full product, randomized (1024 "
+                                           "dims), or auto (full up to 4096 dims, randomized above).", choices=CDAN_MAPS)
+    discriminator: str | None = option(None, METHOD, "batchnorm (TLlib's Linear-BN-ReLU) | dropout (the original code's "
+                                                     "Linear-ReLU-Dropout). Default: dropout for "
+                                                     f"{' and '.join(m for m, d in ALIGNMENT_TERMS.items() if d == 'dropout')}, batchnorm "
+                                                     "otherwise.",
+                                                     choices=DISCRIMINATORS)  # None: the method's (Method.reference_discriminator)
     # Weight of the adversarial loss (the mean over source and target rows). None: 2 with a
     # pretrained backbone, frozen (issue 22) or fine-tuned with its BatchNorm statistics kept
     # (issue 23); 1 for a backbone trained from random init (digits, issue 22). benchmarks/RESULTS.md.
-    trade_off: float | None = option(None, METHOD, "Weight of the adversarial loss, a mean over source and target rows (TLlib's and the original CDAN code's scale; the paper's Eq. 2 sums the two domains' means: 2). Default: 2 with a pretrained backbone (--pretrained or --weights, frozen or fine-tuned), 1 from random init.")
-    bridge_g_weight: float = option(1.0, METHOD, "weight of the classifier bridge penalty (GVB's lambda).", methods=("gvb",))
-    bridge_d_weight: float = option(1.0, METHOD, "weight of the discriminator bridge penalty (GVB's mu).", methods=("gvb",))
-    rsl_weight: float = option(0.001, METHOD, "weight of the relevance spectral alignment loss.", methods=("asan",))
-    rsl_k: int = option(11, METHOD, "how many of the smallest source singular values are shrunk.", methods=("asan",))
-    target_loss_weight: float = option(1.0, METHOD, "weight of the losses on the target's predictions.", methods=TARGET_LOSS_NAMES)
+    trade_off: float | None = option(None, METHOD, "Weight of the adversarial loss, a mean over source and target rows (TLlib's and the "
+                                                   "original CDAN code's scale; the paper's Eq. 2 sums the two domains' means: 2). "
+                                                   "Default: 2 with a pretrained backbone (--pretrained or --weights, frozen or "
+                                                   "fine-tuned), 1 from random init.", **COUNT)
+    bridge_g_weight: float = option(1.0, METHOD, "weight of the classifier bridge penalty (GVB's lambda).", methods=("gvb",), **COUNT)
+    bridge_d_weight: float = option(1.0, METHOD, "weight of the discriminator bridge penalty (GVB's mu).", methods=("gvb",), **COUNT)
+    rsl_weight: float = option(0.001, METHOD, "weight of the relevance spectral alignment loss.", methods=("asan",), **COUNT)
+    rsl_k: int = option(11, METHOD, "how many of the smallest source singular values are shrunk.", methods=("asan",), **COUNT)
+    target_loss_weight: float = option(1.0, METHOD, "weight of the losses on the target's predictions.", methods=TARGET_LOSS_NAMES, **COUNT)
     # mcc: softmax temperature. 2.0, not the MCC paper's and TLlib's 2.5: on Office-31 (frozen lite0,
     # 5 seeds) 2.0 read 2.4 and 4.0 points above 2.5, and 3.5 collapsed below source-only (issue 33).
-    mcc_temperature: float = option(2.0, METHOD, "softmax temperature of the class-confusion matrix (the paper's 2.5 read 2-4 points lower on Office-31; 3.5 collapsed).", methods=("mcc",))
-    bottleneck_dim: int = option(256, TRAINING, "Width of the bottleneck (Linear, BatchNorm, ReLU) between the backbone and the head.")
-    disc_hidden: int = option(1024, METHOD, "Width of the discriminator's hidden layers.")
-    image_size: int | None = option(None, DATA, "Square input size; default: the backbone's own.")
-    min_crop: float = option(0.08, DATA, "Smallest area fraction of the random resized crop.")
-    hflip: float = option(0.5, DATA, "Horizontal flip probability (0 for digits or text).")
+    mcc_temperature: float = option(2.0, METHOD, "softmax temperature of the class-confusion matrix (the paper's 2.5 read 2-4 points lower "
+                                                 "on Office-31; 3.5 collapsed).", methods=("mcc",), minimum=0, open_min=True,
+                                                 range_hint="the default is 2.0")
+    bottleneck_dim: int = option(256, TRAINING, "Width of the bottleneck (Linear, BatchNorm, ReLU) between the backbone and the head.",
+                                 **POSITIVE)
+    disc_hidden: int = option(1024, METHOD, "Width of the discriminator's hidden layers.", **POSITIVE)
+    image_size: int | None = option(None, DATA, "Square input size; default: the backbone's own.", minimum=8)
+    min_crop: float = option(0.08, DATA, "Smallest area fraction of the random resized crop.", minimum=0, maximum=1, open_min=True)
+    hflip: float = option(0.5, DATA, "Horizontal flip probability (0 for digits or text).", minimum=0, maximum=1)
     pretrained: bool = option(True, TRAINING, "Start from timm's pretrained weights (downloaded).")
     weights: str | None = option(None, TRAINING, "Local timm state dict (.safetensors or .pth) for the backbone.", metavar="FILE")
     eval_dir: str | None = option(None, EVALUATION, "Labeled target folder, evaluated at the end (and every --eval-every).", metavar="DIR")
     # validators (and --eval-dir) every N iterations; 0: at the end only. None: default_eval_every(),
     # a tenth of the run, for a curve in results.png at under 5 % of the run's time (issue 34).
-    eval_every: int | None = option(None, EVALUATION, "Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end only. Default: a tenth of --iters, at least 100 apart with --freeze-backbone and 1000 when the backbone trains (a curve in results.png for under 5% of the run's time); 0 for shorter runs.")
-    val_split: float = option(0.1, DATA, "Fraction of each source class held out for the src-acc and dev validators.")
-    val_target_images: int = option(2000, EVALUATION, "Target images the validators look at (a fixed random sample); 0: all.")
-    select: str = option("last", EVALUATION, "Which evaluated snapshot becomes model.safetensors: {choices} (the oracle; needs --eval-dir).", choices=SELECT_CHOICES)
-    log_every: int = option(10, EVALUATION, "Write a metrics row every N iterations.")
-    save_every: int = option(500, OUTPUT, "Save the full training state every N iterations (0: at the end only).")
-    seed: int = option(0, TRAINING, "Random seed; same seed, same weights on CPU.")
+    eval_every: int | None = option(None, EVALUATION, "Compute the validators (and --eval-dir accuracy) every N iterations; 0: at the end "
+                                                      "only. Default: a tenth of --iters, at least 100 apart with --freeze-backbone and "
+                                                      "1000 when the backbone trains (a curve in results.png for under 5% of the run's "
+                                                      "time); 0 for shorter runs.", **COUNT)
+    val_split: float = option(0.1, DATA, "Fraction of each source class held out for the src-acc and dev validators.", minimum=0,
+                              maximum=1, open_max=True)
+    val_target_images: int = option(2000, EVALUATION, "Target images the validators look at (a fixed random sample); 0: all.", **COUNT)
+    select: str = option("last", EVALUATION,
+                         "Which evaluated snapshot becomes model.safetensors: {choices} (the oracle; needs --eval-dir).",
+                         choices=SELECT_CHOICES)
+    log_every: int = option(10, EVALUATION, "Write a metrics row every N iterations.", **POSITIVE)
+    save_every: int = option(500, OUTPUT, "Save the full training state every N iterations (0: at the end only).", **COUNT)
+    seed: int = option(0, TRAINING, "Random seed; same seed, same weights on CPU.", minimum=0, maximum=MAX_SEED, range_hint="any seed in "
+                                                                                                                            "[0, 2^32) is "
+                                                                                                                            "as good as "
+                                                                                                                            "another")
     device: str = option("auto", PERFORMANCE, "{choices}. auto picks CUDA, then MPS, else CPU.", choices=DEVICES)
-    workers: int | None = option(None, PERFORMANCE, "Loader processes; default min(8, CPUs - 1).")
+    workers: int | None = option(None, PERFORMANCE, "Loader processes; default min(8, CPUs - 1).", **COUNT)
     # None: training/threads.py decides when the run starts, and config.yaml holds the number
     # (0 when it is torch's default), so a resume or replay runs its steps as the run did.
-    threads: int | None = option(None, PERFORMANCE, "CPU threads of the training steps; 0: torch's default (OMP_NUM_THREADS, else one per core). Default: with --freeze-backbone on a CPU, the fewest threads within 5% of the fastest on the head's step, measured when the run starts (a small step gains little from more threads and loses several times its speed when other work shares the cores; docs/performance.md); otherwise, and when OMP_NUM_THREADS is set, torch's default. The number is written to config.yaml.")
-    freeze_backbone: bool = option(False, TRAINING, "Keep the backbone fixed and train on its features, computed once and cached on disk (minutes on a CPU).")
-    cache_dir: str | None = option(None, PERFORMANCE, "Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.", metavar="DIR")
+    threads: int | None = option(None, PERFORMANCE, "CPU threads of the training steps; 0: torch's default (OMP_NUM_THREADS, else one per "
+                                                    "core). Default: with --freeze-backbone on a CPU, the fewest threads within 5% of the "
+                                                    "fastest on the head's step, measured when the run starts (a small step gains little "
+                                                    "from more threads and loses several times its speed when other work shares the cores; "
+                                                    "docs/performance.md); otherwise, and when OMP_NUM_THREADS is set, torch's default. "
+                                                    "The number is written to config.yaml.", **COUNT)
+    freeze_backbone: bool = option(False, TRAINING, "Keep the backbone fixed and train on its features, computed once and cached on disk "
+                                                    "(minutes on a CPU).")
+    cache_dir: str | None = option(None, PERFORMANCE, "Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.",
+                                   metavar="DIR")
     # batched (issue 43): the loader's per-image work is a copy, so it feeds a GPU step from a few
     # cores; per-image: the path of runs saved before it (run.BEFORE_OPTIONS), kept for them.
-    augment: str = option("batched", PERFORMANCE, "batched: training images decoded once (in memory when they fit, else in a disk cache beside the features), then cropped, flipped and normalized a whole batch at a time on the device | per-image: decoded and augmented one image at a time with PIL in the loader processes (how runs saved before this option trained).", choices=AUGMENTS)
+    augment: str = option("batched", PERFORMANCE, "batched: training images decoded once (in memory when they fit, else in a disk cache "
+                                                  "beside the features), then cropped, flipped and normalized a whole batch at a time on "
+                                                  "the device | per-image: decoded and augmented one image at a time with PIL in the "
+                                                  "loader processes (how runs saved before this option trained).", choices=AUGMENTS)
     cache_images: bool = option(False, PERFORMANCE, "--augment per-image: keep decoded, resized training images in memory (when they fit).")
     compile: bool = option(False, PERFORMANCE, "torch.compile the classifier (faster steps after a slow first one).")
     deterministic: bool = option(False, PERFORMANCE, "On CUDA: deterministic cuDNN kernels, no autotuning (slower).")
-    devices: int = option(1, PERFORMANCE, "Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per process.")
+    devices: int = option(1, PERFORMANCE, "Data-parallel processes on this machine (DDP via torch.distributed.run); --batch-size stays per "
+                                          "process.", **POSITIVE)
     lr_scaling: str = option("none", PERFORMANCE, "How --lr follows the effective batch over processes: {choices}.", choices=LR_SCALINGS)
     sync_bn: bool = option(False, PERFORMANCE, "With several CUDA processes: BatchNorm statistics over all of them (SyncBatchNorm).")
     # None: decided by resolve_balancing once the source folder is counted (docs/label-shift.md).
-    balance_source: bool | None = option(None, LABEL_SHIFT, "Draw every source class equally often. Default: on for an adversarial method when the source is imbalanced above 3:1 (docs/label-shift.md).")
-    balance_target: bool | None = option(None, LABEL_SHIFT, "Draw the target's classes equally often, by the model's current pseudo-labels (refreshed every --refresh-every). Default: as --balance-source, in runs longer than --refresh-every.")
-    label_shift_weights: bool = option(False, LABEL_SHIFT, "Weight source images by the target's class prior, estimated from predictions, over the source's (refreshed every --refresh-every). Measured unreliable: up to 5 points above source-only on two long-tailed tasks, up to 15 below on others (docs/label-shift.md).")
-    refresh_every: int = option(100, LABEL_SHIFT, "Iterations between re-estimates of the target's pseudo-labels and class prior (--balance-target, --label-shift-weights).")
-    logger: str | None = option(None, OUTPUT, "tensorboard (event files in RUN/tensorboard) | mlflow (a run in $MLFLOW_TRACKING_URI): the metrics rows, the config and the final figures there too. Each needs its extra: pip install 'golabels[tensorboard]'.", choices=LOGGERS)
+    balance_source: bool | None = option(None, LABEL_SHIFT, "Draw every source class equally often. Default: on for an adversarial method "
+                                                            "when the source is imbalanced above 3:1 (docs/label-shift.md).")
+    balance_target: bool | None = option(None, LABEL_SHIFT, "Draw the target's classes equally often, by the model's current pseudo-labels "
+                                                            "(refreshed every --refresh-every). Default: as --balance-source, in runs "
+                                                            "longer than --refresh-every.")
+    label_shift_weights: bool = option(False, LABEL_SHIFT, "Weight source images by the target's class prior, estimated from predictions, "
+                                                           "over the source's (refreshed every --refresh-every). Measured unreliable: up "
+                                                           "to 5 points above source-only on two long-tailed tasks, up to 15 below on "
+                                                           "others (docs/label-shift.md).")
+    refresh_every: int = option(100, LABEL_SHIFT, "Iterations between re-estimates of the target's pseudo-labels and class prior "
+                                                  "(--balance-target, --label-shift-weights).", **POSITIVE)
+    logger: str | None = option(None, OUTPUT, "tensorboard (event files in RUN/tensorboard) | mlflow (a run in $MLFLOW_TRACKING_URI): the "
+                                              "metrics rows, the config and the final figures there too. Each needs its extra: pip install "
+                                              "'golabels[tensorboard]'.", choices=LOGGERS)
 
 
     def resolved_lr_gamma(self) -> float:

@@ -312,5 +312,6 @@ def jsonl_row(prediction: Prediction, classes: list[str], k: int) -> str:
     best = int(np.argmax(prediction.probabilities))
     row: dict[str, Any] = {"path": prediction.path, "label": classes[best], "confidence": round(float(prediction.probabilities[best]), 6)}
     if k:
-        row["top_k"] = [{"label": classes[c], "probability": round(float(prediction.probabilities[c]), 6)} for c in top_k(prediction.probabilities, k)]
+        row["top_k"] = [{"label": classes[c],
+                         "probability": round(float(prediction.probabilities[c]), 6)} for c in top_k(prediction.probabilities, k)]
     return json_text(row, indent=None, ensure_ascii=False) + "\n"

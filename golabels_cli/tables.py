@@ -31,7 +31,8 @@ def _cut_at(table: Table, width: int) -> bool:
     return _render(table, width).count("…") > _render(table, 100_000).count("…")
 
 
-def fitted(build: Callable[[list[str]], Table], columns: list[str], least_telling: list[str], width: int | None = None) -> tuple[Table, list[str]]:
+def fitted(build: Callable[[list[str]], Table], columns: list[str], least_telling: list[str],
+           width: int | None = None) -> tuple[Table, list[str]]:
     """The table `build(kept columns)` at the console's width: the columns of `least_telling` left
     out, first to last, until no cell is cut. Returns the table and the columns left out."""
     width = width or stdout.width
@@ -76,7 +77,8 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     else:
         table.add_row("iterations", f"{summary['iters']} in {summary['seconds']:.1f}s ({speed})")
     images, skipped = summary["images"], summary["skipped"]
-    table.add_row("images", f"source {images['source']}, target {images['target']}" + (f", eval {images['eval']}" if images["eval"] else ""))
+    table.add_row("images",
+                  f"source {images['source']}, target {images['target']}" + (f", eval {images['eval']}" if images["eval"] else ""))
     if any(skipped.values()):
         table.add_row("skipped", ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
     final, selected = summary["final"], summary["selected"]
@@ -86,16 +88,19 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     table.add_row("final losses", f"classification {fmt(final['loss_cls'])}, adversarial {fmt(final['loss_adv'])}{on_target}{at}")
     if final["disc_acc"] is not None:
         grad = f", adversarial gradient {final['adv_grad_norm']:.3g}" if final.get("adv_grad_norm") is not None else ""
-        table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target {final['relabeled_tgt']:.3f}{grad}{at}")
+        table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target "
+                                       f"{final['relabeled_tgt']:.3f}{grad}{at}")
     if selected["by"] != "last":
         table.add_row("model", f"the snapshot of iteration {selected['iter']}, selected by {selected['by']}"
                       + (f" ({selected['value']:.4f})" if selected["value"] is not None else " (not computable: the last)"))
     final = next((e for e in summary["evals"] if e["iter"] == selected["iter"]), None)
     if final:
         shipped = f" (iteration {selected['iter']}, the shipped snapshot)" if at else ""
-        table.add_row("validators", " ".join(f"{name} {fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc") + shipped)
+        values = " ".join(f"{name} {fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc")
+        table.add_row("validators", values + shipped)
     if summary["target_acc"] is not None:
-        table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; --eval-dir labels)")
+        table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; --eval-dir "
+                                         "labels)")
     files = [summary.get(k) for k in ("results_figure", "results_csv", "target_mosaic") if summary.get(k)]
     if files:
         table.add_row("figures", f"{', '.join(files)} in {summary['run_dir']}")
@@ -110,7 +115,8 @@ def print_eval(result, title: str) -> None:
     for row in result.per_class:
         table.add_row(row.name, str(row.images), str(row.correct), f"{row.accuracy:.4f}")
     stdout.print(table)
-    stdout.print(f"top-1 accuracy {result.accuracy:.4f} on {result.images} images; mean per-class accuracy {result.mean_class_accuracy:.4f}")
+    stdout.print(f"top-1 accuracy {result.accuracy:.4f} on {result.images} images; "
+                 f"mean per-class accuracy {result.mean_class_accuracy:.4f}")
     if result.skipped:
         stdout.print(f"{result.skipped} unreadable image{'s' if result.skipped != 1 else ''} skipped")
     if result.most_confused:
@@ -132,7 +138,8 @@ def print_eval(result, title: str) -> None:
         if not _cut_at(confusion, stdout.width):
             stdout.print(confusion)
         else:
-            stdout.print("(the confusion matrix is wider than this terminal: --confusion FILE writes it as CSV, --plots draws it)", markup=False)
+            stdout.print("(the confusion matrix is wider than this terminal: --confusion FILE writes it as CSV, --plots draws it)",
+                         markup=False)
 
 
 def environment_line(env: dict) -> str:
@@ -336,7 +343,8 @@ def print_search_report(record) -> None:
     """`golabels report` of a --method auto run: the search's state, or its result."""
     overview = _two_columns(f"golabels report: {record.run_dir}")
     cfg, summary = record.config, record.summary
-    overview.add_row("method", f"auto over {cfg.get('search_recipes')}, --search-pick {cfg.get('search_pick')}, backbone {cfg.get('backbone')}")
+    overview.add_row("method", f"auto over {cfg.get('search_recipes')}, --search-pick {cfg.get('search_pick')}, backbone "
+                               f"{cfg.get('backbone')}")
     if summary is None:
         done = sum(1 for _, run in record.candidates if run is not None and run.finished)
         overview.add_row("status", f"not finished: {done} of {len(record.candidates)} candidates done "

@@ -65,7 +65,8 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
             what = "is not a regular file" if path.exists() else "not found"  # a FIFO would block the read for ever
             raise InputError(f"config file {path} {what}", "pass the path of a YAML file")
         if path.stat().st_size > MAX_YAML_BYTES:
-            raise InputError(f"config file {path} is larger than {MAX_YAML_BYTES >> 20} MiB", "a golabels config is a short mapping of option names to values")
+            raise InputError(f"config file {path} is larger than {MAX_YAML_BYTES >> 20} MiB", "a golabels config is a short mapping of "
+                                                                                              "option names to values")
         text = path.read_text(encoding="utf-8")
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
             raise InputError(f"config file {path} uses YAML aliases (*name)", "write each value out")

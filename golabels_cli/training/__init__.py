@@ -7,9 +7,10 @@
     loop.py           the loop, top to bottom, and its window of metrics
     step.py           one optimizer step (forward, objective, backward); the learning rate; the head start
     selection.py      evaluating a snapshot (validators, --eval-dir, --bn-stats) and --select
-    target_estimate.py  pseudo-labels and class prior of the target; the label-shift warning
+    target_estimate.py  pseudo-labels and class prior of the target; a snapshot's label-shift figures and warning
     outputs.py        the model's outputs on the run's image sets
-    run_dir.py        checkpoint, summary, metrics file, signals
+    run_dir.py        checkpoint, summary, metrics file, results files
+    signals.py        Ctrl-C and SIGTERM: stop after the step in progress, or at once
     runtime.py        RNG states, speed settings, the environment
     state.py          Training (what a run is made of) and LoopState (where its loop is)
 """

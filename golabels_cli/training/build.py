@@ -42,7 +42,8 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
         disc = spec.discriminator(_discriminator_input_dim(cfg, len(source.classes)), cfg.disc_hidden, cfg.discriminator).to(device)
     multilinear = None
     if spec.conditioned:
-        multilinear = MultilinearMap(cfg.bottleneck_dim, len(source.classes), torch.Generator().manual_seed(cfg.seed), cfg.cdan_map).to(device)
+        multilinear = MultilinearMap(cfg.bottleneck_dim, len(source.classes), torch.Generator().manual_seed(cfg.seed),
+                                     cfg.cdan_map).to(device)
 
     # Measured before anything slow (the features), so the probe sees the machine the steps will run on.
     cfg = dataclasses.replace(cfg, threads=resolve_threads(cfg, device, torch.nn.Sequential(model.bottleneck, model.head),
@@ -66,7 +67,8 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
         features = _cached_features(cfg, model.backbone, data_config, device, workers, sets)
     elif cfg.augment == "batched":
         decoded = {"source": decode_images(source, data_config, cfg.cache_dir, "decoding the source", workers or 1),
-                   "target": decode_images(target, data_config, cfg.cache_dir, "decoding the target", workers or 1) if recipe.uses_target else None}
+                   "target": decode_images(target, data_config, cfg.cache_dir, "decoding the target",
+                                           workers or 1) if recipe.uses_target else None}
     elif cfg.cache_images:
         decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if recipe.uses_target else None}
     return Training(cfg, device, source, target, eval_set, validation, report, data_config, model, disc, multilinear, objective, optimizer,

@@ -51,7 +51,8 @@ def _check_rng(rng: Any, path: Path) -> None:
         n = rng["numpy"]
         keys = n["keys"].numpy().astype(np.uint32) if isinstance(n["keys"], torch.Tensor) else None
         np.random.RandomState().set_state(("MT19937", keys, int(n["pos"]), int(n["has_gauss"]), float(n["cached"])))
-        if not isinstance(rng.get("cuda", []), list) or not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in rng.get("cuda", [])):
+        cuda = rng.get("cuda", [])
+        if not isinstance(cuda, list) or not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda):
             raise TypeError("cuda: a list of byte tensors expected")
     except Exception as exc:  # noqa: BLE001 - whatever a generator says of a state it cannot take
         raise _bad(path, "rng", f"is not a set of generator states ({reason(exc, 100)})") from None
@@ -73,7 +74,8 @@ def _count(value: Any) -> bool:
 # LoopState's fields, each with what a resume needs it to be.
 LOOP_FIELDS = {
     "iteration": (_count, "a non-negative integer"),
-    "sums": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items()), "a mapping of names to numbers"),
+    "sums": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items()),
+             "a mapping of names to numbers"),
     "window": (_count, "a non-negative integer"),
     "last_row": (lambda v: isinstance(v, dict), "a mapping"),
     "evals": (lambda v: isinstance(v, list) and all(isinstance(e, dict) and _count(e.get("iter")) for e in v),

@@ -39,8 +39,8 @@ from ..methods import grl_coeff
 from ..model_info import ModelInfo
 from ..progress import RowLogged, RunFinished, RunStarted, StepDone
 from ..trackers import Tracker
-from .run_dir import (append, checkpoint, kept, logged_rows, open_metrics, results_files, save_checkpoint, stop_requests, summary, write,
-                      write_failure)
+from .run_dir import append, checkpoint, kept, logged_rows, open_metrics, results_files, save_checkpoint, summary, write, write_failure
+from .signals import stop_requests
 from .runtime import set_rng_state
 from .selection import keep_if_selected, target_batchnorm, validate
 from .state import LOSS_KEYS, STAT_KEYS, LoopState, Progress, Training
@@ -402,7 +402,8 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
         return {}
     info = ModelInfo(cfg.backbone, t.source.classes, t.data_config, cfg.bottleneck_dim, cfg.method, cfg.domain_labels)
     if cfg.select != "last" and state.selected_weights is None:
-        log.warning("--select %s could not be computed at any evaluated snapshot: model.safetensors holds the last iteration's weights", cfg.select)
+        log.warning("--select %s could not be computed at any evaluated snapshot: model.safetensors holds the last iteration's weights",
+                    cfg.select)
         state.selected = {"iter": cfg.iters, "value": None}
     run.save(cfg.iters)
     if state.selected_weights is not None:

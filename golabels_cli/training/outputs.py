@@ -58,7 +58,7 @@ def role_outputs(t: Training, role: str, images: ImageSet, indices: list[int] | 
     return outputs(t.model, images.subset(indices) if indices is not None else images, t, f"evaluating: {ROLE_NAMES[role]}")
 
 
-def class_counts(logits: torch.Tensor, classes: int) -> torch.Tensor:
+def predicted_counts(logits: torch.Tensor, classes: int) -> torch.Tensor:
     """How many rows are predicted as each class."""
     return torch.bincount(logits.argmax(1), minlength=classes).float()
 

@@ -127,7 +127,8 @@ def _folders(cfg: AdaptConfig, d: Dist, progress: Progress) -> Folders:
     copy) from the source's class counts; the report goes to `progress` before anything slow."""
     scanned = scan_labeled(cfg.source, "source")
     if len(scanned.classes) < 2:
-        raise InputError(f"source folder {cfg.source} has only one class ({scanned.classes[0]!r})", "a classifier needs at least two class folders")
+        raise InputError(f"source folder {cfg.source} has only one class ({scanned.classes[0]!r})", "a classifier needs at least two class "
+                                                                                                    "folders")
     target = scan_unlabeled(cfg.target, "target")
     eval_set = labeled_for_model(cfg.eval_dir, scanned.classes, "eval") if cfg.eval_dir else None
     train_idx, val_idx = stratified_split(scanned.labels, cfg.val_split, cfg.seed)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..choices import parse_recipe_name
-from ..checkpoint import check_run_dir, claim_run_dir, load_checkpoint, remove_stale_temporaries
+from ..checkpoint import load_checkpoint
+from ..files import check_run_dir, claim_run_dir, remove_stale_temporaries
 from .. import run_files
 from ..config import DERIVED, FIELDS, RESUME_LENGTH, RESUME_OPTIONS, AdaptConfig, build_config, follow_new_length, option_name, to_yaml
 from ..yaml_files import read_config_fields
@@ -21,7 +22,8 @@ from ..progress import no_events
 from .build import build
 from .checkpoint_schema import check_checkpoint_state, check_selected_model
 from .loop import train
-from .run_dir import CHECKPOINT_FORMAT, set_aside_metrics, stop_at_once, write
+from .run_dir import CHECKPOINT_FORMAT, set_aside_metrics, write
+from .signals import stop_at_once
 from .state import LoopState, Progress, Training
 
 log = logging.getLogger("golabels")
@@ -46,7 +48,8 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     if cfg.domain_labels != "fixed" and not recipe.adversarial:
         # Refused for new runs only: a checkpoint saved before this check still resumes.
         raise InputError(f"--domain-labels {cfg.domain_labels} sets the targets of a discriminator, and --method {cfg.method} has none",
-                         "leave --domain-labels out" + (f", or add an alignment term (--method cdan-e+{cfg.method})" if recipe.uses_target else ""))
+                         "leave --domain-labels out"
+                         + (f", or add an alignment term (--method cdan-e+{cfg.method})" if recipe.uses_target else ""))
     if env_rank() == 0:
         check_run_dir(out, exist_ok, {"SOURCE": cfg.source, "TARGET": cfg.target, "--eval-dir": cfg.eval_dir})
     device = pick_device(cfg.device)
@@ -106,7 +109,8 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
         raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
     cfg, done = _checked(ckpt, run_dir, path, overrides or {})
     if done >= cfg.iters and (run_dir / run_files.MODEL).is_file() and (run_dir / run_files.SUMMARY).is_file():
-        raise InputError(f"run {run_dir} is already complete ({done} of {cfg.iters} iterations)", "evaluate or export it, or start a new run")
+        raise InputError(f"run {run_dir} is already complete ({done} of {cfg.iters} iterations)", "evaluate or export it, or start a new "
+                                                                                                  "run")
     # (done == iters without the model: the final writes failed, and resuming makes them again.)
     device = pick_device(cfg.device)
     d = setup(device.type)

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import run_files
-from ..checkpoint import check_run_dir, claim_run_dir, load_model, save_model
+from ..checkpoint import load_model, save_model
+from ..files import check_run_dir, claim_run_dir
 from ..choices import AUTO_METHOD, ENSEMBLE, parse_recipe_name, parse_search_recipes
 from ..config import AdaptConfig, build_config, candidate_config, to_yaml
 from ..errors import InputError, Interrupted, RunError, plural, reason
@@ -70,7 +71,8 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     try:
         cfg = build_config({**declared, **(overrides or {})})
     except InputError as exc:
-        raise InputError(f"{run_dir / run_files.CONFIG} cannot be resumed ({exc.message})", "restore the search's own config.yaml") from None
+        raise InputError(f"{run_dir / run_files.CONFIG} cannot be resumed ({exc.message})",
+                         "restore the search's own config.yaml") from None
     return resume_search(run_dir, cfg, overrides or {}, progress)
 
 
@@ -143,7 +145,8 @@ def _finished(folder: Path) -> dict[str, Any] | None:
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path} cannot be read ({reason(exc)})", "restore it, or remove that candidate's folder to train it again") from exc
+        raise InputError(f"{path} cannot be read ({reason(exc)})",
+                         "restore it, or remove that candidate's folder to train it again") from exc
     if not isinstance(summary, dict) or not isinstance(summary.get("evals"), list):
         raise InputError(f"{path} is not a golabels summary", "restore it, or remove that candidate's folder to train it again")
     return summary
@@ -246,7 +249,7 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], firs
 
 
 def _copy_model(source: Path, path: Path) -> None:
-    from ..checkpoint import atomic_path
+    from ..files import atomic_path
 
     with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
@@ -287,6 +290,7 @@ def _shipped_accuracy(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, A
     model, info = load_model(run_dir)
     images, to_model = labeled_for_model(cfg.eval_dir, info.classes, "eval")
     device = pick_device(overrides.get("device", cfg.device))
-    result = evaluate_cached(model.to(device), info, images, to_model, device, overrides.get("cache_dir", cfg.cache_dir), 2 * cfg.batch_size)
+    result = evaluate_cached(model.to(device), info, images, to_model, device, overrides.get("cache_dir", cfg.cache_dir),
+                             2 * cfg.batch_size)
     return result.accuracy, result.mean_class_accuracy
 

@@ -1,5 +1,6 @@
 """Evaluating a snapshot during training (the validators, the --eval-dir oracle, under the
-BatchNorm statistics it will ship with) and keeping the one --select chooses."""
+BatchNorm statistics it will ship with) and keeping the one --select chooses. (Its label-shift
+figures are target_estimate.py's.)"""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import torch
 
 from ..data import ImageSet
 from ..inference import autocast, score
-from ..label_shift import em_prior, shift_p_value, total_variation
 from ..progress import batch_size as batch_size_of
 from ..progress import tracked
 from ..validators import Outputs, better, compute_validators, metric_key
-from .outputs import class_counts, image_loader, role_outputs
+from .outputs import image_loader, role_outputs
 from .state import LoopState, Training
-from .target_estimate import source_prior, trained_prior
+from .target_estimate import shift_scores
 
 
 def validate(t: Training, state: LoopState) -> dict[str, Any]:
@@ -54,23 +54,7 @@ def _validate_snapshot(t: Training, state: LoopState, outputs: Callable) -> dict
         train_features = outputs("source", t.source, v.train_sample)[1]
     scores: dict[str, Any] = compute_validators(Outputs(val_logits, val_labels, val_features, train_features,
                                                         target_logits, target_features))
-    # Label shift: the target's class distribution as the predictions imply it (EM), against the source's.
-    target_prior = em_prior(target_logits.float().softmax(1), trained_prior(t, state))
-    scores["prior_shift"] = round(total_variation(target_prior, source_prior(t)), 6)
-    scores["target_prior"] = [round(float(v), 4) for v in target_prior]
-    counts = class_counts(target_logits, len(target_prior))
-    scores["predicted_share"] = [round(float(v), 4) for v in counts / counts.sum()]
-    # Against the shares the same model predicts on held-out source images: a model that leans
-    # toward a class leans so on both domains, and that lean is not a label shift.
-    if val_logits is not None:
-        reference = class_counts(val_logits, len(target_prior))
-        scores["source_predicted_share"] = [round(float(v), 4) for v in reference / reference.sum()]
-        scores["predicted_shift_p"] = shift_p_value(counts, reference)
-    else:
-        reference = source_prior(t)
-        scores["source_predicted_share"] = None
-        scores["predicted_shift_p"] = shift_p_value(counts, reference, reference_is_prior=True)
-    scores["predicted_shift"] = round(total_variation(counts / counts.sum(), reference / reference.sum()), 6)
+    scores.update(shift_scores(t, state, target_logits, val_logits))
     if t.eval_set is not None:
         images, to_model = t.eval_set
         logits = outputs("eval", images)[0]

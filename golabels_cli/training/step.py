@@ -84,8 +84,10 @@ class Step:
 def step_of(t: Training, forward: Callable | None = None, objective: Objective | None = None) -> Step:
     """The step of a built run: the model's forward (the head's alone on cached features) and the
     run's objective unless others are given (the loop's DDP-wrapped or compiled ones)."""
-    forward = forward or (t.model.classify if t.features is not None else t.model)
-    return Step(forward, objective or t.objective, t.optimizer, t.device, t.speed, t.cfg.forward == "per-domain", t.grad_scaler)
+    if forward is None:
+        forward = t.model.classify if t.features is not None else t.model
+    objective = objective if objective is not None else t.objective
+    return Step(forward, objective, t.optimizer, t.device, t.speed, t.cfg.forward == "per-domain", t.grad_scaler)
 
 
 class Classify(torch.nn.Module):
@@ -116,7 +118,8 @@ def fit_head(t: Training) -> float:
     Kumar et al. 2022). Returns the last step's loss."""
     cfg, device = t.cfg, t.device
     features = backbone_features(t.source, t.model.backbone, model_key(cfg.backbone, t.model.backbone, t.data_config),
-                                 t.data_config, device, cfg.cache_dir, 2 * cfg.batch_size, t.workers, "--head-start: features of the source")
+                                 t.data_config, device, cfg.cache_dir, 2 * cfg.batch_size, t.workers,
+                                 "--head-start: features of the source")
     sampler = train_sampler(t.source, cfg.seed, HEAD_START_STREAM, 0, t.dist.rank, t.dist.world,
                             t.source.labels if cfg.balance_source else None)
     params = [*t.model.bottleneck.parameters(), *t.model.head.parameters()]

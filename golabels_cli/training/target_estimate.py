@@ -1,5 +1,6 @@
 """What the run reads of the target's classes: pseudo-labels and the class prior they imply
-(--balance-target, --label-shift-weights), and the label-shift warning."""
+(--balance-target, --label-shift-weights), a snapshot's label-shift figures, and the label-shift
+warning."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import torch
 
 from ..data import class_counts, imbalance_ratio, sample_indices
 from ..distributed import from_rank_0
-from ..label_shift import SHIFT_P_VALUE, SHIFT_WARNING, bbse_prior, class_weights, em_prior, moving_average, total_variation
+from ..label_shift import SHIFT_P_VALUE, SHIFT_WARNING, bbse_prior, class_weights, em_prior, moving_average, shift_p_value, total_variation
 from ..methods import get_method
 from ..remedies import IMBALANCE_WARNING, remedy_flags, remedy_hint
-from .outputs import role_outputs
+from .outputs import predicted_counts, role_outputs
 from .state import LoopState, Training
 
 log = logging.getLogger("golabels")
@@ -155,3 +156,27 @@ def warn_on_label_shift(t: Training, state: LoopState, it: int, scores: dict[str
                 "adversarial alignment can then pull target images onto the wrong classes — %s",
                 scores["predicted_shift"], measured, leaning,
                 remedy_hint(remedy_flags(t.cfg), recommend=source_imbalanced))
+
+
+def shift_scores(t: Training, state: LoopState, target_logits: torch.Tensor, val_logits: torch.Tensor | None) -> dict[str, Any]:
+    """A snapshot's label-shift figures: the target's class distribution as its predictions imply
+    it (EM), against the source's, and the shares of its predicted classes on the target against
+    those on held-out source images (or the source's prior without them)."""
+    scores: dict[str, Any] = {}
+    target_prior = em_prior(target_logits.float().softmax(1), trained_prior(t, state))
+    scores["prior_shift"] = round(total_variation(target_prior, source_prior(t)), 6)
+    scores["target_prior"] = [round(float(v), 4) for v in target_prior]
+    counts = predicted_counts(target_logits, len(target_prior))
+    scores["predicted_share"] = [round(float(v), 4) for v in counts / counts.sum()]
+    # Against the shares the same model predicts on held-out source images: a model that leans
+    # toward a class leans so on both domains, and that lean is not a label shift.
+    if val_logits is not None:
+        reference = predicted_counts(val_logits, len(target_prior))
+        scores["source_predicted_share"] = [round(float(v), 4) for v in reference / reference.sum()]
+        scores["predicted_shift_p"] = shift_p_value(counts, reference)
+    else:
+        reference = source_prior(t)
+        scores["source_predicted_share"] = None
+        scores["predicted_shift_p"] = shift_p_value(counts, reference, reference_is_prior=True)
+    scores["predicted_shift"] = round(total_variation(counts / counts.sum(), reference / reference.sum()), 6)
+    return scores
