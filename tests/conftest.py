@@ -84,6 +84,12 @@ def exported(domains, tmp_path_factory):
     return run, json.loads(result.stdout)
 
 
+@pytest.fixture
+def shipped(exported):
+    """`exported`'s tiny finished run, holding its model.onnx: tests that change files copy them."""
+    return exported[0]
+
+
 def adapt_tiny(source, target, out, *extra):
     result = cli("adapt", source, target, *TINY, "--out", out, "--quiet", *extra)
     assert result.exit_code == 0, result.stderr + result.stdout
@@ -136,3 +142,45 @@ def tree(root) -> dict[str, tuple[int, bytes]]:
 
 def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def image_paths(folder) -> list[str]:
+    """The generated folders' images, in the order predict reads a folder (recursive, sorted)."""
+    return sorted(str(p) for p in Path(folder).rglob("*.png"))
+
+
+def csv_rows(stdout: str) -> list[dict]:
+    """predict's CSV output as rows."""
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(stdout)))
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def interrupt_at(iteration: int):
+    """A run's progress listener that presses Ctrl-C (SIGINT to this process) once step `iteration`
+    is done: the run saves its state after that step and stops."""
+    import os
+    import signal
+
+    from golabels_cli.progress import StepDone
+
+    def listen(event) -> None:
+        if isinstance(event, StepDone) and event.iter == iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return listen

@@ -31,8 +31,8 @@ def assert_same_weights(a, b):
 def test_run_directory_layout(domains, tmp_path):
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "30", "--eval-dir", target, "--eval-every", "10")
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json", "results.png",
-                                               "results.csv", "target-mosaic.png"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "summary.json",
+                                               "results.png", "results.csv", "target-mosaic.png"}
     rows = read_jsonl(run / "metrics.jsonl")
     # results.csv: metrics.jsonl as a table, read back by the standard parser
     import csv

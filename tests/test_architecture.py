@@ -117,7 +117,8 @@ def test_the_method_registry_is_what_the_cli_and_config_offer():
     def listed(name: str) -> str:
         return hints[name].__metadata__[0].help
 
-    for name, choices in (("method", recipe_parts()), ("domain_labels", MODES), ("select", SELECT_CHOICES), ("discriminator", DISCRIMINATORS),
+    for name, choices in (("method", recipe_parts()), ("domain_labels", MODES), ("select", SELECT_CHOICES),
+                          ("discriminator", DISCRIMINATORS),
                           ("cdan_map", CDAN_MAPS), ("schedule", SCHEDULES), ("forward", FORWARDS), ("bn_stats", BN_STATS),
                           ("precision", PRECISIONS), ("device", DEVICES), ("logger", LOGGERS)):
         for choice in choices:
@@ -153,7 +154,8 @@ def test_every_list_of_validators_comes_from_the_one_table():
     assert not lists, lists
     assert all(trackers.TAGS[key] == f"validators/{key}" for key in LABEL_FREE)
     logits = torch.randn(6, 3)
-    values = compute_validators(Outputs(logits, torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(6, 4), torch.randn(6, 4), logits, torch.randn(6, 4)))
+    values = compute_validators(Outputs(logits, torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(6, 4), torch.randn(6, 4), logits,
+                                        torch.randn(6, 4)))
     assert tuple(values) == LABEL_FREE and is_evaluation_row({"iter": 1, **values}) and not is_evaluation_row({"iter": 1, "loss_cls": 1.0})
 
 
@@ -178,7 +180,8 @@ def test_options_are_checked_before_torch_loads():
     code = "import sys, golabels_cli.config, golabels_cli.cli; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "golabels_cli", "adapt", "src", "tgt", "--method", "cdan-x"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "golabels_cli", "adapt", "src", "tgt", "--method", "cdan-x"], capture_output=True,
+                            text=True)
     seconds = time.perf_counter() - started
     assert result.returncode == 2 and result.stderr.startswith("error: unknown method 'cdan-x' — did you mean")
     assert seconds < 3, seconds
@@ -215,7 +218,8 @@ def test_every_package_ships_in_the_wheel():
 
     root = PACKAGE.parent
     include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    expected = {".".join(p.parent.relative_to(root).parts) for top in ("golabels", "golabels_cli") for p in (root / top).rglob("__init__.py")}
+    expected = {".".join(p.parent.relative_to(root).parts)
+                for top in ("golabels", "golabels_cli") for p in (root / top).rglob("__init__.py")}
     assert set(setuptools.find_packages(str(root), include=include)) == expected
 
 
@@ -275,7 +279,8 @@ def test_benchmarks_use_only_the_public_api_and_the_documented_hooks():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("golabels"):
                 offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in allowed.get(node.module, ())]
             elif isinstance(node, ast.Import):
-                offenders += [f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("golabels") and a.name not in allowed]
+                offenders += [f"{path.name}: import {a.name}" for a in node.names
+                              if a.name.startswith("golabels") and a.name not in allowed]
     assert not offenders, offenders
     documented = (root / "docs" / "python.md").read_text()
     assert not [name for name in golabels.hooks.__all__ if f"`{name}`" not in documented and f"`{name}(" not in documented]
@@ -314,3 +319,106 @@ def test_layers_library_then_command_engines_then_api_then_front_ends():
     assert not graph["golabels_cli.api"] & front
     training = {n for n in found if n.startswith("golabels_cli.training")}
     assert not {n: sorted(graph[n] & training) for n in front if graph[n] & training}
+
+
+def _names_in(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+
+
+def test_the_step_and_the_objective_read_no_config():
+    """training/step.py's Step is forward, objective, backward: what it weighs and which method
+    it runs are the objective's constructor arguments, never read from the config in the step."""
+    tree = ast.parse(modules()["golabels_cli.training.step"].read_text())
+    step = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Step")
+    assert "cfg" not in _names_in(step)
+    objective = ast.parse(modules()["golabels_cli.methods.objective"].read_text())
+    assert "cfg" not in _names_in(objective) and "AdaptConfig" not in _names_in(objective)
+
+
+def test_the_built_run_is_frozen_and_the_loop_state_holds_what_changes():
+    import dataclasses
+
+    import pytest
+
+    from golabels_cli.training.state import LoopState, Training
+
+    assert Training.__dataclass_params__.frozen and not LoopState.__dataclass_params__.frozen
+    fields = {f.name for f in dataclasses.fields(Training)}
+    assert "selected_weights" not in fields and "selected_weights" in LoopState.__dataclass_fields__
+    t = object.__new__(Training)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.features = None
+
+
+def test_ranges_are_checked_only_where_they_are_declared():
+    """An option's range sits in its Option (options.py); config.validate refuses a value outside
+    it from there. A check elsewhere comparing one option to a number and raising InputError is a
+    range kept apart from its declaration; checks combining options are allowed."""
+    import dataclasses
+
+    import pytest
+
+    from golabels_cli.config import build_config
+    from golabels_cli.errors import InputError
+    from golabels_cli.options import FIELDS, AdaptConfig, declaration
+
+    # combined checks written as an if inside a function that returned early for the other option
+    combined = {"golabels_cli.config._check_search": "--devices with --method auto"}
+    fields = set(FIELDS)
+    offenders = []
+    for name, path in modules().items():
+        for function in (n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)):
+            if f"{name}.{function.name}" in combined:
+                continue
+            for node in ast.walk(function):
+                if not isinstance(node, ast.If) or not any(isinstance(s, ast.Raise) and "InputError" in _names_in(s) for s in node.body):
+                    continue
+                # a range check: one option compared with numbers, nothing else in the test
+                names = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)}
+                options = {n.attr for n in ast.walk(node.test) if isinstance(n, ast.Attribute) and n.attr in fields}
+                numbers = [n for n in ast.walk(node.test) if isinstance(n, ast.Constant) and isinstance(n.value, (int, float))]
+                if names <= {"cfg"} and len(options) == 1 and numbers:
+                    offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders
+    # and every declared range is refused at its edge
+    for f in dataclasses.fields(AdaptConfig):
+        spec = declaration(f)
+        if spec.minimum is None:
+            continue
+        below = spec.minimum if spec.open_min else spec.minimum - (1 if "int" in f.type else 1e-3)
+        with pytest.raises(InputError, match=f"--{f.name.replace('_', '-')} must be"):
+            build_config({"source": "s", "target": "t", "method": "cdan-e", f.name: below})
+
+
+def test_every_command_goes_through_the_api():
+    """The front ends (cli.py, demo.py) do a command's work through api.py: from the engines and
+    the library they import only declarations, output formatting and file writers, never a
+    function that trains, loads a model, predicts or reads a run."""
+    allowed = {
+        "golabels_cli.predict": {"csv_header", "csv_row", "jsonl_row", "warn_skipped"},  # rows and the skip warning
+        "golabels_cli.evaluate": {"check_new_file", "write_confusion_csv", "write_confusion_plots"},  # eval's output files
+    }
+    doing = {"golabels_cli.training", "golabels_cli.report", "golabels_cli.export", "golabels_cli.inference", "golabels_cli.models",
+             "golabels_cli.features", "golabels_cli.checkpoint", *allowed}
+    offenders = []
+    for name in ("golabels_cli.cli", "golabels_cli.demo"):
+        for node in ast.walk(ast.parse(modules()[name].read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                module = "golabels_cli." + (node.module or "")
+                if any(module == d or module.startswith(d + ".") for d in doing):
+                    offenders += [f"{name}: {module}.{a.name}" for a in node.names if a.name not in allowed.get(module, set())]
+    assert not offenders, offenders
+    api = modules()["golabels_cli.api"].read_text()
+    assert api.startswith('"""golabels from Python: what the six commands do')
+    for command in ("adapt", "resume", "evaluate", "export_onnx", "predict", "report"):
+        assert f"\ndef {command}(" in api, command
+
+
+def test_line_length_is_held_by_the_linter_in_ci():
+    import tomllib
+
+    root = PACKAGE.parent
+    ruff = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["ruff"]
+    assert ruff["line-length"] <= 140 and "E" in ruff["lint"]["select"]  # E501: lines over line-length
+    assert "make lint" in (root / ".ci" / "run").read_text()
+    assert "ruff check" in (root / "Makefile").read_text()

@@ -1,6 +1,5 @@
 """The benchmark scripts' own logic on tiny data: the sweep's cells, resume and table; the toys."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,21 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import BENCHMARKS, load_benchmark
 from golabels_cli.synthetic import make_two_domains
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_uda_sweep_runs_resumes_and_tabulates(tmp_path):
-    uda = load("uda")
+    uda = load_benchmark("uda")
     make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)  # domains "source" and "target"
     args = ["--root", str(tmp_path / "data"), "--tasks", "source:target,target:source", "--methods", "source-only,dann",
             "--domain-labels", "fixed,go", "--seeds", "2", "--out", str(tmp_path / "sweep"), "--backbone", "test_resnet",
@@ -89,7 +78,7 @@ def test_uda_sweep_runs_resumes_and_tabulates(tmp_path):
 def test_uda_sweep_with_remedies(tmp_path):
     import yaml
 
-    uda = load("uda")
+    uda = load_benchmark("uda")
     make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
     args = ["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "source-only,dann", "--domain-labels", "fixed,go",
             "--seeds", "1", "--remedies", "balance-source,balance-target+label-shift-weights", "--refresh-every", "2",
@@ -114,7 +103,7 @@ def test_uda_sweep_with_remedies(tmp_path):
 
 
 def test_toy_problems_and_table():
-    toy = load("toy")
+    toy = load_benchmark("toy")
     for name, make in toy.PROBLEMS.items():
         problem = make(0)
         assert problem.xs.shape[1] == problem.xt.shape[1] == 2 and problem.tail.any() and not problem.tail.all()
@@ -139,7 +128,7 @@ def test_throughput_script_runs_its_figures(tmp_path):
 
 
 def test_largest_batch_search_finds_the_edge():
-    throughput = load("throughput")
+    throughput = load_benchmark("throughput")
     for edge in (1, 5, 32, 33, 100, 1000):
         tried = []
 
@@ -178,9 +167,11 @@ def test_gpu_script_dry_run_on_the_cpu_writes_every_figure(tmp_path):
     result = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     table = (out / "results.md").read_text()
-    for line in ("demo: {'source_only'", "- test_resnet (a) adapt step", "- test_resnet (b) step time go", "- test_resnet (f) golabels' DANN",
+    for line in ("demo: {'source_only'", "- test_resnet (a) adapt step", "- test_resnet (b) step time go", "- test_resnet (f) golabels' "
+                                                                                                           "DANN",
                  "- test_resnet (g) peak memory n/a on the CPU; largest batch per domain that fits: 8",
-                 "- test_resnet (i) --compile, mode default: first step", "- test_resnet (h) predict on", "onnxruntime (CPUExecutionProvider)",
+                 "- test_resnet (i) --compile, mode default: first step", "- test_resnet (h) predict on", "onnxruntime "
+                                                                                                          "(CPUExecutionProvider)",
                  "- test_resnet (l) loader CPU ms per image", "- end to end (test_resnet, 3 iterations): per-image from the JPEGs",
                  "- data parallel, plain:", "- data parallel, --devices 1:", "exit 0"):
         assert line in table, (line, table)
@@ -196,7 +187,7 @@ def test_prior_estimates_reads_finished_runs_and_resumes(domains, tmp_path, caps
 
     from conftest import adapt_tiny
 
-    prior_estimates = load("prior_estimates")
+    prior_estimates = load_benchmark("prior_estimates")
     source, target = domains
     adapt_tiny(source, target, tmp_path / "runs" / "task" / "dann" / "seed0", "--iters", "4", "--method", "dann")
     (tmp_path / "runs" / "task" / "dann" / "unfinished").mkdir()  # no summary.json: not a run to read
@@ -254,18 +245,20 @@ def test_fine_tuning_script_runs_every_recipe_and_tabulates(tmp_path):
            "SEEDS": "2", "WORKERS": "0", "BATCH": "4", "DEADLINE": "600"}
     done = subprocess.run(["bash", str(BENCHMARKS / "fine_tuning.sh")], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("== ")] == ["== frozen", "== batch-bn", "== frozen-bn"]
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("== ")] == ["== frozen", "== batch-bn", "== "
+                                                                                                                               "frozen-bn"]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| source → target |")]
     assert len(rows) == 3 * 2 and all(line.split("|")[-3].strip() == "2" for line in rows)  # 2 seeds in every cell
     configs = {p.parts[-5]: yaml.safe_load(p.read_text()) for p in (tmp_path / "ft").rglob("cdan-e-fixed/seed0/config.yaml")}
     assert configs["frozen"]["freeze-backbone"] and not configs["batch-bn"]["freeze-bn"] and configs["frozen-bn"]["freeze-bn"]
     assert (configs["batch-bn"]["trade-off"], configs["frozen-bn"]["trade-off"]) == (1, 2)  # before issue 23, and its defaults
-    bad = subprocess.run(["bash", str(BENCHMARKS / "fine_tuning.sh")], env={**env, "RECIPES": "frozen,nope"}, capture_output=True, text=True)
+    bad = subprocess.run(["bash", str(BENCHMARKS / "fine_tuning.sh")], env={**env, "RECIPES": "frozen,nope"}, capture_output=True,
+                         text=True)
     assert bad.returncode == 2 and "unknown recipe nope" in bad.stderr
 
 
 def test_uda_set_passes_any_adapt_option_to_every_cell(tmp_path):
-    uda = load("uda")
+    uda = load_benchmark("uda")
     make_two_domains(tmp_path / "data", per_class=4, size=32, seed=3)
     args = ["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "cdan-e", "--domain-labels", "fixed",
             "--seeds", "1", "--out", str(tmp_path / "sweep"), "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
@@ -286,7 +279,7 @@ def test_shift_readings_recompute_the_warning_on_finished_runs(tmp_path, capsys)
 
     source, target = make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
     adapt_tiny(source, target, tmp_path / "runs" / "task" / "cdan-e-fixed" / "seed0", "--iters", "2", "--eval-dir", target)
-    load("shift_readings").main([str(tmp_path / "runs"), "--out", str(tmp_path / "readings.jsonl")])
+    load_benchmark("shift_readings").main([str(tmp_path / "runs"), "--out", str(tmp_path / "readings.jsonl")])
     row = json.loads((tmp_path / "readings.jsonl").read_text())
     assert row["setting"] == "runs/task/cdan-e-fixed" and 0 <= row["predicted_shift"] <= 1 and 0 <= row["p"] <= 1
     assert row["true_shift"] == pytest.approx(0.0) and row["warns"] in (True, False)
@@ -306,15 +299,16 @@ def test_bn_stats_pairs_both_statistics_of_each_run(tmp_path, capsys):
     old = sys.argv
     sys.argv = ["bn_stats.py", str(tmp_path / "runs")]
     try:
-        load("bn_stats").main()
+        load_benchmark("bn_stats").main()
     finally:
         sys.argv = old
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| task/cdan-e-fixed |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "2" and len(cells[4].split(",")) == 2
-    last = [json.loads((tmp_path / "runs" / "task" / "cdan-e-fixed" / f"seed{s}" / "summary.json").read_text())["evals"][-1] for s in (0, 1)]
-    bn_stats = load("bn_stats")
+    last = [json.loads((tmp_path / "runs" / "task" / "cdan-e-fixed" / f"seed{s}" / "summary.json").read_text())["evals"][-1]
+            for s in (0, 1)]
+    bn_stats = load_benchmark("bn_stats")
     assert cells[2] == bn_stats.mean_std([e["target_acc_train_bn"] for e in last])
     assert cells[3] == bn_stats.mean_std([e["target_acc"] for e in last])
 
@@ -330,8 +324,9 @@ def test_peer_script_dry_run_tllib_rows_beside_golabels_rows(tmp_path):
     make_two_domains(tmp_path / "data", per_class=12, size=32, seed=5)  # 36 images a domain: a batch of 36 (tllib-mcc-office31)
     tiny = ["--backbone", "test_efficientnet", "--no-pretrained", "--image-size", "32", "--iters", "3", "--seeds", "1",
             "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
-    load("uda").main(["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "mcc", "--domain-labels", "fixed",
-                      "--out", str(tmp_path / "sweep"), "--freeze-backbone", "--batch-size", "4", "--quiet", *tiny])
+    load_benchmark("uda").main(["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "mcc",
+                                "--domain-labels", "fixed", "--out", str(tmp_path / "sweep"), "--freeze-backbone", "--batch-size", "4",
+                                "--quiet", *tiny])
     peer = [sys.executable, str(BENCHMARKS / "peer.py"), "--root", str(tmp_path / "data"), "--tasks", "source:target",
             "--golabels-runs", str(tmp_path / "sweep"), *tiny]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -384,7 +379,7 @@ def test_eval_cost_reports_the_share_of_a_run_spent_evaluating(domains, tmp_path
 def test_make_domains_writes_each_corruption_once_and_the_same_bytes_again(tmp_path):
     import shutil
 
-    make_domains = load("make_domains")
+    make_domains = load_benchmark("make_domains")
     make_two_domains(tmp_path, per_class=2, size=32, seed=3)
     made = make_domains.main(["--root", str(tmp_path), "--domains", "target", "--severities", "1,2"])
     assert [p.name for p in made] == [f"target-{k}-{s}" for k in make_domains.KINDS for s in (1, 2)]
@@ -406,7 +401,7 @@ def test_make_domains_writes_each_corruption_once_and_the_same_bytes_again(tmp_p
 def test_recipe_search_applies_each_rule_as_the_search_ships_it(tmp_path):
     from conftest import cli
 
-    uda, recipe_search = load("uda"), load("recipe_search")
+    uda, recipe_search = load_benchmark("uda"), load_benchmark("recipe_search")
     source, target = make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
     common = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--batch-size", "4", "--device", "cpu",
               "--workers", "0"]
@@ -426,137 +421,9 @@ def test_recipe_search_applies_each_rule_as_the_search_ships_it(tmp_path):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["target_acc"] == pytest.approx(results["rules"]["ensemble"][0])
-    assert [c["target_acc"] for c in summary["search"]["candidates"]] == [results["candidates"][r][0] for r in ("mcc", "bnm", "source-only")]
+    expected = [results["candidates"][r][0] for r in ("mcc", "bnm", "source-only")]
+    assert [c["target_acc"] for c in summary["search"]["candidates"]] == expected
     assert "| ensemble |" in text  # the acceptance table, against --default
-
-
-def test_a_sweep_stops_on_sigterm_with_the_running_cell_resumable(tmp_path):
-    import signal
-    import time
-
-    make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
-    args = [sys.executable, str(BENCHMARKS / "uda.py"), "--root", str(tmp_path / "data"), "--tasks", "source:target",
-            "--methods", "source-only,dann", "--domain-labels", "fixed", "--seeds", "2", "--out", str(tmp_path / "sweep"),
-            "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--iters", "150",
-            "--batch-size", "4", "--device", "cpu", "--workers", "0", "--set", "save-every=50"]
-    env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)}
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "sweep").rglob("checkpoint.pt")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
-    started = time.monotonic()
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert time.monotonic() - started < 30  # after the running step, not after the sweep
-    lines = [line for line in stderr.splitlines() if line.startswith("uda.py: stopped by SIGTERM")]
-    assert len(lines) == 1 and "run the same command again to resume the sweep" in lines[0] and "Traceback" not in stderr, stderr
-    assert len(list((tmp_path / "sweep").rglob("summary.json"))) < 4
-    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stderr
-    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 4
-
-
-def test_a_signal_during_a_cells_final_writes_stops_the_sweep_after_it(tmp_path, monkeypatch, capsys):
-    import signal
-
-    from golabels_cli.training import loop
-
-    uda = load("uda")
-    make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
-    real, calls = loop.finish, []
-
-    def finish_while_signalled(*a, **k):
-        calls.append(1)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # handled by golabels' final-writes handler, and passed on to the sweep's
-        return real(*a, **k)
-
-    monkeypatch.setattr(loop, "finish", finish_while_signalled)
-    previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as stopped:
-        uda.main(["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "source-only,dann", "--domain-labels",
-                  "fixed", "--seeds", "2", "--out", str(tmp_path / "sweep"), "--backbone", "test_resnet", "--no-pretrained",
-                  "--image-size", "32", "--iters", "2", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet"])
-    assert stopped.value.code == 130
-    assert "stopped by SIGTERM after 1 cells; no new cell started" in capsys.readouterr().err
-    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 1  # the cell finished its writes; none started after it
-    assert signal.getsignal(signal.SIGTERM) == previous  # the sweep's handler is put back
-
-
-def test_a_signal_while_a_cell_reads_its_folders_stops_the_sweep_at_once(tmp_path, monkeypatch, capsys):
-    """Issue 43: a signal outside a cell's training loop (here while it checks its images) is not
-    lost: the sweep stops before the cell trains, and the rerun does the whole sweep."""
-    import signal
-
-    from golabels_cli import data
-
-    uda = load("uda")
-    make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)
-    real, calls = data._keep_readable, []
-
-    def signalled_while_reading(*a, **k):
-        if list((tmp_path / "sweep").rglob("summary.json")) and not calls:  # the second cell's first folder
-            calls.append(1)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*a, **k)
-
-    monkeypatch.setattr(data, "_keep_readable", signalled_while_reading)
-    args = ["--root", str(tmp_path / "data"), "--tasks", "source:target", "--methods", "source-only", "--seeds", "3", "--out",
-            str(tmp_path / "sweep"), "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--iters", "2",
-            "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet"]
-    with pytest.raises(SystemExit) as stopped:
-        uda.main(args)
-    assert stopped.value.code == 130
-    err = capsys.readouterr().err
-    assert "uda.py: stopped by SIGTERM during cell" in err and "nothing was written" in err and "Traceback" not in err
-    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 1 and len(list((tmp_path / "sweep").iterdir())) >= 1
-    monkeypatch.setattr(data, "_keep_readable", real)
-    uda.main(args)
-    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 3
-
-
-@pytest.mark.parametrize("script", ["fine_tuning.sh", "gpu_sweeps.sh"])
-def test_a_sweep_script_stops_on_sigterm_and_resumes(tmp_path, script):
-    """Issue 43: SIGTERM to a sweep script stops its uda.py sweeps after their running cells save
-    their state, with one line saying how to resume, exit 130; the same command then finishes."""
-    import signal
-    import subprocess
-    import time
-
-    make_two_domains(tmp_path / "data", per_class=4, size=32, seed=5)
-    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "WEIGHTS": "none", "SEEDS": "1"}
-    if script == "fine_tuning.sh":
-        env.update({"ROOT": str(tmp_path / "data"), "OUT": str(tmp_path / "runs"), "TASKS": "source:target", "BACKBONE": "test_resnet",
-                    "SIZE": "32", "ITERS": "150", "WORKERS": "0", "BATCH": "4", "RECIPES": "frozen,batch-bn"})
-    else:
-        import shutil
-
-        for root, (a, b) in {"office": ("amazon", "webcam"), "digits": ("mnist", "usps")}.items():
-            shutil.copytree(tmp_path / "data" / "source", tmp_path / root / a)
-            shutil.copytree(tmp_path / "data" / "target", tmp_path / root / b)
-        env.update({"OFFICE_ITERS": "150", "DIGITS_ITERS": "2", "OFFICE_PROCS": "1", "OFFICE_WORKERS": "0", "DIGITS_PROCS": "1",
-                    "DEADLINE": "600", "OFFICE_BACKBONE": "test_resnet", "DIGITS_BACKBONE": "test_resnet", "OFFICE_SIZE": "32",
-                    "DIGITS_METHODS": "source-only", "OFFICE": str(tmp_path / "office"), "DIGITS": str(tmp_path / "digits"),
-                    "RUNS": str(tmp_path / "runs")})
-    process = subprocess.Popen(["bash", str(BENCHMARKS / script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "runs").rglob("metrics.jsonl")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
-    started = time.monotonic()
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert time.monotonic() - started < 60
-    assert f"{script}: stopped by SIGTERM; the running cell" in stderr and "run the same command again to resume" in stderr
-    finished = len(list((tmp_path / "runs").rglob("summary.json")))
-    time.sleep(2)
-    assert len(list((tmp_path / "runs").rglob("summary.json"))) == finished  # nothing goes on in the background
-    assert list((tmp_path / "runs").rglob("checkpoint.pt"))
-    if script == "fine_tuning.sh":  # (gpu_sweeps.sh's own test runs it whole; its sweeps are uda.py's, resumable as above)
-        again = subprocess.run(["bash", str(BENCHMARKS / script)], env=env, capture_output=True, text=True, timeout=900)
-        assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_default_length_runs_the_default_on_small_targets_and_tabulates(tmp_path):
@@ -569,7 +436,7 @@ def test_default_length_runs_the_default_on_small_targets_and_tabulates(tmp_path
     source, target = make_two_domains(tmp_path / "data", per_class=6, size=32, seed=0)
     weights = tmp_path / "w.safetensors"
     save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(weights))
-    script = load("default_length")
+    script = load_benchmark("default_length")
     first = script.small_target(target, 4, 1, tmp_path / "a")
     again = script.small_target(target, 4, 1, tmp_path / "b")
     assert len(list(first.iterdir())) == 4

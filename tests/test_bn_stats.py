@@ -19,7 +19,8 @@ def _split(state):
 @pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
 def test_target_statistics_change_only_the_shipped_statistics(domains, tmp_path, frozen):
     source, target = domains
-    extra = ["--iters", "6", "--eval-every", "3", "--eval-dir", target, *(["--freeze-backbone", "--method", "cdan-e+bnm"] if frozen else [])]
+    extra = ["--iters", "6", "--eval-every", "3", "--eval-dir", target,
+             *(["--freeze-backbone", "--method", "cdan-e+bnm"] if frozen else [])]
     plain = adapt_tiny(source, target, tmp_path / "train", *extra, "--bn-stats", "train")
     adabn = adapt_tiny(source, target, tmp_path / "target", *extra)  # the default for an adversarial method
 
@@ -32,7 +33,8 @@ def test_target_statistics_change_only_the_shipped_statistics(domains, tmp_path,
     assert all(torch.equal(ckpt_plain[k], ckpt_adabn[k]) for k in ckpt_plain)
 
     # The shipped statistics are re-estimated: the bottleneck's always, the backbone's unless frozen.
-    changed = {k.rsplit(".", 1)[0] for k in plain_buffers if k.endswith("running_mean") and not torch.equal(plain_buffers[k], adabn_buffers[k])}
+    changed = {k.rsplit(".", 1)[0] for k in plain_buffers
+               if k.endswith("running_mean") and not torch.equal(plain_buffers[k], adabn_buffers[k])}
     assert "bottleneck.1" in changed
     assert (not any(k.startswith("backbone.") for k in changed)) if frozen else any(k.startswith("backbone.") for k in changed)
 

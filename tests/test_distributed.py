@@ -4,7 +4,6 @@ import itertools
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 import torch

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from golabels_cli.progress import StepDone
-from conftest import TINY, adapt_tiny, cli, cli_subprocess, read_jsonl
+from conftest import TINY, adapt_tiny, cli, cli_subprocess, interrupt_at, read_jsonl
 from golabels_cli.synthetic import make_two_domains
 
 
@@ -310,8 +309,6 @@ def test_a_missing_tracker_is_one_line_before_anything_runs(domains, tmp_path, m
 
 
 def test_a_resumed_run_times_its_own_session(domains, tmp_path):
-    import os
-    import signal
 
     from golabels_cli import training
     from golabels_cli.config import build_config
@@ -322,9 +319,7 @@ def test_a_resumed_run_times_its_own_session(domains, tmp_path):
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
                         "device": "cpu", "workers": 0, "batch_size": 4, "iters": 8})
 
-    def interrupt(event):
-        if isinstance(event, StepDone) and event.iter == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+    interrupt = interrupt_at(3)
 
     with pytest.raises(Interrupted):
         training.adapt(cfg, out=tmp_path / "cut", progress=interrupt)

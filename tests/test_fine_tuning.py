@@ -5,8 +5,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from golabels_cli.progress import StepDone
-from conftest import TINY, adapt_tiny, cli, read_jsonl
+from conftest import TINY, adapt_tiny, cli, interrupt_at, read_jsonl
 from test_inputs import assert_one_line_error
 
 BN_STATS = ("running_mean", "running_var")
@@ -78,7 +77,8 @@ def test_head_start_fits_the_head_before_fine_tuning(domains, tmp_path, weights)
 def test_head_start_is_not_counted_in_iters_and_is_reproducible(domains, tmp_path, weights):
     source, target = domains
     args = ["--iters", "3", "--weights", weights, "--log-every", "1", "--cache-dir", tmp_path / "cache"]
-    runs = [adapt_tiny(source, target, tmp_path / name, *args, "--head-start", steps) for name, steps in (("a", 30), ("b", 30), ("none", 0))]
+    runs = [adapt_tiny(source, target, tmp_path / name, *args, "--head-start", steps)
+            for name, steps in (("a", 30), ("b", 30), ("none", 0))]
     assert [r["iter"] for r in read_jsonl(runs[0] / "metrics.jsonl")] == [1, 2, 3]
     a, b, none = (load_file(r / "model.safetensors") for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same weights
@@ -126,8 +126,6 @@ def test_a_run_from_before_these_options_resumes_as_it_started_and_exports(domai
     """A checkpoint whose config has no freeze_bn, head_start, precision or logger (written before
     issue 23) resumes with the backbone's BatchNorm in train mode, as it was trained, not with
     today's default, and exports."""
-    import os
-    import signal
 
     from golabels_cli import training
     from golabels_cli.config import build_config
@@ -139,9 +137,7 @@ def test_a_run_from_before_these_options_resumes_as_it_started_and_exports(domai
     whole = build_config({**values, "freeze_bn": False})
     training.adapt(whole, out=tmp_path / "whole")
 
-    def interrupt(event):
-        if isinstance(event, StepDone) and event.iter == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+    interrupt = interrupt_at(3)
 
     with pytest.raises(Interrupted):
         training.adapt(build_config({**values, "freeze_bn": False}), out=tmp_path / "old", progress=interrupt)

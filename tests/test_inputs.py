@@ -114,7 +114,7 @@ def test_pretrained_offline_fails_fast_with_hint(domains, tmp_path):
                             env={"HF_HUB_OFFLINE": "1"}, timeout=120)
     assert time.monotonic() - started < 60
     assert result.returncode == 2, result.stderr
-    error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "--weights" in error[0] and "--no-pretrained" in error[0]
     # the library's words in whole sentences (or whole words and an ellipsis), never cut mid-word
     cause = error[0].split(" (", 1)[1].split(") —")[0]
@@ -141,7 +141,8 @@ def test_weights_safetensors_and_pth_load_and_ignore_classifier(domains, tmp_pat
     torch.save(state, tmp_path / "w.pth")
     for name in ("w.safetensors", "w.pth"):
         tiny = [a for a in TINY if a != "--no-pretrained"]
-        result = cli("adapt", source, target, *tiny, "--iters", "1", "--weights", tmp_path / name, "--out", tmp_path / f"run-{name}", "--quiet")
+        result = cli("adapt", source, target, *tiny, "--iters", "1", "--weights", tmp_path / name, "--out", tmp_path / f"run-{name}",
+                     "--quiet")
         assert result.exit_code == 0, result.stderr
     # The loaded tensors are the ones in the file before training moved them: check one frozen-by-lr-0 run.
     result = cli("adapt", source, target, *TINY, "--iters", "1", "--lr", "1e-12", "--weights", tmp_path / "w.safetensors",
@@ -173,11 +174,13 @@ def test_weights_with_unexpected_or_missing_keys_are_named(domains, tmp_path):
     state = backbone_state("test_resnet")
     state["extra.weight"] = torch.zeros(1)
     save_file(state, str(tmp_path / "extra.safetensors"))
-    assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "extra.safetensors"), "unexpected keys", "extra.weight")
+    assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "extra.safetensors"), "unexpected keys",
+                          "extra.weight")
     state = backbone_state("test_resnet")
     del state["conv1.0.weight"]
     save_file(state, str(tmp_path / "missing.safetensors"))
-    assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "missing.safetensors"), "missing keys", "conv1.0.weight")
+    assert_one_line_error(cli("adapt", source, target, *TINY, "--weights", tmp_path / "missing.safetensors"), "missing keys",
+                          "conv1.0.weight")
 
 
 def test_weights_for_another_architecture(domains, tmp_path):
@@ -207,7 +210,8 @@ def test_a_long_library_message_is_cut_between_sentences_or_words_never_mid_word
 
     hub = OSError("An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local "
                   "cache. Please check your connection and try again or make sure your Internet connection is on.")
-    assert reason(hub) == "An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local cache."
+    assert reason(hub) == ("An error happened while trying to locate the file on the Hub and we cannot find the requested files "
+                           "in the local cache.")
     words = reason(ValueError("word " * 100))
     assert words.endswith("word…") and len(words) <= 160
     assert reason(ValueError("short")) == "short" and reason(KeyError()) == "KeyError"

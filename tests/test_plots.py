@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from golabels_cli import figures, report
+from golabels_cli import figures, results
 from golabels_cli.inference import EvalResult
 from golabels_cli.figures import confusion_name, write_confusion_figures, write_target_mosaic
-from golabels_cli.report import PLOTS, load_run, report_panels, results_panels, write_plots, write_results_csv, write_results_figure
+from golabels_cli.report import load_run
+from golabels_cli.results import PLOTS, report_panels, results_panels, write_plots, write_results_csv, write_results_figure
 
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "runs-8a82bdc" / "finished"
 
@@ -73,7 +74,7 @@ def test_panels_with_fewer_than_two_points_are_left_out(tmp_path):
     # Two logged rows, one evaluated snapshot: curves for the losses and the discriminator, no validator.
     record = fake_run(tmp_path / "one-eval", iters=(10, 20), evals_at=(20,))
     assert results_panels(record) == ["losses", "discriminator", "relabeled"]
-    shown = {p.name: p for p in report.panels(record)}
+    shown = {p.name: p for p in results.panels(record)}
     # series without 2 points (loss_extra and loss_target are None throughout) are not in the legend either
     assert [label for label, _ in shown["losses"].series] == ["classification (source)", "adversarial (discriminator BCE)"]
     assert all(len(points) >= 2 for p in shown.values() for _, points in p.series)
@@ -83,7 +84,7 @@ def test_panels_with_fewer_than_two_points_are_left_out(tmp_path):
     record = fake_run(tmp_path / "partial", iters=(10, 20, 30), evals_at=(10, 20, 30))
     for row in record.rows[1:]:
         row["disc_acc_src"] = None
-    assert [label for label, _ in {p.name: p for p in report.panels(record)}["discriminator"].series] == ["all", "target"]
+    assert [label for label, _ in {p.name: p for p in results.panels(record)}["discriminator"].series] == ["all", "target"]
 
 
 def test_validator_panels_follow_the_evaluated_snapshots(tmp_path):
@@ -253,7 +254,7 @@ def test_target_mosaic_shows_at_most_sixteen_images(tmp_path):
 
 
 def test_without_matplotlib_figures_are_none_and_results_csv_still_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "pyplot", lambda: None)
+    monkeypatch.setattr(results, "pyplot", lambda: None)
     monkeypatch.setattr(figures, "pyplot", lambda: None)
     record = fake_run(tmp_path / "run")
     assert write_results_figure(record) is None and write_plots(record) is None
@@ -269,9 +270,10 @@ def test_no_tick_labels_overlap_at_any_run_length(tmp_path, iters):
     1000 and 100000 iterations: on every axis no two tick labels' boxes meet."""
     pytest.importorskip("matplotlib")
     step = max(1, iters // 500)
-    record = fake_run(tmp_path / "run", iters=tuple(range(step, iters + 1, step)), evals_at=tuple(range(iters // 10 or 1, iters + 1, iters // 10 or 1)))
-    plt = report.pyplot()
-    figures = [("results.png", report.results_figure(plt, record)), *report.report_figures(plt, record)]
+    record = fake_run(tmp_path / "run", iters=tuple(range(step, iters + 1, step)), evals_at=tuple(range(iters // 10 or 1, iters + 1,
+                                                                                                        iters // 10 or 1)))
+    plt = results.pyplot()
+    figures = [("results.png", results.results_figure(plt, record)), *results.report_figures(plt, record)]
     assert len(figures) >= 3  # results.png and at least two report PNGs
     for name, fig in figures:
         fig.set_dpi(110)
@@ -281,11 +283,12 @@ def test_no_tick_labels_overlap_at_any_run_length(tmp_path, iters):
             if not ax.axison:
                 continue
             for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
-                boxes = sorted((t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()), key=lambda b: (b.x0, b.y0))
+                boxes = sorted((t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()),
+                               key=lambda b: (b.x0, b.y0))
                 for a, b in zip(boxes, boxes[1:]):
                     assert not a.overlaps(b), (name, ax.get_title(), [t.get_text() for t in labels])
         plt.close(fig)
-    assert report.iteration_label(100000) == "100k" and report.iteration_label(2500) == "2.5k" and report.iteration_label(800) == "800"
+    assert results.iteration_label(100000) == "100k" and results.iteration_label(2500) == "2.5k" and results.iteration_label(800) == "800"
 
 
 def test_the_mosaic_shows_every_predicted_class_and_the_models_doubts():

@@ -41,7 +41,8 @@ def test_weights_in_the_local_cache_load_without_the_hub(domains, tmp_path):
     unreachable hub is no error then, and those weights are the ones trained from."""
     backbone = timm.create_model("test_resnet", pretrained=False, num_classes=0)
     torch.manual_seed(5)
-    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() and "running" not in k else v for k, v in backbone.state_dict().items()}
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() and "running" not in k else v
+             for k, v in backbone.state_dict().items()}
     repo = tmp_path / "hf" / "hub" / "models--timm--test_resnet.r160_in1k"
     commit = "0" * 40
     (repo / "refs").mkdir(parents=True)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, adapt_tiny, cli, read_jsonl
+from conftest import TINY, adapt_tiny, cli, interrupt_at, read_jsonl
 
 # Long enough to interrupt midway; log and save often so the state moves in small steps.
 RUN = [*TINY, "--iters", "60", "--log-every", "3", "--save-every", "10"]
@@ -98,7 +98,8 @@ def test_sigterm_saves_and_exits_130(domains, tmp_path):
     wait_for_row(out / "metrics.jsonl", 6, process)
     process.terminate()
     _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 130 and "terminated at iteration" in stderr and "warning: SIGTERM: stopping after the step in progress" in stderr
+    assert process.returncode == 130 and "terminated at iteration" in stderr
+    assert "warning: SIGTERM: stopping after the step in progress" in stderr
     assert checkpoint_iteration(out) >= 6
 
 
@@ -134,16 +135,16 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(domains, tmp_pa
 
 
 def test_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(domains, tmp_path, monkeypatch):
-    from golabels_cli.training import step
+    from golabels_cli.methods import objective
 
-    real, calls = step.adversarial_loss, []
+    real, calls = objective.adversarial_loss, []
 
     def breaks_at_25(*args, **kwargs):
         calls.append(1)
         loss, extra, stats = real(*args, **kwargs)
         return (loss * float("nan") if len(calls) >= 25 else loss), extra, stats
 
-    monkeypatch.setattr(step, "adversarial_loss", breaks_at_25)
+    monkeypatch.setattr(objective, "adversarial_loss", breaks_at_25)
     source, target = domains
     out = tmp_path / "run"
     result = cli("adapt", source, target, *RUN, "--log-every", "4", "--out", out, "--quiet")
@@ -316,7 +317,8 @@ def test_hostile_folder_through_adapt_eval_and_predict(domains, tmp_path):
 @pytest.mark.parametrize("before_base_lr", [False, True])
 def test_resume_finishes_a_run_whose_final_writes_failed(domains, tmp_path, before_base_lr):
     """... also from a checkpoint written before the optimizer groups carried base_lr."""
-    from golabels_cli.checkpoint import load_checkpoint, torch_save_atomic
+    from golabels_cli.checkpoint import load_checkpoint
+    from golabels_cli.files import torch_save_atomic
 
     source, target = domains
     run = adapt_tiny(source, target, tmp_path / "run", "--iters", "6")
@@ -388,7 +390,8 @@ def test_a_second_ctrl_c_stops_within_a_second_even_inside_a_long_computation(do
         "sys.argv = ['golabels'] + sys.argv[1:]\n"
         "main()\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", slow, "adapt", str(source), str(target), *RUN, "--save-every", "2", "--out", str(out)],
+    process = subprocess.Popen([sys.executable, "-c", slow, "adapt", str(source), str(target), *RUN, "--save-every", "2", "--out",
+                                str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
@@ -417,15 +420,12 @@ def test_a_stopped_run_can_be_evaluated_and_exported_from_its_checkpoint(domains
     from golabels_cli import training
     from golabels_cli.config import build_config
     from golabels_cli.errors import Interrupted
-    from golabels_cli.progress import StepDone
 
     source, target = domains
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
                         "device": "cpu", "workers": 0, "batch_size": 4, "iters": 8})
 
-    def interrupt(event):
-        if isinstance(event, StepDone) and event.iter == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+    interrupt = interrupt_at(3)
 
     run = tmp_path / "cut"
     with pytest.raises(Interrupted):
@@ -434,7 +434,8 @@ def test_a_stopped_run_can_be_evaluated_and_exported_from_its_checkpoint(domains
     evaluated = subprocess.run([sys.executable, "-m", "golabels_cli", "eval", str(run), str(target), "--device", "cpu", "--workers", "0",
                                 "--json"], capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert f"warning: {run} holds no model.safetensors: the run stopped at iteration 3 of 8; using the weights of iteration 3" in evaluated.stderr
+    expected = f"warning: {run} holds no model.safetensors: the run stopped at iteration 3 of 8; using the weights of iteration 3"
+    assert expected in evaluated.stderr
     assert json.loads(evaluated.stdout)["images"] == 24
     exported = cli("export", run, "--onnx", "--output", tmp_path / "cut.onnx", "--json")
     assert exported.exit_code == 0, exported.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, cli, cli_subprocess, one_error_line, tree
+from conftest import cli, cli_subprocess, one_error_line, tree
 
 
 @pytest.fixture(scope="module")

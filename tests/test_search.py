@@ -106,7 +106,8 @@ def test_an_interrupted_search_resumes_where_it_stopped(searched, domains, tmp_p
     assert summary["search"]["shipped"] == "ensemble"
     assert same_weights(searched / "model.safetensors", tmp_path / "cut" / "model.safetensors")
     for recipe in RECIPES.split(","):
-        assert same_weights(searched / "candidates" / recipe / "model.safetensors", tmp_path / "cut" / "candidates" / recipe / "model.safetensors")
+        assert same_weights(searched / "candidates" / recipe / "model.safetensors",
+                            tmp_path / "cut" / "candidates" / recipe / "model.safetensors")
     result = cli("adapt", "--resume", tmp_path / "cut")
     assert_one_line_error(result, "already complete")
 

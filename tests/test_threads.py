@@ -33,7 +33,8 @@ def test_the_frozen_path_measures_its_threads_logs_and_records_the_choice(domain
                              "--iters", "4", "--out", run], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("threads: ")]
-    assert len(lines) == 1 and "for the training steps" in lines[0] and "(1 thread " in lines[0] and "--threads N" in lines[0], result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "for the training steps" in lines[0] and "(1 thread " in lines[0] and "--threads N" in lines[0], result.stderr
     chosen = int(lines[0].split()[1])
     assert chosen >= 1
     assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == chosen
@@ -42,7 +43,8 @@ def test_the_frozen_path_measures_its_threads_logs_and_records_the_choice(domain
 
 def test_a_count_given_or_set_in_the_environment_is_not_measured(domains, tmp_path):
     source, target = domains
-    given = cli("adapt", source, target, *TINY, "--freeze-backbone", "--method", "dann", "--iters", "2", "--threads", "1", "--out", tmp_path / "a")
+    given = cli("adapt", source, target, *TINY, "--freeze-backbone", "--method", "dann", "--iters", "2", "--threads", "1", "--out",
+                tmp_path / "a")
     assert given.exit_code == 0, given.stderr
     assert "threads: " not in given.stderr
     assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["threads"] == 1

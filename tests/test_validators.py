@@ -3,8 +3,6 @@
 import json
 import math
 import os
-import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from golabels_cli.progress import StepDone
-from conftest import TINY, adapt_tiny, cli, cli_subprocess, read_jsonl
+from conftest import TINY, adapt_tiny, cli, cli_subprocess, interrupt_at, read_jsonl
 from golabels_cli import training
 from golabels_cli.training import loop
 from golabels_cli.config import build_config
@@ -148,8 +145,10 @@ def test_data_report_warns_about_small_and_imbalanced_classes(tmp_path):
     assert "fewer than 5 images" in result.stderr and "imbalanced 20.0:1" in result.stderr
     assert "source: 75 images in 3 classes" in result.stderr and "7 held out for validation" in result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["data"]["warnings"][0] == report["warnings"][0] and "this run uses" in summary["data"]["warnings"][1] and summary["images"]["source_val"] == 7
-    # imbalanced above 3:1, the run balances the source by default (too short to balance the target), says so, and is told to check the result
+    assert summary["data"]["warnings"][0] == report["warnings"][0] and "this run uses" in summary["data"]["warnings"][1]
+    assert summary["images"]["source_val"] == 7
+    # imbalanced above 3:1, the run balances the source by default (too short to balance the target), says so,
+    # and is told to check the result
     assert ("this run uses --balance-source, the default on a source imbalanced above 3:1 "
             "(--no-balance-source to train without): compare it with --method source-only") in " ".join(result.stderr.split())
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -157,7 +156,8 @@ def test_data_report_warns_about_small_and_imbalanced_classes(tmp_path):
     assert "try --balance-source" not in result.stderr
     plain = cli("adapt", tmp_path / "src", tmp_path / "tgt", *TINY, "--iters", "2", "--no-balance-source", "--out", tmp_path / "plain")
     assert plain.exit_code == 0, plain.stderr
-    assert "try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above 3:1)" in plain.stderr
+    hint = "try --balance-source --balance-target (an adversarial --method's default when the source is imbalanced above 3:1)"
+    assert hint in plain.stderr
 
 
 # ---- validators in a run, and --select ------------------------------------------------------------
@@ -237,9 +237,7 @@ def test_a_resumed_run_selects_the_same_snapshot(domains, tmp_path, monkeypatch)
     cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
                         "device": "cpu", "workers": 0, "batch_size": 4, "iters": 40, "eval_every": 10, "select": "dev", "save_every": 10})
 
-    def interrupt(event):
-        if isinstance(event, StepDone) and event.iter == 25:
-            os.kill(os.getpid(), signal.SIGINT)  # handled after the step: the state is saved at iteration 25
+    interrupt = interrupt_at(25)  # handled after the step: the state is saved at iteration 25
 
     with pytest.raises(Interrupted):
         training.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
@@ -255,7 +253,7 @@ def test_a_resumed_run_selects_the_same_snapshot(domains, tmp_path, monkeypatch)
     (["--select", "target-acc", "--eval-every", "5"], "needs target labels"),
     (["--select", "dev", "--eval-every", "5", "--val-split", "0"], "needs held-out source images"),
     (["--select", "best"], "unknown select 'best'"),
-    (["--val-split", "1"], "--val-split must be a fraction"),
+    (["--val-split", "1"], "--val-split must be in [0, 1)"),
 ])
 def test_bad_selection_options_are_one_line_errors(domains, tmp_path, args, message):
     source, target = domains

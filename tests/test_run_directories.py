@@ -1,7 +1,7 @@
-"""The hostile-input matrix, round two (issue 35), for what golabels keeps on disk: run
-directories, resume, the feature cache, signals at the end of a run, byte-identical replays.
-Each refused case checks the exit code, one `error:` line naming the problem, and that no file
-was changed or created."""
+"""What golabels keeps on disk (issues 35, 44): run directories and what refuses to write into them,
+resume of damaged or edited runs, the feature cache, signals at the end of a run, reports of damaged
+files, byte-identical replays. Each refused case checks the exit code, one `error:` line naming the
+problem, and that no file was changed or created."""
 
 import csv
 import io
@@ -16,13 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from conftest import TINY, cli, one_error_line, tree
-
-
-@pytest.fixture
-def shipped(exported):
-    return exported[0]
+from conftest import TINY, cli, cli_subprocess, one_error_line, tree
 
 
 @pytest.fixture
@@ -51,9 +45,6 @@ def _edit_checkpoint(run: Path, change) -> None:
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     change(state)
     torch.save(state, run / "checkpoint.pt")
-
-
-# ---- resume reads and checks every file before it changes one ------------------------------------
 
 
 @pytest.mark.parametrize("iteration", [-3, 99])
@@ -94,7 +85,8 @@ def test_resume_moves_the_rows_it_discards_aside(crashed):
     assert (crashed / "metrics-after-4.jsonl").read_text() == "".join(rows[4:])  # byte for byte, not lost
     assert [json.loads(r)["iter"] for r in (crashed / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
     # results.csv is written from the rows in memory: both sessions' rows, as a reader of the files gets them
-    from golabels_cli.report import load_run, results_table
+    from golabels_cli.report import load_run
+    from golabels_cli.results import results_table
 
     table = list(csv.DictReader(io.StringIO((crashed / "results.csv").read_text())))
     columns, expected = results_table(load_run(crashed))
@@ -109,9 +101,6 @@ def test_resume_in_a_config_file_is_refused(shipped, domains, tmp_path):
     assert result.exit_code == 2
     one_error_line(result, "'resume'", "would be ignored", "--resume RUN")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
-
-
-# ---- nothing overwritten without --exist-ok, and --exist-ok says what ---------------------------------
 
 
 @pytest.mark.parametrize("inside", ["source", "target"])
@@ -167,9 +156,6 @@ def test_export_into_a_folder_it_cannot_write_fails_before_tracing(shipped, tmp_
     assert not (folder / "model.onnx").exists()
 
 
-# ---- the feature cache is untrusted input -------------------------------------------------------------
-
-
 def test_a_tampered_feature_cache_is_computed_again_with_a_warning(domains, tmp_path):
     cache = tmp_path / "cache"
     args = [*domains, *TINY, "--iters", "2", "--freeze-backbone", "--cache-dir", cache, "--quiet"]
@@ -182,16 +168,14 @@ def test_a_tampered_feature_cache_is_computed_again_with_a_warning(domains, tmp_
     nan = np.load(rows[2])
     nan[0] = np.nan
     np.save(open(rows[2], "wb"), nan)
-    rows[3].write_bytes(b"\x93NUMPY\x01\x00v\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }".ljust(117) + b"\n")
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }".ljust(117)
+    rows[3].write_bytes(b"\x93NUMPY\x01\x00v\x00" + header + b"\n")
     result = cli("adapt", *args[:-1], "--out", tmp_path / "tampered")
     assert result.exit_code == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: feature cache:")]
     assert sum(int(line.split()[3]) for line in warnings) == 4 and all("computed again" in line for line in warnings), warnings
     # computed again, in other batches: equal up to the order of the sums
     assert all(row.is_file() and np.allclose(np.load(row), values, rtol=1e-4, atol=1e-5) for row, values in zip(rows, clean))
-
-
-# ---- a signal after the last step ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("signals", [1, 2])
@@ -223,9 +207,6 @@ def test_a_signal_after_the_last_step_finishes_or_says_how_to(domains, tmp_path,
     assert (run / "model.safetensors").is_file()
 
 
-# ---- damaged run files --------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("damage,words", [
     (lambda run: (run / "summary.json").write_text('{"evals": ['), ["summary.json is damaged"]),
     (lambda run: (run / "summary.json").write_text("[1]"), ["summary.json is damaged (not a JSON object)"]),
@@ -243,12 +224,53 @@ def test_report_on_damaged_run_files_is_one_line(shipped, tmp_path, damage, word
     assert tree(run) == before
 
 
-# ---- reproducibility ----------------------------------------------------------------------------------
-
-
 def test_a_replayed_config_gives_a_byte_identical_model(shipped, tmp_path):
     # in a new process: the safetensors writer's metadata order differs from process to process
     result = subprocess.run([sys.executable, "-m", "golabels_cli", "adapt", "--config", str(shipped / "config.yaml"),
                              "--out", str(tmp_path / "replay"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "replay" / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+
+
+def test_report_on_a_damaged_metrics_file_exits_2_before_plotting(shipped, tmp_path):
+    run = Path(shutil.copytree(shipped, tmp_path / "run"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], '{"iter": "x", "loss_cls": "abc"}', *lines[1:]]) + "\n")
+    result = cli("report", run)
+    assert result.exit_code == 2
+    one_error_line(result, "metrics.jsonl is damaged: line 2")
+    assert not list(run.glob("report-*.png"))
+    (run / "metrics.jsonl").write_text("\n".join([*lines, '{"iter": 5, "loss'] ) + "\n")  # a last row cut short: fine
+    assert cli("report", run, "--no-plots").exit_code == 0
+
+
+def test_eval_confusion_into_a_missing_folder_exits_2_before_the_work(shipped, domains, tmp_path):
+    result = cli("eval", shipped, domains[0], "--confusion", tmp_path / "nowhere" / "c.csv", "--device", "cpu")
+    assert result.exit_code == 2 and result.stdout == ""
+    one_error_line(result, "is not a folder you can write to")
+
+
+def test_demo_refuses_a_used_folder_and_a_missing_device_leaving_nothing(tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "mine.txt").write_text("keep me")
+    result = cli("demo", "--out", used, "--iters", "1")
+    assert result.exit_code == 2
+    assert "--exist-ok" not in one_error_line(result, "already exists", "another --out")
+    assert [p.name for p in used.iterdir()] == ["mine.txt"]
+    result = cli("demo", "--out", tmp_path / "new", "--device", "bogus")
+    assert result.exit_code == 2
+    one_error_line(result, "unknown --device 'bogus'")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_checkpoint_that_is_a_fifo_is_never_opened(shipped, tmp_path):
+    run = Path(shutil.copytree(shipped, tmp_path / "run"))
+    (run / "model.safetensors").unlink()
+    (run / "checkpoint.pt").unlink()
+    os.mkfifo(run / "checkpoint.pt")
+    before = tree(run)
+    result = cli_subprocess("adapt", "--resume", run, timeout=60)
+    assert result.returncode == 2
+    one_error_line(result, "checkpoint", "is a FIFO, not a regular file")
+    assert tree(run) == before
