@@ -71,6 +71,8 @@ def test_a_plain_loop_with_the_public_objective_matches_golabels_step(domains):
 def test_objective_of_refuses_an_option_the_recipe_does_not_read():
     with pytest.raises(ValueError, match="reads no option 'rsl_k'"):
         Objective.of("cdan-e+mcc", 3, 8, rsl_k=3)
+    with pytest.raises(ValueError, match="unknown domain_labels 'goo'"):
+        Objective.of("dann", 3, 8, domain_labels="goo")
     assert Objective.of("mcc", 3, 8, mcc_temperature=2.5).options["mcc_temperature"] == 2.5
     assert list(Objective.of("mcc", 3, 8).parameters()) == []  # no discriminator
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import DOMAIN_LABEL_MODES
 from ..options import option_defaults
 from .adversarial import Adversary, Batch, Method, MultilinearMap, adversarial_loss
 from .recipe import StepOutput
@@ -66,6 +67,8 @@ class Objective:
             disc = spec.alignment.discriminator(spec.alignment.discriminator_input_dim(feature_dim, num_classes, cdan_map))
             if spec.alignment.conditioned:
                 multilinear = MultilinearMap(feature_dim, num_classes, cdan_map=cdan_map)
+        if domain_labels not in DOMAIN_LABEL_MODES:
+            raise ValueError(f"unknown domain_labels {domain_labels!r}; choose one of {', '.join(DOMAIN_LABEL_MODES)}")
         unknown = set(options) - set(spec.options)
         if unknown:
             raise ValueError(f"{recipe} reads no option {sorted(unknown)[0]!r}; its own: {', '.join(spec.options) or 'none'}")
