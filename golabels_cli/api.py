@@ -265,8 +265,8 @@ def predict(model: str | Path, images: str | Path | Iterable[str | Path], device
     check_choice("device", device, DEVICES)
     if "-" in images and paths_from is None:
         raise InputError("'-' reads paths from stdin on the command line only", "pass the paths themselves")
-    return _labels(open_predictor(model, device), iter_inputs(images, paths_from, on_skip or warn_skipped, null=null), batch_size, workers,
-                   on_skip or warn_skipped)
+    skip = on_skip or warn_skipped
+    return _labels(open_predictor(model, device), iter_inputs(images, paths_from, skip, null=null), batch_size, workers, skip)
 
 
 def _labels(predictor, paths: Iterator[str], batch_size: int, workers: int, skip: Callable[[str, str], None]) -> Iterator[Label]:

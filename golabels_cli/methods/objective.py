@@ -100,9 +100,8 @@ class Objective:
             adversary = Adversary(self.alignment, self.discriminator, self.multilinear, self.head, self.options)
             batch = Batch(out.features, out.logits, out.domain, out.row_weights)
             loss_adv, loss_extra, stats = adversarial_loss(adversary, batch, self.domain_labels, coeff, probe)
-        if out.has_target and self.target_losses:
-            for part in self.target_losses:
-                loss_target = loss_target + part.loss(out, self.options)
+        for part in self.target_losses if out.has_target else ():
+            loss_target = loss_target + part.loss(out, self.options)
         loss = loss_cls + self.trade_off * loss_adv + loss_extra + self.target_loss_weight * loss_target
         logged = {"loss_cls": loss_cls.detach(), "loss_adv": loss_adv.detach(), "loss_extra": loss_extra.detach(),
                   "loss_target": loss_target.detach(), **stats}

@@ -14,6 +14,8 @@ Go-labels (--domain-labels) act on the alignment term's discriminator only. The 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +23,13 @@ import torch
 
 from ..choices import RecipeName, parse_recipe_name
 from .adversarial import Method
+
+
+@functools.lru_cache(maxsize=8)
+def domain_labels(sources: int, rows: int, device: torch.device) -> torch.Tensor:
+    """1 for the first `sources` rows, 0 for the rest: made once per batch shape, not at every step
+    (on a GPU, each step's tensor would be launches of its own). Never written to."""
+    return (torch.arange(rows, device=device) < sources).float()
 
 
 @dataclass(frozen=True)
@@ -48,8 +57,7 @@ class StepOutput:
     @property
     def domain(self) -> torch.Tensor:
         """The raw domain labels: 1 for the source rows, 0 for the target rows. Shape [N]."""
-        n = len(self.logits)
-        return (torch.arange(n, device=self.logits.device) < self.sources).float()
+        return domain_labels(self.sources, len(self.logits), self.logits.device)
 
     @property
     def target_logits(self) -> torch.Tensor:
@@ -103,7 +111,7 @@ class Recipe:
         return tuple(dict.fromkeys((*self.alignment.options, *(name for loss in self.target_losses for name in loss.options))))
 
 
-def parse_recipe(name: str, methods: dict[str, Method], losses) -> Recipe:
+def parse_recipe(name: str, methods: dict[str, Method], losses: Mapping[str, TargetLoss]) -> Recipe:
     """The recipe a `--method` value names, its parts looked up in the registries; ValueError
     saying what is wrong with it (choices.parse_recipe_name, which the config checks without torch)."""
     parsed = parse_recipe_name(name)
