@@ -9,9 +9,13 @@ shorter side of 256 px (what a 224 px backbone's evaluation transform reads) and
     jpeg       JPEG at quality 20 / 8                                     (a compressing uplink)
     contrast   pixels pulled toward the image mean, to 40 % / 20 %        (haze, a washed-out screen)
     colour     a white-balance shift, R x 1.3 / 1.6, B x 0.7 / 0.4        (another light, another camera)
+    pixelate   averaged over 6 x 6 / 10 x 10 px blocks                    (a low-resolution sensor, digital zoom)
+    grayscale  60 % / 100 % of the saturation removed                     (a monochrome or night camera)
+    haze       blended toward a light airlight (0.85), transmission 0.6 / 0.35  (fog, glare)
+    shift      a crop of 75 % / 60 % of each side at a corner, resized back  (objects off-centre and cut)
 
-Images other than `jpeg`'s are saved as JPEG at quality 95. Noise is drawn from a generator seeded
-by the file's path, so a domain is the same bytes on every run. A finished domain (its marker file
+Images other than `jpeg`'s are saved as JPEG at quality 95. Noise and the corner of a shifted crop
+are drawn from the file's path, so a domain is the same bytes on every run. A finished domain (its marker file
 .complete) is left as it is; a half-written one is written again.
 
     python benchmarks/make_domains.py --root /tmp/golabels-data --domains webcam,amazon --kinds blur,noise --severities 1,2
@@ -32,7 +36,9 @@ from golabels.hooks import image_files, load_rgb, resize_shorter
 
 SIZE = 256
 SAVE_QUALITY = 95
-SEVERITIES = {"blur": (1.5, 3.0), "noise": (0.08, 0.16), "jpeg": (20, 8), "contrast": (0.4, 0.2), "colour": (0.3, 0.6)}
+SEVERITIES = {"blur": (1.5, 3.0), "noise": (0.08, 0.16), "jpeg": (20, 8), "contrast": (0.4, 0.2), "colour": (0.3, 0.6),
+              "pixelate": (6, 10), "grayscale": (0.6, 1.0), "haze": (0.6, 0.35), "shift": (0.75, 0.6)}
+AIRLIGHT = 0.85
 KINDS = tuple(SEVERITIES)
 
 
@@ -41,6 +47,14 @@ def corrupt(image: Image.Image, kind: str, severity: int, key: str) -> tuple[Ima
     level = SEVERITIES[kind][severity - 1]
     if kind == "blur":
         return image.filter(ImageFilter.GaussianBlur(level)), SAVE_QUALITY
+    if kind == "pixelate":
+        small = image.resize((max(1, image.width // int(level)), max(1, image.height // int(level))), Image.Resampling.BOX)
+        return small.resize(image.size, Image.Resampling.NEAREST), SAVE_QUALITY
+    if kind == "shift":
+        width, height = round(image.width * level), round(image.height * level)
+        corner = zlib.crc32(f"{key}:shift".encode()) % 4  # which corner the crop keeps
+        left, top = (image.width - width) * (corner % 2), (image.height - height) * (corner // 2)
+        return image.crop((left, top, left + width, top + height)).resize(image.size, Image.Resampling.BICUBIC), SAVE_QUALITY
     if kind == "jpeg":
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=int(level))
@@ -54,6 +68,11 @@ def corrupt(image: Image.Image, kind: str, severity: int, key: str) -> tuple[Ima
         x = mean + (x - mean) * level
     elif kind == "colour":
         x = x * np.array([1 + level, 1.0, 1 - level], dtype=np.float32)
+    elif kind == "grayscale":
+        gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        x = x + (gray[..., None] - x) * level
+    elif kind == "haze":
+        x = x * level + AIRLIGHT * (1 - level)
     return Image.fromarray((np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)), SAVE_QUALITY
 
 
