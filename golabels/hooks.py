@@ -8,6 +8,7 @@ Importing this module loads PyTorch.
 
 from golabels_cli.checkpoint import load_model, save_model
 from golabels_cli.console import setup_logging
+from golabels_cli.choices import STUDENT_RECIPE
 from golabels_cli.choices import parse_recipe_name as parse_method
 from golabels_cli.data import (ImageSet, InfiniteDraws, TrainImages, class_counts, decode_all, decode_for_training, scan_labeled,
                                scan_unlabeled, train_transform)
@@ -27,9 +28,10 @@ from golabels_cli.remedies import REMEDIES
 from golabels_cli.report import correlations, spearman
 from golabels_cli.synthetic import make_two_domains
 from golabels_cli.training import LoopState, Step, Training, build, step_of
-from golabels_cli.training.search import candidate_record, pick as search_pick
+from golabels_cli.training.search import candidate_agreements, candidate_record, pick as search_pick, save_teacher
 from golabels_cli.training.selection import validate as validate_snapshot
 from golabels_cli.training.target_estimate import eval_shift, warn_on_label_shift
+from golabels_cli.training.teacher import refine as refine_labels
 from golabels_cli.validators import LABEL_FREE, oriented
 
 __all__ = [
@@ -48,8 +50,11 @@ __all__ = [
     "grl_coeff", "REMEDIES",
     # validators and label shift: the figures a sweep compares
     "LABEL_FREE", "oriented", "correlations", "spearman", "SHIFT_WARNING", "total_variation",
-    # --method auto: what the search keeps of a candidate run, and its rule for what ships
-    "candidate_record", "search_pick",
+    # --method auto: what the search keeps of a candidate run, its rule for what ships, the agreement
+    # each candidate has with the ensemble (--search-pick agreement), the teacher of its student
+    "candidate_record", "search_pick", "candidate_agreements", "save_teacher", "STUDENT_RECIPE",
+    # the student's labels: a teacher's predictions of the target refined by the nearest neighbours
+    "refine_labels",
     # prediction without the command line's output
     "open_predictor", "predict_batches",
     # golabels' one-line log handler on stderr, as the commands set it up

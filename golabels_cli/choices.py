@@ -20,7 +20,8 @@ ALIGNMENT_TERMS = {"cdan-e": "batchnorm", "cdan": "batchnorm", "dann": "batchnor
 BASELINE = "source-only"
 # Losses on the target (methods/recipe.py), each the module that defines its `LOSS`: adding one is
 # that module and its line here (methods/registry.py imports it when a recipe names it).
-TARGET_LOSSES = {"mcc": "golabels_cli.methods.mcc", "bnm": "golabels_cli.methods.bnm", "im": "golabels_cli.methods.im"}
+TARGET_LOSSES = {"mcc": "golabels_cli.methods.mcc", "bnm": "golabels_cli.methods.bnm", "im": "golabels_cli.methods.im",
+                 "aad": "golabels_cli.methods.aad"}
 TARGET_LOSS_NAMES = tuple(TARGET_LOSSES)  # as --help lists them
 
 # --method auto: a recipe search on the frozen backbone's cached features (search.py). Its
@@ -30,7 +31,12 @@ TARGET_LOSS_NAMES = tuple(TARGET_LOSSES)  # as --help lists them
 AUTO_METHOD = "auto"
 SEARCH_RECIPES = ("cdan-e+bnm", "cdan-e+mcc", "mcc", "bnm", "source-only")
 ENSEMBLE = "ensemble"
-SEARCH_PICKS = (ENSEMBLE, *(v.name for v in VALIDATORS if v.compute is not None))
+# student: one new head taught by the ensemble (training/teacher.py), trained with this recipe;
+# agreement: the candidate that agrees most with the ensemble's predictions on the target (EnsV).
+STUDENT = "student"
+STUDENT_RECIPE = "mcc"
+AGREEMENT = "agreement"
+SEARCH_PICKS = (ENSEMBLE, STUDENT, AGREEMENT, *(v.name for v in VALIDATORS if v.compute is not None))
 
 DOMAIN_LABEL_MODES = ("fixed", "go", "soft", "zero-out")  # the default first, as --help lists them
 DISCRIMINATORS = ("batchnorm", "dropout")

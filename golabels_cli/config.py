@@ -17,7 +17,9 @@ from typing import Any
 import yaml
 
 # Torch-free on purpose: every value is checked before torch and timm load (choices.py).
-from .choices import ALIGNMENT_TERMS, AUTO_METHOD, SEARCH_RECIPES, parse_recipe_name, parse_search_recipes, recipe_parts
+from .choices import (ALIGNMENT_TERMS, AUTO_METHOD, SEARCH_RECIPES, STUDENT, STUDENT_RECIPE, parse_recipe_name, parse_search_recipes,
+                      recipe_parts)
+from .run_files import SEARCH_STUDENT, SEARCH_TEACHER
 from .errors import InputError
 from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, DEFAULT_SEARCH_PICK, FIELDS, FROZEN_BACKBONE_METHOD, FROZEN_ITERS,
                       PRETRAINED_TRADE_OFF, RUN_FIELDS, TRAINED_BACKBONE_METHOD, TRAINED_ITERS, AdaptConfig, declaration,
@@ -338,6 +340,13 @@ def validate(cfg: AdaptConfig) -> None:
     if cfg.balance_target and cfg.method != AUTO_METHOD and not parse_recipe_name(cfg.method).uses_target:
         raise InputError("--balance-target draws the target batches, and --method source-only trains on none",
                          "use a --method that trains on the target, or leave --balance-target out")
+    if cfg.teacher is not None:
+        if cfg.method == AUTO_METHOD:
+            raise InputError(f"--teacher teaches one run, and --method {AUTO_METHOD} trains several",
+                             "use --search-pick student, whose student the search's own ensemble teaches, or a --method of one recipe")
+        if not parse_recipe_name(cfg.method).uses_target:
+            raise InputError(f"--teacher gives labels of the target images, and --method {cfg.method} trains on none",
+                             "use a --method that trains on the target, or leave --teacher out")
     if cfg.select in NEED_HELD_OUT_SOURCE and not cfg.val_split:
         raise InputError(f"--select {cfg.select} needs held-out source images", "use --val-split above 0 (default 0.1)")
 
@@ -368,6 +377,10 @@ def _candidate_lines(cfg: AdaptConfig) -> list[str]:
         parsed = parse_recipe_name(recipe)
         disc = f"discriminator {c.discriminator}, trade-off {c.trade_off:g}" if parsed.adversarial else "no discriminator"
         lines.append(f"{recipe}: {disc}, lr-gamma {c.lr_gamma:g}, bn-stats {c.bn_stats}")
+    if cfg.search_pick == STUDENT:
+        c = candidate_config(cfg, STUDENT_RECIPE)
+        lines.append(f"then {STUDENT}: a run of {STUDENT_RECIPE} in RUN/{SEARCH_STUDENT}, taught by the adapted candidates' ensemble "
+                     f"(RUN/{SEARCH_TEACHER}, teacher-weight {c.teacher_weight:g}), lr-gamma {c.lr_gamma:g}, bn-stats {c.bn_stats}")
     return lines
 
 

@@ -149,6 +149,7 @@ LEGEND = {
     "disc": "disc: its accuracy (0.5: the domains are aligned)",
     "relab": "relab s/t: share of source/target rows whose domain label was changed (--domain-labels)",
     "tgt-loss": "tgt-loss: the losses on the target's predictions",
+    "teach": "teach: cross-entropy to the teacher's labels of the target (--teacher)",
     "tgt-acc": "tgt-acc: --eval-dir accuracy",
 }
 
@@ -270,6 +271,8 @@ class AdaptProgress:
             parts.append(f"relab s/t {fmt(row['relabeled_src'], '.2f')}/{fmt(row['relabeled_tgt'], '.2f')}")
         if "tgt-loss" in self.terms and row.get("loss_target") is not None:
             parts.append(f"tgt-loss {fmt(row['loss_target'])}")
+        if "teach" in self.terms and row.get("loss_teacher") is not None:
+            parts.append(f"teach {fmt(row['loss_teacher'])}")
         if "target_acc" in row:
             parts.append(f"tgt-acc {row['target_acc']:.3f}")
         return " ".join(parts)

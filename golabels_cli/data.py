@@ -308,9 +308,10 @@ class Draw:
 
 
 class TrainImages(Dataset):
-    """Augmented training images. Each draw's augmentation is seeded by the draw itself, so the
-    batches are the same whatever the number of loader workers (and a resumed run can replay them).
-    With `decoded` (--cache-images), images come from memory instead of the disk, identical."""
+    """Augmented training images, each as (image, label, its index in `images`). Each draw's
+    augmentation is seeded by the draw itself, so the batches are the same whatever the number of
+    loader workers (and a resumed run can replay them). With `decoded` (--cache-images), images
+    come from memory instead of the disk, identical."""
 
     def __init__(self, images: ImageSet, transform, data_config: dict, decoded: list[np.ndarray] | None = None):
         self.images, self.transform, self.data_config, self.decoded = images, transform, data_config, decoded
@@ -330,7 +331,7 @@ class TrainImages(Dataset):
             torch.default_generator.manual_seed(draw.seed)
             x = self.transform(image)
         label = self.images.labels[draw.index] if self.images.labels is not None else -1
-        return x, label
+        return x, label, draw.index
 
 
 class InfiniteDraws(Sampler):

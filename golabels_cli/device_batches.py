@@ -68,7 +68,7 @@ def crop_box(height: int, width: int, seed: int, min_crop: float, hflip: float) 
 
 
 class DecodedDraws(Dataset):
-    """A draw's decoded image (a uint8 HWC numpy array), its crop box, its flip and its label."""
+    """A draw's decoded image (a uint8 HWC numpy array), its crop box, its flip, its label and its index."""
 
     def __init__(self, images: ImageSet, decoded: DecodedImages, min_crop: float, hflip: float):
         self.images, self.decoded, self.min_crop, self.hflip = images, decoded, min_crop, hflip
@@ -80,7 +80,7 @@ class DecodedDraws(Dataset):
         array = self.decoded[draw.index]
         box, flip = crop_box(array.shape[0], array.shape[1], draw.seed, self.min_crop, self.hflip)
         label = self.images.labels[draw.index] if self.images.labels is not None else -1
-        return array, box, flip, label
+        return array, box, flip, label, draw.index
 
 
 @dataclass
@@ -93,14 +93,16 @@ class UintBatch:
     boxes: torch.Tensor | None  # [B, 4] float32, (x1, y1, x2, y2) in each image's own pixels
     flips: torch.Tensor  # [B] bool
     labels: torch.Tensor  # [B] int64, -1 for the target
+    indices: torch.Tensor  # [B] int64: which image of the set each row is
 
     def pin_memory(self) -> "UintBatch":
         return UintBatch(self.pixels.pin_memory(), None if self.boxes is None else self.boxes.pin_memory(), self.flips.pin_memory(),
-                         self.labels.pin_memory())
+                         self.labels.pin_memory(), self.indices)
 
 
-def _flips_and_labels(items: list) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor([flip for _, _, flip, _ in items], dtype=torch.bool), torch.tensor([label for *_, label in items])
+def _flips_labels_indices(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.tensor([flip for _, _, flip, _, _ in items], dtype=torch.bool), torch.tensor([label for *_, label, _ in items]),
+            torch.tensor([index for *_, index in items]))
 
 
 def collate_padded(items: list) -> UintBatch:
@@ -111,7 +113,7 @@ def collate_padded(items: list) -> UintBatch:
     view = pixels.numpy()  # decoded arrays are read-only: copied with numpy, never wrapped as tensors
     for i, (array, *_) in enumerate(items):
         view[i, : array.shape[0], : array.shape[1]] = array
-    return UintBatch(pixels, torch.tensor([box for _, box, _, _ in items], dtype=torch.float32), *_flips_and_labels(items))
+    return UintBatch(pixels, torch.tensor([box for _, box, _, _, _ in items], dtype=torch.float32), *_flips_labels_indices(items))
 
 
 class CollateCrops:
@@ -124,12 +126,12 @@ class CollateCrops:
 
     def __call__(self, items: list) -> UintBatch:
         pixels = torch.empty((len(items), 3, *self.size), dtype=torch.uint8)
-        for i, (array, box, flip, _) in enumerate(items):
+        for i, (array, box, flip, *_) in enumerate(items):
             x1, y1, x2, y2 = (int(v) for v in box)
             crop = torch.from_numpy(array[y1:y2, x1:x2]).permute(2, 0, 1)[None]  # HWC: channels-last, as the uint8 kernel takes it
             resized = F.interpolate(crop, size=self.size, mode="bilinear", antialias=True, align_corners=False)[0]
             pixels[i] = resized.flip(-1) if flip else resized
-        return UintBatch(pixels, None, *_flips_and_labels(items))
+        return UintBatch(pixels, None, *_flips_labels_indices(items))
 
 
 def augment(batch: UintBatch, device: torch.device, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor,
@@ -179,8 +181,9 @@ def loader_crop(device: torch.device, data_config: dict) -> tuple[int, int] | No
 
 
 def device_batches(loader: DataLoader, device: torch.device, data_config: dict,
-                   channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's batches augmented on `device`. On an accelerator one ahead: the next batch's
+                   channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The loader's batches augmented on `device`, as (images, labels, the images' indices in
+    their set; on the host). On an accelerator one ahead: the next batch's
     copy and crop are queued before the current one is handed to the step. On a CPU into two
     alternating buffers: a fresh 19 MB batch each step costs more in page faults than the
     normalization itself (a step's batch is no longer read once the next one is asked for)."""
@@ -193,11 +196,13 @@ def device_batches(loader: DataLoader, device: torch.device, data_config: dict,
         for step, batch in enumerate(batches):
             x, y = augment(batch, device, size, mean, std, channels_last, buffers[step % 2])
             buffers[step % 2] = x
-            yield x, y
+            yield x, y, batch.indices
         return
-    ready = augment(next(batches), device, size, mean, std, channels_last)
+    batch = next(batches)
+    ready = (*augment(batch, device, size, mean, std, channels_last), batch.indices)
     while True:
-        upcoming = augment(next(batches), device, size, mean, std, channels_last)
+        batch = next(batches)
+        upcoming = (*augment(batch, device, size, mean, std, channels_last), batch.indices)
         yield ready
         ready = upcoming
 

@@ -32,6 +32,7 @@ Replay a run, or continue one after Ctrl-C or a crash:
 - mcc: minimum class confusion on the target's predictions (Jin et al. 2020); no discriminator
 - bnm: batch nuclear-norm maximization on the target's predictions (Cui et al. 2020)
 - im: information maximization on the target's predictions (SHOT, Liang et al. 2020)
+- aad: attracting and dispersing: each target prediction pulled toward its nearest target neighbours' (Yang et al. 2022)
 
 **Domain labels** (`--domain-labels`): fixed (default; plain), go (Go-labels), soft (no rounding), zero-out (drop fooled samples).
 """

@@ -107,13 +107,26 @@ def evaluate_cached(model: torch.nn.Module, info, images: ImageSet, to_model: li
     """evaluate_images() of a model whose backbone never trained (--freeze-backbone): its cached
     features are the backbone's output (eval mode, eval transform), and only images not seen
     before go through it."""
+    logits, _ = cached_outputs(model, info, images, device, cache_dir, batch_size, workers, "eval: features")
+    return score(images, to_model, info.classes, logits.argmax(1))
+
+
+def cached_outputs(model: torch.nn.Module, info, images: ImageSet, device: torch.device, cache_dir: str | None, batch_size: int = 64,
+                   workers: int = 0, what: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, the model's features after its backbone) of `images` on the CPU, in eval mode, the
+    backbone's output read from the feature cache (computed for the images not seen before)."""
     from .features import backbone_features, model_key
 
     key = model_key(info.backbone, model.backbone, info.data_config)
-    features = backbone_features(images, model.backbone, key, info.data_config, device, cache_dir, batch_size, workers, "eval: features")
-    with torch.no_grad():
-        logits = torch.cat([model.classify(chunk.to(device))[0].float().cpu() for chunk in features.values.split(batch_size)])
-    return score(images, to_model, info.classes, logits.argmax(1))
+    features = backbone_features(images, model.backbone, key, info.data_config, device, cache_dir, batch_size, workers, what)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = [model.classify(chunk.to(device)) for chunk in features.values.split(batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat([o[0].float().cpu() for o in outputs]), torch.cat([o[1].float().cpu() for o in outputs])
 
 
 def score(images: ImageSet, to_model: list[int], model_classes: list[str], predicted: torch.Tensor) -> EvalResult:

@@ -93,7 +93,9 @@ def value_kind(annotation: str) -> tuple[str, bool]:
 
 
 ENSEMBLE_HELP = ("ensemble (the adapted candidates' heads on the one backbone, their probabilities averaged; source-only is "
-                 "left out) | a validator's name (the candidate it scores best: " + " | ".join(SEARCH_PICKS[1:]) + ").")
+                 "left out) | student (one new head taught by that ensemble, its labels refined by the target's clusters: one "
+                 "candidate's cost at inference) | agreement (the candidate agreeing most with the ensemble on the target) | a "
+                 "validator's name (the candidate it scores best: " + " | ".join(SEARCH_PICKS[3:]) + ").")
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
 PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned
@@ -221,6 +223,15 @@ class AdaptConfig:
     mcc_temperature: float = option(2.0, METHOD, "softmax temperature of the class-confusion matrix (the paper's 2.5 read 2-4 points lower "
                                                  "on Office-31; 3.5 collapsed).", methods=("mcc",), minimum=0, open_min=True,
                                                  range_hint="the default is 2.0")
+    # A run taught by a teacher model (training/teacher.py): the student of --search-pick student, or any run.
+    teacher: str | None = option(None, METHOD, "A golabels model (a run directory or model.safetensors of the same classes) whose "
+                                               "predictions on the target, refined by the target's own clusters, the run learns from "
+                                               "beside its recipe (the student of --search-pick student).", metavar="MODEL")
+    teacher_weight: float = option(1.0, METHOD, "Weight of the cross-entropy to the teacher's refined labels (--teacher).", **COUNT)
+    aad_neighbours: int = option(5, METHOD, "nearest target neighbours each target prediction is pulled toward.", methods=("aad",),
+                                 **POSITIVE)
+    aad_dispersion: float = option(1.0, METHOD, "weight of aad's term that pushes a batch's predictions apart.", methods=("aad",),
+                                   **COUNT)
     bottleneck_dim: int = option(256, TRAINING, "Width of the bottleneck (Linear, BatchNorm, ReLU) between the backbone and the head.",
                                  **POSITIVE)
     disc_hidden: int = option(1024, METHOD, "Width of the discriminator's hidden layers.", **POSITIVE)

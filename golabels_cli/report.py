@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from . import run_files
-from .choices import AUTO_METHOD, parse_search_recipes
+from .choices import AUTO_METHOD, STUDENT, parse_search_recipes
 from .yaml_files import read_config_fields
 from .errors import InputError, reason
 from .images import require_regular
@@ -119,6 +119,10 @@ def load_search(run_dir: str | Path) -> SearchRecord:
         folder = run_dir / run_files.SEARCH_CANDIDATES / recipe
         started = (folder / run_files.METRICS).is_file() and (folder / run_files.CONFIG).is_file()
         candidates.append((recipe, load_run(folder) if started else None))
+    if config.get("search_pick") == STUDENT:  # the student's run, after the candidates
+        folder = run_dir / run_files.SEARCH_STUDENT
+        started = (folder / run_files.METRICS).is_file() and (folder / run_files.CONFIG).is_file()
+        candidates.append((STUDENT, load_run(folder) if started else None))
     summary = None
     path = run_dir / run_files.SUMMARY
     if path.is_file():

@@ -32,7 +32,8 @@ PLOTS = run_files.REPORT_PLOTS
 
 # The curves of each panel: (metrics key, legend label).
 LOSS_SERIES = (("loss_cls", "classification (source)"), ("loss_adv", "adversarial (discriminator BCE)"),
-               ("loss_extra", "method's extra loss"), ("loss_target", "on the target's predictions"))
+               ("loss_extra", "method's extra loss"), ("loss_target", "on the target's predictions"),
+               ("loss_teacher", "to the teacher's labels"))
 DISC_SERIES = (("disc_acc", "all"), ("disc_acc_src", "source"), ("disc_acc_tgt", "target"))
 RELABELED_SERIES = (("relabeled_src", "source"), ("relabeled_tgt", "target"))
 # report-*.png: which panels each file holds (a file none of whose panels can be drawn is not written).

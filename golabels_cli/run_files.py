@@ -18,6 +18,8 @@ TARGET_MOSAIC = "target-mosaic.png"  # target images with their predicted labels
 ONNX_MODEL = "model.onnx"  # `golabels export`'s default output, beside the model
 TENSORBOARD = "tensorboard"  # --logger tensorboard's event files (a folder)
 SEARCH_CANDIDATES = "candidates"  # --method auto: a run directory per candidate recipe, under this folder
+SEARCH_TEACHER = "teacher.safetensors"  # --search-pick student: the adapted candidates' ensemble, which teaches the student
+SEARCH_STUDENT = "student"  # --search-pick student: the student's run directory
 REPORT_PLOTS = ("report-losses.png", "report-discriminator.png", "report-validators.png")  # `golabels report`
 
 # Every file a run writes under its own name: what `adapt --exist-ok` into a used folder replaces.

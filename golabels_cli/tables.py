@@ -85,6 +85,7 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     # Training's figures are of its last iteration, whichever snapshot is shipped: say so when they differ.
     at = f" (iteration {summary['iters']})" if selected["by"] != "last" and selected["iter"] != summary["iters"] else ""
     on_target = f", on the target's predictions {fmt(final['loss_target'])}" if final.get("loss_target") is not None else ""
+    on_target += f", to the teacher's labels {fmt(final['loss_teacher'])}" if final.get("loss_teacher") is not None else ""
     table.add_row("final losses", f"classification {fmt(final['loss_cls'])}, adversarial {fmt(final['loss_adv'])}{on_target}{at}")
     if final["disc_acc"] is not None:
         grad = f", adversarial gradient {final['adv_grad_norm']:.3g}" if final.get("adv_grad_norm") is not None else ""
@@ -223,19 +224,21 @@ TRAINING_COLUMNS: dict[str, Callable[[dict], str]] = {
     "loss cls": lambda r: fmt(r.get("loss_cls")),
     "loss adv": lambda r: fmt(r.get("loss_adv")),
     "tgt loss": lambda r: fmt(r.get("loss_target")),
+    "teacher": lambda r: fmt(r.get("loss_teacher")),
     "disc acc": lambda r: fmt(r.get("disc_acc"), ".2f"),
     "disc src/tgt": lambda r: f"{fmt(r.get('disc_acc_src'), '.2f')}/{fmt(r.get('disc_acc_tgt'), '.2f')}",
     "relabeled src/tgt": lambda r: f"{fmt(r.get('relabeled_src'), '.2f')}/{fmt(r.get('relabeled_tgt'), '.2f')}",
     "adv grad": lambda r: fmt(r.get("adv_grad_norm")),
     "lr": lambda r: f"{r['lr']:.2e}",
 }
-TRAINING_LEAST_TELLING = ["adv grad", "lr", "disc src/tgt", "relabeled src/tgt", "tgt loss", "loss adv", "disc acc"]
+TRAINING_LEAST_TELLING = ["adv grad", "lr", "disc src/tgt", "relabeled src/tgt", "teacher", "tgt loss", "loss adv", "disc acc"]
 
 
 def _training_columns(rows: list[dict], domain_labels: str | None) -> list[str]:
     """The columns that say something in this run: none that is empty throughout, and no
     relabeled fractions under fixed domain labels (always 0 there)."""
-    keys = {"loss adv": "loss_adv", "tgt loss": "loss_target", "disc acc": "disc_acc", "disc src/tgt": "disc_acc_src",
+    keys = {"loss adv": "loss_adv", "tgt loss": "loss_target", "teacher": "loss_teacher", "disc acc": "disc_acc",
+            "disc src/tgt": "disc_acc_src",
             "relabeled src/tgt": "relabeled_src", "adv grad": "adv_grad_norm"}
     shown = [name for name in TRAINING_COLUMNS if name not in keys or any(r.get(keys[name]) is not None for r in rows)]
     return [name for name in shown if not (name == "relabeled src/tgt" and domain_labels == "fixed")]
@@ -310,7 +313,8 @@ def _candidate_table(title: str, rows: list[dict[str, Any]], shipped: str | None
             table.add_column("target-acc", justify="right", no_wrap=True)
         table.add_column("seconds", justify="right", no_wrap=True)
         for r in rows:
-            mark = "yes" if r["recipe"] == shipped else "in the ensemble" if shipped == "ensemble" and r["recipe"] in members else ""
+            mark = ("yes" if r["recipe"] == shipped else "in the ensemble" if shipped == "ensemble" and r["recipe"] in members
+                    else "its teacher" if shipped == "student" and r["recipe"] in members else "")
             values = r.get("validators") or {}
             cells = [fmt(values.get(k), ".4f") for k in keys if VALIDATOR_NAMES[k] in columns]
             acc = [fmt(r.get("target_acc"), ".4f")] if oracle else []
@@ -333,10 +337,23 @@ def print_search_summary(summary: dict[str, Any]) -> None:
         reference = (f"; source-only {search['source_only_acc']:.4f}" if search.get("source_only_acc") is not None else "")
         table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; "
                       f"--eval-dir labels, never used to choose){reference}")
-    table.add_row("candidates", f"{run_files.SEARCH_CANDIDATES}/<recipe> in {summary['run_dir']}: each a run of its own (golabels report)")
+    table.add_row("candidates", f"{run_files.SEARCH_CANDIDATES}/<recipe> in {summary['run_dir']}: each a run of its own (golabels report)"
+                  + (f"; the student in {run_files.SEARCH_STUDENT}/, taught by {run_files.SEARCH_TEACHER}" if "student" in search else ""))
     stdout.print(table)
-    _print_fitted(*_candidate_table("candidates (validators at each one's last evaluation)", search["candidates"],
+    _print_fitted(*_candidate_table("candidates (validators at each one's last evaluation)", search_rows(search),
                                     search["shipped"], search["members"]))
+
+
+def search_rows(search: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidates' rows of a finished search, and with --search-pick student its teacher's
+    (the ensemble of its members, as the student's run scored it) and the student's."""
+    rows = list(search["candidates"])
+    if "student" in search:
+        teacher = search.get("teacher") or {}
+        rows.append({"recipe": f"teacher: the ensemble of {len(teacher.get('members') or [])}", "validators": teacher.get("validators"),
+                     "target_acc": teacher.get("target_acc"), "seconds": None, "status": ""})
+        rows.append(search["student"])
+    return rows
 
 
 def print_search_report(record) -> None:
@@ -359,7 +376,7 @@ def print_search_report(record) -> None:
             overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
     stdout.print(overview)
     if summary is not None:
-        rows, shipped, members = summary["search"]["candidates"], summary["search"]["shipped"], summary["search"]["members"]
+        rows, shipped, members = search_rows(summary["search"]), summary["search"]["shipped"], summary["search"]["members"]
     else:
         rows, shipped, members = [], None, []
         for recipe, run in record.candidates:

@@ -49,6 +49,7 @@ FINAL_KEYS = ("target_acc", "target_mean_class_acc", "images_per_s", "seconds")
 # key lands in train/ only until someone files it (tests/test_feedback.py checks a run's rows).
 TAGS = {
     "loss_cls": "loss/cls", "loss_adv": "loss/adv", "loss_extra": "loss/extra", "loss_target": "loss/target",
+    "loss_teacher": "loss/teacher",
     "disc_acc": "discriminator/acc", "disc_acc_src": "discriminator/acc_src", "disc_acc_tgt": "discriminator/acc_tgt",
     "relabeled_src": "discriminator/relabeled_src", "relabeled_tgt": "discriminator/relabeled_tgt",
     "adv_grad_norm": "discriminator/adv_grad_norm",

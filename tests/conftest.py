@@ -161,8 +161,12 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_benchmark(name: str):
-    """benchmarks/NAME.py as a module (the scripts are not a package)."""
+    """benchmarks/NAME.py as a module (the scripts are not a package; one may import another, as run
+    from benchmarks/ would)."""
     import importlib.util
+
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
 
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

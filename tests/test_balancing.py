@@ -138,9 +138,9 @@ def test_target_estimates_refresh_the_target_sampler_and_source_weights(domains,
     weights_seen = []
     real_step = loop.Step.__call__
 
-    def step_spy(*args):
-        weights_seen.append(None if args[-1] is None else args[-1].tolist())
-        return real_step(*args)
+    def step_spy(self, xs, ys, xt, coeff, class_weights=None, target_index=None):
+        weights_seen.append(None if class_weights is None else class_weights.tolist())
+        return real_step(self, xs, ys, xt, coeff, class_weights, target_index)
 
     monkeypatch.setattr(loop.Step, "__call__", step_spy)
     source, target = domains

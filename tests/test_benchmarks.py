@@ -423,7 +423,24 @@ def test_recipe_search_applies_each_rule_as_the_search_ships_it(tmp_path):
     assert summary["target_acc"] == pytest.approx(results["rules"]["ensemble"][0])
     expected = [results["candidates"][r][0] for r in ("mcc", "bnm", "source-only")]
     assert [c["target_acc"] for c in summary["search"]["candidates"]] == expected
-    assert "| ensemble |" in text  # the acceptance table, against --default
+    assert "| ensemble |" in text and "| student |" in text and "| agreement |" in text  # the acceptance table, against --default
+    assert "| source → target |" in text.split("student / candidates")[1]  # each stage's seconds
+    # ... and with --search-pick student and agreement, the student and the candidate the benchmark measured
+    for rule in ("student", "agreement"):
+        result = cli("adapt", source, target, *common, "--iters", "6", "--freeze-backbone", "--cache-dir", tmp_path / "cache",
+                     "--method", "auto", "--search-recipes", "mcc,bnm,source-only", "--eval-dir", target, "--no-balance-source",
+                     "--no-balance-target", "--eval-every", "0", "--search-pick", rule, "--out", tmp_path / rule, "--quiet", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["target_acc"] == pytest.approx(results["rules"][rule][0])
+    assert (tmp_path / "sweep" / "source-target" / "student" / "seed1" / "model.safetensors").is_file()
+    # teacher_rules.py reads the same sweep: the teacher's labels, as the ensemble's accuracy, and each refinement's
+    rules = load_benchmark("teacher_rules").main(["--sweep", str(tmp_path / "sweep"), "--root", str(tmp_path / "data"), "--cache-dir",
+                                                  str(tmp_path / "cache"), "--tasks", "source:target", "--seeds", "2",
+                                                  "--members", "mcc,bnm"])
+    row = next(line for line in rules.splitlines() if line.startswith("| source → target | 2 |"))
+    teacher = float(row.split("|")[3].split("±")[0])
+    assert teacher == pytest.approx(100 * sum(results["rules"]["ensemble"]) / 2, abs=0.01)
+    assert "knn-5 (members)" in rules and "centroids (backbone)" in rules and "at least as accurate as the teacher's" in rules
 
 
 def test_default_length_runs_the_default_on_small_targets_and_tabulates(tmp_path):

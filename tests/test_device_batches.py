@@ -72,7 +72,7 @@ def test_the_accelerators_roi_align_and_the_cpus_loader_crops_give_the_same_batc
 
     draws = DecodedDraws(images, decoded, 0.3, 0.5)
     items = [draws[d] for d in itertools.islice(iter(InfiniteDraws(len(images), 0, 0)), 16)]
-    assert any(flip for *_, flip, _ in items) and not all(flip for *_, flip, _ in items)
+    assert any(flip for _, _, flip, *_ in items) and not all(flip for _, _, flip, *_ in items)
     on_cpu, _ = augment(CollateCrops((32, 32))(items), CPU, (32, 32), mean, std)
     on_device, _ = augment(collate_padded(items), CPU, (32, 32), mean, std)
     assert on_cpu.shape == on_device.shape == (16, 3, 32, 32)
@@ -87,7 +87,7 @@ def test_batches_are_the_same_for_any_number_of_workers_and_replay_from_any_draw
 
     def batches(workers, start=0, count=6):
         loader = batch_loader(images, decoded, 0.08, 0.5, 4, 3, 0, workers, False, start, crop_to=loader_crop(CPU, DATA_CONFIG))
-        return [(x.clone(), y) for x, y in itertools.islice(device_batches(loader, CPU, DATA_CONFIG), count)]
+        return [(x.clone(), y) for x, y, _ in itertools.islice(device_batches(loader, CPU, DATA_CONFIG), count)]
 
     reference = batches(0)
     for workers in (1, 2):
@@ -197,7 +197,7 @@ def test_a_training_step_reads_nothing_back_to_the_host(domains, method, monkeyp
     monkeypatch.setattr(stage, "augment", counting(stage.augment))  # the batch stage on the device (the loader's draws are the host's own)
     streams = open_streams(t, LoopState())
     for _ in range(2):
-        xs, ys, xt = streams.next()
+        xs, ys, xt, _ = streams.next()
         logged = counting(streams.step)(xs, ys, xt, 0.5)
         counting(window.add)(logged, len(xs) + len(xt))  # the metrics window: summed on the device
     streams.close()

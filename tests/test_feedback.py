@@ -173,9 +173,9 @@ def test_print_config_replays_to_the_same_run(domains, tmp_path):
     assert config["method"] == "dann" and config["iters"] == 2 and config["trade-off"] == 1.0
     # every default filled in, the backbone's input size included; what only the run decides is named
     assert config["lr-gamma"] == 10.0 and config["eval-every"] == 0 and config["workers"] == 0 and config["image-size"] == 32
-    # (search-recipes and search-pick are --method auto's: null in any other run)
-    assert config["cache-dir"] and [k for k, v in config.items() if v is None] == ["search-recipes", "search-pick", "weights", "eval-dir",
-                                                                                    "logger"]
+    # (search-recipes and search-pick are --method auto's: null in any other run; teacher: a taught run's)
+    assert config["cache-dir"] and [k for k, v in config.items() if v is None] == ["search-recipes", "search-pick", "teacher", "weights",
+                                                                                    "eval-dir", "logger"]
     assert printed.stdout.startswith("# golabels adapt --config FILE replays this run") and "device auto:" in printed.stdout
     own = cli("adapt", source, target, "--backbone", "test_resnet", "--no-pretrained", "--iters", "10000", "--print-config")
     resolved = yaml.safe_load(own.stdout)

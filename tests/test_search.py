@@ -18,8 +18,11 @@ RECIPES = "cdan-e+bnm,mcc,source-only"
 
 
 def search(domains, out, *extra):
+    """A tiny search shipping the ensemble unless `extra` names another --search-pick (the student, the
+    default, is test_student.py's)."""
     source, target = domains
-    return adapt_tiny(source, target, out, *FROZEN, "--method", "auto", "--search-recipes", RECIPES, "--eval-dir", target, *extra)
+    pick = [] if "--search-pick" in extra else ["--search-pick", "ensemble"]
+    return adapt_tiny(source, target, out, *FROZEN, "--method", "auto", "--search-recipes", RECIPES, "--eval-dir", target, *pick, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -74,25 +77,37 @@ def test_a_validator_pick_ships_that_candidates_own_file(domains, tmp_path):
     assert (run / "model.safetensors").read_bytes() == shipped.read_bytes()
 
 
-def test_an_interrupted_search_resumes_where_it_stopped(searched, domains, tmp_path):
-    from golabels_cli import training
+def search_config(domains, pick: str):
+    """search()'s options as a config, for training.adapt in this process."""
     from golabels_cli.config import build_config
-    from golabels_cli.errors import Interrupted
 
     source, target = domains
-    cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
-                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 12, "save_every": 4, "eval_every": 6,
-                        "freeze_backbone": True, "method": "auto", "search_recipes": RECIPES, "eval_dir": str(target)})
+    return build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
+                         "device": "cpu", "workers": 0, "batch_size": 4, "iters": 12, "save_every": 4, "eval_every": 6,
+                         "freeze_backbone": True, "method": "auto", "search_recipes": RECIPES, "search_pick": pick,
+                         "eval_dir": str(target)})
+
+
+def interrupt_in(stage: str, iteration: int):
+    """A progress listener sending this process SIGINT at `iteration` of the stage (a candidate's recipe,
+    or "student") whose CandidateStarted named it first."""
     started = []
 
     def interrupt(event):
         if isinstance(event, CandidateStarted):
-            started.append(event.recipe)
-        if isinstance(event, StepDone) and event.iter == 5 and started[-1] == "mcc":
+            started.append(event.recipe.split(" ")[0])
+        if isinstance(event, StepDone) and event.iter == iteration and started[-1] == stage:
             os.kill(os.getpid(), signal.SIGINT)
 
+    return interrupt
+
+
+def test_an_interrupted_search_resumes_where_it_stopped(searched, domains, tmp_path):
+    from golabels_cli import training
+    from golabels_cli.errors import Interrupted
+
     with pytest.raises(Interrupted) as stopped:
-        training.adapt(cfg, out=tmp_path / "cut", progress=interrupt)
+        training.adapt(search_config(domains, "ensemble"), out=tmp_path / "cut", progress=interrupt_in("mcc", 5))
     assert f"golabels adapt --resume {tmp_path / 'cut'}" in str(stopped.value) and "candidate mcc, 2 of 3" in str(stopped.value)
     first = tmp_path / "cut" / "candidates" / "cdan-e+bnm"
     finished = tree(first)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import TINY, adapt_tiny, cli, cli_subprocess, interrupt_at, read_jsonl
-from golabels_cli.methods import TARGET_LOSSES, StepOutput, get_recipe
+from golabels_cli.methods import TARGET_LOSSES, StepOutput, TargetBank, get_recipe
 from golabels_cli.methods.bnm import batch_nuclear_norm
 from golabels_cli.methods.im import information_maximization
 from golabels_cli.methods.mcc import minimum_class_confusion
@@ -60,7 +60,9 @@ def test_im_is_mean_entropy_minus_entropy_of_the_mean():
 @pytest.mark.parametrize("name", sorted(TARGET_LOSSES))
 def test_every_target_loss_sends_a_gradient_to_the_logits(name):
     logits = torch.randn(8, 5, requires_grad=True)
-    TARGET_LOSSES[name].loss(StepOutput(torch.randn(8, 4), logits, torch.zeros(0, dtype=torch.long)), {"mcc_temperature": 2.5}).backward()
+    bank = TargetBank(10, 4, 5) if TARGET_LOSSES[name].bank else None
+    out = StepOutput(torch.randn(8, 4), logits, torch.zeros(0, dtype=torch.long), target_index=torch.arange(8), bank=bank)
+    TARGET_LOSSES[name].loss(out, {"mcc_temperature": 2.5, "aad_neighbours": 3, "aad_dispersion": 1.0}).backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
@@ -105,7 +107,7 @@ def test_a_loss_only_recipe_draws_target_batches_and_builds_no_discriminator(dom
     assert all(id(p) in model_params for g in t.optimizer.param_groups for p in g["params"])
     streams = loop.open_streams(t, LoopState())
     try:
-        xs, ys, xt = streams.next()
+        xs, ys, xt, _ = streams.next()
         assert xt is not None and xt.shape == xs.shape
         seen = {}
         (part,) = t.objective.target_losses

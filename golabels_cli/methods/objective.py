@@ -1,11 +1,14 @@
 """A recipe as one object: the loss a training step minimizes, built once, usable in any loop.
 
     L = CE(source logits, source labels) + trade_off * L_adv + L_extra + target_loss_weight * L_target
+        [+ teacher_weight * L_teacher]
 
 L_adv and L_extra are the alignment term's (adversarial.py: its discriminator's loss under the
 domain targets of `domain_labels`, and its own extra loss); L_target is the sum of the recipe's
 losses on the target (recipe.py), each reading the step's whole output. With per-row weights
-(--label-shift-weights) each source row weighs its class's weight in CE and L_adv.
+(--label-shift-weights) each source row weighs its class's weight in CE and L_adv. A run taught
+by a teacher (--teacher, training/teacher.py) adds L_teacher = mean_i CE(R_i, p_i), the
+cross-entropy of its target rows' predictions p_i to the teacher's refined soft labels R_i.
 
     objective = Objective.of("cdan-e+mcc", num_classes=31, feature_dim=256)
     optimizer = torch.optim.SGD([*model.parameters(), *objective.parameters()], lr=0.01, momentum=0.9)
@@ -21,6 +24,7 @@ The step of golabels' own loop (training/step.py) is that call between its forwa
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -31,6 +35,7 @@ from torch import nn
 from ..choices import DOMAIN_LABEL_MODES
 from ..options import option_defaults
 from .adversarial import Adversary, Batch, Method, MultilinearMap, adversarial_loss
+from .bank import TargetBank
 from .recipe import StepOutput
 from .registry import get_recipe
 
@@ -42,7 +47,9 @@ class Objective:
     alignment: the alignment term's spec (source-only's: no discriminator); discriminator,
     multilinear (CDAN's map) and head (GVB's bridge) the modules it reads; target_losses the
     recipe's losses on the target; trade_off and target_loss_weight their weights; domain_labels
-    the discriminator's targets (domain_labels.MODES); options the parts' own options by config key.
+    the discriminator's targets (domain_labels.MODES); options the parts' own options by config key;
+    bank the memory of the target set a neighbourhood loss keeps (bank.py), None when no loss does;
+    teacher the soft labels of the target images a teacher gives (--teacher), weighted by teacher_weight.
     """
 
     alignment: Method
@@ -54,13 +61,19 @@ class Objective:
     target_loss_weight: float = 1.0
     domain_labels: str = "fixed"
     options: dict[str, Any] = field(default_factory=dict)
+    bank: TargetBank | None = None
+    teacher: torch.Tensor | None = None  # [N, C]: a teacher's soft label of each target image (training/teacher.py), or None
+    teacher_weight: float = 1.0
 
     @classmethod
     def of(cls, recipe: str, num_classes: int, feature_dim: int, head: nn.Module | None = None, *, trade_off: float = 1.0,
-           target_loss_weight: float = 1.0, domain_labels: str = "fixed", cdan_map: str = "auto", **options: Any) -> "Objective":
+           target_loss_weight: float = 1.0, domain_labels: str = "fixed", cdan_map: str = "auto", target_size: int | None = None,
+           **options: Any) -> "Objective":
         """The objective of a --method value (e.g. "cdan-e+mcc") with a new discriminator of the
         method's reference kind; `options` override the parts' own options' defaults (e.g.
-        mcc_temperature=2.5). For a loop outside golabels."""
+        mcc_temperature=2.5). A neighbourhood loss (aad) needs `target_size`, the number of target
+        images its bank remembers, fill it (objective.bank.fill) before the first step, and the
+        step's target rows' indices (StepOutput.target_index). For a loop outside golabels."""
         spec = get_recipe(recipe)
         disc = multilinear = None
         if spec.adversarial:
@@ -73,7 +86,13 @@ class Objective:
         if unknown:
             raise ValueError(f"{recipe} reads no option {sorted(unknown)[0]!r}; its own: {', '.join(spec.options) or 'none'}")
         values = {**option_defaults(spec.options), **options}
-        return cls(spec.alignment, disc, multilinear, head, spec.target_losses, trade_off, target_loss_weight, domain_labels, values)
+        bank = None
+        if any(loss.bank for loss in spec.target_losses):
+            if target_size is None:
+                raise ValueError(f"{recipe} keeps a bank of the target set: pass target_size, the number of target images")
+            bank = TargetBank(target_size, feature_dim, num_classes)
+        return cls(spec.alignment, disc, multilinear, head, spec.target_losses, trade_off, target_loss_weight, domain_labels, values,
+                   bank)
 
     @property
     def adversarial(self) -> bool:
@@ -94,6 +113,8 @@ class Objective:
         else:
             per_row = F.cross_entropy(source_logits, out.source_labels, reduction="none")
             loss_cls = (out.row_weights[: out.sources] * per_row).mean()
+        if self.bank is not None:
+            out = dataclasses.replace(out, bank=self.bank)
         zero = torch.zeros((), device=out.logits.device)
         loss_adv, loss_extra, loss_target, stats = zero, zero, zero, {}
         if out.has_target and self.adversarial:
@@ -103,6 +124,10 @@ class Objective:
         for part in self.target_losses if out.has_target else ():
             loss_target = loss_target + part.loss(out, self.options)
         loss = loss_cls + self.trade_off * loss_adv + loss_extra + self.target_loss_weight * loss_target
+        loss_teacher = zero
+        if self.teacher is not None and out.has_target:
+            loss_teacher = -(self.teacher[out.target_index] * F.log_softmax(out.target_logits, dim=1)).sum(1).mean()
+            loss = loss + self.teacher_weight * loss_teacher
         logged = {"loss_cls": loss_cls.detach(), "loss_adv": loss_adv.detach(), "loss_extra": loss_extra.detach(),
-                  "loss_target": loss_target.detach(), **stats}
+                  "loss_target": loss_target.detach(), "loss_teacher": loss_teacher.detach(), **stats}
         return loss, logged

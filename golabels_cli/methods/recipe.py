@@ -38,13 +38,17 @@ class StepOutput:
     recipe uses the target) as many target rows.
 
     features: bottleneck features [N, F]; logits [N, C]; source_labels [B] (B <= N source rows);
-    row_weights [N] (or [B] without target rows) multiply each row's loss, or None.
+    row_weights [N] (or [B] without target rows) multiply each row's loss, or None; target_index
+    [N - B]: which image of the target set each target row is (a memory of the target set reads
+    and writes its rows by it), or None; bank: the objective's TargetBank (bank.py), or None.
     """
 
     features: torch.Tensor
     logits: torch.Tensor
     source_labels: torch.Tensor
     row_weights: torch.Tensor | None = None
+    target_index: torch.Tensor | None = None
+    bank: Any = None
 
     @property
     def sources(self) -> int:
@@ -75,12 +79,15 @@ class TargetLoss:
     loss: (the step's output, the loss's own options) -> a scalar to minimize; most read
         `out.target_logits` [B, C], a loss on features `out.target_features` [B, F].
     options: the config keys this loss reads beyond the shared ones (options.options_of).
+    bank: whether it keeps a memory of the whole target set (bank.TargetBank, `out.bank`), which
+        the objective then holds and the run fills before its first step and saves with its state.
     """
 
     name: str
     summary: str  # one line: --help and the docs
     loss: Callable[[StepOutput, dict[str, Any]], torch.Tensor]
     options: tuple[str, ...] = field(default=())
+    bank: bool = False
 
 
 @dataclass(frozen=True)

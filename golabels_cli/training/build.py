@@ -13,10 +13,12 @@ from ..data import ImageSet, decode_all
 from ..decoded import decode_images
 from ..distributed import SINGLE, Dist, lr_factor
 from ..features import backbone_features, model_key
-from ..methods import MultilinearMap, Objective, get_method, get_recipe
+from ..methods import MultilinearMap, Objective, TargetBank, get_method, get_recipe
 from ..models import Classifier, create_backbone, resolve_data_config
 from ..progress import no_events
 from .resolve import resolve_run
+from .selection import validate_model
+from .teacher import teach
 from .runtime import seed_everything, speed_settings
 from .threads import resolve_threads
 from .state import ROLE_NAMES, Progress, Training
@@ -54,8 +56,11 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
     torch.backends.cudnn.benchmark = speed.cudnn_benchmark
     torch.backends.cudnn.deterministic = cfg.deterministic
     optimizer = _optimizer(cfg, model, disc if spec.adversarial else None, d, speed.fused_optimizer)
+    bank = None
+    if any(loss.bank for loss in recipe.target_losses):  # filled before the first step (loop.fill_bank), or from the checkpoint
+        bank = TargetBank(len(target), cfg.bottleneck_dim, len(source.classes)).to(device)
     objective = Objective(spec, disc if spec.adversarial else None, multilinear, model.head, recipe.target_losses, cfg.trade_off,
-                          cfg.target_loss_weight, cfg.domain_labels, {name: getattr(cfg, name) for name in recipe.options})
+                          cfg.target_loss_weight, cfg.domain_labels, {name: getattr(cfg, name) for name in recipe.options}, bank)
     frozen_key = None
     if not cfg.freeze_backbone and device.type == "cpu" and (cfg.pretrained or cfg.weights):
         frozen_key = model_key(cfg.backbone, model.backbone, data_config)
@@ -65,14 +70,23 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
         sets = {"source": source, **({"source_val": validation.source_val} if validation.source_val else {}),
                 "target": target, **({"eval": eval_set[0]} if eval_set else {})}
         features = _cached_features(cfg, model.backbone, data_config, device, workers, sets)
+    teaching = None
+    if cfg.teacher is not None:
+        teaching = teach(cfg, target, source.classes, device, model_key(cfg.backbone, model.backbone, data_config),
+                         features["target"] if features is not None else None)
+        objective = dataclasses.replace(objective, teacher=teaching.labels.to(device), teacher_weight=cfg.teacher_weight)
     elif cfg.augment == "batched":
         decoded = {"source": decode_images(source, data_config, cfg.cache_dir, "decoding the source", workers or 1),
                    "target": decode_images(target, data_config, cfg.cache_dir, "decoding the target",
                                            workers or 1) if recipe.uses_target else None}
     elif cfg.cache_images:
         decoded = {"source": decode_all(source, data_config), "target": decode_all(target, data_config) if recipe.uses_target else None}
-    return Training(cfg, device, source, target, eval_set, validation, report, data_config, model, disc, multilinear, objective, optimizer,
-                    speed, d, features, decoded, torch.amp.GradScaler(device.type) if speed.loss_scaling else None, frozen_key)
+    t = Training(cfg, device, source, target, eval_set, validation, report, data_config, model, disc, multilinear, objective, optimizer,
+                 speed, d, features, decoded, torch.amp.GradScaler(device.type) if speed.loss_scaling else None, frozen_key,
+                 teaching.record if teaching is not None else None)
+    if teaching is not None and d.main and (features is None or teaching.record["same_backbone"]):
+        teaching.record.update(validate_model(t, teaching.model))  # the figures the student is compared with
+    return t
 
 
 def _classifier(cfg: AdaptConfig, backbone: torch.nn.Module, classes: int, d: Dist) -> torch.nn.Module:

@@ -21,7 +21,7 @@ def check_checkpoint_state(ckpt: dict[str, Any], path: Path) -> None:
     """InputError naming the first field of `ckpt` that a resume could not use."""
     _check_rng(ckpt.get("rng"), path)
     _check_loop(ckpt.get("loop"), path)
-    for name in ("model", "discriminator", "multilinear", "selected_model"):
+    for name in ("model", "discriminator", "multilinear", "selected_model", "target_bank"):
         state = ckpt.get(name, {})
         if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
             raise _bad(path, name, "must map names to tensors")

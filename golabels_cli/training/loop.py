@@ -45,7 +45,7 @@ from .runtime import set_rng_state
 from .selection import keep_if_selected, target_batchnorm, validate
 from .state import LOSS_KEYS, STAT_KEYS, LoopState, Progress, Training
 from .step import Classify, Step, feature_batches, fit_head, set_lr, step_of
-from .outputs import target_predictions
+from .outputs import role_outputs, target_predictions
 from .path_hint import frozen_path_hint
 from .target_estimate import estimate_target, warn_on_label_shift
 from .threads import step_threads
@@ -97,8 +97,8 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                 lr = set_lr(t.optimizer, cfg, step, t.lr_scale)
                 coeff = grl_coeff(step, cfg.grl_horizon(), cfg.grl_alpha)
                 step_started = time.perf_counter()
-                xs, ys, xt = streams.next()
-                logged = streams.step(xs, ys, xt, coeff, streams.class_weights)
+                xs, ys, xt, target_index = streams.next()
+                logged = streams.step(xs, ys, xt, coeff, streams.class_weights, target_index)
                 run.add(it, logged, len(xs) + (len(xt) if xt is not None else 0))
                 progress(StepDone(it))
                 if step == run.start and d.main and (hint := frozen_path_hint(t, xs, time.perf_counter() - step_started, cfg.iters - it)):
@@ -173,9 +173,14 @@ class Streams:
     step: Step  # the forward pass and the objective, DDP-wrapped or compiled as this process runs them
     class_weights: torch.Tensor | None  # --label-shift-weights: of the source classes
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        xs, ys = next(self.source)
-        return xs, ys, next(self.target)[0] if self.target is not None else None
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(source batch, its labels, target batch, the target rows' indices in t.target), the
+        target's None when the recipe draws none."""
+        xs, ys, _ = next(self.source)
+        if self.target is None:
+            return xs, ys, None, None
+        xt, _, target_index = next(self.target)
+        return xs, ys, xt, target_index
 
     def close(self) -> None:
         """Let go of the loaders now, so that their worker processes stop before the process exits
@@ -204,6 +209,8 @@ def open_streams(t: Training, state: LoopState) -> Streams:
         trained = t.model
     if start == 0 and cfg.head_start:
         fit_head(t)
+    if start == 0 and t.objective.bank is not None:
+        fill_bank(t)
     source = batches(t.source, 0, start, t.source.labels if cfg.balance_source else None)
     target = batches(t.target, 1, start, _target_balance(t, state)) if t.recipe.uses_target else None
     class_weights = torch.tensor(state.class_weights, device=t.device) if cfg.label_shift_weights and state.class_weights else None
@@ -217,6 +224,20 @@ def open_streams(t: Training, state: LoopState) -> Streams:
     forward = torch.compile(trained) if t.speed.compile and t.features is None else trained
     step = step_of(t, forward, objective)
     return Streams(t, batches, source, target, step, class_weights)
+
+
+@torch.no_grad()
+def fill_bank(t: Training) -> None:
+    """A neighbourhood loss's memory of the target set, filled before the first step: the model's
+    features and predictions of every target image, in eval mode (the BatchNorm statistics are
+    not touched: the run's first step is the one an uninterrupted run takes)."""
+    was_training = t.model.training
+    t.model.eval()
+    try:
+        logits, features = role_outputs(t, "target", t.target)
+    finally:
+        t.model.train(was_training)
+    t.objective.bank.fill(features.to(t.device), logits.to(t.device))
 
 
 def _target_balance(t: Training, state: LoopState) -> list[int] | None:
@@ -425,16 +446,19 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
 def progress_terms(t: Training) -> tuple[str, ...]:
     """The progress line's figures that can change in this run (progress.RunStarted.terms)."""
     adversarial = ("adv", "disc", *(("relab",) if t.cfg.domain_labels != "fixed" else ())) if t.recipe.adversarial else ()
-    return ("cls", *adversarial, *(("tgt-loss",) if t.recipe.target_losses else ()), *(("tgt-acc",) if t.eval_set else ()))
+    return ("cls", *adversarial, *(("tgt-loss",) if t.recipe.target_losses else ()), *(("teach",) if t.teacher else ()),
+            *(("tgt-acc",) if t.eval_set else ()))
 
 
 def metrics_row(t: Training, it: int, lr: float, coeff: float, sums: dict[str, torch.Tensor], window: int) -> dict[str, Any]:
     values = {k: float(v) / window for k, v in sums.items()}  # one host sync per logged row
     row = {"iter": it, **{k: round(v, 6) for k, v in values.items()}, "lr": lr, "lambda": round(coeff, 6)}
     if not t.recipe.adversarial:
-        row.update({k: None for k in STAT_KEYS if k not in ("loss_cls", "loss_adv", "loss_target")})
+        row.update({k: None for k in STAT_KEYS if k not in ("loss_cls", "loss_adv", "loss_target", "loss_teacher")})
     elif t.recipe.alignment.extra_loss is None:
         row["loss_extra"] = None
     if not t.recipe.target_losses:
         row["loss_target"] = None
+    if not t.teacher:
+        row["loss_teacher"] = None
     return row

@@ -3,10 +3,13 @@ an interrupted one from its checkpoint to the same final weights."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from ..choices import parse_recipe_name
 from ..checkpoint import load_checkpoint
@@ -210,6 +213,19 @@ def _shared(fn: Callable, *args):
         raise shared(exc)
 
 
+def _restore_teacher(t: Training, ckpt: dict[str, Any], path: Path) -> None:
+    """A taught run learns from the labels it started with: the checkpoint's, whatever the
+    teacher's file gives now."""
+    labels = ckpt["teacher_labels"]
+    if not isinstance(labels, torch.Tensor) or labels.shape != t.objective.teacher.shape:
+        raise InputError(f"{path} is damaged: its teacher_labels do not fit the target", "start the run again")
+    if not torch.equal(labels.to(t.objective.teacher.device), t.objective.teacher):
+        log.warning("the teacher %s gives other labels than when the run started: resuming with the labels it started with",
+                    t.cfg.teacher)
+    t.objective.teacher.copy_(labels)
+    t.teacher.update(json.loads(ckpt["teacher"]))
+
+
 def _restore(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path) -> LoopState:
     """The checkpoint's weights, optimizer and loop state into the freshly built run."""
     if t.source.classes != ckpt["classes"]:
@@ -223,6 +239,10 @@ def _restore(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path) -> Lo
             t.disc.load_state_dict(ckpt["discriminator"])
         if t.multilinear is not None:
             t.multilinear.load_state_dict(ckpt["multilinear"])
+        if t.objective.bank is not None:
+            t.objective.bank.load_state_dict(ckpt["target_bank"])
+        if t.objective.teacher is not None:
+            _restore_teacher(t, ckpt, path)
         built = [group["base_lr"] for group in t.optimizer.param_groups]
         t.optimizer.load_state_dict(ckpt["optimizer"])
         for group, base_lr in zip(t.optimizer.param_groups, built):

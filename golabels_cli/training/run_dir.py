@@ -15,6 +15,7 @@ from .. import __version__
 from .. import run_files
 from ..files import atomic_path, torch_save_atomic, write_text_atomic
 from ..errors import RunError, reason
+from ..formats import json_text
 from .runtime import environment, rng_state
 from .state import LoopState, Training
 from .threads import threads_used
@@ -34,6 +35,8 @@ def checkpoint(t: Training, state: LoopState) -> dict[str, Any]:
         "model": t.model.state_dict(),
         "discriminator": t.disc.state_dict() if t.disc is not None else {},
         "multilinear": t.multilinear.state_dict() if t.multilinear is not None else {},
+        **({"target_bank": t.objective.bank.state_dict()} if t.objective.bank is not None else {}),
+        **({"teacher_labels": t.objective.teacher, "teacher": json_text(t.teacher)} if t.objective.teacher is not None else {}),
         "selected_model": state.selected_weights or {},
         "optimizer": t.optimizer.state_dict(),
         **({"grad_scaler": t.grad_scaler.state_dict()} if t.grad_scaler is not None else {}),
@@ -85,8 +88,8 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
         },
         "skipped_files": [{"role": role, "path": str(p), "reason": why} for role, images in skipped for p, why in images.skipped],
         "data": t.report,
-        "final": {k: state.last_row.get(k) for k in ("loss_cls", "loss_adv", "loss_target", "disc_acc", "relabeled_src", "relabeled_tgt",
-                                                     "adv_grad_norm")},
+        "final": {k: state.last_row.get(k) for k in ("loss_cls", "loss_adv", "loss_target", "loss_teacher", "disc_acc", "relabeled_src",
+                                                     "relabeled_tgt", "adv_grad_norm")},
         # target_acc is that of model.safetensors, the selected snapshot (the oracle: --eval-dir's labels)
         "target_acc": selected.get("target_acc"),
         "target_mean_class_acc": selected.get("target_mean_class_acc"),
@@ -95,6 +98,7 @@ def summary(t: Training, run_dir: Path, state: LoopState, seconds: float, sessio
         "target_estimate": ({**state.target_estimate, "class_weights": state.class_weights if cfg.label_shift_weights else None}
                             if state.target_estimate else None),
         "features": {role: {"cached": f.cached, "computed": f.computed} for role, f in t.features.items()} if t.features else None,
+        **({"teacher": t.teacher} if t.teacher else {}),
     }
 
 

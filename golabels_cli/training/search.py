@@ -9,14 +9,18 @@ target's own data choosing what ships, since no recipe wins every task (issue 42
                                     the pick and why; written last: its presence means it finished
 
 --search-pick ensemble ships the adapted candidates' heads on the one backbone, their
-probabilities averaged (models.HeadEnsemble: one backbone pass); a validator's name ships the
-candidate that validator scores best at its last evaluation (the first of equals, in
---search-recipes' order). source-only is the floor and the reference: it never joins the ensemble,
-and a validator may pick it. Nothing about the choice reads target labels; --eval-dir, when
-given, only reports each candidate's accuracy and the shipped model's.
+probabilities averaged (models.HeadEnsemble: one backbone pass); student ships one new head that
+ensemble teaches (RUN/teacher.safetensors, the ensemble; RUN/student/, a run of STUDENT_RECIPE
+with --teacher, teacher.py: the ensemble's labels of the target refined by their nearest neighbours);
+agreement ships the adapted candidate whose predictions on the target agree most with the
+ensemble's (EnsV, NeurIPS 2024); a validator's name ships the adapted candidate that validator
+scores best at its last evaluation (the first of equals, in --search-recipes' order). source-only
+is the floor and the reference: no rule ships it but for a target too small to adapt on. Nothing about
+the choice reads target labels; --eval-dir, when given, only reports each candidate's accuracy and
+the shipped model's.
 
 An interrupted search resumes where it stopped: a finished candidate (its summary.json) is read,
-an interrupted one continues from its checkpoint, the others start.
+an interrupted one continues from its checkpoint, the others start; so does the student.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from typing import Any
 from .. import run_files
 from ..checkpoint import load_model, save_model
 from ..files import check_run_dir, claim_run_dir
-from ..choices import AUTO_METHOD, ENSEMBLE, parse_recipe_name, parse_search_recipes
+from ..choices import AGREEMENT, AUTO_METHOD, ENSEMBLE, STUDENT, STUDENT_RECIPE, parse_recipe_name, parse_search_recipes
 from ..config import AdaptConfig, build_config, candidate_config, to_yaml
+from ..data import ImageSet, scan_unlabeled
+from ..device import pick_device
 from ..errors import InputError, Interrupted, RunError, plural, reason
 from ..formats import json_text
 from ..images import shared_scans
@@ -112,11 +118,12 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
     records: list[dict[str, Any]] = []
     first: dict[str, Any] | None = None  # the first candidate's summary: what the candidates share (data, environment)
     pace: dict[bool, float] = {}  # seconds per iteration of the candidates trained so far, with and without a discriminator
+    stages = (*recipes, *((STUDENT_RECIPE,) if cfg.search_pick == STUDENT else ()))  # the student trains last, one run more
     for i, recipe in enumerate(recipes):
         folder = candidate_dir(run_dir, recipe)
         summary = _finished(folder)
         if summary is None:
-            progress(CandidateStarted(i, len(recipes), recipe, str(folder), _seconds_left(recipes[i:], cfg.iters, pace)))
+            progress(CandidateStarted(i, len(stages), recipe, str(folder), _seconds_left(stages[i:], cfg.iters, pace)))
             try:
                 if (folder / run_files.CHECKPOINT).is_file():
                     summary = run.resume(folder, overrides, progress)
@@ -134,7 +141,8 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
             pace[adversarial] = summary["seconds"] / max(summary["iters"], 1)
         records.append(candidate_record(recipe, folder, summary))
         first = first or summary
-    return _finish(cfg, run_dir, records, first, time.perf_counter() - started, overrides, progress)
+    return _finish(cfg, run_dir, records, first, time.perf_counter() - started, overrides, progress,
+                   _seconds_left(stages[len(recipes):], cfg.iters, pace))
 
 
 def _finished(folder: Path) -> dict[str, Any] | None:
@@ -186,43 +194,98 @@ def candidate_record(recipe: str, folder: Path, summary: dict[str, Any]) -> dict
 
 
 def pick(records: list[dict[str, Any]], rule: str, target_images: int | None = None) -> tuple[str, list[str], str]:
-    """(what ships: ENSEMBLE or a recipe, the recipes whose heads it holds, why in words). A
-    target of fewer than SMALL_TARGET images ships the source-only candidate when there is one:
-    adapting on so few lost to it on every task measured, whatever the rule would pick."""
+    """(what ships: ENSEMBLE, STUDENT or a recipe, the recipes whose heads it holds or that teach
+    it, why in words). A target of fewer than SMALL_TARGET images ships the source-only candidate
+    when there is one: adapting on so few lost to it on every task measured, whatever the rule
+    would pick. `agreement` reads each record's "agreement" (candidate_agreements)."""
     baseline = next((r["recipe"] for r in records if not parse_recipe_name(r["recipe"]).uses_target), None)
     if target_images is not None and target_images < SMALL_TARGET and baseline is not None:
         return baseline, [baseline], (f"{baseline}: the target holds {plural(target_images, 'image')}, fewer than {SMALL_TARGET}, "
                                       f"too few to adapt on ({SMALL_TARGET_LOSS})")
+    adapted = [r for r in records if parse_recipe_name(r["recipe"]).uses_target]
+    members = [r["recipe"] for r in adapted]
+    if rule in (ENSEMBLE, STUDENT) and not members:
+        return records[0]["recipe"], [records[0]["recipe"]], "no candidate adapts to the target: the first ships"
+    if rule == STUDENT:
+        taught_by = f"the mean of {len(members)} adapted candidates ({', '.join(members)})" if len(members) > 1 else members[0]
+        return STUDENT, members, (f"a student of {STUDENT_RECIPE}, taught by {taught_by}, its labels of the target refined by their "
+                                  "nearest neighbours")
     if rule == ENSEMBLE:
-        members = [r["recipe"] for r in records if parse_recipe_name(r["recipe"]).uses_target]
         if len(members) >= 2:
             return ENSEMBLE, members, f"the mean of {len(members)} adapted candidates' probabilities ({', '.join(members)})"
-        if members:
-            return members[0], members, f"{members[0]}, the one adapted candidate (an ensemble needs two)"
-        return records[0]["recipe"], [records[0]["recipe"]], "no candidate adapts to the target: the first ships"
+        return members[0], members, f"{members[0]}, the one adapted candidate (an ensemble needs two)"
+    if rule == AGREEMENT:
+        scored = [r for r in adapted if r.get("agreement") is not None]
+        if not scored:
+            first = (adapted or records)[0]["recipe"]
+            return first, [first], f"agreement could not be computed: the first adapted candidate, {first}, ships"
+        best = max(scored, key=lambda r: r["agreement"])  # the first of equals
+        return best["recipe"], [best["recipe"]], (f"{best['recipe']} agrees most with the adapted candidates' ensemble "
+                                                  f"({best['agreement']:.4f} of the target)")
+    # A validator chooses among the adapted candidates: source-only, which adapts nothing, is the
+    # floor; src-acc and dev shipped it on seeds where every adapted candidate read about 10 points
+    # above it (benchmarks/RESULTS.md, issue 42).
+    choices = adapted or records
     key = metric_key(rule)
     best = None
-    for r in records:
+    for r in choices:
         if better(key, r["validators"].get(key), best["validators"][key] if best else None):
             best = r
     if best is None:
-        first = records[0]["recipe"]
+        first = choices[0]["recipe"]
         return first, [first], f"{rule} could not be computed for any candidate: the first, {first}, ships"
     value = best["validators"][key]
-    return best["recipe"], [best["recipe"]], f"{best['recipe']} has the best {rule} of the {len(records)} candidates ({value:.4f})"
+    among = f"the {len(choices)} adapted candidates" if adapted else f"the {len(choices)} candidates"
+    return best["recipe"], [best["recipe"]], f"{best['recipe']} has the best {rule} of {among} ({value:.4f})"
+
+
+def candidate_agreements(folders: list[Path], recipes: list[str], members: list[str], target: ImageSet, device: Any,
+                         cache_dir: str | None) -> dict[str, float]:
+    """{recipe: the share of the target images on which the candidate's top class is the
+    members' ensemble's}: each candidate's agreement with the mean of the members'
+    probabilities (EnsV's pseudo-labels; the members are the adapted candidates). The candidates
+    share one frozen backbone: its features are read once."""
+    import torch
+
+    from ..features import backbone_features, model_key
+
+    loaded = {recipe: load_model(folder) for recipe, folder in zip(recipes, folders)}
+    model, info = loaded[recipes[0]]
+    values = backbone_features(target, model.backbone, model_key(info.backbone, model.backbone, info.data_config), info.data_config,
+                               device, cache_dir, 128, 0, "features: target").values
+    probabilities = {}
+    with torch.no_grad():
+        for recipe, (candidate, _) in loaded.items():
+            candidate = candidate.eval().to(device)
+            probabilities[recipe] = torch.cat([candidate.classify(chunk.to(device))[0].float().softmax(1).cpu()
+                                               for chunk in values.split(256)])
+    votes = torch.stack([probabilities[m] for m in members]).mean(0).argmax(1)
+    return {r: round(float((p.argmax(1) == votes).float().mean()), 6) for r, p in probabilities.items()}
 
 
 def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], first: dict[str, Any], seconds: float,
-            overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """model.safetensors (the pick) and summary.json, the search's last writes."""
+            overrides: dict[str, Any], progress: Progress, student_seconds: float | None = None) -> dict[str, Any]:
+    """model.safetensors (the pick) and summary.json, the search's last writes; the student's run
+    first when the pick is a student."""
+    adapted = [r["recipe"] for r in records if parse_recipe_name(r["recipe"]).uses_target]
+    if len(adapted) >= 2:
+        agreement = candidate_agreements([candidate_dir(run_dir, r["recipe"]) for r in records], [r["recipe"] for r in records],
+                                         adapted, scan_unlabeled(cfg.target), pick_device(overrides.get("device", cfg.device)),
+                                         overrides.get("cache_dir", cfg.cache_dir))
+        for r in records:
+            r["agreement"] = agreement[r["recipe"]]
     shipped, members, why = pick(records, cfg.search_pick, (first.get("images") or {}).get("target"))
     model_file = run_dir / run_files.MODEL
-    if shipped == ENSEMBLE:
-        _save_ensemble(cfg, [candidate_dir(run_dir, m) for m in members], members, model_file)
+    student = teacher = None
+    if shipped == STUDENT:
+        student, teacher = _student(cfg, run_dir, members, overrides, progress, len(records), student_seconds)
+        _copy_model(run_dir / run_files.SEARCH_STUDENT / run_files.MODEL, model_file)
+    elif shipped == ENSEMBLE:
+        save_ensemble([candidate_dir(run_dir, m) for m in members], members, model_file, cfg.domain_labels)
     else:
         _copy_model(candidate_dir(run_dir, shipped) / run_files.MODEL, model_file)
     log.info("--method auto ships %s", why)
-    accuracy = _shipped_accuracy(cfg, run_dir, records, shipped, overrides)
+    accuracy = _shipped_accuracy(cfg, run_dir, records, shipped, overrides, student)
     reference = next((r for r in records if not parse_recipe_name(r["recipe"]).uses_target), None)
     summary = {
         "golabels_version": first.get("golabels_version"),
@@ -232,7 +295,8 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], firs
         "method": AUTO_METHOD,
         "domain_labels": cfg.domain_labels,
         "iters": cfg.iters,
-        "seconds": round(sum(r["seconds"] or 0.0 for r in records), 2),  # training, over every candidate and session
+        # training, over every candidate (and the student) and session
+        "seconds": round(sum(r["seconds"] or 0.0 for r in records) + ((student or {}).get("seconds") or 0.0), 2),
         "session_seconds": round(seconds, 2),
         "device": first.get("device"),
         "classes": first.get("classes"),
@@ -241,11 +305,45 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], firs
         "target_acc": accuracy[0] if accuracy else None,
         "target_mean_class_acc": accuracy[1] if accuracy else None,
         "search": {"pick": cfg.search_pick, "shipped": shipped, "members": members, "why": why,
-                   "source_only_acc": reference["target_acc"] if reference else None, "candidates": records},
+                   "source_only_acc": reference["target_acc"] if reference else None, "candidates": records,
+                   **({"teacher": teacher, "student": student} if student is not None else {})},
     }
     write(run_dir / run_files.SUMMARY, json_text(summary) + "\n", None)
     progress(RunFinished(summary))
     return summary
+
+
+def _student(cfg: AdaptConfig, run_dir: Path, members: list[str], overrides: dict[str, Any], progress: Progress,
+             candidates: int, seconds_left: float | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The student's run (RUN/student/, taught by RUN/teacher.safetensors: the members' ensemble,
+    or the one member's model): read when finished, resumed when interrupted, else started.
+    Returns its record, as a candidate's (candidate_record), and what the search says of its
+    teacher: its members, validators and accuracy, as the student's run measured them."""
+    teacher = run_dir / run_files.SEARCH_TEACHER
+    if not teacher.is_file():
+        save_teacher([candidate_dir(run_dir, m) for m in members], members, teacher, cfg.domain_labels)
+    folder = run_dir / run_files.SEARCH_STUDENT
+    summary = _finished(folder)
+    if summary is None:
+        progress(CandidateStarted(candidates, candidates + 1, f"{STUDENT} ({STUDENT_RECIPE}, taught by {', '.join(members)})",
+                                  str(folder), seconds_left))
+        try:
+            if (folder / run_files.CHECKPOINT).is_file():
+                summary = run.resume(folder, overrides, progress)
+            else:
+                _clear_unstarted(folder)
+                config = dataclasses.replace(candidate_config(dataclasses.replace(cfg, **overrides), STUDENT_RECIPE), teacher=str(teacher))
+                summary = run.adapt(config, folder, False, progress)
+        except Interrupted as exc:
+            raise Interrupted(f"{exc.message} (the student)", f"resume the search with: golabels adapt --resume {run_dir}") from None
+        except RunError as exc:
+            raise RunError(f"the search's student failed: {exc.message}",
+                           f"{exc.hint}; or pass another --search-pick" if exc.hint else None) from None
+    teacher = summary.get("teacher") or {}
+    return candidate_record(STUDENT, folder, summary), {k: teacher.get(k) for k in TEACHER_KEYS}
+
+
+TEACHER_KEYS = ("members", "validators", "target_acc", "target_mean_class_acc", "refined_changed")
 
 
 def _copy_model(source: Path, path: Path) -> None:
@@ -255,7 +353,15 @@ def _copy_model(source: Path, path: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-def _save_ensemble(cfg: AdaptConfig, folders: list[Path], members: list[str], path: Path) -> None:
+def save_teacher(folders: list[Path], members: list[str], path: Path, domain_labels: str = "fixed") -> None:
+    """The student's teacher as one model file: the members' ensemble, or the one member's own model."""
+    if len(members) >= 2:
+        save_ensemble(folders, members, path, domain_labels)
+    else:
+        _copy_model(folders[0] / run_files.MODEL, path)
+
+
+def save_ensemble(folders: list[Path], members: list[str], path: Path, domain_labels: str = "fixed") -> None:
     """The members' heads on their one backbone, as one model file."""
     import torch
 
@@ -271,20 +377,19 @@ def _save_ensemble(cfg: AdaptConfig, folders: list[Path], members: list[str], pa
                            "their heads cannot share one; pass --search-pick with a validator")
     info = loaded[0][1]
     ensemble = HeadEnsemble(backbone, [m for m, _ in loaded])
-    save_model(ensemble, ModelInfo(info.backbone, info.classes, info.data_config, info.bottleneck_dim, AUTO_METHOD, cfg.domain_labels,
+    save_model(ensemble, ModelInfo(info.backbone, info.classes, info.data_config, info.bottleneck_dim, AUTO_METHOD, domain_labels,
                                    members=members), path)
 
 
 def _shipped_accuracy(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], shipped: str,
-                      overrides: dict[str, Any]) -> tuple[float, float] | None:
-    """The shipped model's --eval-dir accuracy: a candidate's own, or the ensemble's, evaluated on
-    the cached features."""
+                      overrides: dict[str, Any], student: dict[str, Any] | None) -> tuple[float, float] | None:
+    """The shipped model's --eval-dir accuracy: a candidate's or the student's own, or the
+    ensemble's, evaluated on the cached features."""
     if not cfg.eval_dir:
         return None
     if shipped != ENSEMBLE:
-        record = next(r for r in records if r["recipe"] == shipped)
+        record = student if shipped == STUDENT else next(r for r in records if r["recipe"] == shipped)
         return record["target_acc"], record["target_mean_class_acc"]
-    from ..device import pick_device
     from ..inference import evaluate_cached, labeled_for_model
 
     model, info = load_model(run_dir)

@@ -4,6 +4,7 @@ figures are target_estimate.py's.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -13,7 +14,7 @@ from ..data import ImageSet
 from ..inference import autocast, score
 from ..progress import batch_size as batch_size_of
 from ..progress import tracked
-from ..validators import Outputs, better, compute_validators, metric_key
+from ..validators import LABEL_FREE, Outputs, better, compute_validators, metric_key
 from .outputs import image_loader, role_outputs
 from .state import LoopState, Training
 from .target_estimate import shift_scores
@@ -41,6 +42,19 @@ def validate(t: Training, state: LoopState) -> dict[str, Any]:
     if train_stats_acc is not None:
         scores["target_acc_train_bn"] = train_stats_acc
     return scores
+
+
+def validate_model(t: Training, model: torch.nn.Module) -> dict[str, Any]:
+    """The label-free validators (and --eval-dir accuracy) of another model on the run's own
+    evaluation sets, as the model is (its BatchNorm statistics its own): a teacher, beside the
+    run it teaches. Its backbone must be the run's when the run reads cached features."""
+
+    def outputs(role: str, images: ImageSet, indices: list[int] | None = None):
+        return role_outputs(dataclasses.replace(t, model=model), role, images, indices)
+
+    scores = _validate_snapshot(t, LoopState(), outputs)
+    return {"validators": {k: scores.get(k) for k in LABEL_FREE}, "target_acc": scores.get("target_acc"),
+            "target_mean_class_acc": scores.get("target_mean_class_acc")}
 
 
 def _validate_snapshot(t: Training, state: LoopState, outputs: Callable) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from .runtime import Speed
 # What a run reports its events to (progress.RunEvent: DataRead, RunStarted, StepDone, RowLogged, RunFinished).
 Progress = RunListener
 # loss_extra: an alignment method's own loss (GVB's bridges, ASAN's spectra); loss_target: the
-# recipe's losses on the target's predictions (MCC, BNM, IM), unweighted.
-LOSS_KEYS = ("loss_cls", "loss_adv", "loss_extra", "loss_target")
+# recipe's losses on the target's predictions (MCC, BNM, IM, AaD), unweighted; loss_teacher: the
+# cross-entropy to a teacher's labels of the target (--teacher), unweighted.
+LOSS_KEYS = ("loss_cls", "loss_adv", "loss_extra", "loss_target", "loss_teacher")
 # adv_grad_norm: the norm of the adversarial gradient reaching the features (after --trade-off and
 # the reversal coefficient): what Go-labels' relabeling takes away, next to the fractions relabeled.
 STAT_KEYS = (*LOSS_KEYS, "disc_acc", "disc_acc_src", "disc_acc_tgt", "relabeled_src", "relabeled_tgt", "adv_grad_norm")
@@ -72,6 +73,7 @@ class Training:
     # fine-tuning a pretrained backbone on a CPU: the feature cache's key for its weights as loaded,
     # which --freeze-backbone would compute features with (the frozen-path hint counts what is cached)
     frozen_key: str | None = None
+    teacher: dict[str, Any] | None = None  # --teacher: what summary.json says of it (teacher.Teaching.record)
 
     @functools.cached_property
     def recipe(self) -> Recipe:

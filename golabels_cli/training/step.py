@@ -46,10 +46,10 @@ class Step:
     grad_scaler: torch.amp.GradScaler | None = None  # --precision fp16
 
     def __call__(self, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None, coeff: float,
-                 source_class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """A step on a source batch (and a target batch), each source image weighted by its class's
-        weight if `source_class_weights`. Returns the objective's detached losses and statistics,
-        still on the device (no host sync)."""
+                 source_class_weights: torch.Tensor | None = None, target_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """A step on a source batch (and a target batch, whose rows are the target images
+        `target_index`), each source image weighted by its class's weight if `source_class_weights`.
+        Returns the objective's detached losses and statistics, still on the device (no host sync)."""
         device = self.device
         xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
         x = torch.cat([xs, xt.to(device, non_blocking=True)]) if xt is not None else xs
@@ -67,7 +67,8 @@ class Step:
                 if xt is not None:
                     row_weights = torch.cat([row_weights, torch.ones(len(logits) - len(ys), device=device)])
             probe: dict[str, torch.Tensor] = {}
-            loss, logged = self.objective(StepOutput(features, logits, ys, row_weights), coeff, probe)
+            index = target_index.to(device, non_blocking=True) if target_index is not None and xt is not None else None
+            loss, logged = self.objective(StepOutput(features, logits, ys, row_weights, index), coeff, probe)
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -103,11 +104,12 @@ class Classify(torch.nn.Module):
 
 
 def feature_batches(values: torch.Tensor, labels: torch.Tensor | None, batch_size: int, sampler):
-    """Batches of cached features drawn by the same sampler as the images would be."""
+    """Batches of cached features drawn by the same sampler as the images would be: (features,
+    labels, the rows' indices in the set), as the image loaders give (images, labels, indices)."""
     draws = iter(sampler)
     while True:
         index = torch.tensor([next(draws).index for _ in range(batch_size)])
-        yield values[index], (labels[index] if labels is not None else torch.full((batch_size,), -1))
+        yield values[index], (labels[index] if labels is not None else torch.full((batch_size,), -1)), index
 
 
 def fit_head(t: Training) -> float:
@@ -130,7 +132,7 @@ def fit_head(t: Training) -> float:
     for step in range(cfg.head_start):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * (1 + 20 / cfg.head_start * step) ** -cfg.lr_decay
-        x, y = next(batches)
+        x, y, _ = next(batches)
         logits, _ = t.model.classify(x.to(device))
         loss = F.cross_entropy(logits.float(), y.to(device))
         optimizer.zero_grad(set_to_none=True)
