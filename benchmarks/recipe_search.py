@@ -9,11 +9,19 @@ each rule as the search does (golabels.hooks.search_pick on golabels.hooks.candi
     ensemble      the adapted candidates' heads on the one backbone, probabilities averaged
                   (hooks.HeadEnsemble over the candidates' model files, scored on the cached
                   target features: what the search ships and evaluates)
+    student       one new head taught by that ensemble (--search-pick student): the teacher's
+                  file written as the search writes it (hooks.save_teacher), then the student's
+                  run, `golabels adapt --method STUDENT_RECIPE --teacher TEACHER` on the options of
+                  the sweep's cell of that recipe, in OUT/<src>-<tgt>/student/seed<k> (resumable;
+                  two copies of this script share the student cells, each taking the ones the
+                  other is not running)
+    agreement     the adapted candidate agreeing most with the ensemble on the target
+                  (hooks.candidate_agreements, as the search computes it)
     <validator>   the candidate that validator scores best at its last evaluation
 
 and prints, per task, the target top-1 of every candidate and every rule (mean ± std over seeds),
-how often each rule shipped the seed's best candidate, and the mean over tasks. The same table
-goes to OUT/search.md.
+how often each rule shipped the seed's best candidate, the mean over tasks, and the seconds of
+training of each stage (the candidates, the student). The same table goes to OUT/search.md.
 
     python benchmarks/recipe_search.py --sweep /tmp/sw/cand --root /tmp/golabels-data --cache-dir /tmp/gl-cache \\
         --tasks amazon:webcam,webcam:amazon --seeds 5 --recipes cdan-e+bnm,cdan-e+mcc,mcc,bnm,source-only --default cdan-e+bnm
@@ -22,16 +30,19 @@ goes to OUT/search.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 import torch
 
-from golabels.hooks import (LABEL_FREE, HeadEnsemble, backbone_features, candidate_record, load_model, model_key, parse_method,
-                            scan_labeled, search_pick)
+import golabels
+from golabels.hooks import (LABEL_FREE, STUDENT_RECIPE, HeadEnsemble, backbone_features, candidate_agreements, candidate_record,
+                            load_model, model_key, parse_method, save_teacher, scan_labeled, scan_unlabeled, search_pick)
+from uda import run_locked  # benchmarks/uda.py's: a cell read, resumed or run, under a lock another copy shares
 
-ENSEMBLE = "ensemble"
+ENSEMBLE, STUDENT, AGREEMENT = "ensemble", "student", "agreement"
 
 
 def cell_dir(sweep: Path, task: str, recipe: str, seed: int) -> Path:
@@ -62,32 +73,72 @@ def ensemble_accuracy(folders: list[Path], target: Path, cache_dir: str) -> floa
     return float((predicted == torch.tensor(images.labels)).float().mean())
 
 
-def measure(sweep: Path, root: Path, cache_dir: str, tasks: list[str], seeds: int, recipes: list[str]) -> dict:
-    """{task: {"candidates": {recipe: [acc per seed]}, "rules": {rule: [acc]}, "oracle_hits": {rule: n}, "seeds": n}}."""
-    rules = [ENSEMBLE, *(k.replace("_", "-") for k in LABEL_FREE)]
-    results = {}
+def student_run(sweep: Path, out: Path, task: str, seed: int, members: list[str], wait: bool = True) -> dict | None:
+    """The student's summary for a task and seed: read when done, resumed, or trained, a cell as
+    uda.py runs one (two copies of this script share them). Its teacher is the members' ensemble,
+    written where the search writes it; its options are those of the sweep's cell of
+    STUDENT_RECIPE, with --teacher. With wait=False a cell another copy is running gives None."""
+
+    def config():
+        teacher = out / "-".join(task.split(":")) / "teacher" / f"seed{seed}.safetensors"
+        teacher.parent.mkdir(parents=True, exist_ok=True)
+        save_teacher([cell_dir(sweep, task, m, seed) for m in members], members, teacher)
+        cell = cell_dir(sweep, task, STUDENT_RECIPE, seed)
+        if not (cell / "config.yaml").is_file():
+            raise SystemExit(f"recipe_search.py: the student's options are those of the sweep's {STUDENT_RECIPE} cell, and {cell} has none")
+        return dataclasses.replace(golabels.load_config(cell / "config.yaml"), teacher=str(teacher))
+
+    return run_locked(out / "-".join(task.split(":")) / STUDENT / f"seed{seed}", config, wait)
+
+
+def agreements(sweep: Path, root: Path, cache_dir: str, task: str, seed: int, recipes: list[str], members: list[str]) -> dict:
+    folders = [cell_dir(sweep, task, r, seed) for r in recipes]
+    return candidate_agreements(folders, recipes, members, scan_unlabeled(str(root / task.split(":")[1])), torch.device("cpu"), cache_dir)
+
+
+def measure(sweep: Path, root: Path, cache_dir: str, tasks: list[str], seeds: int, recipes: list[str], out: Path | None = None,
+            student: bool = True) -> dict:
+    """{task: {"candidates": {recipe: [acc per seed]}, "rules": {rule: [acc]}, "oracle_hits": {rule: n}, "seeds": n,
+    "seconds": {"candidates": [s per seed], "student": [s]}}}. The students are trained first (two
+    copies of this script share them), then everything is read."""
+    rules = [ENSEMBLE, *([STUDENT] if student else []), AGREEMENT, *(k.replace("_", "-") for k in LABEL_FREE)]
+    out = out or sweep
+    complete = []  # (task, seed, records) of every seed whose candidates are all done
     for task in tasks:
-        row = {"candidates": {r: [] for r in recipes}, "rules": {r: [] for r in rules}, "oracle_hits": dict.fromkeys(rules, 0), "seeds": 0}
         for seed in range(seeds):
             folders = [cell_dir(sweep, task, r, seed) for r in recipes]
             summaries = [finished(f) for f in folders]
-            if any(s is None for s in summaries):
-                continue  # a seed whose candidates are not all done is left out of every cell alike
-            records = [candidate_record(r, f, s) for r, f, s in zip(recipes, folders, summaries)]
-            accuracy = {r["recipe"]: r["target_acc"] for r in records}
-            best = max(accuracy.values())
-            for recipe in recipes:
-                row["candidates"][recipe].append(accuracy[recipe])
-            for rule in rules:
-                shipped, members, _ = search_pick(records, rule)
-                if shipped == ENSEMBLE:
-                    acc = ensemble_accuracy([cell_dir(sweep, task, m, seed) for m in members], root / task.split(":")[1], cache_dir)
-                else:
-                    acc = accuracy[shipped]
-                    row["oracle_hits"][rule] += acc == best
-                row["rules"][rule].append(acc)
-            row["seeds"] += 1
-        results[task] = row
+            if all(s is not None for s in summaries):  # a seed whose candidates are not all done is left out of every cell alike
+                complete.append((task, seed, [candidate_record(r, f, s) for r, f, s in zip(recipes, folders, summaries)]))
+    adapted = [r for r in recipes if parse_method(r).uses_target]
+    if student:
+        waiting = [(task, seed) for task, seed, _ in complete if student_run(sweep, out, task, seed, adapted, wait=False) is None]
+        for task, seed in waiting:
+            student_run(sweep, out, task, seed, adapted)
+    results = {task: {"candidates": {r: [] for r in recipes}, "rules": {r: [] for r in rules}, "oracle_hits": dict.fromkeys(rules, 0),
+                      "seeds": 0, "seconds": {"candidates": [], "student": []}} for task in tasks}
+    for task, seed, records in complete:
+        row = results[task]
+        for record, value in zip(records, agreements(sweep, root, cache_dir, task, seed, recipes, adapted).values()):
+            record["agreement"] = value
+        accuracy = {r["recipe"]: r["target_acc"] for r in records}
+        best = max(accuracy.values())
+        for recipe in recipes:
+            row["candidates"][recipe].append(accuracy[recipe])
+        row["seconds"]["candidates"].append(sum(r["seconds"] for r in records))
+        for rule in rules:
+            shipped, members, _ = search_pick(records, rule)
+            if shipped == ENSEMBLE:
+                acc = ensemble_accuracy([cell_dir(sweep, task, m, seed) for m in members], root / task.split(":")[1], cache_dir)
+            elif shipped == STUDENT:
+                taught = student_run(sweep, out, task, seed, members)
+                acc = taught["target_acc"]
+                row["seconds"]["student"].append(taught["seconds"])
+            else:
+                acc = accuracy[shipped]
+                row["oracle_hits"][rule] += acc == best
+            row["rules"][rule].append(acc)
+        row["seeds"] += 1
     return results
 
 
@@ -111,13 +162,27 @@ def table(results: dict, recipes: list[str], default: str | None) -> str:
                 means[c].append(statistics.mean(values))
         lines.append(f"| {task.replace(':', ' → ')} | {row['seeds']} | " + " | ".join(cells) + " |")
     lines.append("| **mean over tasks** | | " + " | ".join(f"{100 * statistics.mean(v):.2f}" if v else "—" for v in means.values()) + " |")
-    hits = {r: sum(row["oracle_hits"][r] for row in results.values()) for r in rules if r != ENSEMBLE}
+    hits = {r: sum(row["oracle_hits"][r] for row in results.values()) for r in rules if r not in (ENSEMBLE, STUDENT)}
     total = sum(row["seeds"] for row in results.values())
     text = "\n".join(lines) + "\n\n"
-    text += "How often a validator shipped the seed's best candidate: " + ", ".join(f"{r} {n}/{total}" for r, n in hits.items()) + "\n"
+    text += "How often a rule that ships one candidate shipped the seed's best: " + ", ".join(f"{r} {n}/{total}" for r, n in hits.items())
+    text += "\n\n" + _seconds(results)
     if default:
         text += _acceptance(results, recipes, default)
     return text
+
+
+def _seconds(results: dict) -> str:
+    """The training seconds of each stage, per task: the candidates' (all of them) and the student's, mean over seeds."""
+    lines = ["| task | candidates (s) | student (s) | student / candidates |", "| --- | --- | --- | --- |"]
+    for task, row in results.items():
+        candidates, student = row["seconds"]["candidates"], row["seconds"]["student"]
+        if not candidates:
+            continue
+        ratio = f"{statistics.mean(student) / statistics.mean(candidates):.3f}" if student else "—"
+        shown = f"{statistics.mean(student):.1f}" if student else "—"
+        lines.append(f"| {task.replace(':', ' → ')} | {statistics.mean(candidates):.1f} | {shown} | {ratio} |")
+    return "\n".join(lines) + "\n"
 
 
 def _acceptance(results: dict, recipes: list[str], default: str) -> str:
@@ -151,12 +216,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--recipes", default="cdan-e+bnm,cdan-e+mcc,mcc,bnm,source-only", help="the candidates, in --search-recipes order")
     parser.add_argument("--default", help="the recipe the rules are compared with (today's default)")
-    parser.add_argument("--out", help="folder for search.md and search.json (default: --sweep)")
+    parser.add_argument("--out", help="folder for search.md, search.json and the students' runs (default: --sweep)")
+    parser.add_argument("--no-student", action="store_true", help="leave the student rule out (trains nothing)")
     args = parser.parse_args(argv)
     recipes = args.recipes.split(",")
-    results = measure(Path(args.sweep), Path(args.root), args.cache_dir, args.tasks.split(","), args.seeds, recipes)
-    text = table(results, recipes, args.default)
     out = Path(args.out or args.sweep)
+    results = measure(Path(args.sweep), Path(args.root), args.cache_dir, args.tasks.split(","), args.seeds, recipes, out,
+                      not args.no_student)
+    text = table(results, recipes, args.default)
     out.mkdir(parents=True, exist_ok=True)
     (out / "search.md").write_text(text)
     (out / "search.json").write_text(json.dumps(results, indent=1))

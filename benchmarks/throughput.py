@@ -195,7 +195,7 @@ def loader_figure(images: ImageSet, data_config: dict, device: torch.device, bat
     loader = batch_loader(images, decoded, 0.08, 0.5, batch, 0, 0, 0, device.type == "cuda", crop_to=loader_crop(device, data_config))
 
     def on_device():
-        for x, _ in device_batches(loader, device, data_config):
+        for x, _, _ in device_batches(loader, device, data_config):
             sync(device)  # the batch is ready, as the step would need it
             yield x
 

@@ -132,13 +132,18 @@ def finished(run_dir: Path) -> dict | None:
 
 
 def run_cell(cell: Cell, root: Path, out: Path, options: dict, wait: bool = True) -> dict | None:
-    """The cell's summary: read if done, else continued from its checkpoint, else run.
+    """The cell's summary: read if done, else continued from its checkpoint, else run (run_locked)."""
+    return run_locked(cell.run_dir(out), lambda: cell_config(cell, root, options), wait)
+
+
+def run_locked(run_dir: Path, make_config, wait: bool = True) -> dict | None:
+    """The summary of the run in `run_dir`: read if done, else continued from its checkpoint, else
+    run with the config `make_config()` returns (called only then, under the lock).
 
     Sweeps may run side by side into one OUT (say, the same sweep once per GPU): a lock per cell
     keeps a sweep from deleting a folder another one is writing and running the cell a second
     time. A sweep that reaches a cell another one is running waits for it and reads its result,
     or with wait=False gets None at once, to do other cells first."""
-    run_dir = cell.run_dir(out)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(run_dir.parent / f".{run_dir.name}.lock", "w") as lock:
         try:
@@ -151,7 +156,7 @@ def run_cell(cell: Cell, root: Path, out: Path, options: dict, wait: bool = True
             return golabels.resume(run_dir).summary
         if run_dir.exists():
             shutil.rmtree(run_dir)  # stopped before its first checkpoint: this sweep's own folder, nothing to keep
-        return golabels.adapt(cell_config(cell, root, options), out=run_dir).summary
+        return golabels.adapt(make_config(), out=run_dir).summary
 
 
 def mean_std(values: list[float]) -> str:
