@@ -140,7 +140,7 @@ def test_print_config_shows_the_candidates_and_what_each_resolves(domains):
     assert result.exit_code == 0, result.stderr
     text = result.stdout
     assert "method: auto" in text and "search-recipes: cdan-e+bnm,cdan-e+mcc,mcc,bnm,source-only" in text
-    assert "search-pick: ensemble" in text
+    assert "search-pick: student" in text and "#     then student: a run of mcc in RUN/student" in text
     assert "#     mcc: no discriminator, lr-gamma 0.001, bn-stats target" in text
     assert "#     cdan-e+bnm: discriminator batchnorm" in text
 
