@@ -93,10 +93,24 @@ def test_an_aad_recipe_resumes_to_the_uninterrupted_weights(domains, tmp_path, p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_aad_alone_runs_from_the_command_line_and_its_options_are_checked(domains, tmp_path):
+def test_cdan_e_with_aad_adapts_evaluates_exports_and_predicts_and_its_options_are_checked(domains, tmp_path):
+    import json
+
+    from conftest import csv_rows
+
     source, target = domains
-    result = cli("adapt", source, target, *TINY, "--freeze-backbone", "--method", "aad", "--iters", "4", "--out", tmp_path / "run",
-                 "--quiet", "--json")
+    result = cli("adapt", source, target, *TINY, "--freeze-backbone", "--method", "cdan-e+aad", "--iters", "4", "--out",
+                 tmp_path / "run", "--eval-dir", target, "--quiet", "--json")
     assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "cdan-e+aad" and summary["final"]["loss_target"] is not None
+    evaluated = cli("eval", tmp_path / "run", target, "--json")
+    assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["accuracy"] == summary["target_acc"]
+    assert cli("export", tmp_path / "run", "--onnx").exit_code == 0
+    predicted = cli("predict", tmp_path / "run" / "model.onnx", target)
+    assert predicted.exit_code == 0 and len(csv_rows(predicted.stdout)) == summary["images"]["target"]
+    alone = cli("adapt", source, target, *TINY, "--freeze-backbone", "--method", "aad", "--iters", "4", "--out", tmp_path / "alone",
+                "--quiet")
+    assert alone.exit_code == 0, alone.stderr
     bad = cli("adapt", source, target, *TINY, "--method", "aad", "--aad-neighbours", "0", "--out", tmp_path / "bad")
     assert bad.exit_code == 2 and "--aad-neighbours" in bad.stderr and not (tmp_path / "bad").exists()
