@@ -65,7 +65,8 @@ def _two_columns(title: str) -> Table:
 def print_adapt_summary(summary: dict[str, Any]) -> None:
     table = _two_columns(f"golabels adapt: {summary['run_dir']}")
     bn = {"target": "; BatchNorm statistics of the target", "train": ""}.get(summary.get("bn_stats") or "train", "")
-    table.add_row("method", f"{summary['method']} with {summary['domain_labels']} domain labels{bn}")
+    taught = f"; taught by {summary['teacher']['model']}" if summary.get("teacher") else ""
+    table.add_row("method", f"{summary['method']} with {summary['domain_labels']} domain labels{bn}{taught}")
     table.add_row("backbone", summary["backbone"])
     where = summary["device"] + (f", {summary['processes']} processes" if summary.get("processes", 1) > 1 else "")
     speed = f"{summary['images_per_s']:.0f} images/s on {where}"
@@ -171,7 +172,8 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
 def _print_overview(record) -> None:
     cfg, summary = record.config, record.summary
     overview = _two_columns(f"golabels report: {record.run_dir}")
-    overview.add_row("method", f"{cfg.get('method')} with {cfg.get('domain_labels')} domain labels, backbone {cfg.get('backbone')}")
+    taught = f", taught by {cfg['teacher']}" if cfg.get("teacher") else ""
+    overview.add_row("method", f"{cfg.get('method')} with {cfg.get('domain_labels')} domain labels{taught}, backbone {cfg.get('backbone')}")
     total = cfg.get("iters")
     if summary is not None:
         overview.add_row("status", f"finished: {summary['iters']} iterations in {summary['seconds']:.0f}s on {summary['device']}")
@@ -385,4 +387,6 @@ def print_search_report(record) -> None:
             rows.append({"recipe": recipe, "validators": last, "target_acc": (run.summary or {}).get("target_acc") if run else None,
                          "seconds": (run.summary or {}).get("seconds") if run else None, "status": status})
     _print_fitted(*_candidate_table("candidates (validators at each one's last evaluation)", rows, shipped, members))
-    stdout.print(f"each candidate's own report: golabels report {record.run_dir}/{run_files.SEARCH_CANDIDATES}/<recipe>", markup=False)
+    stdout.print(f"each candidate's own report: golabels report {record.run_dir}/{run_files.SEARCH_CANDIDATES}/<recipe>"
+                 + (f"; the student's: golabels report {record.run_dir}/{run_files.SEARCH_STUDENT}"
+                    if record.config.get("search_pick") == "student" else ""), markup=False)
