@@ -31,6 +31,7 @@ TARGET_LOSS_NAMES = tuple(TARGET_LOSSES)  # as --help lists them
 AUTO_METHOD = "auto"
 SEARCH_RECIPES = ("cdan-e+bnm", "cdan-e+mcc", "mcc", "bnm", "source-only")
 ENSEMBLE = "ensemble"
+MAX_MEMBERS = 16  # heads of an ensemble (and of the student's teacher): a file claiming more is not one golabels wrote
 # student: one new head taught by the ensemble (training/teacher.py), trained with this recipe;
 # agreement: the candidate that agrees most with the ensemble's predictions on the target (EnsV).
 STUDENT = "student"
@@ -86,9 +87,16 @@ def parse_search_recipes(text: str) -> tuple[str, ...]:
     names = [p.strip() for p in text.split(",")]
     if AUTO_METHOD in names:
         raise ValueError("--search-recipes lists recipes, and auto is the search itself")
-    recipes = tuple(parse_recipe_name(n).name for n in names)
+    parsed = [parse_recipe_name(n) for n in names]
+    recipes = tuple(p.name for p in parsed)
     if len(set(recipes)) != len(recipes):
         raise ValueError(f"--search-recipes names {next(r for r in recipes if recipes.count(r) > 1)!r} twice")
+    same = {}  # one recipe whatever the order of its losses: bnm+mcc and mcc+bnm train the same sum
+    for p in parsed:
+        key = (p.alignment, frozenset(p.target_losses))
+        if key in same:
+            raise ValueError(f"--search-recipes names one recipe twice, as {same[key]!r} and {p.name!r}")
+        same[key] = p.name
     if len(recipes) < 2:
         raise ValueError("--search-recipes needs two recipes at least: a search of one is --method " + recipes[0])
     return recipes

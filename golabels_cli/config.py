@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 # Torch-free on purpose: every value is checked before torch and timm load (choices.py).
-from .choices import (ALIGNMENT_TERMS, AUTO_METHOD, SEARCH_RECIPES, STUDENT, STUDENT_RECIPE, parse_recipe_name, parse_search_recipes,
-                      recipe_parts)
+from .choices import (ALIGNMENT_TERMS, AUTO_METHOD, ENSEMBLE, MAX_MEMBERS, SEARCH_RECIPES, STUDENT, STUDENT_RECIPE, parse_recipe_name,
+                      parse_search_recipes, recipe_parts)
 from .run_files import SEARCH_STUDENT, SEARCH_TEACHER
 from .errors import InputError
 from .options import (DEFAULT_FREEZE_BN, DEFAULT_HEAD_START, DEFAULT_SEARCH_PICK, FIELDS, FROZEN_BACKBONE_METHOD, FROZEN_ITERS,
@@ -202,9 +202,14 @@ def _check_search(cfg: AdaptConfig) -> None:
         if part != AUTO_METHOD:
             _check_recipe(part, "--search-recipes")
     try:
-        parse_search_recipes(cfg.search_recipes)
+        recipes = parse_search_recipes(cfg.search_recipes)
     except ValueError as exc:
         raise InputError(str(exc), "e.g. --search-recipes cdan-e+bnm,mcc,source-only") from None
+    adapted = [r for r in recipes if parse_recipe_name(r).uses_target]
+    if cfg.search_pick in (ENSEMBLE, STUDENT) and len(adapted) > MAX_MEMBERS:
+        raise InputError(f"--search-pick {cfg.search_pick} holds the adapted candidates' heads in one model file, which takes "
+                         f"{MAX_MEMBERS} at most, and --search-recipes names {len(adapted)}",
+                         f"name {MAX_MEMBERS} adapted recipes or fewer, or pick one candidate with --search-pick agreement")
     if not cfg.freeze_backbone:
         raise InputError(f"--method {AUTO_METHOD} trains every candidate recipe on the frozen backbone's cached features, "
                          "and this run trains the backbone", "add --freeze-backbone, or choose one --method")

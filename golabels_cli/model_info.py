@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .choices import MAX_MEMBERS
 from .errors import InputError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # images.py's resampling filters
@@ -35,7 +36,6 @@ MIN_CROP_PCT = 0.25
 # zero turns the confidences into inf and NaN.
 MIN_STD = 1e-3
 MAX_MEAN = 10.0
-MAX_MEMBERS = 16  # heads of an ensemble: a file claiming more is not one golabels wrote
 MODEL_FORMAT = "golabels-classifier/1"
 ONNX_FORMAT = "golabels-onnx/1"
 

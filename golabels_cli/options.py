@@ -96,6 +96,7 @@ ENSEMBLE_HELP = ("ensemble (the adapted candidates' heads on the one backbone, t
                  "left out) | student (one new head taught by that ensemble, its labels refined by the target's clusters: one "
                  "candidate's cost at inference) | agreement (the candidate agreeing most with the ensemble on the target) | a "
                  "validator's name (the candidate it scores best: " + " | ".join(SEARCH_PICKS[3:]) + ").")
+MAX_THREADS = 1024  # --threads: a count above it is a typo (a million threads cannot start, 10^20 overflows)
 DEFAULT_FREEZE_BN = True  # fine-tuning a pretrained backbone (benchmarks/RESULTS.md, issue 23)
 DEFAULT_HEAD_START = 0
 PRETRAINED_TRADE_OFF = 2.0  # --trade-off's default with a pretrained backbone, frozen or fine-tuned
@@ -271,7 +272,8 @@ class AdaptConfig:
                                                     "fastest on the head's step, measured when the run starts (a small step gains little "
                                                     "from more threads and loses several times its speed when other work shares the cores; "
                                                     "docs/performance.md); otherwise, and when OMP_NUM_THREADS is set, torch's default. "
-                                                    "The number is written to config.yaml.", **COUNT)
+                                                    "The number is written to config.yaml.", minimum=0, maximum=MAX_THREADS,
+                                                    range_hint=f"at most {MAX_THREADS}: more threads than cores only slow a step")
     freeze_backbone: bool = option(False, TRAINING, "Keep the backbone fixed and train on its features, computed once and cached on disk "
                                                     "(minutes on a CPU).")
     cache_dir: str | None = option(None, PERFORMANCE, "Feature cache of --freeze-backbone; default $GOLABELS_CACHE or ~/.cache/golabels.",

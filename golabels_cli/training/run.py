@@ -182,7 +182,7 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
             continue
         ours, theirs = declared[key], saved[key]
         if ours != theirs and not (ours is None and key in RESOLVED_IN_BUILD):
-            raise InputError(f"{config_yaml} says {option_name(key)}: {_shown(ours)} and {path.name} says {_shown(theirs)}: "
+            raise InputError(f"{config_yaml} says {option_name(key)}: {shown_value(ours)} and {path.name} says {shown_value(theirs)}: "
                              "they are not of the same run", "restore the run's own config.yaml, or start a new run")
     return cfg, done
 
@@ -200,7 +200,8 @@ def _check_new_length(run_dir: Path, iters: Any, done: Any, before: Any) -> None
                          f"start a new run with --iters {iters}")
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
+    """A config value as an error message shows it: YAML's spelling, at most 60 characters."""
     text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

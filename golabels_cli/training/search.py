@@ -26,8 +26,8 @@ an interrupted one continues from its checkpoint, the others start; so does the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -40,16 +40,17 @@ from ..choices import AGREEMENT, AUTO_METHOD, ENSEMBLE, STUDENT, STUDENT_RECIPE,
 from ..config import AdaptConfig, build_config, candidate_config, to_yaml
 from ..data import ImageSet, scan_unlabeled
 from ..device import pick_device
-from ..errors import InputError, Interrupted, RunError, plural, reason
+from ..errors import InputError, Interrupted, RunError, plural
 from ..formats import json_text
-from ..images import shared_scans
+from ..images import require_regular, shared_scans
 from ..model_info import ModelInfo
 from ..progress import CandidateStarted, RunFinished, no_events
 from ..remedies import SMALL_TARGET, SMALL_TARGET_LOSS
 from ..validators import LABEL_FREE, better, metric_key
-from ..yaml_files import run_config
+from ..yaml_files import read_config_fields, run_config
 from . import run
 from .run_dir import write
+from .search_checks import check_search_folder, finished_summary
 from .state import Progress
 
 log = logging.getLogger("golabels")
@@ -68,6 +69,12 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     """An interrupted run continued (run.resume), or an interrupted search; returns its summary."""
     run_dir = Path(run_dir)
     declared = run_config(run_dir) if run_dir.is_dir() else {}
+    if declared.get("method") != AUTO_METHOD and os.path.lexists(run_dir / CANDIDATES):
+        # a search's folder whose config.yaml is gone, damaged or not a file: its candidates say what it was
+        path = run_dir / run_files.CONFIG
+        read_config_fields(path) if path.is_file() else require_regular(path, "the search's config", "restore it, or start a new search")
+        raise InputError(f"{path} does not say method: {AUTO_METHOD}, and {run_dir} holds a search's {CANDIDATES}/",
+                         "restore the search's own config.yaml, or start a new search")
     if declared.get("method") != AUTO_METHOD:
         return run.resume(run_dir, overrides, progress)
     if (overrides or {}).get("iters", declared.get("iters")) != declared.get("iters"):
@@ -109,6 +116,9 @@ def resume_search(run_dir: Path, cfg: AdaptConfig, overrides: dict[str, Any], pr
 
 def run_search(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
     with shared_scans():  # the candidates read the same folders: listed and checked once
+        # before anything trains: the candidates started are the search's own, with its options and data
+        check_search_folder(run_dir, dataclasses.replace(cfg, **overrides), parse_search_recipes(cfg.search_recipes),
+                            STUDENT_RECIPE if cfg.search_pick == STUDENT else None)
         return _run_candidates(cfg, run_dir, overrides, progress)
 
 
@@ -121,7 +131,7 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
     stages = (*recipes, *((STUDENT_RECIPE,) if cfg.search_pick == STUDENT else ()))  # the student trains last, one run more
     for i, recipe in enumerate(recipes):
         folder = candidate_dir(run_dir, recipe)
-        summary = _finished(folder)
+        summary = finished_summary(folder)
         if summary is None:
             progress(CandidateStarted(i, len(stages), recipe, str(folder), _seconds_left(stages[i:], cfg.iters, pace)))
             try:
@@ -143,21 +153,6 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
         first = first or summary
     return _finish(cfg, run_dir, records, first, time.perf_counter() - started, overrides, progress,
                    _seconds_left(stages[len(recipes):], cfg.iters, pace))
-
-
-def _finished(folder: Path) -> dict[str, Any] | None:
-    """A candidate's summary when it finished (summary.json and model.safetensors), else None."""
-    path = folder / run_files.SUMMARY
-    if not (path.is_file() and (folder / run_files.MODEL).is_file()):
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} cannot be read ({reason(exc)})",
-                         "restore it, or remove that candidate's folder to train it again") from exc
-    if not isinstance(summary, dict) or not isinstance(summary.get("evals"), list):
-        raise InputError(f"{path} is not a golabels summary", "restore it, or remove that candidate's folder to train it again")
-    return summary
 
 
 def _clear_unstarted(folder: Path) -> None:
@@ -323,7 +318,7 @@ def _student(cfg: AdaptConfig, run_dir: Path, members: list[str], overrides: dic
     if not teacher.is_file():
         save_teacher([candidate_dir(run_dir, m) for m in members], members, teacher, cfg.domain_labels)
     folder = run_dir / run_files.SEARCH_STUDENT
-    summary = _finished(folder)
+    summary = finished_summary(folder)
     if summary is None:
         progress(CandidateStarted(candidates, candidates + 1, f"{STUDENT} ({STUDENT_RECIPE}, taught by {', '.join(members)})",
                                   str(folder), seconds_left))

@@ -1,0 +1,112 @@
+"""A resumed search trusts nothing it did not write (issue 54 items 1, 5, 7, 8, 9, 13): its candidates
+are its own folders, trained with the options its config.yaml gives them and on the folders as they
+are; a refusal is one line, exit 2, and leaves every folder as it was. In real processes."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import TINY, adapt_tiny, cli, cli_subprocess, tree
+from test_inputs import assert_one_line_error
+from test_search import FROZEN
+
+
+@pytest.fixture(scope="module")
+def stopped_search(tmp_path_factory):
+    """A search on private folders, stopped after its first candidate finished (the second not started)."""
+    from golabels_cli.synthetic import make_two_domains
+
+    root = tmp_path_factory.mktemp("checks")
+    source, target = make_two_domains(root / "data", per_class=6, size=32, seed=2)
+    run = adapt_tiny(source, target, root / "run", *FROZEN, "--method", "auto", "--search-recipes", "mcc,source-only",
+                     "--search-pick", "ensemble")
+    for name in ("summary.json", "model.safetensors"):
+        (run / name).unlink()
+    shutil.rmtree(run / "candidates" / "source-only")
+    return run, source, target
+
+
+def copy_of(stopped_search, tmp_path):
+    run, source, target = stopped_search
+    data = tmp_path / "data"
+    shutil.copytree(source, data / "source")
+    shutil.copytree(target, data / "target")
+    cut = shutil.copytree(run, tmp_path / "run")
+    for config in [cut / "config.yaml", *cut.glob("candidates/*/config.yaml")]:
+        config.write_text(config.read_text().replace(str(source), str(data / "source")).replace(str(target), str(data / "target")))
+    return cut, data / "source", data / "target"
+
+
+def refused(tmp_path, cut, *fragments):
+    before = tree(tmp_path)
+    result = cli_subprocess("adapt", "--resume", cut)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert tree(tmp_path) == before  # nothing trained, nothing written
+
+
+def test_a_copy_of_a_stopped_search_resumes(stopped_search, tmp_path):
+    cut, _, _ = copy_of(stopped_search, tmp_path)
+    result = cli("adapt", "--resume", cut, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((cut / "summary.json").read_text())["search"]["shipped"] == "mcc"  # one adapted candidate
+
+
+def test_a_search_resumed_after_its_source_changed_is_refused(stopped_search, tmp_path):
+    cut, source, _ = copy_of(stopped_search, tmp_path)
+    first = sorted(p.name for p in source.iterdir())[0]
+    os.rename(source / first, source / "zz-renamed")
+    refused(tmp_path, cut, "the source folder's classes changed since candidate mcc finished", f"'{first}' is gone", "'zz-renamed' is new")
+    os.rename(source / "zz-renamed", source / first)
+    image = next((source / first).iterdir())
+    shutil.copy(image, image.with_name("extra" + image.suffix))
+    refused(tmp_path, cut, "the source folder holds", "candidate mcc trained on")
+
+
+def test_a_search_whose_config_was_edited_is_refused(stopped_search, tmp_path):
+    cut, _, _ = copy_of(stopped_search, tmp_path)
+    config = cut / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: 3"))
+    refused(tmp_path, cut, "config.yaml says seed: 3 and", "candidates/mcc/config.yaml says 0: the candidate was trained with other")
+
+
+def test_a_candidate_folder_that_is_a_link_or_a_damaged_summary_is_refused(stopped_search, tmp_path):
+    cut, _, _ = copy_of(stopped_search, tmp_path)
+    elsewhere = shutil.copytree(cut / "candidates" / "mcc", tmp_path / "another-run")
+    os.symlink(elsewhere, cut / "candidates" / "source-only")
+    refused(tmp_path, cut, "candidates/source-only is a link")
+    os.unlink(cut / "candidates" / "source-only")
+    os.mkfifo(cut / "candidates" / "source-only")
+    refused(tmp_path, cut, "candidates/source-only is not a folder")
+    os.unlink(cut / "candidates" / "source-only")
+    summary = cut / "candidates" / "mcc" / "summary.json"
+    good = summary.read_text()
+    for damage in ({"evals": "none"}, {"selected": [1]}, {"classes": None}, {"seconds": "soon"}):
+        summary.write_text(json.dumps({**json.loads(good), **damage}))
+        refused(tmp_path, cut, f"{summary} is not a golabels summary (its {next(iter(damage))} is missing or of the wrong kind)")
+
+
+def test_a_search_folder_without_its_config_names_the_file(stopped_search, tmp_path):
+    cut, _, _ = copy_of(stopped_search, tmp_path)
+    (cut / "config.yaml").unlink()
+    refused(tmp_path, cut, f"the search's config {cut / 'config.yaml'} not found")
+    os.mkfifo(cut / "config.yaml")
+    refused(tmp_path, cut, f"the search's config {cut / 'config.yaml'} is a FIFO")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--search-recipes", "bnm+mcc,mcc+bnm"], "names one recipe twice, as 'bnm+mcc' and 'mcc+bnm'"),
+    (["--search-recipes", ",".join(f"{a}+{b}" for a in ("cdan-e", "cdan", "dann", "dann-e", "gvb", "asan") for b in ("mcc", "bnm", "im"))],
+     "takes 16 at most, and --search-recipes names 18"),
+    (["--threads", "1000000"], "--threads must be in [0, 1024]"),
+    (["--threads", "99999999999999999999"], "--threads must be in [0, 1024]"),
+])
+def test_refusals_that_come_before_training(domains, tmp_path, args, message):
+    source, target = domains
+    result = cli("adapt", source, target, *TINY, "--freeze-backbone", "--method", "auto", *args, "--out", tmp_path / "run")
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "run").exists()
