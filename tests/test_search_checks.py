@@ -110,3 +110,35 @@ def test_refusals_that_come_before_training(domains, tmp_path, args, message):
     result = cli("adapt", source, target, *TINY, "--freeze-backbone", "--method", "auto", *args, "--out", tmp_path / "run")
     assert_one_line_error(result, message)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("signum, when", [("SIGINT", "a candidate's final writes"), ("SIGTERM", "between candidates")])
+def test_every_signal_during_a_search_stops_it_before_the_next_stage(domains, tmp_path, signum, when):
+    """Issue 54 item 4: a signal during a candidate's final writes was lost (the search went on and
+    exited 0), and between candidates SIGINT said a bare 'interrupted' and SIGTERM killed the process."""
+    import signal as signals
+
+    from golabels_cli import training
+    from golabels_cli.errors import Interrupted
+    from golabels_cli.progress import CandidateStarted, RunFinished
+    from test_search import search_config
+
+    started = []
+
+    def send(event):
+        if isinstance(event, CandidateStarted):
+            started.append(event.recipe)
+        last_writes = isinstance(event, RunFinished) and started == ["cdan-e+bnm"]  # sent inside the run's final-writes handler
+        between = isinstance(event, CandidateStarted) and event.recipe == "mcc"
+        if (last_writes if when == "a candidate's final writes" else between):
+            os.kill(os.getpid(), getattr(signals, signum))
+
+    with pytest.raises(Interrupted) as stopped:
+        training.adapt(search_config(domains, "ensemble"), out=tmp_path / "cut", progress=send)
+    word = "interrupted" if signum == "SIGINT" else "terminated"
+    assert f"{word} before candidate mcc (2 of 3) started" in stopped.value.message
+    assert stopped.value.hint == f"resume the search with: golabels adapt --resume {tmp_path / 'cut'}"
+    assert (tmp_path / "cut" / "candidates" / "cdan-e+bnm" / "model.safetensors").is_file()
+    assert not (tmp_path / "cut" / "candidates" / "mcc").exists()  # no further candidate
+    summary = training.resume(tmp_path / "cut")
+    assert summary["search"]["shipped"] == "ensemble" and len(summary["search"]["candidates"]) == 3

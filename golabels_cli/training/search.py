@@ -51,6 +51,7 @@ from ..yaml_files import read_config_fields, run_config
 from . import run
 from .run_dir import write
 from .search_checks import check_search_folder, finished_summary
+from .signals import stop_requests
 from .state import Progress
 
 log = logging.getLogger("golabels")
@@ -115,14 +116,31 @@ def resume_search(run_dir: Path, cfg: AdaptConfig, overrides: dict[str, Any], pr
 
 
 def run_search(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    with shared_scans():  # the candidates read the same folders: listed and checked once
-        # before anything trains: the candidates started are the search's own, with its options and data
-        check_search_folder(run_dir, dataclasses.replace(cfg, **overrides), parse_search_recipes(cfg.search_recipes),
-                            STUDENT_RECIPE if cfg.search_pick == STUDENT else None)
-        return _run_candidates(cfg, run_dir, overrides, progress)
+    """The candidates, then the pick. A SIGINT or SIGTERM anywhere in the search stops it before the
+    next stage starts (a candidate's own run stops after its step, or finishes its final writes,
+    as a run does; the search's listener hears of the signal either way): Interrupted, exit 130,
+    with the resume line, and no further candidate trains."""
+    with shared_scans(), stop_requests() as stop:  # the candidates read the same folders: listed and checked once
+        try:
+            # before anything trains: the candidates started are the search's own, with its options and data
+            check_search_folder(run_dir, dataclasses.replace(cfg, **overrides), parse_search_recipes(cfg.search_recipes),
+                                STUDENT_RECIPE if cfg.search_pick == STUDENT else None)
+            return _run_candidates(cfg, run_dir, overrides, progress, stop)
+        except KeyboardInterrupt:  # a second signal outside a candidate's run
+            raise Interrupted("stopped at once; the finished stages are kept", _resume_line(run_dir)) from None
 
 
-def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
+def _resume_line(run_dir: Path) -> str:
+    return f"resume the search with: golabels adapt --resume {run_dir}"
+
+
+def _stop_here(stop: list[str], run_dir: Path, where: str) -> None:
+    """Interrupted when the search heard a signal since it began: before the stage `where` names."""
+    if stop:
+        raise Interrupted(f"{stop[0]} before {where}; the finished stages are kept", _resume_line(run_dir))
+
+
+def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], progress: Progress, stop: list[str]) -> dict[str, Any]:
     recipes = parse_search_recipes(cfg.search_recipes)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
@@ -134,6 +152,7 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
         summary = finished_summary(folder)
         if summary is None:
             progress(CandidateStarted(i, len(stages), recipe, str(folder), _seconds_left(stages[i:], cfg.iters, pace)))
+            _stop_here(stop, run_dir, f"candidate {recipe} ({i + 1} of {len(recipes)}) started")
             try:
                 if (folder / run_files.CHECKPOINT).is_file():
                     summary = run.resume(folder, overrides, progress)
@@ -141,8 +160,7 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
                     _clear_unstarted(folder)
                     summary = run.adapt(candidate_config(dataclasses.replace(cfg, **overrides), recipe), folder, False, progress)
             except Interrupted as exc:
-                raise Interrupted(f"{exc.message} (candidate {recipe}, {i + 1} of {len(recipes)})",
-                                  f"resume the search with: golabels adapt --resume {run_dir}") from None
+                raise Interrupted(f"{exc.message} (candidate {recipe}, {i + 1} of {len(recipes)})", _resume_line(run_dir)) from None
             except RunError as exc:
                 raise RunError(f"candidate {recipe} of the search failed: {exc.message}",
                                f"{exc.hint}; or leave it out with --search-recipes" if exc.hint else None) from None
@@ -151,7 +169,7 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
             pace[adversarial] = summary["seconds"] / max(summary["iters"], 1)
         records.append(candidate_record(recipe, folder, summary))
         first = first or summary
-    return _finish(cfg, run_dir, records, first, time.perf_counter() - started, overrides, progress,
+    return _finish(cfg, run_dir, records, first, time.perf_counter() - started, overrides, progress, stop,
                    _seconds_left(stages[len(recipes):], cfg.iters, pace))
 
 
@@ -259,9 +277,10 @@ def candidate_agreements(folders: list[Path], recipes: list[str], members: list[
 
 
 def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], first: dict[str, Any], seconds: float,
-            overrides: dict[str, Any], progress: Progress, student_seconds: float | None = None) -> dict[str, Any]:
+            overrides: dict[str, Any], progress: Progress, stop: list[str], student_seconds: float | None = None) -> dict[str, Any]:
     """model.safetensors (the pick) and summary.json, the search's last writes; the student's run
     first when the pick is a student."""
+    _stop_here(stop, run_dir, "the search's pick")
     adapted = [r["recipe"] for r in records if parse_recipe_name(r["recipe"]).uses_target]
     if len(adapted) >= 2:
         agreement = candidate_agreements([candidate_dir(run_dir, r["recipe"]) for r in records], [r["recipe"] for r in records],
@@ -273,7 +292,9 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], firs
     model_file = run_dir / run_files.MODEL
     student = teacher = None
     if shipped == STUDENT:
-        student, teacher = _student(cfg, run_dir, members, overrides, progress, len(records), student_seconds)
+        student, teacher = _student(cfg, run_dir, members, overrides, progress, stop, len(records), student_seconds)
+    _stop_here(stop, run_dir, "the search's final writes")  # from here, a second of writing: finished as a run's are
+    if shipped == STUDENT:
         _copy_model(run_dir / run_files.SEARCH_STUDENT / run_files.MODEL, model_file)
     elif shipped == ENSEMBLE:
         save_ensemble([candidate_dir(run_dir, m) for m in members], members, model_file, cfg.domain_labels)
@@ -304,11 +325,13 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], firs
                    **({"teacher": teacher, "student": student} if student is not None else {})},
     }
     write(run_dir / run_files.SUMMARY, json_text(summary) + "\n", None)
+    if stop:
+        log.warning("%s during the search's final writes: they are finished, and the search is complete", stop[0])
     progress(RunFinished(summary))
     return summary
 
 
-def _student(cfg: AdaptConfig, run_dir: Path, members: list[str], overrides: dict[str, Any], progress: Progress,
+def _student(cfg: AdaptConfig, run_dir: Path, members: list[str], overrides: dict[str, Any], progress: Progress, stop: list[str],
              candidates: int, seconds_left: float | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The student's run (RUN/student/, taught by RUN/teacher.safetensors: the members' ensemble,
     or the one member's model): read when finished, resumed when interrupted, else started.
@@ -322,6 +345,7 @@ def _student(cfg: AdaptConfig, run_dir: Path, members: list[str], overrides: dic
     if summary is None:
         progress(CandidateStarted(candidates, candidates + 1, f"{STUDENT} ({STUDENT_RECIPE}, taught by {', '.join(members)})",
                                   str(folder), seconds_left))
+        _stop_here(stop, run_dir, "the student started")
         try:
             if (folder / run_files.CHECKPOINT).is_file():
                 summary = run.resume(folder, overrides, progress)
@@ -330,7 +354,7 @@ def _student(cfg: AdaptConfig, run_dir: Path, members: list[str], overrides: dic
                 config = dataclasses.replace(candidate_config(dataclasses.replace(cfg, **overrides), STUDENT_RECIPE), teacher=str(teacher))
                 summary = run.adapt(config, folder, False, progress)
         except Interrupted as exc:
-            raise Interrupted(f"{exc.message} (the student)", f"resume the search with: golabels adapt --resume {run_dir}") from None
+            raise Interrupted(f"{exc.message} (the student)", _resume_line(run_dir)) from None
         except RunError as exc:
             raise RunError(f"the search's student failed: {exc.message}",
                            f"{exc.hint}; or pass another --search-pick" if exc.hint else None) from None
