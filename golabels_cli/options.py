@@ -65,6 +65,8 @@ class Option:
             if kind == "int":
                 return {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer of at least {low}")
             return "positive" if low == 0 and self.open_min else "a non-negative number" if low == 0 else f"at least {low:g}"
+        if kind == "int" and low in (0, 1) and not self.open_min:
+            return f"{'a non-negative' if low == 0 else 'a positive'} integer of at most {high}"
         shown = str if kind == "int" else (lambda v: f"{v:g}")
         return f"in {'(' if self.open_min else '['}{shown(low)}, {shown(high)}{')' if self.open_max else ']'}"
 

@@ -102,8 +102,8 @@ def test_a_search_folder_without_its_config_names_the_file(stopped_search, tmp_p
     (["--search-recipes", "bnm+mcc,mcc+bnm"], "names one recipe twice, as 'bnm+mcc' and 'mcc+bnm'"),
     (["--search-recipes", ",".join(f"{a}+{b}" for a in ("cdan-e", "cdan", "dann", "dann-e", "gvb", "asan") for b in ("mcc", "bnm", "im"))],
      "takes 16 at most, and --search-recipes names 18"),
-    (["--threads", "1000000"], "--threads must be in [0, 1024]"),
-    (["--threads", "99999999999999999999"], "--threads must be in [0, 1024]"),
+    (["--threads", "1000000"], "--threads must be a non-negative integer of at most 1024"),
+    (["--threads", "99999999999999999999"], "--threads must be a non-negative integer of at most 1024"),
 ])
 def test_refusals_that_come_before_training(domains, tmp_path, args, message):
     source, target = domains
