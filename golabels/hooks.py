@@ -16,7 +16,7 @@ from golabels_cli.decoded import decode_images
 from golabels_cli.device import pick_device
 from golabels_cli.device_batches import batch_loader, device_batches, loader_crop
 from golabels_cli.export import verification_batch
-from golabels_cli.features import backbone_features, model_key
+from golabels_cli.features import backbone_features, image_keys, model_key
 from golabels_cli.images import IMAGE_EXTENSIONS, image_files, load_rgb, resize_shorter, scale_size
 from golabels_cli.inference import autocast
 from golabels_cli.label_shift import SHIFT_WARNING, total_variation
@@ -41,7 +41,7 @@ __all__ = [
     # the batched training data path: images decoded once, batches augmented on the device
     "decode_all", "decode_images", "batch_loader", "device_batches", "loader_crop",
     # models and features: the backbone a run builds, its cached features, a model file without training
-    "create_backbone", "resolve_data_config", "backbone_features", "model_key", "Classifier", "ModelInfo", "save_model",
+    "create_backbone", "resolve_data_config", "backbone_features", "image_keys", "model_key", "Classifier", "ModelInfo", "save_model",
     "verification_batch", "pick_device", "autocast", "load_model", "HeadEnsemble",
     # one training step: a run's wiring without its loop, to time or probe it
     "build", "Training", "Step", "step_of", "LoopState", "validate_snapshot", "eval_shift", "warn_on_label_shift",

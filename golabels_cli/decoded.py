@@ -10,10 +10,10 @@ beside the feature cache and read back one draw at a time:
 
     cache:  CACHE/decoded/<config key>/<image key[:2]>/<image key>.npy    (uint8, height x width x 3)
     config key = sha256(FORMAT, scale size, interpolation)
-    image key  = features.image_key: a changed file gets a new key and is decoded again
+    image key  = features.image_key (sha256 of the file's bytes): a changed file is decoded again
 
-Entries are read as untrusted input (a uint8 array of the expected shape, else decoded again)
-and written atomically, so parallel runs share the cache safely.
+Entries are read as untrusted input (a uint8 array of the expected shape that ends with its own
+image key, else decoded again) and written atomically, so parallel runs share the cache safely.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path, remove_stale_temporaries
+from .files import remove_stale_temporaries
 from .data import ImageSet, free_memory
-from .errors import InputError, reason
-from .features import cache_root, image_key, read_npy
+from .errors import InputError
+from .features import cache_root, entry_file, image_keys, read_npy, save_entry
 from .images import MAX_ASPECT_RATIO, load_rgb, resize_shorter, scale_size
 from .progress import tracked
 
 log = logging.getLogger("golabels")
 
-FORMAT = "golabels-decoded/1"
+FORMAT = "golabels-decoded/2"  # 2: keys of content, entries that name their key
 MEMORY_FRACTION = 0.5  # of the free memory, shared by the processes of this machine
 
 
@@ -85,7 +85,7 @@ def decode_images(images: ImageSet, data_config: dict, cache_dir: str | None, wh
     folder = cache_root(cache_dir) / "decoded" / config_key(data_config)
     log.info("%s: the %d images take %.1f GB, more than %.0f%% of the %.1f GB free: decoded once into %s", what, len(images),
              need / 1e9, 100 * share, free / 1e9, folder)
-    files = [folder / k[:2] / f"{k}.npy" for k in map(image_key, images.paths)]
+    files = [entry_file(folder, k) for k in image_keys(images.paths)]
     for shard in {f.parent for f in files}:
         if shard.is_dir():
             remove_stale_temporaries(shard)  # the entry a killed run was writing
@@ -130,10 +130,4 @@ def read_entry(path: Path, side: int) -> tuple[np.ndarray | None, str | None]:
 
 
 def _save_entry(path: Path, array: np.ndarray) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array, dtype=np.uint8), allow_pickle=False)
-    except OSError as exc:
-        raise InputError(f"cannot write the decoded-image cache in {path.parent} ({reason(exc)})",
-                         "pass --cache-dir in a writable folder with free space") from exc
+    save_entry(path, np.ascontiguousarray(array, dtype=np.uint8), "decoded-image")

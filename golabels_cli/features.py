@@ -7,8 +7,11 @@ reaches the features; that is the price.
 
     cache:  CACHE/features/<model key>/<image key[:2]>/<image key>.npy    (float32 vector)
     model key  = sha256(backbone name, its weights, the eval data config, FORMAT)
-    image key  = sha256(device, inode, size, mtime)  — a changed file gets a new key and is recomputed;
-                 links to one file (a moved folder, benchmarks/longtail.py's copies) share it
+    image key  = sha256 of the image file's bytes — a changed file gets a new key and is recomputed,
+                 whatever its name, size and times say; copies and links of one file share it
+
+Each entry ends with its own image key (after the .npy data, where numpy's readers stop), and an
+entry whose key is not its name's (two entries swapped, one copied over another) is computed again.
 
 CACHE is --cache-dir, else $GOLABELS_CACHE, else ~/.cache/golabels. Entries are written to a
 temporary file and renamed, so parallel runs share a cache safely; stale entries are never read
@@ -22,6 +25,7 @@ import logging
 import json
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +42,7 @@ from .progress import tracked
 
 log = logging.getLogger("golabels")
 
-FORMAT = "golabels-features/1"
+FORMAT = "golabels-features/2"  # 2: keys of content, entries that name their key
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -53,9 +57,43 @@ def model_key(backbone_name: str, backbone: nn.Module, data_config: dict) -> str
     return h.hexdigest()[:32]
 
 
+_KEYS: dict[tuple[int, ...], str] = {}  # a file's identity in this process -> its image key
+
+
 def image_key(path: Path) -> str:
+    """sha256 of the file's bytes. A key of the file's identity alone (device, inode, size, mtime)
+    reused stale features for files replaced under the same names, sizes and mtimes (a tar
+    extracted with fixed mtimes, an in-place rewrite, a reused inode). Within one process a file
+    is read once: any write changes its ctime, which users cannot set, so an unchanged identity
+    with its ctime is an unchanged file."""
     st = os.stat(path)  # follows symlinks: the file's own identity, not the name it was reached by
-    return hashlib.sha256(f"{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = _KEYS.get(identity)
+    if key is None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        key = _KEYS[identity] = digest.hexdigest()
+    return key
+
+
+def image_keys(paths: list[Path]) -> list[str]:
+    """image_key of each path, several files at once (reading and hashing release the GIL)."""
+    if len(paths) < 64:
+        return [image_key(p) for p in paths]
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(image_key, paths, chunksize=32))
+
+
+def entry_file(folder: Path, key: str) -> Path:
+    """Where a cache (features/, decoded/) keeps the entry of the image whose key is `key`."""
+    return folder / key[:2] / f"{key}.npy"
+
+
+def key_trailer(path: Path) -> bytes:
+    """What ends the entry at `path`: the image key its name says."""
+    return b"\ngolabels-image " + path.stem.encode()
 
 
 @dataclass
@@ -68,7 +106,7 @@ class Features:
 def cache_files(images: ImageSet, key: str, cache_dir: str | None) -> list[Path]:
     """Where the cache keeps each image's features for the backbone `key`."""
     folder = cache_root(cache_dir) / "features" / key
-    return [folder / k[:2] / f"{k}.npy" for k in map(image_key, images.paths)]
+    return [entry_file(folder, k) for k in image_keys(images.paths)]
 
 
 def cached_count(images: ImageSet, key: str, cache_dir: str | None) -> int:
@@ -142,14 +180,15 @@ def read_row(path: Path, dim: int | None) -> tuple[np.ndarray | None, str | None
     row, why = read_npy(path, vector)
     if row is not None and not np.isfinite(row).all():
         return None, "values that are not finite"
-    return (row.copy() if row is not None else None), why
+    return row, why
 
 
 def read_npy(path: Path, refuse) -> tuple[np.ndarray | None, str | None]:
     """A .npy cache entry read as untrusted input: (array, None); (None, None) when absent; (None,
-    why) when it is not a regular file, not a .npy file, is cut short, or `refuse(shape, fortran,
-    dtype)` names what is wrong with its header. The header is checked before any data is read,
-    so a file claiming a huge shape allocates nothing. The array is read-only."""
+    why) when it is not a regular file, not a .npy file, is cut short, does not end with the key
+    its name says (key_trailer), or `refuse(shape, fortran, dtype)` names what is wrong with its
+    header. The header is checked before any data is read, so a file claiming a huge shape
+    allocates nothing."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -169,19 +208,34 @@ def read_npy(path: Path, refuse) -> tuple[np.ndarray | None, str | None]:
             if why is not None:
                 return None, why
             size = int(np.prod(shape)) * dtype.itemsize
-            data = f.read(size + 1)
+            trailer = key_trailer(path)
+            data = bytearray(size + len(trailer) + 1)  # writable: torch.from_numpy warns on a read-only array
+            length = f.readinto(data)
     except (OSError, ValueError) as exc:
         return None, reason(exc)
-    if len(data) != size:
-        return None, f"{len(data)} bytes of data, not {size}"
-    return np.frombuffer(data, dtype=dtype).reshape(shape), None
+    if length < size:
+        return None, f"{length} bytes of data, not {size}"
+    if data[size:length] != trailer:
+        return None, "not the entry of the image its name says (another image's, or written by an older golabels)"
+    return np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize).reshape(shape), None
+
+
+def save_entry(path: Path, array: np.ndarray, what: str) -> None:
+    """Write a cache entry atomically: the .npy data, then key_trailer. `what` names the cache in
+    an error. A folder where the entry goes (a file, a link or a FIFO is replaced) is named as
+    such: no free space or permission would help there."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            raise InputError(f"the {what} cache holds a folder where an entry goes, at {path}", "remove it (the cache "
+                             "rebuilds itself), or pass another --cache-dir")
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, array, allow_pickle=False)
+            f.write(key_trailer(path))
+    except OSError as exc:
+        raise InputError(f"cannot write the {what} cache in {path.parent} ({reason(exc)})",
+                         "pass --cache-dir in a writable folder with free space") from exc
 
 
 def _save_row(path: Path, row: np.ndarray) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
-            np.save(f, row.astype(np.float32), allow_pickle=False)
-    except OSError as exc:
-        raise InputError(f"cannot write the feature cache in {path.parent} ({reason(exc)})",
-                         "pass --cache-dir in a writable folder with free space") from exc
+    save_entry(path, row.astype(np.float32), "feature")

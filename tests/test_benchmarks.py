@@ -468,3 +468,17 @@ def test_default_length_runs_the_default_on_small_targets_and_tabulates(tmp_path
     assert summary["search"]["shipped"] == "source-only"  # 2 target images: too few to adapt on
     row = next(line for line in result.stdout.splitlines() if line.startswith(f"| {source.name} → {target.name} | 2 | 1 |"))
     assert "| +0.00 | 0/1 |" in row
+
+
+def test_cache_keys_times_both_keys_of_every_image(domains, monkeypatch, capsys):
+    """benchmarks/cache_keys.py (issue 54 item 2): the same images listed and keyed both ways, in
+    fresh processes, and a ratio printed; equal files share a content key, never an identity key."""
+    source, target = domains
+    cache_keys = load_benchmark("cache_keys")
+    identity, content = (cache_keys.measure(way, [str(source), str(target)]) for way in ("identity", "content"))
+    assert identity["images"] == content["images"] == 48 and identity["distinct"] == 48
+    assert content["distinct"] == len({p.read_bytes() for folder in domains for p in folder.rglob("*.png")})
+    monkeypatch.setattr(sys, "argv", ["cache_keys.py", str(source), "--repeats", "1"])
+    cache_keys.main()
+    out = capsys.readouterr().out
+    assert "24 images" in out and "identity: list" in out and "content: list" in out and "content / identity, total:" in out

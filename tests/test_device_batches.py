@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import TINY, adapt_tiny, cli
+from conftest import TINY, adapt_tiny, cli, one_error_line
 from golabels_cli.data import InfiniteDraws, scan_labeled, scan_unlabeled
 from golabels_cli.decoded import config_key, decode_images, decode_to_scale, read_entry
 from golabels_cli.device_batches import CollateCrops, augment, batch_loader, collate_padded, crop_box, device_batches, loader_crop
@@ -202,3 +202,43 @@ def test_a_training_step_reads_nothing_back_to_the_host(domains, method, monkeyp
         counting(window.add)(logged, len(xs) + len(xt))  # the metrics window: summed on the device
     streams.close()
     assert reads == []
+
+
+def test_decoded_entries_swapped_are_decoded_again_and_a_folder_in_place_of_one_is_named(domains, tmp_path, monkeypatch, caplog):
+    """Issue 54 item 3: an entry is the image its name says (it ends with that image's key), so two
+    entries swapped are decoded again instead of training on each other's pixels; a folder where
+    an entry goes is named, not blamed on free space or permissions."""
+    import golabels_cli.decoded as decoded_module
+    from golabels_cli.errors import InputError
+
+    source, _ = domains
+    images = scan_labeled(source)
+    in_memory = decode_images(images, DATA_CONFIG, None, "decoding")
+    monkeypatch.setattr(decoded_module, "free_memory", lambda: 1000)
+    cache = tmp_path / "cache"
+    decode_images(images, DATA_CONFIG, str(cache), "decoding")
+    entries = sorted((cache / "decoded" / config_key(DATA_CONFIG)).glob("*/*.npy"))
+    first, second = entries[0].read_bytes(), entries[1].read_bytes()
+    entries[0].write_bytes(second)
+    entries[1].write_bytes(first)
+    assert "not the entry of the image its name says" in read_entry(entries[0], 36)[1]
+    with caplog.at_level("WARNING", logger="golabels"):
+        again = decode_images(images, DATA_CONFIG, str(cache), "decoding")
+    assert "decoded-image cache: 2 entries damaged" in caplog.text
+    assert all(np.array_equal(in_memory[i], again[i]) for i in range(len(images)))
+    entries[2].unlink()
+    entries[2].mkdir()
+    with pytest.raises(InputError) as refused:
+        decode_images(images, DATA_CONFIG, str(cache), "decoding")
+    assert f"the decoded-image cache holds a folder where an entry goes, at {entries[2]}" in refused.value.message
+    assert "remove it" in refused.value.hint and "free space" not in refused.value.hint
+    args = [*domains, *TINY, "--iters", "1", "--cache-dir", cache]
+    assert cli("adapt", *args, "--out", tmp_path / "first").exit_code == 0  # the run's own entries (its data config)
+    [folder] = [p for p in (cache / "decoded").iterdir() if p.name != config_key(DATA_CONFIG)]
+    entry = sorted(folder.glob("*/*.npy"))[0]
+    entry.unlink()
+    entry.mkdir()
+    result = cli("adapt", *args, "--out", tmp_path / "second")
+    assert result.exit_code == 2
+    one_error_line(result, f"a folder where an entry goes, at {entry}", "remove it")
+    assert not (tmp_path / "second").exists()

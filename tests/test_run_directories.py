@@ -274,3 +274,44 @@ def test_a_checkpoint_that_is_a_fifo_is_never_opened(shipped, tmp_path):
     assert result.returncode == 2
     one_error_line(result, "checkpoint", "is a FIFO, not a regular file")
     assert tree(run) == before
+
+
+def test_images_replaced_under_the_same_names_sizes_and_mtimes_are_not_read_from_the_feature_cache(copy_domains, tmp_path):
+    """Issue 54 item 2: the feature cache was keyed on (device, inode, size, mtime), so files
+    rewritten in place with their sizes and mtimes kept (a tar extracted with fixed mtimes) read
+    the old images' features: eval scored the old images. Keys are of the files' bytes now."""
+    from PIL import Image
+
+    from golabels_cli.data import scan_labeled
+    from golabels_cli.features import cache_files
+
+    source, target = copy_domains
+    labeled = tmp_path / "labeled"
+    for png in sorted(target.rglob("*.png")):  # BMPs of one size: two of them can trade contents, sizes kept
+        (labeled / png.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.open(png).convert("RGB").save(labeled / png.parent.name / f"{png.stem}.bmp")
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    assert cli("adapt", source, target, *TINY, "--iters", "2", "--freeze-backbone", "--cache-dir", cache, "--quiet",
+               "--out", run).exit_code == 0
+    before = cli("eval", run, labeled, "--json")
+    assert before.exit_code == 0, before.stderr
+    [model_key] = [p.name for p in (cache / "features").iterdir()]
+    keys_before = cache_files(scan_labeled(labeled), model_key, str(cache))
+    first, second = sorted(p for p in labeled.iterdir())[:2]
+    for a, b in zip(sorted(first.iterdir()), sorted(second.iterdir())):  # each pair trades bytes, names and times kept
+        times = [(p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (a, b)]
+        data_a, data_b = a.read_bytes(), b.read_bytes()
+        a.write_bytes(data_b)
+        b.write_bytes(data_a)
+        for p, ns in zip((a, b), times):
+            os.utime(p, ns=ns)
+    after = cli("eval", run, labeled, "--json")
+    fresh_copy = Path(shutil.copytree(labeled, tmp_path / "fresh"))  # new files: new inodes, a key of their own either way
+    fresh = cli("eval", run, fresh_copy, "--json")
+    assert after.exit_code == 0 and fresh.exit_code == 0, after.stderr + fresh.stderr
+    assert json.loads(after.stdout)["confusion"] == json.loads(fresh.stdout)["confusion"]
+    keys_after = cache_files(scan_labeled(labeled), model_key, str(cache))
+    assert keys_after == cache_files(scan_labeled(fresh_copy), model_key, str(cache))  # one content, one entry
+    swapped = len(list(first.iterdir()))
+    assert sum(k != j for k, j in zip(keys_before, keys_after)) == 2 * swapped
+    assert all(np.load(f).shape == np.load(keys_before[0]).shape for f in keys_after)
