@@ -19,8 +19,8 @@ teacher_weight * CE(R_i, p_i) on its target rows (methods/objective.py).
 The labels are computed once, when the run is built, from the teacher model file and the
 backbone's features of the target (the feature cache's, under --freeze-backbone); a checkpoint
 keeps them, so a resumed run learns from the labels it started with, whatever the file is now.
-The neighbours cost one [N, N] similarity per member, in blocks of BLOCK rows: a second for 3000
-target images on a CPU.
+The neighbours cost one [N, N] similarity per member, in blocks of BLOCK rows: 0.2 s for 3000
+target images and four members of 256 features on two CPU cores.
 """
 
 from __future__ import annotations
