@@ -106,6 +106,32 @@ def claim_run_dir(out: str | Path | None, exist_ok: bool, first_file: str = run_
     return out
 
 
+@contextmanager
+def one_writer(run_dir: Path) -> Iterator[None]:
+    """While this process writes `run_dir` (a run, a resume, a search), no other may: an exclusive
+    lock on the folder itself (flock on its descriptor: no file is made, nothing is left behind),
+    taken without waiting and released when the process ends, however it ends. Two `adapt
+    --exist-ok` into one folder, or a resume of a run still training, would otherwise both write it
+    and leave one's config and metrics beside the other's model. (A file system without locks,
+    such as some NFS mounts, is not protected.)"""
+    import fcntl
+
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise InputError(f"cannot open the run directory {run_dir} ({reason(exc)})", "pass a run directory you can write to") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another golabels process is writing {run_dir}", "wait for it to end, or pass another --out") from None
+        except OSError:
+            pass  # no locks on this file system: as before them
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
+
+
 def _file_mode() -> int:
     """The mode open() would give a new file: mkstemp's 0600 would hide a model.onnx from the
     service user that loads it. (Reading the umask means setting it for an instant.)"""

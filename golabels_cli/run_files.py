@@ -26,6 +26,29 @@ REPORT_PLOTS = ("report-losses.png", "report-discriminator.png", "report-validat
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, MODEL, SUMMARY, RESULTS_CSV, RESULTS_FIGURE, TARGET_MOSAIC)
 
 
+EARLIER_RUN = "earlier-run"  # adapt --exist-ok into a used folder: the earlier run's files, moved here
+STOPPED_EXPORT = "model-before-resume"  # resume: a model.onnx exported from the stopped run, renamed (.onnx)
+
+
+def earlier_run(n: int = 1) -> str:
+    """Where `adapt --exist-ok` moves the files of the run it replaces (-2, -3, ... when taken)."""
+    return EARLIER_RUN if n == 1 else f"{EARLIER_RUN}-{n}"
+
+
+def stopped_export(n: int = 1) -> str:
+    """What a resume renames model.onnx to: an export of the stopped run, not of the model it will ship (-2, -3, ...)."""
+    return f"{STOPPED_EXPORT}.onnx" if n == 1 else f"{STOPPED_EXPORT}-{n}.onnx"
+
+
+def is_run_output(name: str) -> bool:
+    """A name golabels writes in a run folder: adapt's and a search's files, export's default
+    output, report's and eval's figures, and metrics or exports a resume set aside."""
+    return (name in RUN_FILES or name in (ONNX_MODEL, TENSORBOARD, SEARCH_CANDIDATES, SEARCH_TEACHER, SEARCH_STUDENT, *REPORT_PLOTS)
+            or (name.startswith("metrics-after-") and name.endswith(".jsonl"))
+            or (name.startswith("confusion-") and name.endswith(".png"))
+            or (name.startswith(STOPPED_EXPORT) and name.endswith(".onnx")))
+
+
 def metrics_set_aside(iteration: int, n: int = 1) -> str:
     """Where a resume moves the metrics rows logged after its checkpoint: never overwritten (-2, -3, ...)."""
     return f"metrics-after-{iteration}.jsonl" if n == 1 else f"metrics-after-{iteration}-{n}.jsonl"

@@ -57,7 +57,11 @@ def edit(run, change):
     (lambda c: c["loop"].__setitem__("extra", 1), "its loop state holds an unknown field 'extra'"),
     (lambda c: c.__setitem__("selected_model", {"head.weight": torch.zeros(2)}), "its selected_model does not fit the run's model"),
     (lambda c: c.__setitem__("model", {"head.weight": "x"}), "its model must map names to tensors"),
-], ids=["torch-rng", "python-rng", "numpy-rng", "evals", "sums", "seconds", "unknown", "selected", "model"])
+    (lambda c: c["optimizer"]["state"].__setitem__(0, [1, 2]), "its optimizer state must map each parameter to its buffers"),
+    (lambda c: c["optimizer"]["state"][0].__setitem__("momentum_buffer", torch.zeros(1)),
+     "its optimizer buffer 'momentum_buffer' is of shape (1,), for a parameter of shape"),
+], ids=["torch-rng", "python-rng", "numpy-rng", "evals", "sums", "seconds", "unknown", "selected", "model", "optimizer-type",
+        "momentum-shape"])
 def test_a_checkpoint_with_a_wrong_inner_state_is_refused_before_anything_changes(interrupted, change, words):
     edit(interrupted, change)
     before = tree(interrupted)
@@ -141,3 +145,25 @@ def test_a_run_stopped_after_its_length_changed_resumes(interrupted):
         api.resume(interrupted, iters=10, progress=interrupt)
     finished = api.resume(interrupted)
     assert finished.summary["iters"] == 10 and finished.summary["resumed_at"] == 6
+
+
+def test_a_run_stopped_between_its_new_length_and_its_next_save_keeps_the_new_length(interrupted, monkeypatch):
+    """Issue 54 item 12: `--resume --iters 10` writes config.yaml, then is killed before the next
+    save: the checkpoint still says 8. The next resume trained to 8 ("(was 8)"); config.yaml is
+    the newer of the two and says what the user asked for."""
+    from golabels_cli.training import run as run_module
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill would leave it: config.yaml rewritten, nothing saved since
+
+    monkeypatch.setattr(run_module, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_module.resume(interrupted, {"iters": 10})
+    assert torch.load(interrupted / "checkpoint.pt", weights_only=True)["config"]["iters"] == 8
+    monkeypatch.undo()
+    result = cli("adapt", "--resume", interrupted, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "resuming at iteration 4 with --iters 10 (was 8)" in result.stderr
+    import json
+
+    assert json.loads((interrupted / "summary.json").read_text())["iters"] == 10

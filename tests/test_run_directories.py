@@ -123,17 +123,61 @@ def test_the_default_out_inside_the_source_is_refused(copy_domains):
     assert tree(source) == before
 
 
-def test_exist_ok_says_what_it_replaces(shipped, domains, tmp_path):
+def test_exist_ok_moves_the_earlier_run_aside_and_says_so(shipped, domains, tmp_path):
+    """Issue 54 item 11: the earlier run's files that the new run does not write (its export, its
+    mosaic) stayed beside the new ones without a word. All of them move into earlier-run/."""
     run = Path(shutil.copytree(shipped, tmp_path / "run"))
     (run / "notes.txt").write_text("mine")
+    earlier = tree(run)
     rows = len((run / "metrics.jsonl").read_text().splitlines())
     result = cli("adapt", *domains, *TINY, "--iters", "1", "--out", run, "--exist-ok")
     assert result.exit_code == 0, result.stderr
     warning = next(line for line in result.stderr.splitlines() if "--exist-ok" in line)
-    for name in ("config.yaml", f"metrics.jsonl ({rows} logged row", "checkpoint.pt", "model.safetensors", "summary.json"):
+    for name in ("config.yaml", f"metrics.jsonl ({rows} logged row", "checkpoint.pt", "model.safetensors", "summary.json",
+                 "model.onnx", f"moved to {run / 'earlier-run'}"):
         assert name in warning, (name, warning)
-    assert "(model.onnx, notes.txt) are left as they are" in warning
-    assert (run / "notes.txt").read_text() == "mine"
+    assert "1 other file (notes.txt) left as it is" in warning
+    moved = tree(run / "earlier-run")
+    assert moved == {name: value for name, value in earlier.items() if name != "notes.txt"}  # nothing lost, byte for byte
+    assert (run / "notes.txt").read_text() == "mine" and not (run / "model.onnx").exists()
+    again = cli("adapt", *domains, *TINY, "--iters", "1", "--out", run, "--exist-ok", "--quiet")
+    assert again.exit_code == 0 and (run / "earlier-run-2" / "model.safetensors").is_file()
+    assert tree(run / "earlier-run") == moved  # an earlier set-aside is never written into
+
+
+def test_a_search_into_a_single_runs_folder_moves_that_run_aside(shipped, domains, tmp_path):
+    from test_search import FROZEN
+
+    run = Path(shutil.copytree(shipped, tmp_path / "run"))
+    result = cli("adapt", *domains, *TINY, *FROZEN, "--method", "auto", "--search-recipes", "mcc,source-only",
+                 "--search-pick", "ensemble", "--out", run, "--exist-ok")
+    assert result.exit_code == 0, result.stderr
+    assert "held an earlier run: checkpoint.pt, config.yaml, " in result.stderr
+    assert not (run / "checkpoint.pt").exists() and (run / "earlier-run" / "checkpoint.pt").is_file()  # a search writes none
+    assert sorted(p.name for p in run.iterdir()) == sorted(["candidates", "config.yaml", "earlier-run", "model.safetensors",
+                                                            "summary.json"])
+
+
+def test_a_resume_renames_an_export_of_the_stopped_run(domains, tmp_path):
+    """Issue 54 item 11: a model.onnx exported while the run was stopped stayed after the resume,
+    under the name export gives the finished model's."""
+    from conftest import interrupt_at
+    from golabels_cli import training
+    from golabels_cli.config import build_config
+    from golabels_cli.errors import Interrupted
+
+    source, target = domains
+    run = tmp_path / "run"
+    cfg = build_config({"source": str(source), "target": str(target), "backbone": "test_resnet", "pretrained": False, "image_size": 32,
+                        "device": "cpu", "workers": 0, "batch_size": 4, "iters": 4})
+    with pytest.raises(Interrupted):
+        training.adapt(cfg, out=run, progress=interrupt_at(2))
+    assert cli("export", run, "--onnx", "--no-verify").exit_code == 0
+    exported = (run / "model.onnx").read_bytes()
+    result = cli("adapt", "--resume", run)
+    assert result.exit_code == 0, result.stderr
+    assert f"{run / 'model.onnx'} was exported before the run ended: renamed model-before-resume.onnx" in result.stderr
+    assert (run / "model-before-resume.onnx").read_bytes() == exported and not (run / "model.onnx").exists()
 
 
 def test_export_into_a_folder_it_cannot_write_fails_before_tracing(shipped, tmp_path):

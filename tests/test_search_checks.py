@@ -142,3 +142,25 @@ def test_every_signal_during_a_search_stops_it_before_the_next_stage(domains, tm
     assert not (tmp_path / "cut" / "candidates" / "mcc").exists()  # no further candidate
     summary = training.resume(tmp_path / "cut")
     assert summary["search"]["shipped"] == "ensemble" and len(summary["search"]["candidates"]) == 3
+
+
+def test_one_writer_per_run_folder(stopped_search, domains, tmp_path):
+    """Issue 54 item 6: two adapt --exist-ok into one --out at once both exited 0, one's config and
+    metrics beside the other's model. While a process writes a run folder (here this test, holding
+    the lock a golabels process takes), a second adapt into it, or a resume of it, is refused."""
+    from golabels_cli.files import one_writer
+
+    cut, _, _ = copy_of(stopped_search, tmp_path)
+    source, target = domains
+    single = adapt_tiny(source, target, tmp_path / "single", "--iters", "2")
+    for folder, command in ((single, ["adapt", source, target, *TINY, "--iters", "2", "--exist-ok", "--out", single]),
+                            (single, ["adapt", "--resume", single]),
+                            (cut, ["adapt", "--resume", cut])):
+        before = tree(tmp_path)
+        with one_writer(folder):
+            result = cli_subprocess(*command)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(lines) == 1 and f"another golabels process is writing {folder}" in lines[0], result.stderr
+        assert tree(tmp_path) == before
+    # the lock goes with the process that held it: the search resumes now
+    assert cli_subprocess("adapt", "--resume", cut, "--quiet").returncode == 0

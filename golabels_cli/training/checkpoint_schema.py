@@ -25,8 +25,26 @@ def check_checkpoint_state(ckpt: dict[str, Any], path: Path) -> None:
         state = ckpt.get(name, {})
         if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
             raise _bad(path, name, "must map names to tensors")
-    if not isinstance(ckpt.get("optimizer"), dict) or not isinstance(ckpt["optimizer"].get("param_groups"), list):
+    optimizer = ckpt.get("optimizer")
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("param_groups"), list):
         raise _bad(path, "optimizer", "must hold the optimizer's state and its param_groups")
+    state = optimizer.get("state")
+    if not isinstance(state, dict) or not all(isinstance(v, dict) and all(isinstance(k, str) for k in v) for v in state.values()):
+        raise _bad(path, "optimizer", "state must map each parameter to its buffers by name")
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """After load_state_dict, which checks neither: each parameter's buffers (SGD's momentum) must
+    be tensors of its shape, or the first step fails (a RuntimeError, exit 1, after the run had
+    started again) or trains on someone else's momentum."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, buffer in optimizer.state.get(p, {}).items():
+                if name == "step" or buffer is None:
+                    continue
+                if not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape or not buffer.is_floating_point():
+                    what = f"a {type(buffer).__name__}" if not isinstance(buffer, torch.Tensor) else f"of shape {tuple(buffer.shape)}"
+                    raise _bad(path, "optimizer", f"buffer {name!r} is {what}, for a parameter of shape {tuple(p.shape)}")
 
 
 def check_selected_model(selected: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:

@@ -3,6 +3,7 @@ an interrupted one from its checkpoint to the same final weights."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,19 +14,19 @@ import torch
 
 from ..choices import parse_recipe_name
 from ..checkpoint import load_checkpoint
-from ..files import check_run_dir, claim_run_dir, remove_stale_temporaries
+from ..files import check_run_dir, claim_run_dir, one_writer, remove_stale_temporaries
 from .. import run_files
 from ..config import DERIVED, FIELDS, RESUME_LENGTH, RESUME_OPTIONS, AdaptConfig, build_config, follow_new_length, option_name, to_yaml
 from ..yaml_files import read_config_fields
 from ..device import pick_device
 from ..distributed import env_rank, setup, shared, teardown
-from ..errors import InputError, plural, reason
+from ..errors import InputError, reason
 from ..images import require_regular
 from ..progress import no_events
 from .build import build
-from .checkpoint_schema import check_checkpoint_state, check_selected_model
+from .checkpoint_schema import check_checkpoint_state, check_optimizer_state, check_selected_model
 from .loop import train
-from .run_dir import CHECKPOINT_FORMAT, set_aside_metrics, write
+from .run_dir import CHECKPOINT_FORMAT, set_aside_earlier_run, set_aside_metrics, set_aside_stopped_export, write
 from .signals import stop_at_once
 from .state import LoopState, Progress, Training
 
@@ -60,41 +61,18 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     try:
         with stop_at_once("nothing was written", "start the run again"):
             t = _shared(build, cfg, d, progress if d.main else no_events, device)
-        run_dir = None
-        if d.main:  # only rank 0 writes
-            if exist_ok and out is not None:
-                _say_replaced(Path(out))
-            run_dir = claim_run_dir(out, exist_ok)
-            write(run_dir / run_files.CONFIG, to_yaml(t.cfg), None)
-            write(run_dir / run_files.METRICS, "", None)
-        return train(t, run_dir, LoopState(), progress)
+        with contextlib.ExitStack() as writing:
+            run_dir = None
+            if d.main:  # only rank 0 writes
+                run_dir = claim_run_dir(out, exist_ok)
+                writing.enter_context(one_writer(run_dir))
+                if exist_ok and out is not None:
+                    set_aside_earlier_run(run_dir)
+                write(run_dir / run_files.CONFIG, to_yaml(t.cfg), None)
+                write(run_dir / run_files.METRICS, "", None)
+            return train(t, run_dir, LoopState(), progress)
     finally:
         teardown()
-
-
-def _say_replaced(out: Path) -> None:
-    """--exist-ok into a used folder: which of its files this run replaces, and which it leaves."""
-    try:
-        names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    except OSError:
-        return  # no folder yet (or unreadable: claiming it says why)
-    replaced = [n for n in run_files.RUN_FILES if n in names]
-    if not replaced:
-        return
-    rows = _rows(out / run_files.METRICS)
-    shown = [f"{n} ({plural(rows, 'logged row')})" if n == run_files.METRICS and rows else n for n in replaced]
-    others = [n for n in names if n not in run_files.RUN_FILES]
-    log.warning("--exist-ok: this run replaces %s in %s%s", ", ".join(shown), out,
-                f"; {plural(len(others), 'other file')} there ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
-                f"{'is' if len(others) == 1 else 'are'} left as {'it is' if len(others) == 1 else 'they are'}" if others else "")
-
-
-def _rows(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except OSError:
-        return 0
 
 
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = no_events) -> dict[str, Any]:
@@ -103,6 +81,13 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run directory {run_dir} does not exist", "pass the folder of the interrupted run")
+    with contextlib.ExitStack() as writing:
+        if env_rank() == 0:
+            writing.enter_context(one_writer(run_dir))  # before anything is read: a run still training is not resumed under it
+        return _resume(run_dir, overrides, progress)
+
+
+def _resume(run_dir: Path, overrides: dict[str, Any] | None, progress: Progress) -> dict[str, Any]:
     path = run_dir / run_files.CHECKPOINT
     if not os.path.lexists(path):
         raise InputError(f"{run_dir} holds no {run_files.CHECKPOINT}", "the run stopped before its first save; start it again")
@@ -125,11 +110,13 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
             return train(t, None, state, no_events, rng=ckpt["rng"])
         remove_stale_temporaries(run_dir)
         set_aside_metrics(run_dir / run_files.METRICS, state.iteration)
-        if read_config_fields(run_dir / run_files.CONFIG).get("iters") != t.cfg.iters:
+        set_aside_stopped_export(run_dir)
+        if ckpt["config"].get("iters") != t.cfg.iters:
             # --iters changed: config.yaml says the length the run now has (a replay makes this run)
             log.info("resuming at iteration %d with --iters %d (was %s): the schedule follows the new length", done, t.cfg.iters,
                      ckpt["config"].get("iters"))
-            write(run_dir / run_files.CONFIG, to_yaml(t.cfg), done)
+            if read_config_fields(run_dir / run_files.CONFIG).get("iters") != t.cfg.iters:
+                write(run_dir / run_files.CONFIG, to_yaml(t.cfg), done)
         return train(t, run_dir, state, progress, rng=ckpt["rng"])
     finally:
         teardown()
@@ -158,9 +145,15 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
     """The run's config and the checkpoint's iteration, once both are known to be the run's own:
     read before anything in the run directory changes."""
     old = {**BEFORE_OPTIONS, "cdan_map": "randomized" if "rf" in (ckpt.get("multilinear") or {}) else "full"}
+    config_yaml = run_dir / run_files.CONFIG
     try:
         saved, done = ckpt["config"], ckpt["loop"]["iteration"]
         values = {**old, **saved}
+        declared_iters = read_config_fields(config_yaml).get("iters") if config_yaml.is_file() else None
+        if "iters" not in overrides and isinstance(declared_iters, int) and declared_iters != values.get("iters"):
+            # a resume that changed the length writes config.yaml first: stopped before its next
+            # save, the checkpoint still says the old length, and config.yaml the one asked for
+            overrides = {**overrides, "iters": declared_iters}
         if "iters" in overrides and overrides["iters"] != values.get("iters"):
             _check_new_length(run_dir, overrides["iters"], done, values.get("iters"))
             follow_new_length(values)  # the schedule follows the new length, unless the run was given its own
@@ -171,7 +164,6 @@ def _checked(ckpt: dict[str, Any], run_dir: Path, path: Path, overrides: dict[st
         raise InputError(f"{path} is damaged: it says it was saved at iteration {done!r}, and the run has {cfg.iters}",
                          "start the run again")
     check_checkpoint_state(ckpt, path)
-    config_yaml = run_dir / run_files.CONFIG
     if not config_yaml.is_file():
         raise InputError(f"{run_dir} holds no {run_files.CONFIG} beside its checkpoint", "restore it from a backup, or start a new run")
     declared = read_config_fields(config_yaml)
@@ -246,6 +238,7 @@ def _restore(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path) -> Lo
             _restore_teacher(t, ckpt, path)
         built = [group["base_lr"] for group in t.optimizer.param_groups]
         t.optimizer.load_state_dict(ckpt["optimizer"])
+        check_optimizer_state(t.optimizer, path)
         for group, base_lr in zip(t.optimizer.param_groups, built):
             # checkpoints written before golabels stored base_lr: the config gives the same value
             group.setdefault("base_lr", base_lr)
@@ -256,6 +249,6 @@ def _restore(t: Training, run_dir: Path, ckpt: dict[str, Any], path: Path) -> Lo
         state = LoopState(**ckpt["loop"], selected_weights=ckpt.get("selected_model") or None)
         if state.pseudo_labels is not None and len(state.pseudo_labels) != len(t.target):
             state.pseudo_labels = None  # of another target folder: --balance-target draws uniformly until the next estimate
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise InputError(f"{path} does not fit the run's own config ({reason(exc)})", "it is damaged; start the run again") from exc
     return state

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -14,7 +15,7 @@ from typing import IO, Any, Callable
 from .. import __version__
 from .. import run_files
 from ..files import atomic_path, torch_save_atomic, write_text_atomic
-from ..errors import RunError, reason
+from ..errors import InputError, RunError, plural, reason
 from ..formats import json_text
 from .runtime import environment, rng_state
 from .state import LoopState, Training
@@ -232,3 +233,67 @@ def set_aside_metrics(path: Path, iteration: int) -> Path | None:
     log.info("%d row%s of %s logged after iteration %d moved to %s: the resumed run logs them again",
              len(later), "" if len(later) == 1 else "s", path.name, iteration, aside.name)
     return aside
+
+
+def set_aside_earlier_run(run_dir: Path) -> Path | None:
+    """`adapt --exist-ok` into a folder holding an earlier run: every file golabels wrote there
+    (run_files.is_run_output) moves into RUN/earlier-run/ (-2, -3, ...), so that nothing of the
+    earlier run stays beside the new one's files (the checkpoint a search never writes, an export
+    of the old model, its mosaic) and nothing of it is lost. Says so once; returns the folder,
+    None when the folder held no run. Other files are left where they are."""
+    try:
+        entries = sorted(p.name for p in run_dir.iterdir())
+    except OSError:
+        return None
+    names = [n for n in entries if run_files.is_run_output(n)]
+    if not names:
+        return None
+    rows = _line_count(run_dir / run_files.METRICS)
+    n = 1
+    try:
+        while True:
+            aside = run_dir / run_files.earlier_run(n)
+            try:
+                aside.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+        for name in names:
+            os.rename(run_dir / name, aside / name)
+    except OSError as exc:
+        raise InputError(f"cannot move the earlier run's files in {run_dir} aside ({reason(exc)})",
+                         "pass another --out, or a folder you can write to") from exc
+    shown = [f"{name} ({plural(rows, 'logged row')})" if name == run_files.METRICS and rows else name for name in names]
+    others = [name for name in entries if name not in names and not name.startswith(".")]
+    left = f"; {plural(len(others), 'other file')} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) left as " + (
+        "it is" if len(others) == 1 else "they are") if others else ""
+    log.warning("--exist-ok: %s held an earlier run: %s moved to %s%s", run_dir, ", ".join(shown), aside, left)
+    return aside
+
+
+def set_aside_stopped_export(run_dir: Path) -> Path | None:
+    """A resume: model.onnx in the run folder was exported from the stopped run, not from the
+    model the run will ship; renamed to model-before-resume.onnx (-2, ...) and said, so that a
+    stale export never sits beside the finished model under the name export gives it."""
+    export = run_dir / run_files.ONNX_MODEL
+    if not os.path.lexists(export):
+        return None
+    n = 1
+    while os.path.lexists(run_dir / run_files.stopped_export(n)):
+        n += 1
+    aside = run_dir / run_files.stopped_export(n)
+    try:
+        os.rename(export, aside)  # one writer holds the folder: nothing can take the name meanwhile
+    except OSError as exc:
+        raise InputError(f"cannot rename {export}, an export of the stopped run ({reason(exc)})",
+                         "move it out of the run folder, then resume") from exc
+    log.warning("%s was exported before the run ended: renamed %s; export again when the run ends", export, aside.name)
+    return aside
+
+
+def _line_count(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0

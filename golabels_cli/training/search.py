@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import run_files
 from ..checkpoint import load_model, save_model
-from ..files import check_run_dir, claim_run_dir
+from ..files import check_run_dir, claim_run_dir, one_writer
 from ..choices import AGREEMENT, AUTO_METHOD, ENSEMBLE, STUDENT, STUDENT_RECIPE, parse_recipe_name, parse_search_recipes
 from ..config import AdaptConfig, build_config, candidate_config, to_yaml
 from ..data import ImageSet, scan_unlabeled
@@ -49,7 +49,7 @@ from ..remedies import SMALL_TARGET, SMALL_TARGET_LOSS
 from ..validators import LABEL_FREE, better, metric_key
 from ..yaml_files import read_config_fields, run_config
 from . import run
-from .run_dir import write
+from .run_dir import set_aside_earlier_run, set_aside_stopped_export, write
 from .search_checks import check_search_folder, finished_summary
 from .signals import stop_requests
 from .state import Progress
@@ -101,18 +101,23 @@ def adapt_search(cfg: AdaptConfig, out: str | Path | None, exist_ok: bool, progr
     for recipe in parse_search_recipes(cfg.search_recipes):
         candidate_config(cfg, recipe)
     run_dir = claim_run_dir(out, exist_ok)
-    if exist_ok and (run_dir / CANDIDATES).exists():
-        raise InputError(f"{run_dir} already holds a search's {CANDIDATES}/", f"resume it with golabels adapt --resume {run_dir}, "
-                         "or pass another --out")
-    write(run_dir / run_files.CONFIG, to_yaml(cfg), None)
-    return run_search(cfg, run_dir, {}, progress)
+    with one_writer(run_dir):
+        if exist_ok and (run_dir / CANDIDATES).exists():
+            raise InputError(f"{run_dir} already holds a search's {CANDIDATES}/", f"resume it with golabels adapt --resume {run_dir}, "
+                             "or pass another --out")
+        if exist_ok:
+            set_aside_earlier_run(run_dir)
+        write(run_dir / run_files.CONFIG, to_yaml(cfg), None)
+        return run_search(cfg, run_dir, {}, progress)
 
 
 def resume_search(run_dir: Path, cfg: AdaptConfig, overrides: dict[str, Any], progress: Progress = no_events) -> dict[str, Any]:
     """Continue a search: the finished candidates read, the interrupted one resumed, the rest run."""
-    if (run_dir / run_files.SUMMARY).is_file() and (run_dir / run_files.MODEL).is_file():
-        raise InputError(f"search {run_dir} is already complete", "evaluate or export it, or start a new run")
-    return run_search(cfg, run_dir, overrides, progress)
+    with one_writer(run_dir):
+        if (run_dir / run_files.SUMMARY).is_file() and (run_dir / run_files.MODEL).is_file():
+            raise InputError(f"search {run_dir} is already complete", "evaluate or export it, or start a new run")
+        set_aside_stopped_export(run_dir)
+        return run_search(cfg, run_dir, overrides, progress)
 
 
 def run_search(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], progress: Progress) -> dict[str, Any]:
