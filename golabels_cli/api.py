@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,18 @@ def _checked_config(cfg: Any) -> AdaptConfig:
     return build_config(dataclasses.asdict(cfg))
 
 
+def _path(name: str, value: Any, optional: bool = False) -> None:
+    """A path argument is a str or an os.PathLike (bytes and lists are not): InputError naming it,
+    not a TypeError from deep inside."""
+    if value is None and optional:
+        return
+    if not isinstance(value, (str, os.PathLike)) or isinstance(os.fspath(value), bytes):
+        shown = repr(value)
+        raise InputError(f"{name} must be a path (str or Path), got {type(value).__name__} "
+                         f"{shown if len(shown) <= 60 else shown[:57] + '...'}", "os.fsdecode() turns bytes into a str path"
+                         if isinstance(value, bytes) else None)
+
+
 def _count(name: str, value: Any, least: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise InputError(f"{name} must be an integer of at least {least}, got {value!r}")
@@ -210,6 +223,7 @@ def resume(run_dir: str | Path, progress: Callable[[Any], None] | None = None, *
     from .progress import no_events
     from .training import resume as train_on
 
+    _path("run_dir", run_dir)
     refused = sorted(set(overrides) - set(RESUME_OPTIONS) - set(RESUME_LENGTH))
     if refused:
         raise InputError(f"{refused[0]} can't change on resume: a resumed run keeps its own config",
@@ -222,6 +236,8 @@ def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto
     """Accuracy, per-class accuracy and the confusion matrix of a run's model on a labeled folder."""
     from .evaluate import evaluate as evaluate_model
 
+    _path("run_or_model", run_or_model)
+    _path("data_dir", data_dir)
     _count("batch_size", batch_size, 1)
     _count("workers", workers, 0)
     check_choice("device", device, DEVICES)
@@ -235,6 +251,8 @@ def export_onnx(run_or_model: str | Path, output: str | Path | None = None, opse
     verified against PyTorch; never replaces a file unless `exist_ok`."""
     from .export import export_onnx as export_model
 
+    _path("run_or_model", run_or_model)
+    _path("output", output, optional=True)
     for name, value in (("opset", opset), ("batch", batch)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):  # the range is export's to name
             raise InputError(f"{name} must be an integer, got {value!r}")
@@ -251,6 +269,9 @@ def predict(model: str | Path, images: str | Path | Iterable[str | Path], device
     goes to `on_skip(path, why)` (default: a warning) and the others go on."""
     from .predict import iter_inputs, open_predictor, warn_skipped
 
+    _path("model", model)
+    if isinstance(images, (bytes, bytearray)):
+        _path("images", images)
     if isinstance(images, (str, Path)):
         images = [images]  # one path, not its characters
     try:
@@ -286,6 +307,7 @@ def report(run_dir: str | Path, plots: bool = False) -> Report:
     from .report import is_search, load_run, load_search
     from .results import write_plots
 
+    _path("run_dir", run_dir)
     if is_search(run_dir):
         return Report(load_search(run_dir))
     record = load_run(run_dir)

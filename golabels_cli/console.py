@@ -221,6 +221,7 @@ class AdaptProgress:
         self.started = self.last_plain = time.perf_counter()
         self.recent.clear()
         self.terms = event.terms
+        self.last_row, self.last_stats = None, ""  # a search's next candidate: not the previous one's figures
         stderr.print(f"adapting on {event.device}; run directory: {event.run_dir}"
                      + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""), markup=False)
         legend = [LEGEND[t] for t in event.terms]

@@ -5,7 +5,8 @@ Torch-free, because `golabels predict model.onnx` reads it on onnxruntime alone.
 ONNX metadata (`metadata_props`, every value a string) is flat so that plain Python can use it:
 
     golabels_format   "golabels-onnx/1"
-    classes           JSON list of class names, in output order
+    classes           JSON list of class names, in output order; a name that is not UTF-8 written with
+                      \\xNN escapes, its bytes base64 in classes_base64 (null for the others)
     input_size        JSON [3, height, width]
     mean, std         JSON lists of 3 floats (applied after scaling pixels to [0, 1])
     interpolation     bilinear | bicubic | nearest | ...
@@ -17,6 +18,7 @@ ONNX metadata (`metadata_props`, every value a string) is flat so that plain Pyt
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from pathlib import Path
 from . import __version__
 from .choices import MAX_MEMBERS
 from .errors import InputError
+from .formats import utf8_safe
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # images.py's resampling filters
 CROP_MODES = ("center", "squash", "border")
@@ -134,7 +137,7 @@ class ModelInfo:
         cfg = self.data_config
         return {
             "golabels_format": ONNX_FORMAT,
-            "classes": json.dumps(self.classes),
+            **_names_metadata("classes", self.classes),
             "input_size": json.dumps(cfg["input_size"]),
             "mean": json.dumps(cfg["mean"]),
             "std": json.dumps(cfg["std"]),
@@ -165,7 +168,7 @@ class ModelInfo:
             }
             info = cls(
                 backbone=meta["backbone"],
-                classes=json.loads(meta["classes"]),
+                classes=_names_from_metadata(meta, "classes"),
                 data_config=data_config,
                 bottleneck_dim=int(meta.get("bottleneck_dim", "0")),
                 method=meta["method"],
@@ -176,3 +179,28 @@ class ModelInfo:
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it: golabels export RUN_DIR --onnx") from exc
         return info.check(path)
+
+
+def _names_metadata(key: str, names: list[str]) -> dict[str, str]:
+    """Names as ONNX metadata, valid UTF-8 for any reader: a name that is not (a class folder in
+    Latin-1) is written with \\xNN escapes and its raw bytes base64 under KEY_base64, as every JSON
+    output of golabels writes it (formats.py); JSON's \\udcNN escapes of lone surrogates, written
+    before, are text no strict reader takes."""
+    safe = utf8_safe({key: names})
+    out = {key: json.dumps(safe[key])}
+    if f"{key}_base64" in safe:
+        out[f"{key}_base64"] = json.dumps(safe[f"{key}_base64"])
+    return out
+
+
+def _names_from_metadata(meta: dict[str, str], key: str) -> list[str]:
+    """_names_metadata read back: each name as the file system gave it (its bytes where they were
+    not UTF-8). Models exported before KEY_base64 carry the names themselves."""
+    names = json.loads(meta[key])
+    if f"{key}_base64" not in meta:
+        return names
+    raw = json.loads(meta[f"{key}_base64"])
+    if not isinstance(names, list) or not isinstance(raw, list) or len(raw) != len(names):
+        raise ValueError(f"{key}_base64 does not match {key}")
+    return [name if encoded is None else base64.b64decode(encoded, validate=True).decode("utf-8", "surrogateescape")
+            for name, encoded in zip(names, raw)]

@@ -68,7 +68,8 @@ def _is_metrics_row(row: Any) -> bool:
 def load_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise InputError(f"run directory {run_dir} does not exist", "pass a folder written by golabels adapt")
+        what = "is a file, not a folder" if os.path.lexists(run_dir) else "does not exist"
+        raise InputError(f"run directory {run_dir} {what}", "pass a folder written by golabels adapt")
     metrics, config_path = run_dir / run_files.METRICS, run_dir / run_files.CONFIG
     for path in (metrics, config_path, run_dir / run_files.SUMMARY):
         if os.path.lexists(path):  # a FIFO would block the read for ever; a folder is no file of a run

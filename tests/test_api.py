@@ -137,6 +137,16 @@ def test_evaluate_export_and_predict_check_their_arguments(exported, domains, tm
         (lambda: list(golabels.predict(run, [target], batch_size=0)), "batch_size must be an integer of at least 1"),
         (lambda: list(golabels.predict(run, [3])), "images must be paths (str or Path), got int 3"),
         (lambda: list(golabels.predict(run, 3)), "images must be a path or an iterable of paths, got int"),
+        # issue 54 item 14: bytes were walked as ints ("got int 47"); None, bytes or a list as a path were TypeErrors
+        (lambda: list(golabels.predict(run, b"/p")), "images must be a path (str or Path), got bytes b'/p'"),
+        (lambda: list(golabels.predict(None, [target])), "model must be a path (str or Path), got NoneType"),
+        (lambda: golabels.evaluate(run, [target]), "data_dir must be a path (str or Path), got list"),
+        (lambda: golabels.export_onnx(b"run"), "run_or_model must be a path (str or Path), got bytes"),
+        (lambda: golabels.report(None), "run_dir must be a path (str or Path), got NoneType"),
+        (lambda: golabels.report(b"run"), "run_dir must be a path (str or Path), got bytes"),
+        (lambda: golabels.report([run]), "run_dir must be a path (str or Path), got list"),
+        (lambda: golabels.report(run / "config.yaml"), "config.yaml is a file, not a folder"),
+        (lambda: golabels.resume(None), "run_dir must be a path (str or Path), got NoneType"),
     ]:
         with pytest.raises(InputError, match=re.escape(words)):
             call()

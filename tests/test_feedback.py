@@ -391,3 +391,23 @@ def subprocess_report(run, env):
                             env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def test_a_candidates_first_line_shows_none_of_the_previous_candidates_figures(capsys):
+    """Issue 54 item 15: piped, the first progress line of a search's second candidate showed the
+    first candidate's last lr, cls and tgt-acc."""
+    from golabels_cli.console import AdaptProgress
+    from golabels_cli.progress import CandidateStarted, RowLogged, RunStarted, StepDone
+
+    progress = AdaptProgress()
+    assert not progress.live  # the test's stderr is no terminal: plain lines
+    for index in range(2):
+        progress(CandidateStarted(index, 2, "mcc", f"run/candidates/{index}", None))
+        progress(RunStarted(f"run/candidates/{index}", 4, 0, "cpu", ["a", "b"], 1, ("cls",)))
+        progress(StepDone(1))
+        if index == 0:
+            progress(RowLogged({"iter": 4, "lr": 0.123, "loss_cls": 9.87, "target_acc": 0.555}))
+    lines = capsys.readouterr().err.splitlines()
+    first_of_second = [line for line in lines if line.startswith("iter 1/4")][-1]
+    assert "lr" not in first_of_second and "9.87" not in first_of_second and "0.555" not in first_of_second, first_of_second
+    assert any("cls 9.87" in line for line in lines)  # the first candidate's own line had them

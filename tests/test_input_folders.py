@@ -93,6 +93,16 @@ def test_every_output_reads_back_with_the_standard_parsers(copy_domains, tmp_pat
     assert latin and all(LATIN1 in _from_base64(row["path_base64"]) and "caf\\xe9" in row["path"] for row in latin)
     assert all(_from_base64(row["label_base64"]) == LATIN1 for row in lines if row["label"] == "caf\\xe9")
 
+    # issue 54 item 15: model.onnx's metadata held the name as a lone surrogate (\\udce9), no text a strict reader takes
+    import onnx
+
+    assert _run("export", run, "--onnx", "--no-verify").returncode == 0
+    meta = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
+    assert _strict_json(meta["classes"].encode("utf-8"))[0] == "caf\\xe9" and "\\udc" not in meta["classes"]
+    assert _from_base64(json.loads(meta["classes_base64"])[0]) == LATIN1
+    from_onnx = _run("predict", run / "model.onnx", target, "--format", "jsonl")
+    assert [_strict_json(line) for line in from_onnx.stdout.splitlines()] == lines  # the same labels, the same bytes
+
 
 def test_links_are_resolved_once_with_a_warning_for_each(copy_domains, tmp_path):
     source, target = copy_domains

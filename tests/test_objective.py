@@ -2,6 +2,7 @@
 loop, and a target loss as one module plus one registry line."""
 
 import copy
+import re
 import json
 
 import pytest
@@ -68,11 +69,29 @@ def test_a_plain_loop_with_the_public_objective_matches_golabels_step(domains):
     assert not torch.equal(model.head.weight, copy.deepcopy(build(tiny(*domains, method="cdan-e+mcc")).model.head.weight))  # it trained
 
 
-def test_objective_of_refuses_an_option_the_recipe_does_not_read():
-    with pytest.raises(ValueError, match="reads no option 'rsl_k'"):
-        Objective.of("cdan-e+mcc", 3, 8, rsl_k=3)
-    with pytest.raises(ValueError, match="unknown domain_labels 'goo'"):
-        Objective.of("dann", 3, 8, domain_labels="goo")
+@pytest.mark.parametrize("args, options, words", [
+    (("cdan-e+mcc", 3, 8), {"rsl_k": 3}, "cdan-e+mcc reads no option 'rsl_k'"),
+    (("dann", 3, 8), {"domain_labels": "goo"}, "unknown domain_labels 'goo'"),
+    # issue 54 item 14: a torch RuntimeError, a NaN loss, or nothing at all before
+    (("cdan-e", 3, -8), {}, "feature_dim must be a positive integer, got -8"),
+    (("cdan-e", -3, 8), {}, "num_classes must be a positive integer, got -3"),
+    (("mcc", 0, 8), {}, "num_classes must be a positive integer, got 0"),
+    (("mcc", 3, 8), {"mcc_temperature": 0}, "mcc_temperature must be positive, got 0"),
+    (("cdan-e", 3, 8), {"cdan_map": "zz"}, "unknown cdan_map 'zz'"),
+    (("cdan-e", 3, 8), {"trade_off": float("nan")}, "trade_off must be a finite number, got nan"),
+    (("mcc", 3, 8), {"domain_labels": "go"}, "domain_labels='go' sets a discriminator's targets, and mcc has no discriminator"),
+    (("aad", 3, 8), {"target_size": 0}, "target_size must be a positive integer, got 0"),
+    (("zzz", 3, 8), {}, "recipe 'zzz' is not a --method value"),
+], ids=["option", "domain-labels", "feature-dim", "negative-classes", "no-classes", "temperature", "cdan-map", "trade-off", "go-mcc",
+        "target-size", "recipe"])
+def test_objective_of_names_the_argument_it_refuses(args, options, words):
+    from golabels_cli.errors import InputError
+
+    with pytest.raises(InputError, match=re.escape(words)):
+        Objective.of(*args, **options)
+
+
+def test_objective_of_takes_a_recipe_own_options():
     assert Objective.of("mcc", 3, 8, mcc_temperature=2.5).options["mcc_temperature"] == 2.5
     assert list(Objective.of("mcc", 3, 8).parameters()) == []  # no discriminator
 

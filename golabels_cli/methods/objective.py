@@ -25,6 +25,7 @@ The step of golabels' own loop (training/step.py) is that call between its forwa
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -32,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import DOMAIN_LABEL_MODES
-from ..options import option_defaults
+from ..errors import InputError
+from ..options import FIELDS, declaration, option_defaults, value_kind
 from .adversarial import Adversary, Batch, Method, MultilinearMap, adversarial_loss
 from .bank import TargetBank
 from .recipe import StepOutput
@@ -74,22 +75,34 @@ class Objective:
         mcc_temperature=2.5). A neighbourhood loss (aad) needs `target_size`, the number of target
         images its bank remembers, fill it (objective.bank.fill) before the first step, and the
         step's target rows' indices (StepOutput.target_index). For a loop outside golabels."""
-        spec = get_recipe(recipe)
+        if not isinstance(recipe, str):
+            raise InputError(f"recipe must be a --method value such as 'cdan-e+mcc', got {type(recipe).__name__}")
+        try:
+            spec = get_recipe(recipe)
+        except ValueError as exc:
+            raise InputError(f"recipe {recipe!r} is not a --method value ({exc})") from None
+        for name, value in (("num_classes", num_classes), ("feature_dim", feature_dim)):
+            _check_count(name, value)
+        unknown = set(options) - set(spec.options)
+        if unknown:
+            raise InputError(f"{recipe} reads no option {sorted(unknown)[0]!r}", f"its own: {', '.join(spec.options) or 'none'}")
+        values = {**option_defaults(spec.options), **options}
+        for name, value in {"trade_off": trade_off, "target_loss_weight": target_loss_weight, "domain_labels": domain_labels,
+                            "cdan_map": cdan_map, **values}.items():
+            _check_argument(name, value)
+        if domain_labels != "fixed" and not spec.adversarial:
+            raise InputError(f"domain_labels={domain_labels!r} sets a discriminator's targets, and {recipe} has no discriminator",
+                             "pass domain_labels='fixed', or a recipe with one (cdan-e, dann, ...)")
         disc = multilinear = None
         if spec.adversarial:
             disc = spec.alignment.discriminator(spec.alignment.discriminator_input_dim(feature_dim, num_classes, cdan_map))
             if spec.alignment.conditioned:
                 multilinear = MultilinearMap(feature_dim, num_classes, cdan_map=cdan_map)
-        if domain_labels not in DOMAIN_LABEL_MODES:
-            raise ValueError(f"unknown domain_labels {domain_labels!r}; choose one of {', '.join(DOMAIN_LABEL_MODES)}")
-        unknown = set(options) - set(spec.options)
-        if unknown:
-            raise ValueError(f"{recipe} reads no option {sorted(unknown)[0]!r}; its own: {', '.join(spec.options) or 'none'}")
-        values = {**option_defaults(spec.options), **options}
         bank = None
         if any(loss.bank for loss in spec.target_losses):
             if target_size is None:
-                raise ValueError(f"{recipe} keeps a bank of the target set: pass target_size, the number of target images")
+                raise InputError(f"{recipe} keeps a bank of the target set: pass target_size, the number of target images")
+            _check_count("target_size", target_size)
             bank = TargetBank(target_size, feature_dim, num_classes)
         return cls(spec.alignment, disc, multilinear, head, spec.target_losses, trade_off, target_loss_weight, domain_labels, values,
                    bank)
@@ -131,3 +144,24 @@ class Objective:
         logged = {"loss_cls": loss_cls.detach(), "loss_adv": loss_adv.detach(), "loss_extra": loss_extra.detach(),
                   "loss_target": loss_target.detach(), "loss_teacher": loss_teacher.detach(), **stats}
         return loss, logged
+
+
+def _check_count(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}"[:160])
+
+
+def _check_argument(name: str, value: Any) -> None:
+    """An argument of Objective.of checked as the command line checks the option it is (its type,
+    choices and range), named as the argument: InputError, not a NaN loss or a torch error later."""
+    spec, (kind, _) = declaration(FIELDS[name]), value_kind(FIELDS[name].type)
+    ok = {"str": isinstance(value, str), "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+          "bool": isinstance(value, bool)}[kind]
+    if not ok:
+        raise InputError(f"{name} must be {'a finite number' if kind == 'float' else 'an integer' if kind == 'int' else 'a ' + kind}, "
+                         f"got {value!r}"[:160])
+    if spec.choices and value not in spec.choices:
+        raise InputError(f"unknown {name} {value!r}", f"choose one of {', '.join(spec.choices)}")
+    if kind in ("int", "float") and not spec.in_range(value):
+        raise InputError(f"{name} must be {spec.range_text(kind)}, got {value!r}", spec.range_hint)
