@@ -164,3 +164,17 @@ def test_one_writer_per_run_folder(stopped_search, domains, tmp_path):
         assert tree(tmp_path) == before
     # the lock goes with the process that held it: the search resumes now
     assert cli_subprocess("adapt", "--resume", cut, "--quiet").returncode == 0
+
+
+def test_a_search_refused_in_its_first_build_leaves_no_run_folder(domains, tmp_path):
+    """Issue 55 item 7: offline without --weights, a search failed with a good line but left
+    runs/adapt/exp/config.yaml (the next run went to exp2); a single run leaves nothing."""
+    source, target = domains
+    args = ["adapt", source, target, "--backbone", "test_resnet", "--freeze-backbone", "--image-size", "32", "--device", "cpu"]
+    for extra in ([], ["--out", tmp_path / "new" / "run"]):
+        result = cli_subprocess(*args, *extra, cwd=tmp_path)  # pretrained weights, and no hub to fetch them from
+        assert result.returncode == 2 and "cannot fetch pretrained weights for test_resnet" in result.stderr, result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+    (tmp_path / "empty").mkdir()  # a folder of the user's: emptied of what the search wrote, kept
+    assert cli_subprocess(*args, "--out", tmp_path / "empty", cwd=tmp_path).returncode == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["empty"]

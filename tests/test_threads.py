@@ -107,3 +107,37 @@ def test_the_eta_follows_the_recent_rate_not_the_first_steps():
         speed = progress._speed(it, now)
     assert speed == pytest.approx(10.0, rel=0.02)  # the session's mean would say 6.3
     assert progress._eta(1010, speed) == "15 min"
+
+
+def test_a_search_measures_its_threads_once_and_resumes_with_them(domains, tmp_path):
+    """Issue 55 item 2: each candidate measured again, so a resumed search chose 2 threads where the
+    uninterrupted one chose 1 (the same accuracy, another model file). The first candidate's count
+    goes into the search's config.yaml; the others, and a resume, use it and measure nothing."""
+    from test_search import FROZEN
+
+    source, target = domains
+    env = _without_thread_settings()
+    if _torch_default_threads(env) < 2:
+        pytest.skip("one core: nothing to choose")
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "golabels_cli", "adapt", source, target, *TINY, *FROZEN, "--method", "auto",
+                             "--search-recipes", "mcc,bnm,source-only", "--search-pick", "ensemble", "--out", run],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    probes = [line for line in result.stderr.splitlines() if line.startswith("threads: ") and "for the training steps" in line]
+    assert len(probes) == 1, result.stderr
+    chosen = int(probes[0].split()[1])
+    assert f"threads: {chosen} for every candidate of the search, as mcc chose" in result.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == chosen
+    assert {yaml.safe_load((run / "candidates" / r / "config.yaml").read_text())["threads"] for r in ("mcc", "bnm", "source-only")} == {
+        chosen}
+    import shutil
+
+    for name in ("summary.json", "model.safetensors"):  # stopped before its last candidate
+        (run / name).unlink()
+    shutil.rmtree(run / "candidates" / "source-only")
+    resumed = subprocess.run([sys.executable, "-m", "golabels_cli", "adapt", "--resume", run], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "threads: " not in resumed.stderr  # nothing measured again
+    assert yaml.safe_load((run / "candidates" / "source-only" / "config.yaml").read_text())["threads"] == chosen

@@ -100,15 +100,42 @@ def adapt_search(cfg: AdaptConfig, out: str | Path | None, exist_ok: bool, progr
     check_run_dir(out, exist_ok, {"SOURCE": cfg.source, "TARGET": cfg.target, "--eval-dir": cfg.eval_dir})
     for recipe in parse_search_recipes(cfg.search_recipes):
         candidate_config(cfg, recipe)
+    existed = out is not None and os.path.lexists(out)
+    new_parents = [p for p in (Path(out) if out is not None else Path("runs/adapt/exp")).absolute().parents if not p.exists()]
     run_dir = claim_run_dir(out, exist_ok)
-    with one_writer(run_dir):
-        if exist_ok and (run_dir / CANDIDATES).exists():
-            raise InputError(f"{run_dir} already holds a search's {CANDIDATES}/", f"resume it with golabels adapt --resume {run_dir}, "
-                             "or pass another --out")
-        if exist_ok:
-            set_aside_earlier_run(run_dir)
-        write(run_dir / run_files.CONFIG, to_yaml(cfg), None)
-        return run_search(cfg, run_dir, {}, progress)
+    written = False  # config.yaml: this search's own (the empty claim of a folder it made, or its config)
+    try:
+        with one_writer(run_dir):
+            if exist_ok and (run_dir / CANDIDATES).exists():
+                raise InputError(f"{run_dir} already holds a search's {CANDIDATES}/", f"resume it with golabels adapt --resume "
+                                 f"{run_dir}, or pass another --out")
+            if exist_ok:
+                set_aside_earlier_run(run_dir)
+            write(run_dir / run_files.CONFIG, to_yaml(cfg), None)
+            written = True
+            return run_search(cfg, run_dir, {}, progress)
+    except InputError:
+        if written or not existed:
+            _remove_if_untouched(run_dir, not existed, new_parents)
+        raise
+
+
+def _remove_if_untouched(run_dir: Path, made: bool, new_parents: list[Path]) -> None:
+    """A search refused before its first candidate wrote anything (its backbone's weights cannot be
+    fetched, its data is refused in the first build) takes back what it wrote, as a single run's
+    refusal leaves nothing and the next run is not exp2: its config.yaml and empty folders, the run
+    directory when this search `made` it, and the parents it made. Anything else stops it."""
+    contents = list(run_dir.rglob("*"))
+    files = [p for p in contents if not p.is_dir() or p.is_symlink()]
+    if files not in ([], [run_dir / run_files.CONFIG]):
+        return
+    for path in sorted(contents, key=lambda p: len(p.parts), reverse=True):
+        path.unlink() if path in files else path.rmdir()
+    for folder in ([run_dir] if made else []) + new_parents:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
 
 
 def resume_search(run_dir: Path, cfg: AdaptConfig, overrides: dict[str, Any], progress: Progress = no_events) -> dict[str, Any]:
@@ -169,6 +196,7 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
             except RunError as exc:
                 raise RunError(f"candidate {recipe} of the search failed: {exc.message}",
                                f"{exc.hint}; or leave it out with --search-recipes" if exc.hint else None) from None
+        cfg = _threads_of_the_search(cfg, run_dir, folder)
         adversarial = parse_recipe_name(recipe).adversarial
         if summary.get("seconds") and not summary.get("resumed_at"):
             pace[adversarial] = summary["seconds"] / max(summary["iters"], 1)
@@ -176,6 +204,24 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
         first = first or summary
     return _finish(cfg, run_dir, records, first, time.perf_counter() - started, overrides, progress, stop,
                    _seconds_left(stages[len(recipes):], cfg.iters, pace))
+
+
+def _threads_of_the_search(cfg: AdaptConfig, run_dir: Path, folder: Path) -> AdaptConfig:
+    """The search decides its threads once: the count its first finished candidate measured (or
+    was given) goes into the search's config.yaml, and every later candidate, the student and a
+    resume take it from there. Measured again per candidate, a resumed search could choose 2 where
+    the uninterrupted one chose 1: the same accuracy, another model file."""
+    if cfg.threads is not None:
+        return cfg
+    chosen = read_config_fields(folder / run_files.CONFIG).get("threads")
+    if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen < 0:
+        return cfg
+    cfg = dataclasses.replace(cfg, threads=chosen)
+    declared = read_config_fields(run_dir / run_files.CONFIG)
+    write(run_dir / run_files.CONFIG, to_yaml(build_config({**declared, "threads": chosen})), None)
+    log.info("threads: %s for every candidate of the search, as %s chose (in %s)",
+             chosen or "torch's default", folder.name, run_dir / run_files.CONFIG)
+    return cfg
 
 
 def _clear_unstarted(folder: Path) -> None:

@@ -98,8 +98,8 @@ def _same_options(folder: Path, expected: AdaptConfig, search_config: Path) -> N
     path = folder / run_files.CONFIG
     theirs = read_config_fields(path)
     for key, ours in dataclasses.asdict(expected).items():
-        if key in RESUME_OPTIONS or key not in FIELDS or key not in theirs or ours is None:
-            continue
+        if key in RESUME_OPTIONS or key not in FIELDS or key not in theirs or ours is None or key == "threads":
+            continue  # threads: decided by the first candidate (older searches measured per candidate); it moves rounding only
         if key == "teacher" and isinstance(theirs[key], str) and Path(theirs[key]).resolve() == Path(ours).resolve():
             continue  # the student's teacher, named from wherever the search was started or resumed
         if theirs[key] != ours:
