@@ -10,6 +10,7 @@ import collections
 import logging
 import os
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -53,6 +54,22 @@ class _OneLine(logging.Filter):
         return True
 
 
+class _SaidOnce(logging.Filter):
+    """During a search (AdaptProgress sets `said`), a line said before is not said again: each
+    candidate's run would repeat the random-backbone warning, the cache lines and the decoding."""
+
+    said: set[tuple[int, str]] | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SaidOnce.said is None or record.levelno >= logging.ERROR:
+            return True
+        key = (record.levelno, record.getMessage())
+        if key in _SaidOnce.said:
+            return False
+        _SaidOnce.said.add(key)
+        return True
+
+
 class _ConsoleHandler(logging.Handler):
     """Log records as the rest of golabels' lines read: info plain, `warning: ...`, `error: ...`;
     through the stderr console, so a live progress bar stays below them."""
@@ -78,6 +95,7 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> None:
     logger.propagate = False
     handler = _ConsoleHandler()
     handler.addFilter(_OneLine())
+    handler.addFilter(_SaidOnce())
     logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else (logging.DEBUG if debug else logging.INFO))
 
@@ -189,6 +207,10 @@ class AdaptProgress:
         self.last_row: dict[str, Any] | None = None
         self.terms: tuple[str, ...] = tuple(LEGEND)
         self.data_shown = False  # a search's candidates read the same folders: their report once
+        # In a search (after its first CandidateStarted): what is common is said once, each candidate
+        # gets its start line, its progress and one result line, and the lines fit SEARCH_COLUMNS.
+        self.candidate: CandidateStarted | None = None
+        self.explained: set[str] = set()  # the progress terms the legend has explained in this search
 
     def __call__(self, event: RunEvent) -> None:
         if self.quiet:
@@ -199,6 +221,9 @@ class AdaptProgress:
             self.data_shown = True
         elif isinstance(event, CandidateStarted):
             self.close()
+            if self.candidate is None:
+                _SaidOnce.said = set()
+            self.candidate = event
             left = f"; the search has about {duration(event.seconds_left)} left" if event.seconds_left is not None else ""
             stderr.print(f"--method auto: candidate {event.index + 1} of {event.total}, {event.recipe}{left}", markup=False, style="bold")
         elif isinstance(event, RunStarted):
@@ -211,6 +236,10 @@ class AdaptProgress:
             self._log(event.row)
         elif isinstance(event, RunFinished):
             self.close()
+            if self.candidate is not None and "search" not in event.summary:
+                stderr.print(candidate_result_line(self.candidate.recipe.split(" (")[0], event.summary), markup=False)
+            elif "search" in event.summary:
+                self.candidate, _SaidOnce.said = None, None
 
     def _say(self, text: str) -> None:
         (self.bar.console if self.bar is not None else stderr).print(text, markup=False)
@@ -222,12 +251,24 @@ class AdaptProgress:
         self.recent.clear()
         self.terms = event.terms
         self.last_row, self.last_stats = None, ""  # a search's next candidate: not the previous one's figures
-        stderr.print(f"adapting on {event.device}; run directory: {event.run_dir}"
-                     + (f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""), markup=False)
-        legend = [LEGEND[t] for t in event.terms]
-        if not self.live:  # the plain lines show the schedule too
+        resuming = f" (resuming at iteration {self.first_iter} of {self.total})" if self.first_iter else ""
+        if self.candidate is None:
+            stderr.print(f"adapting on {event.device}; run directory: {event.run_dir}{resuming}", markup=False)
+        elif not self.explained or resuming:  # the candidates' folders are the search's: said once
+            stderr.print(f"adapting on {event.device}: {event.run_dir}{resuming}", markup=False)
+        terms = [t for t in event.terms if t not in self.explained]
+        legend = [LEGEND[t] for t in terms]
+        if not self.live and "lr" not in self.explained:  # the plain lines show the schedule too
             legend.append("lr: learning rate" + ("; lambda: the gradient reversal's weight" if "adv" in event.terms else ""))
-        stderr.print("progress terms: " + "; ".join(legend), markup=False, style="dim")
+            terms.append("lr")
+        elif not self.live and "adv" in terms:
+            legend.append("lambda: the gradient reversal's weight")
+        if self.candidate is not None:
+            self.explained.update(terms)
+            for line in textwrap.wrap("progress terms: " + "; ".join(legend), SEARCH_COLUMNS) if legend else []:
+                stderr.print(line, markup=False, style="dim")
+        else:
+            stderr.print("progress terms: " + "; ".join(legend), markup=False, style="dim")
         if self.live:
             self.bar = _TwoLineProgress(
                 TextColumn("adapt"), BarColumn(bar_width=20), MofNCompleteColumn(),
@@ -297,16 +338,17 @@ class AdaptProgress:
 
     def _log(self, row: dict[str, Any]) -> None:
         self.last_row = row
+        shown = is_evaluation_row(row) and self.candidate is None  # a search's candidate says its validators once, at its end
         if self.bar is not None:
             self.last_stats = self.stats_text(row)
             self.bar.update(self.task, stats=self.last_stats)
-            if is_evaluation_row(row):
+            if shown:
                 self.bar.console.print(self.eval_text(row), markup=False)
             return
         now = time.perf_counter()
-        if is_evaluation_row(row):
+        if shown:
             sys.stderr.write(self.eval_text(row) + "\n")
-        if now - self.last_plain >= self.PLAIN_INTERVAL_S or row["iter"] == self.total or is_evaluation_row(row):
+        if now - self.last_plain >= self.PLAIN_INTERVAL_S or row["iter"] == self.total or shown:
             self._plain_line(row["iter"], now, row)
 
     def _plain_line(self, it: int, now: float, row: dict[str, Any] | None) -> None:
@@ -322,6 +364,22 @@ class AdaptProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+SEARCH_COLUMNS = 100  # a search's own lines fit a terminal this wide
+
+
+def candidate_result_line(recipe: str, summary: dict[str, Any]) -> str:
+    """A search's candidate in one line: its seconds and the validators of the snapshot it ships."""
+    shipped = (summary.get("selected") or {}).get("iter")
+    evals = summary.get("evals") or []
+    last = next((e for e in evals if e.get("iter") == shipped), evals[-1] if evals else {})
+    figures = " ".join(f"{name} {fmt(last.get(key), '.3f')}" for key, name in NAMES.items() if key in last and key != "target_acc")
+    if last.get("target_acc") is not None:
+        figures += f" | tgt-acc {last['target_acc']:.3f}"
+    seconds = summary.get("seconds")
+    took = f" in {duration(seconds)}" if isinstance(seconds, (int, float)) else ""
+    return f"  {recipe}{took}: {figures}"[:SEARCH_COLUMNS]
 
 
 def frozen_path_text(hint: FrozenPathHint) -> str:

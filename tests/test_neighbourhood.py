@@ -62,7 +62,9 @@ def test_aad_pulls_a_prediction_toward_its_neighbours_and_pushes_a_batch_apart()
 
 
 def test_objective_of_a_neighbourhood_recipe_needs_the_target_size():
-    with pytest.raises(ValueError, match="target_size"):
+    from golabels_cli.errors import InputError
+
+    with pytest.raises(InputError, match="target_size"):
         Objective.of("cdan-e+aad", num_classes=3, feature_dim=8)
     objective = Objective.of("aad", num_classes=3, feature_dim=8, target_size=10, aad_neighbours=2)
     assert objective.bank.features.shape == (10, 8) and objective.options["aad_neighbours"] == 2

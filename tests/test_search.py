@@ -237,3 +237,25 @@ def test_a_damaged_members_list_is_refused_naming_the_field(searched, tmp_path):
     meta["members"] = json.dumps(["mcc"])
     with pytest.raises(InputError, match="bad members"):
         ModelInfo.from_metadata(meta, tmp_path / "model.safetensors")
+
+
+def test_a_search_speaks_once(domains, tmp_path):
+    """Issue 55 item 3: each candidate repeated the warnings, the cache lines, the run directory,
+    the legend and its validator lines (85 lines for this search, up to 296 columns). What is
+    common is said once; each candidate has its start line, its progress and one result line;
+    every line fits 100 columns."""
+    source, target = domains
+    result = cli_subprocess("adapt", source, target, *TINY, *FROZEN, "--out", tmp_path / "run")  # the default search, piped
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    shown = [line.replace(str(tmp_path), "/tmp/x") for line in lines]  # a user's paths are theirs; pytest's are long
+    assert max(map(len, shown)) <= 100, [line for line in shown if len(line) > 100]
+    recipes = ["cdan-e+bnm", "cdan-e+mcc", "mcc", "bnm", "source-only", "student"]
+    assert sum(line.startswith("--method auto: candidate ") for line in lines) == len(recipes)
+    assert [line.split()[0] for line in lines if line.startswith("  ")] == recipes  # one result line each, in order
+    for once in ("warning: --freeze-backbone on a random backbone", "adapting on cpu"):
+        assert sum(line.startswith(once) for line in lines) == 1, (once, result.stderr)
+    reused = [line for line in lines if "reused from the cache" in line]
+    assert len(reused) == len(set(reused)) <= 3, result.stderr  # source, held-out source, target: each said once
+    assert not [line for line in lines if " validators: " in line]  # in the result lines and the table instead
+    assert len(lines) <= 42, result.stderr

@@ -34,7 +34,7 @@ def test_the_frozen_path_measures_its_threads_logs_and_records_the_choice(domain
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("threads: ")]
     assert len(lines) == 1, result.stderr
-    assert "for the training steps" in lines[0] and "(1 thread " in lines[0] and "--threads N" in lines[0], result.stderr
+    assert "for the training steps" in lines[0] and "(1 thread " in lines[0] and "--threads N sets it" in lines[0], result.stderr
     chosen = int(lines[0].split()[1])
     assert chosen >= 1
     assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == chosen
@@ -127,7 +127,7 @@ def test_a_search_measures_its_threads_once_and_resumes_with_them(domains, tmp_p
     probes = [line for line in result.stderr.splitlines() if line.startswith("threads: ") and "for the training steps" in line]
     assert len(probes) == 1, result.stderr
     chosen = int(probes[0].split()[1])
-    assert f"threads: {chosen} for every candidate of the search, as mcc chose" in result.stderr
+    assert f"threads: {chosen} for the search's candidates, as mcc chose" in result.stderr
     assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == chosen
     assert {yaml.safe_load((run / "candidates" / r / "config.yaml").read_text())["threads"] for r in ("mcc", "bnm", "source-only")} == {
         chosen}

@@ -117,7 +117,7 @@ def _optimizer(cfg: AdaptConfig, model: Classifier, disc: torch.nn.Module | None
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
         if not (cfg.pretrained or cfg.weights):
-            log.warning("--freeze-backbone with a randomly initialized backbone: its features are random; pass --weights or --pretrained")
+            log.warning("--freeze-backbone on a random backbone gives noise features; pass --weights or --pretrained")
     else:
         groups.insert(0, {"params": list(model.backbone.parameters()), "initial_lr": cfg.lr * backbone_mult})
     if disc is not None:

@@ -190,6 +190,7 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
                     summary = run.resume(folder, overrides, progress)
                 else:
                     _clear_unstarted(folder)
+                    _keep_threads(cfg, run_dir)
                     summary = run.adapt(candidate_config(dataclasses.replace(cfg, **overrides), recipe), folder, False, progress)
             except Interrupted as exc:
                 raise Interrupted(f"{exc.message} (candidate {recipe}, {i + 1} of {len(recipes)})", _resume_line(run_dir)) from None
@@ -216,12 +217,22 @@ def _threads_of_the_search(cfg: AdaptConfig, run_dir: Path, folder: Path) -> Ada
     chosen = read_config_fields(folder / run_files.CONFIG).get("threads")
     if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen < 0:
         return cfg
-    cfg = dataclasses.replace(cfg, threads=chosen)
+    log.info("threads: %s for the search's candidates, as %s chose", chosen or "torch's default", folder.name)
+    return dataclasses.replace(cfg, threads=chosen)
+
+
+def _keep_threads(cfg: AdaptConfig, run_dir: Path) -> None:
+    """The search's config.yaml says the threads its candidates use, once a candidate is about to
+    start with them (never on a resume that is then refused: a refusal changes nothing)."""
     declared = read_config_fields(run_dir / run_files.CONFIG)
-    write(run_dir / run_files.CONFIG, to_yaml(build_config({**declared, "threads": chosen})), None)
-    log.info("threads: %s for every candidate of the search, as %s chose (in %s)",
-             chosen or "torch's default", folder.name, run_dir / run_files.CONFIG)
-    return cfg
+    if cfg.threads is not None and declared.get("threads") != cfg.threads:
+        write(run_dir / run_files.CONFIG, to_yaml(build_config({**declared, "threads": cfg.threads})), None)
+
+
+def _student_label(members: list[str]) -> str:
+    """The student as a search's progress names it, short enough for one line of 100 columns."""
+    names = ", ".join(members)
+    return f"{STUDENT} ({STUDENT_RECIPE}, taught by {names if len(names) <= 24 else plural(len(members), 'candidate')})"
 
 
 def _clear_unstarted(folder: Path) -> None:
@@ -271,9 +282,8 @@ def pick(records: list[dict[str, Any]], rule: str, target_images: int | None = N
     if rule in (ENSEMBLE, STUDENT) and not members:
         return records[0]["recipe"], [records[0]["recipe"]], "no candidate adapts to the target: the first ships"
     if rule == STUDENT:
-        taught_by = f"the mean of {len(members)} adapted candidates ({', '.join(members)})" if len(members) > 1 else members[0]
-        return STUDENT, members, (f"a student of {STUDENT_RECIPE}, taught by {taught_by}, its labels of the target refined by their "
-                                  "nearest neighbours")
+        taught_by = f"{len(members)} candidates' mean" if len(members) > 1 else members[0]
+        return STUDENT, members, f"a student of {STUDENT_RECIPE}, taught by {taught_by}, labels refined by neighbours"
     if rule == ENSEMBLE:
         if len(members) >= 2:
             return ENSEMBLE, members, f"the mean of {len(members)} adapted candidates' probabilities ({', '.join(members)})"
@@ -394,7 +404,7 @@ def _student(cfg: AdaptConfig, run_dir: Path, members: list[str], overrides: dic
     folder = run_dir / run_files.SEARCH_STUDENT
     summary = finished_summary(folder)
     if summary is None:
-        progress(CandidateStarted(candidates, candidates + 1, f"{STUDENT} ({STUDENT_RECIPE}, taught by {', '.join(members)})",
+        progress(CandidateStarted(candidates, candidates + 1, _student_label(members),
                                   str(folder), seconds_left))
         _stop_here(stop, run_dir, "the student started")
         try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,8 +80,8 @@ def teach(cfg: AdaptConfig, target: ImageSet, classes: list[str], device: torch.
     changed = float((labels.argmax(1) != probabilities.argmax(1)).float().mean())
     record = {"model": str(cfg.teacher), "method": info.method, "members": members, "refined_changed": round(changed, 6),
               "confidence": round(float(probabilities.max(1).values.mean()), 6), "same_backbone": same_backbone}
-    log.info("the teacher %s (%s): its labels of %d target images refined by their nearest neighbours, %.1f%% of them changed",
-             cfg.teacher, ", ".join(members), len(labels), 100 * changed)
+    log.info("teacher %s: %.1f%% of %d target labels changed by their neighbours", Path(cfg.teacher).name, 100 * changed,
+             len(labels))
     return Teaching(labels, record, model)
 
 

@@ -47,8 +47,7 @@ def resolve_threads(cfg: AdaptConfig, device: torch.device, head: torch.nn.Modul
         return known
     timings = measure(head, disc, 2 * cfg.batch_size, feature_dim, candidates(torch.get_num_threads()))
     chosen = fastest(timings)
-    log.info("threads: %d for the training steps, the fewest within %d%% of the fastest on the head's step (%s; --threads N to "
-             "set it)", chosen, round((TIE - 1) * 100),
+    log.info("threads: %d for the training steps (%s a step; --threads N sets it)", chosen,  # the fewest within TIE of the fastest
              ", ".join(f"{plural(n, 'thread')} {seconds * 1e3:.2f} ms" for n, seconds in sorted(timings.items())))
     return chosen
 
