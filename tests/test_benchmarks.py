@@ -482,3 +482,35 @@ def test_cache_keys_times_both_keys_of_every_image(domains, monkeypatch, capsys)
     cache_keys.main()
     out = capsys.readouterr().out
     assert "24 images" in out and "identity: list" in out and "content: list" in out and "content / identity, total:" in out
+
+
+def test_demo_threads_alternates_the_variants_beside_the_load(monkeypatch, capsys):
+    """benchmarks/demo_threads.py (issue 55 item 1): each variant's demo in turn, the spinning load
+    started before and stopped after, the medians and ratios printed. (The demo itself runs in
+    test_eval_demo; here it is a stand-in that records the environment it was given.)"""
+    demo_threads = load_benchmark("demo_threads")
+    seen = []
+
+    def fake(variant, iters, out):
+        seen.append((variant, iters, sum(p.is_alive() for p in started)))
+        return {"variant": variant, "seconds": {"chosen": 10.0, "one": 12.0, "default": 50.0}[variant], "threads": 1,
+                "source_only": 0.5, "adapted": 0.7}
+
+    started = []
+    real_process = demo_threads.multiprocessing.Process
+
+    def process(*args, **kwargs):
+        started.append(real_process(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(demo_threads, "demo", fake)
+    monkeypatch.setattr(demo_threads.multiprocessing, "Process", process)
+    monkeypatch.setattr(sys, "argv", ["demo_threads.py", "--iters", "3", "--repeats", "2", "--load", "1"])
+    demo_threads.main()
+    assert [v for v, _, _ in seen] == ["chosen", "one", "default"] * 2 and {i for _, i, _ in seen} == {3}
+    assert all(alive == 1 for _, _, alive in seen) and not any(p.is_alive() for p in started if (p.join(5) or True))
+    out = capsys.readouterr().out
+    assert "1 spinning process(es) alongside, median of 2" in out and "default: 50.0 s (5.00x chosen)" in out
+    monkeypatch.setattr(sys, "argv", ["demo_threads.py", "--variants", "two"])
+    with pytest.raises(SystemExit):
+        demo_threads.main()

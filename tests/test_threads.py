@@ -55,13 +55,27 @@ def test_a_count_given_or_set_in_the_environment_is_not_measured(domains, tmp_pa
     assert yaml.safe_load((tmp_path / "b" / "summary.json").read_text())["threads"] == torch.get_num_threads()
 
 
-def test_a_backbone_that_trains_keeps_torchs_default_without_measuring():
+def test_a_backbone_that_trains_on_a_cpu_is_measured_too(domains, tmp_path, monkeypatch):
+    """Issue 55 item 1: fine-tuning kept torch's default, and the demo's small network on a loaded
+    machine ran 5x slower on it than on one thread. The whole classifier's step is measured now."""
+    source, target = domains
+    env = _without_thread_settings()
+    if _torch_default_threads(env) < 2:
+        pytest.skip("one core: nothing to choose")
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "golabels_cli", "adapt", source, target, *TINY, "--method", "dann", "--iters", "2",
+                             "--out", run], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("threads: ")]
+    assert "for the training steps (1 thread " in line, line
+    assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == int(line.split()[1])
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own choice: kept, not measured
     cfg = build_config({"source": "s", "target": "t", "freeze_backbone": False})
-    assert resolve_threads(cfg, torch.device("cpu"), torch.nn.Linear(4, 3), None, 4) == 0
+    assert resolve_threads(cfg, torch.device("cpu"), torch.nn.Linear(4, 3), None, (4,)) == 0
     frozen_on_gpu = build_config({"source": "s", "target": "t", "freeze_backbone": True})
-    assert resolve_threads(frozen_on_gpu, torch.device("cuda"), torch.nn.Linear(4, 3), None, 4) == 0
+    assert resolve_threads(frozen_on_gpu, torch.device("cuda"), torch.nn.Linear(4, 3), None, (4,)) == 0
     given = build_config({"source": "s", "target": "t", "freeze_backbone": True, "threads": 3})
-    assert resolve_threads(given, torch.device("cpu"), torch.nn.Linear(4, 3), None, 4) == 3
+    assert resolve_threads(given, torch.device("cpu"), torch.nn.Linear(4, 3), None, (4,)) == 3
 
 
 def test_a_negative_count_is_one_error_line(domains, tmp_path):

@@ -48,8 +48,11 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
                                      cfg.cdan_map).to(device)
 
     # Measured before anything slow (the features), so the probe sees the machine the steps will run on.
-    cfg = dataclasses.replace(cfg, threads=resolve_threads(cfg, device, torch.nn.Sequential(model.bottleneck, model.head),
-                                                           disc if spec.adversarial else None, model.backbone.num_features))
+    if cfg.freeze_backbone:  # a step trains the bottleneck and head on cached features
+        trained, input_shape = torch.nn.Sequential(model.bottleneck, model.head), (model.backbone.num_features,)
+    else:
+        trained, input_shape = model, (3, *data_config["input_size"][1:])
+    cfg = dataclasses.replace(cfg, threads=resolve_threads(cfg, device, trained, disc if spec.adversarial else None, input_shape))
     speed = speed_settings(device, cfg)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
