@@ -215,10 +215,11 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
 
 
 @_in_api_words
-def resume(run_dir: str | Path, progress: Callable[[Any], None] | None = None, **overrides: Any) -> Run:
+def resume(run_dir: str | Path, progress: Callable[[Any], None] | None = None, out: str | Path | None = None, **overrides: Any) -> Run:
     """Continue an interrupted run to its own iters, or to `iters=N` (not below the iteration it
     reached; the schedule then follows the new length); otherwise only what leaves the weights as
-    they would be may change (device, workers, save_every, ...)."""
+    they would be may change (device, workers, save_every, ...). With `out` (a new or empty
+    folder) the run continues there and `run_dir` stays as it is: a finished run made longer."""
     from .config import RESUME_LENGTH, RESUME_OPTIONS
     from .progress import no_events
     from .training import resume as train_on
@@ -228,7 +229,8 @@ def resume(run_dir: str | Path, progress: Callable[[Any], None] | None = None, *
     if refused:
         raise InputError(f"{refused[0]} can't change on resume: a resumed run keeps its own config",
                          f"only {', '.join((*RESUME_OPTIONS, *RESUME_LENGTH))} may change")
-    return Run.of(train_on(run_dir, overrides, progress or no_events))
+    _path("out", out, optional=True)
+    return Run.of(train_on(run_dir, overrides, progress or no_events, out))
 
 
 @_in_api_words

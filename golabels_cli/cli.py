@@ -141,19 +141,23 @@ def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debu
     from .distributed import check_devices, launch, launched_by_torchrun, option_flags
 
     may_change = (*RESUME_OPTIONS, *RESUME_LENGTH)
-    changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*may_change, "resume", "json", "quiet", "debug")]
+    changed = [k for k in ctx.params if _from_command_line(ctx, k) and k not in (*may_change, "resume", "out", "json", "quiet", "debug")]
     if changed:
         name = changed[0].upper() if changed[0] in ("source", "target") else "--" + changed[0].replace("_", "-")
         raise InputError(f"{name} can't be given with --resume: a resumed run keeps its own config",
-                         f"only {', '.join('--' + o.replace('_', '-') for o in may_change)} may change; start a new run to change more")
+                         f"only {', '.join('--' + o.replace('_', '-') for o in may_change)} may change (and --out continues it in a new "
+                         "folder); start a new run to change more")
     overrides = {k: ctx.params[k] for k in may_change if _from_command_line(ctx, k)}
+    out = ctx.params.get("out") if _from_command_line(ctx, "out") else None
     saved = run_config(run_dir)  # {} when it can't be read: resume then says why
     devices = overrides.get("devices", 1 if launched_by_torchrun() else saved.get("devices", 1))  # torchrun decides
     check_devices(devices, overrides.get("device", saved.get("device", "auto")))
     if devices > 1 and not launched_by_torchrun():
+        if out is not None:
+            raise InputError("--out with --resume continues a run in one process", "leave --devices out, or resume it in its own folder")
         launch(devices, ["adapt", "--resume", run_dir, *option_flags({**overrides, "devices": devices}), *output_flags], debug)
         return None
-    return functools.partial(resume, run_dir, **overrides)
+    return functools.partial(resume, run_dir, out=out, **overrides)
 
 
 def _new_run(ctx: typer.Context, config: str | None, print_config: bool, output_flags: list[str], debug: bool) -> Callable | None:

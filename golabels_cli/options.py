@@ -350,7 +350,8 @@ def _has_target_losses(method: str | None) -> bool:
 class RunOptions:
     """adapt's options that shape one invocation, not the training: never stored in config.yaml."""
 
-    resume: str | None = option(None, OUTPUT, "Continue the interrupted run in this directory, with its own config.", metavar="RUN")
+    resume: str | None = option(None, OUTPUT, "Continue the interrupted run in this directory, with its own config; with --out, "
+                                              "continue it (finished or not, --iters to lengthen it) in a new folder.", metavar="RUN")
     out: str | None = option(None, OUTPUT, "Run directory; default: runs/adapt/exp, exp2, ...", metavar="DIR")
     exist_ok: bool = option(False, OUTPUT, "Allow writing into an existing --out directory.")
     config: str | None = option(None, OUTPUT, "YAML file of options (keys are option names); flags given here win.", metavar="FILE")

@@ -121,7 +121,7 @@ def test_resume_may_shorten_or_lengthen_a_run_and_its_schedule_follows(interrupt
     assert summary["iters"] == 6 and summary["resumed_at"] == 4
     again = cli("adapt", "--resume", interrupted, "--iters", "9")  # a finished run is never overwritten
     assert again.exit_code == 2
-    one_error_line(again, "is complete (6 iterations)", "start a new run with --iters 9")
+    one_error_line(again, "is complete (6 iterations)", "continue it in a new folder: golabels adapt --resume")
 
 
 def test_resume_refuses_a_length_below_the_iteration_reached(interrupted):
@@ -167,3 +167,25 @@ def test_a_run_stopped_between_its_new_length_and_its_next_save_keeps_the_new_le
     import json
 
     assert json.loads((interrupted / "summary.json").read_text())["iters"] == 10
+
+
+def test_a_finished_run_is_continued_in_a_new_folder(interrupted, tmp_path):
+    """Issue 55 item 8: `--resume RUN --iters N` on a finished run was refused with no way to go on
+    (timm's --resume takes new --epochs). With --out it continues in a new folder, RUN untouched."""
+    import json
+
+    assert cli("adapt", "--resume", interrupted, "--quiet").exit_code == 0  # finished: 8 of 8
+    before = tree(interrupted)
+    refused = cli("adapt", "--resume", interrupted, "--iters", "10")
+    assert refused.exit_code == 2
+    one_error_line(refused, "is complete (8 iterations)", f"golabels adapt --resume {interrupted} --iters 10 --out NEW")
+    longer = tmp_path / "longer"
+    result = cli_subprocess("adapt", "--resume", interrupted, "--iters", "10", "--out", longer, "--json")
+    assert result.returncode == 0, result.stderr
+    assert f"continuing {interrupted} (iteration 8 of 8) in {longer}" in result.stderr
+    assert "resuming at iteration 8 with --iters 10 (was 8): the schedule follows the new length" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["iters"] == 10 and summary["resumed_at"] == 8 and summary["run_dir"] == str(longer)
+    assert (longer / "model.safetensors").is_file() and tree(interrupted) == before
+    taken = cli("adapt", "--resume", interrupted, "--iters", "12", "--out", longer)  # never into a used folder
+    assert taken.exit_code == 2 and "already exists" in taken.stderr and tree(longer) != {}

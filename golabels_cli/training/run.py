@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ import torch
 
 from ..choices import parse_recipe_name
 from ..checkpoint import load_checkpoint
-from ..files import check_run_dir, claim_run_dir, one_writer, remove_stale_temporaries
+from ..files import atomic_path, check_run_dir, claim_run_dir, one_writer, remove_stale_temporaries
 from .. import run_files
 from ..config import DERIVED, FIELDS, RESUME_LENGTH, RESUME_OPTIONS, AdaptConfig, build_config, follow_new_length, option_name, to_yaml
 from ..yaml_files import read_config_fields
@@ -85,6 +86,35 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
         if env_rank() == 0:
             writing.enter_context(one_writer(run_dir))  # before anything is read: a run still training is not resumed under it
         return _resume(run_dir, overrides, progress)
+
+
+def continued_copy(run_dir: Path, out: str | Path) -> Path:
+    """`adapt --resume RUN --out NEW`: RUN's training state (config.yaml, checkpoint.pt,
+    metrics.jsonl) copied into NEW, a new or empty folder, to continue there: a finished run made
+    longer (`--iters`) keeps its own model, and an unfinished one its own state. Checked as a
+    resume checks it before anything is copied."""
+    path = run_dir / run_files.CHECKPOINT
+    if not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} does not exist", "pass the folder of the run to continue")
+    if not path.is_file():
+        raise InputError(f"{run_dir} holds no {run_files.CHECKPOINT}", "only a run with its checkpoint can be continued")
+    check_run_files(run_dir)
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
+    check_checkpoint_state(ckpt, path)
+    new = claim_run_dir(out, exist_ok=False)
+    try:
+        with one_writer(new):
+            for name in (run_files.CHECKPOINT, run_files.METRICS, run_files.CONFIG):  # config.yaml last: the claim's own name
+                if (run_dir / name).is_file():
+                    with atomic_path(new / name) as tmp:
+                        shutil.copyfile(run_dir / name, tmp)
+    except OSError as exc:
+        raise InputError(f"cannot copy {run_dir}'s training state into {new} ({reason(exc)})", "pass another --out") from exc
+    log.info("continuing %s (iteration %d of %s) in %s; %s is left as it is", run_dir, ckpt["loop"]["iteration"],
+             ckpt["config"].get("iters"), new, run_dir)
+    return new
 
 
 def _resume(run_dir: Path, overrides: dict[str, Any] | None, progress: Progress) -> dict[str, Any]:
@@ -189,7 +219,7 @@ def _check_new_length(run_dir: Path, iters: Any, done: Any, before: Any) -> None
                          f"pass --iters {done} or more to resume {run_dir}")
     if (run_dir / run_files.MODEL).is_file() and (run_dir / run_files.SUMMARY).is_file():
         raise InputError(f"run {run_dir} is complete ({before} iterations): a longer run would overwrite its model",
-                         f"start a new run with --iters {iters}")
+                         f"continue it in a new folder: golabels adapt --resume {run_dir} --iters {iters} --out NEW")
 
 
 def shown_value(value: Any) -> str:

@@ -66,10 +66,17 @@ def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = Fals
     return run.adapt(cfg, out, exist_ok, progress)
 
 
-def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = no_events) -> dict[str, Any]:
-    """An interrupted run continued (run.resume), or an interrupted search; returns its summary."""
+def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress = no_events,
+           out: str | Path | None = None) -> dict[str, Any]:
+    """An interrupted run continued (run.resume), or an interrupted search; returns its summary.
+    With `out`, a run (finished or not) continues in that new folder and RUN stays as it is."""
     run_dir = Path(run_dir)
     declared = run_config(run_dir) if run_dir.is_dir() else {}
+    if out is not None:
+        if declared.get("method") == AUTO_METHOD or os.path.lexists(run_dir / CANDIDATES):
+            raise InputError(f"--out can't be given with --resume of a --method {AUTO_METHOD} search: it continues in its own folder",
+                             f"golabels adapt --resume {run_dir}")
+        return run.resume(run.continued_copy(run_dir, out), overrides, progress)
     if declared.get("method") != AUTO_METHOD and os.path.lexists(run_dir / CANDIDATES):
         # a search's folder whose config.yaml is gone, damaged or not a file: its candidates say what it was
         path = run_dir / run_files.CONFIG
