@@ -87,7 +87,8 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
     at = f" (iteration {summary['iters']})" if selected["by"] != "last" and selected["iter"] != summary["iters"] else ""
     on_target = f", on the target's predictions {fmt(final['loss_target'])}" if final.get("loss_target") is not None else ""
     on_target += f", to the teacher's labels {fmt(final['loss_teacher'])}" if final.get("loss_teacher") is not None else ""
-    table.add_row("final losses", f"classification {fmt(final['loss_cls'])}, adversarial {fmt(final['loss_adv'])}{on_target}{at}")
+    adversarial = f", adversarial {fmt(final['loss_adv'])}" if final["disc_acc"] is not None else ""  # none without a discriminator
+    table.add_row("final losses", f"classification {fmt(final['loss_cls'])}{adversarial}{on_target}{at}")
     if final["disc_acc"] is not None:
         grad = f", adversarial gradient {final['adv_grad_norm']:.3g}" if final.get("adv_grad_norm") is not None else ""
         table.add_row("discriminator", f"accuracy {final['disc_acc']:.3f}, relabeled source {final['relabeled_src']:.3f} / target "

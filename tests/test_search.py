@@ -259,3 +259,16 @@ def test_a_search_speaks_once(domains, tmp_path):
     assert len(reused) == len(set(reused)) <= 3, result.stderr  # source, held-out source, target: each said once
     assert not [line for line in lines if " validators: " in line]  # in the result lines and the table instead
     assert len(lines) <= 42, result.stderr
+
+
+def test_a_searchs_config_says_the_image_size_print_config_says(domains, tmp_path):
+    """Issue 55 item 9: --print-config said image-size: 160 where the search's config.yaml said null."""
+    import yaml
+
+    untiny = [a for i, a in enumerate(TINY) if a != "--image-size" and (i == 0 or TINY[i - 1] != "--image-size")]
+    args = ["adapt", *domains, *untiny, *FROZEN, "--search-recipes", "mcc,source-only", "--search-pick", "ensemble"]
+    printed = cli(*args, "--print-config")
+    assert printed.exit_code == 0, printed.stderr
+    assert cli(*args, "--out", tmp_path / "run", "--quiet").exit_code == 0
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["image-size"] == yaml.safe_load(printed.stdout)["image-size"] == 160

@@ -134,6 +134,13 @@ def test_mcc_alone_runs_evaluates_exports_and_predicts(domains, tmp_path):
     assert summary["method"] == "mcc" and summary["bn_stats"] == "target" and summary["final"]["loss_target"] > 0
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["discriminator"] == {}
+    from golabels_cli import console
+    from golabels_cli.tables import print_adapt_summary
+
+    with console.stdout.capture() as captured:  # issue 55 item 9: "adversarial 0.000" for a run without a discriminator
+        print_adapt_summary(summary)
+    shown = " ".join(captured.get().split())
+    assert "final losses" in shown and "adversarial" not in shown
     assert cli("eval", run, target, "--device", "cpu").exit_code == 0
     exported = cli("export", run, "--onnx", "--json")
     assert exported.exit_code == 0, exported.stderr

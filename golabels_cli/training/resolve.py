@@ -78,6 +78,14 @@ def resolve_config(cfg: AdaptConfig) -> AdaptConfig:
     return cfg
 
 
+def with_input_size(cfg: AdaptConfig) -> AdaptConfig:
+    """cfg with --image-size resolved from the backbone when it was left out, as a run writes it
+    (a search's own config.yaml, so that it says what --print-config says)."""
+    cfg = copy.copy(cfg)
+    _resolve_input_size(cfg, check_memory=False)
+    return cfg
+
+
 def _resolve_input_size(cfg: AdaptConfig, check_memory: bool = True) -> None:
     """--image-size left to the backbone: its own input size, written down (a square one: the only
     kind --image-size can give back; the same data config either way); and whether one training

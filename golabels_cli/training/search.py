@@ -49,6 +49,7 @@ from ..remedies import SMALL_TARGET, SMALL_TARGET_LOSS
 from ..validators import LABEL_FREE, better, metric_key
 from ..yaml_files import read_config_fields, run_config
 from . import run
+from .resolve import with_input_size
 from .run_dir import set_aside_earlier_run, set_aside_stopped_export, write
 from .search_checks import check_search_folder, finished_summary
 from .signals import stop_requests
@@ -118,6 +119,7 @@ def adapt_search(cfg: AdaptConfig, out: str | Path | None, exist_ok: bool, progr
                                  f"{run_dir}, or pass another --out")
             if exist_ok:
                 set_aside_earlier_run(run_dir)
+            cfg = with_input_size(cfg)  # the search's config.yaml says what --print-config says
             write(run_dir / run_files.CONFIG, to_yaml(cfg), None)
             written = True
             return run_search(cfg, run_dir, {}, progress)
