@@ -3,9 +3,10 @@ target folder, evaluate it, export it to ONNX, predict with it. See docs/python.
 line (`golabels adapt ...`) is the same library."""
 
 from golabels_cli import __version__
-from golabels_cli.api import Label, Report, Run, adapt, config, evaluate, export_onnx, load_config, predict, report, resolve_config, resume
+from golabels_cli.api import (Label, Report, Run, adapt, compare, config, evaluate, export_onnx, load_config, predict, report,
+                              resolve_config, resume)
 from golabels_cli.config import AdaptConfig
 from golabels_cli.errors import GolabelsError, InputError, Interrupted, RunError
 
 __all__ = ["AdaptConfig", "GolabelsError", "InputError", "Interrupted", "Label", "Report", "Run", "RunError", "__version__", "adapt",
-           "config", "evaluate", "export_onnx", "load_config", "predict", "report", "resolve_config", "resume"]
+           "compare", "config", "evaluate", "export_onnx", "load_config", "predict", "report", "resolve_config", "resume"]

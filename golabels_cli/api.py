@@ -1,4 +1,4 @@
-"""golabels from Python: what the six commands do, as functions (docs/python.md); the command line
+"""golabels from Python: what the seven commands do, as functions (docs/python.md); the command line
 (cli.py) and the demo call these.
 
     import golabels
@@ -10,6 +10,7 @@
     for p in golabels.predict(onnx.path, ["new/"]):            # -> Label(path, label, confidence, ...)
         print(p.path, p.label)
     report = golabels.report(run.run_dir)                      # -> Report(record, plots)
+    table = golabels.compare(["runs/fixed", "runs/go"], eval_dir="photos/site-labeled")  # -> dict
 
 `golabels demo` is these calls on generated digits.
 
@@ -300,6 +301,28 @@ def _labels(predictor, paths: Iterator[str], batch_size: int, workers: int, skip
             best = int(p.probabilities.argmax())
             yield Label(p.path, predictor.classes[best], float(p.probabilities[best]), p.probabilities, predictor.classes,
                         predictor.backend)
+
+
+@_in_api_words
+def compare(runs: Iterable[str | Path], eval_dir: str | Path | None = None, device: str = "auto", batch_size: int = 64, workers: int = 0,
+            seed: int = 0) -> dict[str, Any]:
+    """Finished runs side by side (`golabels compare`): the options that differ, their groups
+    (runs that differ only in how they ran, the seed among it), each one's validators, and with
+    `eval_dir` (a labeled target folder) accuracies with 95% bootstrap intervals and each group
+    against the first on the same images (a paired permutation test). A JSON-able dict."""
+    from .compare import compare as compare_runs
+
+    if isinstance(runs, (str, Path, bytes)):
+        raise InputError(f"runs must be a list of run directories, got one {type(runs).__name__}", "pass two runs or more")
+    runs = list(runs)
+    for run_dir in runs:
+        _path("runs", run_dir)
+    _path("eval_dir", eval_dir, optional=True)
+    _count("batch_size", batch_size, 1)
+    _count("workers", workers, 0)
+    _count("seed", seed, 0)
+    check_choice("device", device, DEVICES)
+    return compare_runs(runs, eval_dir, device=device, batch_size=batch_size, workers=workers, seed=seed)
 
 
 @_in_api_words

@@ -17,7 +17,7 @@ from .console import AdaptProgress, StepProgress, plural, print_error, print_jso
 from .errors import AlreadyReported, InputError
 from .help import AdaptCommand, Command, Group, with_declared_options
 from .options import RUN_FIELDS, AdaptConfig, RunOptions, declaration
-from .examples import ADAPT_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
+from .examples import ADAPT_EPILOG, COMPARE_EPILOG, DEMO_EPILOG, EVAL_EPILOG, EXPORT_EPILOG, PREDICT_EPILOG, REPORT_EPILOG
 from .progress import listening, tracked
 
 log = logging.getLogger("golabels")
@@ -126,7 +126,7 @@ def adapt(ctx: typer.Context, **options: Any) -> None:
         finally:
             del reported  # no reference cycle through this frame: the loop's loader workers must stop before exit
     finally:
-        progress.close()
+        progress.end()
     if rank == 0:  # the results, once
         from .tables import print_adapt_summary, print_search_summary
 
@@ -419,6 +419,52 @@ def report(
         print_search_report(result.record)
     else:
         print_report(result.record, result.plots, plots and not quiet)
+
+
+@app.command(epilog=COMPARE_EPILOG, cls=Command)
+@guarded
+def compare(
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Finished run directories (two or more).", show_default=False)],
+    eval_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="A labeled folder of the target (`DIR/<class>/<image>`): "
+                                                                        "accuracy with a 95% interval, and a paired test between "
+                                                                        "groups on its images.", show_default=False)] = None,
+    plot: Annotated[Optional[str], typer.Option(metavar="FILE", help="Also draw the groups' accuracies into this PNG (needs "
+                                                                     "--eval-dir and matplotlib; never overwritten).",
+                                                show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the permutation test.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Runs side by side: the options that differ, the validators, and with --eval-dir the accuracy and whether a difference is chance."""
+    from .api import compare as compare_runs
+    from .compare import write_compare_figure
+    from .config import default_workers
+    from .evaluate import check_new_file
+
+    if plot is not None:
+        if eval_dir is None:
+            raise InputError("--plot draws accuracies, which need --eval-dir", "pass --eval-dir LABELED_DIR")
+        check_new_file(plot, "--plot")
+    if batch_size < 1 or (workers is not None and workers < 0):
+        raise InputError("--batch-size must be positive and --workers non-negative")
+    with _steps_shown(quiet):
+        result = compare_runs(runs, eval_dir, device=device, batch_size=batch_size,
+                              workers=default_workers() if workers is None else workers, seed=seed)
+    if plot is not None:
+        written = write_compare_figure(result, plot)
+        if written is None:
+            stderr.print("no figure: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
+        result["plot"] = str(written) if written else None
+    if json_:
+        print_json(result)
+    else:
+        from .tables import print_compare
+
+        print_compare(result)
 
 
 def main() -> None:

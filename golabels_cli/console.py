@@ -211,6 +211,7 @@ class AdaptProgress:
         # gets its start line, its progress and one result line, and the lines fit SEARCH_COLUMNS.
         self.candidate: CandidateStarted | None = None
         self.explained: set[str] = set()  # the progress terms the legend has explained in this search
+        _SaidOnce.said = None  # a new command: whatever an earlier one in this process said (a search stopped midway) is forgotten
 
     def __call__(self, event: RunEvent) -> None:
         if self.quiet:
@@ -364,6 +365,11 @@ class AdaptProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+    def end(self) -> None:
+        """The command is over, however it ended: its search's said-once lines go with it."""
+        self.close()
+        self.candidate, _SaidOnce.said = None, None
 
 
 SEARCH_COLUMNS = 100  # a search's own lines fit a terminal this wide

@@ -8,10 +8,25 @@ from pathlib import Path
 
 from .errors import InputError, RunError, reason
 from .formats import csv_line
-from .inference import EvalResult, evaluate_cached, evaluate_images, labeled_for_model
+from .inference import EvalResult, cached_outputs, image_logits, labeled_for_model, score
 
 
 def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> EvalResult:
+    images, to_model, classes, predicted = _predicted(run_or_model, data_dir, device, batch_size, workers)
+    return score(images, to_model, classes, predicted)
+
+
+def predictions(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64,
+                workers: int = 0) -> tuple[list[str], list[bool]]:
+    """Each image of a labeled folder (its path) and whether the model gets it right: what
+    `golabels compare` pairs between runs."""
+    images, to_model, _, predicted = _predicted(run_or_model, data_dir, device, batch_size, workers)
+    truth = [to_model[label] for label in images.labels]
+    return [str(p) for p in images.paths], [int(p) == t for p, t in zip(predicted.tolist(), truth)]
+
+
+def _predicted(run_or_model: str | Path, data_dir: str | Path, device: str, batch_size: int, workers: int):
+    """(the folder's images, their classes in the model's order, the model's classes, its predicted class of each image)."""
     from .checkpoint import load_model
     from .device import pick_device
 
@@ -21,8 +36,10 @@ def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto
     model = model.to(dev)
     cache = _frozen_backbone_cache(run_or_model)
     if cache is None:
-        return evaluate_images(model, images, to_model, info.classes, info.data_config, dev, batch_size, workers)
-    return evaluate_cached(model, info, images, to_model, dev, cache, batch_size, workers)
+        logits = image_logits(model, images, info.data_config, dev, batch_size, workers)
+    else:
+        logits, _ = cached_outputs(model, info, images, dev, cache, batch_size, workers, "eval: features")
+    return images, to_model, info.classes, logits.argmax(1)
 
 
 def _frozen_backbone_cache(run_or_model: str | Path) -> str | None:

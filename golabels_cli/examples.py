@@ -81,6 +81,17 @@ With an .onnx model only onnxruntime runs: PyTorch is not needed.
 """
 
 
+COMPARE_EPILOG = """
+**Examples**
+
+    golabels compare runs/adapt/fixed runs/adapt/go --eval-dir labeled_target/
+    golabels compare runs/go-seed* runs/fixed-seed* --eval-dir labeled/ --plot go.png
+
+Runs that differ only in their seed form a group; each group is compared with the first on the
+same labeled images (a bootstrap interval and a paired permutation test). Even 30 to 100 labeled
+target images answer "does this option help on my data" better than a validator.
+"""
+
 REPORT_EPILOG = """
 **Examples**
 

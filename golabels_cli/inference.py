@@ -98,8 +98,14 @@ def evaluate_images(
     batch_size: int = 64,
     workers: int = 0,
 ) -> EvalResult:
+    return score(images, to_model, model_classes, image_logits(model, images, data_config, device, batch_size, workers).argmax(1))
+
+
+def image_logits(model: torch.nn.Module, images: ImageSet, data_config: dict, device: torch.device, batch_size: int = 64,
+                 workers: int = 0) -> torch.Tensor:
+    """The model's logits of each image (eval transform, eval mode), on the CPU, in the ImageSet's order."""
     loader = eval_loader(images, eval_transform(data_config), batch_size, workers, pin=device.type == "cuda")
-    return score(images, to_model, model_classes, predict_outputs(model, loader, device, what="eval")[0].argmax(1))
+    return predict_outputs(model, loader, device, what="eval")[0]
 
 
 def evaluate_cached(model: torch.nn.Module, info, images: ImageSet, to_model: list[int], device: torch.device, cache_dir: str,

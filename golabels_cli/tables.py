@@ -391,3 +391,70 @@ def print_search_report(record) -> None:
     stdout.print(f"each candidate's own report: golabels report {record.run_dir}/{run_files.SEARCH_CANDIDATES}/<recipe>"
                  + (f"; the student's: golabels report {record.run_dir}/{run_files.SEARCH_STUDENT}"
                     if record.config.get("search_pick") == "student" else ""), markup=False)
+
+
+def print_compare(result: dict[str, Any]) -> None:
+    """`golabels compare`: the runs (what differs, validators, accuracy), then each group against the first."""
+    from .compare import group_label
+    from .options import option_name
+    from .validators import DIRECTION
+
+    differing = [k for k in result["differing"] if k not in ("source", "target", "eval_dir")] or result["differing"]
+    keys = [k for k in LABEL_FREE if any(k in r["validators"] for r in result["runs"])]
+    labelled = result["eval_dir"] is not None
+
+    def build(columns: list[str]) -> Table:
+        table = Table(title="golabels compare: the runs (validators at each one's shipped snapshot; ↑ higher is better, ↓ lower)")
+        table.add_column("run")
+        table.add_column("group", justify="right")
+        for name in columns:
+            key = next((k for k in keys if VALIDATOR_NAMES[k] == name), None)
+            table.add_column(name if key is None else f"{name}{'↑' if DIRECTION[key] else '↓'}",
+                             justify="left" if key is None and name != "accuracy [95%]" else "right")
+        for r in result["runs"]:
+            cells = []
+            for name in columns:
+                key = next((k for k in keys if VALIDATOR_NAMES[k] == name), None)
+                if key is not None:
+                    cells.append(fmt(r["validators"].get(key), ".4f"))
+                elif name == "accuracy [95%]":
+                    low, high = r["interval"]
+                    cells.append(f"{100 * r['accuracy']:.2f} [{100 * low:.1f}, {100 * high:.1f}]")
+                else:
+                    value = r["options"].get(next(k for k in differing if option_name(k) == name))
+                    cells.append("null" if value is None else str(value))
+            table.add_row(r["run_dir"], str(r["group"]), *cells)
+        return table
+
+    columns = [option_name(k) for k in differing] + [VALIDATOR_NAMES[k] for k in keys] + (["accuracy [95%]"] if labelled else [])
+    _print_fitted(*fitted(build, columns, [VALIDATOR_NAMES[k] for k in LEAST_TELLING_FIRST if k in keys]))
+    if len(result["groups"]) < 2:
+        stdout.print("the runs differ in their seeds only: one group" if len(result["runs"]) > 1 else "", markup=False)
+        return
+    table = Table(title="each group against group 0" + (f", on the same {result['images']} images of {result['eval_dir']}" if labelled
+                                                           else " (no --eval-dir: validators only)"))
+    table.add_column("group", justify="right")
+    table.add_column("options")
+    table.add_column("runs", justify="right")
+    if labelled:
+        table.add_column("accuracy", justify="right")
+        table.add_column("difference [95%]", justify="right")
+        table.add_column("p (paired)", justify="right")
+    for key in keys:
+        table.add_column(f"{VALIDATOR_NAMES[key]}{'↑' if DIRECTION[key] else '↓'}", justify="right")
+    for g in result["groups"]:
+        cells = [str(g["group"]), group_label(g), str(g["runs"])]
+        if labelled:
+            spread = f" ± {100 * g['std']:.2f}" if g.get("std") is not None else ""
+            cells.append(f"{100 * g['accuracy']:.2f}{spread}")
+            if "difference" in g:
+                low, high = g["difference_interval"]
+                cells += [f"{100 * g['difference']:+.2f} [{100 * low:+.1f}, {100 * high:+.1f}]", f"{g['p']:.3g}"]
+            else:
+                cells += ["(the reference)", ""]
+        cells += [fmt(g["validators"].get(k), ".4f") for k in keys]
+        table.add_row(*cells)
+    stdout.print(table)
+    if labelled:
+        stdout.print("difference: the group's mean accuracy minus group 0's, on the same images; p: a two-sided paired permutation test "
+                     "over those images. The validators' verdict is beside it: on your data, trust the labels.", markup=False)

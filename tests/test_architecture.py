@@ -88,7 +88,7 @@ def test_library_modules_never_import_the_command_line_or_its_console():
 def test_training_and_inference_sit_below_the_commands_that_read_a_shipped_model():
     """The flow docs/architecture.md draws: training writes a run, and eval, export and predict
     read it; what both sides need (the forward pass over a loader, scoring) is inference.py's."""
-    commands = {"golabels_cli.evaluate", "golabels_cli.export", "golabels_cli.predict", "golabels_cli.demo"}
+    commands = {"golabels_cli.evaluate", "golabels_cli.export", "golabels_cli.predict", "golabels_cli.demo", "golabels_cli.compare"}
     found = modules()
     below = [name for name in found if name.startswith("golabels_cli.training") or name == "golabels_cli.inference"]
     offenders = {name: sorted(imports(name, found[name], set(found)) & commands) for name in below}
@@ -310,7 +310,7 @@ def test_layers_library_then_command_engines_then_api_then_front_ends():
     and export through the API, never through training/ itself."""
     found = modules()
     graph = {name: imports(name, path, set(found)) for name, path in found.items()}
-    engines = {f"golabels_cli.{m}" for m in ("evaluate", "export", "predict")}
+    engines = {f"golabels_cli.{m}" for m in ("evaluate", "export", "predict", "compare")}
     front = {f"golabels_cli.{m}" for m in ("cli", "console", "tables", "help", "examples", "demo", "__main__")}
     commands = engines | front | {"golabels_cli.api"}
     library = set(found) - commands
@@ -397,6 +397,7 @@ def test_every_command_goes_through_the_api():
     allowed = {
         "golabels_cli.predict": {"csv_header", "csv_row", "jsonl_row", "warn_skipped"},  # rows and the skip warning
         "golabels_cli.evaluate": {"check_new_file", "write_confusion_csv", "write_confusion_plots"},  # eval's output files
+        "golabels_cli.compare": {"write_compare_figure"},  # compare's figure
     }
     doing = {"golabels_cli.training", "golabels_cli.report", "golabels_cli.export", "golabels_cli.inference", "golabels_cli.models",
              "golabels_cli.features", "golabels_cli.checkpoint", *allowed}
@@ -409,8 +410,8 @@ def test_every_command_goes_through_the_api():
                     offenders += [f"{name}: {module}.{a.name}" for a in node.names if a.name not in allowed.get(module, set())]
     assert not offenders, offenders
     api = modules()["golabels_cli.api"].read_text()
-    assert api.startswith('"""golabels from Python: what the six commands do')
-    for command in ("adapt", "resume", "evaluate", "export_onnx", "predict", "report"):
+    assert api.startswith('"""golabels from Python: what the seven commands do')
+    for command in ("adapt", "resume", "evaluate", "export_onnx", "predict", "report", "compare"):
         assert f"\ndef {command}(" in api, command
 
 

@@ -106,8 +106,13 @@ def adapt_search(cfg: AdaptConfig, out: str | Path | None, exist_ok: bool, progr
     """A new search into `out` (as adapt's run directory: never overwritten unless exist_ok).
     Every candidate's config is checked before the directory is made."""
     check_run_dir(out, exist_ok, {"SOURCE": cfg.source, "TARGET": cfg.target, "--eval-dir": cfg.eval_dir})
-    for recipe in parse_search_recipes(cfg.search_recipes):
+    recipes = parse_search_recipes(cfg.search_recipes)
+    for recipe in recipes:
         candidate_config(cfg, recipe)
+    if cfg.domain_labels != "fixed":
+        reached = [r for r in recipes if parse_recipe_name(r).adversarial]
+        log.info("--domain-labels %s acts on a discriminator: it reaches %s of the candidates (%s)%s", cfg.domain_labels,
+                 len(reached), ", ".join(reached) or "none", "; the others have none" if len(reached) < len(recipes) else "")
     existed = out is not None and os.path.lexists(out)
     new_parents = [p for p in (Path(out) if out is not None else Path("runs/adapt/exp")).absolute().parents if not p.exists()]
     run_dir = claim_run_dir(out, exist_ok)
