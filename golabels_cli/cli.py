@@ -94,6 +94,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help=declaration(RUN_FIELDS["js
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=declaration(RUN_FIELDS["quiet"]).help)]
 DebugOpt = Annotated[bool, typer.Option("--debug", help=declaration(RUN_FIELDS["debug"]).help)]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps. auto picks CUDA, then MPS, else CPU.")]
+EvalBatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]  # eval's and compare's forward passes
+EvalWorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Loader processes; default min(8, CPUs - 1).", show_default=False)]
 
 
 @app.command(epilog=ADAPT_EPILOG, cls=AdaptCommand)
@@ -215,8 +217,8 @@ def eval_(
     plots: Annotated[bool, typer.Option("--plots", help="Also draw the confusion matrix beside the model, normalized and in image counts: "
                                                         "confusion-FOLDER.png and confusion-FOLDER-counts.png, never overwritten (-2, -3, "
                                                         "...; needs matplotlib).")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-    workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
+    batch_size: EvalBatchOpt = 64,
+    workers: EvalWorkersOpt = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -431,10 +433,10 @@ def compare(
     plot: Annotated[Optional[str], typer.Option(metavar="FILE", help="Also draw the groups' accuracies into this PNG (needs "
                                                                      "--eval-dir and matplotlib; never overwritten).",
                                                 show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the permutation test.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-    workers: Annotated[Optional[int], typer.Option(help="Loader processes; default min(8, CPUs - 1).", show_default=False)] = None,
+    batch_size: EvalBatchOpt = 64,
+    workers: EvalWorkersOpt = None,
     device: DeviceOpt = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the permutation test.")] = 0,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
