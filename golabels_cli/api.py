@@ -140,8 +140,6 @@ class Report:
         return isinstance(self.record, SearchRecord)
 
     def to_dict(self) -> dict[str, Any]:
-        if self.is_search:
-            return self.record.to_dict()
         return {**self.record.to_dict(), "plots": None if self.plots is None else [str(p) for p in self.plots]}
 
 
@@ -330,10 +328,14 @@ def report(run_dir: str | Path, plots: bool = False) -> Report:
     """A run's record as `golabels report` shows it (its summary, metrics, validators; a search's
     candidates), and with `plots` its report-*.png figures written into the run directory."""
     from .report import is_search, load_run, load_search
-    from .results import write_plots
+    from .results import plots_available, write_plots
 
     _path("run_dir", run_dir)
     if is_search(run_dir):
-        return Report(load_search(run_dir))
+        from .results import write_search_figure
+
+        search = load_search(run_dir)
+        figure = write_search_figure(search) if plots else None
+        return Report(search, ([figure] if figure else []) if not plots or plots_available() else None)
     record = load_run(run_dir)
     return Report(record, write_plots(record) if plots else [])

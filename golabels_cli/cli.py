@@ -130,9 +130,13 @@ def adapt(ctx: typer.Context, **options: Any) -> None:
     finally:
         progress.end()
     if rank == 0:  # the results, once
+        from .results import plots_available
         from .tables import print_adapt_summary, print_search_summary
 
         (print_json if json_ else print_search_summary if "search" in summary else print_adapt_summary)(summary)
+        if not quiet and not plots_available():  # said once, at the end: the run drew no results.png and no mosaic
+            stderr.print("no results.png or target-mosaic.png: matplotlib is not installed (pip install 'golabels[plots]')",
+                         markup=False)
 
 
 def _resumed_run(ctx: typer.Context, run_dir: str, output_flags: list[str], debug: bool) -> Callable | None:
@@ -419,8 +423,17 @@ def report(
         print_json(result.to_dict())
     elif result.is_search:
         print_search_report(result.record)
+        if plots and not quiet:
+            _say_plots(result.plots)
     else:
         print_report(result.record, result.plots, plots and not quiet)
+
+
+def _say_plots(plots: list | None) -> None:
+    if plots is None:
+        stderr.print("no plots: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
+    elif plots:
+        stderr.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
 
 
 @app.command(epilog=COMPARE_EPILOG, cls=Command)

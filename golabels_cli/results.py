@@ -18,6 +18,8 @@ under `fixed`).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -223,6 +225,54 @@ def write_plots(record: RunRecord) -> list[Path] | None:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plots_available() -> bool:
+    """Whether matplotlib can be imported, without importing it (a second's import)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+SEARCH_PANELS = (("loss_cls", "classification loss on the source"), ("im", "IM (validator, higher is better)"),
+                 ("target_acc", "target accuracy (--eval-dir labels)"))
+
+
+def write_search_figure(search) -> Path | None:
+    """`golabels report` of a search: report-search.png in its folder, its candidates' curves side
+    by side (one line each) in a panel per figure: the classification loss over the iterations,
+    the IM validator at each evaluation, and the --eval-dir accuracy when the runs have it; the
+    panels with a curve to draw only. Returns its path; None without matplotlib or a curve."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    curves: dict[str, list[tuple[str, list[int], list[float]]]] = {key: [] for key, _ in SEARCH_PANELS}
+    for recipe, record in search.candidates:
+        if record is None:
+            continue
+        for key, _ in SEARCH_PANELS:
+            rows = record.rows if key == "loss_cls" else record.evals
+            points = [(r["iter"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if len(points) >= 2:
+                curves[key].append((recipe, [i for i, _ in points], [v for _, v in points]))
+    shown = [(key, title) for key, title in SEARCH_PANELS if curves[key]]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 3.8), squeeze=False)
+    for ax, (key, title) in zip(axes[0], shown):
+        for recipe, xs, ys in curves[key]:
+            ax.plot(xs, ys, marker="o" if key != "loss_cls" else None, markersize=3, linewidth=1.2, label=printable(recipe))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(printable(f"--method auto: {search.run_dir.name}, candidates side by side"), fontsize=10)
+    fig.tight_layout()
+    path = search.run_dir / run_files.SEARCH_REPORT_PLOT
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
 
 
 # ---- results.csv ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ SEARCH_CANDIDATES = "candidates"  # --method auto: a run directory per candidate
 SEARCH_TEACHER = "teacher.safetensors"  # --search-pick student: the adapted candidates' ensemble, which teaches the student
 SEARCH_STUDENT = "student"  # --search-pick student: the student's run directory
 REPORT_PLOTS = ("report-losses.png", "report-discriminator.png", "report-validators.png")  # `golabels report`
+SEARCH_REPORT_PLOT = "report-search.png"  # `golabels report` of a search: its candidates' curves side by side
 
 # Every file a run writes under its own name: what `adapt --exist-ok` into a used folder replaces.
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, MODEL, SUMMARY, RESULTS_CSV, RESULTS_FIGURE, TARGET_MOSAIC)
@@ -43,7 +44,8 @@ def stopped_export(n: int = 1) -> str:
 def is_run_output(name: str) -> bool:
     """A name golabels writes in a run folder: adapt's and a search's files, export's default
     output, report's and eval's figures, and metrics or exports a resume set aside."""
-    return (name in RUN_FILES or name in (ONNX_MODEL, TENSORBOARD, SEARCH_CANDIDATES, SEARCH_TEACHER, SEARCH_STUDENT, *REPORT_PLOTS)
+    return (name in RUN_FILES or name in (ONNX_MODEL, TENSORBOARD, SEARCH_CANDIDATES, SEARCH_TEACHER, SEARCH_STUDENT, *REPORT_PLOTS,
+                                          SEARCH_REPORT_PLOT)
             or (name.startswith("metrics-after-") and name.endswith(".jsonl"))
             or (name.startswith("confusion-") and name.endswith(".png"))
             or (name.startswith(STOPPED_EXPORT) and name.endswith(".onnx")))

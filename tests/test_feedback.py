@@ -411,3 +411,16 @@ def test_a_candidates_first_line_shows_none_of_the_previous_candidates_figures(c
     first_of_second = [line for line in lines if line.startswith("iter 1/4")][-1]
     assert "lr" not in first_of_second and "9.87" not in first_of_second and "0.555" not in first_of_second, first_of_second
     assert any("cls 9.87" in line for line in lines)  # the first candidate's own line had them
+
+
+def test_a_run_without_matplotlib_says_so_once_at_the_end(domains, tmp_path, monkeypatch):
+    """Issue 55 item 6: without matplotlib a run wrote no results.png and no mosaic, and said nothing."""
+    from golabels_cli import results
+
+    monkeypatch.setattr(results, "plots_available", lambda: False)
+    monkeypatch.setattr(results, "pyplot", lambda: None)
+    result = cli("adapt", *domains, *TINY, "--iters", "2", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "matplotlib is not installed" in line]
+    assert lines == ["no results.png or target-mosaic.png: matplotlib is not installed (pip install 'golabels[plots]')"]
+    assert result.stderr.rstrip().endswith(lines[0]) and not (tmp_path / "run" / "results.png").exists()

@@ -2,6 +2,7 @@
 resumable and replayable like a single run (issue 42)."""
 
 import json
+from pathlib import Path
 import os
 import signal
 
@@ -146,14 +147,14 @@ def test_print_config_shows_the_candidates_and_what_each_resolves(domains):
 
 
 def test_adapt_and_report_show_every_candidate_and_the_pick(searched):
-    result = cli("report", searched)
+    result = cli("report", searched, "--no-plots")  # the shared search stays as it is (the figure's test copies it)
     assert result.exit_code == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "the mean of 2 adapted candidates' probabilities (cdan-e+bnm, mcc)" in out
     for recipe in RECIPES.split(","):
         assert recipe in out
     assert "in the ensemble" in out
-    result = cli("report", searched, "--json")
+    result = cli("report", searched, "--json", "--no-plots")
     data = json.loads(result.stdout)
     assert data["finished"] and [c["recipe"] for c in data["candidates"]] == RECIPES.split(",")
     assert data["summary"]["search"]["shipped"] == "ensemble"
@@ -272,3 +273,16 @@ def test_a_searchs_config_says_the_image_size_print_config_says(domains, tmp_pat
     assert cli(*args, "--out", tmp_path / "run", "--quiet").exit_code == 0
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert written["image-size"] == yaml.safe_load(printed.stdout)["image-size"] == 160
+
+
+def test_report_of_a_search_draws_its_candidates_side_by_side(searched, tmp_path):
+    """Issue 55 item 6: `golabels report` of a search wrote no figure, even with matplotlib."""
+    import shutil
+
+    pytest.importorskip("matplotlib")
+    run = Path(shutil.copytree(searched, tmp_path / "run"))
+    result = cli("report", run)
+    assert result.exit_code == 0, result.stderr
+    figure = run / "report-search.png"
+    assert f"plots: {figure}" in result.stderr and figure.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(cli("report", run, "--json").stdout)["plots"] == [str(figure)]
