@@ -416,7 +416,7 @@ def report(
 ) -> None:
     """Summarize a run: data, losses, discriminator accuracy, relabeled fractions, validators; PNG plots with matplotlib."""
     from .api import report as load_report
-    from .tables import print_report, print_search_report
+    from .tables import print_plots_line, print_report, print_search_report
 
     result = load_report(run_dir, plots=plots)
     if json_:
@@ -424,16 +424,9 @@ def report(
     elif result.is_search:
         print_search_report(result.record)
         if plots and not quiet:
-            _say_plots(result.plots)
+            print_plots_line(result.plots)
     else:
         print_report(result.record, result.plots, plots and not quiet)
-
-
-def _say_plots(plots: list | None) -> None:
-    if plots is None:
-        stderr.print("no plots: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
-    elif plots:
-        stderr.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
 
 
 @app.command(epilog=COMPARE_EPILOG, cls=Command)

@@ -88,19 +88,6 @@ def predict_outputs(model: torch.nn.Module, loader, device: torch.device, channe
     return torch.cat(logits), torch.cat(features)
 
 
-def evaluate_images(
-    model: torch.nn.Module,
-    images: ImageSet,
-    to_model: list[int],
-    model_classes: list[str],
-    data_config: dict,
-    device: torch.device,
-    batch_size: int = 64,
-    workers: int = 0,
-) -> EvalResult:
-    return score(images, to_model, model_classes, image_logits(model, images, data_config, device, batch_size, workers).argmax(1))
-
-
 def image_logits(model: torch.nn.Module, images: ImageSet, data_config: dict, device: torch.device, batch_size: int = 64,
                  workers: int = 0) -> torch.Tensor:
     """The model's logits of each image (eval transform, eval mode), on the CPU, in the ImageSet's order."""
@@ -110,7 +97,7 @@ def image_logits(model: torch.nn.Module, images: ImageSet, data_config: dict, de
 
 def evaluate_cached(model: torch.nn.Module, info, images: ImageSet, to_model: list[int], device: torch.device, cache_dir: str,
                     batch_size: int = 64, workers: int = 0) -> EvalResult:
-    """evaluate_images() of a model whose backbone never trained (--freeze-backbone): its cached
+    """A model's scores on a labeled folder when its backbone never trained (--freeze-backbone): its cached
     features are the backbone's output (eval mode, eval transform), and only images not seen
     before go through it."""
     logits, _ = cached_outputs(model, info, images, device, cache_dir, batch_size, workers, "eval: features")

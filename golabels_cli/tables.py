@@ -162,8 +162,12 @@ def print_report(record, plots: list | None, plots_wanted: bool) -> None:
         _print_training(record.rows, record.config.get("domain_labels"))
     if record.evals:
         _print_validators(record.evals, (record.summary or {}).get("selected", {}).get("iter"))
-    if not plots_wanted:
-        return
+    if plots_wanted:
+        print_plots_line(plots)
+
+
+def print_plots_line(plots: list | None) -> None:
+    """Where `report` drew its figures, or why it drew none (None: no matplotlib)."""
     if plots is None:
         stderr.print("no plots: matplotlib is not installed (pip install 'golabels[plots]')", markup=False)
     elif plots:

@@ -93,15 +93,9 @@ def continued_copy(run_dir: Path, out: str | Path) -> Path:
     metrics.jsonl) copied into NEW, a new or empty folder, to continue there: a finished run made
     longer (`--iters`) keeps its own model, and an unfinished one its own state. Checked as a
     resume checks it before anything is copied."""
-    path = run_dir / run_files.CHECKPOINT
     if not run_dir.is_dir():
         raise InputError(f"run directory {run_dir} does not exist", "pass the folder of the run to continue")
-    if not path.is_file():
-        raise InputError(f"{run_dir} holds no {run_files.CHECKPOINT}", "only a run with its checkpoint can be continued")
-    check_run_files(run_dir)
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
+    path, ckpt = _own_checkpoint(run_dir)
     check_checkpoint_state(ckpt, path)
     new = claim_run_dir(out, exist_ok=False)
     try:
@@ -117,7 +111,8 @@ def continued_copy(run_dir: Path, out: str | Path) -> Path:
     return new
 
 
-def _resume(run_dir: Path, overrides: dict[str, Any] | None, progress: Progress) -> dict[str, Any]:
+def _own_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The run's checkpoint.pt, read as untrusted input, its run files checked to be the run's own."""
     path = run_dir / run_files.CHECKPOINT
     if not os.path.lexists(path):
         raise InputError(f"{run_dir} holds no {run_files.CHECKPOINT}", "the run stopped before its first save; start it again")
@@ -125,6 +120,11 @@ def _resume(run_dir: Path, overrides: dict[str, Any] | None, progress: Progress)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a golabels training checkpoint", "pass the run directory of a golabels adapt run")
+    return path, ckpt
+
+
+def _resume(run_dir: Path, overrides: dict[str, Any] | None, progress: Progress) -> dict[str, Any]:
+    path, ckpt = _own_checkpoint(run_dir)
     cfg, done = _checked(ckpt, run_dir, path, overrides or {})
     if done >= cfg.iters and (run_dir / run_files.MODEL).is_file() and (run_dir / run_files.SUMMARY).is_file():
         raise InputError(f"run {run_dir} is already complete ({done} of {cfg.iters} iterations)", "evaluate or export it, or start a new "
