@@ -51,7 +51,7 @@ def resolve_threads(cfg: AdaptConfig, device: torch.device, trained: torch.nn.Mo
         return known
     timings = measure(trained, disc, 2 * cfg.batch_size, input_shape, candidates(torch.get_num_threads()))
     chosen = fastest(timings)
-    log.info("threads: %d for the training steps (%s a step; --threads N sets it)", chosen,  # the fewest within TIE of the fastest
+    log.info("threads: %d for the training steps (%s; --threads N sets it)", chosen,  # a step each; the fewest within TIE of the fastest
              ", ".join(f"{plural(n, 'thread')} {seconds * 1e3:.2f} ms" for n, seconds in sorted(timings.items())))
     return chosen
 
