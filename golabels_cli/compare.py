@@ -29,7 +29,7 @@ from typing import Any
 
 from . import run_files
 from .errors import InputError, reason
-from .validators import LABEL_FREE
+from .validators import LABEL_FREE, shipped_evaluation
 
 BOOTSTRAP = 2000
 PERMUTATIONS = 10000
@@ -45,9 +45,7 @@ class FinishedRun:
     @property
     def validators(self) -> dict[str, float | None]:
         """The label-free validators of the snapshot the run ships (its last evaluation, or --select's)."""
-        evals = self.summary.get("evals") or []
-        shipped = (self.summary.get("selected") or {}).get("iter")
-        chosen = next((e for e in evals if isinstance(e, dict) and e.get("iter") == shipped), evals[-1] if evals else {})
+        chosen = shipped_evaluation(self.summary)
         return {k: chosen.get(k) for k in LABEL_FREE if isinstance(chosen.get(k), (int, float))}
 
 

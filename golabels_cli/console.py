@@ -20,7 +20,7 @@ from rich.text import Text
 
 from .errors import GolabelsError, plural, reason
 from .formats import json_text
-from .validators import NAMES, is_evaluation_row
+from .validators import NAMES, is_evaluation_row, shipped_evaluation
 from .progress import CandidateStarted, DataRead, FrozenPathHint, RowLogged, RunEvent, RunFinished, RunStarted, StepDone
 
 
@@ -377,9 +377,7 @@ SEARCH_COLUMNS = 100  # a search's own lines fit a terminal this wide
 
 def candidate_result_line(recipe: str, summary: dict[str, Any]) -> str:
     """A search's candidate in one line: its seconds and the validators of the snapshot it ships."""
-    shipped = (summary.get("selected") or {}).get("iter")
-    evals = summary.get("evals") or []
-    last = next((e for e in evals if e.get("iter") == shipped), evals[-1] if evals else {})
+    last = shipped_evaluation(summary)
     figures = " ".join(f"{name} {fmt(last.get(key), '.3f')}" for key, name in NAMES.items() if key in last and key != "target_acc")
     if last.get("target_acc") is not None:
         figures += f" | tgt-acc {last['target_acc']:.3f}"

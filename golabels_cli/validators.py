@@ -179,6 +179,14 @@ def is_evaluation_row(row: dict) -> bool:
     return any(key in row for key in LABEL_FREE)
 
 
+def shipped_evaluation(summary: dict) -> dict:
+    """A finished run's evaluation of the snapshot it ships (summary.json's `evals` entry at its
+    `selected` iteration: --select's, else the last); {} when it has none."""
+    evals = [e for e in summary.get("evals") or [] if isinstance(e, dict)]
+    shipped = (summary.get("selected") or {}).get("iter")
+    return next((e for e in evals if e.get("iter") == shipped), evals[-1] if evals else {})
+
+
 def compute_validators(out: Outputs) -> dict[str, float | None]:
     """Every label-free validator that the outputs allow (src-acc and dev need a held-out source split)."""
     probs = out.target_logits.float().softmax(1)

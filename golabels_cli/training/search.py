@@ -46,7 +46,7 @@ from ..images import require_regular, shared_scans
 from ..model_info import ModelInfo
 from ..progress import CandidateStarted, RunFinished, no_events
 from ..remedies import SMALL_TARGET, SMALL_TARGET_LOSS
-from ..validators import LABEL_FREE, better, metric_key
+from ..validators import LABEL_FREE, better, metric_key, shipped_evaluation
 from ..yaml_files import read_config_fields, run_config
 from . import run
 from .resolve import with_input_size
@@ -275,8 +275,7 @@ def _seconds_left(recipes: tuple[str, ...], iters: int, pace: dict[bool, float])
 def candidate_record(recipe: str, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """What the search keeps of a candidate: its validators at the evaluation of the snapshot it
     shipped (the last, or --select's), its --eval-dir accuracy when given, and its seconds."""
-    shipped = (summary.get("selected") or {}).get("iter")
-    last = next((e for e in summary["evals"] if e.get("iter") == shipped), summary["evals"][-1] if summary["evals"] else {})
+    last = shipped_evaluation(summary)
     return {"recipe": recipe, "run_dir": str(folder), "validators": {k: last.get(k) for k in LABEL_FREE},
             "target_acc": summary.get("target_acc"), "target_mean_class_acc": summary.get("target_mean_class_acc"),
             "seconds": summary.get("seconds")}
