@@ -67,8 +67,10 @@ def model_path(run_or_model: str | Path) -> Path:
     return path
 
 
-def load_model(run_or_model: str | Path):
-    """(Classifier, or HeadEnsemble, in eval mode, ModelInfo) from a run directory or a model.safetensors file."""
+def load_model(run_or_model: str | Path, calibrated: bool = True):
+    """(Classifier, or HeadEnsemble, in eval mode, ModelInfo) from a run directory or a model.safetensors
+    file; its logits divided by the model's temperature unless not `calibrated` (a teacher's labels
+    are read as it was trained)."""
     from safetensors import safe_open
 
     from .methods import get_recipe
@@ -101,6 +103,8 @@ def load_model(run_or_model: str | Path):
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise InputError(f"model {path} does not match its own metadata ({reason(exc)})", "the file is damaged") from exc
+    if calibrated:
+        model.temperature = info.temperature
     return model.eval(), info
 
 

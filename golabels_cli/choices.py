@@ -49,6 +49,7 @@ SELECT_CHOICES = ("last", *(v.name for v in VALIDATORS))  # --select: the last s
 FORWARDS = ("joint", "per-domain")
 AUGMENTS = ("batched", "per-image")  # --augment: where training images are cropped (device_batches.py, data.py)
 BN_STATS = ("train", "target")
+CALIBRATIONS = ("source", "none")  # --calibrate: calibration.py
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_SCALINGS = ("none", "linear", "sqrt")

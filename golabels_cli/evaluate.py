@@ -6,27 +6,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from .errors import InputError, RunError, reason
 from .formats import csv_line
-from .inference import EvalResult, cached_outputs, image_logits, labeled_for_model, score
+from .inference import EvalResult, cached_outputs, calibration_record, image_logits, labeled_for_model, score
 
 
 def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> EvalResult:
-    images, to_model, classes, predicted = _predicted(run_or_model, data_dir, device, batch_size, workers)
-    return score(images, to_model, classes, predicted)
+    images, to_model, info, logits = _logits(run_or_model, data_dir, device, batch_size, workers)
+    result = score(images, to_model, info.classes, logits.argmax(1))
+    truth = torch.tensor(to_model)[torch.tensor(images.labels)]
+    result.calibration = calibration_record(logits, logits.argmax(1) == truth, info.temperature)
+    return result
 
 
 def predictions(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64,
                 workers: int = 0) -> tuple[list[str], list[bool]]:
     """Each image of a labeled folder (its path) and whether the model gets it right: what
     `golabels compare` pairs between runs."""
-    images, to_model, _, predicted = _predicted(run_or_model, data_dir, device, batch_size, workers)
+    images, to_model, _, logits = _logits(run_or_model, data_dir, device, batch_size, workers)
     truth = [to_model[label] for label in images.labels]
-    return [str(p) for p in images.paths], [int(p) == t for p, t in zip(predicted.tolist(), truth)]
+    return [str(p) for p in images.paths], [int(p) == t for p, t in zip(logits.argmax(1).tolist(), truth)]
 
 
-def _predicted(run_or_model: str | Path, data_dir: str | Path, device: str, batch_size: int, workers: int):
-    """(the folder's images, their classes in the model's order, the model's classes, its predicted class of each image)."""
+def _logits(run_or_model: str | Path, data_dir: str | Path, device: str, batch_size: int, workers: int):
+    """(the folder's images, their classes in the model's order, the model's ModelInfo, its logits of each image)."""
     from .checkpoint import load_model
     from .device import pick_device
 
@@ -39,7 +44,7 @@ def _predicted(run_or_model: str | Path, data_dir: str | Path, device: str, batc
         logits = image_logits(model, images, info.data_config, dev, batch_size, workers)
     else:
         logits, _ = cached_outputs(model, info, images, dev, cache, batch_size, workers, "eval: features")
-    return images, to_model, info.classes, logits.argmax(1)
+    return images, to_model, info, logits
 
 
 def _frozen_backbone_cache(run_or_model: str | Path) -> str | None:

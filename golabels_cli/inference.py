@@ -41,6 +41,9 @@ class EvalResult:
     predicted_classes: list[str]
     skipped: int
     most_confused: list[ConfusedPair] = field(default_factory=list)  # the largest off-diagonal cells, largest first
+    # How far its confidences are from its accuracy (calibration.py): the model's temperature, the
+    # expected calibration error of its confidences, and that of its logits undivided (temperature 1).
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,6 +151,14 @@ def score(images: ImageSet, to_model: list[int], model_classes: list[str], predi
 
 
 MOST_CONFUSED = 5
+
+
+def calibration_record(logits: torch.Tensor, correct: torch.Tensor, temperature: float) -> dict:
+    """The calibration figures of EvalResult and summary.json from a model's (divided) `logits`."""
+    from .calibration import expected_calibration_error
+
+    return {"temperature": temperature, "ece": round(expected_calibration_error(logits.float().softmax(1), correct), 4),
+            "ece_at_temperature_1": round(expected_calibration_error((logits.float() * temperature).softmax(1), correct), 4)}
 
 
 def most_confused(confusion: torch.Tensor, true_classes: list[str], predicted_classes: list[str],

@@ -14,6 +14,7 @@ ONNX metadata (`metadata_props`, every value a string) is flat so that plain Pyt
     crop_mode         center | squash | border (timm's eval modes)
     backbone, method, domain_labels, golabels_version
     members           JSON list of recipes, one head each, of an ensemble (--method auto); absent for one head
+    temperature       the number the logits were divided by (calibration.py), already in the graph; absent: 1
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ MIN_CROP_PCT = 0.25
 # zero turns the confidences into inf and NaN.
 MIN_STD = 1e-3
 MAX_MEAN = 10.0
+# A shipped model's temperature (calibration.py searches it in this range; a file outside it is damaged).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 MODEL_FORMAT = "golabels-classifier/1"
 ONNX_FORMAT = "golabels-onnx/1"
 
@@ -53,6 +56,7 @@ class ModelInfo:
     domain_labels: str
     version: str = __version__
     members: list[str] | None = None  # an ensemble's recipes, one head each (--method auto); None: one head
+    temperature: float = 1.0  # the logits are divided by it (calibration.py); models written before it: 1
 
     def check(self, path: Path) -> "ModelInfo":
         """Every field a loader trusts, checked: a damaged or edited file is refused naming the field,
@@ -96,6 +100,8 @@ class ModelInfo:
         if self.members is not None and not (isinstance(self.members, list) and 2 <= len(self.members) <= MAX_MEMBERS
                                              and all(isinstance(m, str) and m for m in self.members)):
             raise bad("members", f"must be a list of 2 to {MAX_MEMBERS} recipe names")
+        if not (isinstance(self.temperature, float) and MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise bad("temperature", f"must be a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {self.temperature!r}"[:120])
         return self
 
     def metadata(self) -> dict[str, str]:
@@ -110,6 +116,7 @@ class ModelInfo:
             "domain_labels": self.domain_labels,
             "golabels_version": self.version,
             **({"members": json.dumps(self.members)} if self.members is not None else {}),
+            **({"temperature": repr(self.temperature)} if self.temperature != 1.0 else {}),
         }
 
     @classmethod
@@ -127,6 +134,7 @@ class ModelInfo:
                 domain_labels=meta["domain_labels"],
                 version=meta.get("golabels_version", "?"),
                 members=json.loads(meta["members"]) if "members" in meta else None,
+                temperature=float(meta.get("temperature", "1")),
             )
         except (KeyError, ValueError) as exc:
             raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it from its run") from exc
@@ -150,6 +158,7 @@ class ModelInfo:
             "bottleneck_dim": str(self.bottleneck_dim),
             "golabels_version": self.version,
             **({"members": json.dumps(self.members)} if self.members is not None else {}),
+            **({"temperature": repr(self.temperature)} if self.temperature != 1.0 else {}),
         }
 
     @classmethod
@@ -175,6 +184,7 @@ class ModelInfo:
                 domain_labels=meta["domain_labels"],
                 version=meta.get("golabels_version", "?"),
                 members=json.loads(meta["members"]) if "members" in meta else None,
+                temperature=float(meta.get("temperature", "1")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{path} has damaged golabels metadata ({exc})", "re-export it: golabels export RUN_DIR --onnx") from exc

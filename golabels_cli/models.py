@@ -46,7 +46,10 @@ class BridgedHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    """What gets adapted and shipped. forward() returns (logits, bottleneck features)."""
+    """What gets adapted and shipped. forward() returns (logits, bottleneck features); a shipped
+    model's logits are divided by its `temperature` (calibration.py; 1 while it trains)."""
+
+    temperature = 1.0
 
     def __init__(self, backbone: nn.Module, num_classes: int, bottleneck_dim: int = 256, bridged: bool = False):
         super().__init__()
@@ -73,14 +76,18 @@ class Classifier(nn.Module):
     def classify(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The part after the backbone: what --freeze-backbone trains on cached features."""
         features = self.bottleneck(backbone_features)
-        return self.head(features), features
+        logits = self.head(features)
+        return (logits if self.temperature == 1.0 else logits / self.temperature), features
 
 
 class HeadEnsemble(nn.Module):
     """Several adapted heads (bottleneck and head, each trained by another recipe) on one backbone
     that runs once (--method auto --search-pick ensemble). forward() returns (log of the members'
     mean softmax, their bottleneck features side by side): a softmax of those logits is the mean
-    of the members' probabilities, so eval, export and predict read it as any classifier's."""
+    of the members' probabilities, so eval, export and predict read it as any classifier's. Its
+    `temperature` divides those logits (its members' own are not applied)."""
+
+    temperature = 1.0
 
     def __init__(self, backbone: nn.Module, members: list[Classifier]):
         super().__init__()
@@ -94,11 +101,14 @@ class HeadEnsemble(nn.Module):
         outputs = [member(backbone_features) for member in self.members]
         probabilities = torch.stack([logits.float().softmax(1) for logits, _ in outputs]).mean(0)
         # The floor keeps a class no member gives any probability finite (softmax of it stays ~0).
-        return probabilities.clamp_min(1e-30).log(), torch.cat([features for _, features in outputs], 1)
+        logits = probabilities.clamp_min(1e-30).log()
+        return (logits if self.temperature == 1.0 else logits / self.temperature), torch.cat([features for _, features in outputs], 1)
 
 
 class _Head(nn.Module):
     """A Classifier without its backbone: the part a member of a HeadEnsemble keeps."""
+
+    temperature = 1.0  # the ensemble's own is applied to the mean
 
     def __init__(self, bottleneck: nn.Module, head: nn.Module):
         super().__init__()

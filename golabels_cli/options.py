@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .choices import (ALIGNMENT_TERMS, AUGMENTS, AUTO_METHOD, BASELINE, BN_STATS, CDAN_MAPS, DEVICES, DISCRIMINATORS, DOMAIN_LABEL_MODES,
-                      FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
+from .choices import (ALIGNMENT_TERMS, AUGMENTS, AUTO_METHOD, BASELINE, BN_STATS, CALIBRATIONS, CDAN_MAPS, DEVICES, DISCRIMINATORS,
+                      DOMAIN_LABEL_MODES, FORWARDS, LOGGERS, LR_SCALINGS, PRECISIONS,
                       REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, SEARCH_PICKS, SEARCH_RECIPES, SELECT_CHOICES, TARGET_LOSS_NAMES,
                       parse_recipe_name)
 
@@ -259,6 +259,11 @@ class AdaptConfig:
     select: str = option("last", EVALUATION,
                          "Which evaluated snapshot becomes model.safetensors: {choices} (the oracle; needs --eval-dir).",
                          choices=SELECT_CHOICES)
+    # source: the shipped model's logits divided by the temperature that fits the held-out source
+    # split best (calibration.py): its predictions unchanged, its confidences nearer its accuracy
+    # (measured on labeled targets: benchmarks/RESULTS.md, "Calibration").
+    calibrate: str = option("source", EVALUATION, "Confidences of the shipped model: source (temperature scaling on the held-out source "
+                                                  "images, --val-split; the predictions do not change) | none.", choices=CALIBRATIONS)
     log_every: int = option(10, EVALUATION, "Write a metrics row every N iterations.", **POSITIVE)
     save_every: int = option(500, OUTPUT, "Save the full training state every N iterations (0: at the end only).", **COUNT)
     seed: int = option(0, TRAINING, "Random seed; same seed, same weights on CPU.", minimum=0, maximum=MAX_SEED, range_hint="any seed in "

@@ -101,6 +101,8 @@ def print_adapt_summary(summary: dict[str, Any]) -> None:
         shipped = f" (iteration {selected['iter']}, the shipped snapshot)" if at else ""
         values = " ".join(f"{name} {fmt(final.get(key), '.4f')}" for key, name in VALIDATOR_NAMES.items() if key != "target_acc")
         table.add_row("validators", values + shipped)
+    if summary.get("calibration"):
+        table.add_row("confidences", calibrated_row(summary["calibration"]))
     if summary["target_acc"] is not None:
         table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; --eval-dir "
                                          "labels)")
@@ -120,6 +122,8 @@ def print_eval(result, title: str) -> None:
     stdout.print(table)
     stdout.print(f"top-1 accuracy {result.accuracy:.4f} on {result.images} images; "
                  f"mean per-class accuracy {result.mean_class_accuracy:.4f}")
+    if result.calibration:
+        stdout.print(calibration_line(result.calibration), markup=False)
     if result.skipped:
         stdout.print(f"{result.skipped} unreadable image{'s' if result.skipped != 1 else ''} skipped")
     if result.most_confused:
@@ -143,6 +147,22 @@ def print_eval(result, title: str) -> None:
         else:
             stdout.print("(the confusion matrix is wider than this terminal: --confusion FILE writes it as CSV, --plots draws it)",
                          markup=False)
+
+
+def calibrated_row(calibration: dict) -> str:
+    """A run's calibration (summary.json's), in the adapt table."""
+    shown = calibration.get("eval") or calibration["source_val"]
+    where = "on the --eval-dir labels" if calibration.get("eval") else "there"
+    return (f"logits divided by {calibration['temperature']:g}, fitted on {calibration['images']} held-out source images "
+            f"(calibration error {shown['ece_at_temperature_1']:.3f} → {shown['ece']:.3f} {where})")
+
+
+def calibration_line(calibration: dict) -> str:
+    """How far the confidences are from the accuracy, before and after the model's temperature."""
+    line = f"calibration error (ECE) {calibration['ece']:.4f}"
+    if calibration["temperature"] == 1.0:
+        return line + " (confidences not calibrated: temperature 1)"
+    return line + f" with temperature {calibration['temperature']:g}; {calibration['ece_at_temperature_1']:.4f} without"
 
 
 def environment_line(env: dict) -> str:
@@ -190,6 +210,8 @@ def _print_overview(record) -> None:
     if summary is not None:
         sel = summary["selected"]
         overview.add_row(run_files.MODEL, f"iteration {sel['iter']} (--select {sel['by']})")
+        if summary.get("calibration"):
+            overview.add_row("confidences", calibrated_row(summary["calibration"]))
         if summary["target_acc"] is not None:
             overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
     remedies = remedy_flags(cfg)
@@ -344,6 +366,8 @@ def print_search_summary(summary: dict[str, Any]) -> None:
         reference = (f"; source-only {search['source_only_acc']:.4f}" if search.get("source_only_acc") is not None else "")
         table.add_row("target accuracy", f"{summary['target_acc']:.4f} (mean per class {summary['target_mean_class_acc']:.4f}; "
                       f"--eval-dir labels, never used to choose){reference}")
+    if summary.get("calibration"):
+        table.add_row("confidences", calibrated_row(summary["calibration"]))
     table.add_row("candidates", f"{run_files.SEARCH_CANDIDATES}/<recipe> in {summary['run_dir']}: each a run of its own (golabels report)"
                   + (f"; the student in {run_files.SEARCH_STUDENT}/, taught by {run_files.SEARCH_TEACHER}" if "student" in search else ""))
     stdout.print(table)
@@ -379,6 +403,8 @@ def print_search_report(record) -> None:
         if summary.get("environment"):
             overview.add_row("environment", environment_line(summary["environment"]))
         overview.add_row(run_files.MODEL, search["why"])
+        if summary.get("calibration"):
+            overview.add_row("confidences", calibrated_row(summary["calibration"]))
         if summary.get("target_acc") is not None:
             overview.add_row("target accuracy", f"{summary['target_acc']:.4f} (oracle: --eval-dir labels)")
     stdout.print(overview)

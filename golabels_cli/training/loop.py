@@ -42,7 +42,7 @@ from ..trackers import Tracker
 from .run_dir import append, checkpoint, kept, logged_rows, open_metrics, results_files, save_checkpoint, summary, write, write_failure
 from .signals import stop_requests
 from .runtime import set_rng_state
-from .selection import keep_if_selected, target_batchnorm, validate
+from .selection import calibrate, keep_if_selected, target_batchnorm, validate
 from .state import LOSS_KEYS, STAT_KEYS, LoopState, Progress, Training
 from .step import Classify, Step, feature_batches, fit_head, set_lr, step_of
 from .outputs import role_outputs, target_predictions
@@ -431,11 +431,16 @@ def finish(t: Training, run: Session) -> dict[str, Any]:
         t.model.load_state_dict(state.selected_weights)  # training is over: the model becomes the selected snapshot
     with target_batchnorm(t, keep=True):  # the statistics the evaluations were scored with
         pass
+    calibration = calibrate(t)
+    if calibration is not None:
+        info = dataclasses.replace(info, temperature=calibration["temperature"])
+        t.model.temperature = calibration["temperature"]  # the mosaic's confidences are the shipped model's
     try:
         save_model(t.model, info, run_dir / run_files.MODEL)
     except Exception as exc:  # OSError, or safetensors' own error type for a failed write
         raise RunError(f"cannot write {run_dir / run_files.MODEL} ({write_failure(exc, run_dir)})", kept(run.saved_at, run_dir)) from exc
     result = summary(t, run_dir, state, seconds, (run.start, session_seconds, step_seconds))
+    result["calibration"] = calibration
     result.update(results_files(run_dir, result, dataclasses.asdict(cfg), run.rows, lambda: target_predictions(t)))
     write(run_dir / run_files.SUMMARY, json_text(result) + "\n", run.saved_at)
     run.tracker.finish(result)

@@ -39,9 +39,9 @@ log = logging.getLogger("golabels")
 # --cdan-map with the scaled schedule, BatchNorm discriminators and CDAN's map randomized above
 # 4096 dimensions (whose buffers their checkpoint holds), and before --freeze-bn and --head-start
 # with the backbone's batch statistics and no head start, before --augment with per-image augmentation,
-# and before --threads with torch's default count.
+# before --threads with torch's default count, and before --calibrate with uncalibrated confidences.
 BEFORE_OPTIONS = {"val_split": 0.0, "balance_source": False, "balance_target": False, "schedule": "scaled", "discriminator": "batchnorm",
-                  "bn_stats": "train", "freeze_bn": False, "head_start": 0, "augment": "per-image", "threads": 0}
+                  "bn_stats": "train", "freeze_bn": False, "head_start": 0, "augment": "per-image", "threads": 0, "calibrate": "none"}
 
 
 def adapt(cfg: AdaptConfig, out: str | Path | None = None, exist_ok: bool = False, progress: Progress = no_events) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import run_files
 from ..checkpoint import load_model, save_model
-from ..files import check_run_dir, claim_run_dir, one_writer
+from ..files import atomic_path, check_run_dir, claim_run_dir, one_writer
 from ..choices import AGREEMENT, AUTO_METHOD, ENSEMBLE, STUDENT, STUDENT_RECIPE, parse_recipe_name, parse_search_recipes
 from ..config import AdaptConfig, build_config, candidate_config, to_yaml
 from ..data import ImageSet, scan_unlabeled
@@ -52,6 +52,8 @@ from . import run
 from .resolve import with_input_size
 from .run_dir import set_aside_earlier_run, set_aside_stopped_export, write
 from .search_checks import check_search_folder, finished_summary
+from .search_pace import Pace
+from .selection import assembled_calibration
 from .signals import stop_requests
 from .state import Progress
 
@@ -191,13 +193,14 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
     first: dict[str, Any] | None = None  # the first candidate's summary: what the candidates share (data, environment)
-    pace: dict[bool, float] = {}  # seconds per iteration of the candidates trained so far, with and without a discriminator
+    pace = Pace()
     stages = (*recipes, *((STUDENT_RECIPE,) if cfg.search_pick == STUDENT else ()))  # the student trains last, one run more
     for i, recipe in enumerate(recipes):
         folder = candidate_dir(run_dir, recipe)
-        summary = finished_summary(folder)
+        summary, began = finished_summary(folder), None
         if summary is None:
-            progress(CandidateStarted(i, len(stages), recipe, str(folder), _seconds_left(stages[i:], cfg.iters, pace)))
+            progress(CandidateStarted(i, len(stages), recipe, str(folder), pace.seconds_left(stages[i:], cfg.iters)))
+            began = time.perf_counter()
             _stop_here(stop, run_dir, f"candidate {recipe} ({i + 1} of {len(recipes)}) started")
             try:
                 if (folder / run_files.CHECKPOINT).is_file():
@@ -212,13 +215,11 @@ def _run_candidates(cfg: AdaptConfig, run_dir: Path, overrides: dict[str, Any], 
                 raise RunError(f"candidate {recipe} of the search failed: {exc.message}",
                                f"{exc.hint}; or leave it out with --search-recipes" if exc.hint else None) from None
         cfg = _threads_of_the_search(cfg, run_dir, folder)
-        adversarial = parse_recipe_name(recipe).adversarial
-        if summary.get("seconds") and not summary.get("resumed_at"):
-            pace[adversarial] = summary["seconds"] / max(summary["iters"], 1)
+        pace.add(parse_recipe_name(recipe).adversarial, summary, time.perf_counter() - began if began is not None else None)
         records.append(candidate_record(recipe, folder, summary))
         first = first or summary
     return _finish(cfg, run_dir, records, first, time.perf_counter() - started, overrides, progress, stop,
-                   _seconds_left(stages[len(recipes):], cfg.iters, pace))
+                   pace.seconds_left(stages[len(recipes):], cfg.iters))
 
 
 def _threads_of_the_search(cfg: AdaptConfig, run_dir: Path, folder: Path) -> AdaptConfig:
@@ -259,17 +260,6 @@ def _clear_unstarted(folder: Path) -> None:
         raise InputError(f"{folder} holds files the search did not write ({', '.join(sorted(names - set(run_files.RUN_FILES))[:3])})",
                          "move them away, then resume")
     shutil.rmtree(folder)
-
-
-def _seconds_left(recipes: tuple[str, ...], iters: int, pace: dict[bool, float]) -> float | None:
-    """The search's remaining time at the pace its candidates have shown, each at the pace of the
-    candidates like it (with a discriminator or without); None before any has finished."""
-    if not pace:
-        return None
-    # A kind not yet seen: a step on cached features without a discriminator took a quarter of
-    # one with CDAN+E's (benchmarks/RESULTS.md, figure (k): 3.12 against 13.22 ms).
-    guess = {True: pace.get(True, pace.get(False, 0.0) * 4), False: pace.get(False, pace.get(True, 0.0) / 4)}
-    return sum(guess[parse_recipe_name(r).adversarial] * iters for r in recipes)
 
 
 def candidate_record(recipe: str, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -368,12 +358,13 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], firs
     if shipped == STUDENT:
         student, teacher = _student(cfg, run_dir, members, overrides, progress, stop, len(records), student_seconds)
     _stop_here(stop, run_dir, "the search's final writes")  # from here, a second of writing: finished as a run's are
-    if shipped == STUDENT:
-        _copy_model(run_dir / run_files.SEARCH_STUDENT / run_files.MODEL, model_file)
-    elif shipped == ENSEMBLE:
-        save_ensemble([candidate_dir(run_dir, m) for m in members], members, model_file, cfg.domain_labels)
+    if shipped == ENSEMBLE:
+        calibration = save_ensemble([candidate_dir(run_dir, m) for m in members], members, model_file, cfg.domain_labels,
+                                    dataclasses.replace(cfg, **overrides))
     else:
-        _copy_model(candidate_dir(run_dir, shipped) / run_files.MODEL, model_file)
+        folder = run_dir / run_files.SEARCH_STUDENT if shipped == STUDENT else candidate_dir(run_dir, shipped)
+        _copy_model(folder / run_files.MODEL, model_file)
+        calibration = (finished_summary(folder) or {}).get("calibration")
     log.info("--method auto ships %s", why)
     accuracy = _shipped_accuracy(cfg, run_dir, records, shipped, overrides, student)
     reference = next((r for r in records if not parse_recipe_name(r["recipe"]).uses_target), None)
@@ -397,6 +388,7 @@ def _finish(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], firs
         "search": {"pick": cfg.search_pick, "shipped": shipped, "members": members, "why": why,
                    "source_only_acc": reference["target_acc"] if reference else None, "candidates": records,
                    **({"teacher": teacher, "student": student} if student is not None else {})},
+        "calibration": calibration,
     }
     write(run_dir / run_files.SUMMARY, json_text(summary) + "\n", None)
     if stop:
@@ -440,8 +432,6 @@ TEACHER_KEYS = ("members", "validators", "target_acc", "target_mean_class_acc", 
 
 
 def _copy_model(source: Path, path: Path) -> None:
-    from ..files import atomic_path
-
     with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
 
@@ -454,8 +444,10 @@ def save_teacher(folders: list[Path], members: list[str], path: Path, domain_lab
         _copy_model(folders[0] / run_files.MODEL, path)
 
 
-def save_ensemble(folders: list[Path], members: list[str], path: Path, domain_labels: str = "fixed") -> None:
-    """The members' heads on their one backbone, as one model file."""
+def save_ensemble(folders: list[Path], members: list[str], path: Path, domain_labels: str = "fixed",
+                  calibrated_on: AdaptConfig | None = None) -> dict[str, Any] | None:
+    """The members' heads on their one backbone, as one model file; calibrated on the held-out
+    source of the search `calibrated_on` (as --calibrate says; the figures returned)."""
     import torch
 
     from ..models import HeadEnsemble
@@ -468,10 +460,12 @@ def save_ensemble(folders: list[Path], members: list[str], path: Path, domain_la
         if theirs.keys() != reference.keys() or not all(torch.equal(theirs[k], reference[k]) for k in reference):
             raise RunError(f"candidate {folder.name} ships another backbone than {folders[0].name}",
                            "their heads cannot share one; pass --search-pick with a validator")
-    info = loaded[0][1]
+    first = loaded[0][1]
     ensemble = HeadEnsemble(backbone, [m for m, _ in loaded])
-    save_model(ensemble, ModelInfo(info.backbone, info.classes, info.data_config, info.bottleneck_dim, AUTO_METHOD, domain_labels,
-                                   members=members), path)
+    info = ModelInfo(first.backbone, first.classes, first.data_config, first.bottleneck_dim, AUTO_METHOD, domain_labels, members=members)
+    calibration = assembled_calibration(calibrated_on, ensemble, info, pick_device(calibrated_on.device)) if calibrated_on else None
+    save_model(ensemble, dataclasses.replace(info, temperature=calibration["temperature"]) if calibration else info, path)
+    return calibration
 
 
 def _shipped_accuracy(cfg: AdaptConfig, run_dir: Path, records: list[dict[str, Any]], shipped: str,

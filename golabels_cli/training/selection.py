@@ -5,19 +5,26 @@ figures are target_estimate.py's.)"""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
 
-from ..data import ImageSet
-from ..inference import autocast, score
+from ..calibration import MIN_CALIBRATION_IMAGES, fit_temperature
+from ..config import AdaptConfig
+from ..data import ImageSet, scan_labeled, stratified_split
+from ..images import first_time
+from ..inference import autocast, cached_outputs, calibration_record, score
+from ..model_info import ModelInfo
 from ..progress import batch_size as batch_size_of
 from ..progress import tracked
 from ..validators import LABEL_FREE, Outputs, better, compute_validators, metric_key
 from .outputs import image_loader, role_outputs
 from .state import LoopState, Training
 from .target_estimate import shift_scores
+
+log = logging.getLogger("golabels")
 
 
 def validate(t: Training, state: LoopState) -> dict[str, Any]:
@@ -155,3 +162,56 @@ def keep_if_selected(t: Training, state: LoopState, it: int, scores: dict[str, A
             return  # a validator that could not be computed never selects
         state.selected = {"iter": it, "value": value}
         state.selected_weights = {k: v.detach().to("cpu", copy=True) for k, v in t.model.state_dict().items()}
+
+
+@torch.no_grad()
+def calibrate(t: Training) -> dict[str, Any] | None:
+    """--calibrate source: the shipped model's temperature, fitted on the held-out source split
+    (calibration.py), set on t.model; its calibration error there and, with --eval-dir, on the
+    labeled target (the oracle), with and without it. None (temperature 1) without held-out images."""
+    if t.cfg.calibrate != "source":
+        return None
+    v = t.validation
+    if not _enough_to_calibrate(len(v.source_val or [])):
+        return None
+    was_training = t.model.training
+    t.model.eval()
+    try:
+        logits = role_outputs(t, "source_val", v.source_val)[0].float()
+        labels = torch.tensor(v.source_val.labels)
+        temperature = fit_temperature(logits, labels)
+        record = {"temperature": temperature,
+                  "source_val": calibration_record(logits / temperature, logits.argmax(1) == labels, temperature)}
+        if t.eval_set is not None:
+            images, to_model = t.eval_set
+            eval_logits = role_outputs(t, "eval", images)[0].float()
+            truth = torch.tensor(to_model)[torch.tensor(images.labels)]
+            record["eval"] = calibration_record(eval_logits / temperature, eval_logits.argmax(1) == truth, temperature)
+    finally:
+        t.model.train(was_training)
+    record["images"] = len(labels)
+    return record
+
+
+def assembled_calibration(cfg: AdaptConfig, model: torch.nn.Module, info: ModelInfo, device: torch.device) -> dict[str, Any] | None:
+    """calibrate() for a model the search assembles from its candidates' heads (an ensemble): its
+    temperature fitted on the held-out source split its candidates held out (the same seed), read
+    through the feature cache."""
+    if cfg.calibrate != "source":
+        return None
+    scanned = scan_labeled(cfg.source, "source")
+    held_out = stratified_split(scanned.labels, cfg.val_split, cfg.seed)[1]
+    if not _enough_to_calibrate(len(held_out)):
+        return None
+    images = scanned.subset(held_out)
+    logits = cached_outputs(model.to(device), info, images, device, cfg.cache_dir, 2 * cfg.batch_size)[0]
+    labels = torch.tensor(images.labels)
+    temperature = fit_temperature(logits, labels)
+    return {"temperature": temperature, "images": len(labels),
+            "source_val": calibration_record(logits / temperature, logits.argmax(1) == labels, temperature)}
+
+
+def _enough_to_calibrate(held_out: int) -> bool:
+    if held_out < MIN_CALIBRATION_IMAGES and first_time(("calibrate", held_out)):  # a search's candidates say it once
+        log.info("confidences not calibrated: %d held-out source images, fewer than %d (--val-split)", held_out, MIN_CALIBRATION_IMAGES)
+    return held_out >= MIN_CALIBRATION_IMAGES

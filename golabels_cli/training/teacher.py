@@ -61,7 +61,7 @@ def teach(cfg: AdaptConfig, target: ImageSet, classes: list[str], device: torch.
           target_features: Features | None) -> Teaching:
     """The teacher's refined labels of `target`. Its backbone's features come from the run's own
     cached ones when it is the run's backbone (`run_key`), else from the feature cache."""
-    model, info = load_model(cfg.teacher)
+    model, info = load_model(cfg.teacher, calibrated=False)  # its labels as it was trained to give them
     if info.classes != classes:
         raise InputError(f"the teacher {cfg.teacher} has other classes than the source folder ({len(info.classes)} against "
                          f"{len(classes)}: {', '.join(info.classes[:3])} ...)", "pass a teacher trained on this source folder")
