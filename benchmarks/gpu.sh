@@ -6,7 +6,7 @@
 # (the figures, the GPU and the versions); a section that reaches its cap keeps the lines it printed.
 #
 #     OUT=$OUT OFFICE=office31 WEIGHTS=lite0.safetensors bash benchmarks/gpu.sh
-#     DEVICE=cpu BACKBONES=test_resnet SIZE=32 BATCH=4 STEPS=1 ITERS=4 DDP_ITERS=2 WORKERS=0 MAX_BATCH=8 DEMO_ITERS=2 \
+#     DEVICE=cpu BACKBONES=test_resnet SIZE=32 BATCH=4 STEPS=1 ITERS=4 DDP_ITERS=2 WORKERS=0 MAX_BATCH=8 DEMO_ITERS=2 DEMO_PER_CLASS=5 \
 #         COMPILE_MODES=default CAP_SCALE=4 OUT=/tmp/dry bash benchmarks/gpu.sh      # the dry run the tests make on a CPU
 #
 # OFFICE: a folder holding Office-31's amazon/ and webcam/ (the end-to-end and loader figures read
@@ -28,7 +28,8 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda} BACKBONES=${BACKBONES:-resnet50,tf_efficientnet_lite0} SIZE=${SIZE:-224} BATCH=${BATCH:-32}
-STEPS=${STEPS:-20} ITERS=${ITERS:-150} DDP_ITERS=${DDP_ITERS:-100} DEMO_ITERS=${DEMO_ITERS:-200} MAX_BATCH=${MAX_BATCH:-1024}
+STEPS=${STEPS:-20} ITERS=${ITERS:-150} DDP_ITERS=${DDP_ITERS:-100} DEMO_ITERS=${DEMO_ITERS:-200} DEMO_PER_CLASS=${DEMO_PER_CLASS:-300}
+MAX_BATCH=${MAX_BATCH:-1024}
 G_SECONDS=${G_SECONDS:-10} COMPILE_MODES=${COMPILE_MODES:-default,reduce-overhead} CAP_SCALE=${CAP_SCALE:-1}
 WORKERS=${WORKERS:-$(( $(nproc) > 8 ? 8 : $(nproc) - 1 ))} OFFICE=${OFFICE:-} WEIGHTS=${WEIGHTS:-}
 E2E_BACKBONE=${E2E_BACKBONE:-${BACKBONES##*,}}
@@ -70,7 +71,7 @@ weights_for() { if [[ -n "$WEIGHTS" && "$1" == tf_efficientnet_lite0 ]]; then ec
 cat "$TABLE" >> "$LOG"
 
 section 30 "1. the demo end to end on $DEVICE (adapt, eval, ONNX export, predict)" \
-  $PY -m golabels_cli demo --device "$DEVICE" --iters "$DEMO_ITERS" --out "$WORK/demo" --quiet --json > "$WORK/demo.json" \
+  $PY -m golabels_cli demo --device "$DEVICE" --iters "$DEMO_ITERS" --per-class "$DEMO_PER_CLASS" --out "$WORK/demo" --quiet --json > "$WORK/demo.json" \
   && $PY -c "import json; d = json.load(open('$WORK/demo.json')); print('demo:', {k: d[k]['target_acc'] for k in ('source_only', 'adapted')}, 'export', d['export']['max_abs_diff'])" | tee -a "$TABLE"
 
 REAL=()

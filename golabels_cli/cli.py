@@ -263,6 +263,9 @@ def demo(
                    typer.Option(metavar="DIR", help="Folder for the data and runs; default: runs/demo/exp, exp2, ...",
                                 show_default=False)] = None,
     iters: Annotated[int, typer.Option(help="Iterations of each run.")] = 1000,
+    per_class: Annotated[Optional[int], typer.Option("--per-class", metavar="N", show_default=False,
+                                                     help="Images of each digit in each domain; default 300 (fewer: a quicker, "
+                                                          "noisier demo).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of both runs' training (the demo's images are the same for every seed).")] = 0,
     device: DeviceOpt = "cpu",
     json_: JsonOpt = False,
@@ -270,34 +273,17 @@ def demo(
     debug: DebugOpt = False,
 ) -> None:
     """Generate two digit domains; train source-only and adapted with golabels' defaults, evaluate both on the target, export to ONNX, predict."""  # noqa: E501 - --help's text
-    from .demo import run_demo
-
+    from .demo import MIN_PER_CLASS, print_demo, run_demo
     from .options import MAX_SEED
 
-    if iters < 1 or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"--iters must be positive and --seed in [0, {MAX_SEED}]")
+    if iters < 1 or not 0 <= seed <= MAX_SEED or (per_class is not None and per_class < MIN_PER_CLASS):
+        raise InputError(f"--iters must be positive, --per-class at least {MIN_PER_CLASS} and --seed in [0, {MAX_SEED}]")
     result = run_demo(out, iters=iters, device=device, seed=seed, progress_factory=lambda: AdaptProgress(quiet=quiet or json_),
-                      say=(lambda s: None) if quiet or json_ else stderr.print)
+                      say=(lambda s: None) if quiet or json_ else stderr.print, per_class=per_class)
     if json_:
         print_json(result)
     else:
-        so, ad = result["source_only"], result["adapted"]
-        stdout.print(
-            f"target accuracy on the demo's shifted domain: source-only {so['target_acc']:.3f}, "
-            f"adapted ({ad['method']} + {ad['domain_labels']}) {ad['target_acc']:.3f} ({100 * result['gain']:+.1f} points)"
-        )
-        bn = (", and BatchNorm statistics re-estimated on those images before scoring and export (--bn-stats target)"
-              if ad["recipe"].get("bn_stats") == "target" else "")
-        stdout.print(f"what changed: the same network, data and schedule, plus {ad['method']}'s domain discriminator trained "
-                     f"against the features on the unlabeled target images (adversarial weight {ad['recipe']['trade_off']:g}){bn}; "
-                     "the target's labels were read only to score both runs")
-        stdout.print(f"runs: {result['source_only']['run_dir']} and {result['adapted']['run_dir']}")
-        stdout.print(f"exported {result['export']['onnx']} (max |probability difference| vs. PyTorch "
-                     f"{result['export']['max_abs_diff']:.1e}); "
-                     f"its predictions on the target: {result['predict']['csv']} ({result['predict']['rows']} rows, accuracy "
-                     f"{result['predict']['target_acc']:.3f})")
-        stdout.print(f"try:  golabels eval {result['adapted']['run_dir']} {result['data']['target']}")
-        stdout.print(f"      golabels predict {result['export']['onnx']} {result['data']['target']} --top-k 2")
+        print_demo(result)
 
 
 @app.command(epilog=EXPORT_EPILOG, cls=Command)

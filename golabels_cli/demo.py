@@ -15,13 +15,16 @@ from .synthetic import make_digit_domains
 DEMO_BACKBONE = "test_resnet"
 DEMO_ITERS = 1000
 DEMO_PER_CLASS = 300
+MIN_PER_CLASS = 5  # a held-out split and a batch of each domain
 RESULT_FILE = "demo.json"  # what `--json` prints, kept beside the runs
 
 
 def run_demo(out: str | Path | None, iters: int = DEMO_ITERS, device: str = "cpu", seed: int = 0,
-             progress_factory: Callable = lambda: None, say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+             progress_factory: Callable = lambda: None, say: Callable[[str], None] = lambda s: None,
+             per_class: int | None = None) -> dict[str, Any]:
     """Source-only against the default adaptation recipe on the built-in digits (the same data for
-    every seed; `seed` seeds the training), then export and predict with the adapted model."""
+    every seed; `seed` seeds the training; `per_class` images of each digit and domain, default
+    DEMO_PER_CLASS), then export and predict with the adapted model."""
     from .device import pick_device
 
     pick_device(device)  # an unavailable --device is refused before anything is written
@@ -33,7 +36,7 @@ def run_demo(out: str | Path | None, iters: int = DEMO_ITERS, device: str = "cpu
         except InputError as exc:
             raise InputError(exc.message, "pass another --out (the demo writes only into a new or empty folder)") from None
     try:
-        return _demo(root, iters, device, seed, progress_factory, say)
+        return _demo(root, iters, device, seed, progress_factory, say, per_class or DEMO_PER_CLASS)
     except BaseException:
         # Everything in the folder is the demo's own (it was new or empty): a failed demo leaves none of it.
         for child in root.iterdir():
@@ -43,10 +46,11 @@ def run_demo(out: str | Path | None, iters: int = DEMO_ITERS, device: str = "cpu
         raise
 
 
-def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Callable, say: Callable[[str], None]) -> dict[str, Any]:
+def _demo(root: Path, iters: int, device: str, seed: int, progress_factory: Callable, say: Callable[[str], None],
+          per_class: int) -> dict[str, Any]:
     say(f"demo folder: {root}")
     say("generating two digit domains: small, thin glyphs (source, labeled) and larger, bolder ones (target, used unlabeled)")
-    source, target = make_digit_domains(root / "data", per_class=DEMO_PER_CLASS, size=32, seed=0)
+    source, target = make_digit_domains(root / "data", per_class=per_class, size=32, seed=0)
     # No flips (a flipped digit is another digit) and no crops: the demo compares the methods, not augmentation.
     common = dict(
         source=str(source), target=str(target), backbone=DEMO_BACKBONE, pretrained=False, image_size=32, iters=iters,
@@ -83,3 +87,26 @@ def _predict_to_csv(onnx_path: str, target: Path, csv_path: Path) -> dict[str, A
         rows += 1
     write_text_atomic(csv_path, "".join(lines))
     return {"csv": str(csv_path), "rows": rows, "target_acc": correct / max(rows, 1)}
+
+
+def print_demo(result: dict[str, Any]) -> None:
+    """The demo's result as a user reads it: both figures, the gain, what changed, where things are."""
+    from .console import stdout
+
+    so, ad = result["source_only"], result["adapted"]
+    stdout.print(
+        f"target accuracy on the demo's shifted domain: source-only {so['target_acc']:.3f}, "
+        f"adapted ({ad['method']} + {ad['domain_labels']}) {ad['target_acc']:.3f} ({100 * result['gain']:+.1f} points)"
+    )
+    bn = (", and BatchNorm statistics re-estimated on those images before scoring and export (--bn-stats target)"
+          if ad["recipe"].get("bn_stats") == "target" else "")
+    stdout.print(f"what changed: the same network, data and schedule, plus {ad['method']}'s domain discriminator trained "
+                 f"against the features on the unlabeled target images (adversarial weight {ad['recipe']['trade_off']:g}){bn}; "
+                 "the target's labels were read only to score both runs")
+    stdout.print(f"runs: {result['source_only']['run_dir']} and {result['adapted']['run_dir']}")
+    stdout.print(f"exported {result['export']['onnx']} (max |probability difference| vs. PyTorch "
+                 f"{result['export']['max_abs_diff']:.1e}); "
+                 f"its predictions on the target: {result['predict']['csv']} ({result['predict']['rows']} rows, accuracy "
+                 f"{result['predict']['target_acc']:.3f})")
+    stdout.print(f"try:  golabels eval {result['adapted']['run_dir']} {result['data']['target']}")
+    stdout.print(f"      golabels predict {result['export']['onnx']} {result['data']['target']} --top-k 2")

@@ -162,7 +162,8 @@ def test_gpu_script_dry_run_on_the_cpu_writes_every_figure(tmp_path):
 
     out = tmp_path / "out"
     env = {**os.environ, "DEVICE": "cpu", "BACKBONES": "test_resnet", "SIZE": "32", "BATCH": "4", "STEPS": "1", "ITERS": "3",
-           "DDP_ITERS": "2", "WORKERS": "0", "MAX_BATCH": "8", "DEMO_ITERS": "1", "COMPILE_MODES": "default", "CAP_SCALE": "4",
+           "DDP_ITERS": "2", "WORKERS": "0", "MAX_BATCH": "8", "DEMO_ITERS": "1", "DEMO_PER_CLASS": "5", "COMPILE_MODES": "default",
+           "CAP_SCALE": "4",
            "OUT": str(out), "PYTHON": sys.executable}
     result = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -64,7 +64,7 @@ def test_eval_of_missing_or_foreign_model(domains, tmp_path):
 def test_demo_runs_end_to_end(tmp_path):
     from golabels_cli.config import TRAINED_BACKBONE_METHOD, AdaptConfig
 
-    result = cli("demo", "--out", tmp_path / "demo", "--iters", "4", "--seed", "1", "--json")
+    result = cli("demo", "--out", tmp_path / "demo", "--iters", "4", "--seed", "1", "--per-class", "30", "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     for key, folder in (("source_only", "source-only"), ("adapted", "adapted")):
@@ -79,11 +79,11 @@ def test_demo_runs_end_to_end(tmp_path):
     # The demo ships the adapted model: ONNX export, then predict with it on the target images.
     assert report["export"]["onnx"] == str(tmp_path / "demo" / "adapted" / "model.onnx") and report["export"]["max_abs_diff"] <= 1e-4
     rows = list(csv.DictReader(open(report["predict"]["csv"])))
-    assert len(rows) == report["predict"]["rows"] == 3000
+    assert len(rows) == report["predict"]["rows"] == 300  # 30 of each digit
     # ONNX labels agree with eval's PyTorch ones: the same accuracy, give or take a near-tie.
-    assert abs(report["predict"]["target_acc"] - report["adapted"]["target_acc"]) <= 1 / 3000 + 1e-9
+    assert abs(report["predict"]["target_acc"] - report["adapted"]["target_acc"]) <= 1 / 300 + 1e-9
     # Without --json: both figures, the gain and what changed.
-    text = cli("demo", "--out", tmp_path / "demo2", "--iters", "2", "--quiet")
+    text = cli("demo", "--out", tmp_path / "demo2", "--iters", "2", "--per-class", "5", "--quiet")
     assert text.exit_code == 0, text.stderr
     assert "source-only" in text.stdout and "points)" in text.stdout and "what changed" in text.stdout
 
@@ -112,3 +112,11 @@ def test_most_confused_pairs_are_the_largest_mistakes_by_name():
     assert [(p.true, p.predicted, p.images) for p in pairs] == [("c", "b", 4), ("a", "b", 3), ("b", "a", 2), ("b", "c", 2)]
     assert pairs[0].share == 0.5
     assert most_confused(torch.eye(3, dtype=torch.long), ["a", "b", "c"], ["a", "b", "c"]) == []
+
+
+def test_demo_per_class_is_checked_and_its_default_is_the_demos():
+    from golabels_cli.demo import DEMO_PER_CLASS, MIN_PER_CLASS
+
+    assert f"default {DEMO_PER_CLASS} " in " ".join(cli("demo", "--help").stdout.replace("│", " ").split())
+    result = cli("demo", "--per-class", str(MIN_PER_CLASS - 1))
+    assert result.exit_code == 2 and f"--per-class at least {MIN_PER_CLASS}" in result.stderr
