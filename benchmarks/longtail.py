@@ -21,12 +21,9 @@ import argparse
 import math
 import os
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from golabels.hooks import IMAGE_EXTENSIONS  # noqa: E402
+from golabels.hooks import IMAGE_EXTENSIONS
 
 MIN_PER_CLASS = 5
 

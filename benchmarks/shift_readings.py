@@ -19,17 +19,14 @@ import json
 import logging
 import os
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from safetensors.torch import load_file
 
-from safetensors.torch import load_file  # noqa: E402
-
-import golabels  # noqa: E402
-from golabels.hooks import LoopState, build, eval_shift, validate_snapshot, warn_on_label_shift  # noqa: E402
+import golabels
+from golabels.hooks import LoopState, build, eval_shift, validate_snapshot, warn_on_label_shift
 
 
 def reading(run: Path) -> dict:
