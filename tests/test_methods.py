@@ -50,6 +50,26 @@ def test_reference_schedule_follows_absolute_iterations():
     assert AdaptConfig(iters=1000, schedule="reference", lr_gamma=0.5).resolved_lr_gamma() == 0.5  # an explicit gamma wins
 
 
+def test_the_schedule_object_is_the_formula_for_the_loop_and_the_head_start():
+    import torch
+
+    from golabels_cli.training.schedule import Schedule
+
+    cfg = AdaptConfig(iters=1000, schedule="reference", lr=0.01, head_start=50)
+    schedule = Schedule.of(cfg, scale=2.0)
+    backbone, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD([{"params": backbone.parameters(), "lr": 0.002}, {"params": head.parameters(), "lr": 0.02}], lr=0.02)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    for step in (0, 1, 500, 999):
+        factor = (1.0 + 1e-3 * step) ** -0.75
+        assert schedule.step_update(optimizer, step) == 0.01 * 2.0 * factor
+        assert [g["lr"] for g in optimizer.param_groups] == [0.002 * factor, 0.02 * factor]
+        assert schedule.coeff(step) == grl_coeff(step, 10000, 10.0)
+    head_start = Schedule.head_start(cfg)  # --lr decayed over the head start's own 50 steps, as a scaled run's
+    assert head_start.factor(50) == (1 + 20 / 50 * 50) ** -0.75 and head_start.lr == 0.01
+
+
 def test_entropy_weights_mean_one_and_confident_heavier():
     probs = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.9, 0.1]])
     w = entropy_weights(probs)

@@ -35,7 +35,6 @@ from ..device_batches import batch_loader, device_batches, loader_crop
 from ..distributed import all_mean, all_min, any_rank, shared
 from ..errors import Interrupted, RunError
 from ..formats import json_text
-from ..methods import grl_coeff
 from ..model_info import ModelInfo
 from ..progress import RowLogged, RunFinished, RunStarted, StepDone
 from ..trackers import Tracker
@@ -44,7 +43,8 @@ from .signals import stop_requests
 from .runtime import set_rng_state
 from .selection import calibrate, keep_if_selected, target_batchnorm, validate
 from .state import LOSS_KEYS, STAT_KEYS, LoopState, Progress, Training
-from .step import Classify, Step, feature_batches, fit_head, set_lr, step_of
+from .schedule import Schedule
+from .step import Classify, Step, feature_batches, fit_head, step_of
 from .outputs import role_outputs, target_predictions
 from .path_hint import frozen_path_hint
 from .target_estimate import estimate_target, warn_on_label_shift
@@ -87,6 +87,7 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
         signals.close()
         raise
     completed = False
+    schedule = Schedule.of(cfg, t.lr_scale)
     try:
         with signals:
             for step in range(state.iteration, cfg.iters):
@@ -94,8 +95,8 @@ def _train(t: Training, run_dir: Path | None, state: LoopState, progress: Progre
                 if (cfg.balance_target or cfg.label_shift_weights) and step and step % cfg.refresh_every == 0:
                     estimate_target(t, state, step)
                     streams.refresh(state, step)
-                lr = set_lr(t.optimizer, cfg, step, t.lr_scale)
-                coeff = grl_coeff(step, cfg.grl_horizon(), cfg.grl_alpha)
+                lr = schedule.step_update(t.optimizer, step)
+                coeff = schedule.coeff(step)
                 step_started = time.perf_counter()
                 xs, ys, xt, target_index = streams.next()
                 logged = streams.step(xs, ys, xt, coeff, streams.class_weights, target_index)

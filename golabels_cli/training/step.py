@@ -1,5 +1,5 @@
-"""One training step (forward, objective, backward), its learning rate, the batches of cached features it may train on, and the
-head start that fits the head before the first step."""
+"""One training step (forward, objective, backward), the batches of cached features it may train on, and the head start that
+fits the head before the first step."""
 
 from __future__ import annotations
 
@@ -10,25 +10,17 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..config import AdaptConfig
 from ..data import train_sampler
 from ..inference import autocast
 from ..features import backbone_features, model_key
 from ..methods import Objective, StepOutput
 from ..models import Classifier
 from .runtime import Speed
+from .schedule import Schedule
 from .state import Training
 
 log = logging.getLogger("golabels")
 HEAD_START_STREAM = 4  # the head start's own draws of the source (streams 0-3: training, validators)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, cfg: AdaptConfig, step: int, scale: float) -> float:
-    """lr x (1 + gamma x step)^-decay on every parameter group; returns the new layers' rate."""
-    factor = (1.0 + cfg.resolved_lr_gamma() * step) ** (-cfg.lr_decay)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
-    return cfg.lr * scale * factor
 
 
 @dataclass(frozen=True)
@@ -125,13 +117,14 @@ def fit_head(t: Training) -> float:
     sampler = train_sampler(t.source, cfg.seed, HEAD_START_STREAM, 0, t.dist.rank, t.dist.world,
                             t.source.labels if cfg.balance_source else None)
     params = [*t.model.bottleneck.parameters(), *t.model.head.parameters()]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    optimizer = torch.optim.SGD([{"params": params, "initial_lr": cfg.lr}], lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=True)
+    schedule = Schedule.head_start(cfg)
     t.model.train()
     loss = torch.zeros(())
     batches = feature_batches(features.values, torch.tensor(t.source.labels), cfg.batch_size, sampler)
     for step in range(cfg.head_start):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * (1 + 20 / cfg.head_start * step) ** -cfg.lr_decay
+        schedule.step_update(optimizer, step)
         x, y, _ = next(batches)
         logits, _ = t.model.classify(x.to(device))
         loss = F.cross_entropy(logits.float(), y.to(device))
