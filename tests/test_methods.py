@@ -5,7 +5,7 @@ import torch
 import pytest
 
 from golabels_cli.config import AdaptConfig
-from golabels_cli.methods import (Adversary, Batch, MultilinearMap, adversarial_loss, entropy_weights, get_method, grad_reverse,
+from golabels_cli.methods import (Adversary, Batch, GradientProbe, MultilinearMap, adversarial_loss, entropy_weights, get_method, grad_reverse,
                                   grl_coeff, gvb_weights, spectral_alignment)
 from golabels_cli.models import BridgedHead
 
@@ -120,11 +120,11 @@ def test_probe_reads_the_reversed_gradient_and_go_labels_shrink_it():
     disc = discriminator(6, 16).eval()
     norms = {}
     for mode in ("fixed", "go"):
-        features.grad, probe = None, {}
+        features.grad, probe = None, GradientProbe()
         loss, _, _ = loss_of("dann", mode, features, logits, domain, disc, None, coeff=0.5, probe=probe)
         loss.backward()
-        assert torch.isclose(probe["norm"], torch.linalg.vector_norm(features.grad))
-        norms[mode] = probe["norm"].item()
+        assert torch.isclose(probe.norm, torch.linalg.vector_norm(features.grad))
+        norms[mode] = probe.norm.item()
     # A fooled sample's target moves from d to 0.5, nearer its prediction: its gradient shrinks.
     assert norms["go"] < norms["fixed"]
 

@@ -71,7 +71,7 @@ def test_objective_of_a_neighbourhood_recipe_needs_the_target_size():
     objective.bank.fill(torch.randn(10, 8), torch.randn(10, 3))
     logits = torch.randn(8, 3, requires_grad=True)
     out = StepOutput(torch.randn(8, 8), logits, torch.zeros(4, dtype=torch.long), target_index=torch.tensor([0, 1, 2, 3]))
-    loss, logged = objective(out, 0.0)
+    loss, logged, _ = objective(out, 0.0)
     loss.backward()
     assert torch.isfinite(loss) and logits.grad[4:].abs().sum() > 0 and logged["loss_target"] != 0
 

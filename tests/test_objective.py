@@ -53,7 +53,7 @@ def test_a_plain_loop_with_the_public_objective_matches_golabels_step(domains):
         coeff = grl_coeff(step, 3)
         # the plain loop
         logits, features = model(torch.cat([xs, xt]))
-        loss, logged = objective(StepOutput(features, logits, ys), coeff)
+        loss, logged, _ = objective(StepOutput(features, logits, ys), coeff)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -110,3 +110,32 @@ def test_a_target_loss_on_features_is_one_module_and_one_registry_line(domains, 
     assert run.summary["method"] == "cdan-e+toy" and len(rows) == 4
     assert all(row["loss_target"] > 0 and row["loss_adv"] is not None for row in rows)
     assert 0 <= golabels.evaluate(run.run_dir, target, device="cpu").accuracy <= 1
+
+
+def test_the_objective_is_a_module_that_moves_saves_and_switches_mode_with_its_parts():
+    head = torch.nn.Linear(8, 3)
+    objective = Objective.of("cdan-e+aad", 3, 8, head=head, target_size=5)
+    keys = set(objective.state_dict())
+    assert any(k.startswith("discriminator.") for k in keys) and {"bank.features", "bank.scores"} <= keys
+    assert not any(k.startswith(("head", "_head")) for k in keys)  # the classifier's head is the model's
+    assert {id(p) for p in objective.parameters()} == {id(p) for p in objective.discriminator.parameters()}
+    assert objective.head is head
+    assert objective.train(False) is objective and not objective.discriminator.training
+    moved = objective.to(torch.float64)
+    assert moved is objective and next(objective.discriminator.parameters()).dtype == torch.float64
+    copy_ = Objective.of("cdan-e+aad", 3, 8, head=head, target_size=5)
+    copy_.load_state_dict(objective.float().state_dict())
+    teacher = torch.full((5, 3), 1 / 3)
+    taught = objective.replaced(teacher=teacher, teacher_weight=0.5)
+    assert taught.discriminator is objective.discriminator and torch.equal(taught.state_dict()["teacher"], teacher)
+    # A call returns the loss, what it logs and the probe that backward fills with the reversed gradient's norm.
+    objective.train()
+    features = torch.randn(8, 8, requires_grad=True)
+    logits = head(features)
+    out = StepOutput(features, logits, torch.tensor([0, 1, 2, 0]), target_index=torch.arange(4) % 5)
+    objective.bank.fill(torch.randn(5, 8), torch.randn(5, 3))
+    result = objective(out, 0.5)
+    assert result.probe is not None and result.probe.norm is None
+    result.loss.backward()
+    assert result.probe.norm is not None and float(result.probe.norm) > 0
+    assert Objective.of("mcc", 3, 8)(StepOutput(features, logits, torch.tensor([0, 1, 2, 0])), 0.5).probe is None

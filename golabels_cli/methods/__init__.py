@@ -11,17 +11,16 @@ target is one module and its line in choices.TARGET_LOSSES; each with its docs (
 and tests (docs/architecture.md lists the files).
 """
 
-from .adversarial import (CDAN_MAPS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, Adversary, Batch, ExtraLossInputs, Method,
-                          MultilinearMap, adversarial_loss, entropy, entropy_weights, grad_reverse, grl_coeff, randomized_map)
+from .adversarial import (CDAN_MAPS, REFERENCE_HORIZON, REFERENCE_LR_GAMMA, SCHEDULES, Adversary, Batch, ExtraLossInputs, GradientProbe,
+                          Method, MultilinearMap, adversarial_loss, entropy, entropy_weights, grad_reverse, grl_coeff, randomized_map)
 from .asan import spectral_alignment
 from .bank import TargetBank
 from .gvb import gvb_weights
-from .objective import Objective, StepOutput
+from .objective import Loss, Objective, StepOutput
 from .recipe import Recipe, TargetLoss, parse_recipe
 from .registry import BASELINE, METHODS, REGISTRY, TARGET_LOSSES, get_method, get_recipe
 
 __all__ = ["BASELINE", "CDAN_MAPS", "METHODS", "REFERENCE_HORIZON", "REFERENCE_LR_GAMMA", "REGISTRY", "SCHEDULES", "TARGET_LOSSES",
-           "Adversary", "Batch", "ExtraLossInputs", "Method", "MultilinearMap", "Objective", "Recipe", "StepOutput",
-           "TargetBank", "TargetLoss", "adversarial_loss", "entropy", "entropy_weights", "get_method", "get_recipe", "grad_reverse",
-           "grl_coeff", "gvb_weights",
-           "parse_recipe", "randomized_map", "spectral_alignment"]
+           "Adversary", "Batch", "ExtraLossInputs", "GradientProbe", "Loss", "Method", "MultilinearMap", "Objective", "Recipe",
+           "StepOutput", "TargetBank", "TargetLoss", "adversarial_loss", "entropy", "entropy_weights", "get_method", "get_recipe",
+           "grad_reverse", "grl_coeff", "gvb_weights", "parse_recipe", "randomized_map", "spectral_alignment"]

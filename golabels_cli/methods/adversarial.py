@@ -111,6 +111,14 @@ class Method:
                              layers=layers or self.reference_discriminator)
 
 
+@dataclass
+class GradientProbe:
+    """The norm of the gradient a reversal layer passed back, filled by the backward pass: a
+    tensor on the device, read (a host sync) only when a metrics row is logged."""
+
+    norm: torch.Tensor | None = None
+
+
 class _GradientReverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coeff, probe):
@@ -121,13 +129,12 @@ class _GradientReverse(torch.autograd.Function):
     def backward(ctx, grad):
         reversed_grad = -ctx.coeff * grad
         if ctx.probe is not None:
-            # A tensor on the device: reading it costs a host sync only when a metrics row is logged.
-            ctx.probe["norm"] = torch.linalg.vector_norm(reversed_grad.detach().float())
+            ctx.probe.norm = torch.linalg.vector_norm(reversed_grad.detach().float())
         return reversed_grad, None, None
 
 
-def grad_reverse(x: torch.Tensor, coeff: float, probe: dict | None = None) -> torch.Tensor:
-    """Identity forward, gradient times -coeff backward; `probe["norm"]` gets the reversed gradient's norm."""
+def grad_reverse(x: torch.Tensor, coeff: float, probe: GradientProbe | None = None) -> torch.Tensor:
+    """Identity forward, gradient times -coeff backward; `probe.norm` gets the reversed gradient's norm."""
     return _GradientReverse.apply(x, coeff, probe)
 
 
@@ -194,10 +201,10 @@ class Batch:
     row_weights: torch.Tensor | None = None
 
 
-def adversarial_loss(adversary: Adversary, batch: Batch, mode: str, coeff: float, probe: dict | None = None,
+def adversarial_loss(adversary: Adversary, batch: Batch, mode: str, coeff: float, probe: GradientProbe | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """(L_adv, L_extra, detached statistics) of a batch, with the domain targets of `mode`
-    (domain_labels.MODES) and reversal coefficient `coeff`; after backward, `probe["norm"]` holds
+    (domain_labels.MODES) and reversal coefficient `coeff`; after backward, `probe.norm` holds
     the norm of the adversarial gradient the reversal layer passed on.
 
     Shapes: the statistics are scalars: the discriminator's accuracy (disc_acc, per domain

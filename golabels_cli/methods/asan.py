@@ -11,6 +11,7 @@ the bound), so its reference form is the dropout one.
 Args:
     rsl_weight: beta, weight of the spectral alignment loss, 1e-3.
     rsl_k: k, how many of the smallest source singular values are squared, 11.
+Inputs: the step's bottleneck features f and logits z, source rows then target rows, and each row's domain (adversarial.adversarial_loss).
 Shapes: f [N, F], g [N, C] -> D's input [N, F * C] (or [N, 1024] randomized); s, s' [min(N/2, F)].
 """
 

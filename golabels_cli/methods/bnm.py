@@ -8,6 +8,7 @@ diverse (the rows spread over many classes): entropy minimization without the co
 few classes.
 
 Args: the weight is --target-loss-weight.
+Inputs: the step's StepOutput; this loss reads out.target_logits, the target rows' logits z.
 Shapes: z [B, C] -> scalar.
 """
 

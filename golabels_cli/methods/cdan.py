@@ -8,6 +8,8 @@ is replaced above 4096 dimensions by the randomized multilinear map (f R_f) * (g
 as the original code's --random option; --cdan-map full always takes the product, as TLlib and
 the original code do on Office-31.
 
+Args (the shared adapt options): --trade-off, --grl-alpha, --schedule, --discriminator. --cdan-map.
+Inputs: the step's bottleneck features f and logits z, source rows then target rows, and each row's domain (adversarial.adversarial_loss).
 Shapes: f [N, F], g [N, C] -> D's input [N, F * C], or [N, 1024] randomized.
 """
 

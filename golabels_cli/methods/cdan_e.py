@@ -5,6 +5,8 @@
 As CDAN, with samples weighted by the certainty of their prediction: hard-to-classify samples,
 whose g is a poor condition, pull less on the alignment.
 
+Args (the shared adapt options): --trade-off, --grl-alpha, --schedule, --discriminator. --cdan-map.
+Inputs: the step's bottleneck features f and logits z, source rows then target rows, and each row's domain (adversarial.adversarial_loss).
 Shapes: f [N, F], g [N, C] -> D's input [N, F * C] (or [N, 1024] randomized); w [N].
 """
 

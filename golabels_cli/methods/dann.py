@@ -6,6 +6,7 @@ The discriminator D sees the bottleneck features f; every sample weighs the same
 the domain-label mode's own weight).
 
 Args (the shared adapt options): --trade-off, --grl-alpha, --schedule, --discriminator.
+Inputs: the step's bottleneck features f and logits z, source rows then target rows, and each row's domain (adversarial.adversarial_loss).
 Shapes: f [N, F] -> D's input [N, F].
 """
 

@@ -5,6 +5,8 @@
 Confident samples (low entropy of g = softmax(logits), detached) weigh more: their features are
 the ones worth aligning. The discriminator sees the features, as DANN's.
 
+Args (the shared adapt options): --trade-off, --grl-alpha, --schedule, --discriminator.
+Inputs: the step's bottleneck features f and logits z, source rows then target rows, and each row's domain (adversarial.adversarial_loss).
 Shapes: f [N, F] -> D's input [N, F]; g [N, C] -> w [N].
 """
 

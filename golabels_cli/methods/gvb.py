@@ -11,6 +11,7 @@ discriminator sees the classifier's probabilities, the classifier's only way to 
 Args:
     bridge_g_weight: mu_g, weight of the classifier bridge's mean |output| (GVB's lambda), 1.
     bridge_d_weight: mu_d, weight of the discriminator bridge's mean |output| (GVB's mu), 1.
+Inputs: the step's bottleneck features f and logits z, source rows then target rows, and each row's domain (adversarial.adversarial_loss).
 Shapes: g [N, C] -> D's input [N, C]; w [N].
 """
 

@@ -7,6 +7,7 @@ The first term makes each prediction confident; the second, subtracted, keeps th
 prediction spread over the classes so that confidence does not collapse onto one class.
 
 Args: the weight is --target-loss-weight.
+Inputs: the step's StepOutput; this loss reads out.target_logits, the target rows' logits z.
 Shapes: z [B, C] -> scalar.
 """
 

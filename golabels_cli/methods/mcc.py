@@ -10,6 +10,7 @@ Minimizing it makes the batch's predictions confuse fewer pairs of classes, with
 discriminator: the cheapest strong recipe on a frozen backbone (benchmarks/RESULTS.md, issue 33).
 
 Args: --mcc-temperature; the weight is --target-loss-weight.
+Inputs: the step's StepOutput; this loss reads out.target_logits, the target rows' logits z.
 Shapes: z [B, C] -> scalar.
 """
 

@@ -14,7 +14,7 @@ cross-entropy of its target rows' predictions p_i to the teacher's refined soft 
     optimizer = torch.optim.SGD([*model.parameters(), *objective.parameters()], lr=0.01, momentum=0.9)
     for step, ((xs, ys), (xt, _)) in enumerate(zip(source, target)):
         logits, features = model(torch.cat([xs, xt]))
-        loss, logged = objective(StepOutput(features, logits, ys), grl_coeff(step, 1000))
+        loss, logged, _ = objective(StepOutput(features, logits, ys), grl_coeff(step, 1000))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,36 +34,64 @@ from torch import nn
 
 from ..errors import InputError
 from ..options import FIELDS, declaration, option_defaults, value_kind
-from .adversarial import Adversary, Batch, Method, MultilinearMap, adversarial_loss
+from .adversarial import Adversary, Batch, GradientProbe, Method, MultilinearMap, adversarial_loss
 from .bank import TargetBank
 from .recipe import StepOutput
 from .registry import get_recipe
 
 
-@dataclass(frozen=True)
-class Objective:
-    """The loss of a recipe, its parts and weights fixed at construction.
+class Loss(NamedTuple):
+    """What an Objective call returns: the loss to minimize, its detached parts and statistics (on
+    the device), and the probe of the adversarial gradient (None without a discriminator), whose
+    `norm` the backward pass fills."""
 
-    alignment: the alignment term's spec (source-only's: no discriminator); discriminator,
-    multilinear (CDAN's map) and head (GVB's bridge) the modules it reads; target_losses the
-    recipe's losses on the target; trade_off and target_loss_weight their weights; domain_labels
-    the discriminator's targets (domain_labels.MODES); options the parts' own options by config key;
-    bank the memory of the target set a neighbourhood loss keeps (bank.py), None when no loss does;
-    teacher the soft labels of the target images a teacher gives (--teacher), weighted by teacher_weight.
+    loss: torch.Tensor
+    logged: dict[str, torch.Tensor]
+    probe: GradientProbe | None
+
+
+class Objective(nn.Module):
+    """The loss of a recipe, its parts and weights fixed at construction; an nn.Module whose
+    submodules are the discriminator, CDAN's map and the target bank, so `.to`, `.train`,
+    `.state_dict` and `.parameters()` (the discriminator's) work as on any module.
+
+    Args:
+        alignment: the alignment term's spec (source-only's: no discriminator).
+        discriminator, multilinear: the modules it trains and reads (CDAN's map), or None.
+        head: the classifier's head (GVB's bridge reads it): the model's, so not a submodule here.
+        target_losses: the recipe's losses on the target (recipe.TargetLoss).
+        trade_off, target_loss_weight: the weights of L_adv and of L_target.
+        domain_labels: the discriminator's targets (domain_labels.MODES: "go", "fixed", ...).
+        options: the parts' own options by config key (mcc_temperature, ...).
+        bank: the memory of the target set a neighbourhood loss keeps (bank.py), or None.
+        teacher: [N, C], a teacher's soft label of each target image (--teacher), weighted by
+            teacher_weight; a buffer, or None.
+
+    Inputs (forward): a StepOutput (the step's logits and features, source rows first, and the
+    source labels) and the reversal coefficient. Shape: the loss is a scalar (see Loss).
     """
 
-    alignment: Method
-    discriminator: nn.Module | None = None
-    multilinear: MultilinearMap | None = None
-    head: nn.Module | None = None
-    target_losses: tuple = ()
-    trade_off: float = 1.0
-    target_loss_weight: float = 1.0
-    domain_labels: str = "fixed"
-    options: dict[str, Any] = field(default_factory=dict)
-    bank: TargetBank | None = None
-    teacher: torch.Tensor | None = None  # [N, C]: a teacher's soft label of each target image (training/teacher.py), or None
-    teacher_weight: float = 1.0
+    def __init__(self, alignment: Method, discriminator: nn.Module | None = None, multilinear: MultilinearMap | None = None,
+                 head: nn.Module | None = None, target_losses: tuple = (), trade_off: float = 1.0, target_loss_weight: float = 1.0,
+                 domain_labels: str = "fixed", options: dict[str, Any] | None = None, bank: TargetBank | None = None,
+                 teacher: torch.Tensor | None = None, teacher_weight: float = 1.0):
+        super().__init__()
+        self.alignment, self.discriminator, self.multilinear, self.bank = alignment, discriminator, multilinear, bank
+        self._head = (head,)  # in a tuple: the classifier's own module, kept out of this one's parameters and state
+        self.target_losses, self.trade_off, self.target_loss_weight = tuple(target_losses), trade_off, target_loss_weight
+        self.domain_labels, self.options, self.teacher_weight = domain_labels, dict(options or {}), teacher_weight
+        self.register_buffer("teacher", teacher)
+
+    @property
+    def head(self) -> nn.Module | None:
+        return self._head[0]
+
+    def replaced(self, **changes: Any) -> "Objective":
+        """A new objective with the same parts but `changes` (e.g. a DDP-wrapped discriminator, a teacher)."""
+        parts = {name: getattr(self, name) for name in ("alignment", "discriminator", "multilinear", "head", "target_losses", "trade_off",
+                                                         "target_loss_weight", "domain_labels", "options", "bank", "teacher",
+                                                         "teacher_weight")}
+        return Objective(**{**parts, **changes})
 
     @classmethod
     def of(cls, recipe: str, num_classes: int, feature_dim: int, head: nn.Module | None = None, *, trade_off: float = 1.0,
@@ -111,15 +138,11 @@ class Objective:
     def adversarial(self) -> bool:
         return self.alignment.adversarial
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        """What the objective trains besides the model: the discriminator's parameters."""
-        return iter(self.discriminator.parameters() if self.adversarial else ())
-
-    def __call__(self, out: StepOutput, coeff: float, probe: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(L, logged): the loss to minimize and its detached parts (loss_cls, loss_adv,
-        loss_extra, loss_target) and statistics (adversarial.adversarial_loss's), all on the
-        device. `coeff` is the reversal coefficient (adversarial.grl_coeff); after backward,
-        `probe["norm"]` holds the adversarial gradient's norm."""
+    def forward(self, out: StepOutput, coeff: float) -> Loss:
+        """(L, logged, probe): the loss to minimize, its detached parts (loss_cls, loss_adv,
+        loss_extra, loss_target, loss_teacher) and statistics (adversarial.adversarial_loss's),
+        all on the device, and the probe whose `norm` holds the adversarial gradient's norm after
+        backward. `coeff` is the reversal coefficient (training/schedule.py, adversarial.grl_coeff)."""
         source_logits = out.logits[: out.sources].float()
         if out.row_weights is None:
             loss_cls = F.cross_entropy(source_logits, out.source_labels)
@@ -129,10 +152,11 @@ class Objective:
         if self.bank is not None:
             out = dataclasses.replace(out, bank=self.bank)
         zero = torch.zeros((), device=out.logits.device)
-        loss_adv, loss_extra, loss_target, stats = zero, zero, zero, {}
+        loss_adv, loss_extra, loss_target, stats, probe = zero, zero, zero, {}, None
         if out.has_target and self.adversarial:
             adversary = Adversary(self.alignment, self.discriminator, self.multilinear, self.head, self.options)
             batch = Batch(out.features, out.logits, out.domain, out.row_weights)
+            probe = GradientProbe()
             loss_adv, loss_extra, stats = adversarial_loss(adversary, batch, self.domain_labels, coeff, probe)
         for part in self.target_losses if out.has_target else ():
             loss_target = loss_target + part.loss(out, self.options)
@@ -143,7 +167,7 @@ class Objective:
             loss = loss + self.teacher_weight * loss_teacher
         logged = {"loss_cls": loss_cls.detach(), "loss_adv": loss_adv.detach(), "loss_extra": loss_extra.detach(),
                   "loss_target": loss_target.detach(), "loss_teacher": loss_teacher.detach(), **stats}
-        return loss, logged
+        return Loss(loss, logged, probe)
 
 
 def _check_count(name: str, value: Any) -> None:

@@ -77,7 +77,7 @@ def build(cfg: AdaptConfig, d: Dist = SINGLE, progress: Progress = no_events, de
     if cfg.teacher is not None:
         teaching = teach(cfg, target, source.classes, device, model_key(cfg.backbone, model.backbone, data_config),
                          features["target"] if features is not None else None)
-        objective = dataclasses.replace(objective, teacher=teaching.labels.to(device), teacher_weight=cfg.teacher_weight)
+        objective = objective.replaced(teacher=teaching.labels.to(device), teacher_weight=cfg.teacher_weight)
     elif cfg.augment == "batched":
         decoded = {"source": decode_images(source, data_config, cfg.cache_dir, "decoding the source", workers or 1),
                    "target": decode_images(target, data_config, cfg.cache_dir, "decoding the target",

@@ -221,7 +221,7 @@ def open_streams(t: Training, state: LoopState) -> Streams:
         ids = [t.device.index] if t.device.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)
         if objective.adversarial:
-            objective = dataclasses.replace(objective, discriminator=torch.nn.parallel.DistributedDataParallel(t.disc, device_ids=ids))
+            objective = objective.replaced(discriminator=torch.nn.parallel.DistributedDataParallel(t.disc, device_ids=ids))
     forward = torch.compile(trained) if t.speed.compile and t.features is None else trained
     step = step_of(t, forward, objective)
     return Streams(t, batches, source, target, step, class_weights)

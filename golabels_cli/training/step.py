@@ -58,9 +58,8 @@ class Step:
                 row_weights = source_class_weights[ys]
                 if xt is not None:
                     row_weights = torch.cat([row_weights, torch.ones(len(logits) - len(ys), device=device)])
-            probe: dict[str, torch.Tensor] = {}
             index = target_index.to(device, non_blocking=True) if target_index is not None and xt is not None else None
-            loss, logged = self.objective(StepOutput(features, logits, ys, row_weights, index), coeff, probe)
+            loss, logged, probe = self.objective(StepOutput(features, logits, ys, row_weights, index), coeff)
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -69,8 +68,8 @@ class Step:
         else:
             loss.backward()
             self.optimizer.step()
-        if "norm" in probe:
-            logged["adv_grad_norm"] = probe["norm"]
+        if probe is not None and probe.norm is not None:
+            logged["adv_grad_norm"] = probe.norm
         return logged
 
 
