@@ -5,8 +5,8 @@ import torch
 import pytest
 
 from golabels_cli.config import AdaptConfig
-from golabels_cli.methods import (Adversary, Batch, GradientProbe, MultilinearMap, adversarial_loss, entropy_weights, get_method, grad_reverse,
-                                  grl_coeff, gvb_weights, spectral_alignment)
+from golabels_cli.methods import (Adversary, Batch, GradientProbe, MultilinearMap, adversarial_loss, entropy_weights, get_method,
+                                  grad_reverse, grl_coeff, gvb_weights, spectral_alignment)
 from golabels_cli.models import BridgedHead
 
 
