@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 # single-image steps leave a core idle half the time, so two take about 2/3 of one's wall time.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-quick lint install clean
 
 $(BIN)/golabels: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+
+# The suite without the benchmark scripts' dry runs (marked slow), for a quick local pass.
+test-quick: install
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # pyproject.toml's [tool.ruff]: pyflakes, pycodestyle, lines of at most 140 characters
 lint: install

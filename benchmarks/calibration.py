@@ -33,8 +33,11 @@ def run(args: argparse.Namespace, task: str, seed: int) -> Path:
     out = Path(args.out) / f"{source}-{target}" / f"seed{seed}"
     if not (out / "summary.json").is_file():
         options = {"weights": args.weights} if args.weights else {"pretrained": False}
+        if args.image_size:
+            options["image_size"] = args.image_size
         cfg = golabels.config(Path(args.root) / source, Path(args.root) / target, backbone=args.backbone, freeze_backbone=True,
-                              iters=args.iters, seed=seed, eval_dir=str(Path(args.root) / target), cache_dir=args.cache_dir, **options)
+                              iters=args.iters, seed=seed, eval_dir=str(Path(args.root) / target), cache_dir=args.cache_dir,
+                              val_split=args.val_split, **options)
         golabels.adapt(cfg, out)
     return out
 
@@ -43,6 +46,8 @@ def figures(folder: Path) -> dict:
     """The shipped model's and its candidates' calibration figures, as its summary.json files hold them."""
     summary = json.loads((folder / "summary.json").read_text())
     shipped = summary["calibration"]
+    if not shipped or not shipped.get("eval"):
+        raise SystemExit(f"calibration.py: {folder} shipped an uncalibrated model (too few held-out source images: raise --val-split)")
     candidates = [json.loads((folder / "candidates" / c / "summary.json").read_text())
                   for c in sorted(p.name for p in (folder / "candidates").iterdir())]
     calibrated = [c["calibration"] for c in candidates if c.get("calibration") and c["calibration"].get("eval")]
@@ -83,10 +88,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--weights", help="local weights of --backbone (else random init)")
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--image-size", type=int, help="default: the backbone's own")
+    parser.add_argument("--val-split", type=float, default=0.1, help="the held-out source the temperature is fitted on (golabels' default)")
     args = parser.parse_args(argv)
     rows = {task: [figures(run(args, task, seed)) for seed in range(args.seeds)] for task in args.tasks.split(",")}
     print(table(rows))
-    print(f"\nenvironment: {json.dumps(golabels.report(next(iter(Path(args.out).glob('*/seed0')))).summary.get('environment'))}")
+    first = Path(args.out) / "-".join(args.tasks.split(",")[0].split(":")) / "seed0"
+    print(f"\nenvironment: {json.dumps(json.loads((first / 'summary.json').read_text()).get('environment'))}")
     return rows
 
 

@@ -11,6 +11,7 @@ from conftest import BENCHMARKS, load_benchmark
 from golabels_cli.synthetic import make_two_domains
 
 
+@pytest.mark.slow
 def test_a_sweep_stops_on_sigterm_with_the_running_cell_resumable(tmp_path):
     import signal
     import time
@@ -97,6 +98,7 @@ def test_a_signal_while_a_cell_reads_its_folders_stops_the_sweep_at_once(tmp_pat
     assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["fine_tuning.sh", "gpu_sweeps.sh"])
 def test_a_sweep_script_stops_on_sigterm_and_resumes(tmp_path, script):
     """Issue 43: SIGTERM to a sweep script stops its uda.py sweeps after their running cells save

@@ -12,6 +12,7 @@ import yaml
 from conftest import BENCHMARKS, load_benchmark
 from golabels_cli.synthetic import make_two_domains
 
+@pytest.mark.slow
 def test_uda_sweep_runs_resumes_and_tabulates(tmp_path):
     uda = load_benchmark("uda")
     make_two_domains(tmp_path / "data", per_class=6, size=32, seed=3)  # domains "source" and "target"
@@ -113,6 +114,7 @@ def test_toy_problems_and_table():
     assert len(lines) == 6 and all(line.endswith("| 2 |") for line in lines)
 
 
+@pytest.mark.slow
 def test_throughput_script_runs_its_figures(tmp_path):
     # A smoke run of benchmarks/throughput.py's figures that gpu.sh does not run, so that a change of
     # the training step's signature cannot break them unnoticed.
@@ -152,6 +154,7 @@ def test_largest_batch_search_finds_the_edge():
     assert not exact and 32 <= found <= 700 and time.monotonic() - started < 0.5
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run_on_the_cpu_writes_every_figure(tmp_path):
     """benchmarks/gpu.sh as a session lent a GPU runs it, on a tiny model on the CPU: every section
     runs and leaves its line in $OUT/results.md, so that the GPU's minutes are not lost to a typo;
@@ -208,6 +211,7 @@ def test_prior_estimates_reads_finished_runs_and_resumes(domains, tmp_path, caps
         prior_estimates.main([str(tmp_path / "nowhere"), "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_gpu_sweeps_script_runs_both_sweeps_and_tabulates(tmp_path):
     # benchmarks/gpu_sweeps.sh with the recipe's models swapped for tiny ones, on a CPU: both
     # sweeps run side by side into RUNS and the two tables come out whole.
@@ -231,6 +235,7 @@ def test_gpu_sweeps_script_runs_both_sweeps_and_tabulates(tmp_path):
     assert len(list((tmp_path / "runs").rglob("summary.json"))) == 2 * 5 + 5
 
 
+@pytest.mark.slow
 def test_fine_tuning_script_runs_every_recipe_and_tabulates(tmp_path):
     # benchmarks/fine_tuning.sh (issue 23's comparison, and its GPU run) with a tiny backbone on a CPU.
     import subprocess
@@ -314,6 +319,7 @@ def test_bn_stats_pairs_both_statistics_of_each_run(tmp_path, capsys):
     assert cells[3] == bn_stats.mean_std([e["target_acc"] for e in last])
 
 
+@pytest.mark.slow
 def test_peer_script_dry_run_tllib_rows_beside_golabels_rows(tmp_path):
     """benchmarks/peer.py on tiny folders on a CPU: without TLlib it says why the peer rows are
     skipped and still prints golabels' rows (from a tiny uda.py sweep, on the same feature cache);
@@ -399,6 +405,7 @@ def test_make_domains_writes_each_corruption_once_and_the_same_bytes_again(tmp_p
         make_domains.main(["--root", str(tmp_path), "--domains", "target", "--kinds", "fog"])
 
 
+@pytest.mark.slow
 def test_recipe_search_applies_each_rule_as_the_search_ships_it(tmp_path):
     from conftest import cli
 
@@ -444,6 +451,7 @@ def test_recipe_search_applies_each_rule_as_the_search_ships_it(tmp_path):
     assert "knn-5 (members)" in rules and "centroids (backbone)" in rules and "at least as accurate as the teacher's" in rules
 
 
+@pytest.mark.slow
 def test_default_length_runs_the_default_on_small_targets_and_tabulates(tmp_path):
     """benchmarks/default_length.py: a small target is N linked images of the domain (the same N
     for a size and seed, whatever the order of runs), each cell the frozen default with its
@@ -515,3 +523,22 @@ def test_demo_threads_alternates_the_variants_beside_the_load(monkeypatch, capsy
     monkeypatch.setattr(sys, "argv", ["demo_threads.py", "--variants", "two"])
     with pytest.raises(SystemExit):
         demo_threads.main()
+
+
+@pytest.mark.slow
+def test_calibration_trains_the_default_and_tabulates_its_calibration(tmp_path, capsys):
+    """benchmarks/calibration.py (issue 55 item 10): the default search per task and seed, read
+    back when finished; the table holds each task's temperature and ECE before and after."""
+    calibration = load_benchmark("calibration")
+    make_two_domains(tmp_path / "data", per_class=14, size=32, seed=4)
+    args = ["--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--tasks", "source:target", "--seeds", "1",
+            "--iters", "4", "--backbone", "test_resnet", "--image-size", "32", "--val-split", "0.8"]
+    rows = calibration.main(args)
+    assert len(rows["source:target"]) == 1
+    for seed in rows["source:target"]:
+        assert seed["shipped"] == "student" and seed["temperature"] > 0 and 0 <= seed["ece_after"] <= 1
+    table = capsys.readouterr().out
+    assert "| source → target | 1 |" in table and "environment:" in table
+    finished = sorted(p.stat().st_mtime for p in (tmp_path / "out").rglob("summary.json"))
+    calibration.main(args)  # read back, not trained again
+    assert sorted(p.stat().st_mtime for p in (tmp_path / "out").rglob("summary.json")) == finished
