@@ -4,7 +4,10 @@ Neural Networks", ICML 2017) fitted without target labels, and the calibration e
     p = softmax(z / T),   T = argmin_T  -1/n sum_i log softmax(z_i / T)[y_i]   on the held-out source
 
 One number divides the shipped model's logits: its predictions (the argmax) do not change, its
-confidences do. Target-loss recipes (MCC, BNM, IM) push the target's predictions towards one-hot,
+confidences do. T is at least 1: calibration only softens. A held-out source split the model gets
+(nearly) all right asks for T < 1, confidences sharper still, and on a shifted target that is the
+wrong way: webcam → amazon's fits went to 0.05-0.7 and raised the target's ECE from 15.6 % to 20.5 %
+(benchmarks/RESULTS.md, "Calibration"). Target-loss recipes (MCC, BNM, IM) push the target's predictions towards one-hot,
 so an adapted head says 1.00 on images it gets wrong; the held-out source split, which no step
 trained on, tells how far its confidences overshoot. It is source data, not target: under a domain
 shift the target's calibration can differ, which is why `golabels eval` measures it on labeled
@@ -26,6 +29,7 @@ from .model_info import MAX_TEMPERATURE, MIN_TEMPERATURE
 # Fewer held-out images than this say too little of the confidences to fit T on (3 right answers
 # would send it to its lower bound): the model then ships uncalibrated, and says so.
 MIN_CALIBRATION_IMAGES = 30
+SOFTEN_ONLY = 1.0  # the lowest temperature a run ships
 ECE_BINS = 15
 _SEARCH_STEPS = 60  # golden-section steps on log T: the bracket shrinks 0.618^60, far below float precision of T
 
@@ -35,15 +39,18 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float
     return float(torch.nn.functional.cross_entropy(logits.double() / temperature, labels))
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature minimizing the NLL of `labels` ([N] class indices) under `logits` ([N, C]).
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, lowest: float = SOFTEN_ONLY) -> float:
+    """The temperature in [lowest, MAX_TEMPERATURE] minimizing the NLL of `labels` ([N] class
+    indices) under `logits` ([N, C]).
 
-    The NLL is convex in 1/T, so it has one minimum along log T: a golden-section search finds it,
-    deterministically, with no learning rate to tune."""
+    The NLL is convex in 1/T, so it has one minimum along log T: a golden-section search finds it
+    (or the bound nearest to it), deterministically, with no learning rate to tune."""
     if len(labels) == 0:
         raise ValueError("fit_temperature needs at least one labeled row")
+    if not MIN_TEMPERATURE <= lowest < MAX_TEMPERATURE:
+        raise ValueError(f"lowest must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE})")
     z, y = logits.detach().double().cpu(), labels.detach().long().cpu()
-    lo, hi = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
+    lo, hi = math.log(lowest), math.log(MAX_TEMPERATURE)
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = nll(z, y, math.exp(a)), nll(z, y, math.exp(b))

@@ -24,15 +24,18 @@ def test_the_fit_finds_the_temperature_the_labels_were_drawn_with():
     logits = 3 * torch.randn(20000, 5, generator=generator)
     for true_temperature in (0.5, 2.0):
         labels = torch.multinomial((logits / true_temperature).softmax(1), 1, generator=generator).squeeze(1)
-        fitted = fit_temperature(logits, labels)
+        fitted = fit_temperature(logits, labels, lowest=MIN_TEMPERATURE)
         assert fitted == pytest.approx(true_temperature, rel=0.05)
         # a minimum: either side is worse
         assert nll(logits, labels, fitted) < min(nll(logits, labels, fitted * 1.1), nll(logits, labels, fitted / 1.1))
+        # what a run ships only softens: an overconfident model's 2, an underconfident one's 1
+        assert fit_temperature(logits, labels) == (pytest.approx(2.0, rel=0.05) if true_temperature > 1 else 1.0)
 
 
 def test_the_fit_stays_in_its_bounds_when_every_answer_is_right():
     logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]] * 20)
-    assert fit_temperature(logits, torch.tensor([0, 1] * 20)) == pytest.approx(MIN_TEMPERATURE, rel=0.01)
+    assert fit_temperature(logits, torch.tensor([0, 1] * 20), lowest=MIN_TEMPERATURE) == pytest.approx(MIN_TEMPERATURE, rel=0.01)
+    assert fit_temperature(logits, torch.tensor([0, 1] * 20)) == 1.0  # all right: nothing to soften
     assert fit_temperature(logits, torch.tensor([1, 0] * 20)) == pytest.approx(MAX_TEMPERATURE, rel=0.01)
 
 
@@ -64,7 +67,7 @@ def test_a_run_ships_the_temperature_it_fitted_on_its_held_out_source(calibrated
     calibration = summary["calibration"]
     assert calibration["images"] == 36 >= MIN_CALIBRATION_IMAGES
     temperature = calibration["temperature"]
-    assert MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE and temperature != 1.0
+    assert 1.0 < temperature <= MAX_TEMPERATURE
     # the held-out split's NLL is lower with it than without: what the fit minimizes
     assert calibration["source_val"]["ece"] != calibration["source_val"]["ece_at_temperature_1"]
     model, info = load_model(run)
@@ -114,7 +117,7 @@ def test_calibrate_none_and_too_few_held_out_images_ship_temperature_1(domains, 
 
 
 @pytest.mark.parametrize("value", ["0", "nan", "-1", "1e9", "warm"])
-def test_a_damaged_temperature_is_refused_naming_it(exported, tmp_path, value):
+def test_a_damaged_temperature_is_refused_naming_it(tmp_path, value):
     meta = ModelInfo("test_resnet", ["a", "b"], {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
                                                  "interpolation": "bilinear", "crop_pct": 0.875}, 8, "cdan-e", "fixed").metadata()
     with pytest.raises(InputError, match="temperature|damaged"):
