@@ -202,9 +202,9 @@ def test_predict_bad_model_or_inputs_exit_2_with_one_line(exported, domains, tmp
         ((run / "model.onnx", target, "--top-k", "4"), "more than the model's 3 classes"),
         ((run / "model.onnx", target, "--format", "xml"), "unknown --format"),
     ]
-    for args, words in cases:
-        result = cli_subprocess("predict", *args)
-        assert result.returncode == 2, (args, result.stderr)
+    for args, words in cases:  # in-process: the empty stdin below is a real process's
+        result = cli("predict", *args)
+        assert result.exit_code == 2, (args, result.stderr)
         assert words in result.stderr, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr and result.stdout == ""
     empty_stdin = subprocess.run([sys.executable, "-m", "golabels_cli", "predict", str(run / "model.onnx"), "-"],

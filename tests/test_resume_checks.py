@@ -65,8 +65,9 @@ def edit(run, change):
 def test_a_checkpoint_with_a_wrong_inner_state_is_refused_before_anything_changes(interrupted, change, words):
     edit(interrupted, change)
     before = tree(interrupted)
-    result = cli_subprocess("adapt", "--resume", interrupted)
-    assert result.returncode == 2, result.stderr
+    # A refusal, in-process: test_resume_refuses_a_length_below_the_iteration_reached runs one in a real process.
+    result = cli("adapt", "--resume", interrupted)
+    assert result.exit_code == 2, result.stderr
     one_error_line(result, "checkpoint.pt is damaged", words)
     assert tree(interrupted) == before
 
@@ -92,8 +93,8 @@ def test_a_link_in_place_of_a_run_file_is_refused(interrupted, tmp_path):
     outside.write_text("the user's own file\n")
     (interrupted / "metrics.jsonl").unlink()
     (interrupted / "metrics.jsonl").symlink_to(outside)
-    result = cli_subprocess("adapt", "--resume", interrupted)
-    assert result.returncode == 2
+    result = cli("adapt", "--resume", interrupted)
+    assert result.exit_code == 2
     one_error_line(result, "metrics.jsonl is a link")
     assert outside.read_text() == "the user's own file\n"  # never appended to
 
@@ -126,7 +127,7 @@ def test_resume_may_shorten_or_lengthen_a_run_and_its_schedule_follows(interrupt
 
 def test_resume_refuses_a_length_below_the_iteration_reached(interrupted):
     before = tree(interrupted)
-    result = cli_subprocess("adapt", "--resume", interrupted, "--iters", "3")
+    result = cli_subprocess("adapt", "--resume", interrupted, "--iters", "3")  # one refusal of a resume as a user's shell runs it
     assert result.returncode == 2
     one_error_line(result, "--iters 3 is below the iteration the run reached (4 of 8)", "pass --iters 4 or more")
     assert tree(interrupted) == before
