@@ -248,13 +248,13 @@ def test_fine_tuning_script_runs_every_recipe_and_tabulates(tmp_path):
     save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(tmp_path / "w.safetensors"))
     env = {**os.environ, "PYTHON": sys.executable, "ROOT": str(tmp_path / "data"), "WEIGHTS": str(tmp_path / "w.safetensors"),
            "OUT": str(tmp_path / "ft"), "TASKS": "source:target", "BACKBONE": "test_resnet", "SIZE": "32", "ITERS": "2",
-           "SEEDS": "2", "WORKERS": "0", "BATCH": "4", "DEADLINE": "600"}
+           "SEEDS": "1", "WORKERS": "0", "BATCH": "4", "DEADLINE": "600"}
     done = subprocess.run(["bash", str(BENCHMARKS / "fine_tuning.sh")], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("== ")] == ["== frozen", "== batch-bn", "== "
                                                                                                                                "frozen-bn"]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| source → target |")]
-    assert len(rows) == 3 * 2 and all(line.split("|")[-3].strip() == "2" for line in rows)  # 2 seeds in every cell
+    assert len(rows) == 3 * 2 and all(line.split("|")[-3].strip() == "1" for line in rows)  # every cell finished (uda.py's test sweeps seeds)
     configs = {p.parts[-5]: yaml.safe_load(p.read_text()) for p in (tmp_path / "ft").rglob("cdan-e-fixed/seed0/config.yaml")}
     assert configs["frozen"]["freeze-backbone"] and not configs["batch-bn"]["freeze-bn"] and configs["frozen-bn"]["freeze-bn"]
     assert (configs["batch-bn"]["trade-off"], configs["frozen-bn"]["trade-off"]) == (1, 2)  # before issue 23, and its defaults

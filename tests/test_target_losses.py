@@ -116,7 +116,7 @@ def test_a_loss_only_recipe_draws_target_batches_and_builds_no_discriminator(dom
             seen["rows"] = len(out.target_logits)
             return part.loss(out, options)
 
-        step = step_of(t, streams.step.forward, dataclasses.replace(t.objective, target_losses=(dataclasses.replace(part, loss=spy),)))
+        step = step_of(t, streams.step.forward, t.objective.replaced(target_losses=(dataclasses.replace(part, loss=spy),)))
         logged = step(xs, ys, xt, 0.5)
         assert seen["rows"] == 4  # the target rows only
         assert float(logged["loss_adv"]) == 0 and float(logged["loss_target"]) > 0 and set(logged) == set(LOSS_KEYS)
