@@ -254,7 +254,7 @@ def test_fine_tuning_script_runs_every_recipe_and_tabulates(tmp_path):
     assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("== ")] == ["== frozen", "== batch-bn", "== "
                                                                                                                                "frozen-bn"]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| source → target |")]
-    assert len(rows) == 3 * 2 and all(line.split("|")[-3].strip() == "1" for line in rows)  # every cell finished (uda.py's test sweeps seeds)
+    assert len(rows) == 3 * 2 and all(line.split("|")[-3].strip() == "1" for line in rows)  # every cell finished
     configs = {p.parts[-5]: yaml.safe_load(p.read_text()) for p in (tmp_path / "ft").rglob("cdan-e-fixed/seed0/config.yaml")}
     assert configs["frozen"]["freeze-backbone"] and not configs["batch-bn"]["freeze-bn"] and configs["frozen-bn"]["freeze-bn"]
     assert (configs["batch-bn"]["trade-off"], configs["frozen-bn"]["trade-off"]) == (1, 2)  # before issue 23, and its defaults
