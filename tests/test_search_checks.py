@@ -39,11 +39,18 @@ def copy_of(stopped_search, tmp_path):
     return cut, data / "source", data / "target"
 
 
-def refused(tmp_path, cut, *fragments):
+def refused(tmp_path, cut, *fragments, real_process=False):
+    """`adapt --resume cut` refused with one line holding every fragment, nothing written: in-process,
+    or as a user's shell runs it where a FIFO could block a read for ever (a timeout then fails the test)."""
     before = tree(tmp_path)
-    result = cli_subprocess("adapt", "--resume", cut)
+    if real_process:
+        result = cli_subprocess("adapt", "--resume", cut, timeout=120)
+        code = result.returncode
+    else:
+        result = cli("adapt", "--resume", cut)
+        code = result.exit_code
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert code == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert tree(tmp_path) == before  # nothing trained, nothing written
@@ -81,7 +88,7 @@ def test_a_candidate_folder_that_is_a_link_or_a_damaged_summary_is_refused(stopp
     refused(tmp_path, cut, "candidates/source-only is a link")
     os.unlink(cut / "candidates" / "source-only")
     os.mkfifo(cut / "candidates" / "source-only")
-    refused(tmp_path, cut, "candidates/source-only is not a folder")
+    refused(tmp_path, cut, "candidates/source-only is not a folder", real_process=True)
     os.unlink(cut / "candidates" / "source-only")
     summary = cut / "candidates" / "mcc" / "summary.json"
     good = summary.read_text()
@@ -95,7 +102,7 @@ def test_a_search_folder_without_its_config_names_the_file(stopped_search, tmp_p
     (cut / "config.yaml").unlink()
     refused(tmp_path, cut, f"the search's config {cut / 'config.yaml'} not found")
     os.mkfifo(cut / "config.yaml")
-    refused(tmp_path, cut, f"the search's config {cut / 'config.yaml'} is a FIFO")
+    refused(tmp_path, cut, f"the search's config {cut / 'config.yaml'} is a FIFO", real_process=True)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -153,17 +160,19 @@ def test_one_writer_per_run_folder(stopped_search, domains, tmp_path):
     cut, _, _ = copy_of(stopped_search, tmp_path)
     source, target = domains
     single = adapt_tiny(source, target, tmp_path / "single", "--iters", "2")
-    for folder, command in ((single, ["adapt", source, target, *TINY, "--iters", "2", "--exist-ok", "--out", single]),
-                            (single, ["adapt", "--resume", single]),
-                            (cut, ["adapt", "--resume", cut])):
+    # The first as another process runs it; the lock is the folder's, so an in-process call is refused alike.
+    for folder, command, real in ((single, ["adapt", source, target, *TINY, "--iters", "2", "--exist-ok", "--out", single], True),
+                                  (single, ["adapt", "--resume", single], False),
+                                  (cut, ["adapt", "--resume", cut], False)):
         before = tree(tmp_path)
         with one_writer(folder):
-            result = cli_subprocess(*command)
+            result = cli_subprocess(*command) if real else cli(*command)
         lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert result.returncode == 2 and len(lines) == 1 and f"another golabels process is writing {folder}" in lines[0], result.stderr
+        code = result.returncode if real else result.exit_code
+        assert code == 2 and len(lines) == 1 and f"another golabels process is writing {folder}" in lines[0], result.stderr
         assert tree(tmp_path) == before
-    # the lock goes with the process that held it: the search resumes now
-    assert cli_subprocess("adapt", "--resume", cut, "--quiet").returncode == 0
+    # the lock goes with the holder that released it: the search resumes now
+    assert cli("adapt", "--resume", cut, "--quiet").exit_code == 0
 
 
 def test_a_search_refused_in_its_first_build_leaves_no_run_folder(domains, tmp_path):
@@ -171,10 +180,12 @@ def test_a_search_refused_in_its_first_build_leaves_no_run_folder(domains, tmp_p
     runs/adapt/exp/config.yaml (the next run went to exp2); a single run leaves nothing."""
     source, target = domains
     args = ["adapt", source, target, "--backbone", "test_resnet", "--freeze-backbone", "--image-size", "32", "--device", "cpu"]
-    for extra in ([], ["--out", tmp_path / "new" / "run"]):
-        result = cli_subprocess(*args, *extra, cwd=tmp_path)  # pretrained weights, and no hub to fetch them from
-        assert result.returncode == 2 and "cannot fetch pretrained weights for test_resnet" in result.stderr, result.stderr
-        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+    result = cli_subprocess(*args, cwd=tmp_path)  # pretrained weights, and no hub to fetch them from: as a user's shell runs it
+    assert result.returncode == 2 and "cannot fetch pretrained weights for test_resnet" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+    result = cli(*args, "--out", tmp_path / "new" / "run", cwd=tmp_path)
+    assert result.exit_code == 2 and "cannot fetch pretrained weights for test_resnet" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
     (tmp_path / "empty").mkdir()  # a folder of the user's: emptied of what the search wrote, kept
-    assert cli_subprocess(*args, "--out", tmp_path / "empty", cwd=tmp_path).returncode == 2
+    assert cli(*args, "--out", tmp_path / "empty", cwd=tmp_path).exit_code == 2
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["empty"]
