@@ -153,6 +153,9 @@ def calibrated_row(calibration: dict) -> str:
     """A run's calibration (summary.json's), in the adapt table."""
     shown = calibration.get("eval") or calibration["source_val"]
     where = "on the --eval-dir labels" if calibration.get("eval") else "there"
+    if calibration["temperature"] == 1.0:  # the fit's lower bound: calibration only softens
+        return (f"temperature 1: its {calibration['images']} held-out source images ask for no softening "
+                f"(calibration error {shown['ece']:.3f} {where})")
     return (f"logits divided by {calibration['temperature']:g}, fitted on {calibration['images']} held-out source images "
             f"(calibration error {shown['ece_at_temperature_1']:.3f} → {shown['ece']:.3f} {where})")
 

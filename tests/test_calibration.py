@@ -133,3 +133,17 @@ def test_a_search_eta_counts_the_time_outside_the_steps():
     assert pace.seconds_left(("cdan-e", "mcc"), 100) == pytest.approx(10 + 5 + 2 + 5)
     pace.add(True, {"seconds": 50.0, "iters": 100, "resumed_at": 40}, None)  # a resumed candidate's pace is not its own
     assert pace.seconds_left(("cdan-e",), 100) == pytest.approx(15)
+
+
+def test_the_tables_say_what_the_temperature_did():
+    from golabels_cli.tables import calibrated_row, calibration_line
+
+    figures = {"temperature": 1.0, "ece": 0.0812, "ece_at_temperature_1": 0.0812}
+    softened = {"temperature": 1.5, "images": 80, "source_val": {**figures, "temperature": 1.5, "ece": 0.03},
+                "eval": {**figures, "temperature": 1.5, "ece": 0.05}}
+    assert calibrated_row(softened) == ("logits divided by 1.5, fitted on 80 held-out source images (calibration error 0.081 → 0.050 "
+                                        "on the --eval-dir labels)")
+    unchanged = {"temperature": 1.0, "images": 80, "source_val": figures}
+    assert calibrated_row(unchanged) == "temperature 1: its 80 held-out source images ask for no softening (calibration error 0.081 there)"
+    assert calibration_line(softened["eval"]) == "calibration error (ECE) 0.0500 with temperature 1.5; 0.0812 without"
+    assert calibration_line(figures) == "calibration error (ECE) 0.0812 (confidences not calibrated: temperature 1)"

@@ -177,11 +177,8 @@ def calibrate(t: Training) -> dict[str, Any] | None:
     was_training = t.model.training
     t.model.eval()
     try:
-        logits = role_outputs(t, "source_val", v.source_val)[0].float()
-        labels = torch.tensor(v.source_val.labels)
-        temperature = fit_temperature(logits, labels)
-        record = {"temperature": temperature,
-                  "source_val": calibration_record(logits / temperature, logits.argmax(1) == labels, temperature)}
+        record = _fitted(role_outputs(t, "source_val", v.source_val)[0].float(), torch.tensor(v.source_val.labels))
+        temperature = record["temperature"]
         if t.eval_set is not None:
             images, to_model = t.eval_set
             eval_logits = role_outputs(t, "eval", images)[0].float()
@@ -189,7 +186,6 @@ def calibrate(t: Training) -> dict[str, Any] | None:
             record["eval"] = calibration_record(eval_logits / temperature, eval_logits.argmax(1) == truth, temperature)
     finally:
         t.model.train(was_training)
-    record["images"] = len(labels)
     return record
 
 
@@ -205,7 +201,11 @@ def assembled_calibration(cfg: AdaptConfig, model: torch.nn.Module, info: ModelI
         return None
     images = scanned.subset(held_out)
     logits = cached_outputs(model.to(device), info, images, device, cfg.cache_dir, 2 * cfg.batch_size)[0]
-    labels = torch.tensor(images.labels)
+    return _fitted(logits, torch.tensor(images.labels))
+
+
+def _fitted(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """The temperature fitted on held-out source logits and labels, and their calibration error with and without it."""
     temperature = fit_temperature(logits, labels)
     return {"temperature": temperature, "images": len(labels),
             "source_val": calibration_record(logits / temperature, logits.argmax(1) == labels, temperature)}
