@@ -23,17 +23,16 @@ def test_a_class_named_with_a_carriage_return_is_drawn_without_a_font_warning(do
 
 
 def test_a_huge_target_loss_weight_is_named_a_divergence(domains, tmp_path):
-    result = cli_subprocess("adapt", *domains, *TINY, "--iters", "4", "--method", "bnm", "--target-loss-weight", "1e308",
-                            "--out", tmp_path / "run")
-    assert result.returncode == 1
+    result = cli("adapt", *domains, *TINY, "--iters", "4", "--method", "bnm", "--target-loss-weight", "1e308", "--out", tmp_path / "run")
+    assert result.exit_code == 1
     one_error_line(result, "training diverged at iteration", "loss_target = nan")
 
 
 @pytest.mark.parametrize("method, hint", [("mcc", "--method cdan-e+mcc"), ("source-only", "leave --domain-labels out")])
 def test_domain_labels_without_a_discriminator_are_refused(domains, tmp_path, method, hint):
     before = tree(tmp_path)
-    result = cli_subprocess("adapt", *domains, *TINY, "--method", method, "--domain-labels", "go", "--out", tmp_path / "run")
-    assert result.returncode == 2
+    result = cli("adapt", *domains, *TINY, "--method", method, "--domain-labels", "go", "--out", tmp_path / "run")
+    assert result.exit_code == 2
     one_error_line(result, f"--domain-labels go sets the targets of a discriminator, and --method {method} has none", hint)
     assert tree(tmp_path) == before
 
