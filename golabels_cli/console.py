@@ -225,7 +225,7 @@ class AdaptProgress:
             if self.candidate is None:
                 _SaidOnce.said = set()
             self.candidate = event
-            left = f"; the search has about {duration(event.seconds_left)} left" if event.seconds_left is not None else ""
+            left = f"; the search: about {duration(event.seconds_left)} left" if event.seconds_left is not None else ""
             stderr.print(f"--method auto: candidate {event.index + 1} of {event.total}, {event.recipe}{left}", markup=False, style="bold")
         elif isinstance(event, RunStarted):
             self._start(event)
