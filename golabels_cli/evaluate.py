@@ -6,18 +6,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from .errors import InputError, RunError, reason
 from .formats import csv_line
-from .inference import EvalResult, cached_outputs, calibration_record, image_logits, labeled_for_model, score
+from .inference import EvalResult, cached_outputs, calibration_record, image_logits, labeled_for_model, model_labels, score
 
 
 def evaluate(run_or_model: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> EvalResult:
     images, to_model, info, logits = _logits(run_or_model, data_dir, device, batch_size, workers)
     result = score(images, to_model, info.classes, logits.argmax(1))
-    truth = torch.tensor(to_model)[torch.tensor(images.labels)]
-    result.calibration = calibration_record(logits, logits.argmax(1) == truth, info.temperature)
+    result.calibration = calibration_record(logits, logits.argmax(1) == model_labels(images, to_model), info.temperature)
     return result
 
 

@@ -125,10 +125,15 @@ def cached_outputs(model: torch.nn.Module, info, images: ImageSet, device: torch
     return torch.cat([o[0].float().cpu() for o in outputs]), torch.cat([o[1].float().cpu() for o in outputs])
 
 
+def model_labels(images: ImageSet, to_model: list[int]) -> torch.Tensor:
+    """Each labeled image's class as the model's index (its folder's class mapped by `to_model`)."""
+    return torch.tensor(to_model)[torch.tensor(images.labels)]
+
+
 def score(images: ImageSet, to_model: list[int], model_classes: list[str], predicted: torch.Tensor) -> EvalResult:
     """Accuracy, per-class accuracy and confusion of the predicted model classes of `images`."""
     true_local = torch.tensor(images.labels)
-    true_model = torch.tensor(to_model)[true_local]
+    true_model = model_labels(images, to_model)
     confusion = torch.zeros(len(images.classes), len(model_classes), dtype=torch.long)
     confusion.index_put_((true_local, predicted), torch.ones_like(predicted), accumulate=True)
     per_class = []

@@ -15,7 +15,7 @@ from ..calibration import MIN_CALIBRATION_IMAGES, fit_temperature
 from ..config import AdaptConfig
 from ..data import ImageSet, scan_labeled, stratified_split
 from ..images import first_time
-from ..inference import autocast, cached_outputs, calibration_record, score
+from ..inference import autocast, cached_outputs, calibration_record, model_labels, score
 from ..model_info import ModelInfo
 from ..progress import batch_size as batch_size_of
 from ..progress import tracked
@@ -182,8 +182,8 @@ def calibrate(t: Training) -> dict[str, Any] | None:
         if t.eval_set is not None:
             images, to_model = t.eval_set
             eval_logits = role_outputs(t, "eval", images)[0].float()
-            truth = torch.tensor(to_model)[torch.tensor(images.labels)]
-            record["eval"] = calibration_record(eval_logits / temperature, eval_logits.argmax(1) == truth, temperature)
+            correct = eval_logits.argmax(1) == model_labels(images, to_model)
+            record["eval"] = calibration_record(eval_logits / temperature, correct, temperature)
     finally:
         t.model.train(was_training)
     return record
